@@ -1,0 +1,666 @@
+//! The embedded store: SQLite in WAL mode, one transaction per port
+//! operation, with the same conditions the DynamoDB adapter expresses as
+//! condition expressions. Entities are stored as JSON documents beside the
+//! columns that queries and conditions need.
+//!
+//! Committed transactions are in the WAL before a call returns, so they
+//! survive `kill -9` of the process (`synchronous=NORMAL` trades only
+//! power-loss durability of the last commits for throughput).
+
+use crate::auth::ApiToken;
+use crate::domain::{Execution, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard, Violation};
+use crate::error::{Entity, Error, Result};
+use crate::ids::{ExecutionId, RuleId, RunnerId, TokenId};
+use crate::ports::{
+    AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate, Store,
+};
+use crate::time::Timestamp;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS runners (
+    id TEXT PRIMARY KEY, status TEXT NOT NULL, last_heartbeat INTEGER NOT NULL, version INTEGER NOT NULL,
+    used_slots INTEGER NOT NULL DEFAULT 0, used_cpu INTEGER NOT NULL DEFAULT 0, used_memory INTEGER NOT NULL DEFAULT 0,
+    doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS runners_by_heartbeat ON runners(status, last_heartbeat);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY, status TEXT NOT NULL, suite TEXT NOT NULL, priority INTEGER NOT NULL,
+    created_at INTEGER NOT NULL, deadline INTEGER NOT NULL, queued_shards INTEGER NOT NULL,
+    version INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS executions_by_status ON executions(status, id);
+CREATE INDEX IF NOT EXISTS executions_by_suite ON executions(suite, id);
+CREATE INDEX IF NOT EXISTS executions_active ON executions(deadline) WHERE status IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS executions_pending_priority ON executions(priority DESC, created_at)
+    WHERE queued_shards > 0 AND status IN ('queued', 'running');
+CREATE INDEX IF NOT EXISTS executions_pending_age ON executions(created_at)
+    WHERE queued_shards > 0 AND status IN ('queued', 'running');
+CREATE TABLE IF NOT EXISTS shards (
+    execution_id TEXT NOT NULL, idx INTEGER NOT NULL, status TEXT NOT NULL, runner_id TEXT,
+    lease_id TEXT, deadline INTEGER, version INTEGER NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (execution_id, idx));
+CREATE INDEX IF NOT EXISTS shards_in_flight ON shards(deadline) WHERE status IN ('assigned', 'running');
+CREATE INDEX IF NOT EXISTS shards_queued ON shards(status) WHERE status = 'queued';
+CREATE TABLE IF NOT EXISTS allocations (
+    runner_id TEXT NOT NULL, execution_id TEXT NOT NULL, idx INTEGER NOT NULL, lease_id TEXT NOT NULL,
+    doc TEXT NOT NULL, PRIMARY KEY (runner_id, execution_id, idx));
+CREATE TABLE IF NOT EXISTS rules (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rr_cursors (pool TEXT PRIMARY KEY, runner_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS health (seq INTEGER PRIMARY KEY AUTOINCREMENT, runner_id TEXT NOT NULL, at INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS health_by_runner ON health(runner_id, at);
+CREATE TABLE IF NOT EXISTS violations (seq INTEGER PRIMARY KEY AUTOINCREMENT, runner_id TEXT NOT NULL, at INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS violations_by_time ON violations(at);
+CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"#;
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn storage(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Storage(Box::new(e))
+}
+
+fn to_doc<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(storage)
+}
+
+fn from_doc<T: DeserializeOwned>(doc: &str) -> Result<T> {
+    serde_json::from_str(doc).map_err(storage)
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        storage(e)
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `tms.db` in `dir`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        Self::open(&dir.join("tms.db"))
+    }
+
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-written
+        // transaction (it rolls back on drop), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one immediate (write-locking) transaction.
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.lock();
+        f(&conn)
+    }
+}
+
+fn runner_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, u32, u32, u32)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn with_load((doc, slots, cpu, memory): (String, u32, u32, u32)) -> Result<RunnerWithLoad> {
+    Ok(RunnerWithLoad {
+        runner: from_doc(&doc)?,
+        allocated: Resources::new(slots, cpu, memory),
+    })
+}
+
+const RUNNER_COLS: &str = "doc, used_slots, used_cpu, used_memory";
+
+fn docs<T: DeserializeOwned>(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| r.get::<_, String>(0))?;
+    rows.map(|doc| from_doc(&doc?)).collect()
+}
+
+fn shards_of(conn: &Connection, id: &str) -> Result<Vec<Shard>> {
+    docs(conn, "SELECT doc FROM shards WHERE execution_id = ?1 ORDER BY idx", [id])
+}
+
+fn load_execution_doc(conn: &Connection, id: &str) -> Result<Option<Execution>> {
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT doc FROM executions WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    doc.map(|d| from_doc(&d)).transpose()
+}
+
+fn write_execution(tx: &Connection, e: &Execution) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO executions (id, status, suite, priority, created_at, deadline, queued_shards, version, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)
+         ON CONFLICT(id) DO UPDATE SET status = ?2, deadline = ?6, version = ?7, doc = ?8",
+    )?
+    .execute(params![
+        e.id.as_str(),
+        e.status.as_str(),
+        e.suite,
+        e.priority,
+        e.created_at.0,
+        e.deadline.0,
+        e.version,
+        to_doc(e)?
+    ])?;
+    Ok(())
+}
+
+fn write_shard(tx: &Connection, s: &Shard) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        s.execution_id.as_str(),
+        s.index,
+        s.status.as_str(),
+        s.runner_id.as_ref().map(|r| r.as_str()),
+        s.lease_id.as_ref().map(|l| l.as_str()),
+        s.deadline.map(|d| d.0),
+        s.version,
+        to_doc(s)?
+    ])?;
+    Ok(())
+}
+
+/// Keeps the execution's queued-shard counter (the sparse "pending" index) in step.
+fn refresh_queued(tx: &Connection, execution_id: &str) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE executions SET queued_shards =
+           (SELECT count(*) FROM shards WHERE execution_id = ?1 AND status = 'queued') WHERE id = ?1",
+    )?
+    .execute([execution_id])?;
+    Ok(())
+}
+
+fn shard_version(tx: &Connection, execution_id: &str, index: u32) -> Result<Option<u64>> {
+    Ok(tx
+        .prepare_cached("SELECT version FROM shards WHERE execution_id = ?1 AND idx = ?2")?
+        .query_row(params![execution_id, index], |r| r.get(0))
+        .optional()?)
+}
+
+fn release(tx: &Connection, shard: &Shard, rel: &Release) -> Result<()> {
+    let deleted = tx
+        .prepare_cached(
+            "DELETE FROM allocations WHERE runner_id = ?1 AND execution_id = ?2 AND idx = ?3 AND lease_id = ?4",
+        )?
+        .execute(params![rel.runner_id.as_str(), shard.execution_id.as_str(), shard.index, rel.lease_id.as_str()])?;
+    // Only give capacity back if this lease still held it: a release is applied once.
+    if deleted == 1 {
+        tx.prepare_cached(
+            "UPDATE runners SET used_slots = max(used_slots - ?2, 0), used_cpu = max(used_cpu - ?3, 0),
+             used_memory = max(used_memory - ?4, 0) WHERE id = ?1",
+        )?
+        .execute(params![
+            rel.runner_id.as_str(),
+            rel.resources.slots,
+            rel.resources.cpu_millis,
+            rel.resources.memory_mb
+        ])?;
+    }
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?))
+    }
+
+    async fn insert_runner(&self, runner: &Runner) -> Result<()> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO runners (id, status, last_heartbeat, version, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    runner.id.as_str(),
+                    runner.status.as_str(),
+                    runner.last_heartbeat.0,
+                    runner.version,
+                    to_doc(runner)?
+                ])?;
+            if n == 0 {
+                return Err(Error::conflict(Entity::Runner, &runner.id));
+            }
+            Ok(())
+        })
+    }
+
+    async fn get_runner(&self, id: &RunnerId) -> Result<Option<RunnerWithLoad>> {
+        self.read(|c| {
+            let row = c
+                .prepare_cached(&format!("SELECT {RUNNER_COLS} FROM runners WHERE id = ?1"))?
+                .query_row([id.as_str()], runner_row)
+                .optional()?;
+            row.map(with_load).transpose()
+        })
+    }
+
+    async fn list_runners(&self, limit: u32, cursor: Option<&str>) -> Result<Page<RunnerWithLoad>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {RUNNER_COLS}, id FROM runners WHERE id > ?1 ORDER BY id LIMIT ?2"))?;
+            let rows = stmt.query_map(params![cursor.unwrap_or(""), limit + 1], runner_row)?;
+            let mut items = rows.map(|r| with_load(r?)).collect::<Result<Vec<_>>>()?;
+            let next_cursor = page_cursor(&mut items, limit, |r| r.runner.id.to_string());
+            Ok(Page { items, next_cursor })
+        })
+    }
+
+    async fn update_runner(&self, runner: &Runner, expected_version: u64) -> Result<()> {
+        self.write(|tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE runners SET status = ?2, last_heartbeat = ?3, version = ?4, doc = ?5 WHERE id = ?1 AND version = ?6",
+                )?
+                .execute(params![
+                    runner.id.as_str(),
+                    runner.status.as_str(),
+                    runner.last_heartbeat.0,
+                    runner.version,
+                    to_doc(runner)?,
+                    expected_version
+                ])?;
+            if n == 0 {
+                return Err(Error::conflict(Entity::Runner, &runner.id));
+            }
+            Ok(())
+        })
+    }
+
+    async fn schedulable_runners(&self) -> Result<Vec<RunnerWithLoad>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!("SELECT {RUNNER_COLS} FROM runners WHERE status = 'active'"))?;
+            let rows = stmt.query_map([], runner_row)?;
+            rows.map(|r| with_load(r?)).collect()
+        })
+    }
+
+    async fn silent_runners(&self, before: Timestamp, limit: u32) -> Result<Vec<Runner>> {
+        self.read(|c| {
+            docs(
+                c,
+                "SELECT doc FROM runners WHERE status IN ('active', 'paused') AND last_heartbeat < ?1
+                 ORDER BY last_heartbeat LIMIT ?2",
+                params![before.0, limit],
+            )
+        })
+    }
+
+    async fn runner_shards(&self, id: &RunnerId) -> Result<Vec<Shard>> {
+        self.read(|c| {
+            docs(
+                c,
+                "SELECT s.doc FROM allocations a JOIN shards s ON s.execution_id = a.execution_id AND s.idx = a.idx
+                 WHERE a.runner_id = ?1 AND s.lease_id = a.lease_id ORDER BY a.execution_id, a.idx",
+                [id.as_str()],
+            )
+        })
+    }
+
+    async fn create_execution(&self, execution: &Execution, shards: &[Shard], idem: Option<&IdempotencyRecord>) -> Result<()> {
+        self.write(|tx| {
+            if let Some(rec) = idem {
+                // An expired record may be replaced; a live one means another request won.
+                let n = tx
+                    .prepare_cached(
+                        "INSERT INTO idempotency (key, expires_at, doc) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(key) DO UPDATE SET expires_at = ?2, doc = ?3 WHERE expires_at <= ?4",
+                    )?
+                    .execute(params![rec.key, rec.expires_at.0, to_doc(rec)?, execution.created_at.0])?;
+                if n == 0 {
+                    return Err(Error::conflict(Entity::Execution, &rec.key));
+                }
+            }
+            let exists: bool = tx
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM executions WHERE id = ?1)")?
+                .query_row([execution.id.as_str()], |r| r.get(0))?;
+            if exists {
+                return Err(Error::conflict(Entity::Execution, &execution.id));
+            }
+            write_execution(tx, execution)?;
+            for s in shards {
+                write_shard(tx, s)?;
+            }
+            refresh_queued(tx, execution.id.as_str())
+        })
+    }
+
+    async fn get_idempotency(&self, key: &str, now: Timestamp) -> Result<Option<IdempotencyRecord>> {
+        self.read(|c| {
+            let doc: Option<String> = c
+                .prepare_cached("SELECT doc FROM idempotency WHERE key = ?1 AND expires_at > ?2")?
+                .query_row(params![key, now.0], |r| r.get(0))
+                .optional()?;
+            doc.map(|d| from_doc(&d)).transpose()
+        })
+    }
+
+    async fn get_execution(&self, id: &ExecutionId) -> Result<Option<Execution>> {
+        self.read(|c| load_execution_doc(c, id.as_str()))
+    }
+
+    async fn load_execution(&self, id: &ExecutionId) -> Result<Option<(Execution, Vec<Shard>)>> {
+        self.read(|c| {
+            let Some(e) = load_execution_doc(c, id.as_str())? else { return Ok(None) };
+            Ok(Some((e, shards_of(c, id.as_str())?)))
+        })
+    }
+
+    async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Page<Execution>> {
+        self.read(|c| {
+            let mut items: Vec<Execution> = docs(
+                c,
+                "SELECT doc FROM executions WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR suite = ?2)
+                 AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?4",
+                params![filter.status.map(|s| s.as_str()), filter.suite, filter.cursor, filter.limit + 1],
+            )?;
+            let next_cursor = page_cursor(&mut items, filter.limit, |e| e.id.to_string());
+            Ok(Page { items, next_cursor })
+        })
+    }
+
+    async fn update_execution(&self, execution: &Execution, expected_version: u64) -> Result<()> {
+        self.write(|tx| {
+            let current: Option<u64> = tx
+                .prepare_cached("SELECT version FROM executions WHERE id = ?1")?
+                .query_row([execution.id.as_str()], |r| r.get(0))
+                .optional()?;
+            if current != Some(expected_version) {
+                return Err(Error::conflict(Entity::Execution, &execution.id));
+            }
+            write_execution(tx, execution)
+        })
+    }
+
+    async fn pending_executions(&self, limit: u32) -> Result<Vec<(Execution, Vec<Shard>)>> {
+        self.read(|c| {
+            let mut found: Vec<Execution> = docs(
+                c,
+                "SELECT doc FROM executions WHERE queued_shards > 0 AND status IN ('queued', 'running')
+                 ORDER BY priority DESC, created_at LIMIT ?1",
+                [limit],
+            )?;
+            let oldest: Vec<Execution> = docs(
+                c,
+                "SELECT doc FROM executions WHERE queued_shards > 0 AND status IN ('queued', 'running')
+                 ORDER BY created_at LIMIT ?1",
+                [limit],
+            )?;
+            for e in oldest {
+                if !found.iter().any(|f| f.id == e.id) {
+                    found.push(e);
+                }
+            }
+            found
+                .into_iter()
+                .map(|e| {
+                    let shards = shards_of(c, e.id.as_str())?;
+                    Ok((e, shards))
+                })
+                .collect()
+        })
+    }
+
+    async fn active_executions(&self, limit: u32) -> Result<Vec<Execution>> {
+        self.read(|c| {
+            docs(
+                c,
+                "SELECT doc FROM executions WHERE status IN ('queued', 'running') ORDER BY deadline LIMIT ?1",
+                [limit],
+            )
+        })
+    }
+
+    async fn expired_shards(&self, now: Timestamp, limit: u32) -> Result<Vec<Shard>> {
+        self.read(|c| {
+            docs(
+                c,
+                "SELECT doc FROM shards WHERE status IN ('assigned', 'running') AND deadline < ?1
+                 ORDER BY deadline LIMIT ?2",
+                params![now.0, limit],
+            )
+        })
+    }
+
+    async fn assign(&self, w: &AssignmentWrite) -> Result<()> {
+        let shard = &w.shard;
+        let alloc = &w.allocation;
+        self.write(|tx| {
+            // Condition 1: the shard is still the queued version the plan saw.
+            let stored = shard_version(tx, shard.execution_id.as_str(), shard.index)?;
+            if stored != Some(w.expected_shard_version) {
+                return Err(Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index)));
+            }
+            // Condition 2: the runner is active and has room.
+            let need = alloc.resources;
+            let n = tx
+                .prepare_cached(
+                    "UPDATE runners SET used_slots = used_slots + ?2, used_cpu = used_cpu + ?3, used_memory = used_memory + ?4
+                     WHERE id = ?1 AND status = 'active'
+                       AND used_slots + ?2 <= json_extract(doc, '$.capacity.slots')
+                       AND used_cpu + ?3 <= json_extract(doc, '$.capacity.cpu_millis')
+                       AND used_memory + ?4 <= json_extract(doc, '$.capacity.memory_mb')",
+                )?
+                .execute(params![alloc.runner_id.as_str(), need.slots, need.cpu_millis, need.memory_mb])?;
+            if n == 0 {
+                return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
+            }
+            // Condition 3: the execution is not finished; it becomes running.
+            let mut execution = load_execution_doc(tx, shard.execution_id.as_str())?
+                .ok_or_else(|| Error::not_found(Entity::Execution, &shard.execution_id))?;
+            if execution.status.is_terminal() {
+                return Err(Error::conflict(Entity::Execution, &execution.id));
+            }
+            if execution.mark_running(w.now)? {
+                write_execution(tx, &execution)?;
+            }
+            write_shard(tx, shard)?;
+            tx.prepare_cached(
+                "INSERT INTO allocations (runner_id, execution_id, idx, lease_id, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                alloc.runner_id.as_str(),
+                alloc.execution_id.as_str(),
+                alloc.shard_index,
+                alloc.lease_id.as_str(),
+                to_doc(alloc)?
+            ])?;
+            if let Some(pool) = &w.cursor {
+                tx.prepare_cached("INSERT OR REPLACE INTO rr_cursors (pool, runner_id) VALUES (?1, ?2)")?
+                    .execute(params![pool, alloc.runner_id.as_str()])?;
+            }
+            refresh_queued(tx, shard.execution_id.as_str())
+        })
+    }
+
+    async fn update_shard(&self, u: &ShardUpdate) -> Result<()> {
+        let shard = &u.shard;
+        self.write(|tx| {
+            let stored = shard_version(tx, shard.execution_id.as_str(), shard.index)?;
+            if stored != Some(u.expected_version) {
+                return Err(Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index)));
+            }
+            write_shard(tx, shard)?;
+            if let Some(rel) = &u.release {
+                release(tx, shard, rel)?;
+            }
+            refresh_queued(tx, shard.execution_id.as_str())
+        })
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats> {
+        self.read(|c| {
+            let (queued, in_flight): (u64, u64) = c.query_row(
+                "SELECT coalesce(sum(status = 'queued'), 0), coalesce(sum(status IN ('assigned', 'running')), 0)
+                 FROM shards WHERE status IN ('queued', 'assigned', 'running')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let (active, oldest): (u64, Option<i64>) = c.query_row(
+                "SELECT count(*), min(CASE WHEN queued_shards > 0 THEN created_at END) FROM executions
+                 WHERE status IN ('queued', 'running')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(QueueStats {
+                queued_shards: queued,
+                in_flight_shards: in_flight,
+                active_executions: active,
+                oldest_queued_at: oldest.map(Timestamp),
+            })
+        })
+    }
+
+    async fn put_rule(&self, rule: &LoadBalancingRule) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached("INSERT OR REPLACE INTO rules (id, doc) VALUES (?1, ?2)")?
+                .execute(params![rule.id.as_str(), to_doc(rule)?])?;
+            Ok(())
+        })
+    }
+
+    async fn list_rules(&self) -> Result<Vec<LoadBalancingRule>> {
+        self.read(|c| docs(c, "SELECT doc FROM rules ORDER BY id", []))
+    }
+
+    async fn delete_rule(&self, id: &RuleId) -> Result<bool> {
+        self.write(|tx| {
+            let n = tx.prepare_cached("DELETE FROM rules WHERE id = ?1")?.execute([id.as_str()])?;
+            tx.prepare_cached("DELETE FROM rr_cursors WHERE pool = ?1")?
+                .execute([format!("rule:{id}")])?;
+            Ok(n == 1)
+        })
+    }
+
+    async fn round_robin_cursors(&self) -> Result<BTreeMap<String, RunnerId>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT pool, runner_id FROM rr_cursors")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let (pool, runner) = row?;
+                if let Ok(id) = RunnerId::parse(&runner) {
+                    out.insert(pool, id);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn add_health_record(&self, record: &HealthRecord) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached("INSERT INTO health (runner_id, at, doc) VALUES (?1, ?2, ?3)")?
+                .execute(params![record.runner_id.as_str(), record.at.0, to_doc(record)?])?;
+            Ok(())
+        })
+    }
+
+    async fn health_history(&self, id: &RunnerId, limit: u32) -> Result<Vec<HealthRecord>> {
+        self.read(|c| {
+            docs(
+                c,
+                "SELECT doc FROM health WHERE runner_id = ?1 ORDER BY at DESC, seq DESC LIMIT ?2",
+                params![id.as_str(), limit],
+            )
+        })
+    }
+
+    async fn add_violation(&self, v: &Violation) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached("INSERT INTO violations (runner_id, at, doc) VALUES (?1, ?2, ?3)")?
+                .execute(params![v.runner_id.as_str(), v.at.0, to_doc(v)?])?;
+            Ok(())
+        })
+    }
+
+    async fn recent_violations(&self, since: Timestamp, limit: u32) -> Result<Vec<Violation>> {
+        self.read(|c| {
+            docs(
+                c,
+                "SELECT doc FROM violations WHERE at >= ?1 ORDER BY at DESC, seq DESC LIMIT ?2",
+                params![since.0, limit],
+            )
+        })
+    }
+
+    async fn put_token(&self, token: &ApiToken) -> Result<()> {
+        self.write(|tx| {
+            tx.prepare_cached("INSERT INTO tokens (id, doc) VALUES (?1, ?2)")?
+                .execute(params![token.id.as_str(), to_doc(token)?])?;
+            Ok(())
+        })
+    }
+
+    async fn get_token(&self, id: &TokenId) -> Result<Option<ApiToken>> {
+        self.read(|c| {
+            let doc: Option<String> = c
+                .prepare_cached("SELECT doc FROM tokens WHERE id = ?1")?
+                .query_row([id.as_str()], |r| r.get(0))
+                .optional()?;
+            doc.map(|d| from_doc(&d)).transpose()
+        })
+    }
+
+    async fn get_setting(&self, key: &str) -> Result<Option<String>> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
+        self.write(|tx| {
+            tx.prepare_cached("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)")?
+                .execute(params![key, value])?;
+            Ok(tx
+                .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))?)
+        })
+    }
+}
+
+/// Trims the one extra row fetched to learn whether another page exists.
+fn page_cursor<T>(items: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Option<String> {
+    if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(key)
+    } else {
+        None
+    }
+}

@@ -1,0 +1,72 @@
+//! Orchestrator settings with the defaults a CI user would expect.
+
+use crate::domain::{Strategy, TestType};
+
+/// Default CPU and memory per shard for one test type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceDefaults {
+    pub cpu_millis: u32,
+    pub memory_mb: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How often runners are expected to heartbeat.
+    pub heartbeat_interval_secs: u64,
+    /// A runner silent for this many intervals is unhealthy.
+    pub missed_heartbeats: u32,
+    /// One point of priority is added per this much waiting.
+    pub aging_step_ms: i64,
+    pub default_strategy: Strategy,
+    pub default_priority: i32,
+    pub default_timeout_secs: u64,
+    pub default_max_attempts: u32,
+    pub max_parallelism: u32,
+    pub max_tests: usize,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl_secs: u64,
+    /// Batch size of each sweep query.
+    pub sweep_batch: u32,
+    pub unit: ResourceDefaults,
+    pub integration: ResourceDefaults,
+    pub e2e: ResourceDefaults,
+    pub performance: ResourceDefaults,
+}
+
+impl Config {
+    pub fn resource_defaults(&self, test_type: TestType) -> ResourceDefaults {
+        match test_type {
+            TestType::Unit => self.unit,
+            TestType::Integration => self.integration,
+            TestType::E2e => self.e2e,
+            TestType::Performance => self.performance,
+        }
+    }
+
+    /// Milliseconds of silence after which a runner is unhealthy.
+    pub fn silence_limit_ms(&self) -> i64 {
+        (self.heartbeat_interval_secs * u64::from(self.missed_heartbeats) * 1000) as i64
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat_interval_secs: 30,
+            missed_heartbeats: 3,
+            aging_step_ms: 30_000,
+            default_strategy: Strategy::ResourceBased,
+            default_priority: 50,
+            default_timeout_secs: 3600,
+            default_max_attempts: 3,
+            max_parallelism: 64,
+            max_tests: 20_000,
+            idempotency_ttl_secs: 24 * 3600,
+            sweep_batch: 100,
+            unit: ResourceDefaults { cpu_millis: 500, memory_mb: 512 },
+            integration: ResourceDefaults { cpu_millis: 1000, memory_mb: 1024 },
+            e2e: ResourceDefaults { cpu_millis: 2000, memory_mb: 2048 },
+            performance: ResourceDefaults { cpu_millis: 4000, memory_mb: 4096 },
+        }
+    }
+}

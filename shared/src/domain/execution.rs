@@ -1,0 +1,378 @@
+//! Executions: one queued run of a suite, split into shards, and the fold of
+//! its shards' results into one status.
+
+use super::resources::Resources;
+use super::runner::RunnerType;
+use super::shard::{Shard, ShardStatus};
+use crate::error::{Entity, Error, Result};
+use crate::ids::ExecutionId;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    Queued,
+    Running,
+    Passed,
+    Failed,
+    Errored,
+    Cancelled,
+    TimedOut,
+}
+
+impl ExecutionStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, ExecutionStatus::Queued | ExecutionStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Queued => "queued",
+            ExecutionStatus::Running => "running",
+            ExecutionStatus::Passed => "passed",
+            ExecutionStatus::Failed => "failed",
+            ExecutionStatus::Errored => "errored",
+            ExecutionStatus::Cancelled => "cancelled",
+            ExecutionStatus::TimedOut => "timed_out",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            ExecutionStatus::Queued,
+            ExecutionStatus::Running,
+            ExecutionStatus::Passed,
+            ExecutionStatus::Failed,
+            ExecutionStatus::Errored,
+            ExecutionStatus::Cancelled,
+            ExecutionStatus::TimedOut,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+    }
+}
+
+/// The kind of tests, which sets default resource needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TestType {
+    #[default]
+    Unit,
+    Integration,
+    E2e,
+    Performance,
+}
+
+/// A test to run, with an optional expected duration used to balance shards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestSpec {
+    pub name: String,
+    pub duration_hint_ms: Option<u64>,
+}
+
+/// What each shard of an execution needs from a runner (resolved: defaults applied).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct Requirements {
+    pub labels: BTreeSet<String>,
+    /// Empty means any runner type.
+    pub runner_types: Vec<RunnerType>,
+    pub cpu_millis: u32,
+    pub memory_mb: u32,
+}
+
+impl Requirements {
+    /// One slot plus the CPU and memory of one shard.
+    pub fn per_shard(&self) -> Resources {
+        Resources::new(1, self.cpu_millis, self.memory_mb)
+    }
+}
+
+/// Where an execution came from in CI.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CiMetadata {
+    pub provider: Option<String>,
+    pub build_id: Option<String>,
+    pub job: Option<String>,
+    pub commit: Option<String>,
+    pub branch: Option<String>,
+    pub url: Option<String>,
+}
+
+/// Test and shard counts folded from the shards' reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+pub struct Totals {
+    pub passed: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub shards_done: u32,
+    pub shards_failed: u32,
+    pub shards_errored: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Execution {
+    pub id: ExecutionId,
+    pub suite: String,
+    pub status: ExecutionStatus,
+    pub status_reason: Option<String>,
+    pub priority: i32,
+    pub requirements: Requirements,
+    pub test_type: TestType,
+    pub timeout_seconds: u64,
+    pub shard_timeout_seconds: u64,
+    pub max_attempts: u32,
+    pub ci: Option<CiMetadata>,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    /// When the whole execution times out.
+    pub deadline: Timestamp,
+    pub shard_count: u32,
+    pub test_count: u32,
+    pub totals: Totals,
+    /// Hashes of the webhook tokens issued for this execution (one per
+    /// queue call that created or replayed it).
+    pub webhook_token_hashes: Vec<String>,
+    pub version: u64,
+}
+
+impl Execution {
+    fn refuse(&self, to: ExecutionStatus) -> Error {
+        Error::transition(Entity::Execution, self.status, to)
+    }
+
+    fn touch(&mut self, now: Timestamp) {
+        self.updated_at = now;
+        self.version += 1;
+    }
+
+    fn finish(&mut self, status: ExecutionStatus, reason: Option<String>, now: Timestamp) {
+        self.status = status;
+        self.status_reason = reason;
+        self.finished_at = Some(now);
+        self.touch(now);
+    }
+
+    /// The first shard went to a runner.
+    pub fn mark_running(&mut self, now: Timestamp) -> Result<bool> {
+        match self.status {
+            ExecutionStatus::Queued => {
+                self.status = ExecutionStatus::Running;
+                self.started_at.get_or_insert(now);
+                self.touch(now);
+                Ok(true)
+            }
+            ExecutionStatus::Running => Ok(false),
+            _ => Err(self.refuse(ExecutionStatus::Running)),
+        }
+    }
+
+    pub fn cancel(&mut self, reason: String, now: Timestamp) -> Result<()> {
+        if self.status.is_terminal() {
+            return Err(self.refuse(ExecutionStatus::Cancelled));
+        }
+        self.finish(ExecutionStatus::Cancelled, Some(reason), now);
+        Ok(())
+    }
+
+    pub fn time_out(&mut self, now: Timestamp) -> Result<()> {
+        if self.status.is_terminal() {
+            return Err(self.refuse(ExecutionStatus::TimedOut));
+        }
+        let reason = format!("execution exceeded its timeout of {}s", self.timeout_seconds);
+        self.finish(ExecutionStatus::TimedOut, Some(reason), now);
+        Ok(())
+    }
+
+    /// Opens a finished execution again for a manual retry of its failed work,
+    /// with a fresh timeout.
+    pub fn reopen(&mut self, now: Timestamp) -> Result<()> {
+        match self.status {
+            ExecutionStatus::Failed | ExecutionStatus::Errored | ExecutionStatus::TimedOut => {
+                self.status = ExecutionStatus::Running;
+                self.status_reason = Some("retrying failed shards".into());
+                self.finished_at = None;
+                self.deadline = now.plus_secs(self.timeout_seconds);
+                self.touch(now);
+                Ok(())
+            }
+            _ => Err(self.refuse(ExecutionStatus::Running)),
+        }
+    }
+
+    /// Folds the shards into totals and status. Deriving from the shards (the
+    /// source of truth) rather than adding each report makes this idempotent:
+    /// the same completion delivered twice counts once. Returns true if
+    /// anything changed.
+    pub fn aggregate(&mut self, shards: &[Shard], now: Timestamp) -> bool {
+        let totals = fold_totals(shards);
+        if matches!(self.status, ExecutionStatus::Cancelled | ExecutionStatus::TimedOut) {
+            // Final verdicts an operator or the clock gave; late results still count.
+            let changed = totals != self.totals;
+            if changed {
+                self.totals = totals;
+                self.touch(now);
+            }
+            return changed;
+        }
+        let (status, reason) = derive_status(self.status, shards, &totals);
+        if status == self.status && reason == self.status_reason && totals == self.totals {
+            return false;
+        }
+        self.totals = totals;
+        if status.is_terminal() {
+            self.finish(status, reason, now);
+        } else {
+            if status == ExecutionStatus::Running {
+                self.started_at.get_or_insert(now);
+            }
+            self.status = status;
+            self.status_reason = reason;
+            self.touch(now);
+        }
+        true
+    }
+}
+
+fn fold_totals(shards: &[Shard]) -> Totals {
+    let mut t = Totals::default();
+    for s in shards {
+        if let Some(r) = &s.result {
+            t.passed += r.passed;
+            t.failed += r.failed;
+            t.skipped += r.skipped;
+        }
+        if s.status.is_terminal() {
+            t.shards_done += 1;
+        }
+        match s.status {
+            ShardStatus::Failed => t.shards_failed += 1,
+            ShardStatus::Errored | ShardStatus::Cancelled => t.shards_errored += 1,
+            _ => {}
+        }
+    }
+    t
+}
+
+/// No silent pass: an execution is `passed` only when every shard passed and
+/// at least one test actually ran.
+fn derive_status(current: ExecutionStatus, shards: &[Shard], totals: &Totals) -> (ExecutionStatus, Option<String>) {
+    let open = shards.iter().filter(|s| !s.status.is_terminal()).count();
+    if open > 0 {
+        let started = current != ExecutionStatus::Queued || shards.iter().any(|s| s.attempt > 0);
+        let status = if started { ExecutionStatus::Running } else { ExecutionStatus::Queued };
+        return (status, None);
+    }
+    if let Some(bad) = shards.iter().find(|s| matches!(s.status, ShardStatus::Errored | ShardStatus::Cancelled)) {
+        let why = bad.error.clone().unwrap_or_else(|| bad.status.as_str().to_owned());
+        return (ExecutionStatus::Errored, Some(format!("shard {} {}: {why}", bad.index, bad.status.as_str())));
+    }
+    if totals.failed > 0 || totals.shards_failed > 0 {
+        return (ExecutionStatus::Failed, Some(format!("{} tests failed", totals.failed)));
+    }
+    if totals.passed == 0 {
+        return (ExecutionStatus::Errored, Some("no tests were executed".into()));
+    }
+    (ExecutionStatus::Passed, None)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::domain::shard::{ShardOutcome, ShardResult};
+    use crate::ids::{LeaseId, RunnerId};
+    use proptest::prelude::*;
+
+    pub fn execution(shards: u32) -> Execution {
+        Execution {
+            id: ExecutionId::generate(),
+            suite: "s".into(),
+            status: ExecutionStatus::Queued,
+            status_reason: None,
+            priority: 50,
+            requirements: Requirements::default(),
+            test_type: TestType::Unit,
+            timeout_seconds: 600,
+            shard_timeout_seconds: 600,
+            max_attempts: 3,
+            ci: None,
+            metadata: Default::default(),
+            created_at: Timestamp(0),
+            updated_at: Timestamp(0),
+            started_at: None,
+            finished_at: None,
+            deadline: Timestamp(600_000),
+            shard_count: shards,
+            test_count: shards,
+            totals: Totals::default(),
+            webhook_token_hashes: vec![],
+            version: 1,
+        }
+    }
+
+    fn finished(e: &Execution, index: u32, outcome: ShardOutcome, result: ShardResult) -> Shard {
+        let mut s = Shard::new(e.id.clone(), index, vec![format!("t{index}")], None);
+        let lease = LeaseId::generate();
+        s.assign(RunnerId::generate(), lease.clone(), Timestamp(1), Timestamp(100)).unwrap();
+        s.complete(&lease, outcome, result, Timestamp(2)).unwrap();
+        s
+    }
+
+    #[test]
+    fn all_shards_passing_with_tests_run_passes() {
+        let mut e = execution(2);
+        let ok = ShardResult { passed: 2, ..Default::default() };
+        let shards = [finished(&e, 0, ShardOutcome::Passed, ok.clone()), finished(&e, 1, ShardOutcome::Passed, ok)];
+        assert!(e.aggregate(&shards, Timestamp(3)));
+        assert_eq!(e.status, ExecutionStatus::Passed);
+        assert_eq!(e.totals.passed, 4);
+        assert!(!e.aggregate(&shards, Timestamp(4)), "folding the same shards again changes nothing");
+    }
+
+    #[test]
+    fn one_errored_shard_makes_the_execution_errored_not_passed() {
+        let mut e = execution(2);
+        let shards = [
+            finished(&e, 0, ShardOutcome::Passed, ShardResult { passed: 5, ..Default::default() }),
+            finished(&e, 1, ShardOutcome::Errored, ShardResult::default()),
+        ];
+        e.aggregate(&shards, Timestamp(3));
+        assert_eq!(e.status, ExecutionStatus::Errored);
+    }
+
+    #[test]
+    fn a_cancelled_execution_stays_cancelled_when_late_results_arrive() {
+        let mut e = execution(1);
+        e.cancel("user".into(), Timestamp(1)).unwrap();
+        let shards = [finished(&e, 0, ShardOutcome::Passed, ShardResult { passed: 1, ..Default::default() })];
+        e.aggregate(&shards, Timestamp(3));
+        assert_eq!(e.status, ExecutionStatus::Cancelled);
+    }
+
+    fn outcome() -> impl Strategy<Value = (ShardOutcome, u32, u32, u32)> {
+        (prop_oneof![Just(ShardOutcome::Passed), Just(ShardOutcome::Failed), Just(ShardOutcome::Errored)], 0u32..5, 0u32..3, 0u32..3)
+    }
+
+    proptest! {
+        #[test]
+        fn an_execution_is_passed_only_if_every_shard_passed_and_some_test_ran(
+            outcomes in proptest::collection::vec(outcome(), 1..8)
+        ) {
+            let mut e = execution(outcomes.len() as u32);
+            let shards: Vec<Shard> = outcomes.iter().enumerate().map(|(i, (o, p, f, s))| {
+                finished(&e, i as u32, *o, ShardResult { passed: *p, failed: *f, skipped: *s, tests: vec![] })
+            }).collect();
+            e.aggregate(&shards, Timestamp(9));
+            let all_passed = shards.iter().all(|s| s.status == ShardStatus::Passed);
+            let ran: u32 = shards.iter().map(|s| s.result.as_ref().map_or(0, |r| r.passed)).sum();
+            prop_assert_eq!(e.status == ExecutionStatus::Passed, all_passed && ran > 0);
+            prop_assert!(e.status.is_terminal());
+        }
+    }
+}

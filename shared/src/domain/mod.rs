@@ -1,0 +1,21 @@
+//! The pure domain: entities, their state machines and the rules that derive
+//! one state from another. Nothing here does I/O or reads the clock; callers
+//! pass `now` in.
+
+pub mod allocation;
+pub mod execution;
+pub mod health;
+pub mod resources;
+pub mod rule;
+pub mod runner;
+pub mod shard;
+
+pub use allocation::Allocation;
+pub use execution::{
+    CiMetadata, Execution, ExecutionStatus, Requirements, TestSpec, TestType, Totals,
+};
+pub use health::{HealthRecord, Usage, Violation};
+pub use resources::Resources;
+pub use rule::{LoadBalancingRule, RunnerPool, Strategy};
+pub use runner::{Runner, RunnerStatus, RunnerType, RunnerWithLoad};
+pub use shard::{Shard, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus};

@@ -1,0 +1,208 @@
+//! Runners: the machines (or CI jobs) that run shards, and their lifecycle.
+
+use super::health::Usage;
+use super::resources::Resources;
+use crate::error::{Entity, Error, Result};
+use crate::ids::RunnerId;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use utoipa::ToSchema;
+
+/// The CI platform or agent kind behind a runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunnerType {
+    GithubActions,
+    AzureDevops,
+    Jenkins,
+    Gitlab,
+    Docker,
+    Custom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerStatus {
+    /// Takes new work.
+    Active,
+    /// Finishes what it has, takes nothing new (an operator's choice).
+    Paused,
+    /// Missed its heartbeats; its work went elsewhere. A heartbeat brings it back.
+    Unhealthy,
+    /// Gone for good; its token no longer works.
+    Deregistered,
+}
+
+impl RunnerStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RunnerStatus::Active => "active",
+            RunnerStatus::Paused => "paused",
+            RunnerStatus::Unhealthy => "unhealthy",
+            RunnerStatus::Deregistered => "deregistered",
+        }
+    }
+}
+
+/// A registered runner. Its allocated capacity lives beside it (see
+/// [`RunnerWithLoad`]) because capacity is changed by assignments with atomic
+/// counters, while this record is changed by versioned writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Runner {
+    pub id: RunnerId,
+    pub name: String,
+    pub runner_type: RunnerType,
+    pub labels: BTreeSet<String>,
+    pub capacity: Resources,
+    /// Higher is preferred by the priority strategy.
+    pub priority: i32,
+    pub status: RunnerStatus,
+    pub status_reason: Option<String>,
+    pub registered_at: Timestamp,
+    pub last_heartbeat: Timestamp,
+    pub last_usage: Option<Usage>,
+    /// Platform dispatch settings (push mode); kept as given.
+    pub dispatch: Option<serde_json::Value>,
+    pub token_hash: String,
+    pub version: u64,
+}
+
+/// A runner together with what is currently allocated on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerWithLoad {
+    pub runner: Runner,
+    pub allocated: Resources,
+}
+
+impl RunnerWithLoad {
+    pub fn free(&self) -> Resources {
+        self.runner.capacity.minus(&self.allocated)
+    }
+}
+
+impl Runner {
+    fn set_status(&mut self, to: RunnerStatus, reason: Option<String>) {
+        self.status = to;
+        self.status_reason = reason;
+        self.version += 1;
+    }
+
+    /// Stop handing out new work. Returns false if it was already paused.
+    pub fn pause(&mut self) -> Result<bool> {
+        match self.status {
+            RunnerStatus::Paused => Ok(false),
+            RunnerStatus::Active | RunnerStatus::Unhealthy => {
+                self.set_status(RunnerStatus::Paused, Some("paused by operator".into()));
+                Ok(true)
+            }
+            RunnerStatus::Deregistered => Err(self.refuse(RunnerStatus::Paused)),
+        }
+    }
+
+    /// Take new work again. Returns false if it was already active.
+    pub fn resume(&mut self) -> Result<bool> {
+        match self.status {
+            RunnerStatus::Active => Ok(false),
+            RunnerStatus::Paused => {
+                self.set_status(RunnerStatus::Active, None);
+                Ok(true)
+            }
+            RunnerStatus::Unhealthy | RunnerStatus::Deregistered => {
+                Err(self.refuse(RunnerStatus::Active))
+            }
+        }
+    }
+
+    /// The health sweep's verdict after missed heartbeats.
+    pub fn mark_unhealthy(&mut self, reason: String) -> Result<()> {
+        match self.status {
+            RunnerStatus::Active | RunnerStatus::Paused => {
+                self.set_status(RunnerStatus::Unhealthy, Some(reason));
+                Ok(())
+            }
+            _ => Err(self.refuse(RunnerStatus::Unhealthy)),
+        }
+    }
+
+    /// Records a heartbeat. Returns true when this heartbeat revived an
+    /// unhealthy runner (worth a health record).
+    pub fn heartbeat(&mut self, now: Timestamp, usage: Option<Usage>) -> Result<bool> {
+        if self.status == RunnerStatus::Deregistered {
+            return Err(self.refuse(RunnerStatus::Active));
+        }
+        self.last_heartbeat = now;
+        if usage.is_some() {
+            self.last_usage = usage;
+        }
+        self.version += 1;
+        if self.status == RunnerStatus::Unhealthy {
+            self.status = RunnerStatus::Active;
+            self.status_reason = None;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    pub fn deregister(&mut self) -> Result<()> {
+        if self.status == RunnerStatus::Deregistered {
+            return Err(self.refuse(RunnerStatus::Deregistered));
+        }
+        self.set_status(RunnerStatus::Deregistered, Some("deregistered".into()));
+        Ok(())
+    }
+
+    fn refuse(&self, to: RunnerStatus) -> Error {
+        Error::transition(Entity::Runner, self.status, to)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn runner(name: &str, slots: u32) -> Runner {
+        Runner {
+            id: RunnerId::generate(),
+            name: name.into(),
+            runner_type: RunnerType::Custom,
+            labels: BTreeSet::new(),
+            capacity: Resources::new(slots, 8000, 16384),
+            priority: 0,
+            status: RunnerStatus::Active,
+            status_reason: None,
+            registered_at: Timestamp(0),
+            last_heartbeat: Timestamp(0),
+            last_usage: None,
+            dispatch: None,
+            token_hash: String::new(),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn a_deregistered_runner_cannot_be_resumed_or_paused() {
+        let mut r = runner("a", 1);
+        r.deregister().unwrap();
+        assert!(matches!(r.pause(), Err(Error::InvalidTransition { .. })));
+        assert!(matches!(r.resume(), Err(Error::InvalidTransition { .. })));
+        assert!(r.heartbeat(Timestamp(5), None).is_err());
+    }
+
+    #[test]
+    fn a_heartbeat_revives_an_unhealthy_runner_and_bumps_the_version() {
+        let mut r = runner("a", 1);
+        r.mark_unhealthy("silent".into()).unwrap();
+        let v = r.version;
+        assert!(r.heartbeat(Timestamp(10), None).unwrap());
+        assert_eq!(r.status, RunnerStatus::Active);
+        assert!(r.version > v);
+    }
+
+    #[test]
+    fn pausing_twice_is_a_no_op_not_an_error() {
+        let mut r = runner("a", 1);
+        assert!(r.pause().unwrap());
+        assert!(!r.pause().unwrap());
+    }
+}

@@ -1,0 +1,396 @@
+//! Shards: a slice of an execution's tests, the unit that is assigned,
+//! leased, run, reported and retried.
+//!
+//! ```text
+//! queued -> assigned -> running -> passed | failed | errored
+//!    ^         |           |
+//!    +---------+-----------+  requeue (lost runner, deadline passed, manual retry)
+//! any non-terminal -> cancelled
+//! ```
+
+use crate::error::{Entity, Error, Result};
+use crate::ids::{ExecutionId, LeaseId, RunnerId};
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardStatus {
+    Queued,
+    Assigned,
+    Running,
+    Passed,
+    Failed,
+    Errored,
+    Cancelled,
+}
+
+impl ShardStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            ShardStatus::Passed | ShardStatus::Failed | ShardStatus::Errored | ShardStatus::Cancelled
+        )
+    }
+
+    /// Holding a lease and capacity on a runner.
+    pub fn is_in_flight(self) -> bool {
+        matches!(self, ShardStatus::Assigned | ShardStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShardStatus::Queued => "queued",
+            ShardStatus::Assigned => "assigned",
+            ShardStatus::Running => "running",
+            ShardStatus::Passed => "passed",
+            ShardStatus::Failed => "failed",
+            ShardStatus::Errored => "errored",
+            ShardStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The final word a runner gives about a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardOutcome {
+    Passed,
+    Failed,
+    Errored,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TestStatus {
+    Passed,
+    Failed,
+    Skipped,
+    Errored,
+}
+
+/// One test's result as reported by a runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestResult {
+    pub name: String,
+    pub status: TestStatus,
+    #[serde(default)]
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Counts (and optionally per-test results) of one shard run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShardResult {
+    pub passed: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tests: Vec<TestResult>,
+}
+
+impl ShardResult {
+    /// Tests that actually ran (skipped ones did not).
+    pub fn executed(&self) -> u32 {
+        self.passed + self.failed
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    pub execution_id: ExecutionId,
+    pub index: u32,
+    /// Empty for a single-shard execution that runs the whole suite.
+    pub tests: Vec<String>,
+    pub estimated_ms: Option<u64>,
+    pub status: ShardStatus,
+    /// How many times this shard has been assigned.
+    pub attempt: u32,
+    pub lease_id: Option<LeaseId>,
+    pub runner_id: Option<RunnerId>,
+    pub assigned_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    /// When the current lease runs out.
+    pub deadline: Option<Timestamp>,
+    /// Runners that lost this shard before; the scheduler prefers others.
+    pub avoid_runners: Vec<RunnerId>,
+    pub result: Option<ShardResult>,
+    pub error: Option<String>,
+    pub version: u64,
+}
+
+/// What a completion report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The shard changed state.
+    Changed,
+    /// The same report was already applied; nothing changed.
+    Duplicate,
+}
+
+/// The runner and lease a shard held before it was taken back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Released {
+    pub runner_id: RunnerId,
+    pub lease_id: LeaseId,
+}
+
+impl Shard {
+    pub fn new(execution_id: ExecutionId, index: u32, tests: Vec<String>, estimated_ms: Option<u64>) -> Self {
+        Shard {
+            execution_id,
+            index,
+            tests,
+            estimated_ms,
+            status: ShardStatus::Queued,
+            attempt: 0,
+            lease_id: None,
+            runner_id: None,
+            assigned_at: None,
+            started_at: None,
+            finished_at: None,
+            deadline: None,
+            avoid_runners: Vec::new(),
+            result: None,
+            error: None,
+            version: 1,
+        }
+    }
+
+    fn refuse(&self, to: ShardStatus) -> Error {
+        Error::transition(Entity::Shard, self.status, to)
+    }
+
+    fn stale(&self, presented: &LeaseId) -> Error {
+        Error::StaleLease {
+            shard: self.index,
+            presented: presented.to_string(),
+        }
+    }
+
+    /// The runner currently holding this shard, if any.
+    pub fn holder(&self) -> Option<Released> {
+        match (&self.runner_id, &self.lease_id) {
+            (Some(r), Some(l)) if self.status.is_in_flight() => Some(Released {
+                runner_id: r.clone(),
+                lease_id: l.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn assign(&mut self, runner: RunnerId, lease: LeaseId, now: Timestamp, deadline: Timestamp) -> Result<()> {
+        if self.status != ShardStatus::Queued {
+            return Err(self.refuse(ShardStatus::Assigned));
+        }
+        self.status = ShardStatus::Assigned;
+        self.attempt += 1;
+        self.runner_id = Some(runner);
+        self.lease_id = Some(lease);
+        self.assigned_at = Some(now);
+        self.started_at = None;
+        self.finished_at = None;
+        self.deadline = Some(deadline);
+        self.result = None;
+        self.error = None;
+        self.version += 1;
+        Ok(())
+    }
+
+    fn require_current_lease(&self, lease: &LeaseId) -> Result<()> {
+        if self.lease_id.as_ref() == Some(lease) {
+            Ok(())
+        } else {
+            Err(self.stale(lease))
+        }
+    }
+
+    /// The runner began work. Repeating it is harmless.
+    pub fn start(&mut self, lease: &LeaseId, now: Timestamp) -> Result<Applied> {
+        self.require_current_lease(lease)?;
+        match self.status {
+            ShardStatus::Assigned => {
+                self.status = ShardStatus::Running;
+                self.started_at = Some(now);
+                self.version += 1;
+                Ok(Applied::Changed)
+            }
+            ShardStatus::Running => Ok(Applied::Duplicate),
+            _ => Err(self.refuse(ShardStatus::Running)),
+        }
+    }
+
+    /// Applies a final report. A report that passed without running any test,
+    /// or passed with failures in it, is not taken at its word.
+    pub fn complete(&mut self, lease: &LeaseId, outcome: ShardOutcome, result: ShardResult, now: Timestamp) -> Result<Applied> {
+        self.require_current_lease(lease)?;
+        let (status, error) = judge(outcome, &result);
+        if self.status.is_terminal() {
+            return if self.status == status && self.result.as_ref() == Some(&result) {
+                Ok(Applied::Duplicate)
+            } else {
+                Err(self.refuse(status))
+            };
+        }
+        if !self.status.is_in_flight() {
+            return Err(self.refuse(status));
+        }
+        self.status = status;
+        self.error = error;
+        self.result = Some(result);
+        self.finished_at = Some(now);
+        self.deadline = None;
+        self.version += 1;
+        Ok(Applied::Changed)
+    }
+
+    /// Takes the shard back from its runner so another can run it.
+    pub fn requeue(&mut self, reason: &str) -> Result<Released> {
+        let held = self.holder().ok_or_else(|| self.refuse(ShardStatus::Queued))?;
+        if !self.avoid_runners.contains(&held.runner_id) {
+            self.avoid_runners.push(held.runner_id.clone());
+        }
+        self.status = ShardStatus::Queued;
+        self.lease_id = None;
+        self.runner_id = None;
+        self.deadline = None;
+        self.started_at = None;
+        self.error = Some(reason.to_owned());
+        self.version += 1;
+        Ok(held)
+    }
+
+    /// Gives up on the shard (out of attempts). Returns what it held, if anything.
+    pub fn give_up(&mut self, reason: String, now: Timestamp) -> Result<Option<Released>> {
+        if self.status.is_terminal() {
+            return Err(self.refuse(ShardStatus::Errored));
+        }
+        let held = self.holder();
+        self.status = ShardStatus::Errored;
+        self.error = Some(reason);
+        self.finished_at = Some(now);
+        self.deadline = None;
+        self.version += 1;
+        Ok(held)
+    }
+
+    /// Stops the shard because its execution ended. Returns what it held.
+    pub fn cancel(&mut self, reason: &str, now: Timestamp) -> Result<Option<Released>> {
+        if self.status.is_terminal() {
+            return Err(self.refuse(ShardStatus::Cancelled));
+        }
+        let held = self.holder();
+        self.status = ShardStatus::Cancelled;
+        self.error = Some(reason.to_owned());
+        self.finished_at = Some(now);
+        self.deadline = None;
+        self.version += 1;
+        Ok(held)
+    }
+
+    /// Manual retry of a shard that did not pass.
+    pub fn retry(&mut self) -> Result<()> {
+        match self.status {
+            ShardStatus::Failed | ShardStatus::Errored | ShardStatus::Cancelled => {
+                if let Some(r) = self.runner_id.take() {
+                    if !self.avoid_runners.contains(&r) {
+                        self.avoid_runners.push(r);
+                    }
+                }
+                self.status = ShardStatus::Queued;
+                self.lease_id = None;
+                self.deadline = None;
+                self.result = None;
+                self.error = None;
+                self.finished_at = None;
+                self.version += 1;
+                Ok(())
+            }
+            _ => Err(self.refuse(ShardStatus::Queued)),
+        }
+    }
+}
+
+/// No silent pass: the reported outcome is checked against the counts.
+fn judge(outcome: ShardOutcome, result: &ShardResult) -> (ShardStatus, Option<String>) {
+    match outcome {
+        ShardOutcome::Errored => (ShardStatus::Errored, Some("runner reported an error".into())),
+        ShardOutcome::Failed => (ShardStatus::Failed, None),
+        ShardOutcome::Passed if result.failed > 0 => (
+            ShardStatus::Failed,
+            Some(format!("reported passed with {} failed tests", result.failed)),
+        ),
+        ShardOutcome::Passed if result.executed() == 0 => {
+            (ShardStatus::Errored, Some("shard ran zero tests".into()))
+        }
+        ShardOutcome::Passed => (ShardStatus::Passed, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assigned() -> (Shard, LeaseId) {
+        let mut s = Shard::new(ExecutionId::generate(), 0, vec!["t1".into()], None);
+        let lease = LeaseId::generate();
+        s.assign(RunnerId::generate(), lease.clone(), Timestamp(0), Timestamp(1000)).unwrap();
+        (s, lease)
+    }
+
+    fn passing() -> ShardResult {
+        ShardResult { passed: 1, ..Default::default() }
+    }
+
+    #[test]
+    fn a_report_with_an_old_lease_is_rejected_as_stale() {
+        let (mut s, _) = assigned();
+        let err = s.complete(&LeaseId::generate(), ShardOutcome::Passed, passing(), Timestamp(5)).unwrap_err();
+        assert!(matches!(err, Error::StaleLease { .. }));
+    }
+
+    #[test]
+    fn the_same_final_report_twice_is_a_duplicate_not_a_change() {
+        let (mut s, lease) = assigned();
+        assert_eq!(s.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(5)).unwrap(), Applied::Changed);
+        assert_eq!(s.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(6)).unwrap(), Applied::Duplicate);
+        assert!(s.complete(&lease, ShardOutcome::Failed, passing(), Timestamp(6)).is_err());
+    }
+
+    #[test]
+    fn a_pass_that_ran_zero_tests_is_recorded_as_errored() {
+        let (mut s, lease) = assigned();
+        s.complete(&lease, ShardOutcome::Passed, ShardResult { skipped: 3, ..Default::default() }, Timestamp(5)).unwrap();
+        assert_eq!(s.status, ShardStatus::Errored);
+    }
+
+    #[test]
+    fn a_pass_with_failures_is_recorded_as_failed() {
+        let (mut s, lease) = assigned();
+        s.complete(&lease, ShardOutcome::Passed, ShardResult { passed: 1, failed: 1, ..Default::default() }, Timestamp(5)).unwrap();
+        assert_eq!(s.status, ShardStatus::Failed);
+    }
+
+    #[test]
+    fn a_requeued_shard_remembers_to_avoid_the_runner_that_lost_it_and_fences_its_lease() {
+        let (mut s, lease) = assigned();
+        let held = s.requeue("runner lost").unwrap();
+        assert_eq!(s.status, ShardStatus::Queued);
+        assert_eq!(s.avoid_runners, vec![held.runner_id]);
+        assert!(matches!(s.start(&lease, Timestamp(3)), Err(Error::StaleLease { .. })));
+    }
+
+    #[test]
+    fn a_queued_shard_cannot_be_requeued_and_a_finished_one_cannot_be_cancelled() {
+        let mut s = Shard::new(ExecutionId::generate(), 0, vec![], None);
+        assert!(s.requeue("x").is_err());
+        let (mut done, lease) = assigned();
+        done.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(1)).unwrap();
+        assert!(done.cancel("x", Timestamp(2)).is_err());
+    }
+}

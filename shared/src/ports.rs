@@ -1,0 +1,170 @@
+//! Ports: what the use cases need from the outside world. Every store
+//! operation is shaped to be one DynamoDB request or one transaction on the
+//! single table of `docs/data-model.md`; the embedded adapter implements the
+//! same operations with the same conditions.
+
+use crate::domain::{
+    Allocation, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard,
+    Violation,
+};
+use crate::auth::ApiToken;
+use crate::error::Result;
+use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
+use crate::time::{Clock, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+
+/// One page of a listing and the opaque cursor of the next one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Filters for listing executions, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub status: Option<ExecutionStatus>,
+    pub suite: Option<String>,
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+/// Remembers which execution an `Idempotency-Key` created.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    pub body_hash: String,
+    pub execution_id: ExecutionId,
+    pub expires_at: Timestamp,
+}
+
+/// Queue-level figures for the health endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct QueueStats {
+    pub queued_shards: u64,
+    pub in_flight_shards: u64,
+    pub active_executions: u64,
+    pub oldest_queued_at: Option<Timestamp>,
+}
+
+/// Capacity to give back to a runner when a shard stops holding it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Release {
+    pub runner_id: RunnerId,
+    pub lease_id: LeaseId,
+    pub resources: Resources,
+}
+
+/// The atomic assignment step: the shard goes queued -> assigned (if still at
+/// `expected_shard_version`), the runner's capacity is taken (if it is active
+/// and has room), the allocation is written, the execution is marked running
+/// (if not finished) and the pool's round-robin cursor moves — all or nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssignmentWrite {
+    pub shard: Shard,
+    pub expected_shard_version: u64,
+    pub allocation: Allocation,
+    pub cursor: Option<String>,
+    pub now: Timestamp,
+}
+
+/// A versioned shard change, optionally giving back the capacity it held
+/// (deleting the allocation if it still carries `release.lease_id`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardUpdate {
+    pub shard: Shard,
+    pub expected_version: u64,
+    pub release: Option<Release>,
+}
+
+/// The source of truth.
+pub trait Store: Send + Sync + 'static {
+    /// Cheap liveness probe.
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+
+    // Runners
+    fn insert_runner(&self, runner: &Runner) -> impl Future<Output = Result<()>> + Send;
+    fn get_runner(&self, id: &RunnerId) -> impl Future<Output = Result<Option<RunnerWithLoad>>> + Send;
+    fn list_runners(&self, limit: u32, cursor: Option<&str>) -> impl Future<Output = Result<Page<RunnerWithLoad>>> + Send;
+    /// Writes the runner's own fields if its stored version is `expected_version`;
+    /// never touches allocated capacity.
+    fn update_runner(&self, runner: &Runner, expected_version: u64) -> impl Future<Output = Result<()>> + Send;
+    /// Active runners, for a scheduling pass.
+    fn schedulable_runners(&self) -> impl Future<Output = Result<Vec<RunnerWithLoad>>> + Send;
+    /// Active or paused runners whose last heartbeat is before `before`.
+    fn silent_runners(&self, before: Timestamp, limit: u32) -> impl Future<Output = Result<Vec<Runner>>> + Send;
+    /// Shards a runner holds (assigned or running), via its allocations.
+    fn runner_shards(&self, id: &RunnerId) -> impl Future<Output = Result<Vec<Shard>>> + Send;
+
+    // Executions and shards
+    /// Writes the execution, its shards and the idempotency record at once;
+    /// `Conflict` if the idempotency key was taken meanwhile.
+    fn create_execution(&self, execution: &Execution, shards: &[Shard], idempotency: Option<&IdempotencyRecord>) -> impl Future<Output = Result<()>> + Send;
+    fn get_idempotency(&self, key: &str, now: Timestamp) -> impl Future<Output = Result<Option<IdempotencyRecord>>> + Send;
+    fn get_execution(&self, id: &ExecutionId) -> impl Future<Output = Result<Option<Execution>>> + Send;
+    /// The execution with all its shards (one item collection).
+    fn load_execution(&self, id: &ExecutionId) -> impl Future<Output = Result<Option<(Execution, Vec<Shard>)>>> + Send;
+    fn list_executions(&self, filter: &ExecutionFilter) -> impl Future<Output = Result<Page<Execution>>> + Send;
+    fn update_execution(&self, execution: &Execution, expected_version: u64) -> impl Future<Output = Result<()>> + Send;
+    /// Unfinished executions that have queued shards: up to `limit` of the
+    /// highest priority and up to `limit` of the oldest, with their shards.
+    fn pending_executions(&self, limit: u32) -> impl Future<Output = Result<Vec<(Execution, Vec<Shard>)>>> + Send;
+    /// Unfinished executions, earliest deadline first.
+    fn active_executions(&self, limit: u32) -> impl Future<Output = Result<Vec<Execution>>> + Send;
+    /// In-flight shards whose lease deadline is before `now`.
+    fn expired_shards(&self, now: Timestamp, limit: u32) -> impl Future<Output = Result<Vec<Shard>>> + Send;
+    fn assign(&self, write: &AssignmentWrite) -> impl Future<Output = Result<()>> + Send;
+    fn update_shard(&self, update: &ShardUpdate) -> impl Future<Output = Result<()>> + Send;
+    fn queue_stats(&self) -> impl Future<Output = Result<QueueStats>> + Send;
+
+    // Rules and round-robin cursors
+    fn put_rule(&self, rule: &LoadBalancingRule) -> impl Future<Output = Result<()>> + Send;
+    fn list_rules(&self) -> impl Future<Output = Result<Vec<LoadBalancingRule>>> + Send;
+    /// False when there was no such rule.
+    fn delete_rule(&self, id: &RuleId) -> impl Future<Output = Result<bool>> + Send;
+    fn round_robin_cursors(&self) -> impl Future<Output = Result<BTreeMap<String, RunnerId>>> + Send;
+
+    // Health history and limit violations
+    fn add_health_record(&self, record: &HealthRecord) -> impl Future<Output = Result<()>> + Send;
+    fn health_history(&self, id: &RunnerId, limit: u32) -> impl Future<Output = Result<Vec<HealthRecord>>> + Send;
+    fn add_violation(&self, violation: &Violation) -> impl Future<Output = Result<()>> + Send;
+    fn recent_violations(&self, since: Timestamp, limit: u32) -> impl Future<Output = Result<Vec<Violation>>> + Send;
+
+    // Tokens and settings
+    fn put_token(&self, token: &ApiToken) -> impl Future<Output = Result<()>> + Send;
+    fn get_token(&self, id: &TokenId) -> impl Future<Output = Result<Option<ApiToken>>> + Send;
+    fn get_setting(&self, key: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Sets a setting only if it is not set; returns the value now stored.
+    fn init_setting(&self, key: &str, value: &str) -> impl Future<Output = Result<String>> + Send;
+}
+
+/// "Look now" signals. Losing one only delays work until the next sweep.
+pub trait Nudges: Send + Sync + 'static {
+    fn schedule(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Domain events, for fan-in (aggregation) and anyone else listening.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Event {
+    ShardCompleted {
+        execution_id: ExecutionId,
+        shard_index: u32,
+        lease_id: Option<LeaseId>,
+        status: String,
+    },
+}
+
+pub trait Events: Send + Sync + 'static {
+    fn publish(&self, event: Event) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The set of adapters one deployment wires together.
+pub trait Ports: Send + Sync + 'static {
+    type Store: Store;
+    type Clock: Clock;
+    type Nudges: Nudges;
+    type Events: Events;
+}

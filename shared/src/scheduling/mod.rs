@@ -1,0 +1,11 @@
+//! Pure scheduling: queue order with aging, runner matching, the three
+//! load-balancing strategies, the planner that combines them for one pass,
+//! and shard planning (splitting tests into balanced shards).
+
+pub mod planner;
+pub mod queue;
+pub mod sharding;
+pub mod strategy;
+
+pub use planner::{plan, PlannedAssignment, SchedulingPass};
+pub use sharding::{split_tests, PlannedShard};

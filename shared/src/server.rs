@@ -1,0 +1,1 @@
+//! tms serve (in progress)

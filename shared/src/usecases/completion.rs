@@ -1,0 +1,156 @@
+//! Shard reports from runners and the aggregator that folds them into the
+//! execution.
+
+use super::{retry_on_conflict, Orchestrator};
+use crate::auth::Principal;
+use crate::domain::shard::Applied;
+use crate::domain::{Execution, ShardOutcome, ShardResult, ShardStatus, TestStatus};
+use crate::error::{Entity, Error, Result};
+use crate::ids::{ExecutionId, LeaseId};
+use crate::ports::{Event, Events, Nudges, Ports, Release, ShardUpdate, Store};
+use crate::time::Clock;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportStatus {
+    Started,
+    Passed,
+    Failed,
+    Errored,
+}
+
+/// Body of `POST /webhooks/parallel-execution/{id}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShardReport {
+    pub shard_index: u32,
+    #[schema(value_type = String)]
+    pub lease_id: LeaseId,
+    pub status: ReportStatus,
+    pub results: Option<ShardResult>,
+}
+
+/// What a report did to its shard.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ReportOutcome {
+    pub shard_index: u32,
+    /// The shard's status after the report (a passed report may be judged errored or failed).
+    pub shard_status: ShardStatus,
+    /// True when this exact report had already been applied.
+    pub duplicate: bool,
+}
+
+const MAX_RESULTS: usize = 20_000;
+
+impl ShardReport {
+    fn validate(&self) -> Result<()> {
+        let Some(r) = &self.results else { return Ok(()) };
+        if self.status == ReportStatus::Started {
+            return Err(Error::validation("results", "a started report carries no results"));
+        }
+        if r.tests.len() > MAX_RESULTS {
+            return Err(Error::validation("results.tests", format!("at most {MAX_RESULTS} results")));
+        }
+        if !r.tests.is_empty() {
+            let count = |s: TestStatus| r.tests.iter().filter(|t| t.status == s).count() as u32;
+            let failed = count(TestStatus::Failed) + count(TestStatus::Errored);
+            if (r.passed, r.failed, r.skipped) != (count(TestStatus::Passed), failed, count(TestStatus::Skipped)) {
+                return Err(Error::validation("results", "passed/failed/skipped do not match the per-test results"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<P: Ports> Orchestrator<P> {
+    /// Applies a runner's report to its shard. Only the current lease counts;
+    /// the same final report twice is acknowledged once.
+    pub async fn report_shard(&self, caller: &Principal, id: &ExecutionId, report: ShardReport) -> Result<ReportOutcome> {
+        report.validate()?;
+        match caller {
+            Principal::Webhook(exec) if exec == id => {}
+            Principal::Runner(_) | Principal::Admin => {}
+            _ => return Err(Error::Forbidden("report for this execution")),
+        }
+        let now = self.clock.now();
+        let (outcome, finished) = retry_on_conflict(|| async {
+            let (execution, shards) = self.load(id).await?;
+            let mut shard = shards
+                .into_iter()
+                .find(|s| s.index == report.shard_index)
+                .ok_or_else(|| Error::not_found(Entity::Shard, format!("{id}#{}", report.shard_index)))?;
+            if let Principal::Runner(runner) = caller {
+                if shard.runner_id.as_ref() != Some(runner) {
+                    return Err(Error::Forbidden("report on a shard held by another runner"));
+                }
+            }
+            let version = shard.version;
+            let held = shard.holder();
+            let applied = match report.status {
+                ReportStatus::Started => shard.start(&report.lease_id, now)?,
+                done => {
+                    let outcome = match done {
+                        ReportStatus::Passed => ShardOutcome::Passed,
+                        ReportStatus::Failed => ShardOutcome::Failed,
+                        _ => ShardOutcome::Errored,
+                    };
+                    shard.complete(&report.lease_id, outcome, report.results.clone().unwrap_or_default(), now)?
+                }
+            };
+            let finished = applied == Applied::Changed && shard.status.is_terminal();
+            if applied == Applied::Changed {
+                let release = held.filter(|_| finished).map(|h| Release {
+                    runner_id: h.runner_id,
+                    lease_id: h.lease_id,
+                    resources: execution.requirements.per_shard(),
+                });
+                self.store.update_shard(&ShardUpdate { shard: shard.clone(), expected_version: version, release }).await?;
+            }
+            let outcome = ReportOutcome {
+                shard_index: shard.index,
+                shard_status: shard.status,
+                duplicate: applied == Applied::Duplicate,
+            };
+            Ok((outcome, finished))
+        })
+        .await?;
+        if finished {
+            let event = Event::ShardCompleted {
+                execution_id: id.clone(),
+                shard_index: outcome.shard_index,
+                lease_id: Some(report.lease_id.clone()),
+                status: outcome.shard_status.as_str().to_owned(),
+            };
+            // The store already holds the result; a lost event only delays the
+            // fold until the timeout sweep re-aggregates open executions.
+            if let Err(e) = self.events.publish(event).await {
+                tracing::warn!(error = %e, execution = %id, "could not publish ShardCompleted");
+            }
+            self.nudges.schedule().await;
+        }
+        Ok(outcome)
+    }
+
+    /// The aggregator: folds the shards into the execution's totals and final
+    /// status. Idempotent — it derives from the shards every time.
+    pub async fn aggregate(&self, id: &ExecutionId) -> Result<Execution> {
+        retry_on_conflict(|| async {
+            let (mut execution, shards) = self.load(id).await?;
+            let version = execution.version;
+            if execution.aggregate(&shards, self.clock.now()) {
+                self.store.update_execution(&execution, version).await?;
+            }
+            Ok(execution)
+        })
+        .await
+    }
+
+    /// Handles one event from the bus (the aggregator function's body).
+    pub async fn handle_event(&self, event: &Event) -> Result<()> {
+        match event {
+            Event::ShardCompleted { execution_id, .. } => self.aggregate(execution_id).await.map(|_| ()),
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Queueing executions (with idempotency), reading them, cancel and retry.
+
+use super::runners::validate_labels;
+use super::{retry_on_conflict, Orchestrator};
+use crate::auth;
+use crate::domain::{CiMetadata, Execution, ExecutionStatus, Requirements, RunnerType, Shard, ShardStatus, TestSpec, TestType, Totals};
+use crate::error::{Entity, Error, Result};
+use crate::ids::ExecutionId;
+use crate::ports::{ExecutionFilter, IdempotencyRecord, Nudges, Page, Ports, ShardUpdate, Store};
+use crate::scheduling::split_tests;
+use crate::time::Clock;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use utoipa::ToSchema;
+
+/// A test as given when queueing: a bare name, or a name with an expected duration.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TestInput {
+    Name(String),
+    Timed(TimedTest),
+}
+
+/// A test name with how long it is expected to take.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimedTest {
+    pub name: String,
+    pub duration_hint_ms: Option<u64>,
+}
+
+/// What each shard needs; unset CPU and memory come from the test type's defaults.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequirementsInput {
+    #[serde(default)]
+    pub labels: BTreeSet<String>,
+    #[serde(default)]
+    pub runner_types: Vec<RunnerType>,
+    pub cpu_millis: Option<u32>,
+    pub memory_mb: Option<u32>,
+}
+
+/// Body of `POST /executions/queue`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewExecution {
+    pub suite: String,
+    #[serde(default)]
+    pub tests: Vec<TestInput>,
+    /// Number of shards (1 = a regular execution).
+    #[serde(default = "one")]
+    pub parallelism: u32,
+    /// 0-100, higher runs first. Default 50.
+    pub priority: Option<i32>,
+    pub requirements: Option<RequirementsInput>,
+    #[serde(default)]
+    pub test_type: TestType,
+    pub timeout_seconds: Option<u64>,
+    /// How long one shard attempt may take before it is retried elsewhere (default: the execution timeout).
+    pub shard_timeout_seconds: Option<u64>,
+    pub max_attempts: Option<u32>,
+    pub ci: Option<CiMetadata>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The outcome of a queue call.
+pub struct QueuedExecution {
+    pub execution: Execution,
+    pub shards: Vec<Shard>,
+    /// The webhook token for this caller, shown only now.
+    pub webhook_token: String,
+    /// True when an earlier call with the same `Idempotency-Key` created it.
+    pub replayed: bool,
+}
+
+const MAX_TOKENS_PER_EXECUTION: usize = 8;
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.trim().is_empty() || value.len() > max {
+        return Err(Error::validation(field, format!("must be 1 to {max} characters")));
+    }
+    Ok(())
+}
+
+impl<P: Ports> Orchestrator<P> {
+    fn build_execution(&self, new: NewExecution) -> Result<(Execution, Vec<Shard>)> {
+        let cfg = &self.config;
+        check_len("suite", &new.suite, 256)?;
+        if new.tests.len() > cfg.max_tests {
+            return Err(Error::validation("tests", format!("at most {} tests", cfg.max_tests)));
+        }
+        if new.parallelism == 0 || new.parallelism > cfg.max_parallelism {
+            return Err(Error::validation("parallelism", format!("must be between 1 and {}", cfg.max_parallelism)));
+        }
+        if new.tests.is_empty() && new.parallelism > 1 {
+            return Err(Error::validation("tests", "a parallel execution needs the list of tests to split"));
+        }
+        let priority = new.priority.unwrap_or(cfg.default_priority);
+        if !(0..=100).contains(&priority) {
+            return Err(Error::validation("priority", "must be between 0 and 100"));
+        }
+        let timeout = new.timeout_seconds.unwrap_or(cfg.default_timeout_secs);
+        if !(1..=7 * 24 * 3600).contains(&timeout) {
+            return Err(Error::validation("timeout_seconds", "must be between 1 and 604800"));
+        }
+        let shard_timeout = new.shard_timeout_seconds.unwrap_or(timeout);
+        if shard_timeout == 0 || shard_timeout > timeout {
+            return Err(Error::validation("shard_timeout_seconds", "must be between 1 and timeout_seconds"));
+        }
+        let max_attempts = new.max_attempts.unwrap_or(cfg.default_max_attempts);
+        if !(1..=10).contains(&max_attempts) {
+            return Err(Error::validation("max_attempts", "must be between 1 and 10"));
+        }
+        if serde_json::to_string(&new.metadata).map_or(0, |s| s.len()) > 16 * 1024 {
+            return Err(Error::validation("metadata", "must be at most 16 KiB of JSON"));
+        }
+        let mut seen = BTreeSet::new();
+        let tests: Vec<TestSpec> = new
+            .tests
+            .into_iter()
+            .map(|t| match t {
+                TestInput::Name(name) => TestSpec { name, duration_hint_ms: None },
+                TestInput::Timed(t) => TestSpec { name: t.name, duration_hint_ms: t.duration_hint_ms },
+            })
+            .collect();
+        for t in &tests {
+            check_len("tests[].name", &t.name, 1024)?;
+            if !seen.insert(t.name.as_str()) {
+                return Err(Error::validation("tests", format!("test {:?} is listed twice", t.name)));
+            }
+        }
+        let req = new.requirements.unwrap_or_default();
+        validate_labels(&req.labels, "requirements.labels")?;
+        let defaults = cfg.resource_defaults(new.test_type);
+        let requirements = Requirements {
+            labels: req.labels,
+            runner_types: req.runner_types,
+            cpu_millis: req.cpu_millis.unwrap_or(defaults.cpu_millis),
+            memory_mb: req.memory_mb.unwrap_or(defaults.memory_mb),
+        };
+
+        let now = self.clock.now();
+        let id = ExecutionId::generate();
+        let plan = split_tests(&tests, new.parallelism);
+        let shards: Vec<Shard> = plan
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Shard::new(id.clone(), i as u32, p.tests, p.estimated_ms))
+            .collect();
+        let execution = Execution {
+            id,
+            suite: new.suite.trim().to_owned(),
+            status: ExecutionStatus::Queued,
+            status_reason: None,
+            priority,
+            requirements,
+            test_type: new.test_type,
+            timeout_seconds: timeout,
+            shard_timeout_seconds: shard_timeout,
+            max_attempts,
+            ci: new.ci,
+            metadata: new.metadata,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            deadline: now.plus_secs(timeout),
+            shard_count: shards.len() as u32,
+            test_count: tests.len() as u32,
+            totals: Totals::default(),
+            webhook_token_hashes: Vec::new(),
+            version: 1,
+        };
+        Ok((execution, shards))
+    }
+
+    /// Queues an execution. With an idempotency key, a repeat of the same
+    /// request returns the execution the first one created (with a fresh
+    /// webhook token for this caller); a different body is refused.
+    pub async fn queue_execution(&self, new: NewExecution, idempotency: Option<(String, String)>) -> Result<QueuedExecution> {
+        if let Some((key, body_hash)) = &idempotency {
+            check_len("Idempotency-Key", key, 255)?;
+            if let Some(found) = self.replay(key, body_hash).await? {
+                return Ok(found);
+            }
+        }
+        let (mut execution, shards) = self.build_execution(new)?;
+        let issued = auth::issue(Some(execution.id.as_str()));
+        execution.webhook_token_hashes.push(issued.hash);
+        let record = idempotency.as_ref().map(|(key, body_hash)| IdempotencyRecord {
+            key: key.clone(),
+            body_hash: body_hash.clone(),
+            execution_id: execution.id.clone(),
+            expires_at: execution.created_at.plus_secs(self.config.idempotency_ttl_secs),
+        });
+        match self.store.create_execution(&execution, &shards, record.as_ref()).await {
+            Ok(()) => {}
+            Err(e) if e.is_conflict() && idempotency.is_some() => {
+                // Another request with the same key won the race: answer as its replay.
+                if let Some((key, body_hash)) = &idempotency {
+                    if let Some(found) = self.replay(key, body_hash).await? {
+                        return Ok(found);
+                    }
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        self.nudges.schedule().await;
+        Ok(QueuedExecution { execution, shards, webhook_token: issued.token, replayed: false })
+    }
+
+    async fn replay(&self, key: &str, body_hash: &str) -> Result<Option<QueuedExecution>> {
+        let now = self.clock.now();
+        let Some(record) = self.store.get_idempotency(key, now).await? else { return Ok(None) };
+        if record.body_hash != body_hash {
+            return Err(Error::IdempotencyMismatch);
+        }
+        let issued = auth::issue(Some(record.execution_id.as_str()));
+        let (execution, shards) = retry_on_conflict(|| async {
+            let (mut e, shards) = self.load(&record.execution_id).await?;
+            let version = e.version;
+            if e.webhook_token_hashes.len() >= MAX_TOKENS_PER_EXECUTION {
+                e.webhook_token_hashes.remove(0);
+            }
+            e.webhook_token_hashes.push(issued.hash.clone());
+            e.version += 1;
+            self.store.update_execution(&e, version).await?;
+            Ok((e, shards))
+        })
+        .await?;
+        Ok(Some(QueuedExecution { execution, shards, webhook_token: issued.token, replayed: true }))
+    }
+
+    pub(crate) async fn load(&self, id: &ExecutionId) -> Result<(Execution, Vec<Shard>)> {
+        self.store
+            .load_execution(id)
+            .await?
+            .ok_or_else(|| Error::not_found(Entity::Execution, id))
+    }
+
+    /// The execution with its shards, as the status endpoint shows it.
+    pub async fn execution_status(&self, id: &ExecutionId) -> Result<(Execution, Vec<Shard>)> {
+        self.load(id).await
+    }
+
+    pub async fn list_executions(&self, mut filter: ExecutionFilter) -> Result<Page<Execution>> {
+        filter.limit = filter.limit.clamp(1, 200);
+        self.store.list_executions(&filter).await
+    }
+
+    /// Cancels an unfinished execution, stops its shards and frees their capacity.
+    pub async fn cancel_execution(&self, id: &ExecutionId) -> Result<Execution> {
+        let now = self.clock.now();
+        retry_on_conflict(|| async {
+            let (mut e, _) = self.load(id).await?;
+            let version = e.version;
+            e.cancel("cancelled by request".into(), now)?;
+            self.store.update_execution(&e, version).await
+        })
+        .await?;
+        self.stop_open_shards(id, "execution cancelled").await?;
+        self.aggregate(id).await
+    }
+
+    /// Cancels every unfinished shard of a finished execution, giving back capacity.
+    pub(crate) async fn stop_open_shards(&self, id: &ExecutionId, reason: &str) -> Result<()> {
+        let now = self.clock.now();
+        let (execution, shards) = self.load(id).await?;
+        for index in shards.iter().filter(|s| !s.status.is_terminal()).map(|s| s.index) {
+            retry_on_conflict(|| async {
+                let (_, shards) = self.load(id).await?;
+                let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else { return Ok(()) };
+                if shard.status.is_terminal() {
+                    return Ok(());
+                }
+                let version = shard.version;
+                let held = shard.cancel(reason, now)?;
+                let release = held.map(|h| crate::ports::Release {
+                    runner_id: h.runner_id,
+                    lease_id: h.lease_id,
+                    resources: execution.requirements.per_shard(),
+                });
+                self.store.update_shard(&ShardUpdate { shard, expected_version: version, release }).await
+            })
+            .await?;
+        }
+        self.nudges.schedule().await;
+        Ok(())
+    }
+
+    /// Runs the failed, errored or cancelled shards of a finished execution again.
+    pub async fn retry_execution(&self, id: &ExecutionId) -> Result<Execution> {
+        let now = self.clock.now();
+        retry_on_conflict(|| async {
+            let (mut e, _) = self.load(id).await?;
+            let version = e.version;
+            e.reopen(now)?;
+            self.store.update_execution(&e, version).await
+        })
+        .await?;
+        let (_, shards) = self.load(id).await?;
+        let retry: Vec<u32> = shards
+            .iter()
+            .filter(|s| matches!(s.status, ShardStatus::Failed | ShardStatus::Errored | ShardStatus::Cancelled))
+            .map(|s| s.index)
+            .collect();
+        for index in retry {
+            retry_on_conflict(|| async {
+                let (_, shards) = self.load(id).await?;
+                let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else { return Ok(()) };
+                let version = shard.version;
+                shard.retry()?;
+                self.store.update_shard(&ShardUpdate { shard, expected_version: version, release: None }).await
+            })
+            .await?;
+        }
+        self.nudges.schedule().await;
+        self.aggregate(id).await
+    }
+}

@@ -1,0 +1,72 @@
+//! Use cases: every operation of the orchestrator, generic over the ports so
+//! the same code runs in `tms serve` (SQLite, channels) and, later, in the
+//! Lambda functions (DynamoDB, SQS, EventBridge).
+
+mod access;
+mod completion;
+mod executions;
+mod rules;
+mod runners;
+mod scheduler;
+mod sweeps;
+mod system;
+
+pub use access::NewToken;
+pub use completion::{ReportOutcome, ReportStatus, ShardReport};
+pub use executions::{NewExecution, QueuedExecution, RequirementsInput, TestInput, TimedTest};
+pub use rules::NewRule;
+pub use runners::{Assignment, NewRunner, RegisteredRunner};
+pub use sweeps::SweepReport;
+pub use system::{QueueHealth, RunnerCounts, RunnerUtilization, SystemHealth, Utilization};
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::ports::Ports;
+use std::future::Future;
+
+/// The orchestrator: ports plus settings. Cheap to share behind an `Arc`.
+pub struct Orchestrator<P: Ports> {
+    pub store: P::Store,
+    pub clock: P::Clock,
+    pub nudges: P::Nudges,
+    pub events: P::Events,
+    pub config: Config,
+    admin_token_hash: String,
+}
+
+impl<P: Ports> Orchestrator<P> {
+    /// `admin_token_hash` is the SHA-256 (hex) of the admin token, see [`crate::auth::hash`].
+    pub fn new(
+        store: P::Store,
+        clock: P::Clock,
+        nudges: P::Nudges,
+        events: P::Events,
+        config: Config,
+        admin_token_hash: String,
+    ) -> Self {
+        Orchestrator {
+            store,
+            clock,
+            nudges,
+            events,
+            config,
+            admin_token_hash,
+        }
+    }
+}
+
+/// Runs a read-decide-conditional-write step again when it lost a race.
+/// Losing many times in a row means heavy contention; the last error is returned.
+pub(crate) async fn retry_on_conflict<T, F, Fut>(mut step: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut attempts = 0;
+    loop {
+        match step().await {
+            Err(e) if e.is_conflict() && attempts < 8 => attempts += 1,
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Runner registration, heartbeats and operator controls.
+
+use super::{retry_on_conflict, Orchestrator};
+use crate::auth;
+use crate::domain::{HealthRecord, Resources, Runner, RunnerStatus, RunnerType, RunnerWithLoad, Shard, Usage, Violation};
+use crate::error::{Entity, Error, Result};
+use crate::ids::{ExecutionId, LeaseId, RunnerId};
+use crate::ports::{Nudges, Page, Ports, Store};
+use crate::time::{Clock, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use utoipa::ToSchema;
+
+/// Body of `POST /runners/register`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewRunner {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub runner_type: RunnerType,
+    #[serde(default)]
+    pub labels: BTreeSet<String>,
+    pub capacity: Resources,
+    #[serde(default)]
+    pub priority: i32,
+    /// Push-mode dispatch settings for the runner's platform (kept as given).
+    #[serde(default)]
+    pub dispatch: Option<serde_json::Value>,
+}
+
+/// A newly registered runner and its token (shown only now).
+pub struct RegisteredRunner {
+    pub runner: RunnerWithLoad,
+    pub token: String,
+}
+
+/// A shard a runner holds, as its heartbeat returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Assignment {
+    #[schema(value_type = String)]
+    pub execution_id: ExecutionId,
+    pub suite: String,
+    pub shard_index: u32,
+    #[schema(value_type = String)]
+    pub lease_id: LeaseId,
+    pub attempt: u32,
+    pub status: crate::domain::ShardStatus,
+    pub tests: Vec<String>,
+    /// When the lease runs out (ms since epoch).
+    #[schema(value_type = Option<i64>)]
+    pub deadline: Option<Timestamp>,
+}
+
+pub(crate) fn validate_labels(labels: &BTreeSet<String>, field: &str) -> Result<()> {
+    if labels.len() > 32 {
+        return Err(Error::validation(field, "at most 32 labels"));
+    }
+    if let Some(bad) = labels.iter().find(|l| l.is_empty() || l.len() > 64 || l.chars().any(char::is_whitespace)) {
+        return Err(Error::validation(field, format!("label {bad:?} must be 1-64 characters without spaces")));
+    }
+    Ok(())
+}
+
+impl NewRunner {
+    fn validate(&self) -> Result<()> {
+        let name = self.name.trim();
+        if name.is_empty() || name.len() > 128 {
+            return Err(Error::validation("name", "must be 1 to 128 characters"));
+        }
+        validate_labels(&self.labels, "labels")?;
+        if self.capacity.slots == 0 || self.capacity.slots > 1024 {
+            return Err(Error::validation("capacity.slots", "must be between 1 and 1024"));
+        }
+        if self.dispatch.as_ref().is_some_and(|d| d.to_string().len() > 16 * 1024) {
+            return Err(Error::validation("dispatch", "must be at most 16 KiB of JSON"));
+        }
+        Ok(())
+    }
+}
+
+impl<P: Ports> Orchestrator<P> {
+    pub async fn register_runner(&self, new: NewRunner) -> Result<RegisteredRunner> {
+        new.validate()?;
+        let now = self.clock.now();
+        let id = RunnerId::generate();
+        let issued = auth::issue(Some(id.as_str()));
+        let runner = Runner {
+            id,
+            name: new.name.trim().to_owned(),
+            runner_type: new.runner_type,
+            labels: new.labels,
+            capacity: new.capacity,
+            priority: new.priority,
+            status: RunnerStatus::Active,
+            status_reason: None,
+            registered_at: now,
+            last_heartbeat: now,
+            last_usage: None,
+            dispatch: new.dispatch,
+            token_hash: issued.hash,
+            version: 1,
+        };
+        self.store.insert_runner(&runner).await?;
+        self.nudges.schedule().await;
+        Ok(RegisteredRunner {
+            runner: RunnerWithLoad {
+                runner,
+                allocated: Resources::default(),
+            },
+            token: issued.token,
+        })
+    }
+
+    pub async fn runner(&self, id: &RunnerId) -> Result<RunnerWithLoad> {
+        self.store
+            .get_runner(id)
+            .await?
+            .ok_or_else(|| Error::not_found(Entity::Runner, id))
+    }
+
+    pub async fn list_runners(&self, limit: u32, cursor: Option<&str>) -> Result<Page<RunnerWithLoad>> {
+        self.store.list_runners(limit.clamp(1, 500), cursor).await
+    }
+
+    /// Records a heartbeat (and any reported usage) and returns the shards the
+    /// runner should be working on.
+    pub async fn heartbeat(&self, id: &RunnerId, usage: Option<Usage>) -> Result<Vec<Assignment>> {
+        let now = self.clock.now();
+        let (revived, allocated) = retry_on_conflict(|| async {
+            let mut loaded = self.runner(id).await?;
+            let version = loaded.runner.version;
+            let revived = loaded.runner.heartbeat(now, usage)?;
+            self.store.update_runner(&loaded.runner, version).await?;
+            Ok((revived, loaded.allocated))
+        })
+        .await?;
+        if revived {
+            self.record_health(id, now, RunnerStatus::Active, "heartbeat received again".into()).await?;
+            self.nudges.schedule().await;
+        }
+        if let Some(v) = usage.and_then(|u| Violation::check(id, now, allocated, u)) {
+            self.store.add_violation(&v).await?;
+        }
+        self.assignments(id).await
+    }
+
+    async fn assignments(&self, id: &RunnerId) -> Result<Vec<Assignment>> {
+        let shards = self.store.runner_shards(id).await?;
+        let mut suites: BTreeMap<ExecutionId, String> = BTreeMap::new();
+        let mut out = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let Some(lease_id) = shard.lease_id.clone() else { continue };
+            if !suites.contains_key(&shard.execution_id) {
+                let suite = self.store.get_execution(&shard.execution_id).await?.map(|e| e.suite).unwrap_or_default();
+                suites.insert(shard.execution_id.clone(), suite);
+            }
+            out.push(Assignment {
+                suite: suites[&shard.execution_id].clone(),
+                execution_id: shard.execution_id,
+                shard_index: shard.index,
+                lease_id,
+                attempt: shard.attempt,
+                status: shard.status,
+                tests: shard.tests,
+                deadline: shard.deadline,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn pause_runner(&self, id: &RunnerId) -> Result<RunnerWithLoad> {
+        self.change_runner(id, |r| r.pause().map(|_| ())).await
+    }
+
+    pub async fn resume_runner(&self, id: &RunnerId) -> Result<RunnerWithLoad> {
+        let r = self.change_runner(id, |r| r.resume().map(|_| ())).await?;
+        self.nudges.schedule().await;
+        Ok(r)
+    }
+
+    /// Deregisters the runner and sends its in-flight shards to other runners.
+    pub async fn deregister_runner(&self, id: &RunnerId) -> Result<RunnerWithLoad> {
+        let r = self.change_runner(id, Runner::deregister).await?;
+        let now = self.clock.now();
+        self.record_health(id, now, RunnerStatus::Deregistered, "deregistered".into()).await?;
+        self.take_back_runner_work(id, "runner deregistered").await?;
+        Ok(r)
+    }
+
+    async fn change_runner(&self, id: &RunnerId, change: impl Fn(&mut Runner) -> Result<()>) -> Result<RunnerWithLoad> {
+        retry_on_conflict(|| async {
+            let mut loaded = self.runner(id).await?;
+            let version = loaded.runner.version;
+            change(&mut loaded.runner)?;
+            if loaded.runner.version != version {
+                self.store.update_runner(&loaded.runner, version).await?;
+            }
+            Ok(loaded)
+        })
+        .await
+    }
+
+    pub(crate) async fn record_health(&self, id: &RunnerId, at: Timestamp, status: RunnerStatus, reason: String) -> Result<()> {
+        self.store
+            .add_health_record(&HealthRecord { runner_id: id.clone(), at, status, reason })
+            .await
+    }
+
+    /// Requeues (or, out of attempts, fails) every shard the runner holds.
+    pub(crate) async fn take_back_runner_work(&self, id: &RunnerId, reason: &str) -> Result<usize> {
+        let shards: Vec<Shard> = self.store.runner_shards(id).await?;
+        let mut moved = 0;
+        for shard in shards {
+            if let Some(lease) = shard.lease_id.clone() {
+                if self.take_back(&shard.execution_id, shard.index, &lease, reason).await? {
+                    moved += 1;
+                }
+            }
+        }
+        Ok(moved)
+    }
+}

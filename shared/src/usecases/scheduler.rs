@@ -1,0 +1,66 @@
+//! The scheduling pass: read the queue and the runners, plan in memory, then
+//! apply each assignment as one atomic conditional step.
+
+use super::Orchestrator;
+use crate::domain::Allocation;
+use crate::error::Result;
+use crate::ids::LeaseId;
+use crate::ports::{AssignmentWrite, Ports, Store};
+use crate::scheduling::{plan, SchedulingPass};
+use crate::time::Clock;
+
+impl<P: Ports> Orchestrator<P> {
+    /// Assigns what can be assigned now; returns how many shards were assigned.
+    /// Safe to run concurrently with itself: a lost race is skipped and left
+    /// for the next pass.
+    pub async fn schedule_pass(&self) -> Result<usize> {
+        let pending = self.store.pending_executions(self.config.sweep_batch).await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let runners = self.store.schedulable_runners().await?;
+        if runners.is_empty() {
+            return Ok(0);
+        }
+        let rules = self.store.list_rules().await?;
+        let cursors = self.store.round_robin_cursors().await?;
+        let now = self.clock.now();
+        let planned = plan(&SchedulingPass {
+            pending: &pending,
+            runners: &runners,
+            rules: &rules,
+            cursors: &cursors,
+            default_strategy: self.config.default_strategy,
+            now,
+            aging_step_ms: self.config.aging_step_ms,
+        });
+        let mut assigned = 0;
+        for p in planned {
+            let Some((execution, shards)) = pending.iter().find(|(e, _)| e.id == p.execution_id) else { continue };
+            let Some(mut shard) = shards.iter().find(|s| s.index == p.shard_index).cloned() else { continue };
+            let lease = LeaseId::generate();
+            let deadline = now.plus_secs(execution.shard_timeout_seconds);
+            shard.assign(p.runner_id.clone(), lease.clone(), now, deadline)?;
+            let write = AssignmentWrite {
+                shard,
+                expected_shard_version: p.shard_version,
+                allocation: Allocation {
+                    runner_id: p.runner_id,
+                    execution_id: p.execution_id,
+                    shard_index: p.shard_index,
+                    lease_id: lease,
+                    resources: p.resources,
+                    allocated_at: now,
+                },
+                cursor: p.cursor,
+                now,
+            };
+            match self.store.assign(&write).await {
+                Ok(()) => assigned += 1,
+                Err(e) if e.is_conflict() => tracing::debug!(error = %e, "assignment lost a race; next pass retries"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(assigned)
+    }
+}

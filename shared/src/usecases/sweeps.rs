@@ -1,0 +1,139 @@
+//! The sweeps: scheduled passes that find every piece of pending work in the
+//! store, so that a lost nudge or event never loses work.
+
+use super::{retry_on_conflict, Orchestrator};
+use crate::domain::RunnerStatus;
+use crate::error::Result;
+use crate::ids::{ExecutionId, LeaseId};
+use crate::ports::{Nudges, Ports, Release, ShardUpdate, Store};
+use crate::time::Clock;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// What one sweep did, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
+pub struct SweepReport {
+    pub runners_marked_unhealthy: u32,
+    pub shards_requeued: u32,
+    pub shards_failed: u32,
+    pub executions_timed_out: u32,
+    pub executions_aggregated: u32,
+}
+
+impl<P: Ports> Orchestrator<P> {
+    /// Runners silent for `missed_heartbeats` intervals become unhealthy and
+    /// their shards go to other runners.
+    pub async fn health_sweep(&self) -> Result<SweepReport> {
+        let now = self.clock.now();
+        let before = now.plus_ms(-self.config.silence_limit_ms());
+        let mut report = SweepReport::default();
+        for mut runner in self.store.silent_runners(before, self.config.sweep_batch).await? {
+            let version = runner.version;
+            let silent_s = now.since(runner.last_heartbeat) / 1000;
+            let reason = format!("no heartbeat for {silent_s}s");
+            runner.mark_unhealthy(reason.clone())?;
+            match self.store.update_runner(&runner, version).await {
+                Ok(()) => {}
+                // It heartbeated (or changed) meanwhile: it is not silent after all.
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+            report.runners_marked_unhealthy += 1;
+            self.record_health(&runner.id, now, RunnerStatus::Unhealthy, reason).await?;
+            let moved = self.take_back_runner_work(&runner.id, "runner became unhealthy").await?;
+            report.shards_requeued += moved as u32;
+        }
+        Ok(report)
+    }
+
+    /// Shards past their lease deadline are retried elsewhere (or fail when
+    /// out of attempts); executions past their timeout are timed out; open
+    /// executions whose shards are all done are folded (a lost event's backstop).
+    pub async fn timeout_sweep(&self) -> Result<SweepReport> {
+        let now = self.clock.now();
+        let mut report = SweepReport::default();
+        for shard in self.store.expired_shards(now, self.config.sweep_batch).await? {
+            let Some(lease) = shard.lease_id.clone() else { continue };
+            if self.take_back(&shard.execution_id, shard.index, &lease, "shard deadline passed").await? {
+                report.shards_requeued += 1;
+            } else {
+                report.shards_failed += 1;
+            }
+        }
+        for execution in self.store.active_executions(self.config.sweep_batch).await? {
+            if execution.deadline < now {
+                if self.time_out_execution(&execution.id).await? {
+                    report.executions_timed_out += 1;
+                }
+            } else {
+                let before = execution.status;
+                if self.aggregate(&execution.id).await?.status != before {
+                    report.executions_aggregated += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn time_out_execution(&self, id: &ExecutionId) -> Result<bool> {
+        let now = self.clock.now();
+        let timed_out = retry_on_conflict(|| async {
+            let (mut e, _) = self.load(id).await?;
+            if e.status.is_terminal() {
+                return Ok(false);
+            }
+            let version = e.version;
+            e.time_out(now)?;
+            self.store.update_execution(&e, version).await?;
+            Ok(true)
+        })
+        .await?;
+        if timed_out {
+            self.stop_open_shards(id, "execution timed out").await?;
+            self.aggregate(id).await?;
+        }
+        Ok(timed_out)
+    }
+
+    /// Takes a shard back from the runner holding `lease`: requeued while it
+    /// has attempts left (returns true), else errored (returns false). Does
+    /// nothing if that lease is no longer current.
+    pub(crate) async fn take_back(&self, id: &ExecutionId, index: u32, lease: &LeaseId, reason: &str) -> Result<bool> {
+        let now = self.clock.now();
+        let requeued = retry_on_conflict(|| async {
+            let (execution, shards) = self.load(id).await?;
+            let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else { return Ok(None) };
+            if shard.lease_id.as_ref() != Some(lease) || !shard.status.is_in_flight() {
+                return Ok(None);
+            }
+            let version = shard.version;
+            let retry = shard.attempt < execution.max_attempts && !execution.status.is_terminal();
+            let held = if retry {
+                Some(shard.requeue(reason)?)
+            } else {
+                let why = format!("{reason}; gave up after {} of {} attempts", shard.attempt, execution.max_attempts);
+                shard.give_up(why, now)?
+            };
+            let release = held.map(|h| Release {
+                runner_id: h.runner_id,
+                lease_id: h.lease_id,
+                resources: execution.requirements.per_shard(),
+            });
+            self.store.update_shard(&ShardUpdate { shard, expected_version: version, release }).await?;
+            Ok(Some(retry))
+        })
+        .await?;
+        match requeued {
+            Some(true) => {
+                self.nudges.schedule().await;
+                Ok(true)
+            }
+            Some(false) => {
+                self.aggregate(id).await?;
+                self.nudges.schedule().await;
+                Ok(false)
+            }
+            None => Ok(false),
+        }
+    }
+}
