@@ -1,1 +1,130 @@
-//! tms serve (in progress)
+//! `tms serve`: the whole orchestrator in one process — the API router, the
+//! scheduler woken by nudges, the aggregator fed by the in-process bus, and
+//! the sweeps on intervals — over the embedded SQLite store.
+
+use crate::adapters::{ChannelEvents, NotifyNudges, SqliteStore};
+use crate::auth;
+use crate::config::Config;
+use crate::error::Result;
+use crate::http;
+use crate::ports::{Ports, Store};
+use crate::time::SystemClock;
+use crate::usecases::Orchestrator;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The adapters of the local server.
+pub struct LocalPorts;
+
+impl Ports for LocalPorts {
+    type Store = SqliteStore;
+    type Clock = SystemClock;
+    type Nudges = NotifyNudges;
+    type Events = ChannelEvents;
+}
+
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    /// `TMS_ADMIN_TOKEN`; when absent a token is created on first start.
+    pub admin_token: Option<String>,
+    /// How often the timeout sweep (and the schedule sweep backstop) run.
+    pub sweep_interval: Duration,
+    pub config: Config,
+}
+
+const ADMIN_HASH_SETTING: &str = "admin_token_hash";
+
+/// The admin token's hash: from the environment, or created once and kept.
+/// Returns the new token when one was created, to be shown exactly once.
+async fn admin_token_hash(store: &SqliteStore, from_env: Option<&str>) -> Result<(String, Option<String>)> {
+    if let Some(token) = from_env {
+        return Ok((auth::hash(token), None));
+    }
+    if let Some(hash) = store.get_setting(ADMIN_HASH_SETTING).await? {
+        return Ok((hash, None));
+    }
+    let issued = auth::issue(None);
+    let stored = store.init_setting(ADMIN_HASH_SETTING, &issued.hash).await?;
+    let shown = (stored == issued.hash).then_some(issued.token);
+    Ok((stored, shown))
+}
+
+/// Runs until `shutdown` resolves. Prints `listening on http://ADDR` once bound.
+pub async fn serve(listener: TcpListener, options: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    let store = SqliteStore::open_dir(&options.data_dir)?;
+    let (hash, created) = admin_token_hash(&store, options.admin_token.as_deref()).await?;
+    if let Some(token) = created {
+        println!("created admin token (shown only once; set TMS_ADMIN_TOKEN to choose your own): {token}");
+    }
+    let nudges = NotifyNudges::default();
+    let (events, mut inbox) = ChannelEvents::new();
+    let app: Arc<Orchestrator<LocalPorts>> =
+        Arc::new(Orchestrator::new(store, SystemClock, nudges.clone(), events, options.config.clone(), hash));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let scheduler = app.clone();
+    let wake = nudges.0.clone();
+    let sweep_every = options.sweep_interval;
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(sweep_every);
+        loop {
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tick.tick() => {}
+            }
+            // Keep going while passes make progress (a pass handles one batch).
+            loop {
+                match scheduler.schedule_pass().await {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "schedule pass failed");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let aggregator = app.clone();
+    tasks.spawn(async move {
+        while let Some(event) = inbox.recv().await {
+            if let Err(e) = aggregator.handle_event(&event).await {
+                tracing::error!(error = %e, ?event, "aggregation failed; the timeout sweep will retry");
+            }
+        }
+    });
+    let sweeper = app.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(sweep_every);
+        loop {
+            tick.tick().await;
+            match sweeper.timeout_sweep().await {
+                Ok(r) if r != Default::default() => tracing::info!(report = ?r, "timeout sweep"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "timeout sweep failed"),
+            }
+        }
+    });
+    let health = app.clone();
+    let health_every = Duration::from_secs(options.config.heartbeat_interval_secs.max(1));
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(health_every);
+        loop {
+            tick.tick().await;
+            match health.health_sweep().await {
+                Ok(r) if r != Default::default() => tracing::info!(report = ?r, "health sweep"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "health sweep failed"),
+            }
+        }
+    });
+
+    let addr = listener.local_addr().map_err(|e| crate::Error::Storage(Box::new(e)))?;
+    println!("listening on http://{addr}");
+    let served = axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown).await;
+    tasks.shutdown().await;
+    served.map_err(|e| crate::Error::Internal(format!("server stopped: {e}")))
+}

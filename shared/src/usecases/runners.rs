@@ -200,6 +200,11 @@ impl<P: Ports> Orchestrator<P> {
         .await
     }
 
+    /// A runner's health changes, newest first.
+    pub async fn store_health_history(&self, id: &RunnerId) -> Result<Vec<HealthRecord>> {
+        self.store.health_history(id, 100).await
+    }
+
     pub(crate) async fn record_health(&self, id: &RunnerId, at: Timestamp, status: RunnerStatus, reason: String) -> Result<()> {
         self.store
             .add_health_record(&HealthRecord { runner_id: id.clone(), at, status, reason })

@@ -1,0 +1,69 @@
+//! Request extractors whose failures are domain errors (so they render as
+//! problem+json like everything else).
+
+use super::AppState;
+use crate::auth::Principal;
+use crate::error::Error;
+use crate::ports::Ports;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 8 * 1024 * 1024;
+
+/// The authenticated caller.
+pub struct Caller(pub Principal);
+
+impl<P: Ports> FromRequestParts<AppState<P>> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState<P>) -> Result<Self, Error> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or(Error::Unauthorized)?;
+        state.authenticate(token).await.map(Caller)
+    }
+}
+
+/// A JSON body, strictly parsed (unknown fields are errors).
+pub struct ApiJson<T>(pub T);
+
+/// The raw body, for handlers that also need its bytes (idempotency hashing).
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        Bytes::from_request(req, state).await.map(RawBody).map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge { limit: BODY_LIMIT }
+            } else {
+                Error::InvalidJson(rejection.body_text())
+            }
+        })
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a body; an empty body reads as `{}` so bodiless POSTs work.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
+    serde_json::from_slice(bytes).map_err(|e| Error::InvalidJson(e.to_string()))
+}

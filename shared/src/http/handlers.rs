@@ -1,0 +1,358 @@
+//! Route handlers: authorize, call one use case, shape the answer.
+
+use super::extract::{parse_json, ApiJson, Caller, RawBody};
+use super::views::*;
+use super::AppState;
+use crate::auth::Principal;
+use crate::domain::ExecutionStatus;
+use crate::error::{Error, Result};
+use crate::ids::{ExecutionId, RuleId, RunnerId};
+use crate::ports::{ExecutionFilter, Ports};
+use crate::usecases::{
+    NewExecution, NewRule, NewRunner, NewToken, ReportOutcome, ShardReport, SystemHealth, Utilization,
+};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use utoipa::IntoParams;
+
+fn require_api(caller: &Principal) -> Result<()> {
+    if caller.is_api() {
+        Ok(())
+    } else {
+        Err(Error::Forbidden("use this endpoint; it needs an admin or ci token"))
+    }
+}
+
+fn require_admin(caller: &Principal) -> Result<()> {
+    if *caller == Principal::Admin {
+        Ok(())
+    } else {
+        Err(Error::Forbidden("use this endpoint; it needs an admin token"))
+    }
+}
+
+/// The runner itself, or an admin.
+fn require_runner_or_admin(caller: &Principal, id: &RunnerId) -> Result<()> {
+    match caller {
+        Principal::Admin => Ok(()),
+        Principal::Runner(own) if own == id => Ok(()),
+        _ => Err(Error::Forbidden("act for another runner")),
+    }
+}
+
+pub async fn not_found() -> Error {
+    Error::NotFound { entity: crate::Entity::Execution, id: "route".into() }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Page size (1-500, default 100).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionQuery {
+    /// queued, running, passed, failed, errored, cancelled or timed_out.
+    pub status: Option<String>,
+    pub suite: Option<String>,
+    /// Page size (1-200, default 50).
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    pub usage: Option<crate::domain::Usage>,
+}
+
+#[utoipa::path(post, path = "/runners/register", tag = "runners", request_body = NewRunner,
+    responses((status = 201, body = RegisteredRunnerView), (status = 400, body = super::Problem)), security(("bearer" = [])))]
+pub async fn register_runner<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<NewRunner>,
+) -> Result<(StatusCode, Json<RegisteredRunnerView>)> {
+    require_api(&caller)?;
+    let registered = app.register_runner(body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisteredRunnerView {
+            runner: registered.runner.into(),
+            token: registered.token,
+            heartbeat_interval_seconds: app.config.heartbeat_interval_secs,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/runners", tag = "runners", params(PageQuery),
+    responses((status = 200, body = RunnerPage)), security(("bearer" = [])))]
+pub async fn list_runners<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<RunnerPage>> {
+    require_api(&caller)?;
+    let page = app.list_runners(q.limit.unwrap_or(100), q.cursor.as_deref()).await?;
+    Ok(Json(RunnerPage { items: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor }))
+}
+
+#[utoipa::path(get, path = "/runners/{id}", tag = "runners",
+    responses((status = 200, body = RunnerView), (status = 404, body = super::Problem)), security(("bearer" = [])))]
+pub async fn get_runner<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunnerView>> {
+    let id = RunnerId::parse(&id)?;
+    if !caller.is_api() {
+        require_runner_or_admin(&caller, &id)?;
+    }
+    Ok(Json(app.runner(&id).await?.into()))
+}
+
+#[utoipa::path(post, path = "/runners/{id}/heartbeat", tag = "runners", request_body = HeartbeatBody,
+    responses((status = 200, body = HeartbeatView)), security(("bearer" = [])))]
+pub async fn heartbeat<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<HeartbeatBody>,
+) -> Result<Json<HeartbeatView>> {
+    let id = RunnerId::parse(&id)?;
+    if caller != Principal::Runner(id.clone()) {
+        return Err(Error::Forbidden("heartbeat for a runner other than the token's own"));
+    }
+    let assignments = app.heartbeat(&id, body.usage).await?;
+    Ok(Json(HeartbeatView { assignments, heartbeat_interval_seconds: app.config.heartbeat_interval_secs }))
+}
+
+#[utoipa::path(post, path = "/runners/{id}/pause", tag = "runners",
+    responses((status = 200, body = RunnerView), (status = 409, body = super::Problem)), security(("bearer" = [])))]
+pub async fn pause_runner<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunnerView>> {
+    require_admin(&caller)?;
+    Ok(Json(app.pause_runner(&RunnerId::parse(&id)?).await?.into()))
+}
+
+#[utoipa::path(post, path = "/runners/{id}/resume", tag = "runners",
+    responses((status = 200, body = RunnerView), (status = 409, body = super::Problem)), security(("bearer" = [])))]
+pub async fn resume_runner<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunnerView>> {
+    require_admin(&caller)?;
+    Ok(Json(app.resume_runner(&RunnerId::parse(&id)?).await?.into()))
+}
+
+/// An admin, or the runner itself (an agent shutting down).
+#[utoipa::path(post, path = "/runners/{id}/deregister", tag = "runners",
+    responses((status = 200, body = RunnerView), (status = 409, body = super::Problem)), security(("bearer" = [])))]
+pub async fn deregister_runner<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RunnerView>> {
+    let id = RunnerId::parse(&id)?;
+    require_runner_or_admin(&caller, &id)?;
+    Ok(Json(app.deregister_runner(&id).await?.into()))
+}
+
+#[utoipa::path(get, path = "/runners/{id}/health", tag = "runners",
+    responses((status = 200, body = HealthHistory)), security(("bearer" = [])))]
+pub async fn runner_health<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<HealthHistory>> {
+    require_api(&caller)?;
+    let id = RunnerId::parse(&id)?;
+    app.runner(&id).await?;
+    Ok(Json(HealthHistory { items: app.store_health_history(&id).await? }))
+}
+
+/// Queues an execution. Send `Idempotency-Key` to make retries safe.
+#[utoipa::path(post, path = "/executions/queue", tag = "executions", request_body = NewExecution,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same execution")),
+    responses((status = 202, body = QueuedView), (status = 200, body = QueuedView, description = "idempotent replay"),
+        (status = 400, body = super::Problem), (status = 422, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn queue_execution<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<(StatusCode, Json<QueuedView>)> {
+    require_api(&caller)?;
+    let value: serde_json::Value = parse_json(&body)?;
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(v.to_str().map_err(|_| Error::validation("Idempotency-Key", "must be visible ASCII"))?),
+        None => None,
+    };
+    // Hash the canonical form (object keys sorted) so formatting differences do not matter.
+    let idempotency = key.map(|k| (k.to_owned(), hex::encode(Sha256::digest(value.to_string().as_bytes()))));
+    let new: NewExecution = serde_json::from_value(value).map_err(|e| Error::InvalidJson(e.to_string()))?;
+    let queued = app.queue_execution(new, idempotency).await?;
+    let status = if queued.replayed { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((
+        status,
+        Json(QueuedView {
+            execution: ExecutionView::new(&queued.execution, &queued.shards),
+            webhook_token: queued.webhook_token,
+            replayed: queued.replayed,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/executions", tag = "executions", params(ExecutionQuery),
+    responses((status = 200, body = ExecutionPage)), security(("bearer" = [])))]
+pub async fn list_executions<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Query(q): Query<ExecutionQuery>,
+) -> Result<Json<ExecutionPage>> {
+    require_api(&caller)?;
+    let status = match q.status.as_deref() {
+        Some(s) => Some(ExecutionStatus::parse(s).ok_or_else(|| Error::validation("status", format!("unknown status {s:?}")))?),
+        None => None,
+    };
+    let filter = ExecutionFilter { status, suite: q.suite, limit: q.limit.unwrap_or(50), cursor: q.cursor };
+    let page = app.list_executions(filter).await?;
+    Ok(Json(ExecutionPage { items: page.items.iter().map(Into::into).collect(), next_cursor: page.next_cursor }))
+}
+
+#[utoipa::path(get, path = "/executions/{id}/status", tag = "executions",
+    responses((status = 200, body = ExecutionView), (status = 404, body = super::Problem)), security(("bearer" = [])))]
+pub async fn execution_status<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ExecutionView>> {
+    require_api(&caller)?;
+    let (e, shards) = app.execution_status(&ExecutionId::parse(&id)?).await?;
+    Ok(Json(ExecutionView::new(&e, &shards)))
+}
+
+#[utoipa::path(get, path = "/executions/{id}/report", tag = "executions",
+    responses((status = 200, body = ExecutionReport)), security(("bearer" = [])))]
+pub async fn execution_report<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ExecutionReport>> {
+    require_api(&caller)?;
+    let (e, shards) = app.execution_status(&ExecutionId::parse(&id)?).await?;
+    Ok(Json(ExecutionReport::new(&e, &shards)))
+}
+
+#[utoipa::path(post, path = "/executions/{id}/cancel", tag = "executions",
+    responses((status = 200, body = ExecutionSummary), (status = 409, body = super::Problem)), security(("bearer" = [])))]
+pub async fn cancel_execution<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ExecutionSummary>> {
+    require_api(&caller)?;
+    let e = app.cancel_execution(&ExecutionId::parse(&id)?).await?;
+    Ok(Json((&e).into()))
+}
+
+/// Runs the failed, errored or cancelled shards of a finished execution again.
+#[utoipa::path(post, path = "/executions/{id}/retry", tag = "executions",
+    responses((status = 200, body = ExecutionSummary), (status = 409, body = super::Problem)), security(("bearer" = [])))]
+pub async fn retry_execution<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ExecutionSummary>> {
+    require_api(&caller)?;
+    let e = app.retry_execution(&ExecutionId::parse(&id)?).await?;
+    Ok(Json((&e).into()))
+}
+
+#[utoipa::path(post, path = "/load-balancing-rules", tag = "rules", request_body = NewRule,
+    responses((status = 201, body = RuleView)), security(("bearer" = [])))]
+pub async fn create_rule<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<NewRule>,
+) -> Result<(StatusCode, Json<RuleView>)> {
+    require_admin(&caller)?;
+    Ok((StatusCode::CREATED, Json(app.create_rule(body).await?.into())))
+}
+
+#[utoipa::path(get, path = "/load-balancing-rules", tag = "rules",
+    responses((status = 200, body = RuleList)), security(("bearer" = [])))]
+pub async fn list_rules<P: Ports>(State(app): State<AppState<P>>, Caller(caller): Caller) -> Result<Json<RuleList>> {
+    require_api(&caller)?;
+    Ok(Json(RuleList { items: app.list_rules().await?.into_iter().map(Into::into).collect() }))
+}
+
+#[utoipa::path(delete, path = "/load-balancing-rules/{id}", tag = "rules",
+    responses((status = 204), (status = 404, body = super::Problem)), security(("bearer" = [])))]
+pub async fn delete_rule<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    require_admin(&caller)?;
+    app.delete_rule(&RuleId::parse(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A shard reports started / passed / failed / errored. Authenticated with the
+/// execution's webhook token or the token of the runner holding the shard.
+#[utoipa::path(post, path = "/webhooks/parallel-execution/{id}", tag = "webhooks", request_body = ShardReport,
+    responses((status = 200, body = ReportOutcome), (status = 409, body = super::Problem, description = "stale lease")),
+    security(("bearer" = [])))]
+pub async fn shard_webhook<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ShardReport>,
+) -> Result<Json<ReportOutcome>> {
+    let id = ExecutionId::parse(&id)?;
+    Ok(Json(app.report_shard(&caller, &id, body).await?))
+}
+
+/// Unauthenticated, for load balancers and uptime checks.
+#[utoipa::path(get, path = "/system/health", tag = "system",
+    responses((status = 200, body = SystemHealth), (status = 503, body = SystemHealth)))]
+pub async fn system_health<P: Ports>(State(app): State<AppState<P>>) -> (StatusCode, Json<SystemHealth>) {
+    let health = app.system_health().await;
+    let status = if health.store == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(health))
+}
+
+#[utoipa::path(get, path = "/resources/utilization", tag = "system",
+    responses((status = 200, body = Utilization)), security(("bearer" = [])))]
+pub async fn utilization<P: Ports>(State(app): State<AppState<P>>, Caller(caller): Caller) -> Result<Json<Utilization>> {
+    require_api(&caller)?;
+    Ok(Json(app.utilization().await?))
+}
+
+#[utoipa::path(post, path = "/tokens", tag = "system", request_body = NewToken,
+    responses((status = 201, body = TokenView)), security(("bearer" = [])))]
+pub async fn create_token<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<NewToken>,
+) -> Result<(StatusCode, Json<TokenView>)> {
+    require_admin(&caller)?;
+    let (token, secret) = app.create_token(body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenView { id: token.id.to_string(), name: token.name, scope: token.scope, token: secret }),
+    ))
+}

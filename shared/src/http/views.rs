@@ -1,0 +1,310 @@
+//! Response bodies. Domain records are shown through these views so that
+//! secrets (token hashes) and storage details never reach a client.
+
+use crate::domain::{
+    CiMetadata, Execution, ExecutionStatus, LoadBalancingRule, Requirements, Resources, RunnerPool, RunnerStatus,
+    RunnerType, RunnerWithLoad, Shard, ShardStatus, Strategy, TestResult, TestType, Totals, Usage,
+};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use utoipa::ToSchema;
+
+/// Times are milliseconds since the Unix epoch.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunnerView {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub runner_type: RunnerType,
+    pub labels: BTreeSet<String>,
+    pub capacity: Resources,
+    pub allocated: Resources,
+    pub free: Resources,
+    pub priority: i32,
+    pub status: RunnerStatus,
+    pub status_reason: Option<String>,
+    pub registered_at: i64,
+    pub last_heartbeat: i64,
+    pub last_usage: Option<Usage>,
+    #[schema(value_type = Option<Object>)]
+    pub dispatch: Option<serde_json::Value>,
+}
+
+impl From<RunnerWithLoad> for RunnerView {
+    fn from(r: RunnerWithLoad) -> Self {
+        let free = r.free();
+        let RunnerWithLoad { runner, allocated } = r;
+        RunnerView {
+            id: runner.id.to_string(),
+            name: runner.name,
+            runner_type: runner.runner_type,
+            labels: runner.labels,
+            capacity: runner.capacity,
+            allocated,
+            free,
+            priority: runner.priority,
+            status: runner.status,
+            status_reason: runner.status_reason,
+            registered_at: runner.registered_at.0,
+            last_heartbeat: runner.last_heartbeat.0,
+            last_usage: runner.last_usage,
+            dispatch: runner.dispatch,
+        }
+    }
+}
+
+/// `POST /runners/register` answer: the runner and its token (shown once).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegisteredRunnerView {
+    #[serde(flatten)]
+    pub runner: RunnerView,
+    /// Bearer token for this runner's heartbeats and reports. Not retrievable later.
+    pub token: String,
+    /// Heartbeat at least this often or the runner is marked unhealthy after three misses.
+    pub heartbeat_interval_seconds: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunnerPage {
+    pub items: Vec<RunnerView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShardResultCounts {
+    pub passed: u32,
+    pub failed: u32,
+    pub skipped: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ShardView {
+    pub index: u32,
+    pub status: ShardStatus,
+    pub runner_id: Option<String>,
+    pub attempt: u32,
+    pub test_count: usize,
+    pub tests: Vec<String>,
+    pub estimated_ms: Option<u64>,
+    pub assigned_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// When the current attempt's lease runs out.
+    pub deadline: Option<i64>,
+    pub error: Option<String>,
+    pub results: Option<ShardResultCounts>,
+}
+
+impl From<&Shard> for ShardView {
+    fn from(s: &Shard) -> Self {
+        ShardView {
+            index: s.index,
+            status: s.status,
+            runner_id: s.runner_id.as_ref().map(ToString::to_string),
+            attempt: s.attempt,
+            test_count: s.tests.len(),
+            tests: s.tests.clone(),
+            estimated_ms: s.estimated_ms,
+            assigned_at: s.assigned_at.map(|t| t.0),
+            started_at: s.started_at.map(|t| t.0),
+            finished_at: s.finished_at.map(|t| t.0),
+            deadline: s.deadline.map(|t| t.0),
+            error: s.error.clone(),
+            results: s.result.as_ref().map(|r| ShardResultCounts {
+                passed: r.passed,
+                failed: r.failed,
+                skipped: r.skipped,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Progress {
+    pub shards_done: u32,
+    pub shards_total: u32,
+    pub percent: u32,
+}
+
+/// An execution without its shards (list entries).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionSummary {
+    pub id: String,
+    pub suite: String,
+    pub status: ExecutionStatus,
+    /// Why the execution is in this status (failures, errors, timeouts).
+    pub status_reason: Option<String>,
+    pub priority: i32,
+    pub test_type: TestType,
+    pub requirements: Requirements,
+    pub parallelism: u32,
+    pub test_count: u32,
+    pub timeout_seconds: u64,
+    pub shard_timeout_seconds: u64,
+    pub max_attempts: u32,
+    pub totals: Totals,
+    pub progress: Progress,
+    pub ci: Option<CiMetadata>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub deadline: i64,
+}
+
+impl From<&Execution> for ExecutionSummary {
+    fn from(e: &Execution) -> Self {
+        let total = e.shard_count.max(1);
+        ExecutionSummary {
+            id: e.id.to_string(),
+            suite: e.suite.clone(),
+            status: e.status,
+            status_reason: e.status_reason.clone(),
+            priority: e.priority,
+            test_type: e.test_type,
+            requirements: e.requirements.clone(),
+            parallelism: e.shard_count,
+            test_count: e.test_count,
+            timeout_seconds: e.timeout_seconds,
+            shard_timeout_seconds: e.shard_timeout_seconds,
+            max_attempts: e.max_attempts,
+            totals: e.totals,
+            progress: Progress {
+                shards_done: e.totals.shards_done,
+                shards_total: e.shard_count,
+                percent: e.totals.shards_done * 100 / total,
+            },
+            ci: e.ci.clone(),
+            metadata: e.metadata.clone(),
+            created_at: e.created_at.0,
+            started_at: e.started_at.map(|t| t.0),
+            finished_at: e.finished_at.map(|t| t.0),
+            deadline: e.deadline.0,
+        }
+    }
+}
+
+/// `GET /executions/{id}/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionView {
+    #[serde(flatten)]
+    pub execution: ExecutionSummary,
+    pub shards: Vec<ShardView>,
+}
+
+impl ExecutionView {
+    pub fn new(e: &Execution, shards: &[Shard]) -> Self {
+        let mut summary = ExecutionSummary::from(e);
+        // Progress from the shards themselves, so it is current even before the aggregator ran.
+        let done = shards.iter().filter(|s| s.status.is_terminal()).count() as u32;
+        summary.progress.shards_done = done;
+        summary.progress.percent = done * 100 / e.shard_count.max(1);
+        ExecutionView { execution: summary, shards: shards.iter().map(ShardView::from).collect() }
+    }
+}
+
+/// `POST /executions/queue` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuedView {
+    #[serde(flatten)]
+    pub execution: ExecutionView,
+    /// Bearer token for this execution's webhook. Shown once per queue call.
+    pub webhook_token: String,
+    /// True when this answer replays an earlier call with the same Idempotency-Key.
+    pub replayed: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionPage {
+    pub items: Vec<ExecutionSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// One test in the merged report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReportedTest {
+    pub shard_index: u32,
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub result: TestResult,
+}
+
+/// `GET /executions/{id}/report`: every shard's results in one document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecutionReport {
+    pub execution: ExecutionSummary,
+    pub shards: Vec<ShardView>,
+    pub tests: Vec<ReportedTest>,
+}
+
+impl ExecutionReport {
+    pub fn new(e: &Execution, shards: &[Shard]) -> Self {
+        let tests = shards
+            .iter()
+            .flat_map(|s| {
+                s.result.iter().flat_map(move |r| {
+                    r.tests.iter().map(move |t| ReportedTest { shard_index: s.index, attempt: s.attempt, result: t.clone() })
+                })
+            })
+            .collect();
+        let view = ExecutionView::new(e, shards);
+        ExecutionReport { execution: view.execution, shards: view.shards, tests }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleView {
+    pub id: String,
+    pub name: String,
+    pub suite_pattern: String,
+    pub labels: BTreeSet<String>,
+    pub min_priority: Option<i32>,
+    pub max_priority: Option<i32>,
+    pub strategy: Strategy,
+    pub pool: RunnerPool,
+    pub precedence: i32,
+    pub created_at: i64,
+}
+
+impl From<LoadBalancingRule> for RuleView {
+    fn from(r: LoadBalancingRule) -> Self {
+        RuleView {
+            id: r.id.to_string(),
+            name: r.name,
+            suite_pattern: r.suite_pattern,
+            labels: r.labels,
+            min_priority: r.min_priority,
+            max_priority: r.max_priority,
+            strategy: r.strategy,
+            pool: r.pool,
+            precedence: r.precedence,
+            created_at: r.created_at.0,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleList {
+    pub items: Vec<RuleView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeartbeatView {
+    pub assignments: Vec<crate::usecases::Assignment>,
+    pub heartbeat_interval_seconds: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthHistory {
+    pub items: Vec<crate::domain::HealthRecord>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub scope: crate::auth::Scope,
+    /// The bearer token. Shown once.
+    pub token: String,
+}
