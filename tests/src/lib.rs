@@ -1,1 +1,156 @@
-//! placeholder
+//! Shared test support: an orchestrator on an in-memory store with a manual
+//! clock, and a real `tms serve` process on a free port.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tms::adapters::SqliteStore;
+use tms::config::Config;
+use tms::ports::{Event, Events, Nudges, Ports};
+use tms::time::{ManualClock, Timestamp};
+use tms::usecases::Orchestrator;
+
+/// Counts nudges; the tests run scheduling passes themselves.
+#[derive(Clone, Default)]
+pub struct CountingNudges(pub Arc<AtomicUsize>);
+
+impl Nudges for CountingNudges {
+    async fn schedule(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Keeps published events so a test can deliver them (or not, or twice).
+#[derive(Clone, Default)]
+pub struct RecordedEvents(pub Arc<Mutex<Vec<Event>>>);
+
+impl RecordedEvents {
+    pub fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl Events for RecordedEvents {
+    async fn publish(&self, event: Event) -> tms::Result<()> {
+        self.0.lock().unwrap().push(event);
+        Ok(())
+    }
+}
+
+pub struct TestPorts;
+
+impl Ports for TestPorts {
+    type Store = SqliteStore;
+    type Clock = ManualClock;
+    type Nudges = CountingNudges;
+    type Events = RecordedEvents;
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// An orchestrator on a fresh in-memory store, its clock and its event log.
+pub struct Harness {
+    pub app: Arc<Orchestrator<TestPorts>>,
+    pub clock: ManualClock,
+    pub events: RecordedEvents,
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        Self::with_config(Config::default())
+    }
+
+    pub fn with_config(config: Config) -> Self {
+        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+        let events = RecordedEvents::default();
+        let store = SqliteStore::in_memory().expect("in-memory store");
+        let app = Orchestrator::new(
+            store,
+            clock.clone(),
+            CountingNudges::default(),
+            events.clone(),
+            config,
+            tms::auth::hash(ADMIN_TOKEN),
+        );
+        Harness { app: Arc::new(app), clock, events }
+    }
+
+    /// Delivers every published event to the aggregator, as the bus would.
+    pub async fn deliver_events(&self) {
+        for e in self.events.take() {
+            self.app.handle_event(&e).await.expect("aggregate");
+        }
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A `tms serve` process on 127.0.0.1 and a free port; killed on drop.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub url: String,
+}
+
+impl Server {
+    /// Starts `bin serve` on port 0 over `data_dir` and waits until it listens.
+    pub fn start(bin: &str, data_dir: &Path, admin_token: Option<&str>) -> Server {
+        Self::start_with(bin, data_dir, admin_token, &[]).0
+    }
+
+    /// Like [`Server::start`], with extra arguments; also returns what the
+    /// server printed before it listened.
+    pub fn start_with(bin: &str, data_dir: &Path, admin_token: Option<&str>, extra: &[&str]) -> (Server, Vec<String>) {
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        match admin_token {
+            Some(t) => cmd.env("TMS_ADMIN_TOKEN", t),
+            None => cmd.env_remove("TMS_ADMIN_TOKEN"),
+        };
+        let mut child = cmd.spawn().expect("start tms serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut printed = Vec::new();
+        let url = loop {
+            let line = lines.next().expect("server exited before listening").expect("read stdout");
+            if let Some(url) = line.strip_prefix("listening on ") {
+                break url.trim().to_owned();
+            }
+            printed.push(line);
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let base = format!("{url}/api/enhanced-orchestration");
+        (Server { child, base, url }, printed)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client with a bounded timeout, so a hung server fails the test.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+}

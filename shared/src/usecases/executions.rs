@@ -80,6 +80,17 @@ pub struct QueuedExecution {
     pub replayed: bool,
 }
 
+impl std::fmt::Debug for QueuedExecution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedExecution")
+            .field("execution", &self.execution.id)
+            .field("shards", &self.shards.len())
+            .field("webhook_token", &"<redacted>")
+            .field("replayed", &self.replayed)
+            .finish()
+    }
+}
+
 const MAX_TOKENS_PER_EXECUTION: usize = 8;
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<()> {

@@ -78,6 +78,15 @@ impl NewRunner {
     }
 }
 
+impl std::fmt::Debug for RegisteredRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteredRunner")
+            .field("runner", &self.runner.runner.id)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
 impl<P: Ports> Orchestrator<P> {
     pub async fn register_runner(&self, new: NewRunner) -> Result<RegisteredRunner> {
         new.validate()?;

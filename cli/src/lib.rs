@@ -1,0 +1,104 @@
+//! The `tms` command as a library, so the binary and the end-to-end tests run
+//! exactly the same code. For now: `tms serve`, the whole orchestrator in one
+//! process on an embedded store.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tms::config::Config;
+use tms::server::{serve, ServeOptions};
+
+#[derive(Parser)]
+#[command(name = "tms", version, about = "TMS: test-execution orchestrator for CI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API, scheduler, aggregator and sweeps locally on an embedded, durable store.
+    Serve {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the database lives; created if missing.
+        #[arg(long, default_value = "./tms-data")]
+        data_dir: PathBuf,
+        /// Admin bearer token; when unset one is created on first start and printed once.
+        #[arg(long, env = "TMS_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        /// Seconds between runner heartbeats (a runner silent for 3 is unhealthy).
+        #[arg(long, default_value_t = 30)]
+        heartbeat_interval: u64,
+        /// Seconds between timeout sweeps.
+        #[arg(long, default_value_t = 5)]
+        sweep_interval: u64,
+    },
+}
+
+/// Parses the command line, runs the command and returns the process exit code.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tms: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tms: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Serve { listen, data_dir, admin_token, heartbeat_interval, sweep_interval } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let config = Config { heartbeat_interval_secs: heartbeat_interval.max(1), ..Config::default() };
+            let options = ServeOptions {
+                data_dir,
+                admin_token: admin_token.filter(|t| !t.is_empty()),
+                sweep_interval: Duration::from_secs(sweep_interval.max(1)),
+                config,
+            };
+            serve(listener, options, shutdown_signal()).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
