@@ -11,7 +11,11 @@ use tms::config::Config;
 use tms::server::{serve, ServeOptions};
 
 #[derive(Parser)]
-#[command(name = "tms", version, about = "TMS: test-execution orchestrator for CI")]
+#[command(
+    name = "tms",
+    version,
+    about = "TMS: test-execution orchestrator for CI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,9 @@ enum Command {
 /// Parses the command line, runs the command and returns the process exit code.
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -64,11 +70,20 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Serve { listen, data_dir, admin_token, heartbeat_interval, sweep_interval } => {
+        Command::Serve {
+            listen,
+            data_dir,
+            admin_token,
+            heartbeat_interval,
+            sweep_interval,
+        } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            let config = Config { heartbeat_interval_secs: heartbeat_interval.max(1), ..Config::default() };
+            let config = Config {
+                heartbeat_interval_secs: heartbeat_interval.max(1),
+                ..Config::default()
+            };
             let options = ServeOptions {
                 data_dir,
                 admin_token: admin_token.filter(|t| !t.is_empty()),

@@ -63,10 +63,22 @@ impl Default for Config {
             max_tests: 20_000,
             idempotency_ttl_secs: 24 * 3600,
             sweep_batch: 100,
-            unit: ResourceDefaults { cpu_millis: 500, memory_mb: 512 },
-            integration: ResourceDefaults { cpu_millis: 1000, memory_mb: 1024 },
-            e2e: ResourceDefaults { cpu_millis: 2000, memory_mb: 2048 },
-            performance: ResourceDefaults { cpu_millis: 4000, memory_mb: 4096 },
+            unit: ResourceDefaults {
+                cpu_millis: 500,
+                memory_mb: 512,
+            },
+            integration: ResourceDefaults {
+                cpu_millis: 1000,
+                memory_mb: 1024,
+            },
+            e2e: ResourceDefaults {
+                cpu_millis: 2000,
+                memory_mb: 2048,
+            },
+            performance: ResourceDefaults {
+                cpu_millis: 4000,
+                memory_mb: 4096,
+            },
         }
     }
 }

@@ -3,11 +3,11 @@
 //! single table of `docs/data-model.md`; the embedded adapter implements the
 //! same operations with the same conditions.
 
-use crate::domain::{
-    Allocation, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard,
-    Violation,
-};
 use crate::auth::ApiToken;
+use crate::domain::{
+    Allocation, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, Runner,
+    RunnerWithLoad, Shard, Violation,
+};
 use crate::error::Result;
 use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
 use crate::time::{Clock, Timestamp};
@@ -86,35 +86,79 @@ pub trait Store: Send + Sync + 'static {
 
     // Runners
     fn insert_runner(&self, runner: &Runner) -> impl Future<Output = Result<()>> + Send;
-    fn get_runner(&self, id: &RunnerId) -> impl Future<Output = Result<Option<RunnerWithLoad>>> + Send;
-    fn list_runners(&self, limit: u32, cursor: Option<&str>) -> impl Future<Output = Result<Page<RunnerWithLoad>>> + Send;
+    fn get_runner(
+        &self,
+        id: &RunnerId,
+    ) -> impl Future<Output = Result<Option<RunnerWithLoad>>> + Send;
+    fn list_runners(
+        &self,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> impl Future<Output = Result<Page<RunnerWithLoad>>> + Send;
     /// Writes the runner's own fields if its stored version is `expected_version`;
     /// never touches allocated capacity.
-    fn update_runner(&self, runner: &Runner, expected_version: u64) -> impl Future<Output = Result<()>> + Send;
+    fn update_runner(
+        &self,
+        runner: &Runner,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Active runners, for a scheduling pass.
     fn schedulable_runners(&self) -> impl Future<Output = Result<Vec<RunnerWithLoad>>> + Send;
     /// Active or paused runners whose last heartbeat is before `before`.
-    fn silent_runners(&self, before: Timestamp, limit: u32) -> impl Future<Output = Result<Vec<Runner>>> + Send;
+    fn silent_runners(
+        &self,
+        before: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Runner>>> + Send;
     /// Shards a runner holds (assigned or running), via its allocations.
     fn runner_shards(&self, id: &RunnerId) -> impl Future<Output = Result<Vec<Shard>>> + Send;
 
     // Executions and shards
     /// Writes the execution, its shards and the idempotency record at once;
     /// `Conflict` if the idempotency key was taken meanwhile.
-    fn create_execution(&self, execution: &Execution, shards: &[Shard], idempotency: Option<&IdempotencyRecord>) -> impl Future<Output = Result<()>> + Send;
-    fn get_idempotency(&self, key: &str, now: Timestamp) -> impl Future<Output = Result<Option<IdempotencyRecord>>> + Send;
-    fn get_execution(&self, id: &ExecutionId) -> impl Future<Output = Result<Option<Execution>>> + Send;
+    fn create_execution(
+        &self,
+        execution: &Execution,
+        shards: &[Shard],
+        idempotency: Option<&IdempotencyRecord>,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn get_idempotency(
+        &self,
+        key: &str,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Option<IdempotencyRecord>>> + Send;
+    fn get_execution(
+        &self,
+        id: &ExecutionId,
+    ) -> impl Future<Output = Result<Option<Execution>>> + Send;
     /// The execution with all its shards (one item collection).
-    fn load_execution(&self, id: &ExecutionId) -> impl Future<Output = Result<Option<(Execution, Vec<Shard>)>>> + Send;
-    fn list_executions(&self, filter: &ExecutionFilter) -> impl Future<Output = Result<Page<Execution>>> + Send;
-    fn update_execution(&self, execution: &Execution, expected_version: u64) -> impl Future<Output = Result<()>> + Send;
+    fn load_execution(
+        &self,
+        id: &ExecutionId,
+    ) -> impl Future<Output = Result<Option<(Execution, Vec<Shard>)>>> + Send;
+    fn list_executions(
+        &self,
+        filter: &ExecutionFilter,
+    ) -> impl Future<Output = Result<Page<Execution>>> + Send;
+    fn update_execution(
+        &self,
+        execution: &Execution,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Unfinished executions that have queued shards: up to `limit` of the
     /// highest priority and up to `limit` of the oldest, with their shards.
-    fn pending_executions(&self, limit: u32) -> impl Future<Output = Result<Vec<(Execution, Vec<Shard>)>>> + Send;
+    fn pending_executions(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(Execution, Vec<Shard>)>>> + Send;
     /// Unfinished executions, earliest deadline first.
     fn active_executions(&self, limit: u32) -> impl Future<Output = Result<Vec<Execution>>> + Send;
     /// In-flight shards whose lease deadline is before `now`.
-    fn expired_shards(&self, now: Timestamp, limit: u32) -> impl Future<Output = Result<Vec<Shard>>> + Send;
+    fn expired_shards(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Shard>>> + Send;
     fn assign(&self, write: &AssignmentWrite) -> impl Future<Output = Result<()>> + Send;
     fn update_shard(&self, update: &ShardUpdate) -> impl Future<Output = Result<()>> + Send;
     fn queue_stats(&self) -> impl Future<Output = Result<QueueStats>> + Send;
@@ -124,13 +168,23 @@ pub trait Store: Send + Sync + 'static {
     fn list_rules(&self) -> impl Future<Output = Result<Vec<LoadBalancingRule>>> + Send;
     /// False when there was no such rule.
     fn delete_rule(&self, id: &RuleId) -> impl Future<Output = Result<bool>> + Send;
-    fn round_robin_cursors(&self) -> impl Future<Output = Result<BTreeMap<String, RunnerId>>> + Send;
+    fn round_robin_cursors(
+        &self,
+    ) -> impl Future<Output = Result<BTreeMap<String, RunnerId>>> + Send;
 
     // Health history and limit violations
     fn add_health_record(&self, record: &HealthRecord) -> impl Future<Output = Result<()>> + Send;
-    fn health_history(&self, id: &RunnerId, limit: u32) -> impl Future<Output = Result<Vec<HealthRecord>>> + Send;
+    fn health_history(
+        &self,
+        id: &RunnerId,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<HealthRecord>>> + Send;
     fn add_violation(&self, violation: &Violation) -> impl Future<Output = Result<()>> + Send;
-    fn recent_violations(&self, since: Timestamp, limit: u32) -> impl Future<Output = Result<Vec<Violation>>> + Send;
+    fn recent_violations(
+        &self,
+        since: Timestamp,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Violation>>> + Send;
 
     // Tokens and settings
     fn put_token(&self, token: &ApiToken) -> impl Future<Output = Result<()>> + Send;

@@ -39,7 +39,10 @@ const ADMIN_HASH_SETTING: &str = "admin_token_hash";
 
 /// The admin token's hash: from the environment, or created once and kept.
 /// Returns the new token when one was created, to be shown exactly once.
-async fn admin_token_hash(store: &SqliteStore, from_env: Option<&str>) -> Result<(String, Option<String>)> {
+async fn admin_token_hash(
+    store: &SqliteStore,
+    from_env: Option<&str>,
+) -> Result<(String, Option<String>)> {
     if let Some(token) = from_env {
         return Ok((auth::hash(token), None));
     }
@@ -53,7 +56,11 @@ async fn admin_token_hash(store: &SqliteStore, from_env: Option<&str>) -> Result
 }
 
 /// Runs until `shutdown` resolves. Prints `listening on http://ADDR` once bound.
-pub async fn serve(listener: TcpListener, options: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let store = SqliteStore::open_dir(&options.data_dir)?;
     let (hash, created) = admin_token_hash(&store, options.admin_token.as_deref()).await?;
     if let Some(token) = created {
@@ -61,8 +68,14 @@ pub async fn serve(listener: TcpListener, options: ServeOptions, shutdown: impl 
     }
     let nudges = NotifyNudges::default();
     let (events, mut inbox) = ChannelEvents::new();
-    let app: Arc<Orchestrator<LocalPorts>> =
-        Arc::new(Orchestrator::new(store, SystemClock, nudges.clone(), events, options.config.clone(), hash));
+    let app: Arc<Orchestrator<LocalPorts>> = Arc::new(Orchestrator::new(
+        store,
+        SystemClock,
+        nudges.clone(),
+        events,
+        options.config.clone(),
+        hash,
+    ));
 
     let mut tasks = tokio::task::JoinSet::new();
     let scheduler = app.clone();
@@ -122,9 +135,13 @@ pub async fn serve(listener: TcpListener, options: ServeOptions, shutdown: impl 
         }
     });
 
-    let addr = listener.local_addr().map_err(|e| crate::Error::Storage(Box::new(e)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| crate::Error::Storage(Box::new(e)))?;
     println!("listening on http://{addr}");
-    let served = axum::serve(listener, http::router(app)).with_graceful_shutdown(shutdown).await;
+    let served = axum::serve(listener, http::router(app))
+        .with_graceful_shutdown(shutdown)
+        .await;
     tasks.shutdown().await;
     served.map_err(|e| crate::Error::Internal(format!("server stopped: {e}")))
 }

@@ -75,7 +75,11 @@ impl Harness {
             config,
             tms::auth::hash(ADMIN_TOKEN),
         );
-        Harness { app: Arc::new(app), clock, events }
+        Harness {
+            app: Arc::new(app),
+            clock,
+            events,
+        }
     }
 
     /// Delivers every published event to the aggregator, as the bus would.
@@ -107,7 +111,12 @@ impl Server {
 
     /// Like [`Server::start`], with extra arguments; also returns what the
     /// server printed before it listened.
-    pub fn start_with(bin: &str, data_dir: &Path, admin_token: Option<&str>, extra: &[&str]) -> (Server, Vec<String>) {
+    pub fn start_with(
+        bin: &str,
+        data_dir: &Path,
+        admin_token: Option<&str>,
+        extra: &[&str],
+    ) -> (Server, Vec<String>) {
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -124,7 +133,10 @@ impl Server {
         let mut lines = BufReader::new(stdout).lines();
         let mut printed = Vec::new();
         let url = loop {
-            let line = lines.next().expect("server exited before listening").expect("read stdout");
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .expect("read stdout");
             if let Some(url) = line.strip_prefix("listening on ") {
                 break url.trim().to_owned();
             }
@@ -152,5 +164,8 @@ impl Drop for Server {
 
 /// An HTTP client with a bounded timeout, so a hung server fails the test.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
 }

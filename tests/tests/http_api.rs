@@ -14,10 +14,19 @@ struct Api {
 
 impl Api {
     fn new(server: &Server) -> Self {
-        Api { http: client(), base: server.base.clone() }
+        Api {
+            http: client(),
+            base: server.base.clone(),
+        }
     }
 
-    async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -39,19 +48,36 @@ impl Api {
 
     async fn register(&self, name: &str, slots: u32) -> (String, String) {
         let body = json!({"name": name, "type": "custom", "labels": ["linux"], "capacity": {"slots": slots, "cpu_millis": 8000, "memory_mb": 16384}});
-        let v = self.ok(Method::POST, "/runners/register", ADMIN_TOKEN, Some(body)).await;
-        (v["id"].as_str().unwrap().to_owned(), v["token"].as_str().unwrap().to_owned())
+        let v = self
+            .ok(Method::POST, "/runners/register", ADMIN_TOKEN, Some(body))
+            .await;
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["token"].as_str().unwrap().to_owned(),
+        )
     }
 
     async fn queue(&self, suite: &str, tests: usize, parallelism: u32) -> (String, String) {
         let tests: Vec<String> = (0..tests).map(|i| format!("t{i}")).collect();
         let body = json!({"suite": suite, "tests": tests, "parallelism": parallelism});
-        let v = self.ok(Method::POST, "/executions/queue", ADMIN_TOKEN, Some(body)).await;
-        (v["id"].as_str().unwrap().to_owned(), v["webhook_token"].as_str().unwrap().to_owned())
+        let v = self
+            .ok(Method::POST, "/executions/queue", ADMIN_TOKEN, Some(body))
+            .await;
+        (
+            v["id"].as_str().unwrap().to_owned(),
+            v["webhook_token"].as_str().unwrap().to_owned(),
+        )
     }
 
     async fn heartbeat(&self, runner: &str, token: &str) -> Vec<Value> {
-        let v = self.ok(Method::POST, &format!("/runners/{runner}/heartbeat"), token, Some(json!({}))).await;
+        let v = self
+            .ok(
+                Method::POST,
+                &format!("/runners/{runner}/heartbeat"),
+                token,
+                Some(json!({})),
+            )
+            .await;
         v["assignments"].as_array().unwrap().clone()
     }
 
@@ -65,7 +91,13 @@ impl Api {
     }
 
     async fn status(&self, id: &str) -> Value {
-        self.ok(Method::GET, &format!("/executions/{id}/status"), ADMIN_TOKEN, None).await
+        self.ok(
+            Method::GET,
+            &format!("/executions/{id}/status"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .await
     }
 
     async fn wait_for_status(&self, id: &str, want: &str) -> Value {
@@ -89,7 +121,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "condition not reached in 15s");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "condition not reached in 15s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -112,22 +147,48 @@ async fn a_suite_is_queued_split_run_reported_and_passes_over_http() {
         let n = shard["tests"].as_array().unwrap().len() as u32;
         api.ok(Method::POST, &format!("/webhooks/parallel-execution/{exec}"), &webhook,
             Some(json!({"shard_index": shard["shard_index"], "lease_id": shard["lease_id"], "status": "started"}))).await;
-        let tests: Vec<Value> = shard["tests"].as_array().unwrap().iter()
-            .map(|t| json!({"name": t, "status": "passed", "duration_ms": 12})).collect();
+        let tests: Vec<Value> = shard["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| json!({"name": t, "status": "passed", "duration_ms": 12}))
+            .collect();
         let body = json!({"shard_index": shard["shard_index"], "lease_id": shard["lease_id"], "status": "passed",
             "results": {"passed": n, "failed": 0, "skipped": 0, "tests": tests}});
-        api.ok(Method::POST, &format!("/webhooks/parallel-execution/{exec}"), &webhook, Some(body)).await;
+        api.ok(
+            Method::POST,
+            &format!("/webhooks/parallel-execution/{exec}"),
+            &webhook,
+            Some(body),
+        )
+        .await;
     }
     let done = api.wait_for_status(&exec, "passed").await;
     assert_eq!(done["totals"]["passed"], 7);
     assert_eq!(done["progress"]["percent"], 100);
     assert_eq!(done["shards"].as_array().unwrap().len(), 3);
 
-    let report = api.ok(Method::GET, &format!("/executions/{exec}/report"), ADMIN_TOKEN, None).await;
+    let report = api
+        .ok(
+            Method::GET,
+            &format!("/executions/{exec}/report"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
     assert_eq!(report["tests"].as_array().unwrap().len(), 7);
-    let util = api.ok(Method::GET, "/resources/utilization", ADMIN_TOKEN, None).await;
+    let util = api
+        .ok(Method::GET, "/resources/utilization", ADMIN_TOKEN, None)
+        .await;
     assert_eq!(util["total_allocated"]["slots"], 0);
-    let list = api.ok(Method::GET, "/executions?status=passed&limit=10", ADMIN_TOKEN, None).await;
+    let list = api
+        .ok(
+            Method::GET,
+            "/executions?status=passed&limit=10",
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
     assert_eq!(list["items"][0]["id"], exec.as_str());
 }
 
@@ -138,18 +199,40 @@ async fn reports_with_a_stale_lease_get_409_and_duplicates_count_once() {
     let api = Api::new(&server);
     let (runner, runner_token) = api.register("agent", 1).await;
     let (exec, webhook) = api.queue("api", 2, 1).await;
-    let shard = api.wait_for_assignments(&runner, &runner_token, 1).await.remove(0);
+    let shard = api
+        .wait_for_assignments(&runner, &runner_token, 1)
+        .await
+        .remove(0);
     let path = format!("/webhooks/parallel-execution/{exec}");
 
     let mut stale = report(&shard, "passed", 2, 0);
     stale["lease_id"] = json!("lse01ARZ3NDEKTSV4RRFFQ69G5FAV");
-    let (status, problem) = api.call(Method::POST, &path, Some(&webhook), Some(stale)).await;
+    let (status, problem) = api
+        .call(Method::POST, &path, Some(&webhook), Some(stale))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(problem["code"], "stale_lease");
 
-    let first = api.ok(Method::POST, &path, &runner_token, Some(report(&shard, "passed", 2, 0))).await;
-    let again = api.ok(Method::POST, &path, &webhook, Some(report(&shard, "passed", 2, 0))).await;
-    assert_eq!((first["duplicate"].as_bool(), again["duplicate"].as_bool()), (Some(false), Some(true)));
+    let first = api
+        .ok(
+            Method::POST,
+            &path,
+            &runner_token,
+            Some(report(&shard, "passed", 2, 0)),
+        )
+        .await;
+    let again = api
+        .ok(
+            Method::POST,
+            &path,
+            &webhook,
+            Some(report(&shard, "passed", 2, 0)),
+        )
+        .await;
+    assert_eq!(
+        (first["duplicate"].as_bool(), again["duplicate"].as_bool()),
+        (Some(false), Some(true))
+    );
     let done = api.wait_for_status(&exec, "passed").await;
     assert_eq!(done["totals"]["passed"], 2);
 }
@@ -160,36 +243,89 @@ async fn bad_input_gets_a_problem_document_with_a_stable_code() {
     let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
     let api = Api::new(&server);
     let cases = [
-        (json!({"suite": "x", "tests": ["a"], "surprise": true}), "invalid_json"),
-        (json!({"suite": "x", "tests": ["a"], "parallelism": 0}), "validation_failed"),
+        (
+            json!({"suite": "x", "tests": ["a"], "surprise": true}),
+            "invalid_json",
+        ),
+        (
+            json!({"suite": "x", "tests": ["a"], "parallelism": 0}),
+            "validation_failed",
+        ),
         (json!({"suite": "", "tests": ["a"]}), "validation_failed"),
-        (json!({"suite": "x", "tests": ["a", "a"]}), "validation_failed"),
-        (json!({"suite": "x", "tests": ["a"], "priority": 101}), "validation_failed"),
-        (json!({"suite": "x", "tests": [{"name": "a", "duration_hint_ms": -1}]}), "invalid_json"),
+        (
+            json!({"suite": "x", "tests": ["a", "a"]}),
+            "validation_failed",
+        ),
+        (
+            json!({"suite": "x", "tests": ["a"], "priority": 101}),
+            "validation_failed",
+        ),
+        (
+            json!({"suite": "x", "tests": [{"name": "a", "duration_hint_ms": -1}]}),
+            "invalid_json",
+        ),
     ];
     for (body, code) in cases {
-        let resp = api.http.post(format!("{}/executions/queue", api.base)).bearer_auth(ADMIN_TOKEN).json(&body).send().await.unwrap();
+        let resp = api
+            .http
+            .post(format!("{}/executions/queue", api.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
         let problem: Value = resp.json().await.unwrap();
         assert_eq!(problem["code"], code, "{body}: {problem}");
         assert_eq!(problem["status"], 400);
     }
-    let raw = api.http.post(format!("{}/executions/queue", api.base)).bearer_auth(ADMIN_TOKEN)
-        .body("{not json").send().await.unwrap();
+    let raw = api
+        .http
+        .post(format!("{}/executions/queue", api.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
     let huge = "x".repeat(9 * 1024 * 1024);
     // Its own client: the server closes a connection whose body it refused.
-    let big = client().post(format!("{}/executions/queue", api.base)).bearer_auth(ADMIN_TOKEN)
-        .body(huge).send().await.unwrap();
+    let big = client()
+        .post(format!("{}/executions/queue", api.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let (status, problem) = api.call(Method::GET, "/executions/exe01ARZ3NDEKTSV4RRFFQ69G5FAV/status", Some(ADMIN_TOKEN), None).await;
-    assert_eq!((status, problem["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
-    let (status, _) = api.call(Method::GET, "/executions/..%2F..%2Fetc/status", Some(ADMIN_TOKEN), None).await;
+    let (status, problem) = api
+        .call(
+            Method::GET,
+            "/executions/exe01ARZ3NDEKTSV4RRFFQ69G5FAV/status",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/executions/..%2F..%2Fetc/status",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // Nothing stored was harmed: the store still answers.
     let (status, health) = api.call(Method::GET, "/system/health", None, None).await;
-    assert_eq!((status, health["store"].as_str()), (StatusCode::OK, Some("ok")));
+    assert_eq!(
+        (status, health["store"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
 }
 
 #[tokio::test]
@@ -198,8 +334,12 @@ async fn an_idempotency_key_replays_the_same_execution_and_refuses_another_body(
     let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
     let api = Api::new(&server);
     let send = |body: Value| {
-        api.http.post(format!("{}/executions/queue", api.base)).bearer_auth(ADMIN_TOKEN)
-            .header("Idempotency-Key", "gha-run-991-attempt-1").json(&body).send()
+        api.http
+            .post(format!("{}/executions/queue", api.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("Idempotency-Key", "gha-run-991-attempt-1")
+            .json(&body)
+            .send()
     };
     let body = json!({"suite": "api", "tests": ["a", "b"], "parallelism": 2});
     let first = send(body.clone()).await.unwrap();
@@ -224,58 +364,163 @@ async fn pause_resume_cancel_retry_and_rules_work_over_http() {
     let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
     let api = Api::new(&server);
     let (runner, token) = api.register("r", 2).await;
-    let paused = api.ok(Method::POST, &format!("/runners/{runner}/pause"), ADMIN_TOKEN, None).await;
+    let paused = api
+        .ok(
+            Method::POST,
+            &format!("/runners/{runner}/pause"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
     assert_eq!(paused["status"], "paused");
     let (exec, webhook) = api.queue("api", 2, 2).await;
     // Paused: heartbeats keep coming back empty while the work waits.
     for _ in 0..5 {
         assert!(api.heartbeat(&runner, &token).await.is_empty());
     }
-    api.ok(Method::POST, &format!("/runners/{runner}/resume"), ADMIN_TOKEN, None).await;
+    api.ok(
+        Method::POST,
+        &format!("/runners/{runner}/resume"),
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
     let work = api.wait_for_assignments(&runner, &token, 2).await;
     let path = format!("/webhooks/parallel-execution/{exec}");
-    api.ok(Method::POST, &path, &webhook, Some(report(&work[0], "passed", 1, 0))).await;
-    api.ok(Method::POST, &path, &webhook, Some(report(&work[1], "failed", 0, 1))).await;
+    api.ok(
+        Method::POST,
+        &path,
+        &webhook,
+        Some(report(&work[0], "passed", 1, 0)),
+    )
+    .await;
+    api.ok(
+        Method::POST,
+        &path,
+        &webhook,
+        Some(report(&work[1], "failed", 0, 1)),
+    )
+    .await;
     let failed = api.wait_for_status(&exec, "failed").await;
     assert_eq!(failed["totals"]["failed"], 1);
-    let retried = api.ok(Method::POST, &format!("/executions/{exec}/retry"), ADMIN_TOKEN, None).await;
+    let retried = api
+        .ok(
+            Method::POST,
+            &format!("/executions/{exec}/retry"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
     assert_eq!(retried["status"], "running");
     let again = api.wait_for_assignments(&runner, &token, 1).await;
     assert_eq!(again[0]["attempt"], 2);
 
-    let cancelled = api.ok(Method::POST, &format!("/executions/{exec}/cancel"), ADMIN_TOKEN, None).await;
+    let cancelled = api
+        .ok(
+            Method::POST,
+            &format!("/executions/{exec}/cancel"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
     assert_eq!(cancelled["status"], "cancelled");
-    let (status, problem) = api.call(Method::POST, &format!("/executions/{exec}/cancel"), Some(ADMIN_TOKEN), None).await;
-    assert_eq!((status, problem["code"].as_str()), (StatusCode::CONFLICT, Some("invalid_transition")));
+    let (status, problem) = api
+        .call(
+            Method::POST,
+            &format!("/executions/{exec}/cancel"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::CONFLICT, Some("invalid_transition"))
+    );
 
     let rule = api.ok(Method::POST, "/load-balancing-rules", ADMIN_TOKEN,
         Some(json!({"name": "gpu", "suite_pattern": "ml-*", "strategy": "priority", "pool": {"labels": ["gpu"]}}))).await;
-    let rules = api.ok(Method::GET, "/load-balancing-rules", ADMIN_TOKEN, None).await;
+    let rules = api
+        .ok(Method::GET, "/load-balancing-rules", ADMIN_TOKEN, None)
+        .await;
     assert_eq!(rules["items"].as_array().unwrap().len(), 1);
     let id = rule["id"].as_str().unwrap();
-    let (status, _) = api.call(Method::DELETE, &format!("/load-balancing-rules/{id}"), Some(ADMIN_TOKEN), None).await;
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            &format!("/load-balancing-rules/{id}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = api.call(Method::DELETE, &format!("/load-balancing-rules/{id}"), Some(ADMIN_TOKEN), None).await;
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            &format!("/load-balancing-rules/{id}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let gone = api.ok(Method::POST, &format!("/runners/{runner}/deregister"), &token, None).await;
+    let gone = api
+        .ok(
+            Method::POST,
+            &format!("/runners/{runner}/deregister"),
+            &token,
+            None,
+        )
+        .await;
     assert_eq!(gone["status"], "deregistered");
-    let (status, _) = api.call(Method::POST, &format!("/runners/{runner}/heartbeat"), Some(&token), Some(json!({}))).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "a deregistered runner's token is revoked");
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/runners/{runner}/heartbeat"),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a deregistered runner's token is revoked"
+    );
 }
 
 #[tokio::test]
 async fn the_openapi_document_lists_every_route() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
-    let doc: Value = client().get(format!("{}/openapi.json", server.url)).send().await.unwrap().json().await.unwrap();
+    let doc: Value = client()
+        .get(format!("{}/openapi.json", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let paths = doc["paths"].as_object().unwrap();
     for p in [
-        "/runners/register", "/runners", "/runners/{id}", "/runners/{id}/heartbeat", "/runners/{id}/pause",
-        "/runners/{id}/resume", "/runners/{id}/deregister", "/runners/{id}/health", "/executions/queue", "/executions",
-        "/executions/{id}/status", "/executions/{id}/report", "/executions/{id}/cancel", "/executions/{id}/retry",
-        "/load-balancing-rules", "/load-balancing-rules/{id}", "/webhooks/parallel-execution/{id}", "/system/health",
-        "/resources/utilization", "/tokens",
+        "/runners/register",
+        "/runners",
+        "/runners/{id}",
+        "/runners/{id}/heartbeat",
+        "/runners/{id}/pause",
+        "/runners/{id}/resume",
+        "/runners/{id}/deregister",
+        "/runners/{id}/health",
+        "/executions/queue",
+        "/executions",
+        "/executions/{id}/status",
+        "/executions/{id}/report",
+        "/executions/{id}/cancel",
+        "/executions/{id}/retry",
+        "/load-balancing-rules",
+        "/load-balancing-rules/{id}",
+        "/webhooks/parallel-execution/{id}",
+        "/system/health",
+        "/resources/utilization",
+        "/tokens",
     ] {
         assert!(paths.contains_key(p), "missing {p}");
     }

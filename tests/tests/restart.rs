@@ -19,23 +19,49 @@ async fn send(method: reqwest::Method, url: String, token: &str, body: Option<Va
 #[tokio::test]
 async fn every_acknowledged_write_is_there_after_kill_9_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(BIN, dir.path(), Some(ADMIN_TOKEN), &["--sweep-interval", "1"]).0;
+    let server = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--sweep-interval", "1"],
+    )
+    .0;
     let base = server.base.clone();
     let runner = send(reqwest::Method::POST, format!("{base}/runners/register"), ADMIN_TOKEN,
         Some(json!({"name": "r", "type": "gitlab", "capacity": {"slots": 50, "cpu_millis": 100000, "memory_mb": 100000}}))).await;
-    let (rid, rtoken) = (runner["id"].as_str().unwrap().to_owned(), runner["token"].as_str().unwrap().to_owned());
+    let (rid, rtoken) = (
+        runner["id"].as_str().unwrap().to_owned(),
+        runner["token"].as_str().unwrap().to_owned(),
+    );
     let mut executions = Vec::new();
     for i in 0..30 {
-        let e = send(reqwest::Method::POST, format!("{base}/executions/queue"), ADMIN_TOKEN,
-            Some(json!({"suite": format!("s{i}"), "tests": ["a", "b"], "parallelism": 1}))).await;
-        executions.push((e["id"].as_str().unwrap().to_owned(), e["webhook_token"].as_str().unwrap().to_owned()));
+        let e = send(
+            reqwest::Method::POST,
+            format!("{base}/executions/queue"),
+            ADMIN_TOKEN,
+            Some(json!({"suite": format!("s{i}"), "tests": ["a", "b"], "parallelism": 1})),
+        )
+        .await;
+        executions.push((
+            e["id"].as_str().unwrap().to_owned(),
+            e["webhook_token"].as_str().unwrap().to_owned(),
+        ));
     }
     // Finish the first ten; each acknowledged report must survive.
     let start = Instant::now();
     let mut finished = Vec::new();
     while finished.len() < 10 {
-        assert!(start.elapsed() < Duration::from_secs(15), "assignments did not arrive");
-        let hb = send(reqwest::Method::POST, format!("{base}/runners/{rid}/heartbeat"), &rtoken, Some(json!({}))).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "assignments did not arrive"
+        );
+        let hb = send(
+            reqwest::Method::POST,
+            format!("{base}/runners/{rid}/heartbeat"),
+            &rtoken,
+            Some(json!({})),
+        )
+        .await;
         for a in hb["assignments"].as_array().unwrap() {
             if finished.len() == 10 {
                 break;
@@ -43,21 +69,48 @@ async fn every_acknowledged_write_is_there_after_kill_9_and_restart() {
             let exec = a["execution_id"].as_str().unwrap().to_owned();
             let body = json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"], "status": "passed",
                 "results": {"passed": 2, "failed": 0, "skipped": 0}});
-            send(reqwest::Method::POST, format!("{base}/webhooks/parallel-execution/{exec}"), &rtoken, Some(body)).await;
+            send(
+                reqwest::Method::POST,
+                format!("{base}/webhooks/parallel-execution/{exec}"),
+                &rtoken,
+                Some(body),
+            )
+            .await;
             finished.push(exec);
         }
     }
     server.kill_hard();
 
-    let server = Server::start_with(BIN, dir.path(), Some(ADMIN_TOKEN), &["--sweep-interval", "1"]).0;
+    let server = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--sweep-interval", "1"],
+    )
+    .0;
     let base = server.base.clone();
-    let runner = send(reqwest::Method::GET, format!("{base}/runners/{rid}"), ADMIN_TOKEN, None).await;
+    let runner = send(
+        reqwest::Method::GET,
+        format!("{base}/runners/{rid}"),
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
     assert_eq!(runner["name"], "r");
     for (id, _) in &executions {
-        let s = send(reqwest::Method::GET, format!("{base}/executions/{id}/status"), ADMIN_TOKEN, None).await;
+        let s = send(
+            reqwest::Method::GET,
+            format!("{base}/executions/{id}/status"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
         assert_eq!(s["id"], id.as_str());
         if finished.contains(id) {
-            assert_eq!(s["shards"][0]["status"], "passed", "acknowledged report of {id} survived");
+            assert_eq!(
+                s["shards"][0]["status"], "passed",
+                "acknowledged report of {id} survived"
+            );
         }
     }
     // Executions whose fold was cut off by the kill are completed by the sweep.
@@ -65,30 +118,66 @@ async fn every_acknowledged_write_is_there_after_kill_9_and_restart() {
     loop {
         let mut passed = 0;
         for id in &finished {
-            let s = send(reqwest::Method::GET, format!("{base}/executions/{id}/status"), ADMIN_TOKEN, None).await;
+            let s = send(
+                reqwest::Method::GET,
+                format!("{base}/executions/{id}/status"),
+                ADMIN_TOKEN,
+                None,
+            )
+            .await;
             passed += usize::from(s["status"] == "passed");
         }
         if passed == finished.len() {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "only {passed} of {} passed", finished.len());
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "only {passed} of {} passed",
+            finished.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The runner's token still works after the restart.
-    send(reqwest::Method::POST, format!("{base}/runners/{rid}/heartbeat"), &rtoken, Some(json!({}))).await;
+    send(
+        reqwest::Method::POST,
+        format!("{base}/runners/{rid}/heartbeat"),
+        &rtoken,
+        Some(json!({})),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn without_an_admin_token_one_is_created_once_printed_once_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let (server, printed) = Server::start_with(BIN, dir.path(), None, &[]);
-    let line = printed.iter().find(|l| l.contains("admin token")).expect("token printed on first start");
+    let line = printed
+        .iter()
+        .find(|l| l.contains("admin token"))
+        .expect("token printed on first start");
     let token = line.rsplit(' ').next().unwrap().to_owned();
     let url = format!("{}/runners", server.base);
-    assert!(client().get(&url).bearer_auth(&token).send().await.unwrap().status().is_success());
+    assert!(client()
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
     server.kill_hard();
     let (server, printed) = Server::start_with(BIN, dir.path(), None, &[]);
-    assert!(printed.iter().all(|l| !l.contains("admin token")), "shown only once");
+    assert!(
+        printed.iter().all(|l| !l.contains("admin token")),
+        "shown only once"
+    );
     let url = format!("{}/runners", server.base);
-    assert!(client().get(&url).bearer_auth(&token).send().await.unwrap().status().is_success());
+    assert!(client()
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
 }

@@ -3,10 +3,14 @@
 
 use std::collections::BTreeSet;
 use tms::auth::Principal;
-use tms::domain::{ExecutionStatus, Resources, RunnerStatus, RunnerType, ShardResult, ShardStatus, Strategy, Usage};
+use tms::domain::{
+    ExecutionStatus, Resources, RunnerStatus, RunnerType, ShardResult, ShardStatus, Strategy, Usage,
+};
 use tms::ids::{ExecutionId, RunnerId};
 use tms::ports::Store;
-use tms::usecases::{Assignment, NewExecution, NewRule, NewRunner, ReportStatus, ShardReport, TestInput};
+use tms::usecases::{
+    Assignment, NewExecution, NewRule, NewRunner, ReportStatus, ShardReport, TestInput,
+};
 use tms::Error;
 use tms_tests::Harness;
 
@@ -24,7 +28,9 @@ fn runner(name: &str, slots: u32) -> NewRunner {
 fn execution(suite: &str, tests: usize, parallelism: u32) -> NewExecution {
     NewExecution {
         suite: suite.into(),
-        tests: (0..tests).map(|i| TestInput::Name(format!("test_{i}"))).collect(),
+        tests: (0..tests)
+            .map(|i| TestInput::Name(format!("test_{i}")))
+            .collect(),
         parallelism,
         priority: None,
         requirements: None,
@@ -38,7 +44,13 @@ fn execution(suite: &str, tests: usize, parallelism: u32) -> NewExecution {
 }
 
 async fn register(h: &Harness, name: &str, slots: u32) -> RunnerId {
-    h.app.register_runner(runner(name, slots)).await.unwrap().runner.runner.id
+    h.app
+        .register_runner(runner(name, slots))
+        .await
+        .unwrap()
+        .runner
+        .runner
+        .id
 }
 
 async fn queue(h: &Harness, new: NewExecution) -> ExecutionId {
@@ -50,13 +62,30 @@ async fn assignments(h: &Harness, id: &RunnerId) -> Vec<Assignment> {
 }
 
 fn passed(n: u32) -> Option<ShardResult> {
-    Some(ShardResult { passed: n, ..Default::default() })
+    Some(ShardResult {
+        passed: n,
+        ..Default::default()
+    })
 }
 
-async fn report(h: &Harness, runner: &RunnerId, a: &Assignment, status: ReportStatus, results: Option<ShardResult>) -> tms::Result<ShardStatus> {
-    let report = ShardReport { shard_index: a.shard_index, lease_id: a.lease_id.clone(), status, results };
+async fn report(
+    h: &Harness,
+    runner: &RunnerId,
+    a: &Assignment,
+    status: ReportStatus,
+    results: Option<ShardResult>,
+) -> tms::Result<ShardStatus> {
+    let report = ShardReport {
+        shard_index: a.shard_index,
+        lease_id: a.lease_id.clone(),
+        status,
+        results,
+    };
     let caller = Principal::Runner(runner.clone());
-    Ok(h.app.report_shard(&caller, &a.execution_id, report).await?.shard_status)
+    Ok(h.app
+        .report_shard(&caller, &a.execution_id, report)
+        .await?
+        .shard_status)
 }
 
 async fn status(h: &Harness, id: &ExecutionId) -> ExecutionStatus {
@@ -81,8 +110,18 @@ async fn a_parallel_execution_runs_to_passed_and_gives_all_capacity_back() {
     let all_tests: BTreeSet<String> = work.iter().flat_map(|a| a.tests.clone()).collect();
     assert_eq!(all_tests.len(), 10, "every test is in exactly one shard");
     for a in &work {
-        report(&h, &r, a, ReportStatus::Started, None).await.unwrap();
-        report(&h, &r, a, ReportStatus::Passed, passed(a.tests.len() as u32)).await.unwrap();
+        report(&h, &r, a, ReportStatus::Started, None)
+            .await
+            .unwrap();
+        report(
+            &h,
+            &r,
+            a,
+            ReportStatus::Passed,
+            passed(a.tests.len() as u32),
+        )
+        .await
+        .unwrap();
     }
     h.deliver_events().await;
     let (exec, _) = h.app.execution_status(&e).await.unwrap();
@@ -103,13 +142,19 @@ async fn when_runner_misses_heartbeats_its_shards_are_requeued_to_another_runner
     // Two intervals of silence are tolerated; three are not.
     h.clock.advance_secs(60);
     h.app.heartbeat(&alive, None).await.unwrap();
-    assert_eq!(h.app.health_sweep().await.unwrap().runners_marked_unhealthy, 0);
+    assert_eq!(
+        h.app.health_sweep().await.unwrap().runners_marked_unhealthy,
+        0
+    );
     h.clock.advance_secs(31);
     h.app.heartbeat(&alive, None).await.unwrap();
     let swept = h.app.health_sweep().await.unwrap();
     assert_eq!(swept.runners_marked_unhealthy, 1);
     assert_eq!(swept.shards_requeued, 1);
-    assert_eq!(h.app.runner(&dead).await.unwrap().runner.status, RunnerStatus::Unhealthy);
+    assert_eq!(
+        h.app.runner(&dead).await.unwrap().runner.status,
+        RunnerStatus::Unhealthy
+    );
     assert_eq!(allocated(&h, &dead).await.slots, 0);
     let history = h.app.store_health_history(&dead).await.unwrap();
     assert_eq!(history[0].status, RunnerStatus::Unhealthy);
@@ -119,9 +164,16 @@ async fn when_runner_misses_heartbeats_its_shards_are_requeued_to_another_runner
     assert_eq!(moved.len(), 1);
     assert_eq!(moved[0].attempt, 2);
     // The dead runner's late report is fenced out.
-    let late = report(&h, &dead, &lost, ReportStatus::Passed, passed(1)).await.unwrap_err();
-    assert!(matches!(late, Error::Forbidden(_) | Error::StaleLease { .. }), "{late:?}");
-    report(&h, &alive, &moved[0], ReportStatus::Passed, passed(1)).await.unwrap();
+    let late = report(&h, &dead, &lost, ReportStatus::Passed, passed(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(late, Error::Forbidden(_) | Error::StaleLease { .. }),
+        "{late:?}"
+    );
+    report(&h, &alive, &moved[0], ReportStatus::Passed, passed(1))
+        .await
+        .unwrap();
     h.deliver_events().await;
     assert_eq!(status(&h, &e).await, ExecutionStatus::Passed);
 }
@@ -133,9 +185,15 @@ async fn a_revived_runner_is_active_again_and_its_recovery_is_recorded() {
     h.clock.advance_secs(91);
     h.app.health_sweep().await.unwrap();
     h.app.heartbeat(&r, None).await.unwrap();
-    assert_eq!(h.app.runner(&r).await.unwrap().runner.status, RunnerStatus::Active);
+    assert_eq!(
+        h.app.runner(&r).await.unwrap().runner.status,
+        RunnerStatus::Active
+    );
     let history = h.app.store_health_history(&r).await.unwrap();
-    assert_eq!(history.iter().map(|x| x.status).collect::<Vec<_>>(), vec![RunnerStatus::Active, RunnerStatus::Unhealthy]);
+    assert_eq!(
+        history.iter().map(|x| x.status).collect::<Vec<_>>(),
+        vec![RunnerStatus::Active, RunnerStatus::Unhealthy]
+    );
 }
 
 #[tokio::test]
@@ -153,11 +211,19 @@ async fn a_shard_past_its_deadline_is_retried_on_another_runner() {
     let swept = h.app.timeout_sweep().await.unwrap();
     assert_eq!(swept.shards_requeued, 1);
     h.app.schedule_pass().await.unwrap();
-    assert!(assignments(&h, &slow).await.is_empty(), "the runner that timed out is avoided");
+    assert!(
+        assignments(&h, &slow).await.is_empty(),
+        "the runner that timed out is avoided"
+    );
     let second = assignments(&h, &other).await.remove(0);
     assert_eq!(second.attempt, 2);
-    let stale = report(&h, &slow, &first, ReportStatus::Passed, passed(1)).await.unwrap_err();
-    assert!(matches!(stale, Error::Forbidden(_) | Error::StaleLease { .. }));
+    let stale = report(&h, &slow, &first, ReportStatus::Passed, passed(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        stale,
+        Error::Forbidden(_) | Error::StaleLease { .. }
+    ));
     assert_eq!(status(&h, &e).await, ExecutionStatus::Running);
 }
 
@@ -171,7 +237,11 @@ async fn a_shard_out_of_attempts_is_errored_and_the_execution_is_not_passed() {
     let e = queue(&h, new).await;
     for _ in 0..2 {
         h.app.schedule_pass().await.unwrap();
-        assert_eq!(assignments(&h, &r).await.len(), 1, "with no other runner, the same one retries");
+        assert_eq!(
+            assignments(&h, &r).await.len(),
+            1,
+            "with no other runner, the same one retries"
+        );
         h.clock.advance_secs(11);
         h.app.timeout_sweep().await.unwrap();
     }
@@ -179,7 +249,10 @@ async fn a_shard_out_of_attempts_is_errored_and_the_execution_is_not_passed() {
     assert_eq!(shards[0].status, ShardStatus::Errored);
     assert_eq!(shards[0].attempt, 2);
     assert_eq!(exec.status, ExecutionStatus::Errored);
-    assert!(exec.status_reason.unwrap().contains("gave up after 2 of 2 attempts"));
+    assert!(exec
+        .status_reason
+        .unwrap()
+        .contains("gave up after 2 of 2 attempts"));
     assert_eq!(allocated(&h, &r).await.slots, 0);
 }
 
@@ -212,9 +285,20 @@ async fn cancelling_an_execution_cancels_its_shards_and_frees_runner_capacity() 
     let exec = h.app.cancel_execution(&e).await.unwrap();
     assert_eq!(exec.status, ExecutionStatus::Cancelled);
     assert_eq!(allocated(&h, &r).await, Resources::default());
-    let late = report(&h, &r, &held[0], ReportStatus::Passed, passed(1)).await.unwrap_err();
-    assert!(matches!(late, Error::InvalidTransition { .. } | Error::StaleLease { .. } | Error::Forbidden(_)), "{late:?}");
-    assert!(matches!(h.app.cancel_execution(&e).await, Err(Error::InvalidTransition { .. })));
+    let late = report(&h, &r, &held[0], ReportStatus::Passed, passed(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            late,
+            Error::InvalidTransition { .. } | Error::StaleLease { .. } | Error::Forbidden(_)
+        ),
+        "{late:?}"
+    );
+    assert!(matches!(
+        h.app.cancel_execution(&e).await,
+        Err(Error::InvalidTransition { .. })
+    ));
     h.app.schedule_pass().await.unwrap();
     assert!(assignments(&h, &r).await.is_empty());
 }
@@ -238,9 +322,15 @@ async fn deregistering_a_runner_requeues_its_work_and_revokes_its_token() {
     queue(&h, execution("api", 1, 1)).await;
     h.app.schedule_pass().await.unwrap();
     assert_eq!(assignments(&h, &id).await.len(), 1);
-    assert_eq!(h.app.authenticate(&r.token).await.unwrap(), Principal::Runner(id.clone()));
+    assert_eq!(
+        h.app.authenticate(&r.token).await.unwrap(),
+        Principal::Runner(id.clone())
+    );
     h.app.deregister_runner(&id).await.unwrap();
-    assert!(matches!(h.app.authenticate(&r.token).await, Err(Error::Unauthorized)));
+    assert!(matches!(
+        h.app.authenticate(&r.token).await,
+        Err(Error::Unauthorized)
+    ));
     let next = register(&h, "next", 1).await;
     h.app.schedule_pass().await.unwrap();
     assert_eq!(assignments(&h, &next).await.len(), 1);
@@ -250,13 +340,24 @@ async fn deregistering_a_runner_requeues_its_work_and_revokes_its_token() {
 async fn the_same_idempotency_key_and_body_return_the_same_execution() {
     let h = Harness::new();
     let key = ("build-42".to_string(), "hash-a".to_string());
-    let first = h.app.queue_execution(execution("api", 2, 1), Some(key.clone())).await.unwrap();
-    let again = h.app.queue_execution(execution("api", 2, 1), Some(key)).await.unwrap();
+    let first = h
+        .app
+        .queue_execution(execution("api", 2, 1), Some(key.clone()))
+        .await
+        .unwrap();
+    let again = h
+        .app
+        .queue_execution(execution("api", 2, 1), Some(key))
+        .await
+        .unwrap();
     assert_eq!(first.execution.id, again.execution.id);
     assert!(again.replayed);
     // Both callers' webhook tokens work.
     for token in [&first.webhook_token, &again.webhook_token] {
-        assert_eq!(h.app.authenticate(token).await.unwrap(), Principal::Webhook(first.execution.id.clone()));
+        assert_eq!(
+            h.app.authenticate(token).await.unwrap(),
+            Principal::Webhook(first.execution.id.clone())
+        );
     }
     let listed = h.app.list_executions(Default::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1);
@@ -265,8 +366,15 @@ async fn the_same_idempotency_key_and_body_return_the_same_execution() {
 #[tokio::test]
 async fn the_same_idempotency_key_with_another_body_is_refused() {
     let h = Harness::new();
-    h.app.queue_execution(execution("api", 2, 1), Some(("k".into(), "hash-a".into()))).await.unwrap();
-    let err = h.app.queue_execution(execution("api", 3, 1), Some(("k".into(), "hash-b".into()))).await.unwrap_err();
+    h.app
+        .queue_execution(execution("api", 2, 1), Some(("k".into(), "hash-a".into())))
+        .await
+        .unwrap();
+    let err = h
+        .app
+        .queue_execution(execution("api", 3, 1), Some(("k".into(), "hash-b".into())))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::IdempotencyMismatch));
 }
 
@@ -277,8 +385,12 @@ async fn a_duplicate_final_report_counts_once() {
     let e = queue(&h, execution("api", 3, 1)).await;
     h.app.schedule_pass().await.unwrap();
     let a = assignments(&h, &r).await.remove(0);
-    report(&h, &r, &a, ReportStatus::Passed, passed(3)).await.unwrap();
-    report(&h, &r, &a, ReportStatus::Passed, passed(3)).await.unwrap();
+    report(&h, &r, &a, ReportStatus::Passed, passed(3))
+        .await
+        .unwrap();
+    report(&h, &r, &a, ReportStatus::Passed, passed(3))
+        .await
+        .unwrap();
     // The bus may deliver the completion twice as well.
     let events = h.events.take();
     assert_eq!(events.len(), 1, "a duplicate report publishes nothing");
@@ -294,13 +406,29 @@ async fn a_duplicate_final_report_counts_once() {
 async fn a_webhook_token_only_reports_for_its_own_execution() {
     let h = Harness::new();
     let r = register(&h, "r", 2).await;
-    let mine = h.app.queue_execution(execution("a", 1, 1), None).await.unwrap();
+    let mine = h
+        .app
+        .queue_execution(execution("a", 1, 1), None)
+        .await
+        .unwrap();
     let other = queue(&h, execution("b", 1, 1)).await;
     h.app.schedule_pass().await.unwrap();
-    let a = assignments(&h, &r).await.into_iter().find(|a| a.execution_id == other).unwrap();
+    let a = assignments(&h, &r)
+        .await
+        .into_iter()
+        .find(|a| a.execution_id == other)
+        .unwrap();
     let caller = h.app.authenticate(&mine.webhook_token).await.unwrap();
-    let report = ShardReport { shard_index: 0, lease_id: a.lease_id, status: ReportStatus::Started, results: None };
-    assert!(matches!(h.app.report_shard(&caller, &other, report).await, Err(Error::Forbidden(_))));
+    let report = ShardReport {
+        shard_index: 0,
+        lease_id: a.lease_id,
+        status: ReportStatus::Started,
+        results: None,
+    };
+    assert!(matches!(
+        h.app.report_shard(&caller, &other, report).await,
+        Err(Error::Forbidden(_))
+    ));
 }
 
 #[tokio::test]
@@ -310,7 +438,18 @@ async fn an_execution_whose_shards_ran_zero_tests_is_errored_not_passed() {
     let e = queue(&h, execution("api", 2, 1)).await;
     h.app.schedule_pass().await.unwrap();
     let a = assignments(&h, &r).await.remove(0);
-    let judged = report(&h, &r, &a, ReportStatus::Passed, Some(ShardResult { skipped: 2, ..Default::default() })).await.unwrap();
+    let judged = report(
+        &h,
+        &r,
+        &a,
+        ReportStatus::Passed,
+        Some(ShardResult {
+            skipped: 2,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
     assert_eq!(judged, ShardStatus::Errored);
     h.deliver_events().await;
     let (exec, _) = h.app.execution_status(&e).await.unwrap();
@@ -325,7 +464,9 @@ async fn a_lost_completion_event_is_folded_by_the_timeout_sweep() {
     let e = queue(&h, execution("api", 1, 1)).await;
     h.app.schedule_pass().await.unwrap();
     let a = assignments(&h, &r).await.remove(0);
-    report(&h, &r, &a, ReportStatus::Passed, passed(1)).await.unwrap();
+    report(&h, &r, &a, ReportStatus::Passed, passed(1))
+        .await
+        .unwrap();
     h.events.take(); // lost
     assert_eq!(status(&h, &e).await, ExecutionStatus::Running);
     h.app.timeout_sweep().await.unwrap();
@@ -350,11 +491,16 @@ async fn low_priority_work_is_not_starved_by_a_stream_of_high_priority_work() {
             started_low_at = Some(round);
             break;
         }
-        report(&h, &r, &a, ReportStatus::Passed, passed(1)).await.unwrap();
+        report(&h, &r, &a, ReportStatus::Passed, passed(1))
+            .await
+            .unwrap();
         h.clock.advance_secs(30);
     }
     let round = started_low_at.expect("low priority work eventually ran");
-    assert!(round > 50 && round < 150, "aging lets it through after about 100 steps, took {round}");
+    assert!(
+        round > 50 && round < 150,
+        "aging lets it through after about 100 steps, took {round}"
+    );
 }
 
 #[tokio::test]
@@ -363,8 +509,26 @@ async fn usage_above_the_allocation_is_recorded_as_a_limit_violation() {
     let r = register(&h, "r", 2).await;
     queue(&h, execution("api", 1, 1)).await; // unit: 500m / 512 MB per shard
     h.app.schedule_pass().await.unwrap();
-    h.app.heartbeat(&r, Some(Usage { cpu_millis: 400, memory_mb: 256 })).await.unwrap();
-    h.app.heartbeat(&r, Some(Usage { cpu_millis: 1500, memory_mb: 256 })).await.unwrap();
+    h.app
+        .heartbeat(
+            &r,
+            Some(Usage {
+                cpu_millis: 400,
+                memory_mb: 256,
+            }),
+        )
+        .await
+        .unwrap();
+    h.app
+        .heartbeat(
+            &r,
+            Some(Usage {
+                cpu_millis: 1500,
+                memory_mb: 256,
+            }),
+        )
+        .await
+        .unwrap();
     let u = h.app.utilization().await.unwrap();
     assert_eq!(u.violations.len(), 1);
     assert_eq!(u.violations[0].exceeded, vec!["cpu"]);
@@ -381,7 +545,10 @@ async fn resource_needs_default_by_test_type_and_block_runners_too_small() {
     let mut e2e = execution("web", 1, 1);
     e2e.test_type = tms::domain::TestType::E2e;
     let e = h.app.queue_execution(e2e, None).await.unwrap();
-    assert_eq!(e.execution.requirements.per_shard(), Resources::new(1, 2000, 2048));
+    assert_eq!(
+        e.execution.requirements.per_shard(),
+        Resources::new(1, 2000, 2048)
+    );
     assert_eq!(h.app.schedule_pass().await.unwrap(), 0);
     let big = register(&h, "big", 1).await;
     assert_eq!(h.app.schedule_pass().await.unwrap(), 1);
@@ -396,8 +563,21 @@ async fn retry_runs_failed_shards_again_on_another_runner() {
     let e = queue(&h, execution("api", 2, 2)).await;
     h.app.schedule_pass().await.unwrap();
     let work = assignments(&h, &a).await;
-    report(&h, &a, &work[0], ReportStatus::Passed, passed(1)).await.unwrap();
-    report(&h, &a, &work[1], ReportStatus::Failed, Some(ShardResult { failed: 1, ..Default::default() })).await.unwrap();
+    report(&h, &a, &work[0], ReportStatus::Passed, passed(1))
+        .await
+        .unwrap();
+    report(
+        &h,
+        &a,
+        &work[1],
+        ReportStatus::Failed,
+        Some(ShardResult {
+            failed: 1,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
     h.deliver_events().await;
     assert_eq!(status(&h, &e).await, ExecutionStatus::Failed);
 
@@ -408,11 +588,17 @@ async fn retry_runs_failed_shards_again_on_another_runner() {
     let again = assignments(&h, &b).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].shard_index, work[1].shard_index);
-    report(&h, &b, &again[0], ReportStatus::Passed, passed(1)).await.unwrap();
+    report(&h, &b, &again[0], ReportStatus::Passed, passed(1))
+        .await
+        .unwrap();
     h.deliver_events().await;
     let (exec, _) = h.app.execution_status(&e).await.unwrap();
     assert_eq!(exec.status, ExecutionStatus::Passed);
-    assert_eq!((exec.totals.passed, exec.totals.failed), (2, 0), "the retry supersedes the failure");
+    assert_eq!(
+        (exec.totals.passed, exec.totals.failed),
+        (2, 0),
+        "the retry supersedes the failure"
+    );
 }
 
 #[tokio::test]
@@ -425,7 +611,10 @@ async fn a_round_robin_rule_spreads_shards_across_its_pool_in_turn() {
         ids.push(h.app.register_runner(r).await.unwrap().runner.runner.id);
     }
     register(&h, "outside-pool", 10).await;
-    let pool = tms::domain::RunnerPool { labels: ["linux".to_string()].into(), types: vec![] };
+    let pool = tms::domain::RunnerPool {
+        labels: ["linux".to_string()].into(),
+        types: vec![],
+    };
     h.app
         .create_rule(NewRule {
             name: "spread api".into(),
@@ -447,7 +636,11 @@ async fn a_round_robin_rule_spreads_shards_across_its_pool_in_turn() {
     // The cursor is durable: the next pass continues where this one stopped.
     queue(&h, execution("api-more", 1, 1)).await;
     h.app.schedule_pass().await.unwrap();
-    let counts: Vec<usize> = futures::future::join_all(ids.iter().map(|id| assignments(&h, id))).await.iter().map(Vec::len).collect();
+    let counts: Vec<usize> = futures::future::join_all(ids.iter().map(|id| assignments(&h, id)))
+        .await
+        .iter()
+        .map(Vec::len)
+        .collect();
     assert_eq!(counts.iter().sum::<usize>(), 7);
     assert_eq!(counts.iter().filter(|c| **c == 3).count(), 1);
 }
@@ -462,11 +655,17 @@ async fn eight_concurrent_scheduling_passes_never_double_assign_or_overcommit() 
     for i in 0..6 {
         queue(&h, execution(&format!("s{i}"), 8, 4)).await;
     }
-    let passes: Vec<_> = (0..8).map(|_| {
-        let app = h.app.clone();
-        tokio::spawn(async move { app.schedule_pass().await.unwrap() })
-    }).collect();
-    let assigned: usize = futures::future::join_all(passes).await.into_iter().map(Result::unwrap).sum();
+    let passes: Vec<_> = (0..8)
+        .map(|_| {
+            let app = h.app.clone();
+            tokio::spawn(async move { app.schedule_pass().await.unwrap() })
+        })
+        .collect();
+    let assigned: usize = futures::future::join_all(passes)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
     assert!(assigned <= 15, "5 runners x 3 slots, got {assigned}");
     let mut leases = BTreeSet::new();
     let mut total = 0;
@@ -475,10 +674,16 @@ async fn eight_concurrent_scheduling_passes_never_double_assign_or_overcommit() 
         assert!(work.len() <= 3);
         assert_eq!(allocated(&h, r).await.slots as usize, work.len());
         for a in work {
-            assert!(leases.insert((a.execution_id.clone(), a.shard_index)), "a shard is held by one runner only");
+            assert!(
+                leases.insert((a.execution_id.clone(), a.shard_index)),
+                "a shard is held by one runner only"
+            );
             total += 1;
         }
     }
     assert_eq!(total, assigned);
-    assert_eq!(h.app.store.queue_stats().await.unwrap().in_flight_shards as usize, assigned);
+    assert_eq!(
+        h.app.store.queue_stats().await.unwrap().in_flight_shards as usize,
+        assigned
+    );
 }

@@ -8,11 +8,14 @@
 //! power-loss durability of the last commits for throughput).
 
 use crate::auth::ApiToken;
-use crate::domain::{Execution, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard, Violation};
+use crate::domain::{
+    Execution, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard, Violation,
+};
 use crate::error::{Entity, Error, Result};
 use crate::ids::{ExecutionId, RuleId, RunnerId, TokenId};
 use crate::ports::{
-    AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate, Store,
+    AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate,
+    Store,
 };
 use crate::time::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -104,7 +107,9 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "busy_timeout", 5000)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -141,14 +146,22 @@ fn with_load((doc, slots, cpu, memory): (String, u32, u32, u32)) -> Result<Runne
 
 const RUNNER_COLS: &str = "doc, used_slots, used_cpu, used_memory";
 
-fn docs<T: DeserializeOwned>(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<T>> {
+fn docs<T: DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<T>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(params, |r| r.get::<_, String>(0))?;
     rows.map(|doc| from_doc(&doc?)).collect()
 }
 
 fn shards_of(conn: &Connection, id: &str) -> Result<Vec<Shard>> {
-    docs(conn, "SELECT doc FROM shards WHERE execution_id = ?1 ORDER BY idx", [id])
+    docs(
+        conn,
+        "SELECT doc FROM shards WHERE execution_id = ?1 ORDER BY idx",
+        [id],
+    )
 }
 
 fn load_execution_doc(conn: &Connection, id: &str) -> Result<Option<Execution>> {
@@ -237,7 +250,10 @@ fn release(tx: &Connection, shard: &Shard, rel: &Release) -> Result<()> {
 
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map(|_| ())?))
+        self.read(|c| {
+            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())?)
+        })
     }
 
     async fn insert_runner(&self, runner: &Runner) -> Result<()> {
@@ -272,8 +288,9 @@ impl Store for SqliteStore {
 
     async fn list_runners(&self, limit: u32, cursor: Option<&str>) -> Result<Page<RunnerWithLoad>> {
         self.read(|c| {
-            let mut stmt =
-                c.prepare_cached(&format!("SELECT {RUNNER_COLS}, id FROM runners WHERE id > ?1 ORDER BY id LIMIT ?2"))?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RUNNER_COLS}, id FROM runners WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?;
             let rows = stmt.query_map(params![cursor.unwrap_or(""), limit + 1], runner_row)?;
             let mut items = rows.map(|r| with_load(r?)).collect::<Result<Vec<_>>>()?;
             let next_cursor = page_cursor(&mut items, limit, |r| r.runner.id.to_string());
@@ -304,7 +321,9 @@ impl Store for SqliteStore {
 
     async fn schedulable_runners(&self) -> Result<Vec<RunnerWithLoad>> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(&format!("SELECT {RUNNER_COLS} FROM runners WHERE status = 'active'"))?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RUNNER_COLS} FROM runners WHERE status = 'active'"
+            ))?;
             let rows = stmt.query_map([], runner_row)?;
             rows.map(|r| with_load(r?)).collect()
         })
@@ -332,7 +351,12 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn create_execution(&self, execution: &Execution, shards: &[Shard], idem: Option<&IdempotencyRecord>) -> Result<()> {
+    async fn create_execution(
+        &self,
+        execution: &Execution,
+        shards: &[Shard],
+        idem: Option<&IdempotencyRecord>,
+    ) -> Result<()> {
         self.write(|tx| {
             if let Some(rec) = idem {
                 // An expired record may be replaced; a live one means another request won.
@@ -360,7 +384,11 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn get_idempotency(&self, key: &str, now: Timestamp) -> Result<Option<IdempotencyRecord>> {
+    async fn get_idempotency(
+        &self,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<IdempotencyRecord>> {
         self.read(|c| {
             let doc: Option<String> = c
                 .prepare_cached("SELECT doc FROM idempotency WHERE key = ?1 AND expires_at > ?2")?
@@ -376,7 +404,9 @@ impl Store for SqliteStore {
 
     async fn load_execution(&self, id: &ExecutionId) -> Result<Option<(Execution, Vec<Shard>)>> {
         self.read(|c| {
-            let Some(e) = load_execution_doc(c, id.as_str())? else { return Ok(None) };
+            let Some(e) = load_execution_doc(c, id.as_str())? else {
+                return Ok(None);
+            };
             Ok(Some((e, shards_of(c, id.as_str())?)))
         })
     }
@@ -513,7 +543,10 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let stored = shard_version(tx, shard.execution_id.as_str(), shard.index)?;
             if stored != Some(u.expected_version) {
-                return Err(Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index)));
+                return Err(Error::conflict(
+                    Entity::Shard,
+                    format!("{}#{}", shard.execution_id, shard.index),
+                ));
             }
             write_shard(tx, shard)?;
             if let Some(rel) = &u.release {
@@ -560,7 +593,9 @@ impl Store for SqliteStore {
 
     async fn delete_rule(&self, id: &RuleId) -> Result<bool> {
         self.write(|tx| {
-            let n = tx.prepare_cached("DELETE FROM rules WHERE id = ?1")?.execute([id.as_str()])?;
+            let n = tx
+                .prepare_cached("DELETE FROM rules WHERE id = ?1")?
+                .execute([id.as_str()])?;
             tx.prepare_cached("DELETE FROM rr_cursors WHERE pool = ?1")?
                 .execute([format!("rule:{id}")])?;
             Ok(n == 1)
@@ -570,7 +605,8 @@ impl Store for SqliteStore {
     async fn round_robin_cursors(&self) -> Result<BTreeMap<String, RunnerId>> {
         self.read(|c| {
             let mut stmt = c.prepare_cached("SELECT pool, runner_id FROM rr_cursors")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             let mut out = BTreeMap::new();
             for row in rows {
                 let (pool, runner) = row?;
@@ -585,7 +621,11 @@ impl Store for SqliteStore {
     async fn add_health_record(&self, record: &HealthRecord) -> Result<()> {
         self.write(|tx| {
             tx.prepare_cached("INSERT INTO health (runner_id, at, doc) VALUES (?1, ?2, ?3)")?
-                .execute(params![record.runner_id.as_str(), record.at.0, to_doc(record)?])?;
+                .execute(params![
+                    record.runner_id.as_str(),
+                    record.at.0,
+                    to_doc(record)?
+                ])?;
             Ok(())
         })
     }
@@ -638,9 +678,11 @@ impl Store for SqliteStore {
 
     async fn get_setting(&self, key: &str) -> Result<Option<String>> {
         self.read(|c| {
-            Ok(c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
-                .query_row([key], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+                    .query_row([key], |r| r.get(0))
+                    .optional()?,
+            )
         })
     }
 

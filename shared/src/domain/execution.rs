@@ -185,7 +185,10 @@ impl Execution {
         if self.status.is_terminal() {
             return Err(self.refuse(ExecutionStatus::TimedOut));
         }
-        let reason = format!("execution exceeded its timeout of {}s", self.timeout_seconds);
+        let reason = format!(
+            "execution exceeded its timeout of {}s",
+            self.timeout_seconds
+        );
         self.finish(ExecutionStatus::TimedOut, Some(reason), now);
         Ok(())
     }
@@ -212,7 +215,10 @@ impl Execution {
     /// anything changed.
     pub fn aggregate(&mut self, shards: &[Shard], now: Timestamp) -> bool {
         let totals = fold_totals(shards);
-        if matches!(self.status, ExecutionStatus::Cancelled | ExecutionStatus::TimedOut) {
+        if matches!(
+            self.status,
+            ExecutionStatus::Cancelled | ExecutionStatus::TimedOut
+        ) {
             // Final verdicts an operator or the clock gave; late results still count.
             let changed = totals != self.totals;
             if changed {
@@ -262,22 +268,49 @@ fn fold_totals(shards: &[Shard]) -> Totals {
 
 /// No silent pass: an execution is `passed` only when every shard passed and
 /// at least one test actually ran.
-fn derive_status(current: ExecutionStatus, shards: &[Shard], totals: &Totals) -> (ExecutionStatus, Option<String>) {
+fn derive_status(
+    current: ExecutionStatus,
+    shards: &[Shard],
+    totals: &Totals,
+) -> (ExecutionStatus, Option<String>) {
     let open = shards.iter().filter(|s| !s.status.is_terminal()).count();
     if open > 0 {
         let started = current != ExecutionStatus::Queued || shards.iter().any(|s| s.attempt > 0);
-        let status = if started { ExecutionStatus::Running } else { ExecutionStatus::Queued };
+        let status = if started {
+            ExecutionStatus::Running
+        } else {
+            ExecutionStatus::Queued
+        };
         return (status, None);
     }
-    if let Some(bad) = shards.iter().find(|s| matches!(s.status, ShardStatus::Errored | ShardStatus::Cancelled)) {
-        let why = bad.error.clone().unwrap_or_else(|| bad.status.as_str().to_owned());
-        return (ExecutionStatus::Errored, Some(format!("shard {} {}: {why}", bad.index, bad.status.as_str())));
+    if let Some(bad) = shards
+        .iter()
+        .find(|s| matches!(s.status, ShardStatus::Errored | ShardStatus::Cancelled))
+    {
+        let why = bad
+            .error
+            .clone()
+            .unwrap_or_else(|| bad.status.as_str().to_owned());
+        return (
+            ExecutionStatus::Errored,
+            Some(format!(
+                "shard {} {}: {why}",
+                bad.index,
+                bad.status.as_str()
+            )),
+        );
     }
     if totals.failed > 0 || totals.shards_failed > 0 {
-        return (ExecutionStatus::Failed, Some(format!("{} tests failed", totals.failed)));
+        return (
+            ExecutionStatus::Failed,
+            Some(format!("{} tests failed", totals.failed)),
+        );
     }
     if totals.passed == 0 {
-        return (ExecutionStatus::Errored, Some("no tests were executed".into()));
+        return (
+            ExecutionStatus::Errored,
+            Some("no tests were executed".into()),
+        );
     }
     (ExecutionStatus::Passed, None)
 }
@@ -319,7 +352,13 @@ pub(crate) mod tests {
     fn finished(e: &Execution, index: u32, outcome: ShardOutcome, result: ShardResult) -> Shard {
         let mut s = Shard::new(e.id.clone(), index, vec![format!("t{index}")], None);
         let lease = LeaseId::generate();
-        s.assign(RunnerId::generate(), lease.clone(), Timestamp(1), Timestamp(100)).unwrap();
+        s.assign(
+            RunnerId::generate(),
+            lease.clone(),
+            Timestamp(1),
+            Timestamp(100),
+        )
+        .unwrap();
         s.complete(&lease, outcome, result, Timestamp(2)).unwrap();
         s
     }
@@ -327,19 +366,36 @@ pub(crate) mod tests {
     #[test]
     fn all_shards_passing_with_tests_run_passes() {
         let mut e = execution(2);
-        let ok = ShardResult { passed: 2, ..Default::default() };
-        let shards = [finished(&e, 0, ShardOutcome::Passed, ok.clone()), finished(&e, 1, ShardOutcome::Passed, ok)];
+        let ok = ShardResult {
+            passed: 2,
+            ..Default::default()
+        };
+        let shards = [
+            finished(&e, 0, ShardOutcome::Passed, ok.clone()),
+            finished(&e, 1, ShardOutcome::Passed, ok),
+        ];
         assert!(e.aggregate(&shards, Timestamp(3)));
         assert_eq!(e.status, ExecutionStatus::Passed);
         assert_eq!(e.totals.passed, 4);
-        assert!(!e.aggregate(&shards, Timestamp(4)), "folding the same shards again changes nothing");
+        assert!(
+            !e.aggregate(&shards, Timestamp(4)),
+            "folding the same shards again changes nothing"
+        );
     }
 
     #[test]
     fn one_errored_shard_makes_the_execution_errored_not_passed() {
         let mut e = execution(2);
         let shards = [
-            finished(&e, 0, ShardOutcome::Passed, ShardResult { passed: 5, ..Default::default() }),
+            finished(
+                &e,
+                0,
+                ShardOutcome::Passed,
+                ShardResult {
+                    passed: 5,
+                    ..Default::default()
+                },
+            ),
             finished(&e, 1, ShardOutcome::Errored, ShardResult::default()),
         ];
         e.aggregate(&shards, Timestamp(3));
@@ -350,13 +406,30 @@ pub(crate) mod tests {
     fn a_cancelled_execution_stays_cancelled_when_late_results_arrive() {
         let mut e = execution(1);
         e.cancel("user".into(), Timestamp(1)).unwrap();
-        let shards = [finished(&e, 0, ShardOutcome::Passed, ShardResult { passed: 1, ..Default::default() })];
+        let shards = [finished(
+            &e,
+            0,
+            ShardOutcome::Passed,
+            ShardResult {
+                passed: 1,
+                ..Default::default()
+            },
+        )];
         e.aggregate(&shards, Timestamp(3));
         assert_eq!(e.status, ExecutionStatus::Cancelled);
     }
 
     fn outcome() -> impl Strategy<Value = (ShardOutcome, u32, u32, u32)> {
-        (prop_oneof![Just(ShardOutcome::Passed), Just(ShardOutcome::Failed), Just(ShardOutcome::Errored)], 0u32..5, 0u32..3, 0u32..3)
+        (
+            prop_oneof![
+                Just(ShardOutcome::Passed),
+                Just(ShardOutcome::Failed),
+                Just(ShardOutcome::Errored)
+            ],
+            0u32..5,
+            0u32..3,
+            0u32..3,
+        )
     }
 
     proptest! {

@@ -72,8 +72,26 @@ mod tests {
     fn usage_over_the_allocation_names_each_exceeded_dimension() {
         let id = RunnerId::generate();
         let alloc = Resources::new(1, 1000, 1024);
-        let v = Violation::check(&id, Timestamp(1), alloc, Usage { cpu_millis: 1500, memory_mb: 2048 }).unwrap();
+        let v = Violation::check(
+            &id,
+            Timestamp(1),
+            alloc,
+            Usage {
+                cpu_millis: 1500,
+                memory_mb: 2048,
+            },
+        )
+        .unwrap();
         assert_eq!(v.exceeded, vec!["cpu", "memory"]);
-        assert!(Violation::check(&id, Timestamp(1), alloc, Usage { cpu_millis: 1000, memory_mb: 10 }).is_none());
+        assert!(Violation::check(
+            &id,
+            Timestamp(1),
+            alloc,
+            Usage {
+                cpu_millis: 1000,
+                memory_mb: 10
+            }
+        )
+        .is_none());
     }
 }

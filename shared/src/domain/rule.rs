@@ -62,8 +62,12 @@ impl LoadBalancingRule {
     pub fn matches(&self, execution: &Execution) -> bool {
         glob_match(&self.suite_pattern, &execution.suite)
             && execution.requirements.labels.is_superset(&self.labels)
-            && self.min_priority.is_none_or(|min| execution.priority >= min)
-            && self.max_priority.is_none_or(|max| execution.priority <= max)
+            && self
+                .min_priority
+                .is_none_or(|min| execution.priority >= min)
+            && self
+                .max_priority
+                .is_none_or(|max| execution.priority <= max)
     }
 
     /// The key of this rule's round-robin cursor.
@@ -73,7 +77,10 @@ impl LoadBalancingRule {
 }
 
 /// The first matching rule by precedence, then age.
-pub fn select_rule<'a>(rules: &'a [LoadBalancingRule], execution: &Execution) -> Option<&'a LoadBalancingRule> {
+pub fn select_rule<'a>(
+    rules: &'a [LoadBalancingRule],
+    execution: &Execution,
+) -> Option<&'a LoadBalancingRule> {
     rules
         .iter()
         .filter(|r| r.matches(execution))

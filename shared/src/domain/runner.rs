@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use utoipa::ToSchema;
 
 /// The CI platform or agent kind behind a runner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RunnerType {
     GithubActions,

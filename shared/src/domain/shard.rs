@@ -30,7 +30,10 @@ impl ShardStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            ShardStatus::Passed | ShardStatus::Failed | ShardStatus::Errored | ShardStatus::Cancelled
+            ShardStatus::Passed
+                | ShardStatus::Failed
+                | ShardStatus::Errored
+                | ShardStatus::Cancelled
         )
     }
 
@@ -141,7 +144,12 @@ pub struct Released {
 }
 
 impl Shard {
-    pub fn new(execution_id: ExecutionId, index: u32, tests: Vec<String>, estimated_ms: Option<u64>) -> Self {
+    pub fn new(
+        execution_id: ExecutionId,
+        index: u32,
+        tests: Vec<String>,
+        estimated_ms: Option<u64>,
+    ) -> Self {
         Shard {
             execution_id,
             index,
@@ -184,7 +192,13 @@ impl Shard {
         }
     }
 
-    pub fn assign(&mut self, runner: RunnerId, lease: LeaseId, now: Timestamp, deadline: Timestamp) -> Result<()> {
+    pub fn assign(
+        &mut self,
+        runner: RunnerId,
+        lease: LeaseId,
+        now: Timestamp,
+        deadline: Timestamp,
+    ) -> Result<()> {
         if self.status != ShardStatus::Queued {
             return Err(self.refuse(ShardStatus::Assigned));
         }
@@ -227,7 +241,13 @@ impl Shard {
 
     /// Applies a final report. A report that passed without running any test,
     /// or passed with failures in it, is not taken at its word.
-    pub fn complete(&mut self, lease: &LeaseId, outcome: ShardOutcome, result: ShardResult, now: Timestamp) -> Result<Applied> {
+    pub fn complete(
+        &mut self,
+        lease: &LeaseId,
+        outcome: ShardOutcome,
+        result: ShardResult,
+        now: Timestamp,
+    ) -> Result<Applied> {
         self.require_current_lease(lease)?;
         let (status, error) = judge(outcome, &result);
         if self.status.is_terminal() {
@@ -251,7 +271,9 @@ impl Shard {
 
     /// Takes the shard back from its runner so another can run it.
     pub fn requeue(&mut self, reason: &str) -> Result<Released> {
-        let held = self.holder().ok_or_else(|| self.refuse(ShardStatus::Queued))?;
+        let held = self
+            .holder()
+            .ok_or_else(|| self.refuse(ShardStatus::Queued))?;
         if !self.avoid_runners.contains(&held.runner_id) {
             self.avoid_runners.push(held.runner_id.clone());
         }
@@ -319,11 +341,17 @@ impl Shard {
 /// No silent pass: the reported outcome is checked against the counts.
 fn judge(outcome: ShardOutcome, result: &ShardResult) -> (ShardStatus, Option<String>) {
     match outcome {
-        ShardOutcome::Errored => (ShardStatus::Errored, Some("runner reported an error".into())),
+        ShardOutcome::Errored => (
+            ShardStatus::Errored,
+            Some("runner reported an error".into()),
+        ),
         ShardOutcome::Failed => (ShardStatus::Failed, None),
         ShardOutcome::Passed if result.failed > 0 => (
             ShardStatus::Failed,
-            Some(format!("reported passed with {} failed tests", result.failed)),
+            Some(format!(
+                "reported passed with {} failed tests",
+                result.failed
+            )),
         ),
         ShardOutcome::Passed if result.executed() == 0 => {
             (ShardStatus::Errored, Some("shard ran zero tests".into()))
@@ -339,40 +367,85 @@ mod tests {
     fn assigned() -> (Shard, LeaseId) {
         let mut s = Shard::new(ExecutionId::generate(), 0, vec!["t1".into()], None);
         let lease = LeaseId::generate();
-        s.assign(RunnerId::generate(), lease.clone(), Timestamp(0), Timestamp(1000)).unwrap();
+        s.assign(
+            RunnerId::generate(),
+            lease.clone(),
+            Timestamp(0),
+            Timestamp(1000),
+        )
+        .unwrap();
         (s, lease)
     }
 
     fn passing() -> ShardResult {
-        ShardResult { passed: 1, ..Default::default() }
+        ShardResult {
+            passed: 1,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn a_report_with_an_old_lease_is_rejected_as_stale() {
         let (mut s, _) = assigned();
-        let err = s.complete(&LeaseId::generate(), ShardOutcome::Passed, passing(), Timestamp(5)).unwrap_err();
+        let err = s
+            .complete(
+                &LeaseId::generate(),
+                ShardOutcome::Passed,
+                passing(),
+                Timestamp(5),
+            )
+            .unwrap_err();
         assert!(matches!(err, Error::StaleLease { .. }));
     }
 
     #[test]
     fn the_same_final_report_twice_is_a_duplicate_not_a_change() {
         let (mut s, lease) = assigned();
-        assert_eq!(s.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(5)).unwrap(), Applied::Changed);
-        assert_eq!(s.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(6)).unwrap(), Applied::Duplicate);
-        assert!(s.complete(&lease, ShardOutcome::Failed, passing(), Timestamp(6)).is_err());
+        assert_eq!(
+            s.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(5))
+                .unwrap(),
+            Applied::Changed
+        );
+        assert_eq!(
+            s.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(6))
+                .unwrap(),
+            Applied::Duplicate
+        );
+        assert!(s
+            .complete(&lease, ShardOutcome::Failed, passing(), Timestamp(6))
+            .is_err());
     }
 
     #[test]
     fn a_pass_that_ran_zero_tests_is_recorded_as_errored() {
         let (mut s, lease) = assigned();
-        s.complete(&lease, ShardOutcome::Passed, ShardResult { skipped: 3, ..Default::default() }, Timestamp(5)).unwrap();
+        s.complete(
+            &lease,
+            ShardOutcome::Passed,
+            ShardResult {
+                skipped: 3,
+                ..Default::default()
+            },
+            Timestamp(5),
+        )
+        .unwrap();
         assert_eq!(s.status, ShardStatus::Errored);
     }
 
     #[test]
     fn a_pass_with_failures_is_recorded_as_failed() {
         let (mut s, lease) = assigned();
-        s.complete(&lease, ShardOutcome::Passed, ShardResult { passed: 1, failed: 1, ..Default::default() }, Timestamp(5)).unwrap();
+        s.complete(
+            &lease,
+            ShardOutcome::Passed,
+            ShardResult {
+                passed: 1,
+                failed: 1,
+                ..Default::default()
+            },
+            Timestamp(5),
+        )
+        .unwrap();
         assert_eq!(s.status, ShardStatus::Failed);
     }
 
@@ -382,7 +455,10 @@ mod tests {
         let held = s.requeue("runner lost").unwrap();
         assert_eq!(s.status, ShardStatus::Queued);
         assert_eq!(s.avoid_runners, vec![held.runner_id]);
-        assert!(matches!(s.start(&lease, Timestamp(3)), Err(Error::StaleLease { .. })));
+        assert!(matches!(
+            s.start(&lease, Timestamp(3)),
+            Err(Error::StaleLease { .. })
+        ));
     }
 
     #[test]
@@ -390,7 +466,8 @@ mod tests {
         let mut s = Shard::new(ExecutionId::generate(), 0, vec![], None);
         assert!(s.requeue("x").is_err());
         let (mut done, lease) = assigned();
-        done.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(1)).unwrap();
+        done.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(1))
+            .unwrap();
         assert!(done.cancel("x", Timestamp(2)).is_err());
     }
 }

@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, RuleId, RunnerId};
 use crate::ports::{ExecutionFilter, Ports};
 use crate::usecases::{
-    NewExecution, NewRule, NewRunner, NewToken, ReportOutcome, ShardReport, SystemHealth, Utilization,
+    NewExecution, NewRule, NewRunner, NewToken, ReportOutcome, ShardReport, SystemHealth,
+    Utilization,
 };
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -22,7 +23,9 @@ fn require_api(caller: &Principal) -> Result<()> {
     if caller.is_api() {
         Ok(())
     } else {
-        Err(Error::Forbidden("use this endpoint; it needs an admin or ci token"))
+        Err(Error::Forbidden(
+            "use this endpoint; it needs an admin or ci token",
+        ))
     }
 }
 
@@ -30,7 +33,9 @@ fn require_admin(caller: &Principal) -> Result<()> {
     if *caller == Principal::Admin {
         Ok(())
     } else {
-        Err(Error::Forbidden("use this endpoint; it needs an admin token"))
+        Err(Error::Forbidden(
+            "use this endpoint; it needs an admin token",
+        ))
     }
 }
 
@@ -44,7 +49,10 @@ fn require_runner_or_admin(caller: &Principal, id: &RunnerId) -> Result<()> {
 }
 
 pub async fn not_found() -> Error {
-    Error::NotFound { entity: crate::Entity::Execution, id: "route".into() }
+    Error::NotFound {
+        entity: crate::Entity::Execution,
+        id: "route".into(),
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -100,8 +108,13 @@ pub async fn list_runners<P: Ports>(
     Query(q): Query<PageQuery>,
 ) -> Result<Json<RunnerPage>> {
     require_api(&caller)?;
-    let page = app.list_runners(q.limit.unwrap_or(100), q.cursor.as_deref()).await?;
-    Ok(Json(RunnerPage { items: page.items.into_iter().map(Into::into).collect(), next_cursor: page.next_cursor }))
+    let page = app
+        .list_runners(q.limit.unwrap_or(100), q.cursor.as_deref())
+        .await?;
+    Ok(Json(RunnerPage {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 #[utoipa::path(get, path = "/runners/{id}", tag = "runners",
@@ -128,10 +141,15 @@ pub async fn heartbeat<P: Ports>(
 ) -> Result<Json<HeartbeatView>> {
     let id = RunnerId::parse(&id)?;
     if caller != Principal::Runner(id.clone()) {
-        return Err(Error::Forbidden("heartbeat for a runner other than the token's own"));
+        return Err(Error::Forbidden(
+            "heartbeat for a runner other than the token's own",
+        ));
     }
     let assignments = app.heartbeat(&id, body.usage).await?;
-    Ok(Json(HeartbeatView { assignments, heartbeat_interval_seconds: app.config.heartbeat_interval_secs }))
+    Ok(Json(HeartbeatView {
+        assignments,
+        heartbeat_interval_seconds: app.config.heartbeat_interval_secs,
+    }))
 }
 
 #[utoipa::path(post, path = "/runners/{id}/pause", tag = "runners",
@@ -153,7 +171,9 @@ pub async fn resume_runner<P: Ports>(
     Path(id): Path<String>,
 ) -> Result<Json<RunnerView>> {
     require_admin(&caller)?;
-    Ok(Json(app.resume_runner(&RunnerId::parse(&id)?).await?.into()))
+    Ok(Json(
+        app.resume_runner(&RunnerId::parse(&id)?).await?.into(),
+    ))
 }
 
 /// An admin, or the runner itself (an agent shutting down).
@@ -179,7 +199,9 @@ pub async fn runner_health<P: Ports>(
     require_api(&caller)?;
     let id = RunnerId::parse(&id)?;
     app.runner(&id).await?;
-    Ok(Json(HealthHistory { items: app.store_health_history(&id).await? }))
+    Ok(Json(HealthHistory {
+        items: app.store_health_history(&id).await?,
+    }))
 }
 
 /// Queues an execution. Send `Idempotency-Key` to make retries safe.
@@ -197,14 +219,27 @@ pub async fn queue_execution<P: Ports>(
     require_api(&caller)?;
     let value: serde_json::Value = parse_json(&body)?;
     let key = match headers.get("idempotency-key") {
-        Some(v) => Some(v.to_str().map_err(|_| Error::validation("Idempotency-Key", "must be visible ASCII"))?),
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Error::validation("Idempotency-Key", "must be visible ASCII"))?,
+        ),
         None => None,
     };
     // Hash the canonical form (object keys sorted) so formatting differences do not matter.
-    let idempotency = key.map(|k| (k.to_owned(), hex::encode(Sha256::digest(value.to_string().as_bytes()))));
-    let new: NewExecution = serde_json::from_value(value).map_err(|e| Error::InvalidJson(e.to_string()))?;
+    let idempotency = key.map(|k| {
+        (
+            k.to_owned(),
+            hex::encode(Sha256::digest(value.to_string().as_bytes())),
+        )
+    });
+    let new: NewExecution =
+        serde_json::from_value(value).map_err(|e| Error::InvalidJson(e.to_string()))?;
     let queued = app.queue_execution(new, idempotency).await?;
-    let status = if queued.replayed { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status = if queued.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     Ok((
         status,
         Json(QueuedView {
@@ -224,12 +259,23 @@ pub async fn list_executions<P: Ports>(
 ) -> Result<Json<ExecutionPage>> {
     require_api(&caller)?;
     let status = match q.status.as_deref() {
-        Some(s) => Some(ExecutionStatus::parse(s).ok_or_else(|| Error::validation("status", format!("unknown status {s:?}")))?),
+        Some(s) => Some(
+            ExecutionStatus::parse(s)
+                .ok_or_else(|| Error::validation("status", format!("unknown status {s:?}")))?,
+        ),
         None => None,
     };
-    let filter = ExecutionFilter { status, suite: q.suite, limit: q.limit.unwrap_or(50), cursor: q.cursor };
+    let filter = ExecutionFilter {
+        status,
+        suite: q.suite,
+        limit: q.limit.unwrap_or(50),
+        cursor: q.cursor,
+    };
     let page = app.list_executions(filter).await?;
-    Ok(Json(ExecutionPage { items: page.items.iter().map(Into::into).collect(), next_cursor: page.next_cursor }))
+    Ok(Json(ExecutionPage {
+        items: page.items.iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 #[utoipa::path(get, path = "/executions/{id}/status", tag = "executions",
@@ -289,14 +335,27 @@ pub async fn create_rule<P: Ports>(
     ApiJson(body): ApiJson<NewRule>,
 ) -> Result<(StatusCode, Json<RuleView>)> {
     require_admin(&caller)?;
-    Ok((StatusCode::CREATED, Json(app.create_rule(body).await?.into())))
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_rule(body).await?.into()),
+    ))
 }
 
 #[utoipa::path(get, path = "/load-balancing-rules", tag = "rules",
     responses((status = 200, body = RuleList)), security(("bearer" = [])))]
-pub async fn list_rules<P: Ports>(State(app): State<AppState<P>>, Caller(caller): Caller) -> Result<Json<RuleList>> {
+pub async fn list_rules<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+) -> Result<Json<RuleList>> {
     require_api(&caller)?;
-    Ok(Json(RuleList { items: app.list_rules().await?.into_iter().map(Into::into).collect() }))
+    Ok(Json(RuleList {
+        items: app
+            .list_rules()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    }))
 }
 
 #[utoipa::path(delete, path = "/load-balancing-rules/{id}", tag = "rules",
@@ -329,15 +388,24 @@ pub async fn shard_webhook<P: Ports>(
 /// Unauthenticated, for load balancers and uptime checks.
 #[utoipa::path(get, path = "/system/health", tag = "system",
     responses((status = 200, body = SystemHealth), (status = 503, body = SystemHealth)))]
-pub async fn system_health<P: Ports>(State(app): State<AppState<P>>) -> (StatusCode, Json<SystemHealth>) {
+pub async fn system_health<P: Ports>(
+    State(app): State<AppState<P>>,
+) -> (StatusCode, Json<SystemHealth>) {
     let health = app.system_health().await;
-    let status = if health.store == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if health.store == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(health))
 }
 
 #[utoipa::path(get, path = "/resources/utilization", tag = "system",
     responses((status = 200, body = Utilization)), security(("bearer" = [])))]
-pub async fn utilization<P: Ports>(State(app): State<AppState<P>>, Caller(caller): Caller) -> Result<Json<Utilization>> {
+pub async fn utilization<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+) -> Result<Json<Utilization>> {
     require_api(&caller)?;
     Ok(Json(app.utilization().await?))
 }
@@ -353,6 +421,11 @@ pub async fn create_token<P: Ports>(
     let (token, secret) = app.create_token(body).await?;
     Ok((
         StatusCode::CREATED,
-        Json(TokenView { id: token.id.to_string(), name: token.name, scope: token.scope, token: secret }),
+        Json(TokenView {
+            id: token.id.to_string(),
+            name: token.name,
+            scope: token.scope,
+            token: secret,
+        }),
     ))
 }

@@ -42,9 +42,15 @@ pub fn router<P: Ports>(app: AppState<P>) -> Router {
         .route("/executions/{id}/report", get(execution_report::<P>))
         .route("/executions/{id}/cancel", post(cancel_execution::<P>))
         .route("/executions/{id}/retry", post(retry_execution::<P>))
-        .route("/load-balancing-rules", post(create_rule::<P>).get(list_rules::<P>))
+        .route(
+            "/load-balancing-rules",
+            post(create_rule::<P>).get(list_rules::<P>),
+        )
         .route("/load-balancing-rules/{id}", delete(delete_rule::<P>))
-        .route("/webhooks/parallel-execution/{id}", post(shard_webhook::<P>))
+        .route(
+            "/webhooks/parallel-execution/{id}",
+            post(shard_webhook::<P>),
+        )
         .route("/system/health", get(system_health::<P>))
         .route("/resources/utilization", get(utilization::<P>))
         .route("/tokens", post(create_token::<P>))

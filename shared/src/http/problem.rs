@@ -26,13 +26,33 @@ impl Error {
     /// Status, stable code and title of this error.
     pub fn classify(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            Error::Validation { .. } => (StatusCode::BAD_REQUEST, "validation_failed", "Invalid request"),
-            Error::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json", "Malformed request body"),
-            Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Request too large"),
-            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required"),
+            Error::Validation { .. } => (
+                StatusCode::BAD_REQUEST,
+                "validation_failed",
+                "Invalid request",
+            ),
+            Error::InvalidJson(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "Malformed request body",
+            ),
+            Error::PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Request too large",
+            ),
+            Error::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
             Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Not allowed"),
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", "Not found"),
-            Error::InvalidTransition { .. } => (StatusCode::CONFLICT, "invalid_transition", "Invalid state change"),
+            Error::InvalidTransition { .. } => (
+                StatusCode::CONFLICT,
+                "invalid_transition",
+                "Invalid state change",
+            ),
             Error::StaleLease { .. } => (StatusCode::CONFLICT, "stale_lease", "Stale lease"),
             Error::Conflict { .. } => (StatusCode::CONFLICT, "conflict", "Concurrent change"),
             Error::IdempotencyMismatch => (
@@ -40,9 +60,11 @@ impl Error {
                 "idempotency_key_reused",
                 "Idempotency-Key reused",
             ),
-            Error::Storage(_) | Error::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
-            }
+            Error::Storage(_) | Error::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
         }
     }
 }
@@ -78,7 +100,10 @@ impl IntoResponse for Error {
         };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

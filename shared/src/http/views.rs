@@ -2,8 +2,9 @@
 //! secrets (token hashes) and storage details never reach a client.
 
 use crate::domain::{
-    CiMetadata, Execution, ExecutionStatus, LoadBalancingRule, Requirements, Resources, RunnerPool, RunnerStatus,
-    RunnerType, RunnerWithLoad, Shard, ShardStatus, Strategy, TestResult, TestType, Totals, Usage,
+    CiMetadata, Execution, ExecutionStatus, LoadBalancingRule, Requirements, Resources, RunnerPool,
+    RunnerStatus, RunnerType, RunnerWithLoad, Shard, ShardStatus, Strategy, TestResult, TestType,
+    Totals, Usage,
 };
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -200,7 +201,10 @@ impl ExecutionView {
         let done = shards.iter().filter(|s| s.status.is_terminal()).count() as u32;
         summary.progress.shards_done = done;
         summary.progress.percent = done * 100 / e.shard_count.max(1);
-        ExecutionView { execution: summary, shards: shards.iter().map(ShardView::from).collect() }
+        ExecutionView {
+            execution: summary,
+            shards: shards.iter().map(ShardView::from).collect(),
+        }
     }
 }
 
@@ -244,12 +248,20 @@ impl ExecutionReport {
             .iter()
             .flat_map(|s| {
                 s.result.iter().flat_map(move |r| {
-                    r.tests.iter().map(move |t| ReportedTest { shard_index: s.index, attempt: s.attempt, result: t.clone() })
+                    r.tests.iter().map(move |t| ReportedTest {
+                        shard_index: s.index,
+                        attempt: s.attempt,
+                        result: t.clone(),
+                    })
                 })
             })
             .collect();
         let view = ExecutionView::new(e, shards);
-        ExecutionReport { execution: view.execution, shards: view.shards, tests }
+        ExecutionReport {
+            execution: view.execution,
+            shards: view.shards,
+            tests,
+        }
     }
 }
 

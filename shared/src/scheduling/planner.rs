@@ -5,7 +5,10 @@
 
 use super::{queue, strategy};
 use crate::domain::rule::select_rule;
-use crate::domain::{Execution, LoadBalancingRule, Resources, RunnerStatus, RunnerWithLoad, Shard, ShardStatus, Strategy};
+use crate::domain::{
+    Execution, LoadBalancingRule, Resources, RunnerStatus, RunnerWithLoad, Shard, ShardStatus,
+    Strategy,
+};
 use crate::ids::{ExecutionId, RunnerId};
 use crate::time::Timestamp;
 use std::collections::BTreeMap;
@@ -45,7 +48,11 @@ pub fn plan(pass: &SchedulingPass<'_>) -> Vec<PlannedAssignment> {
         .cloned()
         .collect();
     let mut cursors = pass.cursors.clone();
-    let mut order: Vec<&(Execution, Vec<Shard>)> = pass.pending.iter().filter(|(e, _)| !e.status.is_terminal()).collect();
+    let mut order: Vec<&(Execution, Vec<Shard>)> = pass
+        .pending
+        .iter()
+        .filter(|(e, _)| !e.status.is_terminal())
+        .collect();
     queue::order(&mut order, |(e, _)| e, pass.now, pass.aging_step_ms);
 
     let mut out = Vec::new();
@@ -66,9 +73,18 @@ pub fn plan(pass: &SchedulingPass<'_>) -> Vec<PlannedAssignment> {
                 .filter(|&i| !shard.avoid_runners.contains(&runners[i].runner.id))
                 .collect();
             // Avoid runners that lost this shard, unless no other runner could ever take it.
-            let pool = if preferred.is_empty() { eligible } else { preferred };
-            let fitting: Vec<&RunnerWithLoad> = pool.iter().map(|&i| &runners[i]).filter(|r| r.free().covers(&need)).collect();
-            let Some(chosen) = strategy::pick(strategy, &fitting, &need, cursors.get(&pool_key)) else {
+            let pool = if preferred.is_empty() {
+                eligible
+            } else {
+                preferred
+            };
+            let fitting: Vec<&RunnerWithLoad> = pool
+                .iter()
+                .map(|&i| &runners[i])
+                .filter(|r| r.free().covers(&need))
+                .collect();
+            let Some(chosen) = strategy::pick(strategy, &fitting, &need, cursors.get(&pool_key))
+            else {
                 continue;
             };
             let chosen_id = chosen.runner.id.clone();
@@ -111,15 +127,24 @@ mod tests {
     use proptest::prelude::{prop_assert, prop_assert_eq, proptest};
 
     fn pending(e: Execution) -> (Execution, Vec<Shard>) {
-        let shards = (0..e.shard_count).map(|i| Shard::new(e.id.clone(), i, vec![format!("t{i}")], None)).collect();
+        let shards = (0..e.shard_count)
+            .map(|i| Shard::new(e.id.clone(), i, vec![format!("t{i}")], None))
+            .collect();
         (e, shards)
     }
 
     fn free(slots: u32) -> RunnerWithLoad {
-        RunnerWithLoad { runner: runner("r", slots), allocated: Resources::default() }
+        RunnerWithLoad {
+            runner: runner("r", slots),
+            allocated: Resources::default(),
+        }
     }
 
-    fn run(pending: &[(Execution, Vec<Shard>)], runners: &[RunnerWithLoad], rules: &[LoadBalancingRule]) -> Vec<PlannedAssignment> {
+    fn run(
+        pending: &[(Execution, Vec<Shard>)],
+        runners: &[RunnerWithLoad],
+        rules: &[LoadBalancingRule],
+    ) -> Vec<PlannedAssignment> {
         plan(&SchedulingPass {
             pending,
             runners,
@@ -168,7 +193,10 @@ mod tests {
             min_priority: None,
             max_priority: None,
             strategy: Strategy::RoundRobin,
-            pool: RunnerPool { labels: Default::default(), types: vec![crate::domain::RunnerType::GithubActions] },
+            pool: RunnerPool {
+                labels: Default::default(),
+                types: vec![crate::domain::RunnerType::GithubActions],
+            },
             precedence: 0,
             created_at: Timestamp(0),
         };

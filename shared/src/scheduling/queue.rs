@@ -12,10 +12,19 @@ pub fn effective_priority(execution: &Execution, now: Timestamp, aging_step_ms: 
 
 /// Sorts executions into scheduling order: highest effective priority, then
 /// oldest, then id (so the order is total and deterministic).
-pub fn order<T>(items: &mut [T], execution_of: impl Fn(&T) -> &Execution, now: Timestamp, aging_step_ms: i64) {
+pub fn order<T>(
+    items: &mut [T],
+    execution_of: impl Fn(&T) -> &Execution,
+    now: Timestamp,
+    aging_step_ms: i64,
+) {
     items.sort_by_cached_key(|item| {
         let e = execution_of(item);
-        (std::cmp::Reverse(effective_priority(e, now, aging_step_ms)), e.created_at, e.id.clone())
+        (
+            std::cmp::Reverse(effective_priority(e, now, aging_step_ms)),
+            e.created_at,
+            e.id.clone(),
+        )
     });
 }
 

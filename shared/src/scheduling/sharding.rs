@@ -35,9 +35,12 @@ pub fn split_tests(tests: &[TestSpec], parallelism: u32) -> Vec<PlannedShard> {
     let shard_count = (parallelism.max(1) as usize).min(tests.len());
     let mut shards = vec![(0u64, Vec::new()); shard_count];
     // Min-heap of (load, index): the least loaded shard takes the next longest test.
-    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = (0..shard_count).map(|i| Reverse((0, i))).collect();
+    let mut heap: BinaryHeap<Reverse<(u64, usize)>> =
+        (0..shard_count).map(|i| Reverse((0, i))).collect();
     for (weight, name) in weighted {
-        let Some(Reverse((load, i))) = heap.pop() else { break };
+        let Some(Reverse((load, i))) = heap.pop() else {
+            break;
+        };
         shards[i].0 = load + weight;
         shards[i].1.push(name.to_owned());
         heap.push(Reverse((load + weight, i)));
@@ -70,7 +73,10 @@ mod tests {
         durations
             .iter()
             .enumerate()
-            .map(|(i, d)| TestSpec { name: format!("t{i:03}"), duration_hint_ms: *d })
+            .map(|(i, d)| TestSpec {
+                name: format!("t{i:03}"),
+                duration_hint_ms: *d,
+            })
             .collect()
     }
 
@@ -85,8 +91,14 @@ mod tests {
 
     #[test]
     fn one_long_test_gets_a_shard_of_its_own() {
-        let plan = split_tests(&specs(&[Some(100), Some(10), Some(10), Some(10), Some(10)]), 2);
-        let long = plan.iter().find(|s| s.tests.contains(&"t000".to_string())).unwrap();
+        let plan = split_tests(
+            &specs(&[Some(100), Some(10), Some(10), Some(10), Some(10)]),
+            2,
+        );
+        let long = plan
+            .iter()
+            .find(|s| s.tests.contains(&"t000".to_string()))
+            .unwrap();
         assert_eq!(long.tests.len(), 1);
         assert_eq!(long.estimated_ms, Some(100));
     }

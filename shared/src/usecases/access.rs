@@ -39,13 +39,20 @@ impl<P: Ports> Orchestrator<P> {
                 .store
                 .get_runner(&id)
                 .await?
-                .filter(|r| r.runner.status != RunnerStatus::Deregistered && auth::verify(token, &r.runner.token_hash))
+                .filter(|r| {
+                    r.runner.status != RunnerStatus::Deregistered
+                        && auth::verify(token, &r.runner.token_hash)
+                })
                 .map(|_| Principal::Runner(id)),
             TokenOwner::Webhook(id) => self
                 .store
                 .get_execution(&id)
                 .await?
-                .filter(|e| e.webhook_token_hashes.iter().any(|h| auth::verify(token, h)))
+                .filter(|e| {
+                    e.webhook_token_hashes
+                        .iter()
+                        .any(|h| auth::verify(token, h))
+                })
                 .map(|_| Principal::Webhook(id)),
             TokenOwner::Other => None,
         };

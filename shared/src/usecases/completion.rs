@@ -46,18 +46,35 @@ const MAX_RESULTS: usize = 20_000;
 
 impl ShardReport {
     fn validate(&self) -> Result<()> {
-        let Some(r) = &self.results else { return Ok(()) };
+        let Some(r) = &self.results else {
+            return Ok(());
+        };
         if self.status == ReportStatus::Started {
-            return Err(Error::validation("results", "a started report carries no results"));
+            return Err(Error::validation(
+                "results",
+                "a started report carries no results",
+            ));
         }
         if r.tests.len() > MAX_RESULTS {
-            return Err(Error::validation("results.tests", format!("at most {MAX_RESULTS} results")));
+            return Err(Error::validation(
+                "results.tests",
+                format!("at most {MAX_RESULTS} results"),
+            ));
         }
         if !r.tests.is_empty() {
             let count = |s: TestStatus| r.tests.iter().filter(|t| t.status == s).count() as u32;
             let failed = count(TestStatus::Failed) + count(TestStatus::Errored);
-            if (r.passed, r.failed, r.skipped) != (count(TestStatus::Passed), failed, count(TestStatus::Skipped)) {
-                return Err(Error::validation("results", "passed/failed/skipped do not match the per-test results"));
+            if (r.passed, r.failed, r.skipped)
+                != (
+                    count(TestStatus::Passed),
+                    failed,
+                    count(TestStatus::Skipped),
+                )
+            {
+                return Err(Error::validation(
+                    "results",
+                    "passed/failed/skipped do not match the per-test results",
+                ));
             }
         }
         Ok(())
@@ -67,7 +84,12 @@ impl ShardReport {
 impl<P: Ports> Orchestrator<P> {
     /// Applies a runner's report to its shard. Only the current lease counts;
     /// the same final report twice is acknowledged once.
-    pub async fn report_shard(&self, caller: &Principal, id: &ExecutionId, report: ShardReport) -> Result<ReportOutcome> {
+    pub async fn report_shard(
+        &self,
+        caller: &Principal,
+        id: &ExecutionId,
+        report: ShardReport,
+    ) -> Result<ReportOutcome> {
         report.validate()?;
         match caller {
             Principal::Webhook(exec) if exec == id => {}
@@ -80,7 +102,9 @@ impl<P: Ports> Orchestrator<P> {
             let mut shard = shards
                 .into_iter()
                 .find(|s| s.index == report.shard_index)
-                .ok_or_else(|| Error::not_found(Entity::Shard, format!("{id}#{}", report.shard_index)))?;
+                .ok_or_else(|| {
+                    Error::not_found(Entity::Shard, format!("{id}#{}", report.shard_index))
+                })?;
             if let Principal::Runner(runner) = caller {
                 if shard.runner_id.as_ref() != Some(runner) {
                     return Err(Error::Forbidden("report on a shard held by another runner"));
@@ -96,7 +120,12 @@ impl<P: Ports> Orchestrator<P> {
                         ReportStatus::Failed => ShardOutcome::Failed,
                         _ => ShardOutcome::Errored,
                     };
-                    shard.complete(&report.lease_id, outcome, report.results.clone().unwrap_or_default(), now)?
+                    shard.complete(
+                        &report.lease_id,
+                        outcome,
+                        report.results.clone().unwrap_or_default(),
+                        now,
+                    )?
                 }
             };
             let finished = applied == Applied::Changed && shard.status.is_terminal();
@@ -106,7 +135,13 @@ impl<P: Ports> Orchestrator<P> {
                     lease_id: h.lease_id,
                     resources: execution.requirements.per_shard(),
                 });
-                self.store.update_shard(&ShardUpdate { shard: shard.clone(), expected_version: version, release }).await?;
+                self.store
+                    .update_shard(&ShardUpdate {
+                        shard: shard.clone(),
+                        expected_version: version,
+                        release,
+                    })
+                    .await?;
             }
             let outcome = ReportOutcome {
                 shard_index: shard.index,
@@ -150,7 +185,9 @@ impl<P: Ports> Orchestrator<P> {
     /// Handles one event from the bus (the aggregator function's body).
     pub async fn handle_event(&self, event: &Event) -> Result<()> {
         match event {
-            Event::ShardCompleted { execution_id, .. } => self.aggregate(execution_id).await.map(|_| ()),
+            Event::ShardCompleted { execution_id, .. } => {
+                self.aggregate(execution_id).await.map(|_| ())
+            }
         }
     }
 }

@@ -3,7 +3,10 @@
 use super::runners::validate_labels;
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth;
-use crate::domain::{CiMetadata, Execution, ExecutionStatus, Requirements, RunnerType, Shard, ShardStatus, TestSpec, TestType, Totals};
+use crate::domain::{
+    CiMetadata, Execution, ExecutionStatus, Requirements, RunnerType, Shard, ShardStatus, TestSpec,
+    TestType, Totals,
+};
 use crate::error::{Entity, Error, Result};
 use crate::ids::ExecutionId;
 use crate::ports::{ExecutionFilter, IdempotencyRecord, Nudges, Page, Ports, ShardUpdate, Store};
@@ -95,7 +98,10 @@ const MAX_TOKENS_PER_EXECUTION: usize = 8;
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
     if value.trim().is_empty() || value.len() > max {
-        return Err(Error::validation(field, format!("must be 1 to {max} characters")));
+        return Err(Error::validation(
+            field,
+            format!("must be 1 to {max} characters"),
+        ));
     }
     Ok(())
 }
@@ -105,13 +111,22 @@ impl<P: Ports> Orchestrator<P> {
         let cfg = &self.config;
         check_len("suite", &new.suite, 256)?;
         if new.tests.len() > cfg.max_tests {
-            return Err(Error::validation("tests", format!("at most {} tests", cfg.max_tests)));
+            return Err(Error::validation(
+                "tests",
+                format!("at most {} tests", cfg.max_tests),
+            ));
         }
         if new.parallelism == 0 || new.parallelism > cfg.max_parallelism {
-            return Err(Error::validation("parallelism", format!("must be between 1 and {}", cfg.max_parallelism)));
+            return Err(Error::validation(
+                "parallelism",
+                format!("must be between 1 and {}", cfg.max_parallelism),
+            ));
         }
         if new.tests.is_empty() && new.parallelism > 1 {
-            return Err(Error::validation("tests", "a parallel execution needs the list of tests to split"));
+            return Err(Error::validation(
+                "tests",
+                "a parallel execution needs the list of tests to split",
+            ));
         }
         let priority = new.priority.unwrap_or(cfg.default_priority);
         if !(0..=100).contains(&priority) {
@@ -119,32 +134,53 @@ impl<P: Ports> Orchestrator<P> {
         }
         let timeout = new.timeout_seconds.unwrap_or(cfg.default_timeout_secs);
         if !(1..=7 * 24 * 3600).contains(&timeout) {
-            return Err(Error::validation("timeout_seconds", "must be between 1 and 604800"));
+            return Err(Error::validation(
+                "timeout_seconds",
+                "must be between 1 and 604800",
+            ));
         }
         let shard_timeout = new.shard_timeout_seconds.unwrap_or(timeout);
         if shard_timeout == 0 || shard_timeout > timeout {
-            return Err(Error::validation("shard_timeout_seconds", "must be between 1 and timeout_seconds"));
+            return Err(Error::validation(
+                "shard_timeout_seconds",
+                "must be between 1 and timeout_seconds",
+            ));
         }
         let max_attempts = new.max_attempts.unwrap_or(cfg.default_max_attempts);
         if !(1..=10).contains(&max_attempts) {
-            return Err(Error::validation("max_attempts", "must be between 1 and 10"));
+            return Err(Error::validation(
+                "max_attempts",
+                "must be between 1 and 10",
+            ));
         }
         if serde_json::to_string(&new.metadata).map_or(0, |s| s.len()) > 16 * 1024 {
-            return Err(Error::validation("metadata", "must be at most 16 KiB of JSON"));
+            return Err(Error::validation(
+                "metadata",
+                "must be at most 16 KiB of JSON",
+            ));
         }
         let mut seen = BTreeSet::new();
         let tests: Vec<TestSpec> = new
             .tests
             .into_iter()
             .map(|t| match t {
-                TestInput::Name(name) => TestSpec { name, duration_hint_ms: None },
-                TestInput::Timed(t) => TestSpec { name: t.name, duration_hint_ms: t.duration_hint_ms },
+                TestInput::Name(name) => TestSpec {
+                    name,
+                    duration_hint_ms: None,
+                },
+                TestInput::Timed(t) => TestSpec {
+                    name: t.name,
+                    duration_hint_ms: t.duration_hint_ms,
+                },
             })
             .collect();
         for t in &tests {
             check_len("tests[].name", &t.name, 1024)?;
             if !seen.insert(t.name.as_str()) {
-                return Err(Error::validation("tests", format!("test {:?} is listed twice", t.name)));
+                return Err(Error::validation(
+                    "tests",
+                    format!("test {:?} is listed twice", t.name),
+                ));
             }
         }
         let req = new.requirements.unwrap_or_default();
@@ -195,7 +231,11 @@ impl<P: Ports> Orchestrator<P> {
     /// Queues an execution. With an idempotency key, a repeat of the same
     /// request returns the execution the first one created (with a fresh
     /// webhook token for this caller); a different body is refused.
-    pub async fn queue_execution(&self, new: NewExecution, idempotency: Option<(String, String)>) -> Result<QueuedExecution> {
+    pub async fn queue_execution(
+        &self,
+        new: NewExecution,
+        idempotency: Option<(String, String)>,
+    ) -> Result<QueuedExecution> {
         if let Some((key, body_hash)) = &idempotency {
             check_len("Idempotency-Key", key, 255)?;
             if let Some(found) = self.replay(key, body_hash).await? {
@@ -205,13 +245,21 @@ impl<P: Ports> Orchestrator<P> {
         let (mut execution, shards) = self.build_execution(new)?;
         let issued = auth::issue(Some(execution.id.as_str()));
         execution.webhook_token_hashes.push(issued.hash);
-        let record = idempotency.as_ref().map(|(key, body_hash)| IdempotencyRecord {
-            key: key.clone(),
-            body_hash: body_hash.clone(),
-            execution_id: execution.id.clone(),
-            expires_at: execution.created_at.plus_secs(self.config.idempotency_ttl_secs),
-        });
-        match self.store.create_execution(&execution, &shards, record.as_ref()).await {
+        let record = idempotency
+            .as_ref()
+            .map(|(key, body_hash)| IdempotencyRecord {
+                key: key.clone(),
+                body_hash: body_hash.clone(),
+                execution_id: execution.id.clone(),
+                expires_at: execution
+                    .created_at
+                    .plus_secs(self.config.idempotency_ttl_secs),
+            });
+        match self
+            .store
+            .create_execution(&execution, &shards, record.as_ref())
+            .await
+        {
             Ok(()) => {}
             Err(e) if e.is_conflict() && idempotency.is_some() => {
                 // Another request with the same key won the race: answer as its replay.
@@ -225,12 +273,19 @@ impl<P: Ports> Orchestrator<P> {
             Err(e) => return Err(e),
         }
         self.nudges.schedule().await;
-        Ok(QueuedExecution { execution, shards, webhook_token: issued.token, replayed: false })
+        Ok(QueuedExecution {
+            execution,
+            shards,
+            webhook_token: issued.token,
+            replayed: false,
+        })
     }
 
     async fn replay(&self, key: &str, body_hash: &str) -> Result<Option<QueuedExecution>> {
         let now = self.clock.now();
-        let Some(record) = self.store.get_idempotency(key, now).await? else { return Ok(None) };
+        let Some(record) = self.store.get_idempotency(key, now).await? else {
+            return Ok(None);
+        };
         if record.body_hash != body_hash {
             return Err(Error::IdempotencyMismatch);
         }
@@ -247,7 +302,12 @@ impl<P: Ports> Orchestrator<P> {
             Ok((e, shards))
         })
         .await?;
-        Ok(Some(QueuedExecution { execution, shards, webhook_token: issued.token, replayed: true }))
+        Ok(Some(QueuedExecution {
+            execution,
+            shards,
+            webhook_token: issued.token,
+            replayed: true,
+        }))
     }
 
     pub(crate) async fn load(&self, id: &ExecutionId) -> Result<(Execution, Vec<Shard>)> {
@@ -285,10 +345,16 @@ impl<P: Ports> Orchestrator<P> {
     pub(crate) async fn stop_open_shards(&self, id: &ExecutionId, reason: &str) -> Result<()> {
         let now = self.clock.now();
         let (execution, shards) = self.load(id).await?;
-        for index in shards.iter().filter(|s| !s.status.is_terminal()).map(|s| s.index) {
+        for index in shards
+            .iter()
+            .filter(|s| !s.status.is_terminal())
+            .map(|s| s.index)
+        {
             retry_on_conflict(|| async {
                 let (_, shards) = self.load(id).await?;
-                let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else { return Ok(()) };
+                let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else {
+                    return Ok(());
+                };
                 if shard.status.is_terminal() {
                     return Ok(());
                 }
@@ -299,7 +365,13 @@ impl<P: Ports> Orchestrator<P> {
                     lease_id: h.lease_id,
                     resources: execution.requirements.per_shard(),
                 });
-                self.store.update_shard(&ShardUpdate { shard, expected_version: version, release }).await
+                self.store
+                    .update_shard(&ShardUpdate {
+                        shard,
+                        expected_version: version,
+                        release,
+                    })
+                    .await
             })
             .await?;
         }
@@ -320,16 +392,29 @@ impl<P: Ports> Orchestrator<P> {
         let (_, shards) = self.load(id).await?;
         let retry: Vec<u32> = shards
             .iter()
-            .filter(|s| matches!(s.status, ShardStatus::Failed | ShardStatus::Errored | ShardStatus::Cancelled))
+            .filter(|s| {
+                matches!(
+                    s.status,
+                    ShardStatus::Failed | ShardStatus::Errored | ShardStatus::Cancelled
+                )
+            })
             .map(|s| s.index)
             .collect();
         for index in retry {
             retry_on_conflict(|| async {
                 let (_, shards) = self.load(id).await?;
-                let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else { return Ok(()) };
+                let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else {
+                    return Ok(());
+                };
                 let version = shard.version;
                 shard.retry()?;
-                self.store.update_shard(&ShardUpdate { shard, expected_version: version, release: None }).await
+                self.store
+                    .update_shard(&ShardUpdate {
+                        shard,
+                        expected_version: version,
+                        release: None,
+                    })
+                    .await
             })
             .await?;
         }

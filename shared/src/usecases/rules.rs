@@ -41,13 +41,19 @@ impl<P: Ports> Orchestrator<P> {
             return Err(Error::validation("name", "must be 1 to 128 characters"));
         }
         if new.suite_pattern.is_empty() || new.suite_pattern.len() > 256 {
-            return Err(Error::validation("suite_pattern", "must be 1 to 256 characters"));
+            return Err(Error::validation(
+                "suite_pattern",
+                "must be 1 to 256 characters",
+            ));
         }
         validate_labels(&new.labels, "labels")?;
         validate_labels(&new.pool.labels, "pool.labels")?;
         if let (Some(min), Some(max)) = (new.min_priority, new.max_priority) {
             if min > max {
-                return Err(Error::validation("min_priority", "must not be above max_priority"));
+                return Err(Error::validation(
+                    "min_priority",
+                    "must not be above max_priority",
+                ));
             }
         }
         let rule = LoadBalancingRule {

@@ -2,7 +2,10 @@
 
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth;
-use crate::domain::{HealthRecord, Resources, Runner, RunnerStatus, RunnerType, RunnerWithLoad, Shard, Usage, Violation};
+use crate::domain::{
+    HealthRecord, Resources, Runner, RunnerStatus, RunnerType, RunnerWithLoad, Shard, Usage,
+    Violation,
+};
 use crate::error::{Entity, Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RunnerId};
 use crate::ports::{Nudges, Page, Ports, Store};
@@ -55,8 +58,14 @@ pub(crate) fn validate_labels(labels: &BTreeSet<String>, field: &str) -> Result<
     if labels.len() > 32 {
         return Err(Error::validation(field, "at most 32 labels"));
     }
-    if let Some(bad) = labels.iter().find(|l| l.is_empty() || l.len() > 64 || l.chars().any(char::is_whitespace)) {
-        return Err(Error::validation(field, format!("label {bad:?} must be 1-64 characters without spaces")));
+    if let Some(bad) = labels
+        .iter()
+        .find(|l| l.is_empty() || l.len() > 64 || l.chars().any(char::is_whitespace))
+    {
+        return Err(Error::validation(
+            field,
+            format!("label {bad:?} must be 1-64 characters without spaces"),
+        ));
     }
     Ok(())
 }
@@ -69,10 +78,20 @@ impl NewRunner {
         }
         validate_labels(&self.labels, "labels")?;
         if self.capacity.slots == 0 || self.capacity.slots > 1024 {
-            return Err(Error::validation("capacity.slots", "must be between 1 and 1024"));
+            return Err(Error::validation(
+                "capacity.slots",
+                "must be between 1 and 1024",
+            ));
         }
-        if self.dispatch.as_ref().is_some_and(|d| d.to_string().len() > 16 * 1024) {
-            return Err(Error::validation("dispatch", "must be at most 16 KiB of JSON"));
+        if self
+            .dispatch
+            .as_ref()
+            .is_some_and(|d| d.to_string().len() > 16 * 1024)
+        {
+            return Err(Error::validation(
+                "dispatch",
+                "must be at most 16 KiB of JSON",
+            ));
         }
         Ok(())
     }
@@ -127,7 +146,11 @@ impl<P: Ports> Orchestrator<P> {
             .ok_or_else(|| Error::not_found(Entity::Runner, id))
     }
 
-    pub async fn list_runners(&self, limit: u32, cursor: Option<&str>) -> Result<Page<RunnerWithLoad>> {
+    pub async fn list_runners(
+        &self,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<RunnerWithLoad>> {
         self.store.list_runners(limit.clamp(1, 500), cursor).await
     }
 
@@ -144,7 +167,13 @@ impl<P: Ports> Orchestrator<P> {
         })
         .await?;
         if revived {
-            self.record_health(id, now, RunnerStatus::Active, "heartbeat received again".into()).await?;
+            self.record_health(
+                id,
+                now,
+                RunnerStatus::Active,
+                "heartbeat received again".into(),
+            )
+            .await?;
             self.nudges.schedule().await;
         }
         if let Some(v) = usage.and_then(|u| Violation::check(id, now, allocated, u)) {
@@ -158,9 +187,16 @@ impl<P: Ports> Orchestrator<P> {
         let mut suites: BTreeMap<ExecutionId, String> = BTreeMap::new();
         let mut out = Vec::with_capacity(shards.len());
         for shard in shards {
-            let Some(lease_id) = shard.lease_id.clone() else { continue };
+            let Some(lease_id) = shard.lease_id.clone() else {
+                continue;
+            };
             if !suites.contains_key(&shard.execution_id) {
-                let suite = self.store.get_execution(&shard.execution_id).await?.map(|e| e.suite).unwrap_or_default();
+                let suite = self
+                    .store
+                    .get_execution(&shard.execution_id)
+                    .await?
+                    .map(|e| e.suite)
+                    .unwrap_or_default();
                 suites.insert(shard.execution_id.clone(), suite);
             }
             out.push(Assignment {
@@ -191,12 +227,18 @@ impl<P: Ports> Orchestrator<P> {
     pub async fn deregister_runner(&self, id: &RunnerId) -> Result<RunnerWithLoad> {
         let r = self.change_runner(id, Runner::deregister).await?;
         let now = self.clock.now();
-        self.record_health(id, now, RunnerStatus::Deregistered, "deregistered".into()).await?;
-        self.take_back_runner_work(id, "runner deregistered").await?;
+        self.record_health(id, now, RunnerStatus::Deregistered, "deregistered".into())
+            .await?;
+        self.take_back_runner_work(id, "runner deregistered")
+            .await?;
         Ok(r)
     }
 
-    async fn change_runner(&self, id: &RunnerId, change: impl Fn(&mut Runner) -> Result<()>) -> Result<RunnerWithLoad> {
+    async fn change_runner(
+        &self,
+        id: &RunnerId,
+        change: impl Fn(&mut Runner) -> Result<()>,
+    ) -> Result<RunnerWithLoad> {
         retry_on_conflict(|| async {
             let mut loaded = self.runner(id).await?;
             let version = loaded.runner.version;
@@ -214,9 +256,20 @@ impl<P: Ports> Orchestrator<P> {
         self.store.health_history(id, 100).await
     }
 
-    pub(crate) async fn record_health(&self, id: &RunnerId, at: Timestamp, status: RunnerStatus, reason: String) -> Result<()> {
+    pub(crate) async fn record_health(
+        &self,
+        id: &RunnerId,
+        at: Timestamp,
+        status: RunnerStatus,
+        reason: String,
+    ) -> Result<()> {
         self.store
-            .add_health_record(&HealthRecord { runner_id: id.clone(), at, status, reason })
+            .add_health_record(&HealthRecord {
+                runner_id: id.clone(),
+                at,
+                status,
+                reason,
+            })
             .await
     }
 
@@ -226,7 +279,10 @@ impl<P: Ports> Orchestrator<P> {
         let mut moved = 0;
         for shard in shards {
             if let Some(lease) = shard.lease_id.clone() {
-                if self.take_back(&shard.execution_id, shard.index, &lease, reason).await? {
+                if self
+                    .take_back(&shard.execution_id, shard.index, &lease, reason)
+                    .await?
+                {
                     moved += 1;
                 }
             }

@@ -14,7 +14,10 @@ impl<P: Ports> Orchestrator<P> {
     /// Safe to run concurrently with itself: a lost race is skipped and left
     /// for the next pass.
     pub async fn schedule_pass(&self) -> Result<usize> {
-        let pending = self.store.pending_executions(self.config.sweep_batch).await?;
+        let pending = self
+            .store
+            .pending_executions(self.config.sweep_batch)
+            .await?;
         if pending.is_empty() {
             return Ok(0);
         }
@@ -36,8 +39,13 @@ impl<P: Ports> Orchestrator<P> {
         });
         let mut assigned = 0;
         for p in planned {
-            let Some((execution, shards)) = pending.iter().find(|(e, _)| e.id == p.execution_id) else { continue };
-            let Some(mut shard) = shards.iter().find(|s| s.index == p.shard_index).cloned() else { continue };
+            let Some((execution, shards)) = pending.iter().find(|(e, _)| e.id == p.execution_id)
+            else {
+                continue;
+            };
+            let Some(mut shard) = shards.iter().find(|s| s.index == p.shard_index).cloned() else {
+                continue;
+            };
             let lease = LeaseId::generate();
             let deadline = now.plus_secs(execution.shard_timeout_seconds);
             shard.assign(p.runner_id.clone(), lease.clone(), now, deadline)?;
@@ -57,7 +65,9 @@ impl<P: Ports> Orchestrator<P> {
             };
             match self.store.assign(&write).await {
                 Ok(()) => assigned += 1,
-                Err(e) if e.is_conflict() => tracing::debug!(error = %e, "assignment lost a race; next pass retries"),
+                Err(e) if e.is_conflict() => {
+                    tracing::debug!(error = %e, "assignment lost a race; next pass retries")
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -27,7 +27,11 @@ impl<P: Ports> Orchestrator<P> {
         let now = self.clock.now();
         let before = now.plus_ms(-self.config.silence_limit_ms());
         let mut report = SweepReport::default();
-        for mut runner in self.store.silent_runners(before, self.config.sweep_batch).await? {
+        for mut runner in self
+            .store
+            .silent_runners(before, self.config.sweep_batch)
+            .await?
+        {
             let version = runner.version;
             let silent_s = now.since(runner.last_heartbeat) / 1000;
             let reason = format!("no heartbeat for {silent_s}s");
@@ -39,8 +43,11 @@ impl<P: Ports> Orchestrator<P> {
                 Err(e) => return Err(e),
             }
             report.runners_marked_unhealthy += 1;
-            self.record_health(&runner.id, now, RunnerStatus::Unhealthy, reason).await?;
-            let moved = self.take_back_runner_work(&runner.id, "runner became unhealthy").await?;
+            self.record_health(&runner.id, now, RunnerStatus::Unhealthy, reason)
+                .await?;
+            let moved = self
+                .take_back_runner_work(&runner.id, "runner became unhealthy")
+                .await?;
             report.shards_requeued += moved as u32;
         }
         Ok(report)
@@ -52,15 +59,33 @@ impl<P: Ports> Orchestrator<P> {
     pub async fn timeout_sweep(&self) -> Result<SweepReport> {
         let now = self.clock.now();
         let mut report = SweepReport::default();
-        for shard in self.store.expired_shards(now, self.config.sweep_batch).await? {
-            let Some(lease) = shard.lease_id.clone() else { continue };
-            if self.take_back(&shard.execution_id, shard.index, &lease, "shard deadline passed").await? {
+        for shard in self
+            .store
+            .expired_shards(now, self.config.sweep_batch)
+            .await?
+        {
+            let Some(lease) = shard.lease_id.clone() else {
+                continue;
+            };
+            if self
+                .take_back(
+                    &shard.execution_id,
+                    shard.index,
+                    &lease,
+                    "shard deadline passed",
+                )
+                .await?
+            {
                 report.shards_requeued += 1;
             } else {
                 report.shards_failed += 1;
             }
         }
-        for execution in self.store.active_executions(self.config.sweep_batch).await? {
+        for execution in self
+            .store
+            .active_executions(self.config.sweep_batch)
+            .await?
+        {
             if execution.deadline < now {
                 if self.time_out_execution(&execution.id).await? {
                     report.executions_timed_out += 1;
@@ -98,11 +123,19 @@ impl<P: Ports> Orchestrator<P> {
     /// Takes a shard back from the runner holding `lease`: requeued while it
     /// has attempts left (returns true), else errored (returns false). Does
     /// nothing if that lease is no longer current.
-    pub(crate) async fn take_back(&self, id: &ExecutionId, index: u32, lease: &LeaseId, reason: &str) -> Result<bool> {
+    pub(crate) async fn take_back(
+        &self,
+        id: &ExecutionId,
+        index: u32,
+        lease: &LeaseId,
+        reason: &str,
+    ) -> Result<bool> {
         let now = self.clock.now();
         let requeued = retry_on_conflict(|| async {
             let (execution, shards) = self.load(id).await?;
-            let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else { return Ok(None) };
+            let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else {
+                return Ok(None);
+            };
             if shard.lease_id.as_ref() != Some(lease) || !shard.status.is_in_flight() {
                 return Ok(None);
             }
@@ -111,7 +144,10 @@ impl<P: Ports> Orchestrator<P> {
             let held = if retry {
                 Some(shard.requeue(reason)?)
             } else {
-                let why = format!("{reason}; gave up after {} of {} attempts", shard.attempt, execution.max_attempts);
+                let why = format!(
+                    "{reason}; gave up after {} of {} attempts",
+                    shard.attempt, execution.max_attempts
+                );
                 shard.give_up(why, now)?
             };
             let release = held.map(|h| Release {
@@ -119,7 +155,13 @@ impl<P: Ports> Orchestrator<P> {
                 lease_id: h.lease_id,
                 resources: execution.requirements.per_shard(),
             });
-            self.store.update_shard(&ShardUpdate { shard, expected_version: version, release }).await?;
+            self.store
+                .update_shard(&ShardUpdate {
+                    shard,
+                    expected_version: version,
+                    release,
+                })
+                .await?;
             Ok(Some(retry))
         })
         .await?;

@@ -119,7 +119,12 @@ impl<P: Ports> Orchestrator<P> {
             }
             Err(e) => {
                 tracing::error!(error = %e, "health check failed");
-                SystemHealth { status: "degraded".into(), store: "unavailable".into(), queue: None, runners: None }
+                SystemHealth {
+                    status: "degraded".into(),
+                    store: "unavailable".into(),
+                    queue: None,
+                    runners: None,
+                }
             }
         }
     }
@@ -149,7 +154,15 @@ impl<P: Ports> Orchestrator<P> {
                 memory_pct: pct(used.memory_mb, cap.memory_mb),
             });
         }
-        let violations = self.store.recent_violations(now.plus_secs(0).plus_ms(-24 * 3600 * 1000), 100).await?;
-        Ok(Utilization { runners, total_capacity, total_allocated, violations })
+        let violations = self
+            .store
+            .recent_violations(now.plus_secs(0).plus_ms(-24 * 3600 * 1000), 100)
+            .await?;
+        Ok(Utilization {
+            runners,
+            total_capacity,
+            total_allocated,
+            violations,
+        })
     }
 }
