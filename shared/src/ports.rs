@@ -145,11 +145,14 @@ pub trait Store: Send + Sync + 'static {
         execution: &Execution,
         expected_version: u64,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Unfinished executions that have queued shards: up to `limit` of the
-    /// highest priority and up to `limit` of the oldest, with their shards.
+    /// Unfinished executions that have queued shards, with their queued
+    /// shards: the highest priority ones and, for aging, the oldest ones —
+    /// each list stopping once it holds `max_shards` queued shards or
+    /// `max_executions` executions.
     fn pending_executions(
         &self,
-        limit: u32,
+        max_shards: u32,
+        max_executions: u32,
     ) -> impl Future<Output = Result<Vec<(Execution, Vec<Shard>)>>> + Send;
     /// Unfinished executions, earliest deadline first.
     fn active_executions(&self, limit: u32) -> impl Future<Output = Result<Vec<Execution>>> + Send;

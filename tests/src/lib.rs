@@ -148,6 +148,11 @@ impl Server {
         (Server { child, base, url }, printed)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill_hard(mut self) {
         let _ = self.child.kill();

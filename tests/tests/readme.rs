@@ -6,8 +6,11 @@ use tms_tests::{Server, ADMIN_TOKEN};
 const BIN: &str = env!("CARGO_BIN_EXE_tms-under-test");
 
 fn walkthrough() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let start = readme.find("<!-- walkthrough:start -->").expect("start marker");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme
+        .find("<!-- walkthrough:start -->")
+        .expect("start marker");
     let end = readme.find("<!-- walkthrough:end -->").expect("end marker");
     let block = &readme[start..end];
     let code = block.split("```sh").nth(1).expect("sh block");
@@ -25,7 +28,11 @@ fn the_readme_walkthrough_ends_with_a_passed_execution() {
         .output()
         .expect("run bash (the walkthrough needs curl and jq)");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "walkthrough failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "walkthrough failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let start = stdout.rfind("\n{\n").expect("final JSON object") + 1;
     let last: serde_json::Value = serde_json::from_str(&stdout[start..]).unwrap();
     assert_eq!(last["status"], "passed");

@@ -14,15 +14,17 @@ impl<P: Ports> Orchestrator<P> {
     /// Safe to run concurrently with itself: a lost race is skipped and left
     /// for the next pass.
     pub async fn schedule_pass(&self) -> Result<usize> {
-        let pending = self
-            .store
-            .pending_executions(self.config.sweep_batch)
-            .await?;
-        if pending.is_empty() {
+        let runners = self.store.schedulable_runners().await?;
+        // Reading more queued shards than there are free slots cannot assign more.
+        let free_slots: u32 = runners.iter().map(|r| r.free().slots).sum();
+        if free_slots == 0 {
             return Ok(0);
         }
-        let runners = self.store.schedulable_runners().await?;
-        if runners.is_empty() {
+        let pending = self
+            .store
+            .pending_executions(free_slots, self.config.sweep_batch)
+            .await?;
+        if pending.is_empty() {
             return Ok(0);
         }
         let rules = self.store.list_rules().await?;
