@@ -35,6 +35,12 @@ pub struct ServeOptions {
     pub config: Config,
 }
 
+/// How long the scheduler waits after a nudge before it runs a pass.
+const SCHEDULER_COALESCE: Duration = Duration::from_millis(2);
+
+/// Most completion events folded per aggregator round.
+const AGGREGATE_BATCH: usize = 256;
+
 const ADMIN_HASH_SETTING: &str = "admin_token_hash";
 
 /// The admin token's hash: from the environment, or created once and kept.
@@ -88,6 +94,10 @@ pub async fn serve(
                 _ = wake.notified() => {}
                 _ = tick.tick() => {}
             }
+            // Let a burst of nudges (completions arrive in bursts) settle into
+            // one pass: a pass reads every active runner, so passes per
+            // completion, not latency, is what limits throughput.
+            tokio::time::sleep(SCHEDULER_COALESCE).await;
             // Keep going while passes make progress (a pass handles one batch).
             loop {
                 match scheduler.schedule_pass().await {
@@ -103,10 +113,11 @@ pub async fn serve(
     });
     let aggregator = app.clone();
     tasks.spawn(async move {
-        while let Some(event) = inbox.recv().await {
-            if let Err(e) = aggregator.handle_event(&event).await {
-                tracing::error!(error = %e, ?event, "aggregation failed; the timeout sweep will retry");
-            }
+        let mut batch = Vec::with_capacity(AGGREGATE_BATCH);
+        while inbox.recv_many(&mut batch, AGGREGATE_BATCH).await > 0 {
+            // Failures are logged by the use case; the timeout sweep folds them later.
+            aggregator.handle_events(&batch).await;
+            batch.clear();
         }
     });
     let sweeper = app.clone();

@@ -8,6 +8,7 @@ use tms::domain::{
 };
 use tms::ids::{ExecutionId, RunnerId};
 use tms::ports::Store;
+use tms::time::Clock;
 use tms::usecases::{
     Assignment, NewExecution, NewRule, NewRunner, ReportStatus, ShardReport, TestInput,
 };
@@ -685,5 +686,32 @@ async fn eight_concurrent_scheduling_passes_never_double_assign_or_overcommit() 
     assert_eq!(
         h.app.store.queue_stats().await.unwrap().in_flight_shards as usize,
         assigned
+    );
+}
+
+#[tokio::test]
+async fn a_runner_polling_every_second_stays_healthy_though_not_every_beat_is_written() {
+    let h = Harness::new();
+    let r = register(&h, "busy-poller", 1).await;
+    for second in 1..=200 {
+        h.clock.advance_secs(1);
+        h.app.heartbeat(&r, None).await.unwrap();
+        if second % 10 == 0 {
+            assert_eq!(
+                h.app.health_sweep().await.unwrap().runners_marked_unhealthy,
+                0
+            );
+        }
+    }
+    let stored = h.app.runner(&r).await.unwrap().runner;
+    let lag = h.clock.now().since(stored.last_heartbeat);
+    assert!(
+        lag < 3_000,
+        "recorded heartbeat lags by at most a tenth of an interval, was {lag} ms"
+    );
+    assert!(
+        stored.version < 150,
+        "most beats were not written: version {}",
+        stored.version
     );
 }

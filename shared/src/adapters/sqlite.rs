@@ -18,11 +18,14 @@ use crate::ports::{
     Store,
 };
 use crate::time::Timestamp;
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 const SCHEMA: &str = r#"
@@ -64,10 +67,16 @@ CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, expires_at INTEGER
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#;
 
-/// SQLite-backed [`Store`].
+/// SQLite-backed [`Store`]: one writer connection and a few reader
+/// connections (WAL lets readers run beside the writer on the other core).
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
 }
+
+/// Reader connections per store; each is a snapshot-consistent read transaction at a time.
+const READERS: usize = 4;
 
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Storage(Box::new(e))
@@ -87,6 +96,34 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+/// Settings every connection needs.
+fn tune(conn: &Connection) -> Result<()> {
+    conn.pragma_update(None, "busy_timeout", 5000)?;
+    // Keep the working set in memory: page reads through read(2) dominated
+    // the profile with SQLite's 2 MB default cache.
+    conn.pragma_update(None, "cache_size", -64 * 1024)?;
+    conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+/// Runs blocking database work without stalling the async runtime's other
+/// tasks (on a multi-thread runtime; a current-thread runtime just runs it).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding the lock cannot leave a half-written
+    // transaction (it rolls back on drop), so a poisoned lock is safe to reuse.
+    conn.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) `tms.db` in `dir`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
@@ -95,51 +132,70 @@ impl SqliteStore {
     }
 
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        Self::init(conn)
-    }
-
-    /// A private in-memory database, for tests.
-    pub fn in_memory() -> Result<Self> {
-        Self::init(Connection::open_in_memory()?)
-    }
-
-    fn init(conn: Connection) -> Result<Self> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "busy_timeout", 5000)?;
-        // Keep the working set in memory: page reads through read(2) dominated
-        // the profile with SQLite's 2 MB default cache.
-        conn.pragma_update(None, "cache_size", -64 * 1024)?;
-        conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
-        // Checkpoints read the WAL back and fsync; doing them every 16k pages
-        // instead of 1k copies each hot page (shards, runners) far less often.
-        conn.pragma_update(None, "wal_autocheckpoint", 16 * 1024)?;
-        conn.execute_batch(SCHEMA)?;
+        let writer = Self::init_writer(Connection::open(path)?)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let conn = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                tune(&conn)?;
+                Ok(Mutex::new(conn))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            writer,
+            readers,
+            next_reader: AtomicUsize::new(0),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave a half-written
-        // transaction (it rolls back on drop), so a poisoned lock is safe to reuse.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// A private in-memory database, for tests (reads go through the writer).
+    pub fn in_memory() -> Result<Self> {
+        let writer = Self::init_writer(Connection::open_in_memory()?)?;
+        Ok(SqliteStore {
+            writer,
+            readers: Vec::new(),
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    fn init_writer(conn: Connection) -> Result<Mutex<Connection>> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Checkpoints read the WAL back and fsync; doing them every 16k pages
+        // instead of 1k copies each hot page (shards, runners) far less often.
+        conn.pragma_update(None, "wal_autocheckpoint", 16 * 1024)?;
+        tune(&conn)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Mutex::new(conn))
     }
 
     /// Runs `f` in one immediate (write-locking) transaction.
     fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        blocking(|| {
+            let mut conn = lock(&self.writer);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
     }
 
+    /// Runs `f` in one read transaction, so multi-query reads see one snapshot.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.lock();
-        f(&conn)
+        blocking(|| {
+            let conn = if self.readers.is_empty() {
+                &self.writer
+            } else {
+                &self.readers[self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len()]
+            };
+            let mut conn = lock(conn);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let out = f(&tx)?;
+            tx.finish()?;
+            Ok(out)
+        })
     }
 }
 

@@ -182,6 +182,39 @@ impl<P: Ports> Orchestrator<P> {
         .await
     }
 
+    /// Handles a batch of events (an SQS batch on AWS, a channel drain
+    /// locally). Events about the same execution are folded once, since the
+    /// fold reads the shards anyway. Results line up with `events`.
+    pub async fn handle_events(&self, events: &[Event]) -> Vec<Result<()>> {
+        let mut outcomes: Vec<(ExecutionId, bool)> = Vec::new();
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            let Event::ShardCompleted { execution_id, .. } = event;
+            let ok = match outcomes.iter().find(|(id, _)| id == execution_id) {
+                Some((_, ok)) => *ok,
+                None => {
+                    let ok = match self.handle_event(event).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::error!(error = %e, execution = %execution_id, "aggregation failed");
+                            false
+                        }
+                    };
+                    outcomes.push((execution_id.clone(), ok));
+                    ok
+                }
+            };
+            results.push(if ok {
+                Ok(())
+            } else {
+                Err(Error::Internal(format!(
+                    "aggregation of {execution_id} failed"
+                )))
+            });
+        }
+        results
+    }
+
     /// Handles one event from the bus (the aggregator function's body).
     pub async fn handle_event(&self, event: &Event) -> Result<()> {
         match event {

@@ -161,8 +161,15 @@ impl<P: Ports> Orchestrator<P> {
         let (revived, allocated) = retry_on_conflict(|| async {
             let mut loaded = self.runner(id).await?;
             let version = loaded.runner.version;
+            let previous = loaded.runner.last_heartbeat;
             let revived = loaded.runner.heartbeat(now, usage)?;
-            self.store.update_runner(&loaded.runner, version).await?;
+            // Silence is judged over three intervals, so recording a heartbeat
+            // at most every tenth of an interval loses nothing and keeps a
+            // busy agent's polling from turning into one write per call.
+            let stale = now.since(previous) >= self.heartbeat_write_gap_ms();
+            if revived || usage.is_some() || stale {
+                self.store.update_runner(&loaded.runner, version).await?;
+            }
             Ok((revived, loaded.allocated))
         })
         .await?;
@@ -180,6 +187,10 @@ impl<P: Ports> Orchestrator<P> {
             self.store.add_violation(&v).await?;
         }
         self.assignments(id).await
+    }
+
+    fn heartbeat_write_gap_ms(&self) -> i64 {
+        (self.config.heartbeat_interval_secs * 100) as i64
     }
 
     async fn assignments(&self, id: &RunnerId) -> Result<Vec<Assignment>> {
