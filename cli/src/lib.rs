@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use tms::config::Config;
+use tms::config::{Config, ResourceDefaults};
+use tms::domain::{Strategy, TestType};
 use tms::server::{serve, ServeOptions};
 
 #[derive(Parser)]
@@ -40,7 +41,62 @@ enum Command {
         /// Seconds between timeout sweeps.
         #[arg(long, default_value_t = 5)]
         sweep_interval: u64,
+        /// Strategy for executions no load-balancing rule matches.
+        #[arg(long, value_enum, default_value_t = StrategyArg::ResourceBased)]
+        default_strategy: StrategyArg,
+        /// Per-shard CPU and memory for a test type, e.g. `e2e=3000:4096`
+        /// (millicores:MB). Repeat for several types.
+        #[arg(long = "resources", value_name = "TYPE=CPU:MEM", value_parser = parse_resources)]
+        resources: Vec<(TestType, ResourceDefaults)>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StrategyArg {
+    RoundRobin,
+    Priority,
+    ResourceBased,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(s: StrategyArg) -> Self {
+        match s {
+            StrategyArg::RoundRobin => Strategy::RoundRobin,
+            StrategyArg::Priority => Strategy::Priority,
+            StrategyArg::ResourceBased => Strategy::ResourceBased,
+        }
+    }
+}
+
+fn parse_resources(raw: &str) -> Result<(TestType, ResourceDefaults), String> {
+    let (kind, amounts) = raw.split_once('=').ok_or("expected TYPE=CPU:MEM")?;
+    let test_type = match kind {
+        "unit" => TestType::Unit,
+        "integration" => TestType::Integration,
+        "e2e" => TestType::E2e,
+        "performance" => TestType::Performance,
+        other => {
+            return Err(format!(
+                "unknown test type {other:?} (unit, integration, e2e, performance)"
+            ))
+        }
+    };
+    let (cpu, mem) = amounts
+        .split_once(':')
+        .ok_or("expected CPU:MEM after '='")?;
+    let cpu_millis = cpu
+        .parse()
+        .map_err(|_| format!("CPU {cpu:?} is not a number of millicores"))?;
+    let memory_mb = mem
+        .parse()
+        .map_err(|_| format!("memory {mem:?} is not a number of MB"))?;
+    Ok((
+        test_type,
+        ResourceDefaults {
+            cpu_millis,
+            memory_mb,
+        },
+    ))
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
@@ -76,14 +132,20 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             admin_token,
             heartbeat_interval,
             sweep_interval,
+            default_strategy,
+            resources,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            let config = Config {
+            let mut config = Config {
                 heartbeat_interval_secs: heartbeat_interval.max(1),
+                default_strategy: default_strategy.into(),
                 ..Config::default()
             };
+            for (test_type, defaults) in resources {
+                *config.resource_defaults_mut(test_type) = defaults;
+            }
             let options = ServeOptions {
                 data_dir,
                 admin_token: admin_token.filter(|t| !t.is_empty()),

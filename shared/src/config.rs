@@ -43,6 +43,15 @@ impl Config {
         }
     }
 
+    pub fn resource_defaults_mut(&mut self, test_type: TestType) -> &mut ResourceDefaults {
+        match test_type {
+            TestType::Unit => &mut self.unit,
+            TestType::Integration => &mut self.integration,
+            TestType::E2e => &mut self.e2e,
+            TestType::Performance => &mut self.performance,
+        }
+    }
+
     /// Milliseconds of silence after which a runner is unhealthy.
     pub fn silence_limit_ms(&self) -> i64 {
         (self.heartbeat_interval_secs * u64::from(self.missed_heartbeats) * 1000) as i64

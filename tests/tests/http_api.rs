@@ -526,3 +526,37 @@ async fn the_openapi_document_lists_every_route() {
     }
     assert!(doc["components"]["schemas"]["NewExecution"].is_object());
 }
+
+#[tokio::test]
+async fn serve_flags_override_the_resource_defaults_of_a_test_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--resources", "e2e=3000:4096"],
+    );
+    let api = Api::new(&server);
+    let body = json!({"suite": "web", "tests": ["login"], "test_type": "e2e"});
+    let e2e = api
+        .ok(Method::POST, "/executions/queue", ADMIN_TOKEN, Some(body))
+        .await;
+    assert_eq!(
+        (
+            e2e["requirements"]["cpu_millis"].as_u64(),
+            e2e["requirements"]["memory_mb"].as_u64()
+        ),
+        (Some(3000), Some(4096))
+    );
+    let body = json!({"suite": "web", "tests": ["login"], "test_type": "unit", "requirements": {"cpu_millis": 250}});
+    let unit = api
+        .ok(Method::POST, "/executions/queue", ADMIN_TOKEN, Some(body))
+        .await;
+    assert_eq!(
+        (
+            unit["requirements"]["cpu_millis"].as_u64(),
+            unit["requirements"]["memory_mb"].as_u64()
+        ),
+        (Some(250), Some(512))
+    );
+}
