@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::http;
 use crate::ports::{Ports, Store};
 use crate::time::SystemClock;
-use crate::usecases::Orchestrator;
+use crate::usecases::{Orchestrator, SweepReport};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -121,30 +121,16 @@ pub async fn serve(
         }
     });
     let sweeper = app.clone();
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(sweep_every);
-        loop {
-            tick.tick().await;
-            match sweeper.timeout_sweep().await {
-                Ok(r) if r != Default::default() => tracing::info!(report = ?r, "timeout sweep"),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "timeout sweep failed"),
-            }
-        }
-    });
+    tasks.spawn(every(sweep_every, "timeout sweep", move || {
+        let app = sweeper.clone();
+        async move { app.timeout_sweep().await }
+    }));
     let health = app.clone();
     let health_every = Duration::from_secs(options.config.heartbeat_interval_secs.max(1));
-    tasks.spawn(async move {
-        let mut tick = tokio::time::interval(health_every);
-        loop {
-            tick.tick().await;
-            match health.health_sweep().await {
-                Ok(r) if r != Default::default() => tracing::info!(report = ?r, "health sweep"),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "health sweep failed"),
-            }
-        }
-    });
+    tasks.spawn(every(health_every, "health sweep", move || {
+        let app = health.clone();
+        async move { app.health_sweep().await }
+    }));
 
     let addr = listener
         .local_addr()
@@ -155,4 +141,22 @@ pub async fn serve(
         .await;
     tasks.shutdown().await;
     served.map_err(|e| crate::Error::Internal(format!("server stopped: {e}")))
+}
+
+/// Runs a sweep on an interval forever, logging what it did and any failure
+/// (the next round tries again).
+async fn every<F, Fut>(interval: Duration, name: &'static str, sweep: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<SweepReport>>,
+{
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tick.tick().await;
+        match sweep().await {
+            Ok(r) if r != SweepReport::default() => tracing::info!(report = ?r, "{name}"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "{name} failed"),
+        }
+    }
 }

@@ -7,7 +7,7 @@ use crate::domain::shard::Applied;
 use crate::domain::{Execution, ShardOutcome, ShardResult, ShardStatus, TestStatus};
 use crate::error::{Entity, Error, Result};
 use crate::ids::{ExecutionId, LeaseId};
-use crate::ports::{Event, Events, Nudges, Ports, Release, ShardUpdate, Store};
+use crate::ports::{Event, Events, Nudges, Ports, Store};
 use crate::time::Clock;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -130,17 +130,8 @@ impl<P: Ports> Orchestrator<P> {
             };
             let finished = applied == Applied::Changed && shard.status.is_terminal();
             if applied == Applied::Changed {
-                let release = held.filter(|_| finished).map(|h| Release {
-                    runner_id: h.runner_id,
-                    lease_id: h.lease_id,
-                    resources: execution.requirements.per_shard(),
-                });
-                self.store
-                    .update_shard(&ShardUpdate {
-                        shard: shard.clone(),
-                        expected_version: version,
-                        release,
-                    })
+                let released = held.filter(|_| finished);
+                self.save_shard(&execution, shard.clone(), version, released)
                     .await?;
             }
             let outcome = ReportOutcome {

@@ -360,18 +360,7 @@ impl<P: Ports> Orchestrator<P> {
                 }
                 let version = shard.version;
                 let held = shard.cancel(reason, now)?;
-                let release = held.map(|h| crate::ports::Release {
-                    runner_id: h.runner_id,
-                    lease_id: h.lease_id,
-                    resources: execution.requirements.per_shard(),
-                });
-                self.store
-                    .update_shard(&ShardUpdate {
-                        shard,
-                        expected_version: version,
-                        release,
-                    })
-                    .await
+                self.save_shard(&execution, shard, version, held).await
             })
             .await?;
         }

@@ -20,8 +20,10 @@ pub use sweeps::SweepReport;
 pub use system::{QueueHealth, RunnerCounts, RunnerUtilization, SystemHealth, Utilization};
 
 use crate::config::Config;
+use crate::domain::shard::Released;
+use crate::domain::{Execution, Shard};
 use crate::error::Result;
-use crate::ports::Ports;
+use crate::ports::{Ports, Release, ShardUpdate, Store};
 use std::future::Future;
 
 /// The orchestrator: ports plus settings. Cheap to share behind an `Arc`.
@@ -52,6 +54,31 @@ impl<P: Ports> Orchestrator<P> {
             config,
             admin_token_hash,
         }
+    }
+}
+
+impl<P: Ports> Orchestrator<P> {
+    /// Writes a shard changed from `expected_version`, giving back the
+    /// capacity of the lease it `released`, if any, in the same step.
+    pub(crate) async fn save_shard(
+        &self,
+        execution: &Execution,
+        shard: Shard,
+        expected_version: u64,
+        released: Option<Released>,
+    ) -> Result<()> {
+        let release = released.map(|h| Release {
+            runner_id: h.runner_id,
+            lease_id: h.lease_id,
+            resources: execution.requirements.per_shard(),
+        });
+        self.store
+            .update_shard(&ShardUpdate {
+                shard,
+                expected_version,
+                release,
+            })
+            .await
     }
 }
 

@@ -5,7 +5,7 @@ use super::{retry_on_conflict, Orchestrator};
 use crate::domain::RunnerStatus;
 use crate::error::Result;
 use crate::ids::{ExecutionId, LeaseId};
-use crate::ports::{Nudges, Ports, Release, ShardUpdate, Store};
+use crate::ports::{Nudges, Ports, Store};
 use crate::time::Clock;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -150,18 +150,7 @@ impl<P: Ports> Orchestrator<P> {
                 );
                 shard.give_up(why, now)?
             };
-            let release = held.map(|h| Release {
-                runner_id: h.runner_id,
-                lease_id: h.lease_id,
-                resources: execution.requirements.per_shard(),
-            });
-            self.store
-                .update_shard(&ShardUpdate {
-                    shard,
-                    expected_version: version,
-                    release,
-                })
-                .await?;
+            self.save_shard(&execution, shard, version, held).await?;
             Ok(Some(retry))
         })
         .await?;
