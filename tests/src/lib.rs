@@ -66,7 +66,7 @@ impl Harness {
     pub fn with_config(config: Config) -> Self {
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
         let events = RecordedEvents::default();
-        let store = SqliteStore::in_memory().expect("in-memory store");
+        let store = SqliteStore::temporary().expect("temporary store");
         let app = Orchestrator::new(
             store,
             clock.clone(),

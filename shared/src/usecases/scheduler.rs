@@ -39,7 +39,7 @@ impl<P: Ports> Orchestrator<P> {
             now,
             aging_step_ms: self.config.aging_step_ms,
         });
-        let mut assigned = 0;
+        let mut writes = Vec::with_capacity(planned.len());
         for p in planned {
             let Some((execution, shards)) = pending.iter().find(|(e, _)| e.id == p.execution_id)
             else {
@@ -51,7 +51,7 @@ impl<P: Ports> Orchestrator<P> {
             let lease = LeaseId::generate();
             let deadline = now.plus_secs(execution.shard_timeout_seconds);
             shard.assign(p.runner_id.clone(), lease.clone(), now, deadline)?;
-            let write = AssignmentWrite {
+            writes.push(AssignmentWrite {
                 shard,
                 expected_shard_version: p.shard_version,
                 allocation: Allocation {
@@ -64,8 +64,14 @@ impl<P: Ports> Orchestrator<P> {
                 },
                 cursor: p.cursor,
                 now,
-            };
-            match self.store.assign(&write).await {
+            });
+        }
+        // Each assignment is its own atomic, conditional step; issuing them
+        // together lets the store commit them as a group.
+        let results = futures::future::join_all(writes.iter().map(|w| self.store.assign(w))).await;
+        let mut assigned = 0;
+        for result in results {
+            match result {
                 Ok(()) => assigned += 1,
                 Err(e) if e.is_conflict() => {
                     tracing::debug!(error = %e, "assignment lost a race; next pass retries")

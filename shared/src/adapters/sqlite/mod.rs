@@ -18,13 +18,11 @@ use crate::ports::{
     Store,
 };
 use crate::time::Timestamp;
-use rusqlite::{
-    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
-};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -67,15 +65,21 @@ CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, expires_at INTEGER
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#;
 
-/// SQLite-backed [`Store`]: one writer connection and a few reader
-/// connections (WAL lets readers run beside the writer on the other core).
+mod writer;
+
+use writer::Writer;
+
+/// SQLite-backed [`Store`]: one writer thread with group commit and a few
+/// reader connections (WAL lets readers run beside the writer).
 pub struct SqliteStore {
-    writer: Mutex<Connection>,
+    writer: Writer,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Files to remove on drop (temporary stores).
+    temporary: Option<PathBuf>,
 }
 
-/// Reader connections per store; each is a snapshot-consistent read transaction at a time.
+/// Reader connections per store; each runs one snapshot read at a time.
 const READERS: usize = 4;
 
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -107,20 +111,9 @@ fn tune(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Runs blocking database work without stalling the async runtime's other
-/// tasks (on a multi-thread runtime; a current-thread runtime just runs it).
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
 fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A panic while holding the lock cannot leave a half-written
-    // transaction (it rolls back on drop), so a poisoned lock is safe to reuse.
+    // A panic while holding the lock cannot leave a half-done transaction
+    // (it rolls back on drop), so a poisoned lock is safe to reuse.
     conn.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -132,7 +125,15 @@ impl SqliteStore {
     }
 
     pub fn open(path: &Path) -> Result<Self> {
-        let writer = Self::init_writer(Connection::open(path)?)?;
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Checkpoints read the WAL back and fsync; doing them every 16k pages
+        // instead of 1k copies each hot page (shards, runners) far less often.
+        conn.pragma_update(None, "wal_autocheckpoint", 16 * 1024)?;
+        tune(&conn)?;
+        conn.execute_batch(SCHEMA)?;
+        let writer = Writer::start(conn)?;
         let readers = (0..READERS)
             .map(|_| {
                 let conn = Connection::open_with_flags(
@@ -147,55 +148,51 @@ impl SqliteStore {
             writer,
             readers,
             next_reader: AtomicUsize::new(0),
+            temporary: None,
         })
     }
 
-    /// A private in-memory database, for tests (reads go through the writer).
-    pub fn in_memory() -> Result<Self> {
-        let writer = Self::init_writer(Connection::open_in_memory()?)?;
-        Ok(SqliteStore {
-            writer,
-            readers: Vec::new(),
-            next_reader: AtomicUsize::new(0),
-        })
+    /// A private store in a temporary file, removed when the store is dropped (for tests).
+    pub fn temporary() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("tms-{}.db", ulid::Ulid::new()));
+        let mut store = Self::open(&path)?;
+        store.temporary = Some(path);
+        Ok(store)
     }
 
-    fn init_writer(conn: Connection) -> Result<Mutex<Connection>> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        // Checkpoints read the WAL back and fsync; doing them every 16k pages
-        // instead of 1k copies each hot page (shards, runners) far less often.
-        conn.pragma_update(None, "wal_autocheckpoint", 16 * 1024)?;
-        tune(&conn)?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Mutex::new(conn))
+    /// Runs `work` as one atomic operation (see [`writer`]).
+    async fn write<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.writer.write(work).await
     }
 
-    /// Runs `f` in one immediate (write-locking) transaction.
-    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
-        blocking(|| {
-            let mut conn = lock(&self.writer);
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-    }
-
-    /// Runs `f` in one read transaction, so multi-query reads see one snapshot.
+    /// Runs `f` in one read transaction, so multi-query reads see one
+    /// snapshot. Reads are short; a free reader is taken when there is one.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        blocking(|| {
-            let conn = if self.readers.is_empty() {
-                &self.writer
-            } else {
-                &self.readers[self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len()]
-            };
-            let mut conn = lock(conn);
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-            let out = f(&tx)?;
-            tx.finish()?;
-            Ok(out)
-        })
+        let n = self.readers.len();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let mut conn = (0..n)
+            .find_map(|i| self.readers[(start + i) % n].try_lock().ok())
+            .unwrap_or_else(|| lock(&self.readers[start % n]));
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let out = f(&tx)?;
+        tx.finish()?;
+        Ok(out)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some(path) = &self.temporary {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = path.clone().into_os_string();
+                file.push(suffix);
+                let _ = std::fs::remove_file(file);
+            }
+        }
     }
 }
 
@@ -347,7 +344,8 @@ impl Store for SqliteStore {
     }
 
     async fn insert_runner(&self, runner: &Runner) -> Result<()> {
-        self.write(|tx| {
+        let runner = runner.clone();
+        self.write(move |tx| {
             let n = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO runners (id, status, last_heartbeat, version, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -357,13 +355,14 @@ impl Store for SqliteStore {
                     runner.status.as_str(),
                     runner.last_heartbeat.0,
                     runner.version,
-                    to_doc(runner)?
+                    to_doc(&runner)?
                 ])?;
             if n == 0 {
                 return Err(Error::conflict(Entity::Runner, &runner.id));
             }
             Ok(())
         })
+        .await
     }
 
     async fn get_runner(&self, id: &RunnerId) -> Result<Option<RunnerWithLoad>> {
@@ -389,7 +388,8 @@ impl Store for SqliteStore {
     }
 
     async fn update_runner(&self, runner: &Runner, expected_version: u64) -> Result<()> {
-        self.write(|tx| {
+        let runner = runner.clone();
+        self.write(move |tx| {
             let n = tx
                 .prepare_cached(
                     "UPDATE runners SET status = ?2, last_heartbeat = ?3, version = ?4, doc = ?5 WHERE id = ?1 AND version = ?6",
@@ -399,7 +399,7 @@ impl Store for SqliteStore {
                     runner.status.as_str(),
                     runner.last_heartbeat.0,
                     runner.version,
-                    to_doc(runner)?,
+                    to_doc(&runner)?,
                     expected_version
                 ])?;
             if n == 0 {
@@ -407,6 +407,7 @@ impl Store for SqliteStore {
             }
             Ok(())
         })
+        .await
     }
 
     async fn schedulable_runners(&self) -> Result<Vec<RunnerWithLoad>> {
@@ -447,8 +448,9 @@ impl Store for SqliteStore {
         shards: &[Shard],
         idem: Option<&IdempotencyRecord>,
     ) -> Result<()> {
-        self.write(|tx| {
-            if let Some(rec) = idem {
+        let (execution, shards, idem) = (execution.clone(), shards.to_vec(), idem.cloned());
+        self.write(move |tx| {
+            if let Some(rec) = &idem {
                 // An expired record may be replaced; a live one means another request won.
                 let n = tx
                     .prepare_cached(
@@ -466,12 +468,13 @@ impl Store for SqliteStore {
             if exists {
                 return Err(Error::conflict(Entity::Execution, &execution.id));
             }
-            write_execution(tx, execution)?;
-            for s in shards {
+            write_execution(tx, &execution)?;
+            for s in &shards {
                 write_shard(tx, s)?;
             }
             refresh_queued(tx, execution.id.as_str())
         })
+        .await
     }
 
     async fn get_idempotency(
@@ -515,7 +518,8 @@ impl Store for SqliteStore {
     }
 
     async fn update_execution(&self, execution: &Execution, expected_version: u64) -> Result<()> {
-        self.write(|tx| {
+        let execution = execution.clone();
+        self.write(move |tx| {
             let current: Option<u64> = tx
                 .prepare_cached("SELECT version FROM executions WHERE id = ?1")?
                 .query_row([execution.id.as_str()], |r| r.get(0))
@@ -523,8 +527,9 @@ impl Store for SqliteStore {
             if current != Some(expected_version) {
                 return Err(Error::conflict(Entity::Execution, &execution.id));
             }
-            write_execution(tx, execution)
+            write_execution(tx, &execution)
         })
+        .await
     }
 
     async fn pending_executions(
@@ -577,9 +582,9 @@ impl Store for SqliteStore {
     }
 
     async fn assign(&self, w: &AssignmentWrite) -> Result<()> {
-        let shard = &w.shard;
-        let alloc = &w.allocation;
-        self.write(|tx| {
+        let w = w.clone();
+        self.write(move |tx| {
+            let (shard, alloc) = (&w.shard, &w.allocation);
             // Condition 1: the shard is still the queued version the plan saw.
             let stored = shard_version(tx, shard.execution_id.as_str(), shard.index)?;
             if stored != Some(w.expected_shard_version) {
@@ -625,11 +630,13 @@ impl Store for SqliteStore {
             }
             refresh_queued(tx, shard.execution_id.as_str())
         })
+        .await
     }
 
     async fn update_shard(&self, u: &ShardUpdate) -> Result<()> {
-        let shard = &u.shard;
-        self.write(|tx| {
+        let u = u.clone();
+        self.write(move |tx| {
+            let shard = &u.shard;
             let stored = shard_version(tx, shard.execution_id.as_str(), shard.index)?;
             if stored != Some(u.expected_version) {
                 return Err(Error::conflict(
@@ -643,6 +650,7 @@ impl Store for SqliteStore {
             }
             refresh_queued(tx, shard.execution_id.as_str())
         })
+        .await
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {
@@ -670,11 +678,13 @@ impl Store for SqliteStore {
     }
 
     async fn put_rule(&self, rule: &LoadBalancingRule) -> Result<()> {
-        self.write(|tx| {
+        let rule = rule.clone();
+        self.write(move |tx| {
             tx.prepare_cached("INSERT OR REPLACE INTO rules (id, doc) VALUES (?1, ?2)")?
-                .execute(params![rule.id.as_str(), to_doc(rule)?])?;
+                .execute(params![rule.id.as_str(), to_doc(&rule)?])?;
             Ok(())
         })
+        .await
     }
 
     async fn list_rules(&self) -> Result<Vec<LoadBalancingRule>> {
@@ -682,7 +692,8 @@ impl Store for SqliteStore {
     }
 
     async fn delete_rule(&self, id: &RuleId) -> Result<bool> {
-        self.write(|tx| {
+        let id = id.clone();
+        self.write(move |tx| {
             let n = tx
                 .prepare_cached("DELETE FROM rules WHERE id = ?1")?
                 .execute([id.as_str()])?;
@@ -690,6 +701,7 @@ impl Store for SqliteStore {
                 .execute([format!("rule:{id}")])?;
             Ok(n == 1)
         })
+        .await
     }
 
     async fn round_robin_cursors(&self) -> Result<BTreeMap<String, RunnerId>> {
@@ -709,15 +721,17 @@ impl Store for SqliteStore {
     }
 
     async fn add_health_record(&self, record: &HealthRecord) -> Result<()> {
-        self.write(|tx| {
+        let record = record.clone();
+        self.write(move |tx| {
             tx.prepare_cached("INSERT INTO health (runner_id, at, doc) VALUES (?1, ?2, ?3)")?
                 .execute(params![
                     record.runner_id.as_str(),
                     record.at.0,
-                    to_doc(record)?
+                    to_doc(&record)?
                 ])?;
             Ok(())
         })
+        .await
     }
 
     async fn health_history(&self, id: &RunnerId, limit: u32) -> Result<Vec<HealthRecord>> {
@@ -731,11 +745,13 @@ impl Store for SqliteStore {
     }
 
     async fn add_violation(&self, v: &Violation) -> Result<()> {
-        self.write(|tx| {
+        let v = v.clone();
+        self.write(move |tx| {
             tx.prepare_cached("INSERT INTO violations (runner_id, at, doc) VALUES (?1, ?2, ?3)")?
-                .execute(params![v.runner_id.as_str(), v.at.0, to_doc(v)?])?;
+                .execute(params![v.runner_id.as_str(), v.at.0, to_doc(&v)?])?;
             Ok(())
         })
+        .await
     }
 
     async fn recent_violations(&self, since: Timestamp, limit: u32) -> Result<Vec<Violation>> {
@@ -749,11 +765,13 @@ impl Store for SqliteStore {
     }
 
     async fn put_token(&self, token: &ApiToken) -> Result<()> {
-        self.write(|tx| {
+        let token = token.clone();
+        self.write(move |tx| {
             tx.prepare_cached("INSERT INTO tokens (id, doc) VALUES (?1, ?2)")?
-                .execute(params![token.id.as_str(), to_doc(token)?])?;
+                .execute(params![token.id.as_str(), to_doc(&token)?])?;
             Ok(())
         })
+        .await
     }
 
     async fn get_token(&self, id: &TokenId) -> Result<Option<ApiToken>> {
@@ -777,13 +795,15 @@ impl Store for SqliteStore {
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
-        self.write(|tx| {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.write(move |tx| {
             tx.prepare_cached("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)")?
                 .execute(params![key, value])?;
             Ok(tx
                 .prepare_cached("SELECT value FROM settings WHERE key = ?1")?
                 .query_row([key], |r| r.get(0))?)
         })
+        .await
     }
 }
 
