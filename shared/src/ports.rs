@@ -136,6 +136,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &ExecutionId,
     ) -> impl Future<Output = Result<Option<(Execution, Vec<Shard>)>>> + Send;
+    /// An execution and one of its shards (one BatchGetItem), for the hot
+    /// paths that change a single shard.
+    fn load_shard(
+        &self,
+        id: &ExecutionId,
+        index: u32,
+    ) -> impl Future<Output = Result<Option<(Execution, Shard)>>> + Send;
     fn list_executions(
         &self,
         filter: &ExecutionFilter,

@@ -214,7 +214,7 @@ impl Execution {
     /// the same completion delivered twice counts once. Returns true if
     /// anything changed.
     pub fn aggregate(&mut self, shards: &[Shard], now: Timestamp) -> bool {
-        let totals = fold_totals(shards);
+        let totals = Totals::from_shards(shards);
         if matches!(
             self.status,
             ExecutionStatus::Cancelled | ExecutionStatus::TimedOut
@@ -228,7 +228,13 @@ impl Execution {
             return changed;
         }
         let (status, reason) = derive_status(self.status, shards, &totals);
-        if status == self.status && reason == self.status_reason && totals == self.totals {
+        if status == self.status
+            && reason == self.status_reason
+            && (!status.is_terminal() || totals == self.totals)
+        {
+            // While it runs, totals are derived from the shards whenever they
+            // are read; the record is rewritten only when the verdict moves,
+            // so folding each report costs a write only when it matters.
             return false;
         }
         self.totals = totals;
@@ -243,6 +249,13 @@ impl Execution {
             self.touch(now);
         }
         true
+    }
+}
+
+impl Totals {
+    /// Sums the shards' reports; the source of every total shown.
+    pub fn from_shards(shards: &[Shard]) -> Totals {
+        fold_totals(shards)
     }
 }
 
@@ -350,7 +363,13 @@ pub(crate) mod tests {
     }
 
     fn finished(e: &Execution, index: u32, outcome: ShardOutcome, result: ShardResult) -> Shard {
-        let mut s = Shard::new(e.id.clone(), index, vec![format!("t{index}")], None);
+        let mut s = Shard::new(
+            e.id.clone(),
+            &e.suite,
+            index,
+            vec![format!("t{index}")],
+            None,
+        );
         let lease = LeaseId::generate();
         s.assign(
             RunnerId::generate(),

@@ -106,6 +106,9 @@ impl ShardResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Shard {
     pub execution_id: ExecutionId,
+    /// The execution's suite, copied so a runner's assignments need no other read.
+    #[serde(default)]
+    pub suite: String,
     pub index: u32,
     /// Empty for a single-shard execution that runs the whole suite.
     pub tests: Vec<String>,
@@ -146,12 +149,14 @@ pub struct Released {
 impl Shard {
     pub fn new(
         execution_id: ExecutionId,
+        suite: &str,
         index: u32,
         tests: Vec<String>,
         estimated_ms: Option<u64>,
     ) -> Self {
         Shard {
             execution_id,
+            suite: suite.to_owned(),
             index,
             tests,
             estimated_ms,
@@ -365,7 +370,7 @@ mod tests {
     use super::*;
 
     fn assigned() -> (Shard, LeaseId) {
-        let mut s = Shard::new(ExecutionId::generate(), 0, vec!["t1".into()], None);
+        let mut s = Shard::new(ExecutionId::generate(), "s", 0, vec!["t1".into()], None);
         let lease = LeaseId::generate();
         s.assign(
             RunnerId::generate(),
@@ -463,7 +468,7 @@ mod tests {
 
     #[test]
     fn a_queued_shard_cannot_be_requeued_and_a_finished_one_cannot_be_cancelled() {
-        let mut s = Shard::new(ExecutionId::generate(), 0, vec![], None);
+        let mut s = Shard::new(ExecutionId::generate(), "s", 0, vec![], None);
         assert!(s.requeue("x").is_err());
         let (mut done, lease) = assigned();
         done.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(1))

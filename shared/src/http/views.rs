@@ -197,8 +197,10 @@ pub struct ExecutionView {
 impl ExecutionView {
     pub fn new(e: &Execution, shards: &[Shard]) -> Self {
         let mut summary = ExecutionSummary::from(e);
-        // Progress from the shards themselves, so it is current even before the aggregator ran.
-        let done = shards.iter().filter(|s| s.status.is_terminal()).count() as u32;
+        // Totals and progress from the shards themselves, so they are current
+        // while the execution runs (the record keeps them at status changes).
+        summary.totals = crate::domain::Totals::from_shards(shards);
+        let done = summary.totals.shards_done;
         summary.progress.shards_done = done;
         summary.progress.percent = done * 100 / e.shard_count.max(1);
         ExecutionView {

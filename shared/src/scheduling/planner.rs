@@ -128,7 +128,7 @@ mod tests {
 
     fn pending(e: Execution) -> (Execution, Vec<Shard>) {
         let shards = (0..e.shard_count)
-            .map(|i| Shard::new(e.id.clone(), i, vec![format!("t{i}")], None))
+            .map(|i| Shard::new(e.id.clone(), &e.suite, i, vec![format!("t{i}")], None))
             .collect();
         (e, shards)
     }

@@ -5,7 +5,7 @@ use super::{retry_on_conflict, Orchestrator};
 use crate::auth::Principal;
 use crate::domain::shard::Applied;
 use crate::domain::{Execution, ShardOutcome, ShardResult, ShardStatus, TestStatus};
-use crate::error::{Entity, Error, Result};
+use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId};
 use crate::ports::{Event, Events, Nudges, Ports, Store};
 use crate::time::Clock;
@@ -98,13 +98,7 @@ impl<P: Ports> Orchestrator<P> {
         }
         let now = self.clock.now();
         let (outcome, finished) = retry_on_conflict(|| async {
-            let (execution, shards) = self.load(id).await?;
-            let mut shard = shards
-                .into_iter()
-                .find(|s| s.index == report.shard_index)
-                .ok_or_else(|| {
-                    Error::not_found(Entity::Shard, format!("{id}#{}", report.shard_index))
-                })?;
+            let (execution, mut shard) = self.load_shard(id, report.shard_index).await?;
             if let Principal::Runner(runner) = caller {
                 if shard.runner_id.as_ref() != Some(runner) {
                     return Err(Error::Forbidden("report on a shard held by another runner"));

@@ -195,15 +195,16 @@ impl<P: Ports> Orchestrator<P> {
 
         let now = self.clock.now();
         let id = ExecutionId::generate();
+        let suite = new.suite.trim().to_owned();
         let plan = split_tests(&tests, new.parallelism);
         let shards: Vec<Shard> = plan
             .into_iter()
             .enumerate()
-            .map(|(i, p)| Shard::new(id.clone(), i as u32, p.tests, p.estimated_ms))
+            .map(|(i, p)| Shard::new(id.clone(), &suite, i as u32, p.tests, p.estimated_ms))
             .collect();
         let execution = Execution {
             id,
-            suite: new.suite.trim().to_owned(),
+            suite,
             status: ExecutionStatus::Queued,
             status_reason: None,
             priority,
@@ -315,6 +316,21 @@ impl<P: Ports> Orchestrator<P> {
             .load_execution(id)
             .await?
             .ok_or_else(|| Error::not_found(Entity::Execution, id))
+    }
+
+    /// An execution and one shard; a missing shard is not found.
+    pub(crate) async fn load_shard(
+        &self,
+        id: &ExecutionId,
+        index: u32,
+    ) -> Result<(Execution, Shard)> {
+        match self.store.load_shard(id, index).await? {
+            Some(found) => Ok(found),
+            None if self.store.get_execution(id).await?.is_none() => {
+                Err(Error::not_found(Entity::Execution, id))
+            }
+            None => Err(Error::not_found(Entity::Shard, format!("{id}#{index}"))),
+        }
     }
 
     /// The execution with its shards, as the status endpoint shows it.

@@ -11,7 +11,7 @@ use crate::ids::{ExecutionId, LeaseId, RunnerId};
 use crate::ports::{Nudges, Page, Ports, Store};
 use crate::time::{Clock, Timestamp};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use utoipa::ToSchema;
 
 /// Body of `POST /runners/register`.
@@ -195,33 +195,21 @@ impl<P: Ports> Orchestrator<P> {
 
     async fn assignments(&self, id: &RunnerId) -> Result<Vec<Assignment>> {
         let shards = self.store.runner_shards(id).await?;
-        let mut suites: BTreeMap<ExecutionId, String> = BTreeMap::new();
-        let mut out = Vec::with_capacity(shards.len());
-        for shard in shards {
-            let Some(lease_id) = shard.lease_id.clone() else {
-                continue;
-            };
-            if !suites.contains_key(&shard.execution_id) {
-                let suite = self
-                    .store
-                    .get_execution(&shard.execution_id)
-                    .await?
-                    .map(|e| e.suite)
-                    .unwrap_or_default();
-                suites.insert(shard.execution_id.clone(), suite);
-            }
-            out.push(Assignment {
-                suite: suites[&shard.execution_id].clone(),
-                execution_id: shard.execution_id,
-                shard_index: shard.index,
-                lease_id,
-                attempt: shard.attempt,
-                status: shard.status,
-                tests: shard.tests,
-                deadline: shard.deadline,
-            });
-        }
-        Ok(out)
+        Ok(shards
+            .into_iter()
+            .filter_map(|shard| {
+                Some(Assignment {
+                    lease_id: shard.lease_id?,
+                    suite: shard.suite,
+                    execution_id: shard.execution_id,
+                    shard_index: shard.index,
+                    attempt: shard.attempt,
+                    status: shard.status,
+                    tests: shard.tests,
+                    deadline: shard.deadline,
+                })
+            })
+            .collect())
     }
 
     pub async fn pause_runner(&self, id: &RunnerId) -> Result<RunnerWithLoad> {

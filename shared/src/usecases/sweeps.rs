@@ -132,10 +132,7 @@ impl<P: Ports> Orchestrator<P> {
     ) -> Result<bool> {
         let now = self.clock.now();
         let requeued = retry_on_conflict(|| async {
-            let (execution, shards) = self.load(id).await?;
-            let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else {
-                return Ok(None);
-            };
+            let (execution, mut shard) = self.load_shard(id, index).await?;
             if shard.lease_id.as_ref() != Some(lease) || !shard.status.is_in_flight() {
                 return Ok(None);
             }

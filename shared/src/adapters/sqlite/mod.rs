@@ -504,6 +504,19 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn load_shard(&self, id: &ExecutionId, index: u32) -> Result<Option<(Execution, Shard)>> {
+        self.read(|c| {
+            let Some(e) = load_execution_doc(c, id.as_str())? else {
+                return Ok(None);
+            };
+            let doc: Option<String> = c
+                .prepare_cached("SELECT doc FROM shards WHERE execution_id = ?1 AND idx = ?2")?
+                .query_row(params![id.as_str(), index], |r| r.get(0))
+                .optional()?;
+            doc.map(|d| Ok((e, from_doc(&d)?))).transpose()
+        })
+    }
+
     async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Page<Execution>> {
         self.read(|c| {
             let mut items: Vec<Execution> = docs(
