@@ -11,6 +11,7 @@ pub enum Entity {
     Shard,
     Rule,
     Token,
+    Route,
 }
 
 impl fmt::Display for Entity {
@@ -21,6 +22,7 @@ impl fmt::Display for Entity {
             Entity::Shard => "shard",
             Entity::Rule => "load-balancing rule",
             Entity::Token => "token",
+            Entity::Route => "route",
         })
     }
 }

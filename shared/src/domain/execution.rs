@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use utoipa::ToSchema;
 
+/// Webhook tokens kept per execution.
+const MAX_WEBHOOK_TOKENS: usize = 8;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutionStatus {
@@ -156,6 +159,16 @@ impl Execution {
         self.status = status;
         self.status_reason = reason;
         self.finished_at = Some(now);
+        self.touch(now);
+    }
+
+    /// Accepts another webhook token (one is issued per queue call, including
+    /// idempotent replays); only the newest few stay valid.
+    pub fn add_webhook_token(&mut self, hash: String, now: Timestamp) {
+        if self.webhook_token_hashes.len() >= MAX_WEBHOOK_TOKENS {
+            self.webhook_token_hashes.remove(0);
+        }
+        self.webhook_token_hashes.push(hash);
         self.touch(now);
     }
 

@@ -48,11 +48,8 @@ fn require_runner_or_admin(caller: &Principal, id: &RunnerId) -> Result<()> {
     }
 }
 
-pub async fn not_found() -> Error {
-    Error::NotFound {
-        entity: crate::Entity::Execution,
-        id: "route".into(),
-    }
+pub async fn not_found(uri: axum::http::Uri) -> Error {
+    Error::not_found(crate::Entity::Route, uri.path())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -94,8 +94,6 @@ impl std::fmt::Debug for QueuedExecution {
     }
 }
 
-const MAX_TOKENS_PER_EXECUTION: usize = 8;
-
 fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
     if value.trim().is_empty() || value.len() > max {
         return Err(Error::validation(
@@ -245,7 +243,7 @@ impl<P: Ports> Orchestrator<P> {
         }
         let (mut execution, shards) = self.build_execution(new)?;
         let issued = auth::issue(Some(execution.id.as_str()));
-        execution.webhook_token_hashes.push(issued.hash);
+        execution.add_webhook_token(issued.hash, execution.created_at);
         let record = idempotency
             .as_ref()
             .map(|(key, body_hash)| IdempotencyRecord {
@@ -294,11 +292,7 @@ impl<P: Ports> Orchestrator<P> {
         let (execution, shards) = retry_on_conflict(|| async {
             let (mut e, shards) = self.load(&record.execution_id).await?;
             let version = e.version;
-            if e.webhook_token_hashes.len() >= MAX_TOKENS_PER_EXECUTION {
-                e.webhook_token_hashes.remove(0);
-            }
-            e.webhook_token_hashes.push(issued.hash.clone());
-            e.version += 1;
+            e.add_webhook_token(issued.hash.clone(), self.clock.now());
             self.store.update_execution(&e, version).await?;
             Ok((e, shards))
         })
