@@ -560,3 +560,74 @@ async fn serve_flags_override_the_resource_defaults_of_a_test_type() {
         (Some(250), Some(512))
     );
 }
+
+#[tokio::test]
+async fn executions_and_runners_are_listed_in_cursor_pages_with_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let api = Api::new(&server);
+    let mut queued = Vec::new();
+    for i in 0..5 {
+        queued.push(
+            api.queue(if i % 2 == 0 { "even" } else { "odd" }, 1, 1)
+                .await
+                .0,
+        );
+    }
+    for i in 0..3 {
+        api.register(&format!("r{i}"), 1).await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/executions?limit=2&cursor={c}"),
+            None => "/executions?limit=2".to_owned(),
+        };
+        let page = api.ok(Method::GET, &path, ADMIN_TOKEN, None).await;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|e| e["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let mut expected = queued.clone();
+    expected.sort();
+    expected.reverse();
+    assert_eq!(seen, expected, "every execution once, newest first");
+    let even = api
+        .ok(Method::GET, "/executions?suite=even", ADMIN_TOKEN, None)
+        .await;
+    assert_eq!(even["items"].as_array().unwrap().len(), 3);
+    let (status, problem) = api
+        .call(
+            Method::GET,
+            "/executions?status=done",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("status"))
+    );
+    let first = api
+        .ok(Method::GET, "/runners?limit=2", ADMIN_TOKEN, None)
+        .await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let rest = api
+        .ok(
+            Method::GET,
+            &format!("/runners?limit=2&cursor={cursor}"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
+    assert_eq!(
+        first["items"].as_array().unwrap().len() + rest["items"].as_array().unwrap().len(),
+        3
+    );
+    assert!(rest["next_cursor"].is_null());
+}

@@ -1,0 +1,282 @@
+//! The store port's conditions, checked on the embedded adapter. These are
+//! the seed of the conformance suite the DynamoDB adapter will also run.
+
+use std::sync::Arc;
+use tms::adapters::SqliteStore;
+use tms::domain::{
+    Allocation, Execution, ExecutionStatus, Requirements, Resources, Runner, RunnerStatus,
+    RunnerType, Shard, Totals,
+};
+use tms::ids::{ExecutionId, LeaseId, RunnerId};
+use tms::ports::{AssignmentWrite, Release, ShardUpdate, Store};
+use tms::time::Timestamp;
+use tms::Error;
+
+fn runner(slots: u32) -> Runner {
+    Runner {
+        id: RunnerId::generate(),
+        name: "r".into(),
+        runner_type: RunnerType::Custom,
+        labels: Default::default(),
+        capacity: Resources::new(slots, 1000 * slots, 1000 * slots),
+        priority: 0,
+        status: RunnerStatus::Active,
+        status_reason: None,
+        registered_at: Timestamp(0),
+        last_heartbeat: Timestamp(0),
+        last_usage: None,
+        dispatch: None,
+        token_hash: String::new(),
+        version: 1,
+    }
+}
+
+fn execution(shards: u32) -> (Execution, Vec<Shard>) {
+    let id = ExecutionId::generate();
+    let e = Execution {
+        id: id.clone(),
+        suite: "s".into(),
+        status: ExecutionStatus::Queued,
+        status_reason: None,
+        priority: 50,
+        requirements: Requirements {
+            cpu_millis: 1000,
+            memory_mb: 1000,
+            ..Default::default()
+        },
+        test_type: Default::default(),
+        timeout_seconds: 60,
+        shard_timeout_seconds: 60,
+        max_attempts: 3,
+        ci: None,
+        metadata: Default::default(),
+        created_at: Timestamp(0),
+        updated_at: Timestamp(0),
+        started_at: None,
+        finished_at: None,
+        deadline: Timestamp(60_000),
+        shard_count: shards,
+        test_count: shards,
+        totals: Totals::default(),
+        webhook_token_hashes: vec![],
+        version: 1,
+    };
+    let shards = (0..shards)
+        .map(|i| Shard::new(id.clone(), "s", i, vec![format!("t{i}")], None))
+        .collect();
+    (e, shards)
+}
+
+fn assignment(shard: &Shard, runner: &RunnerId) -> AssignmentWrite {
+    let mut next = shard.clone();
+    let lease = LeaseId::generate();
+    next.assign(
+        runner.clone(),
+        lease.clone(),
+        Timestamp(1),
+        Timestamp(10_000),
+    )
+    .unwrap();
+    AssignmentWrite {
+        shard: next,
+        expected_shard_version: shard.version,
+        allocation: Allocation {
+            runner_id: runner.clone(),
+            execution_id: shard.execution_id.clone(),
+            shard_index: shard.index,
+            lease_id: lease,
+            resources: Resources::new(1, 1000, 1000),
+            allocated_at: Timestamp(1),
+        },
+        cursor: None,
+        now: Timestamp(1),
+    }
+}
+
+#[tokio::test]
+async fn an_assignment_that_fails_its_runner_condition_changes_nothing() {
+    let store = SqliteStore::temporary().unwrap();
+    let r = runner(1);
+    store.insert_runner(&r).await.unwrap();
+    let (e, shards) = execution(2);
+    store.create_execution(&e, &shards, None).await.unwrap();
+    store.assign(&assignment(&shards[0], &r.id)).await.unwrap();
+
+    let err = store
+        .assign(&assignment(&shards[1], &r.id))
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err:?}");
+    let (_, stored) = store.load_execution(&e.id).await.unwrap().unwrap();
+    assert_eq!(stored[1], shards[1], "the second shard is untouched");
+    assert_eq!(
+        store
+            .get_runner(&r.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .allocated
+            .slots,
+        1
+    );
+    assert_eq!(
+        store.runner_shards(&r.id).await.unwrap().len(),
+        1,
+        "no allocation was written"
+    );
+}
+
+#[tokio::test]
+async fn writes_from_a_stale_version_are_refused() {
+    let store = SqliteStore::temporary().unwrap();
+    let mut r = runner(1);
+    store.insert_runner(&r).await.unwrap();
+    assert!(
+        store.insert_runner(&r).await.unwrap_err().is_conflict(),
+        "ids are unique"
+    );
+    r.pause().unwrap();
+    store.update_runner(&r, 1).await.unwrap();
+    r.resume().unwrap();
+    assert!(store.update_runner(&r, 1).await.unwrap_err().is_conflict());
+
+    let (mut e, shards) = execution(1);
+    store.create_execution(&e, &shards, None).await.unwrap();
+    e.cancel("test".into(), Timestamp(5)).unwrap();
+    assert!(store
+        .update_execution(&e, 7)
+        .await
+        .unwrap_err()
+        .is_conflict());
+    store.update_execution(&e, 1).await.unwrap();
+
+    let mut s = shards[0].clone();
+    s.cancel("test", Timestamp(5)).unwrap();
+    let stale = ShardUpdate {
+        shard: s.clone(),
+        expected_version: 9,
+        release: None,
+    };
+    assert!(matches!(
+        store.update_shard(&stale).await,
+        Err(Error::Conflict { .. })
+    ));
+}
+
+#[tokio::test]
+async fn capacity_is_given_back_once_per_lease() {
+    let store = SqliteStore::temporary().unwrap();
+    let r = runner(2);
+    store.insert_runner(&r).await.unwrap();
+    let (e, shards) = execution(2);
+    store.create_execution(&e, &shards, None).await.unwrap();
+    for s in &shards {
+        store.assign(&assignment(s, &r.id)).await.unwrap();
+    }
+    let (_, held) = store.load_execution(&e.id).await.unwrap().unwrap();
+    let lease = held[0].lease_id.clone().unwrap();
+    let release = Release {
+        runner_id: r.id.clone(),
+        lease_id: lease,
+        resources: Resources::new(1, 1000, 1000),
+    };
+    let mut first = held[0].clone();
+    first.requeue("test").unwrap();
+    let update = ShardUpdate {
+        shard: first.clone(),
+        expected_version: held[0].version,
+        release: Some(release.clone()),
+    };
+    store.update_shard(&update).await.unwrap();
+    // A second release of the same lease (say, a duplicate message) frees nothing more.
+    let mut again = first.clone();
+    again.version += 1;
+    let update = ShardUpdate {
+        shard: again,
+        expected_version: first.version,
+        release: Some(release),
+    };
+    store.update_shard(&update).await.unwrap();
+    assert_eq!(
+        store.get_runner(&r.id).await.unwrap().unwrap().allocated,
+        Resources::new(1, 1000, 1000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_many_concurrent_writes_from_one_version_exactly_one_wins() {
+    let store = Arc::new(SqliteStore::temporary().unwrap());
+    let r = runner(1);
+    store.insert_runner(&r).await.unwrap();
+    let attempts: Vec<_> = (0..64)
+        .map(|i| {
+            let (store, mut r) = (store.clone(), r.clone());
+            tokio::spawn(async move {
+                r.name = format!("writer-{i}");
+                r.version += 1;
+                store.update_runner(&r, 1).await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for a in attempts {
+        match a.await.unwrap() {
+            Ok(()) => wins += 1,
+            Err(e) => assert!(e.is_conflict(), "{e:?}"),
+        }
+    }
+    assert_eq!(wins, 1, "group commit keeps every write's condition");
+    assert_eq!(
+        store
+            .get_runner(&r.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .runner
+            .version,
+        2
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_taken_once_while_it_lives() {
+    let store = SqliteStore::temporary().unwrap();
+    let record = |e: &Execution| tms::ports::IdempotencyRecord {
+        key: "k".into(),
+        body_hash: "h".into(),
+        execution_id: e.id.clone(),
+        expires_at: Timestamp(1_000),
+    };
+    let (a, sa) = execution(1);
+    store
+        .create_execution(&a, &sa, Some(&record(&a)))
+        .await
+        .unwrap();
+    let (b, sb) = execution(1);
+    assert!(store
+        .create_execution(&b, &sb, Some(&record(&b)))
+        .await
+        .unwrap_err()
+        .is_conflict());
+    assert!(
+        store.get_execution(&b.id).await.unwrap().is_none(),
+        "nothing of the losing request was written"
+    );
+    assert_eq!(
+        store
+            .get_idempotency("k", Timestamp(999))
+            .await
+            .unwrap()
+            .unwrap()
+            .execution_id,
+        a.id
+    );
+    assert!(
+        store
+            .get_idempotency("k", Timestamp(1_000))
+            .await
+            .unwrap()
+            .is_none(),
+        "expired records are ignored"
+    );
+}
