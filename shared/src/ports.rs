@@ -112,6 +112,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Runner>>> + Send;
     /// Shards a runner holds (assigned or running), via its allocations.
     fn runner_shards(&self, id: &RunnerId) -> impl Future<Output = Result<Vec<Shard>>> + Send;
+    /// A runner and the shards it holds, read together (the runner's item
+    /// collection: META and its allocations), for heartbeats.
+    fn runner_with_shards(
+        &self,
+        id: &RunnerId,
+    ) -> impl Future<Output = Result<Option<(RunnerWithLoad, Vec<Shard>)>>> + Send;
 
     // Executions and shards
     /// Writes the execution, its shards and the idempotency record at once;

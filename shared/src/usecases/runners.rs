@@ -97,6 +97,22 @@ impl NewRunner {
     }
 }
 
+impl Assignment {
+    /// The assignment a held shard stands for (`None` if it holds no lease).
+    fn of(shard: Shard) -> Option<Assignment> {
+        Some(Assignment {
+            lease_id: shard.lease_id?,
+            suite: shard.suite,
+            execution_id: shard.execution_id,
+            shard_index: shard.index,
+            attempt: shard.attempt,
+            status: shard.status,
+            tests: shard.tests,
+            deadline: shard.deadline,
+        })
+    }
+}
+
 impl std::fmt::Debug for RegisteredRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegisteredRunner")
@@ -158,8 +174,12 @@ impl<P: Ports> Orchestrator<P> {
     /// runner should be working on.
     pub async fn heartbeat(&self, id: &RunnerId, usage: Option<Usage>) -> Result<Vec<Assignment>> {
         let now = self.clock.now();
-        let (revived, allocated) = retry_on_conflict(|| async {
-            let mut loaded = self.runner(id).await?;
+        let (revived, allocated, shards) = retry_on_conflict(|| async {
+            let (mut loaded, shards) = self
+                .store
+                .runner_with_shards(id)
+                .await?
+                .ok_or_else(|| Error::not_found(Entity::Runner, id))?;
             let version = loaded.runner.version;
             let previous = loaded.runner.last_heartbeat;
             let revived = loaded.runner.heartbeat(now, usage)?;
@@ -170,7 +190,7 @@ impl<P: Ports> Orchestrator<P> {
             if revived || usage.is_some() || stale {
                 self.store.update_runner(&loaded.runner, version).await?;
             }
-            Ok((revived, loaded.allocated))
+            Ok((revived, loaded.allocated, shards))
         })
         .await?;
         if revived {
@@ -186,30 +206,11 @@ impl<P: Ports> Orchestrator<P> {
         if let Some(v) = usage.and_then(|u| Violation::check(id, now, allocated, u)) {
             self.store.add_violation(&v).await?;
         }
-        self.assignments(id).await
+        Ok(shards.into_iter().filter_map(Assignment::of).collect())
     }
 
     fn heartbeat_write_gap_ms(&self) -> i64 {
         (self.config.heartbeat_interval_secs * 100) as i64
-    }
-
-    async fn assignments(&self, id: &RunnerId) -> Result<Vec<Assignment>> {
-        let shards = self.store.runner_shards(id).await?;
-        Ok(shards
-            .into_iter()
-            .filter_map(|shard| {
-                Some(Assignment {
-                    lease_id: shard.lease_id?,
-                    suite: shard.suite,
-                    execution_id: shard.execution_id,
-                    shard_index: shard.index,
-                    attempt: shard.attempt,
-                    status: shard.status,
-                    tests: shard.tests,
-                    deadline: shard.deadline,
-                })
-            })
-            .collect())
     }
 
     pub async fn pause_runner(&self, id: &RunnerId) -> Result<RunnerWithLoad> {

@@ -340,6 +340,23 @@ fn pending_in_order(
     Ok(out)
 }
 
+fn runner_by_id(c: &Connection, id: &RunnerId) -> Result<Option<RunnerWithLoad>> {
+    let row = c
+        .prepare_cached(&format!("SELECT {RUNNER_COLS} FROM runners WHERE id = ?1"))?
+        .query_row([id.as_str()], runner_row)
+        .optional()?;
+    row.map(with_load).transpose()
+}
+
+fn shards_held_by(c: &Connection, id: &RunnerId) -> Result<Vec<Shard>> {
+    docs(
+        c,
+        "SELECT s.doc FROM allocations a JOIN shards s ON s.execution_id = a.execution_id AND s.idx = a.idx
+         WHERE a.runner_id = ?1 AND s.lease_id = a.lease_id ORDER BY a.execution_id, a.idx",
+        [id.as_str()],
+    )
+}
+
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         self.read(|c| {
@@ -371,13 +388,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_runner(&self, id: &RunnerId) -> Result<Option<RunnerWithLoad>> {
-        self.read(|c| {
-            let row = c
-                .prepare_cached(&format!("SELECT {RUNNER_COLS} FROM runners WHERE id = ?1"))?
-                .query_row([id.as_str()], runner_row)
-                .optional()?;
-            row.map(with_load).transpose()
-        })
+        self.read(|c| runner_by_id(c, id))
     }
 
     async fn list_runners(&self, limit: u32, cursor: Option<&str>) -> Result<Page<RunnerWithLoad>> {
@@ -437,13 +448,18 @@ impl Store for SqliteStore {
     }
 
     async fn runner_shards(&self, id: &RunnerId) -> Result<Vec<Shard>> {
+        self.read(|c| shards_held_by(c, id))
+    }
+
+    async fn runner_with_shards(
+        &self,
+        id: &RunnerId,
+    ) -> Result<Option<(RunnerWithLoad, Vec<Shard>)>> {
         self.read(|c| {
-            docs(
-                c,
-                "SELECT s.doc FROM allocations a JOIN shards s ON s.execution_id = a.execution_id AND s.idx = a.idx
-                 WHERE a.runner_id = ?1 AND s.lease_id = a.lease_id ORDER BY a.execution_id, a.idx",
-                [id.as_str()],
-            )
+            let Some(runner) = runner_by_id(c, id)? else {
+                return Ok(None);
+            };
+            Ok(Some((runner, shards_held_by(c, id)?)))
         })
     }
 
