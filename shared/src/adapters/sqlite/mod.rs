@@ -18,13 +18,11 @@ use crate::ports::{
     Store,
 };
 use crate::time::Timestamp;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS runners (
@@ -65,22 +63,17 @@ CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, expires_at INTEGER
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#;
 
-mod writer;
+mod thread;
 
-use writer::Writer;
+use thread::DbThread;
 
-/// SQLite-backed [`Store`]: one writer thread with group commit and a few
-/// reader connections (WAL lets readers run beside the writer).
+/// SQLite-backed [`Store`]: one database thread owns the connection (see
+/// [`thread`]); reads and writes are sent to it.
 pub struct SqliteStore {
-    writer: Writer,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
+    db: DbThread,
     /// Files to remove on drop (temporary stores).
     temporary: Option<PathBuf>,
 }
-
-/// Reader connections per store; each runs one snapshot read at a time.
-const READERS: usize = 4;
 
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::Storage(Box::new(e))
@@ -100,28 +93,6 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
-/// Settings every connection needs.
-fn tune(conn: &Connection) -> Result<()> {
-    // More distinct statements than rusqlite's default 16 are in use; a
-    // smaller cache re-parses SQL on hot paths.
-    conn.set_prepared_statement_cache_capacity(128);
-    conn.pragma_update(None, "busy_timeout", 5000)?;
-    // Keep the working set in memory: page reads through read(2) dominated
-    // the profile with SQLite's 2 MB default cache.
-    conn.pragma_update(None, "cache_size", -64 * 1024)?;
-    // No mmap: remapping as the file grows cost more than it saved (measured
-    // with the load benchmark, docs/performance.md).
-    conn.pragma_update(None, "mmap_size", 0)?;
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
-    Ok(())
-}
-
-fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
-    // A panic while holding the lock cannot leave a half-done transaction
-    // (it rolls back on drop), so a poisoned lock is safe to reuse.
-    conn.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) `tms.db` in `dir`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
@@ -136,23 +107,14 @@ impl SqliteStore {
         // Checkpoints read the WAL back and fsync; doing them every 16k pages
         // instead of 1k copies each hot page (shards, runners) far less often.
         conn.pragma_update(None, "wal_autocheckpoint", 16 * 1024)?;
-        tune(&conn)?;
+        // More distinct statements than rusqlite's default 16 are in use; a
+        // smaller cache re-parses SQL on hot paths.
+        conn.set_prepared_statement_cache_capacity(128);
+        conn.pragma_update(None, "cache_size", -64 * 1024)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.execute_batch(SCHEMA)?;
-        let writer = Writer::start(conn)?;
-        let readers = (0..READERS)
-            .map(|_| {
-                let conn = Connection::open_with_flags(
-                    path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                tune(&conn)?;
-                Ok(Mutex::new(conn))
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(SqliteStore {
-            writer,
-            readers,
-            next_reader: AtomicUsize::new(0),
+            db: DbThread::start(conn)?,
             temporary: None,
         })
     }
@@ -165,27 +127,22 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// Runs `work` as one atomic operation (see [`writer`]).
+    /// Runs `work` as one atomic write (see [`thread`]).
     async fn write<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.writer.write(work).await
+        self.db.write(work).await
     }
 
-    /// Runs `f` in one read transaction, so multi-query reads see one
-    /// snapshot. Reads are short; a free reader is taken when there is one.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let n = self.readers.len();
-        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        let mut conn = (0..n)
-            .find_map(|i| self.readers[(start + i) % n].try_lock().ok())
-            .unwrap_or_else(|| lock(&self.readers[start % n]));
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let out = f(&tx)?;
-        tx.finish()?;
-        Ok(out)
+    /// Runs `work` on committed state; multi-query reads see one state.
+    async fn read<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.db.read(work).await
     }
 }
 
@@ -359,10 +316,11 @@ fn shards_held_by(c: &Connection, id: &RunnerId) -> Result<Vec<Shard>> {
 
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
-        self.read(|c| {
+        self.read(move |c| {
             Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
                 .map(|_| ())?)
         })
+        .await
     }
 
     async fn insert_runner(&self, runner: &Runner) -> Result<()> {
@@ -388,11 +346,18 @@ impl Store for SqliteStore {
     }
 
     async fn get_runner(&self, id: &RunnerId) -> Result<Option<RunnerWithLoad>> {
-        self.read(|c| runner_by_id(c, id))
+        let id = id.clone();
+        self.read(move |c| {
+            let id = &id;
+            runner_by_id(c, id)
+        })
+        .await
     }
 
     async fn list_runners(&self, limit: u32, cursor: Option<&str>) -> Result<Page<RunnerWithLoad>> {
-        self.read(|c| {
+        let cursor = cursor.map(str::to_owned);
+        self.read(move |c| {
+            let cursor = cursor.as_deref();
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {RUNNER_COLS}, id FROM runners WHERE id > ?1 ORDER BY id LIMIT ?2"
             ))?;
@@ -401,6 +366,7 @@ impl Store for SqliteStore {
             let next_cursor = page_cursor(&mut items, limit, |r| r.runner.id.to_string());
             Ok(Page { items, next_cursor })
         })
+        .await
     }
 
     async fn update_runner(&self, runner: &Runner, expected_version: u64) -> Result<()> {
@@ -427,17 +393,18 @@ impl Store for SqliteStore {
     }
 
     async fn schedulable_runners(&self) -> Result<Vec<RunnerWithLoad>> {
-        self.read(|c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {RUNNER_COLS} FROM runners WHERE status = 'active'"
             ))?;
             let rows = stmt.query_map([], runner_row)?;
             rows.map(|r| with_load(r?)).collect()
         })
+        .await
     }
 
     async fn silent_runners(&self, before: Timestamp, limit: u32) -> Result<Vec<Runner>> {
-        self.read(|c| {
+        self.read(move |c| {
             docs(
                 c,
                 "SELECT doc FROM runners WHERE status IN ('active', 'paused') AND last_heartbeat < ?1
@@ -445,22 +412,31 @@ impl Store for SqliteStore {
                 params![before.0, limit],
             )
         })
+        .await
     }
 
     async fn runner_shards(&self, id: &RunnerId) -> Result<Vec<Shard>> {
-        self.read(|c| shards_held_by(c, id))
+        let id = id.clone();
+        self.read(move |c| {
+            let id = &id;
+            shards_held_by(c, id)
+        })
+        .await
     }
 
     async fn runner_with_shards(
         &self,
         id: &RunnerId,
     ) -> Result<Option<(RunnerWithLoad, Vec<Shard>)>> {
-        self.read(|c| {
+        let id = id.clone();
+        self.read(move |c| {
+            let id = &id;
             let Some(runner) = runner_by_id(c, id)? else {
                 return Ok(None);
             };
             Ok(Some((runner, shards_held_by(c, id)?)))
         })
+        .await
     }
 
     async fn create_execution(
@@ -503,30 +479,43 @@ impl Store for SqliteStore {
         key: &str,
         now: Timestamp,
     ) -> Result<Option<IdempotencyRecord>> {
-        self.read(|c| {
+        let key = key.to_owned();
+        self.read(move |c| {
+            let key = key.as_str();
             let doc: Option<String> = c
                 .prepare_cached("SELECT doc FROM idempotency WHERE key = ?1 AND expires_at > ?2")?
                 .query_row(params![key, now.0], |r| r.get(0))
                 .optional()?;
             doc.map(|d| from_doc(&d)).transpose()
         })
+        .await
     }
 
     async fn get_execution(&self, id: &ExecutionId) -> Result<Option<Execution>> {
-        self.read(|c| load_execution_doc(c, id.as_str()))
+        let id = id.clone();
+        self.read(move |c| {
+            let id = &id;
+            load_execution_doc(c, id.as_str())
+        })
+        .await
     }
 
     async fn load_execution(&self, id: &ExecutionId) -> Result<Option<(Execution, Vec<Shard>)>> {
-        self.read(|c| {
+        let id = id.clone();
+        self.read(move |c| {
+            let id = &id;
             let Some(e) = load_execution_doc(c, id.as_str())? else {
                 return Ok(None);
             };
             Ok(Some((e, shards_of(c, id.as_str())?)))
         })
+        .await
     }
 
     async fn load_shard(&self, id: &ExecutionId, index: u32) -> Result<Option<(Execution, Shard)>> {
-        self.read(|c| {
+        let id = id.clone();
+        self.read(move |c| {
+            let id = &id;
             let Some(e) = load_execution_doc(c, id.as_str())? else {
                 return Ok(None);
             };
@@ -536,10 +525,13 @@ impl Store for SqliteStore {
                 .optional()?;
             doc.map(|d| Ok((e, from_doc(&d)?))).transpose()
         })
+        .await
     }
 
     async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Page<Execution>> {
-        self.read(|c| {
+        let filter = filter.clone();
+        self.read(move |c| {
+            let filter = &filter;
             let mut items: Vec<Execution> = docs(
                 c,
                 "SELECT doc FROM executions WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR suite = ?2)
@@ -549,6 +541,7 @@ impl Store for SqliteStore {
             let next_cursor = page_cursor(&mut items, filter.limit, |e| e.id.to_string());
             Ok(Page { items, next_cursor })
         })
+        .await
     }
 
     async fn update_execution(&self, execution: &Execution, expected_version: u64) -> Result<()> {
@@ -571,7 +564,7 @@ impl Store for SqliteStore {
         max_shards: u32,
         max_executions: u32,
     ) -> Result<Vec<(Execution, Vec<Shard>)>> {
-        self.read(|c| {
+        self.read(move |c| {
             let by_priority = pending_in_order(c, "priority DESC, created_at", max_shards, max_executions)?;
             let by_age = pending_in_order(c, "created_at", max_shards, max_executions)?;
             let mut found = by_priority;
@@ -592,20 +585,22 @@ impl Store for SqliteStore {
                 })
                 .collect()
         })
+        .await
     }
 
     async fn active_executions(&self, limit: u32) -> Result<Vec<Execution>> {
-        self.read(|c| {
+        self.read(move |c| {
             docs(
                 c,
                 "SELECT doc FROM executions WHERE status IN ('queued', 'running') ORDER BY deadline LIMIT ?1",
                 [limit],
             )
         })
+        .await
     }
 
     async fn expired_shards(&self, now: Timestamp, limit: u32) -> Result<Vec<Shard>> {
-        self.read(|c| {
+        self.read(move |c| {
             docs(
                 c,
                 "SELECT doc FROM shards WHERE status IN ('assigned', 'running') AND deadline < ?1
@@ -613,6 +608,7 @@ impl Store for SqliteStore {
                 params![now.0, limit],
             )
         })
+        .await
     }
 
     async fn assign(&self, w: &AssignmentWrite) -> Result<()> {
@@ -689,7 +685,7 @@ impl Store for SqliteStore {
 
     async fn queue_stats(&self) -> Result<QueueStats> {
         // Both counts are served by partial indexes, not by a scan of all shards ever run.
-        self.read(|c| {
+        self.read(move |c| {
             let (queued, active, oldest): (u64, u64, Option<i64>) = c.query_row(
                 "SELECT coalesce(sum(queued_shards), 0), count(*),
                         min(CASE WHEN queued_shards > 0 THEN created_at END)
@@ -709,6 +705,7 @@ impl Store for SqliteStore {
                 oldest_queued_at: oldest.map(Timestamp),
             })
         })
+        .await
     }
 
     async fn put_rule(&self, rule: &LoadBalancingRule) -> Result<()> {
@@ -722,7 +719,8 @@ impl Store for SqliteStore {
     }
 
     async fn list_rules(&self) -> Result<Vec<LoadBalancingRule>> {
-        self.read(|c| docs(c, "SELECT doc FROM rules ORDER BY id", []))
+        self.read(move |c| docs(c, "SELECT doc FROM rules ORDER BY id", []))
+            .await
     }
 
     async fn delete_rule(&self, id: &RuleId) -> Result<bool> {
@@ -739,7 +737,7 @@ impl Store for SqliteStore {
     }
 
     async fn round_robin_cursors(&self) -> Result<BTreeMap<String, RunnerId>> {
-        self.read(|c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached("SELECT pool, runner_id FROM rr_cursors")?;
             let rows =
                 stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
@@ -752,6 +750,7 @@ impl Store for SqliteStore {
             }
             Ok(out)
         })
+        .await
     }
 
     async fn add_health_record(&self, record: &HealthRecord) -> Result<()> {
@@ -769,13 +768,16 @@ impl Store for SqliteStore {
     }
 
     async fn health_history(&self, id: &RunnerId, limit: u32) -> Result<Vec<HealthRecord>> {
-        self.read(|c| {
+        let id = id.clone();
+        self.read(move |c| {
+            let id = &id;
             docs(
                 c,
                 "SELECT doc FROM health WHERE runner_id = ?1 ORDER BY at DESC, seq DESC LIMIT ?2",
                 params![id.as_str(), limit],
             )
         })
+        .await
     }
 
     async fn add_violation(&self, v: &Violation) -> Result<()> {
@@ -789,13 +791,14 @@ impl Store for SqliteStore {
     }
 
     async fn recent_violations(&self, since: Timestamp, limit: u32) -> Result<Vec<Violation>> {
-        self.read(|c| {
+        self.read(move |c| {
             docs(
                 c,
                 "SELECT doc FROM violations WHERE at >= ?1 ORDER BY at DESC, seq DESC LIMIT ?2",
                 params![since.0, limit],
             )
         })
+        .await
     }
 
     async fn put_token(&self, token: &ApiToken) -> Result<()> {
@@ -809,23 +812,29 @@ impl Store for SqliteStore {
     }
 
     async fn get_token(&self, id: &TokenId) -> Result<Option<ApiToken>> {
-        self.read(|c| {
+        let id = id.clone();
+        self.read(move |c| {
+            let id = &id;
             let doc: Option<String> = c
                 .prepare_cached("SELECT doc FROM tokens WHERE id = ?1")?
                 .query_row([id.as_str()], |r| r.get(0))
                 .optional()?;
             doc.map(|d| from_doc(&d)).transpose()
         })
+        .await
     }
 
     async fn get_setting(&self, key: &str) -> Result<Option<String>> {
-        self.read(|c| {
+        let key = key.to_owned();
+        self.read(move |c| {
+            let key = key.as_str();
             Ok(
                 c.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
                     .query_row([key], |r| r.get(0))
                     .optional()?,
             )
         })
+        .await
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
