@@ -13,6 +13,8 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fixtures;
 pub mod http;
 pub mod ids;
 pub mod ports;

@@ -3,67 +3,25 @@
 
 use std::sync::Arc;
 use tms::adapters::SqliteStore;
-use tms::domain::{
-    Allocation, Execution, ExecutionStatus, Requirements, Resources, Runner, RunnerStatus,
-    RunnerType, Shard, Totals,
-};
-use tms::ids::{ExecutionId, LeaseId, RunnerId};
+use tms::domain::{Allocation, Execution, Requirements, Resources, Runner, Shard};
+use tms::fixtures;
+use tms::ids::{LeaseId, RunnerId};
 use tms::ports::{AssignmentWrite, Release, ShardUpdate, Store};
 use tms::time::Timestamp;
 use tms::Error;
 
 fn runner(slots: u32) -> Runner {
-    Runner {
-        id: RunnerId::generate(),
-        name: "r".into(),
-        runner_type: RunnerType::Custom,
-        labels: Default::default(),
-        capacity: Resources::new(slots, 1000 * slots, 1000 * slots),
-        priority: 0,
-        status: RunnerStatus::Active,
-        status_reason: None,
-        registered_at: Timestamp(0),
-        last_heartbeat: Timestamp(0),
-        last_usage: None,
-        dispatch: None,
-        token_hash: String::new(),
-        version: 1,
-    }
+    fixtures::runner("r", slots)
 }
 
 fn execution(shards: u32) -> (Execution, Vec<Shard>) {
-    let id = ExecutionId::generate();
-    let e = Execution {
-        id: id.clone(),
-        suite: "s".into(),
-        status: ExecutionStatus::Queued,
-        status_reason: None,
-        priority: 50,
-        requirements: Requirements {
-            cpu_millis: 1000,
-            memory_mb: 1000,
-            ..Default::default()
-        },
-        test_type: Default::default(),
-        timeout_seconds: 60,
-        shard_timeout_seconds: 60,
-        max_attempts: 3,
-        ci: None,
-        metadata: Default::default(),
-        created_at: Timestamp(0),
-        updated_at: Timestamp(0),
-        started_at: None,
-        finished_at: None,
-        deadline: Timestamp(60_000),
-        shard_count: shards,
-        test_count: shards,
-        totals: Totals::default(),
-        webhook_token_hashes: vec![],
-        version: 1,
+    let mut e = fixtures::execution(shards);
+    e.requirements = Requirements {
+        cpu_millis: 1000,
+        memory_mb: 1000,
+        ..Default::default()
     };
-    let shards = (0..shards)
-        .map(|i| Shard::new(id.clone(), "s", i, vec![format!("t{i}")], None))
-        .collect();
+    let shards = fixtures::shards(&e);
     (e, shards)
 }
 

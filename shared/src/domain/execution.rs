@@ -342,38 +342,12 @@ fn derive_status(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::domain::shard::{ShardOutcome, ShardResult};
+    use crate::fixtures::execution;
     use crate::ids::{LeaseId, RunnerId};
     use proptest::prelude::*;
-
-    pub fn execution(shards: u32) -> Execution {
-        Execution {
-            id: ExecutionId::generate(),
-            suite: "s".into(),
-            status: ExecutionStatus::Queued,
-            status_reason: None,
-            priority: 50,
-            requirements: Requirements::default(),
-            test_type: TestType::Unit,
-            timeout_seconds: 600,
-            shard_timeout_seconds: 600,
-            max_attempts: 3,
-            ci: None,
-            metadata: Default::default(),
-            created_at: Timestamp(0),
-            updated_at: Timestamp(0),
-            started_at: None,
-            finished_at: None,
-            deadline: Timestamp(600_000),
-            shard_count: shards,
-            test_count: shards,
-            totals: Totals::default(),
-            webhook_token_hashes: vec![],
-            version: 1,
-        }
-    }
 
     fn finished(e: &Execution, index: u32, outcome: ShardOutcome, result: ShardResult) -> Shard {
         let mut s = Shard::new(

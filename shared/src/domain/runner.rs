@@ -160,27 +160,9 @@ impl Runner {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub fn runner(name: &str, slots: u32) -> Runner {
-        Runner {
-            id: RunnerId::generate(),
-            name: name.into(),
-            runner_type: RunnerType::Custom,
-            labels: BTreeSet::new(),
-            capacity: Resources::new(slots, 8000, 16384),
-            priority: 0,
-            status: RunnerStatus::Active,
-            status_reason: None,
-            registered_at: Timestamp(0),
-            last_heartbeat: Timestamp(0),
-            last_usage: None,
-            dispatch: None,
-            token_hash: String::new(),
-            version: 1,
-        }
-    }
+    use crate::fixtures::runner;
 
     #[test]
     fn a_deregistered_runner_cannot_be_resumed_or_paused() {

@@ -120,16 +120,13 @@ fn eligible_for(r: &RunnerWithLoad, e: &Execution, rule: Option<&LoadBalancingRu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::execution::tests::execution;
-    use crate::domain::runner::tests::runner;
     use crate::domain::RunnerPool;
+    use crate::fixtures::{execution, runner, shards};
     use crate::ids::RuleId;
     use proptest::prelude::{prop_assert, prop_assert_eq, proptest};
 
     fn pending(e: Execution) -> (Execution, Vec<Shard>) {
-        let shards = (0..e.shard_count)
-            .map(|i| Shard::new(e.id.clone(), &e.suite, i, vec![format!("t{i}")], None))
-            .collect();
+        let shards = shards(&e);
         (e, shards)
     }
 

@@ -31,7 +31,7 @@ pub fn order<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::execution::tests::execution;
+    use crate::fixtures::execution;
 
     #[test]
     fn higher_priority_goes_first_and_equal_priority_goes_oldest_first() {

@@ -64,7 +64,7 @@ fn leftover(r: &RunnerWithLoad, need: &Resources) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::runner::tests::runner;
+    use crate::fixtures::runner;
 
     fn loaded(name: &str, slots: u32, used: u32, priority: i32) -> RunnerWithLoad {
         let mut r = runner(name, slots);
