@@ -156,28 +156,19 @@ async fn without_an_admin_token_one_is_created_once_printed_once_and_kept() {
         .find(|l| l.contains("admin token"))
         .expect("token printed on first start");
     let token = line.rsplit(' ').next().unwrap().to_owned();
-    let url = format!("{}/runners", server.base);
-    assert!(client()
-        .get(&url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .is_success());
+    assert!(admits(&server, &token).await);
     server.kill_hard();
     let (server, printed) = Server::start_with(BIN, dir.path(), None, &[]);
     assert!(
         printed.iter().all(|l| !l.contains("admin token")),
         "shown only once"
     );
+    assert!(admits(&server, &token).await);
+}
+
+/// Whether the server accepts `token` for an admin call.
+async fn admits(server: &Server, token: &str) -> bool {
     let url = format!("{}/runners", server.base);
-    assert!(client()
-        .get(&url)
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .is_success());
+    let resp = client().get(&url).bearer_auth(token).send().await.unwrap();
+    resp.status().is_success()
 }
