@@ -46,14 +46,14 @@ where
     fn run(&mut self, conn: &Connection) {
         let Some(work) = self.work.take() else { return };
         if self.read {
-            self.outcome = Some(work(conn));
+            self.outcome = Some(guarded(work, conn));
             return;
         }
         let outcome = conn
             .execute_batch("SAVEPOINT op")
             .map_err(Error::from)
             .and_then(|()| {
-                let result = work(conn);
+                let result = guarded(work, conn);
                 let end = if result.is_ok() {
                     "RELEASE op"
                 } else {
@@ -74,6 +74,13 @@ where
         // The caller may have gone away (request cancelled); the write stands.
         let _ = self.reply.send(answer);
     }
+}
+
+/// Runs one operation; a panic in it becomes an error for its caller alone
+/// instead of taking the database thread (and every later call) down.
+fn guarded<T>(work: impl FnOnce(&Connection) -> Result<T>, conn: &Connection) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+        .unwrap_or_else(|_| Err(Error::Internal("a store operation panicked".into())))
 }
 
 /// Handle to the database thread; dropping it stops the thread after the
