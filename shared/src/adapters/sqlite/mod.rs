@@ -110,7 +110,9 @@ impl SqliteStore {
         // More distinct statements than rusqlite's default 16 are in use; a
         // smaller cache re-parses SQL on hot paths.
         conn.set_prepared_statement_cache_capacity(128);
-        conn.pragma_update(None, "cache_size", -64 * 1024)?;
+        // 2 to 64 MB of page cache made no measurable difference in the load
+        // benchmark; 8 MB keeps the server small.
+        conn.pragma_update(None, "cache_size", -8192)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteStore {

@@ -49,19 +49,14 @@ where
             self.outcome = Some(guarded(work, conn));
             return;
         }
-        let outcome = conn
-            .execute_batch("SAVEPOINT op")
-            .map_err(Error::from)
-            .and_then(|()| {
-                let result = guarded(work, conn);
-                let end = if result.is_ok() {
-                    "RELEASE op"
-                } else {
-                    "ROLLBACK TO op; RELEASE op"
-                };
-                conn.execute_batch(end)?;
-                result
-            });
+        let outcome = control(conn, "SAVEPOINT op").and_then(|()| {
+            let result = guarded(work, conn);
+            if result.is_err() {
+                control(conn, "ROLLBACK TO op")?;
+            }
+            control(conn, "RELEASE op")?;
+            result
+        });
         self.outcome = Some(outcome);
     }
 
@@ -74,6 +69,13 @@ where
         // The caller may have gone away (request cancelled); the write stands.
         let _ = self.reply.send(answer);
     }
+}
+
+/// Runs a transaction-control statement, prepared once (they run several
+/// times per operation, and parsing them showed in the profile).
+fn control(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 /// Runs one operation; a panic in it becomes an error for its caller alone
@@ -170,14 +172,14 @@ fn run(conn: Connection, inbox: mpsc::Receiver<Box<dyn Job>>) {
         if writes.is_empty() {
             continue;
         }
-        let committed = match conn.execute_batch("BEGIN IMMEDIATE") {
+        let committed = match control(&conn, "BEGIN IMMEDIATE") {
             Err(e) => Err(e.to_string()),
             Ok(()) => {
                 for job in writes.iter_mut() {
                     job.run(&conn);
                 }
-                conn.execute_batch("COMMIT").map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
+                control(&conn, "COMMIT").map_err(|e| {
+                    let _ = control(&conn, "ROLLBACK");
                     e.to_string()
                 })
             }
