@@ -238,3 +238,55 @@ async fn an_idempotency_key_is_taken_once_while_it_lives() {
         "expired records are ignored"
     );
 }
+
+#[tokio::test]
+async fn the_queued_shard_count_follows_every_transition() {
+    let store = SqliteStore::temporary().unwrap();
+    let r = runner(4);
+    store.insert_runner(&r).await.unwrap();
+    let (e, shards) = execution(3);
+    store.create_execution(&e, &shards, None).await.unwrap();
+    let queued = |n: u64| {
+        let store = &store;
+        async move { assert_eq!(store.queue_stats().await.unwrap().queued_shards, n) }
+    };
+    queued(3).await;
+    store.assign(&assignment(&shards[0], &r.id)).await.unwrap();
+    store.assign(&assignment(&shards[1], &r.id)).await.unwrap();
+    queued(1).await;
+    let (_, held) = store.load_execution(&e.id).await.unwrap().unwrap();
+    let mut back = held[0].clone();
+    let holder = back.requeue("lost").unwrap();
+    let release = Release {
+        runner_id: holder.runner_id,
+        lease_id: holder.lease_id,
+        resources: Resources::new(1, 1000, 1000),
+    };
+    store
+        .update_shard(&ShardUpdate {
+            shard: back,
+            expected_version: held[0].version,
+            release: Some(release),
+        })
+        .await
+        .unwrap();
+    queued(2).await;
+    let mut gone = held[2].clone();
+    gone.cancel("cancelled", Timestamp(3)).unwrap();
+    store
+        .update_shard(&ShardUpdate {
+            shard: gone,
+            expected_version: held[2].version,
+            release: None,
+        })
+        .await
+        .unwrap();
+    queued(1).await;
+    let pending = store.pending_executions(10, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        pending[0].1.iter().map(|s| s.index).collect::<Vec<_>>(),
+        vec![0],
+        "only the queued shard is handed to the planner"
+    );
+}

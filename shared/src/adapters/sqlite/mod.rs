@@ -9,7 +9,8 @@
 
 use crate::auth::ApiToken;
 use crate::domain::{
-    Execution, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard, Violation,
+    Execution, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard,
+    ShardStatus, Violation,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::{ExecutionId, RuleId, RunnerId, TokenId};
@@ -220,8 +221,10 @@ fn write_execution(tx: &Connection, e: &Execution) -> Result<()> {
 
 fn write_shard(tx: &Connection, s: &Shard) -> Result<()> {
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT(execution_id, idx) DO UPDATE SET status = ?3, runner_id = ?4, lease_id = ?5,
+           deadline = ?6, version = ?7, doc = ?8",
     )?
     .execute(params![
         s.execution_id.as_str(),
@@ -246,11 +249,27 @@ fn refresh_queued(tx: &Connection, execution_id: &str) -> Result<()> {
     Ok(())
 }
 
-fn shard_version(tx: &Connection, execution_id: &str, index: u32) -> Result<Option<u64>> {
+/// The stored shard's version and whether it is queued.
+fn shard_state(tx: &Connection, execution_id: &str, index: u32) -> Result<Option<(u64, bool)>> {
     Ok(tx
-        .prepare_cached("SELECT version FROM shards WHERE execution_id = ?1 AND idx = ?2")?
-        .query_row(params![execution_id, index], |r| r.get(0))
+        .prepare_cached(
+            "SELECT version, status = 'queued' FROM shards WHERE execution_id = ?1 AND idx = ?2",
+        )?
+        .query_row(params![execution_id, index], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
+}
+
+/// Moves the execution's queued-shard counter when a shard enters or leaves
+/// `queued` (DynamoDB: `ADD queued_shards :delta` in the same transaction).
+fn count_queued(tx: &Connection, shard: &Shard, was_queued: bool) -> Result<()> {
+    let delta = i64::from(shard.status == ShardStatus::Queued) - i64::from(was_queued);
+    if delta != 0 {
+        tx.prepare_cached(
+            "UPDATE executions SET queued_shards = queued_shards + ?2 WHERE id = ?1",
+        )?
+        .execute(params![shard.execution_id.as_str(), delta])?;
+    }
+    Ok(())
 }
 
 fn release(tx: &Connection, shard: &Shard, rel: &Release) -> Result<()> {
@@ -618,10 +637,10 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let (shard, alloc) = (&w.shard, &w.allocation);
             // Condition 1: the shard is still the queued version the plan saw.
-            let stored = shard_version(tx, shard.execution_id.as_str(), shard.index)?;
-            if stored != Some(w.expected_shard_version) {
+            let stored = shard_state(tx, shard.execution_id.as_str(), shard.index)?;
+            let Some((_, was_queued)) = stored.filter(|(v, _)| *v == w.expected_shard_version) else {
                 return Err(Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index)));
-            }
+            };
             // Condition 2: the runner is active and has room.
             let need = alloc.resources;
             let n = tx
@@ -660,7 +679,7 @@ impl Store for SqliteStore {
                 tx.prepare_cached("INSERT OR REPLACE INTO rr_cursors (pool, runner_id) VALUES (?1, ?2)")?
                     .execute(params![pool, alloc.runner_id.as_str()])?;
             }
-            refresh_queued(tx, shard.execution_id.as_str())
+            count_queued(tx, shard, was_queued)
         })
         .await
     }
@@ -669,18 +688,18 @@ impl Store for SqliteStore {
         let u = u.clone();
         self.write(move |tx| {
             let shard = &u.shard;
-            let stored = shard_version(tx, shard.execution_id.as_str(), shard.index)?;
-            if stored != Some(u.expected_version) {
+            let stored = shard_state(tx, shard.execution_id.as_str(), shard.index)?;
+            let Some((_, was_queued)) = stored.filter(|(v, _)| *v == u.expected_version) else {
                 return Err(Error::conflict(
                     Entity::Shard,
                     format!("{}#{}", shard.execution_id, shard.index),
                 ));
-            }
+            };
             write_shard(tx, shard)?;
             if let Some(rel) = &u.release {
                 release(tx, shard, rel)?;
             }
-            refresh_queued(tx, shard.execution_id.as_str())
+            count_queued(tx, shard, was_queued)
         })
         .await
     }
