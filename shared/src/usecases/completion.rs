@@ -100,6 +100,14 @@ impl<P: Ports> Orchestrator<P> {
         let (outcome, finished) = retry_on_conflict(|| async {
             let (execution, mut shard) = self.load_shard(id, report.shard_index).await?;
             if let Principal::Runner(runner) = caller {
+                // A runner that lost the shard hears that its lease is stale
+                // (409, drop the work), not that it may not report (403).
+                if shard.lease_id.as_ref() != Some(&report.lease_id) {
+                    return Err(Error::StaleLease {
+                        shard: shard.index,
+                        presented: report.lease_id.to_string(),
+                    });
+                }
                 if shard.runner_id.as_ref() != Some(runner) {
                     return Err(Error::Forbidden("report on a shard held by another runner"));
                 }
