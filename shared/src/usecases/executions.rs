@@ -3,13 +3,14 @@
 use super::runners::validate_labels;
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth;
+use crate::domain::shard::Released;
 use crate::domain::{
     CiMetadata, Execution, ExecutionStatus, Requirements, RunnerType, Shard, ShardStatus, TestSpec,
     TestType, Totals,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::ExecutionId;
-use crate::ports::{ExecutionFilter, IdempotencyRecord, Nudges, Page, Ports, ShardUpdate, Store};
+use crate::ports::{ExecutionFilter, IdempotencyRecord, Nudges, Page, Ports, Store};
 use crate::scheduling::split_tests;
 use crate::time::Clock;
 use serde::Deserialize;
@@ -354,27 +355,34 @@ impl<P: Ports> Orchestrator<P> {
     /// Cancels every unfinished shard of a finished execution, giving back capacity.
     pub(crate) async fn stop_open_shards(&self, id: &ExecutionId, reason: &str) -> Result<()> {
         let now = self.clock.now();
-        let (execution, shards) = self.load(id).await?;
-        for index in shards
-            .iter()
-            .filter(|s| !s.status.is_terminal())
-            .map(|s| s.index)
-        {
+        self.change_shards(id, |s| !s.status.is_terminal(), |s| s.cancel(reason, now))
+            .await?;
+        self.nudges.schedule().await;
+        Ok(())
+    }
+
+    /// Applies `change` to every shard that `wanted` picks, each as its own
+    /// conditional write (re-read and retried on a lost race), releasing
+    /// whatever lease a changed shard gave up.
+    async fn change_shards(
+        &self,
+        id: &ExecutionId,
+        wanted: impl Fn(&Shard) -> bool,
+        change: impl Fn(&mut Shard) -> Result<Option<Released>>,
+    ) -> Result<()> {
+        let (_, shards) = self.load(id).await?;
+        for index in shards.iter().filter(|s| wanted(s)).map(|s| s.index) {
             retry_on_conflict(|| async {
-                let (_, shards) = self.load(id).await?;
-                let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else {
-                    return Ok(());
-                };
-                if shard.status.is_terminal() {
+                let (execution, mut shard) = self.load_shard(id, index).await?;
+                if !wanted(&shard) {
                     return Ok(());
                 }
                 let version = shard.version;
-                let held = shard.cancel(reason, now)?;
+                let held = change(&mut shard)?;
                 self.save_shard(&execution, shard, version, held).await
             })
             .await?;
         }
-        self.nudges.schedule().await;
         Ok(())
     }
 
@@ -388,35 +396,14 @@ impl<P: Ports> Orchestrator<P> {
             self.store.update_execution(&e, version).await
         })
         .await?;
-        let (_, shards) = self.load(id).await?;
-        let retry: Vec<u32> = shards
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s.status,
-                    ShardStatus::Failed | ShardStatus::Errored | ShardStatus::Cancelled
-                )
-            })
-            .map(|s| s.index)
-            .collect();
-        for index in retry {
-            retry_on_conflict(|| async {
-                let (_, shards) = self.load(id).await?;
-                let Some(mut shard) = shards.into_iter().find(|s| s.index == index) else {
-                    return Ok(());
-                };
-                let version = shard.version;
-                shard.retry()?;
-                self.store
-                    .update_shard(&ShardUpdate {
-                        shard,
-                        expected_version: version,
-                        release: None,
-                    })
-                    .await
-            })
+        let failed = |s: &Shard| {
+            matches!(
+                s.status,
+                ShardStatus::Failed | ShardStatus::Errored | ShardStatus::Cancelled
+            )
+        };
+        self.change_shards(id, failed, |s| s.retry().map(|()| None))
             .await?;
-        }
         self.nudges.schedule().await;
         self.aggregate(id).await
     }
