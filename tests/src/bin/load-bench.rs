@@ -87,6 +87,18 @@ async fn post(
     v
 }
 
+/// CPU time the server has used (user + system), from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the parenthesised command name come `state` (field 3) onwards, so
+    // utime (field 14) and stime (field 15) are the 12th and 13th tokens.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    (ticks(11) + ticks(12)) / ticks_per_second
+}
+
 fn peak_rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -206,14 +218,16 @@ async fn run(args: &Args, clients: usize) -> String {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let rss = peak_rss_mb(server_pid(&server));
+    let cpu = cpu_seconds(server_pid(&server));
+    let requests = stats.requests.load(Ordering::Relaxed) as f64;
     let completed = stats.completed.load(Ordering::Relaxed);
     assert_eq!(completed, total_shards, "run hit the time limit");
     format!(
-        "| {clients} | {} x {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} |",
+        "| {clients} | {} x {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} | {:.0} |",
         args.executions,
         args.shards,
         elapsed,
-        stats.requests.load(Ordering::Relaxed) as f64 / elapsed,
+        requests / elapsed,
         stats.assigned.load(Ordering::Relaxed) as f64 / elapsed,
         completed as f64 / elapsed,
         q(&stats.wait, 0.5),
@@ -223,6 +237,7 @@ async fn run(args: &Args, clients: usize) -> String {
         q(&stats.report, 0.5),
         q(&stats.report, 0.99),
         rss,
+        cpu * 1e6 / requests,
     )
 }
 
@@ -233,8 +248,8 @@ fn server_pid(server: &Server) -> u32 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    println!("| clients | executions x shards | seconds | requests/s | assignments/s | completions/s | queue→assignment p50 / p99 ms | heartbeat p50 / p99 ms | report p50 / p99 ms | server peak RSS MB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| clients | executions x shards | seconds | requests/s | assignments/s | completions/s | queue→assignment p50 / p99 ms | heartbeat p50 / p99 ms | report p50 / p99 ms | server peak RSS MB | server CPU µs per request |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &c in &args.clients {
         println!("{}", run(&args, c).await);
     }

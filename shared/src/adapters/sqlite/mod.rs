@@ -29,6 +29,7 @@ const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS runners (
     id TEXT PRIMARY KEY, status TEXT NOT NULL, last_heartbeat INTEGER NOT NULL, version INTEGER NOT NULL,
     used_slots INTEGER NOT NULL DEFAULT 0, used_cpu INTEGER NOT NULL DEFAULT 0, used_memory INTEGER NOT NULL DEFAULT 0,
+    cap_slots INTEGER NOT NULL, cap_cpu INTEGER NOT NULL, cap_memory INTEGER NOT NULL,
     doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS runners_by_heartbeat ON runners(status, last_heartbeat);
 CREATE TABLE IF NOT EXISTS executions (
@@ -94,6 +95,28 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+/// Bumped whenever the tables change shape.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Refuses a data directory written by an incompatible version instead of
+/// failing later on a missing column.
+fn check_schema_version(conn: &Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let has_tables: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runners')",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_tables && version != SCHEMA_VERSION {
+        return Err(Error::Internal(format!(
+            "the data directory holds schema version {version}, this TMS needs {SCHEMA_VERSION}; \
+             start with an empty --data-dir"
+        )));
+    }
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) `tms.db` in `dir`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
@@ -115,6 +138,7 @@ impl SqliteStore {
         // benchmark; 8 MB keeps the server small.
         conn.pragma_update(None, "cache_size", -8192)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        check_schema_version(&conn)?;
         conn.execute_batch(SCHEMA)?;
         Ok(SqliteStore {
             db: DbThread::start(conn)?,
@@ -349,13 +373,17 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let n = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO runners (id, status, last_heartbeat, version, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR IGNORE INTO runners (id, status, last_heartbeat, version, cap_slots, cap_cpu, cap_memory, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
                 .execute(params![
                     runner.id.as_str(),
                     runner.status.as_str(),
                     runner.last_heartbeat.0,
                     runner.version,
+                    runner.capacity.slots,
+                    runner.capacity.cpu_millis,
+                    runner.capacity.memory_mb,
                     to_doc(&runner)?
                 ])?;
             if n == 0 {
@@ -647,22 +675,29 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "UPDATE runners SET used_slots = used_slots + ?2, used_cpu = used_cpu + ?3, used_memory = used_memory + ?4
                      WHERE id = ?1 AND status = 'active'
-                       AND used_slots + ?2 <= json_extract(doc, '$.capacity.slots')
-                       AND used_cpu + ?3 <= json_extract(doc, '$.capacity.cpu_millis')
-                       AND used_memory + ?4 <= json_extract(doc, '$.capacity.memory_mb')",
+                       AND used_slots + ?2 <= cap_slots AND used_cpu + ?3 <= cap_cpu
+                       AND used_memory + ?4 <= cap_memory",
                 )?
                 .execute(params![alloc.runner_id.as_str(), need.slots, need.cpu_millis, need.memory_mb])?;
             if n == 0 {
                 return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
             }
-            // Condition 3: the execution is not finished; it becomes running.
-            let mut execution = load_execution_doc(tx, shard.execution_id.as_str())?
-                .ok_or_else(|| Error::not_found(Entity::Execution, &shard.execution_id))?;
-            if execution.status.is_terminal() {
-                return Err(Error::conflict(Entity::Execution, &execution.id));
-            }
-            if execution.mark_running(w.now)? {
-                write_execution(tx, &execution)?;
+            // Condition 3: the execution is not finished; it becomes running
+            // (the document is read and rewritten only for its first shard).
+            let status: Option<String> = tx
+                .prepare_cached("SELECT status FROM executions WHERE id = ?1")?
+                .query_row([shard.execution_id.as_str()], |r| r.get(0))
+                .optional()?;
+            match status.as_deref() {
+                Some("running") => {}
+                Some("queued") => {
+                    let mut execution = load_execution_doc(tx, shard.execution_id.as_str())?
+                        .ok_or_else(|| Error::not_found(Entity::Execution, &shard.execution_id))?;
+                    execution.mark_running(w.now)?;
+                    write_execution(tx, &execution)?;
+                }
+                Some(_) => return Err(Error::conflict(Entity::Execution, &shard.execution_id)),
+                None => return Err(Error::not_found(Entity::Execution, &shard.execution_id)),
             }
             write_shard(tx, shard)?;
             tx.prepare_cached(
