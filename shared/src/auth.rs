@@ -81,7 +81,15 @@ pub fn hash(token: &str) -> String {
 
 /// Constant-time comparison of a presented token with a stored hash.
 pub fn verify(token: &str, stored_hash: &str) -> bool {
-    hash(token).as_bytes().ct_eq(stored_hash.as_bytes()).into()
+    hashes_match(&hash(token), stored_hash)
+}
+
+/// Constant-time comparison of two token hashes.
+pub fn hashes_match(presented_hash: &str, stored_hash: &str) -> bool {
+    presented_hash
+        .as_bytes()
+        .ct_eq(stored_hash.as_bytes())
+        .into()
 }
 
 /// Reads which owner a token claims to belong to.

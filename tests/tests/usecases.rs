@@ -703,3 +703,26 @@ async fn a_runner_polling_every_second_stays_healthy_though_not_every_beat_is_wr
         stored.version
     );
 }
+
+#[tokio::test]
+async fn a_token_revoked_by_another_instance_stops_working_within_five_seconds() {
+    let h = Harness::new();
+    let registered = h.app.register_runner(runner("elsewhere", 1)).await.unwrap();
+    let id = registered.runner.runner.id.clone();
+    assert!(h.app.authenticate(&registered.token).await.is_ok());
+    // Another instance deregisters it: this one only sees the store.
+    let mut stored = h.app.runner(&id).await.unwrap().runner;
+    let version = stored.version;
+    stored.deregister().unwrap();
+    h.app.store.update_runner(&stored, version).await.unwrap();
+    h.clock.advance_secs(4);
+    assert!(
+        h.app.authenticate(&registered.token).await.is_ok(),
+        "verified tokens are trusted briefly"
+    );
+    h.clock.advance_secs(2);
+    assert!(matches!(
+        h.app.authenticate(&registered.token).await,
+        Err(Error::Unauthorized)
+    ));
+}

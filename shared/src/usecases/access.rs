@@ -6,8 +6,10 @@ use crate::domain::RunnerStatus;
 use crate::error::{Error, Result};
 use crate::ids::TokenId;
 use crate::ports::{Ports, Store};
-use crate::time::Clock;
+use crate::time::{Clock, Timestamp};
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use utoipa::ToSchema;
 
 /// Body of `POST /tokens`.
@@ -20,17 +22,33 @@ pub struct NewToken {
 
 impl<P: Ports> Orchestrator<P> {
     /// Resolves a bearer token to who is calling; anything unknown, revoked
-    /// or malformed is `Unauthorized`, with no hint which.
+    /// or malformed is `Unauthorized`, with no hint which. A token verified in
+    /// the last few seconds is answered from memory.
     pub async fn authenticate(&self, token: &str) -> Result<Principal> {
-        if auth::verify(token, &self.admin_token_hash) {
+        let presented = auth::hash(token);
+        if auth::hashes_match(&presented, &self.admin_token_hash) {
             return Ok(Principal::Admin);
         }
-        let principal = match auth::owner_of(token) {
+        let now = self.clock.now();
+        if let Some(principal) = self.tokens.get(&presented, now) {
+            return Ok(principal);
+        }
+        let principal = self
+            .resolve(token, &presented)
+            .await?
+            .ok_or(Error::Unauthorized)?;
+        self.tokens.put(presented, principal.clone(), now);
+        Ok(principal)
+    }
+
+    async fn resolve(&self, token: &str, presented: &str) -> Result<Option<Principal>> {
+        let matches = |stored: &str| auth::hashes_match(presented, stored);
+        Ok(match auth::owner_of(token) {
             TokenOwner::Api(id) => self
                 .store
                 .get_token(&id)
                 .await?
-                .filter(|t| auth::verify(token, &t.hash))
+                .filter(|t| matches(&t.hash))
                 .map(|t| match t.scope {
                     Scope::Admin => Principal::Admin,
                     Scope::Ci => Principal::Ci,
@@ -40,23 +58,17 @@ impl<P: Ports> Orchestrator<P> {
                 .get_runner(&id)
                 .await?
                 .filter(|r| {
-                    r.runner.status != RunnerStatus::Deregistered
-                        && auth::verify(token, &r.runner.token_hash)
+                    r.runner.status != RunnerStatus::Deregistered && matches(&r.runner.token_hash)
                 })
                 .map(|_| Principal::Runner(id)),
             TokenOwner::Webhook(id) => self
                 .store
                 .get_execution(&id)
                 .await?
-                .filter(|e| {
-                    e.webhook_token_hashes
-                        .iter()
-                        .any(|h| auth::verify(token, h))
-                })
+                .filter(|e| e.webhook_token_hashes.iter().any(|h| matches(h)))
                 .map(|_| Principal::Webhook(id)),
             TokenOwner::Other => None,
-        };
-        principal.ok_or(Error::Unauthorized)
+        })
     }
 
     /// Creates an API token; the token itself is returned once and only its hash is kept.
@@ -76,5 +88,46 @@ impl<P: Ports> Orchestrator<P> {
         };
         self.store.put_token(&token).await?;
         Ok((token, issued.token))
+    }
+}
+
+/// How long a verified token is trusted without asking the store. A runner
+/// deregistered through this process is forgotten at once; on another
+/// instance (a Lambda) its token keeps working for at most this long.
+const TOKEN_TTL_MS: i64 = 5_000;
+/// Entries kept before the cache starts over.
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+/// Recently verified tokens, keyed by their hash (never the token itself),
+/// so an agent polling several times a second costs no store read to
+/// authenticate.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    entries: Mutex<HashMap<String, (Principal, Timestamp)>>,
+}
+
+impl TokenCache {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Principal, Timestamp)>> {
+        // Entries are independent; a map poisoned by a panic is still valid.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, hash: &str, now: Timestamp) -> Option<Principal> {
+        let entries = self.lock();
+        let (principal, at) = entries.get(hash)?;
+        (now.since(*at) < TOKEN_TTL_MS).then(|| principal.clone())
+    }
+
+    fn put(&self, hash: String, principal: Principal, now: Timestamp) {
+        let mut entries = self.lock();
+        if entries.len() >= TOKEN_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (principal, now));
+    }
+
+    /// Drops every entry of `principal`, whose token was just revoked.
+    pub(crate) fn forget(&self, principal: &Principal) {
+        self.lock().retain(|_, (p, _)| p != principal);
     }
 }

@@ -34,6 +34,7 @@ pub struct Orchestrator<P: Ports> {
     pub events: P::Events,
     pub config: Config,
     admin_token_hash: String,
+    tokens: access::TokenCache,
 }
 
 impl<P: Ports> Orchestrator<P> {
@@ -53,6 +54,7 @@ impl<P: Ports> Orchestrator<P> {
             events,
             config,
             admin_token_hash,
+            tokens: access::TokenCache::default(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Runner registration, heartbeats and operator controls.
 
 use super::{retry_on_conflict, Orchestrator};
-use crate::auth;
+use crate::auth::{self, Principal};
 use crate::domain::{
     HealthRecord, Resources, Runner, RunnerStatus, RunnerType, RunnerWithLoad, Shard, Usage,
     Violation,
@@ -226,6 +226,7 @@ impl<P: Ports> Orchestrator<P> {
     /// Deregisters the runner and sends its in-flight shards to other runners.
     pub async fn deregister_runner(&self, id: &RunnerId) -> Result<RunnerWithLoad> {
         let r = self.change_runner(id, Runner::deregister).await?;
+        self.tokens.forget(&Principal::Runner(id.clone()));
         let now = self.clock.now();
         self.record_health(id, now, RunnerStatus::Deregistered, "deregistered".into())
             .await?;

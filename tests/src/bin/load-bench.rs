@@ -94,7 +94,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     // utime (field 14) and stime (field 15) are the 12th and 13th tokens.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let ticks_per_second = 100.0; // USER_HZ on Linux
     (ticks(11) + ticks(12)) / ticks_per_second
 }
