@@ -23,12 +23,24 @@ pub struct Page<T> {
 }
 
 /// Filters for listing executions, newest first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ExecutionFilter {
     pub status: Option<ExecutionStatus>,
     pub suite: Option<String>,
     pub limit: u32,
     pub cursor: Option<String>,
+}
+
+impl Default for ExecutionFilter {
+    /// Everything, in pages of 50.
+    fn default() -> Self {
+        ExecutionFilter {
+            status: None,
+            suite: None,
+            limit: 50,
+            cursor: None,
+        }
+    }
 }
 
 /// Remembers which execution an `Idempotency-Key` created.

@@ -36,6 +36,19 @@ impl<P: Ports> FromRequestParts<AppState<P>> for Caller {
     }
 }
 
+/// Query parameters, strictly parsed (unknown parameters are errors).
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|q| ApiQuery(q.0))
+            .map_err(|rejection| Error::validation("query", rejection.body_text()))
+    }
+}
+
 /// A JSON body, strictly parsed (unknown fields are errors).
 pub struct ApiJson<T>(pub T);
 

@@ -1,6 +1,6 @@
 //! Route handlers: authorize, call one use case, shape the answer.
 
-use super::extract::{parse_json, ApiJson, Caller, RawBody};
+use super::extract::{parse_json, ApiJson, ApiQuery, Caller, RawBody};
 use super::views::*;
 use super::AppState;
 use crate::auth::Principal;
@@ -12,7 +12,7 @@ use crate::usecases::{
     NewExecution, NewRule, NewRunner, NewToken, ReportOutcome, ShardReport, SystemHealth,
     Utilization,
 };
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
@@ -55,7 +55,8 @@ pub async fn not_found(uri: axum::http::Uri) -> Error {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
-    /// Page size (1-500, default 100).
+    /// Page size, default 100.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -67,7 +68,8 @@ pub struct ExecutionQuery {
     /// queued, running, passed, failed, errored, cancelled or timed_out.
     pub status: Option<String>,
     pub suite: Option<String>,
-    /// Page size (1-200, default 50).
+    /// Page size, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -102,7 +104,7 @@ pub async fn register_runner<P: Ports>(
 pub async fn list_runners<P: Ports>(
     State(app): State<AppState<P>>,
     Caller(caller): Caller,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<RunnerPage>> {
     require_api(&caller)?;
     let page = app
@@ -252,7 +254,7 @@ pub async fn queue_execution<P: Ports>(
 pub async fn list_executions<P: Ports>(
     State(app): State<AppState<P>>,
     Caller(caller): Caller,
-    Query(q): Query<ExecutionQuery>,
+    ApiQuery(q): ApiQuery<ExecutionQuery>,
 ) -> Result<Json<ExecutionPage>> {
     require_api(&caller)?;
     let status = match q.status.as_deref() {

@@ -8,7 +8,7 @@ mod openapi;
 mod problem;
 pub mod views;
 
-pub use extract::{parse_json, ApiJson, Caller, RawBody, BODY_LIMIT};
+pub use extract::{parse_json, ApiJson, ApiQuery, Caller, RawBody, BODY_LIMIT};
 pub use openapi::ApiDoc;
 pub use problem::Problem;
 

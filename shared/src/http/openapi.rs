@@ -18,9 +18,75 @@ use utoipa::{Modify, OpenApi};
         handlers::delete_rule, handlers::shard_webhook, handlers::system_health, handlers::utilization,
         handlers::create_token,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &ProblemResponses)
 )]
 pub struct ApiDoc;
+
+/// Documents the errors every authenticated operation can answer with, all
+/// as `application/problem+json`, and gives the explicitly listed error
+/// responses that content type too.
+struct ProblemResponses;
+
+const PROBLEM_STATUSES: [(&str, &str); 8] = [
+    (
+        "400",
+        "invalid request or body (`validation_failed`, `invalid_json`)",
+    ),
+    ("401", "missing or invalid bearer token"),
+    ("403", "the token may not do this"),
+    ("404", "no such resource"),
+    (
+        "409",
+        "invalid state change, stale lease or concurrent change",
+    ),
+    ("413", "request body too large"),
+    ("422", "Idempotency-Key reused with another body"),
+    ("500", "internal error"),
+];
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let problem = || {
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/system/health" {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                for (status, description) in PROBLEM_STATUSES {
+                    let documented = ResponseBuilder::new()
+                        .description(description)
+                        .content("application/problem+json", problem())
+                        .build();
+                    match responses.get_mut(status) {
+                        Some(RefOr::T(existing)) => {
+                            existing.content.clear();
+                            existing
+                                .content
+                                .insert("application/problem+json".into(), problem());
+                        }
+                        Some(RefOr::Ref(_)) => {}
+                        None => {
+                            responses.insert(status.into(), RefOr::T(documented));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 

@@ -29,6 +29,7 @@ pub enum TestInput {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimedTest {
+    #[schema(min_length = 1, max_length = 1024)]
     pub name: String,
     pub duration_hint_ms: Option<u64>,
 }
@@ -49,20 +50,26 @@ pub struct RequirementsInput {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewExecution {
+    #[schema(min_length = 1, max_length = 256)]
     pub suite: String,
     #[serde(default)]
     pub tests: Vec<TestInput>,
     /// Number of shards (1 = a regular execution).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 64)]
     pub parallelism: u32,
     /// 0-100, higher runs first. Default 50.
+    #[schema(minimum = 0, maximum = 100)]
     pub priority: Option<i32>,
     pub requirements: Option<RequirementsInput>,
     #[serde(default)]
     pub test_type: TestType,
+    #[schema(minimum = 1, maximum = 604800)]
     pub timeout_seconds: Option<u64>,
     /// How long one shard attempt may take before it is retried elsewhere (default: the execution timeout).
+    #[schema(minimum = 1, maximum = 604800)]
     pub shard_timeout_seconds: Option<u64>,
+    #[schema(minimum = 1, maximum = 10)]
     pub max_attempts: Option<u32>,
     pub ci: Option<CiMetadata>,
     #[serde(default)]
@@ -333,8 +340,10 @@ impl<P: Ports> Orchestrator<P> {
         self.load(id).await
     }
 
-    pub async fn list_executions(&self, mut filter: ExecutionFilter) -> Result<Page<Execution>> {
-        filter.limit = filter.limit.clamp(1, 200);
+    pub async fn list_executions(&self, filter: ExecutionFilter) -> Result<Page<Execution>> {
+        if !(1..=200).contains(&filter.limit) {
+            return Err(Error::validation("limit", "must be between 1 and 200"));
+        }
         self.store.list_executions(&filter).await
     }
 

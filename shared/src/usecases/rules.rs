@@ -15,9 +15,11 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRule {
+    #[schema(min_length = 1, max_length = 128)]
     pub name: String,
     /// Glob on the suite name (`*`, `?`); default `*`.
     #[serde(default = "any_suite")]
+    #[schema(min_length = 1, max_length = 256)]
     pub suite_pattern: String,
     #[serde(default)]
     pub labels: BTreeSet<String>,

@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewRunner {
+    #[schema(min_length = 1, max_length = 128)]
     pub name: String,
     #[serde(rename = "type")]
     pub runner_type: RunnerType,
@@ -167,7 +168,10 @@ impl<P: Ports> Orchestrator<P> {
         limit: u32,
         cursor: Option<&str>,
     ) -> Result<Page<RunnerWithLoad>> {
-        self.store.list_runners(limit.clamp(1, 500), cursor).await
+        if !(1..=500).contains(&limit) {
+            return Err(Error::validation("limit", "must be between 1 and 500"));
+        }
+        self.store.list_runners(limit, cursor).await
     }
 
     /// Records a heartbeat (and any reported usage) and returns the shards the
