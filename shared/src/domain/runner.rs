@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use utoipa::ToSchema;
 
+/// How to start work on the runner's platform (push mode): an object whose
+/// fields depend on the platform.
+pub type DispatchConfig = serde_json::Map<String, serde_json::Value>;
+
 /// The CI platform or agent kind behind a runner.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
@@ -65,7 +69,7 @@ pub struct Runner {
     pub last_heartbeat: Timestamp,
     pub last_usage: Option<Usage>,
     /// Platform dispatch settings (push mode); kept as given.
-    pub dispatch: Option<serde_json::Value>,
+    pub dispatch: Option<DispatchConfig>,
     pub token_hash: String,
     pub version: u64,
 }

@@ -28,7 +28,7 @@ pub struct RunnerView {
     pub last_heartbeat: i64,
     pub last_usage: Option<Usage>,
     #[schema(value_type = Option<Object>)]
-    pub dispatch: Option<serde_json::Value>,
+    pub dispatch: Option<crate::domain::runner::DispatchConfig>,
 }
 
 impl From<RunnerWithLoad> for RunnerView {

@@ -2,6 +2,7 @@
 
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth::{self, Principal};
+use crate::domain::runner::DispatchConfig;
 use crate::domain::{
     HealthRecord, Resources, Runner, RunnerStatus, RunnerType, RunnerWithLoad, Shard, Usage,
     Violation,
@@ -27,9 +28,10 @@ pub struct NewRunner {
     pub capacity: Resources,
     #[serde(default)]
     pub priority: i32,
-    /// Push-mode dispatch settings for the runner's platform (kept as given).
+    /// Push-mode dispatch settings for the runner's platform: a JSON object, kept as given.
     #[serde(default)]
-    pub dispatch: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    pub dispatch: Option<DispatchConfig>,
 }
 
 /// A newly registered runner and its token (shown only now).
@@ -87,7 +89,7 @@ impl NewRunner {
         if self
             .dispatch
             .as_ref()
-            .is_some_and(|d| d.to_string().len() > 16 * 1024)
+            .is_some_and(|d| serde_json::to_string(d).map_or(0, |s| s.len()) > 16 * 1024)
         {
             return Err(Error::validation(
                 "dispatch",
