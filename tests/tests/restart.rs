@@ -19,13 +19,7 @@ async fn send(method: reqwest::Method, url: String, token: &str, body: Option<Va
 #[tokio::test]
 async fn every_acknowledged_write_is_there_after_kill_9_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(
-        BIN,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["--sweep-interval", "1"],
-    )
-    .0;
+    let server = start_server(dir.path());
     let base = server.base.clone();
     let runner = send(reqwest::Method::POST, format!("{base}/runners/register"), ADMIN_TOKEN,
         Some(json!({"name": "r", "type": "gitlab", "capacity": {"slots": 50, "cpu_millis": 100000, "memory_mb": 100000}}))).await;
@@ -81,13 +75,7 @@ async fn every_acknowledged_write_is_there_after_kill_9_and_restart() {
     }
     server.kill_hard();
 
-    let server = Server::start_with(
-        BIN,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["--sweep-interval", "1"],
-    )
-    .0;
+    let server = start_server(dir.path());
     let base = server.base.clone();
     let runner = send(
         reqwest::Method::GET,
@@ -171,4 +159,9 @@ async fn admits(server: &Server, token: &str) -> bool {
     let url = format!("{}/runners", server.base);
     let resp = client().get(&url).bearer_auth(token).send().await.unwrap();
     resp.status().is_success()
+}
+
+/// `tms serve` on `dir`, sweeping every second so a restart catches up fast.
+fn start_server(dir: &std::path::Path) -> Server {
+    Server::start_with(BIN, dir, Some(ADMIN_TOKEN), &["--sweep-interval", "1"]).0
 }

@@ -25,6 +25,16 @@ fn execution(shards: u32) -> (Execution, Vec<Shard>) {
     (e, shards)
 }
 
+/// A fresh store holding one runner with `slots` slots and one execution of `shards` shards.
+async fn stored(slots: u32, shards: u32) -> (SqliteStore, Runner, Execution, Vec<Shard>) {
+    let store = SqliteStore::temporary().unwrap();
+    let r = runner(slots);
+    store.insert_runner(&r).await.unwrap();
+    let (e, shards) = execution(shards);
+    store.create_execution(&e, &shards, None).await.unwrap();
+    (store, r, e, shards)
+}
+
 fn assignment(shard: &Shard, runner: &RunnerId) -> AssignmentWrite {
     let mut next = shard.clone();
     let lease = LeaseId::generate();
@@ -53,11 +63,7 @@ fn assignment(shard: &Shard, runner: &RunnerId) -> AssignmentWrite {
 
 #[tokio::test]
 async fn an_assignment_that_fails_its_runner_condition_changes_nothing() {
-    let store = SqliteStore::temporary().unwrap();
-    let r = runner(1);
-    store.insert_runner(&r).await.unwrap();
-    let (e, shards) = execution(2);
-    store.create_execution(&e, &shards, None).await.unwrap();
+    let (store, r, e, shards) = stored(1, 2).await;
     store.assign(&assignment(&shards[0], &r.id)).await.unwrap();
 
     let err = store
@@ -123,11 +129,7 @@ async fn writes_from_a_stale_version_are_refused() {
 
 #[tokio::test]
 async fn capacity_is_given_back_once_per_lease() {
-    let store = SqliteStore::temporary().unwrap();
-    let r = runner(2);
-    store.insert_runner(&r).await.unwrap();
-    let (e, shards) = execution(2);
-    store.create_execution(&e, &shards, None).await.unwrap();
+    let (store, r, e, shards) = stored(2, 2).await;
     for s in &shards {
         store.assign(&assignment(s, &r.id)).await.unwrap();
     }
@@ -241,11 +243,7 @@ async fn an_idempotency_key_is_taken_once_while_it_lives() {
 
 #[tokio::test]
 async fn the_queued_shard_count_follows_every_transition() {
-    let store = SqliteStore::temporary().unwrap();
-    let r = runner(4);
-    store.insert_runner(&r).await.unwrap();
-    let (e, shards) = execution(3);
-    store.create_execution(&e, &shards, None).await.unwrap();
+    let (store, r, e, shards) = stored(4, 3).await;
     let queued = |n: u64| {
         let store = &store;
         async move { assert_eq!(store.queue_stats().await.unwrap().queued_shards, n) }
