@@ -41,8 +41,10 @@ impl RunnerPool {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Rules hold nothing secret, so the API shows them as they are stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LoadBalancingRule {
+    #[schema(value_type = String)]
     pub id: RuleId,
     pub name: String,
     /// Glob on the suite name: `*` any run of characters, `?` one character.
@@ -55,6 +57,8 @@ pub struct LoadBalancingRule {
     pub pool: RunnerPool,
     /// Lower wins when several rules match.
     pub precedence: i32,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = i64)]
     pub created_at: Timestamp,
 }
 

@@ -4,7 +4,7 @@ use super::extract::{parse_json, ApiJson, ApiQuery, Caller, RawBody};
 use super::views::*;
 use super::AppState;
 use crate::auth::Principal;
-use crate::domain::ExecutionStatus;
+use crate::domain::{ExecutionStatus, LoadBalancingRule};
 use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, RuleId, RunnerId};
 use crate::ports::{ExecutionFilter, Ports};
@@ -327,17 +327,14 @@ pub async fn retry_execution<P: Ports>(
 }
 
 #[utoipa::path(post, path = "/load-balancing-rules", tag = "rules", request_body = NewRule,
-    responses((status = 201, body = RuleView)), security(("bearer" = [])))]
+    responses((status = 201, body = LoadBalancingRule)), security(("bearer" = [])))]
 pub async fn create_rule<P: Ports>(
     State(app): State<AppState<P>>,
     Caller(caller): Caller,
     ApiJson(body): ApiJson<NewRule>,
-) -> Result<(StatusCode, Json<RuleView>)> {
+) -> Result<(StatusCode, Json<LoadBalancingRule>)> {
     require_admin(&caller)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(app.create_rule(body).await?.into()),
-    ))
+    Ok((StatusCode::CREATED, Json(app.create_rule(body).await?)))
 }
 
 #[utoipa::path(get, path = "/load-balancing-rules", tag = "rules",
@@ -348,12 +345,7 @@ pub async fn list_rules<P: Ports>(
 ) -> Result<Json<RuleList>> {
     require_api(&caller)?;
     Ok(Json(RuleList {
-        items: app
-            .list_rules()
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        items: app.list_rules().await?,
     }))
 }
 

@@ -2,9 +2,9 @@
 //! secrets (token hashes) and storage details never reach a client.
 
 use crate::domain::{
-    CiMetadata, Execution, ExecutionStatus, LoadBalancingRule, Requirements, Resources, RunnerPool,
-    RunnerStatus, RunnerType, RunnerWithLoad, Shard, ShardStatus, Strategy, TestResult, TestType,
-    Totals, Usage,
+    CiMetadata, Execution, ExecutionStatus, LoadBalancingRule, Requirements, Resources,
+    RunnerStatus, RunnerType, RunnerWithLoad, Shard, ShardStatus, TestResult, TestType, Totals,
+    Usage,
 };
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -268,39 +268,8 @@ impl ExecutionReport {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct RuleView {
-    pub id: String,
-    pub name: String,
-    pub suite_pattern: String,
-    pub labels: BTreeSet<String>,
-    pub min_priority: Option<i32>,
-    pub max_priority: Option<i32>,
-    pub strategy: Strategy,
-    pub pool: RunnerPool,
-    pub precedence: i32,
-    pub created_at: i64,
-}
-
-impl From<LoadBalancingRule> for RuleView {
-    fn from(r: LoadBalancingRule) -> Self {
-        RuleView {
-            id: r.id.to_string(),
-            name: r.name,
-            suite_pattern: r.suite_pattern,
-            labels: r.labels,
-            min_priority: r.min_priority,
-            max_priority: r.max_priority,
-            strategy: r.strategy,
-            pool: r.pool,
-            precedence: r.precedence,
-            created_at: r.created_at.0,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct RuleList {
-    pub items: Vec<RuleView>,
+    pub items: Vec<LoadBalancingRule>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
