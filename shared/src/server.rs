@@ -134,7 +134,7 @@ pub async fn serve(
 
     let addr = listener
         .local_addr()
-        .map_err(|e| crate::Error::Storage(Box::new(e)))?;
+        .map_err(|e| crate::Error::Internal(format!("cannot read the listening address: {e}")))?;
     println!("listening on http://{addr}");
     let served = axum::serve(listener, http::router(app))
         .with_graceful_shutdown(shutdown)

@@ -230,6 +230,7 @@ async fn a_shard_out_of_attempts_is_errored_and_the_execution_is_not_passed() {
     new.shard_timeout_seconds = Some(10);
     new.max_attempts = Some(2);
     let e = queue(&h, new).await;
+    let mut sweeps = Vec::new();
     for _ in 0..2 {
         h.app.schedule_pass().await.unwrap();
         assert_eq!(
@@ -238,8 +239,12 @@ async fn a_shard_out_of_attempts_is_errored_and_the_execution_is_not_passed() {
             "with no other runner, the same one retries"
         );
         h.clock.advance_secs(11);
-        h.app.timeout_sweep().await.unwrap();
+        sweeps.push(h.app.timeout_sweep().await.unwrap());
     }
+    assert_eq!((sweeps[0].shards_requeued, sweeps[0].shards_failed), (1, 0));
+    assert_eq!((sweeps[1].shards_requeued, sweeps[1].shards_failed), (0, 1));
+    let idle = h.app.timeout_sweep().await.unwrap();
+    assert_eq!(idle.shards_failed, 0, "nothing held, nothing counted");
     let (exec, shards) = h.app.execution_status(&e).await.unwrap();
     assert_eq!(shards[0].status, ShardStatus::Errored);
     assert_eq!(shards[0].attempt, 2);

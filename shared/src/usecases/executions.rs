@@ -251,7 +251,8 @@ impl<P: Ports> Orchestrator<P> {
         }
         let (mut execution, shards) = self.build_execution(new)?;
         let issued = auth::issue(Some(execution.id.as_str()));
-        execution.add_webhook_token(issued.hash, execution.created_at);
+        // A new record: its first token, not a change to it.
+        execution.webhook_token_hashes = vec![issued.hash];
         let record = idempotency
             .as_ref()
             .map(|(key, body_hash)| IdempotencyRecord {
@@ -268,14 +269,12 @@ impl<P: Ports> Orchestrator<P> {
             .await
         {
             Ok(()) => {}
-            Err(e) if e.is_conflict() && idempotency.is_some() => {
-                // Another request with the same key won the race: answer as its replay.
-                if let Some((key, body_hash)) = &idempotency {
-                    if let Some(found) = self.replay(key, body_hash).await? {
-                        return Ok(found);
-                    }
-                }
-                return Err(e);
+            // Another request with the same key won the race: answer as its replay.
+            Err(e) if e.is_conflict() => {
+                return match &idempotency {
+                    Some((key, body_hash)) => self.replay(key, body_hash).await?.ok_or(e),
+                    None => Err(e),
+                };
             }
             Err(e) => return Err(e),
         }

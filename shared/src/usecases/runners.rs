@@ -1,5 +1,6 @@
 //! Runner registration, heartbeats and operator controls.
 
+use super::sweeps::TakenBack;
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth::{self, Principal};
 use crate::domain::runner::DispatchConfig;
@@ -286,10 +287,10 @@ impl<P: Ports> Orchestrator<P> {
         let mut moved = 0;
         for shard in shards {
             if let Some(lease) = shard.lease_id.clone() {
-                if self
+                let taken = self
                     .take_back(&shard.execution_id, shard.index, &lease, reason)
-                    .await?
-                {
+                    .await?;
+                if taken == TakenBack::Requeued {
                     moved += 1;
                 }
             }

@@ -10,6 +10,17 @@ use crate::time::Clock;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// What taking a shard back from its runner did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TakenBack {
+    /// Queued again for another runner.
+    Requeued,
+    /// Out of attempts (or its execution ended): errored.
+    GaveUp,
+    /// The lease was no longer current; nothing changed.
+    NotHeld,
+}
+
 /// What one sweep did, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct SweepReport {
@@ -67,18 +78,15 @@ impl<P: Ports> Orchestrator<P> {
             let Some(lease) = shard.lease_id.clone() else {
                 continue;
             };
-            if self
-                .take_back(
-                    &shard.execution_id,
-                    shard.index,
-                    &lease,
-                    "shard deadline passed",
-                )
+            let reason = "shard deadline passed";
+            match self
+                .take_back(&shard.execution_id, shard.index, &lease, reason)
                 .await?
             {
-                report.shards_requeued += 1;
-            } else {
-                report.shards_failed += 1;
+                TakenBack::Requeued => report.shards_requeued += 1,
+                TakenBack::GaveUp => report.shards_failed += 1,
+                // Reported or moved meanwhile: nothing was taken back.
+                TakenBack::NotHeld => {}
             }
         }
         for execution in self
@@ -121,15 +129,15 @@ impl<P: Ports> Orchestrator<P> {
     }
 
     /// Takes a shard back from the runner holding `lease`: requeued while it
-    /// has attempts left (returns true), else errored (returns false). Does
-    /// nothing if that lease is no longer current.
+    /// has attempts left, else errored. Does nothing if that lease is no
+    /// longer current.
     pub(crate) async fn take_back(
         &self,
         id: &ExecutionId,
         index: u32,
         lease: &LeaseId,
         reason: &str,
-    ) -> Result<bool> {
+    ) -> Result<TakenBack> {
         let now = self.clock.now();
         let requeued = retry_on_conflict(|| async {
             let (execution, mut shard) = self.load_shard(id, index).await?;
@@ -154,14 +162,14 @@ impl<P: Ports> Orchestrator<P> {
         match requeued {
             Some(true) => {
                 self.nudges.schedule().await;
-                Ok(true)
+                Ok(TakenBack::Requeued)
             }
             Some(false) => {
                 self.aggregate(id).await?;
                 self.nudges.schedule().await;
-                Ok(false)
+                Ok(TakenBack::GaveUp)
             }
-            None => Ok(false),
+            None => Ok(TakenBack::NotHeld),
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct Utilization {
     pub violations: Vec<Violation>,
 }
 
+/// How far back `GET /resources/utilization` lists limit violations.
+const VIOLATION_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
 /// Upper bound on runners walked for the summaries (pages of 500).
 const MAX_SUMMARY_PAGES: usize = 20;
 
@@ -156,7 +159,7 @@ impl<P: Ports> Orchestrator<P> {
         }
         let violations = self
             .store
-            .recent_violations(now.plus_secs(0).plus_ms(-24 * 3600 * 1000), 100)
+            .recent_violations(now.plus_ms(-VIOLATION_WINDOW_MS), 100)
             .await?;
         Ok(Utilization {
             runners,

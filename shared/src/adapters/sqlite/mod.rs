@@ -1,6 +1,6 @@
-//! The embedded store: SQLite in WAL mode, one transaction per port
-//! operation, with the same conditions the DynamoDB adapter expresses as
-//! condition expressions. Entities are stored as JSON documents beside the
+//! The embedded store: SQLite in WAL mode, each port operation atomic (a
+//! savepoint of a group-committed transaction, see [`thread`]) with the same
+//! conditions the DynamoDB adapter expresses as condition expressions. Entities are stored as JSON documents beside the
 //! columns that queries and conditions need.
 //!
 //! Committed transactions are in the WAL before a call returns, so they

@@ -81,8 +81,16 @@ fn control(conn: &Connection, sql: &str) -> Result<()> {
 /// Runs one operation; a panic in it becomes an error for its caller alone
 /// instead of taking the database thread (and every later call) down.
 fn guarded<T>(work: impl FnOnce(&Connection) -> Result<T>, conn: &Connection) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
-        .unwrap_or_else(|_| Err(Error::Internal("a store operation panicked".into())))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn))).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::Internal(format!(
+            "a store operation panicked: {what}"
+        )))
+    })
 }
 
 /// Handle to the database thread; dropping it stops the thread after the
