@@ -88,7 +88,7 @@ async fn post(
 }
 
 /// CPU time the server has used (user + system), from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
+fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // After the parenthesised command name come `state` (field 3) onwards, so
     // utime (field 14) and stime (field 15) are the 12th and 13th tokens.
@@ -146,6 +146,7 @@ async fn run(args: &Args, clients: usize) -> String {
     let queued_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    let client_cpu_before = cpu_seconds("self");
     let deadline = start + Duration::from_secs(args.time_limit);
 
     // CI side: queue the executions from `clients` concurrent tasks.
@@ -223,12 +224,13 @@ async fn run(args: &Args, clients: usize) -> String {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let rss = peak_rss_mb(server_pid(&server));
-    let cpu = cpu_seconds(server_pid(&server));
+    let cpu = cpu_seconds(&server_pid(&server).to_string());
+    let client_cpu = cpu_seconds("self") - client_cpu_before;
     let requests = stats.requests.load(Ordering::Relaxed) as f64;
     let completed = stats.completed.load(Ordering::Relaxed);
     assert_eq!(completed, total_shards, "run hit the time limit");
     format!(
-        "| {clients} | {} x {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} | {:.0} |",
+        "| {clients} | {} x {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} | {:.0} | {:.0} |",
         args.executions,
         args.shards,
         elapsed,
@@ -243,6 +245,7 @@ async fn run(args: &Args, clients: usize) -> String {
         q(&stats.report, 0.99),
         rss,
         cpu * 1e6 / requests,
+        client_cpu * 1e6 / requests,
     )
 }
 
@@ -253,8 +256,8 @@ fn server_pid(server: &Server) -> u32 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    println!("| clients | executions x shards | seconds | requests/s | assignments/s | completions/s | queue→assignment p50 / p99 ms | heartbeat p50 / p99 ms | report p50 / p99 ms | server peak RSS MB | server CPU µs per request |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| clients | executions x shards | seconds | requests/s | assignments/s | completions/s | queue→assignment p50 / p99 ms | heartbeat p50 / p99 ms | report p50 / p99 ms | server peak RSS MB | server CPU µs per request | load generator CPU µs per request |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &c in &args.clients {
         println!("{}", run(&args, c).await);
     }
