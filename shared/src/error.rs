@@ -77,6 +77,11 @@ impl Error {
         }
     }
 
+    /// A failure of the storage layer underneath (database, AWS SDK, codec).
+    pub fn storage(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Storage(Box::new(e))
+    }
+
     pub fn conflict(entity: Entity, id: impl fmt::Display) -> Self {
         Error::Conflict {
             entity,

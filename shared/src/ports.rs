@@ -6,7 +6,7 @@
 use crate::auth::ApiToken;
 use crate::domain::{
     Allocation, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, Runner,
-    RunnerWithLoad, Shard, Violation,
+    RunnerWithLoad, Shard, ShardStatus, Violation,
 };
 use crate::error::Result;
 use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
@@ -84,10 +84,14 @@ pub struct AssignmentWrite {
 
 /// A versioned shard change, optionally giving back the capacity it held
 /// (deleting the allocation if it still carries `release.lease_id`).
+/// `expected_status` is the status read at `expected_version`: it tells the
+/// store whether the shard leaves or enters the queue (the execution's
+/// queued-shard counter moves) without reading the shard again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardUpdate {
     pub shard: Shard,
     pub expected_version: u64,
+    pub expected_status: ShardStatus,
     pub release: Option<Release>,
 }
 

@@ -1,5 +1,8 @@
-//! Shared test support: an orchestrator on an in-memory store with a manual
-//! clock, and a real `tms serve` process on a free port.
+//! Shared test support: an orchestrator on a fresh store (embedded, or
+//! DynamoDB on moto) with a manual clock, and a real `tms serve` process on a
+//! free port.
+
+pub mod moto;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -7,9 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tms::adapters::SqliteStore;
+use std::future::Future;
+use std::marker::PhantomData;
+use tms::adapters::{DynamoStore, SqliteStore};
 use tms::config::Config;
-use tms::ports::{Event, Events, Nudges, Ports};
+use tms::ports::{Event, Events, Nudges, Ports, Store};
 use tms::time::{ManualClock, Timestamp};
 use tms::usecases::Orchestrator;
 
@@ -40,10 +45,38 @@ impl Events for RecordedEvents {
     }
 }
 
-pub struct TestPorts;
+/// A store the conformance suites run on: the embedded one, or DynamoDB on
+/// the moto server that the test command starts.
+pub trait Backend: Send + Sync + 'static {
+    type Store: Store;
+    /// A fresh, empty store of this kind.
+    fn store() -> impl Future<Output = Self::Store> + Send;
+}
 
-impl Ports for TestPorts {
+/// The embedded SQLite store in a temporary file.
+pub struct Sqlite;
+
+impl Backend for Sqlite {
     type Store = SqliteStore;
+    async fn store() -> SqliteStore {
+        SqliteStore::temporary().expect("temporary store")
+    }
+}
+
+/// DynamoDB on moto: a new table (created from `template.yaml`) per store.
+pub struct Dynamo;
+
+impl Backend for Dynamo {
+    type Store = DynamoStore;
+    async fn store() -> DynamoStore {
+        moto::store().await
+    }
+}
+
+pub struct TestPorts<B>(PhantomData<B>);
+
+impl<B: Backend> Ports for TestPorts<B> {
+    type Store = B::Store;
     type Clock = ManualClock;
     type Nudges = CountingNudges;
     type Events = RecordedEvents;
@@ -51,22 +84,32 @@ impl Ports for TestPorts {
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
-/// An orchestrator on a fresh in-memory store, its clock and its event log.
-pub struct Harness {
-    pub app: Arc<Orchestrator<TestPorts>>,
+/// An orchestrator on a fresh store, its clock and its event log.
+pub struct Harness<B: Backend = Sqlite> {
+    pub app: Arc<Orchestrator<TestPorts<B>>>,
     pub clock: ManualClock,
     pub events: RecordedEvents,
 }
 
-impl Harness {
+impl Harness<Sqlite> {
     pub fn new() -> Self {
-        Self::with_config(Config::default())
+        Self::on(SqliteStore::temporary().expect("temporary store"), Config::default())
+    }
+}
+
+impl<B: Backend> Harness<B> {
+    /// A harness on a fresh store of backend `B`.
+    pub async fn start() -> Self {
+        Self::start_with(Config::default()).await
     }
 
-    pub fn with_config(config: Config) -> Self {
+    pub async fn start_with(config: Config) -> Self {
+        Self::on(B::store().await, config)
+    }
+
+    fn on(store: B::Store, config: Config) -> Self {
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
         let events = RecordedEvents::default();
-        let store = SqliteStore::temporary().expect("temporary store");
         let app = Orchestrator::new(
             store,
             clock.clone(),
@@ -90,7 +133,7 @@ impl Harness {
     }
 }
 
-impl Default for Harness {
+impl Default for Harness<Sqlite> {
     fn default() -> Self {
         Self::new()
     }
@@ -173,4 +216,28 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client")
+}
+
+/// Runs each named generic test function (`async fn name<B: Backend>()`)
+/// once per store: `sqlite::name` and `dynamo::name`.
+#[macro_export]
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name::<$crate::Sqlite>().await
+                }
+            )*
+        }
+        mod dynamo {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name::<$crate::Dynamo>().await
+                }
+            )*
+        }
+    };
 }

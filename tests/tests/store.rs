@@ -1,14 +1,14 @@
-//! The store port's conditions, checked on the embedded adapter. These are
-//! the seed of the conformance suite the DynamoDB adapter will also run.
+//! Store conformance: the port's conditions, checked by the same test
+//! functions on the embedded store and on DynamoDB (moto).
 
 use std::sync::Arc;
-use tms::adapters::SqliteStore;
 use tms::domain::{Allocation, Execution, Requirements, Resources, Runner, Shard};
 use tms::fixtures;
 use tms::ids::{LeaseId, RunnerId};
 use tms::ports::{AssignmentWrite, Release, ShardUpdate, Store};
 use tms::time::Timestamp;
 use tms::Error;
+use tms_tests::Backend;
 
 fn runner(slots: u32) -> Runner {
     fixtures::runner("r", slots)
@@ -26,8 +26,8 @@ fn execution(shards: u32) -> (Execution, Vec<Shard>) {
 }
 
 /// A fresh store holding one runner with `slots` slots and one execution of `shards` shards.
-async fn stored(slots: u32, shards: u32) -> (SqliteStore, Runner, Execution, Vec<Shard>) {
-    let store = SqliteStore::temporary().unwrap();
+async fn stored<B: Backend>(slots: u32, shards: u32) -> (B::Store, Runner, Execution, Vec<Shard>) {
+    let store = B::store().await;
     let r = runner(slots);
     store.insert_runner(&r).await.unwrap();
     let (e, shards) = execution(shards);
@@ -61,9 +61,8 @@ fn assignment(shard: &Shard, runner: &RunnerId) -> AssignmentWrite {
     }
 }
 
-#[tokio::test]
-async fn an_assignment_that_fails_its_runner_condition_changes_nothing() {
-    let (store, r, e, shards) = stored(1, 2).await;
+async fn an_assignment_that_fails_its_runner_condition_changes_nothing<B: Backend>() {
+    let (store, r, e, shards) = stored::<B>(1, 2).await;
     store.assign(&assignment(&shards[0], &r.id)).await.unwrap();
 
     let err = store
@@ -90,9 +89,8 @@ async fn an_assignment_that_fails_its_runner_condition_changes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn writes_from_a_stale_version_are_refused() {
-    let store = SqliteStore::temporary().unwrap();
+async fn writes_from_a_stale_version_are_refused<B: Backend>() {
+    let store = B::store().await;
     let mut r = runner(1);
     store.insert_runner(&r).await.unwrap();
     assert!(
@@ -119,6 +117,7 @@ async fn writes_from_a_stale_version_are_refused() {
     let stale = ShardUpdate {
         shard: s.clone(),
         expected_version: 9,
+        expected_status: shards[0].status,
         release: None,
     };
     assert!(matches!(
@@ -127,9 +126,8 @@ async fn writes_from_a_stale_version_are_refused() {
     ));
 }
 
-#[tokio::test]
-async fn capacity_is_given_back_once_per_lease() {
-    let (store, r, e, shards) = stored(2, 2).await;
+async fn capacity_is_given_back_once_per_lease<B: Backend>() {
+    let (store, r, e, shards) = stored::<B>(2, 2).await;
     for s in &shards {
         store.assign(&assignment(s, &r.id)).await.unwrap();
     }
@@ -145,6 +143,7 @@ async fn capacity_is_given_back_once_per_lease() {
     let update = ShardUpdate {
         shard: first.clone(),
         expected_version: held[0].version,
+        expected_status: held[0].status,
         release: Some(release.clone()),
     };
     store.update_shard(&update).await.unwrap();
@@ -154,6 +153,7 @@ async fn capacity_is_given_back_once_per_lease() {
     let update = ShardUpdate {
         shard: again,
         expected_version: first.version,
+        expected_status: first.status,
         release: Some(release),
     };
     store.update_shard(&update).await.unwrap();
@@ -163,9 +163,8 @@ async fn capacity_is_given_back_once_per_lease() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn of_many_concurrent_writes_from_one_version_exactly_one_wins() {
-    let store = Arc::new(SqliteStore::temporary().unwrap());
+async fn of_many_concurrent_writes_from_one_version_exactly_one_wins<B: Backend>() {
+    let store = Arc::new(B::store().await);
     let r = runner(1);
     store.insert_runner(&r).await.unwrap();
     let attempts: Vec<_> = (0..64)
@@ -198,9 +197,8 @@ async fn of_many_concurrent_writes_from_one_version_exactly_one_wins() {
     );
 }
 
-#[tokio::test]
-async fn an_idempotency_key_is_taken_once_while_it_lives() {
-    let store = SqliteStore::temporary().unwrap();
+async fn an_idempotency_key_is_taken_once_while_it_lives<B: Backend>() {
+    let store = B::store().await;
     let record = |e: &Execution| tms::ports::IdempotencyRecord {
         key: "k".into(),
         body_hash: "h".into(),
@@ -241,9 +239,8 @@ async fn an_idempotency_key_is_taken_once_while_it_lives() {
     );
 }
 
-#[tokio::test]
-async fn the_queued_shard_count_follows_every_transition() {
-    let (store, r, e, shards) = stored(4, 3).await;
+async fn the_queued_shard_count_follows_every_transition<B: Backend>() {
+    let (store, r, e, shards) = stored::<B>(4, 3).await;
     let queued = |n: u64| {
         let store = &store;
         async move { assert_eq!(store.queue_stats().await.unwrap().queued_shards, n) }
@@ -264,6 +261,7 @@ async fn the_queued_shard_count_follows_every_transition() {
         .update_shard(&ShardUpdate {
             shard: back,
             expected_version: held[0].version,
+            expected_status: held[0].status,
             release: Some(release),
         })
         .await
@@ -275,6 +273,7 @@ async fn the_queued_shard_count_follows_every_transition() {
         .update_shard(&ShardUpdate {
             shard: gone,
             expected_version: held[2].version,
+            expected_status: held[2].status,
             release: None,
         })
         .await
@@ -288,3 +287,12 @@ async fn the_queued_shard_count_follows_every_transition() {
         "only the queued shard is handed to the planner"
     );
 }
+
+tms_tests::conformance!(
+    an_assignment_that_fails_its_runner_condition_changes_nothing,
+    writes_from_a_stale_version_are_refused,
+    capacity_is_given_back_once_per_lease,
+    of_many_concurrent_writes_from_one_version_exactly_one_wins,
+    an_idempotency_key_is_taken_once_while_it_lives,
+    the_queued_shard_count_follows_every_transition,
+);

@@ -1,8 +1,12 @@
 //! Adapters: the embedded durable store and the in-process nudges and events
-//! that `tms serve` uses. The AWS adapters will sit beside them.
+//! that `tms serve` uses, and the AWS ones (DynamoDB, SQS, EventBridge) that
+//! the Lambda functions and `tms serve --backend aws` use.
 
+pub mod dynamo;
 pub mod local;
 pub mod sqlite;
+
+pub use dynamo::DynamoStore;
 
 pub use local::{ChannelEvents, NotifyNudges};
 pub use sqlite::SqliteStore;

@@ -112,7 +112,7 @@ impl<P: Ports> Orchestrator<P> {
                     return Err(Error::Forbidden("report on a shard held by another runner"));
                 }
             }
-            let version = shard.version;
+            let read_as = (shard.version, shard.status);
             let held = shard.holder();
             let applied = match report.status {
                 ReportStatus::Started => shard.start(&report.lease_id, now)?,
@@ -133,7 +133,7 @@ impl<P: Ports> Orchestrator<P> {
             let finished = applied == Applied::Changed && shard.status.is_terminal();
             if applied == Applied::Changed {
                 let released = held.filter(|_| finished);
-                self.save_shard(&execution, shard.clone(), version, released)
+                self.save_shard(&execution, shard.clone(), read_as, released)
                     .await?;
             }
             let outcome = ReportOutcome {

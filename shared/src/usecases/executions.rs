@@ -385,9 +385,9 @@ impl<P: Ports> Orchestrator<P> {
                 if !wanted(&shard) {
                     return Ok(());
                 }
-                let version = shard.version;
+                let read_as = (shard.version, shard.status);
                 let held = change(&mut shard)?;
-                self.save_shard(&execution, shard, version, held).await
+                self.save_shard(&execution, shard, read_as, held).await
             })
             .await?;
         }

@@ -21,7 +21,7 @@ pub use system::{QueueHealth, RunnerCounts, RunnerUtilization, SystemHealth, Uti
 
 use crate::config::Config;
 use crate::domain::shard::Released;
-use crate::domain::{Execution, Shard};
+use crate::domain::{Execution, Shard, ShardStatus};
 use crate::error::Result;
 use crate::ports::{Ports, Release, ShardUpdate, Store};
 use std::future::Future;
@@ -60,13 +60,14 @@ impl<P: Ports> Orchestrator<P> {
 }
 
 impl<P: Ports> Orchestrator<P> {
-    /// Writes a shard changed from `expected_version`, giving back the
-    /// capacity of the lease it `released`, if any, in the same step.
+    /// Writes a shard changed from what was read (`expected`: its version
+    /// and status then), giving back the capacity of the lease it
+    /// `released`, if any, in the same step.
     pub(crate) async fn save_shard(
         &self,
         execution: &Execution,
         shard: Shard,
-        expected_version: u64,
+        (expected_version, expected_status): (u64, ShardStatus),
         released: Option<Released>,
     ) -> Result<()> {
         let release = released.map(|h| Release {
@@ -78,6 +79,7 @@ impl<P: Ports> Orchestrator<P> {
             .update_shard(&ShardUpdate {
                 shard,
                 expected_version,
+                expected_status,
                 release,
             })
             .await

@@ -144,7 +144,7 @@ impl<P: Ports> Orchestrator<P> {
             if shard.lease_id.as_ref() != Some(lease) || !shard.status.is_in_flight() {
                 return Ok(None);
             }
-            let version = shard.version;
+            let read_as = (shard.version, shard.status);
             let retry = shard.attempt < execution.max_attempts && !execution.status.is_terminal();
             let held = if retry {
                 Some(shard.requeue(reason)?)
@@ -155,7 +155,7 @@ impl<P: Ports> Orchestrator<P> {
                 );
                 shard.give_up(why, now)?
             };
-            self.save_shard(&execution, shard, version, held).await?;
+            self.save_shard(&execution, shard, read_as, held).await?;
             Ok(Some(retry))
         })
         .await?;

@@ -77,21 +77,17 @@ pub struct SqliteStore {
     temporary: Option<PathBuf>,
 }
 
-fn storage(e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::Storage(Box::new(e))
-}
-
 fn to_doc<T: Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(storage)
+    serde_json::to_string(value).map_err(Error::storage)
 }
 
 fn from_doc<T: DeserializeOwned>(doc: &str) -> Result<T> {
-    serde_json::from_str(doc).map_err(storage)
+    serde_json::from_str(doc).map_err(Error::storage)
 }
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        storage(e)
+        Error::storage(e)
     }
 }
 
@@ -120,7 +116,7 @@ fn check_schema_version(conn: &Connection) -> Result<()> {
 impl SqliteStore {
     /// Opens (creating if needed) `tms.db` in `dir`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(storage)?;
+        std::fs::create_dir_all(dir).map_err(Error::storage)?;
         Self::open(&dir.join("tms.db"))
     }
 

@@ -1,0 +1,1297 @@
+//! The DynamoDB store: every port operation is one request or one
+//! transaction on the single table of `docs/data-model.md`, with the same
+//! conditions the embedded store checks.
+//!
+//! Entities are kept whole in a `doc` map attribute (via serde_dynamo); the
+//! attributes that keys, conditions and counters need sit beside it. Fields
+//! that transactions change without rewriting the document (an execution's
+//! status, version, start and update times; a runner's used capacity) are
+//! top-level attributes and are laid over the document when it is read.
+
+mod keys;
+pub mod table;
+
+use crate::auth::ApiToken;
+use crate::domain::{
+    Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, Runner,
+    RunnerStatus, RunnerWithLoad, Shard, ShardStatus, Violation,
+};
+use crate::error::{Entity, Error, Result};
+use crate::ids::{ExecutionId, RuleId, RunnerId, TokenId};
+use crate::ports::{
+    AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate,
+    Store,
+};
+use crate::time::Timestamp;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, KeysAndAttributes, Put, ReturnValue, Select, TransactWriteItem, Update,
+};
+use aws_sdk_dynamodb::Client;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+pub use table::TableSpec;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// How long history items live before DynamoDB's TTL removes them.
+const HEALTH_TTL_MS: i64 = 90 * 24 * 3_600_000;
+const VIOLATION_TTL_MS: i64 = 30 * 24 * 3_600_000;
+
+/// The DynamoDB adapter of [`Store`].
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(keys::PK, s(pk))
+            .key(keys::SK, s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(out.item)
+    }
+
+    /// Reads items by key, consistently, in the order given; missing ones
+    /// are left out. Retries what DynamoDB leaves unprocessed.
+    async fn batch_get(&self, wanted: Vec<(String, String)>) -> Result<Vec<Item>> {
+        let mut found: Vec<Item> = Vec::with_capacity(wanted.len());
+        for chunk in wanted.chunks(100) {
+            let mut pending: Vec<Item> = chunk
+                .iter()
+                .map(|(pk, sk)| key_of(pk.clone(), sk.clone()))
+                .collect();
+            let mut attempts = 0u32;
+            while !pending.is_empty() {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut pending)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(Error::storage)?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                found.extend(out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default());
+                pending = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                attempts += 1;
+                if !pending.is_empty() {
+                    if attempts > 8 {
+                        return Err(Error::Internal("BatchGetItem kept leaving keys unprocessed".into()));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10 << attempts.min(6))).await;
+                }
+            }
+        }
+        let position = |item: &Item| {
+            wanted
+                .iter()
+                .position(|(pk, sk)| str_attr(item, keys::PK) == Some(pk) && str_attr(item, keys::SK) == Some(sk))
+        };
+        found.sort_by_key(|item| position(item));
+        Ok(found)
+    }
+
+    fn query(&self) -> QueryFluentBuilder {
+        self.client.query().table_name(&self.table)
+    }
+
+    /// Follows a query's pages until `enough` says so or the results end.
+    async fn query_pages(
+        &self,
+        query: QueryFluentBuilder,
+        mut enough: impl FnMut(&[Item]) -> bool,
+    ) -> Result<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let out = query
+                .clone()
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            items.extend(out.items.unwrap_or_default());
+            start = out.last_evaluated_key;
+            if start.is_none() || enough(&items) {
+                return Ok(items);
+            }
+        }
+    }
+
+    async fn query_all(&self, query: QueryFluentBuilder) -> Result<Vec<Item>> {
+        self.query_pages(query, |_| false).await
+    }
+
+    /// Counts what a query matches, across pages.
+    async fn count(&self, query: QueryFluentBuilder) -> Result<u64> {
+        let mut total = 0u64;
+        let mut start = None;
+        loop {
+            let out = query
+                .clone()
+                .select(Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            total += out.count.max(0) as u64;
+            start = out.last_evaluated_key;
+            if start.is_none() {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs a transaction; on a cancellation, tells which items' conditions failed.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<std::result::Result<(), Vec<bool>>> {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Ok(())),
+            Err(e) => {
+                let service = e.as_service_error();
+                if let Some(
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c),
+                ) = service
+                {
+                    let failed: Vec<bool> = c
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code() == Some("ConditionalCheckFailed"))
+                        .collect();
+                    if failed.iter().any(|f| *f) {
+                        return Ok(Err(failed));
+                    }
+                }
+                Err(sdk(e))
+            }
+        }
+    }
+
+    fn put(&self, item: Item) -> aws_sdk_dynamodb::types::builders::PutBuilder {
+        Put::builder().table_name(&self.table).set_item(Some(item))
+    }
+
+    fn update(&self, pk: String, sk: &str) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+        Update::builder()
+            .table_name(&self.table)
+            .key(keys::PK, s(pk))
+            .key(keys::SK, s(sk))
+    }
+
+    /// A `PutItem` that must not overwrite; `false` when the item existed.
+    async fn put_new(&self, item: Item) -> Result<bool> {
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn put_plain(&self, item: Item) -> Result<()> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+
+    /// Rewrites a `META` item's attributes if its version is still
+    /// `expected`; `false` when it is not (or the item is gone).
+    async fn update_versioned(
+        &self,
+        pk: String,
+        attrs: Vec<(&'static str, Option<AttributeValue>)>,
+        expected: u64,
+    ) -> Result<bool> {
+        let SetRemove {
+            expression,
+            mut names,
+            mut values,
+        } = set_and_remove(attrs);
+        names.insert("#version".into(), "version".into());
+        values.insert(":expected".into(), n(expected));
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(keys::PK, s(pk))
+            .key(keys::SK, s(keys::META))
+            .update_expression(expression)
+            .condition_expression("#version = :expected")
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) => Err(sdk(e)),
+        }
+    }
+
+    async fn shards_of_allocations(&self, allocations: Vec<Item>) -> Result<Vec<Shard>> {
+        let mut held: Vec<(String, String, String)> = Vec::new();
+        for a in allocations {
+            let alloc: crate::domain::Allocation = doc_of(a)?;
+            held.push((
+                keys::execution(alloc.execution_id.as_str()),
+                keys::shard(alloc.shard_index),
+                alloc.lease_id.to_string(),
+            ));
+        }
+        let wanted = held.iter().map(|(pk, sk, _)| (pk.clone(), sk.clone())).collect();
+        let mut shards = Vec::new();
+        for item in self.batch_get(wanted).await? {
+            let shard: Shard = doc_of(item)?;
+            let current = held.iter().any(|(pk, sk, lease)| {
+                *pk == keys::execution(shard.execution_id.as_str())
+                    && *sk == keys::shard(shard.index)
+                    && shard.lease_id.as_ref().map(|l| l.as_str()) == Some(lease.as_str())
+            });
+            if current {
+                shards.push(shard);
+            }
+        }
+        Ok(shards)
+    }
+
+    async fn queued_shards_of(&self, id: &ExecutionId) -> Result<Vec<Shard>> {
+        let items = self
+            .query_all(
+                self.query()
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .filter_expression("#status = :queued")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":pk", s(keys::execution(id.as_str())))
+                    .expression_attribute_values(":prefix", s(keys::SHARD_PREFIX))
+                    .expression_attribute_values(":queued", s(ShardStatus::Queued.as_str()))
+                    .consistent_read(true),
+            )
+            .await?;
+        items.into_iter().map(doc_of).collect()
+    }
+
+    /// Pending executions from one GSI, in its order, until they hold
+    /// `max_shards` queued shards or `max_executions` executions.
+    async fn pending_in(&self, index: usize, max_shards: u32, max_executions: u32) -> Result<Vec<Execution>> {
+        let (name, pk, _) = keys::GSI[index];
+        let query = self
+            .query()
+            .index_name(name)
+            .key_condition_expression("#pk = :pending")
+            .filter_expression("queued_shards > :zero AND #status IN (:queued, :running)")
+            .expression_attribute_names("#pk", pk)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s(keys::PENDING))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":queued", s(ExecutionStatus::Queued.as_str()))
+            .expression_attribute_values(":running", s(ExecutionStatus::Running.as_str()))
+            .limit(max_executions.clamp(1, 100) as i32);
+        let enough = |items: &[Item]| {
+            let shards: u64 = items.iter().map(|i| num(i, "queued_shards")).sum();
+            shards >= u64::from(max_shards) || items.len() >= max_executions as usize
+        };
+        let items = self.query_pages(query, enough).await?;
+        let mut out = Vec::new();
+        let mut shards = 0u64;
+        for item in items {
+            if shards >= u64::from(max_shards) || out.len() >= max_executions as usize {
+                break;
+            }
+            shards += num(&item, "queued_shards");
+            out.push(execution_of(item)?);
+        }
+        Ok(out)
+    }
+}
+
+// ---- attribute helpers -------------------------------------------------
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl std::fmt::Display) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn key_of(pk: String, sk: String) -> Item {
+    HashMap::from([(keys::PK.to_owned(), s(pk)), (keys::SK.to_owned(), s(sk))])
+}
+
+fn str_attr<'a>(item: &'a Item, name: &str) -> Option<&'a String> {
+    item.get(name).and_then(|v| v.as_s().ok())
+}
+
+fn num(item: &Item, name: &str) -> u64 {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .map_or(0, |v| v.max(0) as u64)
+}
+
+fn to_av<T: Serialize>(value: &T) -> Result<AttributeValue> {
+    serde_dynamo::aws_sdk_dynamodb_1::to_attribute_value(value).map_err(Error::storage)
+}
+
+fn doc_of<T: DeserializeOwned>(mut item: Item) -> Result<T> {
+    let doc = item
+        .remove("doc")
+        .ok_or_else(|| Error::Internal("item without a doc attribute".into()))?;
+    serde_dynamo::aws_sdk_dynamodb_1::from_attribute_value(doc).map_err(Error::storage)
+}
+
+/// An item: its keys, its document and the attributes beside it.
+fn item(pk: String, sk: impl Into<String>, doc: AttributeValue) -> Item {
+    let mut item = key_of(pk, sk.into());
+    item.insert("doc".into(), doc);
+    item
+}
+
+fn with(mut item: Item, name: &str, value: AttributeValue) -> Item {
+    item.insert(name.to_owned(), value);
+    item
+}
+
+fn sdk<E, R>(e: SdkError<E, R>) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    Error::storage(e)
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    e.as_service_error()
+        .and_then(|s| s.code())
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+fn expires_in(at: Timestamp, ttl_ms: i64) -> AttributeValue {
+    // DynamoDB's TTL wants seconds since the epoch.
+    n((at.0 + ttl_ms) / 1000)
+}
+
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+// ---- runners -----------------------------------------------------------
+
+/// A runner item's attributes apart from its keys and used capacity
+/// (which only assignments and releases move).
+fn runner_attrs(r: &Runner) -> Result<Vec<(&'static str, AttributeValue)>> {
+    let id = r.id.as_str();
+    Ok(vec![
+        ("doc", to_av(r)?),
+        ("status", s(r.status.as_str())),
+        ("version", n(r.version)),
+        ("last_heartbeat", n(r.last_heartbeat.0)),
+        ("cap_slots", n(r.capacity.slots)),
+        ("cap_cpu", n(r.capacity.cpu_millis)),
+        ("cap_memory", n(r.capacity.memory_mb)),
+        ("gsi1pk", s(keys::runners_with_status(r.status.as_str()))),
+        ("gsi1sk", s(format!("{}#{id}", keys::ts(r.last_heartbeat)))),
+        ("gsi2pk", s(keys::RUNNERS)),
+        ("gsi2sk", s(id)),
+    ])
+}
+
+fn runner_of(item: Item) -> Result<RunnerWithLoad> {
+    let allocated = Resources::new(
+        num(&item, "used_slots") as u32,
+        num(&item, "used_cpu") as u32,
+        num(&item, "used_memory") as u32,
+    );
+    Ok(RunnerWithLoad {
+        runner: doc_of(item)?,
+        allocated,
+    })
+}
+
+// ---- executions and shards ----------------------------------------------
+
+/// The execution item's attributes that follow from its state: status, the
+/// index keys it belongs under, and the fields transactions change in place.
+fn execution_state(e: &Execution) -> Vec<(&'static str, Option<AttributeValue>)> {
+    let id = e.id.as_str();
+    let open = !e.status.is_terminal();
+    let pending_by_priority = keys::pending_by_priority(e.priority, e.created_at, id);
+    let pending_by_age = keys::pending_by_age(e.created_at, id);
+    let when_open = |v: AttributeValue| open.then_some(v);
+    vec![
+        ("status", Some(s(e.status.as_str()))),
+        ("version", Some(n(e.version))),
+        ("updated_at", Some(n(e.updated_at.0))),
+        ("started_at", e.started_at.map(|t| n(t.0))),
+        // Kept so a requeue can put the execution back under PENDING
+        // without reading it (`SET gsi1sk = pending1`).
+        ("pending1", Some(s(pending_by_priority.clone()))),
+        ("pending2", Some(s(pending_by_age.clone()))),
+        ("gsi1pk", when_open(s(keys::PENDING))),
+        ("gsi1sk", when_open(s(pending_by_priority))),
+        ("gsi2pk", when_open(s(keys::PENDING))),
+        ("gsi2sk", when_open(s(pending_by_age))),
+        ("gsi3pk", when_open(s(keys::ACTIVE))),
+        ("gsi3sk", when_open(s(format!("{}#{id}", keys::ts(e.deadline))))),
+        ("gsi5pk", Some(s(keys::execs_with_status(e.status.as_str())))),
+    ]
+}
+
+fn execution_item(e: &Execution) -> Result<Item> {
+    let id = e.id.as_str();
+    let mut it = item(keys::execution(id), keys::META, to_av(e)?);
+    for (k, v) in execution_state(e) {
+        if let Some(v) = v {
+            it.insert(k.into(), v);
+        }
+    }
+    for (k, v) in [
+        ("queued_shards", n(0)),
+        ("gsi4pk", s(keys::EXECS)),
+        ("gsi4sk", s(id)),
+        ("gsi5sk", s(id)),
+        ("gsi6pk", s(keys::suite(&e.suite))),
+        ("gsi6sk", s(id)),
+    ] {
+        it.insert(k.into(), v);
+    }
+    Ok(it)
+}
+
+fn execution_of(item: Item) -> Result<Execution> {
+    let status = str_attr(&item, "status").cloned();
+    let version = num(&item, "version");
+    let updated_at = num(&item, "updated_at") as i64;
+    let started_at = item.contains_key("started_at").then(|| num(&item, "started_at") as i64);
+    let mut e: Execution = doc_of(item)?;
+    if let Some(status) = status {
+        e.status = serde_json::from_value(serde_json::Value::String(status)).map_err(Error::storage)?;
+    }
+    e.version = version;
+    e.updated_at = Timestamp(updated_at);
+    e.started_at = started_at.map(Timestamp).or(e.started_at);
+    Ok(e)
+}
+
+fn shard_item(sh: &Shard) -> Result<Item> {
+    let exec = sh.execution_id.as_str();
+    let mut it = item(keys::execution(exec), keys::shard(sh.index), to_av(sh)?);
+    it.insert("status".into(), s(sh.status.as_str()));
+    it.insert("version".into(), n(sh.version));
+    if let Some(lease) = &sh.lease_id {
+        it.insert("lease_id".into(), s(lease.as_str()));
+    }
+    if matches!(sh.status, ShardStatus::Assigned | ShardStatus::Running) {
+        if let Some(deadline) = sh.deadline {
+            it.insert("gsi1pk".into(), s(keys::LEASE));
+            it.insert("gsi1sk".into(), s(keys::lease(deadline, exec, sh.index)));
+        }
+    }
+    Ok(it)
+}
+
+/// Moves the execution's queued-shard counter by `delta`; a shard coming
+/// back to the queue also puts the execution back under `PENDING`.
+fn count_queued(store: &DynamoStore, execution: &str, delta: i64) -> Result<TransactWriteItem> {
+    let mut update = store
+        .update(keys::execution(execution), keys::META)
+        .condition_expression("attribute_exists(pk)")
+        .expression_attribute_values(":delta", n(delta));
+    update = if delta > 0 {
+        update
+            .update_expression(
+                "SET gsi1pk = :pending, gsi1sk = pending1, gsi2pk = :pending, gsi2sk = pending2 ADD queued_shards :delta",
+            )
+            .expression_attribute_values(":pending", s(keys::PENDING))
+    } else {
+        update.update_expression("ADD queued_shards :delta")
+    };
+    Ok(TransactWriteItem::builder()
+        .update(update.build().map_err(Error::storage)?)
+        .build())
+}
+
+fn release_items(store: &DynamoStore, shard: &Shard, rel: &Release) -> Result<Vec<TransactWriteItem>> {
+    let delete = Delete::builder()
+        .table_name(&store.table)
+        .key(keys::PK, s(keys::runner(rel.runner_id.as_str())))
+        .key(keys::SK, s(keys::allocation(shard.execution_id.as_str(), shard.index)))
+        .condition_expression("lease_id = :lease")
+        .expression_attribute_values(":lease", s(rel.lease_id.as_str()))
+        .build()
+        .map_err(Error::storage)?;
+    let give_back = store
+        .update(keys::runner(rel.runner_id.as_str()), keys::META)
+        .update_expression("ADD used_slots :slots, used_cpu :cpu, used_memory :memory")
+        .expression_attribute_values(":slots", n(-i64::from(rel.resources.slots)))
+        .expression_attribute_values(":cpu", n(-i64::from(rel.resources.cpu_millis)))
+        .expression_attribute_values(":memory", n(-i64::from(rel.resources.memory_mb)))
+        .build()
+        .map_err(Error::storage)?;
+    Ok(vec![
+        TransactWriteItem::builder().delete(delete).build(),
+        TransactWriteItem::builder().update(give_back).build(),
+    ])
+}
+
+fn shard_conflict(shard: &Shard) -> Error {
+    Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index))
+}
+
+/// An update expression that sets what is given and removes what is not,
+/// with its placeholders.
+struct SetRemove {
+    expression: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+fn set_and_remove(attrs: Vec<(&'static str, Option<AttributeValue>)>) -> SetRemove {
+    let (mut sets, mut removes) = (Vec::new(), Vec::new());
+    let (mut names, mut values) = (HashMap::new(), HashMap::new());
+    for (i, (name, value)) in attrs.into_iter().enumerate() {
+        let alias = format!("#a{i}");
+        names.insert(alias.clone(), name.to_owned());
+        match value {
+            Some(v) => {
+                let placeholder = format!(":a{i}");
+                sets.push(format!("{alias} = {placeholder}"));
+                values.insert(placeholder, v);
+            }
+            None => removes.push(alias),
+        }
+    }
+    let mut expression = format!("SET {}", sets.join(", "));
+    if !removes.is_empty() {
+        expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
+    }
+    SetRemove {
+        expression,
+        names,
+        values,
+    }
+}
+
+impl Store for DynamoStore {
+    async fn ping(&self) -> Result<()> {
+        self.get(keys::setting("ping"), keys::META).await.map(|_| ())
+    }
+
+    async fn insert_runner(&self, runner: &Runner) -> Result<()> {
+        let mut it = key_of(keys::runner(runner.id.as_str()), keys::META.to_owned());
+        for (k, v) in runner_attrs(runner)? {
+            it.insert(k.into(), v);
+        }
+        for k in ["used_slots", "used_cpu", "used_memory"] {
+            it.insert(k.into(), n(0));
+        }
+        if self.put_new(it).await? {
+            Ok(())
+        } else {
+            Err(Error::conflict(Entity::Runner, &runner.id))
+        }
+    }
+
+    async fn get_runner(&self, id: &RunnerId) -> Result<Option<RunnerWithLoad>> {
+        self.get(keys::runner(id.as_str()), keys::META)
+            .await?
+            .map(runner_of)
+            .transpose()
+    }
+
+    async fn list_runners(&self, limit: u32, cursor: Option<&str>) -> Result<Page<RunnerWithLoad>> {
+        let out = self
+            .query()
+            .index_name(keys::GSI[1].0)
+            .key_condition_expression("gsi2pk = :runners AND gsi2sk > :cursor")
+            .expression_attribute_values(":runners", s(keys::RUNNERS))
+            .expression_attribute_values(":cursor", s(cursor.unwrap_or("")))
+            .limit(limit as i32 + 1)
+            .send()
+            .await
+            .map_err(sdk)?;
+        let mut items = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(runner_of)
+            .collect::<Result<Vec<_>>>()?;
+        let next_cursor = page_cursor(&mut items, limit, |r| r.runner.id.to_string());
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn update_runner(&self, runner: &Runner, expected_version: u64) -> Result<()> {
+        let attrs = runner_attrs(runner)?.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        if self.update_versioned(keys::runner(runner.id.as_str()), attrs, expected_version).await? {
+            Ok(())
+        } else {
+            Err(Error::conflict(Entity::Runner, &runner.id))
+        }
+    }
+
+    async fn schedulable_runners(&self) -> Result<Vec<RunnerWithLoad>> {
+        let items = self
+            .query_all(
+                self.query()
+                    .index_name(keys::GSI[0].0)
+                    .key_condition_expression("gsi1pk = :active")
+                    .expression_attribute_values(
+                        ":active",
+                        s(keys::runners_with_status(RunnerStatus::Active.as_str())),
+                    ),
+            )
+            .await?;
+        items.into_iter().map(runner_of).collect()
+    }
+
+    async fn silent_runners(&self, before: Timestamp, limit: u32) -> Result<Vec<Runner>> {
+        let mut found = Vec::new();
+        for status in [RunnerStatus::Active, RunnerStatus::Paused] {
+            let query = self
+                .query()
+                .index_name(keys::GSI[0].0)
+                .key_condition_expression("gsi1pk = :status AND gsi1sk < :before")
+                .expression_attribute_values(":status", s(keys::runners_with_status(status.as_str())))
+                .expression_attribute_values(":before", s(keys::ts(before)))
+                .limit(limit.clamp(1, 1000) as i32);
+            let items = self.query_pages(query, |i| i.len() >= limit as usize).await?;
+            for it in items {
+                found.push(runner_of(it)?.runner);
+            }
+        }
+        found.sort_by_key(|r| r.last_heartbeat);
+        found.truncate(limit as usize);
+        Ok(found)
+    }
+
+    async fn runner_shards(&self, id: &RunnerId) -> Result<Vec<Shard>> {
+        let allocations = self
+            .query_all(
+                self.query()
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :alloc)")
+                    .expression_attribute_values(":pk", s(keys::runner(id.as_str())))
+                    .expression_attribute_values(":alloc", s(keys::ALLOC_PREFIX))
+                    .consistent_read(true),
+            )
+            .await?;
+        self.shards_of_allocations(allocations).await
+    }
+
+    async fn runner_with_shards(&self, id: &RunnerId) -> Result<Option<(RunnerWithLoad, Vec<Shard>)>> {
+        let items = self
+            .query_all(
+                self.query()
+                    .key_condition_expression("pk = :pk")
+                    .expression_attribute_values(":pk", s(keys::runner(id.as_str())))
+                    .consistent_read(true),
+            )
+            .await?;
+        let (meta, allocations): (Vec<Item>, Vec<Item>) = items
+            .into_iter()
+            .partition(|i| str_attr(i, keys::SK).map(String::as_str) == Some(keys::META));
+        let Some(meta) = meta.into_iter().next() else {
+            return Ok(None);
+        };
+        Ok(Some((runner_of(meta)?, self.shards_of_allocations(allocations).await?)))
+    }
+
+    async fn create_execution(
+        &self,
+        execution: &Execution,
+        shards: &[Shard],
+        idem: Option<&IdempotencyRecord>,
+    ) -> Result<()> {
+        let queued = shards.iter().filter(|s| s.status == ShardStatus::Queued).count();
+        let mut exec_item = execution_item(execution)?;
+        exec_item.insert("queued_shards".into(), n(queued));
+        let mut items = vec![TransactWriteItem::builder()
+            .put(
+                self.put(exec_item)
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(Error::storage)?,
+            )
+            .build()];
+        for sh in shards {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(self.put(shard_item(sh)?).build().map_err(Error::storage)?)
+                    .build(),
+            );
+        }
+        if let Some(rec) = idem {
+            let it = with(
+                item(keys::idempotency(&rec.key), keys::META, to_av(rec)?),
+                keys::EXPIRES_AT,
+                n(rec.expires_at.0 / 1000),
+            );
+            let it = with(it, "expires_at_ms", n(rec.expires_at.0));
+            items.push(
+                TransactWriteItem::builder()
+                    .put(
+                        self.put(it)
+                            // An expired record may be replaced; a live one means another request won.
+                            .condition_expression("attribute_not_exists(pk) OR expires_at_ms <= :now")
+                            .expression_attribute_values(":now", n(execution.created_at.0))
+                            .build()
+                            .map_err(Error::storage)?,
+                    )
+                    .build(),
+            );
+        }
+        match self.transact(items).await? {
+            Ok(()) => Ok(()),
+            Err(failed) if failed.last() == Some(&true) && idem.is_some() => Err(Error::conflict(
+                Entity::Execution,
+                idem.map_or("", |r| r.key.as_str()),
+            )),
+            Err(_) => Err(Error::conflict(Entity::Execution, &execution.id)),
+        }
+    }
+
+    async fn get_idempotency(&self, key: &str, now: Timestamp) -> Result<Option<IdempotencyRecord>> {
+        let Some(it) = self.get(keys::idempotency(key), keys::META).await? else {
+            return Ok(None);
+        };
+        // TTL deletes lazily (up to days late): an expired record is ignored.
+        let record: IdempotencyRecord = doc_of(it)?;
+        Ok((record.expires_at > now).then_some(record))
+    }
+
+    async fn get_execution(&self, id: &ExecutionId) -> Result<Option<Execution>> {
+        self.get(keys::execution(id.as_str()), keys::META)
+            .await?
+            .map(execution_of)
+            .transpose()
+    }
+
+    async fn load_execution(&self, id: &ExecutionId) -> Result<Option<(Execution, Vec<Shard>)>> {
+        let items = self
+            .query_all(
+                self.query()
+                    .key_condition_expression("pk = :pk")
+                    .expression_attribute_values(":pk", s(keys::execution(id.as_str())))
+                    .consistent_read(true),
+            )
+            .await?;
+        let mut execution = None;
+        let mut shards = Vec::new();
+        for it in items {
+            match str_attr(&it, keys::SK).map(String::as_str) {
+                Some(keys::META) => execution = Some(execution_of(it)?),
+                Some(sk) if sk.starts_with(keys::SHARD_PREFIX) => shards.push(doc_of::<Shard>(it)?),
+                _ => {}
+            }
+        }
+        shards.sort_by_key(|s| s.index);
+        Ok(execution.map(|e| (e, shards)))
+    }
+
+    async fn load_shard(&self, id: &ExecutionId, index: u32) -> Result<Option<(Execution, Shard)>> {
+        let pk = keys::execution(id.as_str());
+        let mut items = self
+            .batch_get(vec![(pk.clone(), keys::META.to_owned()), (pk, keys::shard(index))])
+            .await?
+            .into_iter();
+        match (items.next(), items.next()) {
+            (Some(e), Some(sh)) => Ok(Some((execution_of(e)?, doc_of(sh)?))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Page<Execution>> {
+        let (index, partition) = match (&filter.suite, filter.status) {
+            (Some(suite), _) => (5, keys::suite(suite)),
+            (None, Some(status)) => (4, keys::execs_with_status(status.as_str())),
+            (None, None) => (3, keys::EXECS.to_owned()),
+        };
+        let (name, pk, sk) = keys::GSI[index];
+        let mut query = self
+            .query()
+            .index_name(name)
+            .scan_index_forward(false)
+            .expression_attribute_names("#pk", pk)
+            .expression_attribute_values(":pk", s(partition))
+            .limit(filter.limit as i32 + 1);
+        query = match &filter.cursor {
+            Some(cursor) => query
+                .key_condition_expression("#pk = :pk AND #sk < :cursor")
+                .expression_attribute_names("#sk", sk)
+                .expression_attribute_values(":cursor", s(cursor.as_str())),
+            None => query.key_condition_expression("#pk = :pk"),
+        };
+        if let (Some(_), Some(status)) = (&filter.suite, filter.status) {
+            query = query
+                .filter_expression("#status = :status")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":status", s(status.as_str()));
+        }
+        let wanted = filter.limit as usize + 1;
+        let items = self.query_pages(query, |i| i.len() >= wanted).await?;
+        let mut items = items
+            .into_iter()
+            .take(wanted)
+            .map(execution_of)
+            .collect::<Result<Vec<_>>>()?;
+        let next_cursor = page_cursor(&mut items, filter.limit, |e| e.id.to_string());
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn update_execution(&self, execution: &Execution, expected_version: u64) -> Result<()> {
+        let mut attrs = vec![("doc", Some(to_av(execution)?))];
+        attrs.extend(execution_state(execution));
+        if self.update_versioned(keys::execution(execution.id.as_str()), attrs, expected_version).await? {
+            Ok(())
+        } else {
+            Err(Error::conflict(Entity::Execution, &execution.id))
+        }
+    }
+
+    async fn pending_executions(
+        &self,
+        max_shards: u32,
+        max_executions: u32,
+    ) -> Result<Vec<(Execution, Vec<Shard>)>> {
+        let by_priority = self.pending_in(0, max_shards, max_executions).await?;
+        let by_age = self.pending_in(1, max_shards, max_executions).await?;
+        let mut found = by_priority;
+        for e in by_age {
+            if !found.iter().any(|f| f.id == e.id) {
+                found.push(e);
+            }
+        }
+        let mut out = Vec::with_capacity(found.len());
+        for e in found {
+            let queued = self.queued_shards_of(&e.id).await?;
+            if !queued.is_empty() {
+                out.push((e, queued));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn active_executions(&self, limit: u32) -> Result<Vec<Execution>> {
+        let query = self
+            .query()
+            .index_name(keys::GSI[2].0)
+            .key_condition_expression("gsi3pk = :active")
+            .expression_attribute_values(":active", s(keys::ACTIVE))
+            .limit(limit.clamp(1, 1000) as i32);
+        let items = self.query_pages(query, |i| i.len() >= limit as usize).await?;
+        items.into_iter().take(limit as usize).map(execution_of).collect()
+    }
+
+    async fn expired_shards(&self, now: Timestamp, limit: u32) -> Result<Vec<Shard>> {
+        let query = self
+            .query()
+            .index_name(keys::GSI[0].0)
+            .key_condition_expression("gsi1pk = :lease AND gsi1sk < :now")
+            .expression_attribute_values(":lease", s(keys::LEASE))
+            .expression_attribute_values(":now", s(keys::ts(now)))
+            .limit(limit.clamp(1, 1000) as i32);
+        let items = self.query_pages(query, |i| i.len() >= limit as usize).await?;
+        items.into_iter().take(limit as usize).map(doc_of).collect()
+    }
+
+    async fn assign(&self, w: &AssignmentWrite) -> Result<()> {
+        let (shard, alloc) = (&w.shard, &w.allocation);
+        let need = alloc.resources;
+        let runner = self
+            .get_runner(&alloc.runner_id)
+            .await?
+            .ok_or_else(|| Error::conflict(Entity::Runner, &alloc.runner_id))?
+            .runner;
+        let cap = runner.capacity;
+        if need.slots > cap.slots || need.cpu_millis > cap.cpu_millis || need.memory_mb > cap.memory_mb {
+            return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
+        }
+        let shard_put = self
+            .put(shard_item(shard)?)
+            .condition_expression("version = :expected AND #status = :queued")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":expected", n(w.expected_shard_version))
+            .expression_attribute_values(":queued", s(ShardStatus::Queued.as_str()))
+            .build()
+            .map_err(Error::storage)?;
+        let take = self
+            .update(keys::runner(alloc.runner_id.as_str()), keys::META)
+            .update_expression("ADD used_slots :slots, used_cpu :cpu, used_memory :memory")
+            .condition_expression(
+                "#status = :active AND cap_slots = :cap_slots AND cap_cpu = :cap_cpu AND cap_memory = :cap_memory \
+                 AND used_slots <= :max_slots AND used_cpu <= :max_cpu AND used_memory <= :max_memory",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":active", s(RunnerStatus::Active.as_str()))
+            .expression_attribute_values(":slots", n(need.slots))
+            .expression_attribute_values(":cpu", n(need.cpu_millis))
+            .expression_attribute_values(":memory", n(need.memory_mb))
+            .expression_attribute_values(":cap_slots", n(cap.slots))
+            .expression_attribute_values(":cap_cpu", n(cap.cpu_millis))
+            .expression_attribute_values(":cap_memory", n(cap.memory_mb))
+            .expression_attribute_values(":max_slots", n(cap.slots - need.slots))
+            .expression_attribute_values(":max_cpu", n(cap.cpu_millis - need.cpu_millis))
+            .expression_attribute_values(":max_memory", n(cap.memory_mb - need.memory_mb))
+            .build()
+            .map_err(Error::storage)?;
+        let alloc_put = self
+            .put(with(
+                item(
+                    keys::runner(alloc.runner_id.as_str()),
+                    keys::allocation(alloc.execution_id.as_str(), alloc.shard_index),
+                    to_av(alloc)?,
+                ),
+                "lease_id",
+                s(alloc.lease_id.as_str()),
+            ))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(Error::storage)?;
+        let running = ExecutionStatus::Running.as_str();
+        let mark_running = self
+            .update(keys::execution(shard.execution_id.as_str()), keys::META)
+            .update_expression(
+                "SET #status = :running, gsi5pk = :execs_running, started_at = if_not_exists(started_at, :now), \
+                 updated_at = :now ADD version :one, queued_shards :minus_one",
+            )
+            .condition_expression("#status IN (:queued, :running)")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":running", s(running))
+            .expression_attribute_values(":queued", s(ExecutionStatus::Queued.as_str()))
+            .expression_attribute_values(":execs_running", s(keys::execs_with_status(running)))
+            .expression_attribute_values(":now", n(w.now.0))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":minus_one", n(-1))
+            .build()
+            .map_err(Error::storage)?;
+        let mut items = vec![
+            TransactWriteItem::builder().put(shard_put).build(),
+            TransactWriteItem::builder().update(take).build(),
+            TransactWriteItem::builder().put(alloc_put).build(),
+            TransactWriteItem::builder().update(mark_running).build(),
+        ];
+        if let Some(pool) = &w.cursor {
+            let cursor = with(
+                with(
+                    key_of(keys::rr_cursor(pool), keys::META.to_owned()),
+                    "gsi2pk",
+                    s(keys::RR_CURSORS),
+                ),
+                "gsi2sk",
+                s(pool.as_str()),
+            );
+            let cursor = with(with(cursor, "pool", s(pool.as_str())), "runner_id", s(alloc.runner_id.as_str()));
+            items.push(TransactWriteItem::builder().put(self.put(cursor).build().map_err(Error::storage)?).build());
+        }
+        match self.transact(items).await? {
+            Ok(()) => Ok(()),
+            Err(failed) => Err(match failed.iter().position(|f| *f) {
+                Some(1) => Error::conflict(Entity::Runner, &alloc.runner_id),
+                Some(3) => Error::conflict(Entity::Execution, &shard.execution_id),
+                _ => shard_conflict(shard),
+            }),
+        }
+    }
+
+    async fn update_shard(&self, u: &ShardUpdate) -> Result<()> {
+        let shard = &u.shard;
+        let shard_put = || -> Result<TransactWriteItem> {
+            Ok(TransactWriteItem::builder()
+                .put(
+                    self.put(shard_item(shard)?)
+                        .condition_expression("version = :expected AND #status = :was")
+                        .expression_attribute_names("#status", "status")
+                        .expression_attribute_values(":expected", n(u.expected_version))
+                        .expression_attribute_values(":was", s(u.expected_status.as_str()))
+                        .build()
+                        .map_err(Error::storage)?,
+                )
+                .build())
+        };
+        let delta = i64::from(shard.status == ShardStatus::Queued)
+            - i64::from(u.expected_status == ShardStatus::Queued);
+        let counter = || -> Result<Vec<TransactWriteItem>> {
+            Ok(if delta == 0 {
+                vec![]
+            } else {
+                vec![count_queued(self, shard.execution_id.as_str(), delta)?]
+            })
+        };
+        let mut items = vec![shard_put()?];
+        if let Some(rel) = &u.release {
+            items.extend(release_items(self, shard, rel)?);
+        }
+        items.extend(counter()?);
+        match self.transact(items).await? {
+            Ok(()) => Ok(()),
+            // Only the allocation was gone: this lease's capacity was already
+            // given back, so the shard changes without a second release.
+            Err(failed) if !failed[0] && u.release.is_some() && failed.get(1) == Some(&true) => {
+                let mut items = vec![shard_put()?];
+                items.extend(counter()?);
+                match self.transact(items).await? {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(shard_conflict(shard)),
+                }
+            }
+            Err(_) => Err(shard_conflict(shard)),
+        }
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats> {
+        let pending = self
+            .query_all(
+                self.query()
+                    .index_name(keys::GSI[1].0)
+                    .key_condition_expression("gsi2pk = :pending")
+                    .filter_expression("queued_shards > :zero AND #status IN (:queued, :running)")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":pending", s(keys::PENDING))
+                    .expression_attribute_values(":zero", n(0))
+                    .expression_attribute_values(":queued", s(ExecutionStatus::Queued.as_str()))
+                    .expression_attribute_values(":running", s(ExecutionStatus::Running.as_str()))
+                    .projection_expression("queued_shards, gsi2sk"),
+            )
+            .await?;
+        let queued_shards = pending.iter().map(|i| num(i, "queued_shards")).sum();
+        let oldest_queued_at = pending
+            .first()
+            .and_then(|i| str_attr(i, "gsi2sk"))
+            .and_then(|sk| sk.split('#').next())
+            .and_then(|t| t.parse().ok())
+            .map(Timestamp);
+        let in_flight_shards = self
+            .count(
+                self.query()
+                    .index_name(keys::GSI[0].0)
+                    .key_condition_expression("gsi1pk = :lease")
+                    .expression_attribute_values(":lease", s(keys::LEASE)),
+            )
+            .await?;
+        let active_executions = self
+            .count(
+                self.query()
+                    .index_name(keys::GSI[2].0)
+                    .key_condition_expression("gsi3pk = :active")
+                    .expression_attribute_values(":active", s(keys::ACTIVE)),
+            )
+            .await?;
+        Ok(QueueStats {
+            queued_shards,
+            in_flight_shards,
+            active_executions,
+            oldest_queued_at,
+        })
+    }
+
+    async fn put_rule(&self, rule: &LoadBalancingRule) -> Result<()> {
+        let id = rule.id.as_str();
+        let it = with(
+            with(item(keys::rule(id), keys::META, to_av(rule)?), "gsi2pk", s(keys::RULES)),
+            "gsi2sk",
+            s(id),
+        );
+        self.put_plain(it).await
+    }
+
+    async fn list_rules(&self) -> Result<Vec<LoadBalancingRule>> {
+        let items = self
+            .query_all(
+                self.query()
+                    .index_name(keys::GSI[1].0)
+                    .key_condition_expression("gsi2pk = :rules")
+                    .expression_attribute_values(":rules", s(keys::RULES)),
+            )
+            .await?;
+        items.into_iter().map(doc_of).collect()
+    }
+
+    async fn delete_rule(&self, id: &RuleId) -> Result<bool> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(keys::PK, s(keys::rule(id.as_str())))
+            .key(keys::SK, s(keys::META))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(sdk)?;
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(keys::PK, s(keys::rr_cursor(&format!("rule:{id}"))))
+            .key(keys::SK, s(keys::META))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
+    async fn round_robin_cursors(&self) -> Result<BTreeMap<String, RunnerId>> {
+        let items = self
+            .query_all(
+                self.query()
+                    .index_name(keys::GSI[1].0)
+                    .key_condition_expression("gsi2pk = :cursors")
+                    .expression_attribute_values(":cursors", s(keys::RR_CURSORS)),
+            )
+            .await?;
+        let mut out = BTreeMap::new();
+        for it in items {
+            if let (Some(pool), Some(runner)) = (str_attr(&it, "pool"), str_attr(&it, "runner_id")) {
+                if let Ok(id) = RunnerId::parse(runner) {
+                    out.insert(pool.clone(), id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn add_health_record(&self, record: &HealthRecord) -> Result<()> {
+        let unique = ulid::Ulid::new().to_string();
+        let it = with(
+            item(
+                keys::runner_log(record.runner_id.as_str()),
+                keys::health(record.at, &unique),
+                to_av(record)?,
+            ),
+            keys::EXPIRES_AT,
+            expires_in(record.at, HEALTH_TTL_MS),
+        );
+        self.put_plain(it).await
+    }
+
+    async fn health_history(&self, id: &RunnerId, limit: u32) -> Result<Vec<HealthRecord>> {
+        let query = self
+            .query()
+            .key_condition_expression("pk = :pk AND begins_with(sk, :health)")
+            .filter_expression("expires_at > :now")
+            .expression_attribute_values(":pk", s(keys::runner_log(id.as_str())))
+            .expression_attribute_values(":health", s(keys::HEALTH_PREFIX))
+            .expression_attribute_values(":now", n(now_seconds()))
+            .scan_index_forward(false)
+            .limit(limit.clamp(1, 1000) as i32);
+        let items = self.query_pages(query, |i| i.len() >= limit as usize).await?;
+        items.into_iter().take(limit as usize).map(doc_of).collect()
+    }
+
+    async fn add_violation(&self, v: &Violation) -> Result<()> {
+        let unique = ulid::Ulid::new().to_string();
+        let it = item(keys::runner_log(v.runner_id.as_str()), keys::violation(v.at, &unique), to_av(v)?);
+        let it = with(it, keys::EXPIRES_AT, expires_in(v.at, VIOLATION_TTL_MS));
+        let it = with(it, "gsi2pk", s(keys::VIOLATIONS));
+        let it = with(it, "gsi2sk", s(format!("{}#{unique}", keys::ts(v.at))));
+        self.put_plain(it).await
+    }
+
+    async fn recent_violations(&self, since: Timestamp, limit: u32) -> Result<Vec<Violation>> {
+        let query = self
+            .query()
+            .index_name(keys::GSI[1].0)
+            .key_condition_expression("gsi2pk = :violations AND gsi2sk >= :since")
+            .filter_expression("expires_at > :now")
+            .expression_attribute_values(":violations", s(keys::VIOLATIONS))
+            .expression_attribute_values(":since", s(keys::ts(since)))
+            .expression_attribute_values(":now", n(now_seconds()))
+            .scan_index_forward(false)
+            .limit(limit.clamp(1, 1000) as i32);
+        let items = self.query_pages(query, |i| i.len() >= limit as usize).await?;
+        items.into_iter().take(limit as usize).map(doc_of).collect()
+    }
+
+    async fn put_token(&self, token: &ApiToken) -> Result<()> {
+        if self
+            .put_new(item(keys::token(token.id.as_str()), keys::META, to_av(token)?))
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::conflict(Entity::Token, &token.id))
+        }
+    }
+
+    async fn get_token(&self, id: &TokenId) -> Result<Option<ApiToken>> {
+        self.get(keys::token(id.as_str()), keys::META)
+            .await?
+            .map(doc_of)
+            .transpose()
+    }
+
+    async fn get_setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .get(keys::setting(key), keys::META)
+            .await?
+            .and_then(|i| str_attr(&i, "value").cloned()))
+    }
+
+    async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
+        let it = with(key_of(keys::setting(key), keys::META.to_owned()), "value", s(value));
+        self.put_new(it).await?;
+        self.get_setting(key)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("setting {key} vanished after it was written")))
+    }
+}
+
+/// Trims the one extra item fetched to learn whether another page exists.
+fn page_cursor<T>(items: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Option<String> {
+    if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(key)
+    } else {
+        None
+    }
+}

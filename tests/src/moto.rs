@@ -1,0 +1,47 @@
+//! DynamoDB, SQS and EventBridge for tests: the moto server that the test
+//! command (`scripts/test`, via `scripts/moto`) starts on a free 127.0.0.1
+//! port and names in `TMS_TEST_AWS_ENDPOINT`.
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::Credentials;
+use tms::adapters::dynamo::{DynamoStore, TableSpec};
+
+/// The variable that carries the moto server's URL.
+pub const ENDPOINT_VAR: &str = "TMS_TEST_AWS_ENDPOINT";
+
+/// The moto server's URL; a clear failure when the test command did not start one.
+pub fn endpoint() -> String {
+    std::env::var(ENDPOINT_VAR).unwrap_or_else(|_| {
+        panic!(
+            "{ENDPOINT_VAR} is not set: the DynamoDB tests need the moto server that \
+             ./scripts/test starts (or run `eval \"$(scripts/moto start)\"` first)"
+        )
+    })
+}
+
+/// SDK settings for moto: fixed test credentials, us-east-1, the local endpoint.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
+        .endpoint_url(endpoint())
+        .load()
+        .await
+}
+
+/// A name no other test uses, within DynamoDB's and SQS's naming rules.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// A store on a new table, created from `template.yaml`'s definition.
+pub async fn store() -> DynamoStore {
+    let client = aws_sdk_dynamodb::Client::new(&sdk_config().await);
+    let table = unique_name("tms-test");
+    TableSpec::from_template()
+        .expect("template table")
+        .create(&client, &table)
+        .await
+        .expect("create the table on moto");
+    DynamoStore::new(client, table)
+}
