@@ -76,6 +76,9 @@ pub struct Release {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AssignmentWrite {
     pub shard: Shard,
+    /// The runner's capacity as the plan saw it; the write is refused if it
+    /// changed (so the store can check room without reading the runner).
+    pub runner_capacity: Resources,
     pub expected_shard_version: u64,
     pub allocation: Allocation,
     pub cursor: Option<String>,

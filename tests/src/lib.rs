@@ -4,14 +4,14 @@
 
 pub mod moto;
 
+use std::future::Future;
 use std::io::{BufRead, BufReader};
+use std::marker::PhantomData;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use std::future::Future;
-use std::marker::PhantomData;
 use tms::adapters::{DynamoStore, SqliteStore};
 use tms::config::Config;
 use tms::ports::{Event, Events, Nudges, Ports, Store};
@@ -93,7 +93,10 @@ pub struct Harness<B: Backend = Sqlite> {
 
 impl Harness<Sqlite> {
     pub fn new() -> Self {
-        Self::on(SqliteStore::temporary().expect("temporary store"), Config::default())
+        Self::on(
+            SqliteStore::temporary().expect("temporary store"),
+            Config::default(),
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use tms::domain::{Allocation, Execution, Requirements, Resources, Runner, Shard};
 use tms::fixtures;
-use tms::ids::{LeaseId, RunnerId};
+use tms::ids::LeaseId;
 use tms::ports::{AssignmentWrite, Release, ShardUpdate, Store};
 use tms::time::Timestamp;
 use tms::Error;
@@ -35,7 +35,8 @@ async fn stored<B: Backend>(slots: u32, shards: u32) -> (B::Store, Runner, Execu
     (store, r, e, shards)
 }
 
-fn assignment(shard: &Shard, runner: &RunnerId) -> AssignmentWrite {
+fn assignment(shard: &Shard, runner: &Runner) -> AssignmentWrite {
+    let (capacity, runner) = (runner.capacity, &runner.id);
     let mut next = shard.clone();
     let lease = LeaseId::generate();
     next.assign(
@@ -46,6 +47,7 @@ fn assignment(shard: &Shard, runner: &RunnerId) -> AssignmentWrite {
     )
     .unwrap();
     AssignmentWrite {
+        runner_capacity: capacity,
         shard: next,
         expected_shard_version: shard.version,
         allocation: Allocation {
@@ -63,12 +65,9 @@ fn assignment(shard: &Shard, runner: &RunnerId) -> AssignmentWrite {
 
 async fn an_assignment_that_fails_its_runner_condition_changes_nothing<B: Backend>() {
     let (store, r, e, shards) = stored::<B>(1, 2).await;
-    store.assign(&assignment(&shards[0], &r.id)).await.unwrap();
+    store.assign(&assignment(&shards[0], &r)).await.unwrap();
 
-    let err = store
-        .assign(&assignment(&shards[1], &r.id))
-        .await
-        .unwrap_err();
+    let err = store.assign(&assignment(&shards[1], &r)).await.unwrap_err();
     assert!(err.is_conflict(), "{err:?}");
     let (_, stored) = store.load_execution(&e.id).await.unwrap().unwrap();
     assert_eq!(stored[1], shards[1], "the second shard is untouched");
@@ -129,7 +128,7 @@ async fn writes_from_a_stale_version_are_refused<B: Backend>() {
 async fn capacity_is_given_back_once_per_lease<B: Backend>() {
     let (store, r, e, shards) = stored::<B>(2, 2).await;
     for s in &shards {
-        store.assign(&assignment(s, &r.id)).await.unwrap();
+        store.assign(&assignment(s, &r)).await.unwrap();
     }
     let (_, held) = store.load_execution(&e.id).await.unwrap().unwrap();
     let lease = held[0].lease_id.clone().unwrap();
@@ -246,8 +245,8 @@ async fn the_queued_shard_count_follows_every_transition<B: Backend>() {
         async move { assert_eq!(store.queue_stats().await.unwrap().queued_shards, n) }
     };
     queued(3).await;
-    store.assign(&assignment(&shards[0], &r.id)).await.unwrap();
-    store.assign(&assignment(&shards[1], &r.id)).await.unwrap();
+    store.assign(&assignment(&shards[0], &r)).await.unwrap();
+    store.assign(&assignment(&shards[1], &r)).await.unwrap();
     queued(1).await;
     let (_, held) = store.load_execution(&e.id).await.unwrap().unwrap();
     let mut back = held[0].clone();

@@ -1,5 +1,6 @@
-//! Use-case tests over the embedded store with a manual clock: the
-//! orchestrator's behaviour without HTTP, and without sleeping.
+//! Use-case tests with a manual clock: the orchestrator's behaviour without
+//! HTTP and without sleeping. A conformance suite: every test runs on the
+//! embedded store and on DynamoDB (moto).
 
 use std::collections::BTreeSet;
 use tms::auth::Principal;
@@ -13,7 +14,7 @@ use tms::usecases::{
     Assignment, NewExecution, NewRule, NewRunner, ReportStatus, ShardReport, TestInput,
 };
 use tms::Error;
-use tms_tests::Harness;
+use tms_tests::{Backend, Harness};
 
 fn runner(name: &str, slots: u32) -> NewRunner {
     NewRunner {
@@ -44,7 +45,7 @@ fn execution(suite: &str, tests: usize, parallelism: u32) -> NewExecution {
     }
 }
 
-async fn register(h: &Harness, name: &str, slots: u32) -> RunnerId {
+async fn register<B: Backend>(h: &Harness<B>, name: &str, slots: u32) -> RunnerId {
     h.app
         .register_runner(runner(name, slots))
         .await
@@ -54,11 +55,11 @@ async fn register(h: &Harness, name: &str, slots: u32) -> RunnerId {
         .id
 }
 
-async fn queue(h: &Harness, new: NewExecution) -> ExecutionId {
+async fn queue<B: Backend>(h: &Harness<B>, new: NewExecution) -> ExecutionId {
     h.app.queue_execution(new, None).await.unwrap().execution.id
 }
 
-async fn assignments(h: &Harness, id: &RunnerId) -> Vec<Assignment> {
+async fn assignments<B: Backend>(h: &Harness<B>, id: &RunnerId) -> Vec<Assignment> {
     h.app.heartbeat(id, None).await.unwrap()
 }
 
@@ -69,8 +70,8 @@ fn passed(n: u32) -> Option<ShardResult> {
     })
 }
 
-async fn report(
-    h: &Harness,
+async fn report<B: Backend>(
+    h: &Harness<B>,
     runner: &RunnerId,
     a: &Assignment,
     status: ReportStatus,
@@ -89,17 +90,16 @@ async fn report(
         .shard_status)
 }
 
-async fn status(h: &Harness, id: &ExecutionId) -> ExecutionStatus {
+async fn status<B: Backend>(h: &Harness<B>, id: &ExecutionId) -> ExecutionStatus {
     h.app.execution_status(id).await.unwrap().0.status
 }
 
-async fn allocated(h: &Harness, id: &RunnerId) -> Resources {
+async fn allocated<B: Backend>(h: &Harness<B>, id: &RunnerId) -> Resources {
     h.app.runner(id).await.unwrap().allocated
 }
 
-#[tokio::test]
-async fn a_parallel_execution_runs_to_passed_and_gives_all_capacity_back() {
-    let h = Harness::new();
+async fn a_parallel_execution_runs_to_passed_and_gives_all_capacity_back<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "r1", 4).await;
     let e = queue(&h, execution("api", 10, 3)).await;
     assert_eq!(h.app.schedule_pass().await.unwrap(), 3);
@@ -131,9 +131,8 @@ async fn a_parallel_execution_runs_to_passed_and_gives_all_capacity_back() {
     assert_eq!(allocated(&h, &r).await, Resources::default());
 }
 
-#[tokio::test]
-async fn when_runner_misses_heartbeats_its_shards_are_requeued_to_another_runner() {
-    let h = Harness::new();
+async fn when_runner_misses_heartbeats_its_shards_are_requeued_to_another_runner<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let dead = register(&h, "dead", 1).await;
     let e = queue(&h, execution("api", 1, 1)).await;
     h.app.schedule_pass().await.unwrap();
@@ -176,9 +175,8 @@ async fn when_runner_misses_heartbeats_its_shards_are_requeued_to_another_runner
     assert_eq!(status(&h, &e).await, ExecutionStatus::Passed);
 }
 
-#[tokio::test]
-async fn a_revived_runner_is_active_again_and_its_recovery_is_recorded() {
-    let h = Harness::new();
+async fn a_revived_runner_is_active_again_and_its_recovery_is_recorded<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "flaky", 1).await;
     h.clock.advance_secs(91);
     h.app.health_sweep().await.unwrap();
@@ -194,9 +192,8 @@ async fn a_revived_runner_is_active_again_and_its_recovery_is_recorded() {
     );
 }
 
-#[tokio::test]
-async fn a_shard_past_its_deadline_is_retried_on_another_runner() {
-    let h = Harness::new();
+async fn a_shard_past_its_deadline_is_retried_on_another_runner<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let slow = register(&h, "slow", 1).await;
     let mut new = execution("api", 1, 1);
     new.shard_timeout_seconds = Some(60);
@@ -222,9 +219,8 @@ async fn a_shard_past_its_deadline_is_retried_on_another_runner() {
     assert_eq!(status(&h, &e).await, ExecutionStatus::Running);
 }
 
-#[tokio::test]
-async fn a_shard_out_of_attempts_is_errored_and_the_execution_is_not_passed() {
-    let h = Harness::new();
+async fn a_shard_out_of_attempts_is_errored_and_the_execution_is_not_passed<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "only", 1).await;
     let mut new = execution("api", 1, 1);
     new.shard_timeout_seconds = Some(10);
@@ -256,9 +252,8 @@ async fn a_shard_out_of_attempts_is_errored_and_the_execution_is_not_passed() {
     assert_eq!(allocated(&h, &r).await.slots, 0);
 }
 
-#[tokio::test]
-async fn an_execution_past_its_timeout_is_timed_out_and_its_capacity_released() {
-    let h = Harness::new();
+async fn an_execution_past_its_timeout_is_timed_out_and_its_capacity_released<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "r", 2).await;
     let mut new = execution("api", 4, 4);
     new.timeout_seconds = Some(120);
@@ -275,9 +270,8 @@ async fn an_execution_past_its_timeout_is_timed_out_and_its_capacity_released() 
     assert!(assignments(&h, &r).await.is_empty());
 }
 
-#[tokio::test]
-async fn cancelling_an_execution_cancels_its_shards_and_frees_runner_capacity() {
-    let h = Harness::new();
+async fn cancelling_an_execution_cancels_its_shards_and_frees_runner_capacity<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "r", 2).await;
     let e = queue(&h, execution("api", 3, 3)).await;
     h.app.schedule_pass().await.unwrap();
@@ -297,9 +291,8 @@ async fn cancelling_an_execution_cancels_its_shards_and_frees_runner_capacity() 
     assert!(assignments(&h, &r).await.is_empty());
 }
 
-#[tokio::test]
-async fn a_paused_runner_gets_no_new_work_until_resumed() {
-    let h = Harness::new();
+async fn a_paused_runner_gets_no_new_work_until_resumed<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "r", 2).await;
     h.app.pause_runner(&r).await.unwrap();
     queue(&h, execution("api", 2, 2)).await;
@@ -308,9 +301,8 @@ async fn a_paused_runner_gets_no_new_work_until_resumed() {
     assert_eq!(h.app.schedule_pass().await.unwrap(), 2);
 }
 
-#[tokio::test]
-async fn deregistering_a_runner_requeues_its_work_and_revokes_its_token() {
-    let h = Harness::new();
+async fn deregistering_a_runner_requeues_its_work_and_revokes_its_token<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = h.app.register_runner(runner("leaving", 1)).await.unwrap();
     let id = r.runner.runner.id.clone();
     queue(&h, execution("api", 1, 1)).await;
@@ -330,9 +322,8 @@ async fn deregistering_a_runner_requeues_its_work_and_revokes_its_token() {
     assert_eq!(assignments(&h, &next).await.len(), 1);
 }
 
-#[tokio::test]
-async fn the_same_idempotency_key_and_body_return_the_same_execution() {
-    let h = Harness::new();
+async fn the_same_idempotency_key_and_body_return_the_same_execution<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let key = ("build-42".to_string(), "hash-a".to_string());
     let first = h
         .app
@@ -357,9 +348,8 @@ async fn the_same_idempotency_key_and_body_return_the_same_execution() {
     assert_eq!(listed.items.len(), 1);
 }
 
-#[tokio::test]
-async fn the_same_idempotency_key_with_another_body_is_refused() {
-    let h = Harness::new();
+async fn the_same_idempotency_key_with_another_body_is_refused<B: Backend>() {
+    let h = Harness::<B>::start().await;
     h.app
         .queue_execution(execution("api", 2, 1), Some(("k".into(), "hash-a".into())))
         .await
@@ -372,9 +362,8 @@ async fn the_same_idempotency_key_with_another_body_is_refused() {
     assert!(matches!(err, Error::IdempotencyMismatch));
 }
 
-#[tokio::test]
-async fn a_duplicate_final_report_counts_once() {
-    let h = Harness::new();
+async fn a_duplicate_final_report_counts_once<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "r", 1).await;
     let e = queue(&h, execution("api", 3, 1)).await;
     h.app.schedule_pass().await.unwrap();
@@ -396,9 +385,46 @@ async fn a_duplicate_final_report_counts_once() {
     assert_eq!(exec.status, ExecutionStatus::Passed);
 }
 
-#[tokio::test]
-async fn a_webhook_token_only_reports_for_its_own_execution() {
-    let h = Harness::new();
+/// Two aggregator instances (two concurrent tasks: the aggregator keeps no
+/// state between events) folding the same completions at once.
+async fn two_aggregators_on_the_same_event_never_double_count<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let r = register(&h, "r", 4).await;
+    let e = queue(&h, execution("s", 8, 4)).await;
+    h.app.schedule_pass().await.unwrap();
+    for a in assignments(&h, &r).await {
+        report(
+            &h,
+            &r,
+            &a,
+            ReportStatus::Passed,
+            passed(a.tests.len() as u32),
+        )
+        .await
+        .unwrap();
+    }
+    let events = h.events.take();
+    assert_eq!(events.len(), 4);
+    let fold = |events: Vec<tms::ports::Event>| {
+        let app = h.app.clone();
+        tokio::spawn(async move { app.handle_events(&events).await })
+    };
+    let (first, second) = (fold(events.clone()), fold(events));
+    for outcome in first
+        .await
+        .unwrap()
+        .into_iter()
+        .chain(second.await.unwrap())
+    {
+        outcome.unwrap();
+    }
+    let (exec, _) = h.app.execution_status(&e).await.unwrap();
+    assert_eq!(exec.totals.passed, 8, "each shard's results count once");
+    assert_eq!(exec.status, ExecutionStatus::Passed);
+}
+
+async fn a_webhook_token_only_reports_for_its_own_execution<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "r", 2).await;
     let mine = h
         .app
@@ -425,9 +451,8 @@ async fn a_webhook_token_only_reports_for_its_own_execution() {
     ));
 }
 
-#[tokio::test]
-async fn an_execution_whose_shards_ran_zero_tests_is_errored_not_passed() {
-    let h = Harness::new();
+async fn an_execution_whose_shards_ran_zero_tests_is_errored_not_passed<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "r", 1).await;
     let e = queue(&h, execution("api", 2, 1)).await;
     h.app.schedule_pass().await.unwrap();
@@ -451,9 +476,8 @@ async fn an_execution_whose_shards_ran_zero_tests_is_errored_not_passed() {
     assert!(exec.status_reason.unwrap().contains("zero tests"));
 }
 
-#[tokio::test]
-async fn a_lost_completion_event_is_folded_by_the_timeout_sweep() {
-    let h = Harness::new();
+async fn a_lost_completion_event_is_folded_by_the_timeout_sweep<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "r", 1).await;
     let e = queue(&h, execution("api", 1, 1)).await;
     h.app.schedule_pass().await.unwrap();
@@ -467,9 +491,8 @@ async fn a_lost_completion_event_is_folded_by_the_timeout_sweep() {
     assert_eq!(status(&h, &e).await, ExecutionStatus::Passed);
 }
 
-#[tokio::test]
-async fn low_priority_work_is_not_starved_by_a_stream_of_high_priority_work() {
-    let h = Harness::new();
+async fn low_priority_work_is_not_starved_by_a_stream_of_high_priority_work<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "single", 1).await;
     let mut low = execution("low", 1, 1);
     low.priority = Some(0);
@@ -497,9 +520,8 @@ async fn low_priority_work_is_not_starved_by_a_stream_of_high_priority_work() {
     );
 }
 
-#[tokio::test]
-async fn usage_above_the_allocation_is_recorded_as_a_limit_violation() {
-    let h = Harness::new();
+async fn usage_above_the_allocation_is_recorded_as_a_limit_violation<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "r", 2).await;
     queue(&h, execution("api", 1, 1)).await; // unit: 500m / 512 MB per shard
     h.app.schedule_pass().await.unwrap();
@@ -530,9 +552,8 @@ async fn usage_above_the_allocation_is_recorded_as_a_limit_violation() {
     assert_eq!(u.runners[0].slots_pct, 50.0);
 }
 
-#[tokio::test]
-async fn resource_needs_default_by_test_type_and_block_runners_too_small() {
-    let h = Harness::new();
+async fn resource_needs_default_by_test_type_and_block_runners_too_small<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let mut small = runner("small", 4);
     small.capacity = Resources::new(4, 1000, 1024);
     let small = h.app.register_runner(small).await.unwrap().runner.runner.id;
@@ -550,9 +571,8 @@ async fn resource_needs_default_by_test_type_and_block_runners_too_small() {
     assert_eq!(assignments(&h, &big).await.len(), 1);
 }
 
-#[tokio::test]
-async fn retry_runs_failed_shards_again_on_another_runner() {
-    let h = Harness::new();
+async fn retry_runs_failed_shards_again_on_another_runner<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let a = register(&h, "a", 2).await;
     let e = queue(&h, execution("api", 2, 2)).await;
     h.app.schedule_pass().await.unwrap();
@@ -595,9 +615,8 @@ async fn retry_runs_failed_shards_again_on_another_runner() {
     );
 }
 
-#[tokio::test]
-async fn a_round_robin_rule_spreads_shards_across_its_pool_in_turn() {
-    let h = Harness::new();
+async fn a_round_robin_rule_spreads_shards_across_its_pool_in_turn<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let mut ids = Vec::new();
     for name in ["a", "b", "c"] {
         let mut r = runner(name, 10);
@@ -639,9 +658,8 @@ async fn a_round_robin_rule_spreads_shards_across_its_pool_in_turn() {
     assert_eq!(counts.iter().filter(|c| **c == 3).count(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn eight_concurrent_scheduling_passes_never_double_assign_or_overcommit() {
-    let h = Harness::new();
+async fn eight_concurrent_scheduling_passes_never_double_assign_or_overcommit<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let mut runners = Vec::new();
     for i in 0..5 {
         runners.push(register(&h, &format!("r{i}"), 3).await);
@@ -682,9 +700,10 @@ async fn eight_concurrent_scheduling_passes_never_double_assign_or_overcommit() 
     );
 }
 
-#[tokio::test]
-async fn a_runner_polling_every_second_stays_healthy_though_not_every_beat_is_written() {
-    let h = Harness::new();
+async fn a_runner_polling_every_second_stays_healthy_though_not_every_beat_is_written<
+    B: Backend,
+>() {
+    let h = Harness::<B>::start().await;
     let r = register(&h, "busy-poller", 1).await;
     for second in 1..=200 {
         h.clock.advance_secs(1);
@@ -709,9 +728,8 @@ async fn a_runner_polling_every_second_stays_healthy_though_not_every_beat_is_wr
     );
 }
 
-#[tokio::test]
-async fn a_token_revoked_by_another_instance_stops_working_within_five_seconds() {
-    let h = Harness::new();
+async fn a_token_revoked_by_another_instance_stops_working_within_five_seconds<B: Backend>() {
+    let h = Harness::<B>::start().await;
     let registered = h.app.register_runner(runner("elsewhere", 1)).await.unwrap();
     let id = registered.runner.runner.id.clone();
     assert!(h.app.authenticate(&registered.token).await.is_ok());
@@ -731,3 +749,30 @@ async fn a_token_revoked_by_another_instance_stops_working_within_five_seconds()
         Err(Error::Unauthorized)
     ));
 }
+
+tms_tests::conformance!(
+    two_aggregators_on_the_same_event_never_double_count,
+    a_parallel_execution_runs_to_passed_and_gives_all_capacity_back,
+    when_runner_misses_heartbeats_its_shards_are_requeued_to_another_runner,
+    a_revived_runner_is_active_again_and_its_recovery_is_recorded,
+    a_shard_past_its_deadline_is_retried_on_another_runner,
+    a_shard_out_of_attempts_is_errored_and_the_execution_is_not_passed,
+    an_execution_past_its_timeout_is_timed_out_and_its_capacity_released,
+    cancelling_an_execution_cancels_its_shards_and_frees_runner_capacity,
+    a_paused_runner_gets_no_new_work_until_resumed,
+    deregistering_a_runner_requeues_its_work_and_revokes_its_token,
+    the_same_idempotency_key_and_body_return_the_same_execution,
+    the_same_idempotency_key_with_another_body_is_refused,
+    a_duplicate_final_report_counts_once,
+    a_webhook_token_only_reports_for_its_own_execution,
+    an_execution_whose_shards_ran_zero_tests_is_errored_not_passed,
+    a_lost_completion_event_is_folded_by_the_timeout_sweep,
+    low_priority_work_is_not_starved_by_a_stream_of_high_priority_work,
+    usage_above_the_allocation_is_recorded_as_a_limit_violation,
+    resource_needs_default_by_test_type_and_block_runners_too_small,
+    retry_runs_failed_shards_again_on_another_runner,
+    a_round_robin_rule_spreads_shards_across_its_pool_in_turn,
+    eight_concurrent_scheduling_passes_never_double_assign_or_overcommit,
+    a_runner_polling_every_second_stays_healthy_though_not_every_beat_is_written,
+    a_token_revoked_by_another_instance_stops_working_within_five_seconds,
+);

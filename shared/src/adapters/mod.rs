@@ -2,10 +2,12 @@
 //! that `tms serve` uses, and the AWS ones (DynamoDB, SQS, EventBridge) that
 //! the Lambda functions and `tms serve --backend aws` use.
 
+pub mod aws;
 pub mod dynamo;
 pub mod local;
 pub mod sqlite;
 
+pub use aws::{EventBridgeEvents, SqsNudges};
 pub use dynamo::DynamoStore;
 
 pub use local::{ChannelEvents, NotifyNudges};

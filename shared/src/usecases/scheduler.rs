@@ -51,7 +51,11 @@ impl<P: Ports> Orchestrator<P> {
             let lease = LeaseId::generate();
             let deadline = now.plus_secs(execution.shard_timeout_seconds);
             shard.assign(p.runner_id.clone(), lease.clone(), now, deadline)?;
+            let Some(runner) = runners.iter().find(|r| r.runner.id == p.runner_id) else {
+                continue;
+            };
             writes.push(AssignmentWrite {
+                runner_capacity: runner.runner.capacity,
                 shard,
                 expected_shard_version: p.shard_version,
                 allocation: Allocation {

@@ -13,8 +13,8 @@ pub mod table;
 
 use crate::auth::ApiToken;
 use crate::domain::{
-    Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, Runner,
-    RunnerStatus, RunnerWithLoad, Shard, ShardStatus, Violation,
+    Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerStatus,
+    RunnerWithLoad, Shard, ShardStatus, Violation,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::{ExecutionId, RuleId, RunnerId, TokenId};
@@ -101,7 +101,11 @@ impl DynamoStore {
                     .send()
                     .await
                     .map_err(sdk)?;
-                found.extend(out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default());
+                found.extend(
+                    out.responses
+                        .and_then(|mut r| r.remove(&self.table))
+                        .unwrap_or_default(),
+                );
                 pending = out
                     .unprocessed_keys
                     .and_then(|mut u| u.remove(&self.table))
@@ -110,16 +114,19 @@ impl DynamoStore {
                 attempts += 1;
                 if !pending.is_empty() {
                     if attempts > 8 {
-                        return Err(Error::Internal("BatchGetItem kept leaving keys unprocessed".into()));
+                        return Err(Error::Internal(
+                            "BatchGetItem kept leaving keys unprocessed".into(),
+                        ));
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(10 << attempts.min(6))).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(10 << attempts.min(6)))
+                        .await;
                 }
             }
         }
         let position = |item: &Item| {
-            wanted
-                .iter()
-                .position(|(pk, sk)| str_attr(item, keys::PK) == Some(pk) && str_attr(item, keys::SK) == Some(sk))
+            wanted.iter().position(|(pk, sk)| {
+                str_attr(item, keys::PK) == Some(pk) && str_attr(item, keys::SK) == Some(sk)
+            })
         };
         found.sort_by_key(|item| position(item));
         Ok(found)
@@ -177,7 +184,10 @@ impl DynamoStore {
     }
 
     /// Runs a transaction; on a cancellation, tells which items' conditions failed.
-    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<std::result::Result<(), Vec<bool>>> {
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<std::result::Result<(), Vec<bool>>> {
         match self
             .client
             .transact_write_items()
@@ -289,7 +299,10 @@ impl DynamoStore {
                 alloc.lease_id.to_string(),
             ));
         }
-        let wanted = held.iter().map(|(pk, sk, _)| (pk.clone(), sk.clone())).collect();
+        let wanted = held
+            .iter()
+            .map(|(pk, sk, _)| (pk.clone(), sk.clone()))
+            .collect();
         let mut shards = Vec::new();
         for item in self.batch_get(wanted).await? {
             let shard: Shard = doc_of(item)?;
@@ -323,7 +336,12 @@ impl DynamoStore {
 
     /// Pending executions from one GSI, in its order, until they hold
     /// `max_shards` queued shards or `max_executions` executions.
-    async fn pending_in(&self, index: usize, max_shards: u32, max_executions: u32) -> Result<Vec<Execution>> {
+    async fn pending_in(
+        &self,
+        index: usize,
+        max_shards: u32,
+        max_executions: u32,
+    ) -> Result<Vec<Execution>> {
         let (name, pk, _) = keys::GSI[index];
         let query = self
             .query()
@@ -485,8 +503,14 @@ fn execution_state(e: &Execution) -> Vec<(&'static str, Option<AttributeValue>)>
         ("gsi2pk", when_open(s(keys::PENDING))),
         ("gsi2sk", when_open(s(pending_by_age))),
         ("gsi3pk", when_open(s(keys::ACTIVE))),
-        ("gsi3sk", when_open(s(format!("{}#{id}", keys::ts(e.deadline))))),
-        ("gsi5pk", Some(s(keys::execs_with_status(e.status.as_str())))),
+        (
+            "gsi3sk",
+            when_open(s(format!("{}#{id}", keys::ts(e.deadline)))),
+        ),
+        (
+            "gsi5pk",
+            Some(s(keys::execs_with_status(e.status.as_str()))),
+        ),
     ]
 }
 
@@ -515,10 +539,13 @@ fn execution_of(item: Item) -> Result<Execution> {
     let status = str_attr(&item, "status").cloned();
     let version = num(&item, "version");
     let updated_at = num(&item, "updated_at") as i64;
-    let started_at = item.contains_key("started_at").then(|| num(&item, "started_at") as i64);
+    let started_at = item
+        .contains_key("started_at")
+        .then(|| num(&item, "started_at") as i64);
     let mut e: Execution = doc_of(item)?;
     if let Some(status) = status {
-        e.status = serde_json::from_value(serde_json::Value::String(status)).map_err(Error::storage)?;
+        e.status =
+            serde_json::from_value(serde_json::Value::String(status)).map_err(Error::storage)?;
     }
     e.version = version;
     e.updated_at = Timestamp(updated_at);
@@ -564,11 +591,18 @@ fn count_queued(store: &DynamoStore, execution: &str, delta: i64) -> Result<Tran
         .build())
 }
 
-fn release_items(store: &DynamoStore, shard: &Shard, rel: &Release) -> Result<Vec<TransactWriteItem>> {
+fn release_items(
+    store: &DynamoStore,
+    shard: &Shard,
+    rel: &Release,
+) -> Result<Vec<TransactWriteItem>> {
     let delete = Delete::builder()
         .table_name(&store.table)
         .key(keys::PK, s(keys::runner(rel.runner_id.as_str())))
-        .key(keys::SK, s(keys::allocation(shard.execution_id.as_str(), shard.index)))
+        .key(
+            keys::SK,
+            s(keys::allocation(shard.execution_id.as_str(), shard.index)),
+        )
         .condition_expression("lease_id = :lease")
         .expression_attribute_values(":lease", s(rel.lease_id.as_str()))
         .build()
@@ -588,7 +622,10 @@ fn release_items(store: &DynamoStore, shard: &Shard, rel: &Release) -> Result<Ve
 }
 
 fn shard_conflict(shard: &Shard) -> Error {
-    Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index))
+    Error::conflict(
+        Entity::Shard,
+        format!("{}#{}", shard.execution_id, shard.index),
+    )
 }
 
 /// An update expression that sets what is given and removes what is not,
@@ -627,7 +664,9 @@ fn set_and_remove(attrs: Vec<(&'static str, Option<AttributeValue>)>) -> SetRemo
 
 impl Store for DynamoStore {
     async fn ping(&self) -> Result<()> {
-        self.get(keys::setting("ping"), keys::META).await.map(|_| ())
+        self.get(keys::setting("ping"), keys::META)
+            .await
+            .map(|_| ())
     }
 
     async fn insert_runner(&self, runner: &Runner) -> Result<()> {
@@ -653,16 +692,19 @@ impl Store for DynamoStore {
     }
 
     async fn list_runners(&self, limit: u32, cursor: Option<&str>) -> Result<Page<RunnerWithLoad>> {
-        let out = self
+        let query = self
             .query()
             .index_name(keys::GSI[1].0)
-            .key_condition_expression("gsi2pk = :runners AND gsi2sk > :cursor")
             .expression_attribute_values(":runners", s(keys::RUNNERS))
-            .expression_attribute_values(":cursor", s(cursor.unwrap_or("")))
-            .limit(limit as i32 + 1)
-            .send()
-            .await
-            .map_err(sdk)?;
+            .limit(limit as i32 + 1);
+        // DynamoDB refuses an empty string in a key condition.
+        let query = match cursor.filter(|c| !c.is_empty()) {
+            Some(cursor) => query
+                .key_condition_expression("gsi2pk = :runners AND gsi2sk > :cursor")
+                .expression_attribute_values(":cursor", s(cursor)),
+            None => query.key_condition_expression("gsi2pk = :runners"),
+        };
+        let out = query.send().await.map_err(sdk)?;
         let mut items = out
             .items
             .unwrap_or_default()
@@ -674,8 +716,14 @@ impl Store for DynamoStore {
     }
 
     async fn update_runner(&self, runner: &Runner, expected_version: u64) -> Result<()> {
-        let attrs = runner_attrs(runner)?.into_iter().map(|(k, v)| (k, Some(v))).collect();
-        if self.update_versioned(keys::runner(runner.id.as_str()), attrs, expected_version).await? {
+        let attrs = runner_attrs(runner)?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        if self
+            .update_versioned(keys::runner(runner.id.as_str()), attrs, expected_version)
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::conflict(Entity::Runner, &runner.id))
@@ -704,10 +752,15 @@ impl Store for DynamoStore {
                 .query()
                 .index_name(keys::GSI[0].0)
                 .key_condition_expression("gsi1pk = :status AND gsi1sk < :before")
-                .expression_attribute_values(":status", s(keys::runners_with_status(status.as_str())))
+                .expression_attribute_values(
+                    ":status",
+                    s(keys::runners_with_status(status.as_str())),
+                )
                 .expression_attribute_values(":before", s(keys::ts(before)))
                 .limit(limit.clamp(1, 1000) as i32);
-            let items = self.query_pages(query, |i| i.len() >= limit as usize).await?;
+            let items = self
+                .query_pages(query, |i| i.len() >= limit as usize)
+                .await?;
             for it in items {
                 found.push(runner_of(it)?.runner);
             }
@@ -730,7 +783,10 @@ impl Store for DynamoStore {
         self.shards_of_allocations(allocations).await
     }
 
-    async fn runner_with_shards(&self, id: &RunnerId) -> Result<Option<(RunnerWithLoad, Vec<Shard>)>> {
+    async fn runner_with_shards(
+        &self,
+        id: &RunnerId,
+    ) -> Result<Option<(RunnerWithLoad, Vec<Shard>)>> {
         let items = self
             .query_all(
                 self.query()
@@ -745,7 +801,10 @@ impl Store for DynamoStore {
         let Some(meta) = meta.into_iter().next() else {
             return Ok(None);
         };
-        Ok(Some((runner_of(meta)?, self.shards_of_allocations(allocations).await?)))
+        Ok(Some((
+            runner_of(meta)?,
+            self.shards_of_allocations(allocations).await?,
+        )))
     }
 
     async fn create_execution(
@@ -754,7 +813,10 @@ impl Store for DynamoStore {
         shards: &[Shard],
         idem: Option<&IdempotencyRecord>,
     ) -> Result<()> {
-        let queued = shards.iter().filter(|s| s.status == ShardStatus::Queued).count();
+        let queued = shards
+            .iter()
+            .filter(|s| s.status == ShardStatus::Queued)
+            .count();
         let mut exec_item = execution_item(execution)?;
         exec_item.insert("queued_shards".into(), n(queued));
         let mut items = vec![TransactWriteItem::builder()
@@ -784,7 +846,9 @@ impl Store for DynamoStore {
                     .put(
                         self.put(it)
                             // An expired record may be replaced; a live one means another request won.
-                            .condition_expression("attribute_not_exists(pk) OR expires_at_ms <= :now")
+                            .condition_expression(
+                                "attribute_not_exists(pk) OR expires_at_ms <= :now",
+                            )
                             .expression_attribute_values(":now", n(execution.created_at.0))
                             .build()
                             .map_err(Error::storage)?,
@@ -802,7 +866,11 @@ impl Store for DynamoStore {
         }
     }
 
-    async fn get_idempotency(&self, key: &str, now: Timestamp) -> Result<Option<IdempotencyRecord>> {
+    async fn get_idempotency(
+        &self,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<IdempotencyRecord>> {
         let Some(it) = self.get(keys::idempotency(key), keys::META).await? else {
             return Ok(None);
         };
@@ -843,7 +911,10 @@ impl Store for DynamoStore {
     async fn load_shard(&self, id: &ExecutionId, index: u32) -> Result<Option<(Execution, Shard)>> {
         let pk = keys::execution(id.as_str());
         let mut items = self
-            .batch_get(vec![(pk.clone(), keys::META.to_owned()), (pk, keys::shard(index))])
+            .batch_get(vec![
+                (pk.clone(), keys::META.to_owned()),
+                (pk, keys::shard(index)),
+            ])
             .await?
             .into_iter();
         match (items.next(), items.next()) {
@@ -866,11 +937,11 @@ impl Store for DynamoStore {
             .expression_attribute_names("#pk", pk)
             .expression_attribute_values(":pk", s(partition))
             .limit(filter.limit as i32 + 1);
-        query = match &filter.cursor {
+        query = match filter.cursor.as_deref().filter(|c| !c.is_empty()) {
             Some(cursor) => query
                 .key_condition_expression("#pk = :pk AND #sk < :cursor")
                 .expression_attribute_names("#sk", sk)
-                .expression_attribute_values(":cursor", s(cursor.as_str())),
+                .expression_attribute_values(":cursor", s(cursor)),
             None => query.key_condition_expression("#pk = :pk"),
         };
         if let (Some(_), Some(status)) = (&filter.suite, filter.status) {
@@ -893,7 +964,14 @@ impl Store for DynamoStore {
     async fn update_execution(&self, execution: &Execution, expected_version: u64) -> Result<()> {
         let mut attrs = vec![("doc", Some(to_av(execution)?))];
         attrs.extend(execution_state(execution));
-        if self.update_versioned(keys::execution(execution.id.as_str()), attrs, expected_version).await? {
+        if self
+            .update_versioned(
+                keys::execution(execution.id.as_str()),
+                attrs,
+                expected_version,
+            )
+            .await?
+        {
             Ok(())
         } else {
             Err(Error::conflict(Entity::Execution, &execution.id))
@@ -930,8 +1008,14 @@ impl Store for DynamoStore {
             .key_condition_expression("gsi3pk = :active")
             .expression_attribute_values(":active", s(keys::ACTIVE))
             .limit(limit.clamp(1, 1000) as i32);
-        let items = self.query_pages(query, |i| i.len() >= limit as usize).await?;
-        items.into_iter().take(limit as usize).map(execution_of).collect()
+        let items = self
+            .query_pages(query, |i| i.len() >= limit as usize)
+            .await?;
+        items
+            .into_iter()
+            .take(limit as usize)
+            .map(execution_of)
+            .collect()
     }
 
     async fn expired_shards(&self, now: Timestamp, limit: u32) -> Result<Vec<Shard>> {
@@ -942,20 +1026,20 @@ impl Store for DynamoStore {
             .expression_attribute_values(":lease", s(keys::LEASE))
             .expression_attribute_values(":now", s(keys::ts(now)))
             .limit(limit.clamp(1, 1000) as i32);
-        let items = self.query_pages(query, |i| i.len() >= limit as usize).await?;
+        let items = self
+            .query_pages(query, |i| i.len() >= limit as usize)
+            .await?;
         items.into_iter().take(limit as usize).map(doc_of).collect()
     }
 
     async fn assign(&self, w: &AssignmentWrite) -> Result<()> {
         let (shard, alloc) = (&w.shard, &w.allocation);
         let need = alloc.resources;
-        let runner = self
-            .get_runner(&alloc.runner_id)
-            .await?
-            .ok_or_else(|| Error::conflict(Entity::Runner, &alloc.runner_id))?
-            .runner;
-        let cap = runner.capacity;
-        if need.slots > cap.slots || need.cpu_millis > cap.cpu_millis || need.memory_mb > cap.memory_mb {
+        let cap = w.runner_capacity;
+        if need.slots > cap.slots
+            || need.cpu_millis > cap.cpu_millis
+            || need.memory_mb > cap.memory_mb
+        {
             return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
         }
         let shard_put = self
@@ -1032,8 +1116,16 @@ impl Store for DynamoStore {
                 "gsi2sk",
                 s(pool.as_str()),
             );
-            let cursor = with(with(cursor, "pool", s(pool.as_str())), "runner_id", s(alloc.runner_id.as_str()));
-            items.push(TransactWriteItem::builder().put(self.put(cursor).build().map_err(Error::storage)?).build());
+            let cursor = with(
+                with(cursor, "pool", s(pool.as_str())),
+                "runner_id",
+                s(alloc.runner_id.as_str()),
+            );
+            items.push(
+                TransactWriteItem::builder()
+                    .put(self.put(cursor).build().map_err(Error::storage)?)
+                    .build(),
+            );
         }
         match self.transact(items).await? {
             Ok(()) => Ok(()),
@@ -1139,7 +1231,11 @@ impl Store for DynamoStore {
     async fn put_rule(&self, rule: &LoadBalancingRule) -> Result<()> {
         let id = rule.id.as_str();
         let it = with(
-            with(item(keys::rule(id), keys::META, to_av(rule)?), "gsi2pk", s(keys::RULES)),
+            with(
+                item(keys::rule(id), keys::META, to_av(rule)?),
+                "gsi2pk",
+                s(keys::RULES),
+            ),
             "gsi2sk",
             s(id),
         );
@@ -1191,7 +1287,8 @@ impl Store for DynamoStore {
             .await?;
         let mut out = BTreeMap::new();
         for it in items {
-            if let (Some(pool), Some(runner)) = (str_attr(&it, "pool"), str_attr(&it, "runner_id")) {
+            if let (Some(pool), Some(runner)) = (str_attr(&it, "pool"), str_attr(&it, "runner_id"))
+            {
                 if let Ok(id) = RunnerId::parse(runner) {
                     out.insert(pool.clone(), id);
                 }
@@ -1224,13 +1321,19 @@ impl Store for DynamoStore {
             .expression_attribute_values(":now", n(now_seconds()))
             .scan_index_forward(false)
             .limit(limit.clamp(1, 1000) as i32);
-        let items = self.query_pages(query, |i| i.len() >= limit as usize).await?;
+        let items = self
+            .query_pages(query, |i| i.len() >= limit as usize)
+            .await?;
         items.into_iter().take(limit as usize).map(doc_of).collect()
     }
 
     async fn add_violation(&self, v: &Violation) -> Result<()> {
         let unique = ulid::Ulid::new().to_string();
-        let it = item(keys::runner_log(v.runner_id.as_str()), keys::violation(v.at, &unique), to_av(v)?);
+        let it = item(
+            keys::runner_log(v.runner_id.as_str()),
+            keys::violation(v.at, &unique),
+            to_av(v)?,
+        );
         let it = with(it, keys::EXPIRES_AT, expires_in(v.at, VIOLATION_TTL_MS));
         let it = with(it, "gsi2pk", s(keys::VIOLATIONS));
         let it = with(it, "gsi2sk", s(format!("{}#{unique}", keys::ts(v.at))));
@@ -1248,13 +1351,19 @@ impl Store for DynamoStore {
             .expression_attribute_values(":now", n(now_seconds()))
             .scan_index_forward(false)
             .limit(limit.clamp(1, 1000) as i32);
-        let items = self.query_pages(query, |i| i.len() >= limit as usize).await?;
+        let items = self
+            .query_pages(query, |i| i.len() >= limit as usize)
+            .await?;
         items.into_iter().take(limit as usize).map(doc_of).collect()
     }
 
     async fn put_token(&self, token: &ApiToken) -> Result<()> {
         if self
-            .put_new(item(keys::token(token.id.as_str()), keys::META, to_av(token)?))
+            .put_new(item(
+                keys::token(token.id.as_str()),
+                keys::META,
+                to_av(token)?,
+            ))
             .await?
         {
             Ok(())
@@ -1278,7 +1387,11 @@ impl Store for DynamoStore {
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
-        let it = with(key_of(keys::setting(key), keys::META.to_owned()), "value", s(value));
+        let it = with(
+            key_of(keys::setting(key), keys::META.to_owned()),
+            "value",
+            s(value),
+        );
         self.put_new(it).await?;
         self.get_setting(key)
             .await?

@@ -150,7 +150,9 @@ impl TableSpec {
                     .set_key_schema(Some(keys(&i.key_schema)?))
                     .projection(
                         Projection::builder()
-                            .projection_type(ProjectionType::from(i.projection.projection_type.as_str()))
+                            .projection_type(ProjectionType::from(
+                                i.projection.projection_type.as_str(),
+                            ))
                             .build(),
                     )
                     .build()

@@ -1,0 +1,128 @@
+//! The AWS messaging adapters: nudges as SQS messages, domain events on an
+//! EventBridge bus, and the SDK settings every AWS adapter shares.
+//!
+//! Messages are nudges, not state: a lost one only delays work until a sweep
+//! finds it in the table, so a failed send is logged, not surfaced to the
+//! caller whose write already succeeded.
+
+use crate::error::{Error, Result};
+use crate::ports::{Event, Events, Nudges};
+use aws_config::{BehaviorVersion, SdkConfig};
+use serde::Deserialize;
+
+/// `source` of every event TMS puts on its bus.
+pub const EVENT_SOURCE: &str = "tms";
+
+/// SDK settings from the environment's default chain (region, credentials),
+/// pointed at `endpoint` when given (moto, LocalStack) instead of AWS.
+pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(url) = endpoint {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
+/// "Look at the queue now": a message on the schedule queue, which the
+/// scheduler function consumes (batched, so a burst becomes one pass).
+#[derive(Clone)]
+pub struct SqsNudges {
+    client: aws_sdk_sqs::Client,
+    schedule_queue_url: String,
+}
+
+impl SqsNudges {
+    pub fn new(client: aws_sdk_sqs::Client, schedule_queue_url: impl Into<String>) -> Self {
+        SqsNudges {
+            client,
+            schedule_queue_url: schedule_queue_url.into(),
+        }
+    }
+}
+
+/// The body of a schedule nudge.
+pub const SCHEDULE_NUDGE: &str = r#"{"type":"schedule"}"#;
+
+impl Nudges for SqsNudges {
+    async fn schedule(&self) {
+        let sent = self
+            .client
+            .send_message()
+            .queue_url(&self.schedule_queue_url)
+            .message_body(SCHEDULE_NUDGE)
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
+                "schedule nudge not sent; the schedule sweep will find the work");
+        }
+    }
+}
+
+/// Domain events on a custom EventBridge bus; a rule routes
+/// `ShardCompleted` to the aggregate queue.
+#[derive(Clone)]
+pub struct EventBridgeEvents {
+    client: aws_sdk_eventbridge::Client,
+    bus: String,
+}
+
+impl EventBridgeEvents {
+    pub fn new(client: aws_sdk_eventbridge::Client, bus: impl Into<String>) -> Self {
+        EventBridgeEvents {
+            client,
+            bus: bus.into(),
+        }
+    }
+}
+
+impl Event {
+    /// The event's EventBridge `detail-type`.
+    pub fn detail_type(&self) -> &'static str {
+        match self {
+            Event::ShardCompleted { .. } => "ShardCompleted",
+        }
+    }
+
+    /// Reads an event back from the EventBridge envelope that a rule
+    /// delivers (for example as the body of an SQS message).
+    pub fn from_envelope(body: &str) -> Result<Event> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            detail: Event,
+        }
+        serde_json::from_str::<Envelope>(body)
+            .map(|e| e.detail)
+            .map_err(|e| Error::Internal(format!("not a TMS event envelope: {e}")))
+    }
+}
+
+impl Events for EventBridgeEvents {
+    async fn publish(&self, event: Event) -> Result<()> {
+        let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+            .event_bus_name(&self.bus)
+            .source(EVENT_SOURCE)
+            .detail_type(event.detail_type())
+            .detail(serde_json::to_string(&event).map_err(Error::storage)?)
+            .build();
+        let out = self
+            .client
+            .put_events()
+            .entries(entry)
+            .send()
+            .await
+            .map_err(Error::storage)?;
+        if out.failed_entry_count > 0 {
+            let reason = out
+                .entries()
+                .iter()
+                .filter_map(|e| e.error_message())
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(Error::Internal(format!(
+                "EventBridge refused the event: {reason}"
+            )));
+        }
+        Ok(())
+    }
+}
