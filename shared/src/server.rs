@@ -99,15 +99,8 @@ pub async fn serve(
             // completion, not latency, is what limits throughput.
             tokio::time::sleep(SCHEDULER_COALESCE).await;
             // Keep going while passes make progress (a pass handles one batch).
-            loop {
-                match scheduler.schedule_pass().await {
-                    Ok(0) => break,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        tracing::error!(error = %e, "schedule pass failed");
-                        break;
-                    }
-                }
+            if let Err(e) = scheduler.schedule_sweep().await {
+                tracing::error!(error = %e, "schedule pass failed");
             }
         }
     });

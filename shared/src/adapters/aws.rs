@@ -126,3 +126,41 @@ impl Events for EventBridgeEvents {
         Ok(())
     }
 }
+
+/// The adapters of a deployment on AWS: DynamoDB, SQS, EventBridge, and the
+/// system clock.
+pub struct AwsPorts;
+
+impl crate::ports::Ports for AwsPorts {
+    type Store = crate::adapters::DynamoStore;
+    type Clock = crate::time::SystemClock;
+    type Nudges = SqsNudges;
+    type Events = EventBridgeEvents;
+}
+
+/// Where the AWS resources of one deployment are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsResources {
+    pub table: String,
+    pub schedule_queue_url: String,
+    pub event_bus: String,
+}
+
+impl AwsResources {
+    /// An orchestrator on these resources.
+    pub fn orchestrator(
+        &self,
+        sdk: &SdkConfig,
+        config: crate::config::Config,
+        admin_token_hash: String,
+    ) -> crate::usecases::Orchestrator<AwsPorts> {
+        crate::usecases::Orchestrator::new(
+            crate::adapters::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &self.table),
+            crate::time::SystemClock,
+            SqsNudges::new(aws_sdk_sqs::Client::new(sdk), &self.schedule_queue_url),
+            EventBridgeEvents::new(aws_sdk_eventbridge::Client::new(sdk), &self.event_bus),
+            config,
+            admin_token_hash,
+        )
+    }
+}

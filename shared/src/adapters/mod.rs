@@ -7,7 +7,7 @@ pub mod dynamo;
 pub mod local;
 pub mod sqlite;
 
-pub use aws::{EventBridgeEvents, SqsNudges};
+pub use aws::{AwsPorts, AwsResources, EventBridgeEvents, SqsNudges};
 pub use dynamo::DynamoStore;
 
 pub use local::{ChannelEvents, NotifyNudges};

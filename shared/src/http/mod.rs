@@ -1,6 +1,6 @@
 //! The HTTP API: axum routes under `/api/enhanced-orchestration`, bearer
 //! auth, strict JSON bodies and problem+json errors. The same router serves
-//! `tms serve` and (later) the API Lambda functions.
+//! `tms serve` and, one route group each, the API Lambda functions.
 
 mod extract;
 mod handlers;
@@ -24,40 +24,73 @@ pub const BASE_PATH: &str = "/api/enhanced-orchestration";
 
 pub type AppState<P> = Arc<Orchestrator<P>>;
 
+/// The API's routes in groups: one group per API function on AWS (so each
+/// function's IAM policy grants only what its routes need); `tms serve`
+/// serves them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    All,
+    Runners,
+    Executions,
+    Webhooks,
+    Rules,
+    /// Health, utilization, tokens and the OpenAPI document.
+    System,
+}
+
 /// The whole API.
 pub fn router<P: Ports>(app: AppState<P>) -> Router {
+    router_for(app, Routes::All)
+}
+
+/// The routes of one group; any other path is a problem+json 404.
+pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
     use handlers::*;
-    let api = Router::new()
-        .route("/runners/register", post(register_runner::<P>))
-        .route("/runners", get(list_runners::<P>))
-        .route("/runners/{id}", get(get_runner::<P>))
-        .route("/runners/{id}/heartbeat", post(heartbeat::<P>))
-        .route("/runners/{id}/pause", post(pause_runner::<P>))
-        .route("/runners/{id}/resume", post(resume_runner::<P>))
-        .route("/runners/{id}/deregister", post(deregister_runner::<P>))
-        .route("/runners/{id}/health", get(runner_health::<P>))
-        .route("/executions/queue", post(queue_execution::<P>))
-        .route("/executions", get(list_executions::<P>))
-        .route("/executions/{id}/status", get(execution_status::<P>))
-        .route("/executions/{id}/report", get(execution_report::<P>))
-        .route("/executions/{id}/cancel", post(cancel_execution::<P>))
-        .route("/executions/{id}/retry", post(retry_execution::<P>))
-        .route(
-            "/load-balancing-rules",
-            post(create_rule::<P>).get(list_rules::<P>),
-        )
-        .route("/load-balancing-rules/{id}", delete(delete_rule::<P>))
-        .route(
+    let wanted = |group: Routes| routes == Routes::All || routes == group;
+    let mut api = Router::new();
+    if wanted(Routes::Runners) {
+        api = api
+            .route("/runners/register", post(register_runner::<P>))
+            .route("/runners", get(list_runners::<P>))
+            .route("/runners/{id}", get(get_runner::<P>))
+            .route("/runners/{id}/heartbeat", post(heartbeat::<P>))
+            .route("/runners/{id}/pause", post(pause_runner::<P>))
+            .route("/runners/{id}/resume", post(resume_runner::<P>))
+            .route("/runners/{id}/deregister", post(deregister_runner::<P>))
+            .route("/runners/{id}/health", get(runner_health::<P>));
+    }
+    if wanted(Routes::Executions) {
+        api = api
+            .route("/executions/queue", post(queue_execution::<P>))
+            .route("/executions", get(list_executions::<P>))
+            .route("/executions/{id}/status", get(execution_status::<P>))
+            .route("/executions/{id}/report", get(execution_report::<P>))
+            .route("/executions/{id}/cancel", post(cancel_execution::<P>))
+            .route("/executions/{id}/retry", post(retry_execution::<P>));
+    }
+    if wanted(Routes::Rules) {
+        api = api
+            .route(
+                "/load-balancing-rules",
+                post(create_rule::<P>).get(list_rules::<P>),
+            )
+            .route("/load-balancing-rules/{id}", delete(delete_rule::<P>));
+    }
+    if wanted(Routes::Webhooks) {
+        api = api.route(
             "/webhooks/parallel-execution/{id}",
             post(shard_webhook::<P>),
-        )
-        .route("/system/health", get(system_health::<P>))
-        .route("/resources/utilization", get(utilization::<P>))
-        .route("/tokens", post(create_token::<P>))
-        .fallback(not_found);
-    Router::new()
-        .nest(BASE_PATH, api)
-        .route("/openapi.json", get(openapi::serve))
+        );
+    }
+    let mut root = Router::new();
+    if wanted(Routes::System) {
+        api = api
+            .route("/system/health", get(system_health::<P>))
+            .route("/resources/utilization", get(utilization::<P>))
+            .route("/tokens", post(create_token::<P>));
+        root = root.route("/openapi.json", get(openapi::serve));
+    }
+    root.nest(BASE_PATH, api.fallback(not_found))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)

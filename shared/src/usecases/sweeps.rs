@@ -24,6 +24,7 @@ pub(crate) enum TakenBack {
 /// What one sweep did, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub struct SweepReport {
+    pub shards_assigned: u32,
     pub runners_marked_unhealthy: u32,
     pub shards_requeued: u32,
     pub shards_failed: u32,
@@ -32,6 +33,21 @@ pub struct SweepReport {
 }
 
 impl<P: Ports> Orchestrator<P> {
+    /// Scheduling passes until one assigns nothing: what a nudge triggers,
+    /// and on a timer the backstop for nudges that were lost.
+    pub async fn schedule_sweep(&self) -> Result<SweepReport> {
+        let mut report = SweepReport::default();
+        loop {
+            match self.schedule_pass().await? {
+                0 => return Ok(report),
+                n => {
+                    let n = u32::try_from(n).unwrap_or(u32::MAX);
+                    report.shards_assigned = report.shards_assigned.saturating_add(n);
+                }
+            }
+        }
+    }
+
     /// Runners silent for `missed_heartbeats` intervals become unhealthy and
     /// their shards go to other runners.
     pub async fn health_sweep(&self) -> Result<SweepReport> {

@@ -1,0 +1,6 @@
+//! API function: queueing, status, listing, cancel, retry and reports (`/executions/...`).
+
+#[tokio::main]
+async fn main() -> Result<(), tms_functions::HandlerError> {
+    tms_functions::run_api(tms::http::Routes::Executions).await
+}

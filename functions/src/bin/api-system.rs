@@ -1,0 +1,6 @@
+//! API function: system health, utilization, tokens and the OpenAPI document.
+
+#[tokio::main]
+async fn main() -> Result<(), tms_functions::HandlerError> {
+    tms_functions::run_api(tms::http::Routes::System).await
+}

@@ -1,0 +1,168 @@
+//! The Lambda functions of TMS. Each binary in `src/bin` only wires: it
+//! reads its typed settings at cold start (failing there, not on the first
+//! request), builds the orchestrator on the AWS adapters and hands one of
+//! the handlers below to the Lambda runtime. The handlers are plain async
+//! functions so the emulator test drives them in-process with recorded
+//! event payloads.
+
+pub mod env;
+
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use lambda_runtime::LambdaEvent;
+use std::sync::Arc;
+use tms::adapters::AwsPorts;
+use tms::ports::Event;
+use tms::usecases::{Orchestrator, SweepReport};
+
+pub use env::{FunctionEnv, SettingsError};
+
+/// The orchestrator a function runs, shared by its invocations.
+pub type App = Arc<Orchestrator<AwsPorts>>;
+
+/// The error a handler gives the runtime (it logs it and fails the invocation).
+pub type HandlerError = lambda_runtime::Error;
+
+/// Structured JSON logs on stdout (CloudWatch), filtered by `RUST_LOG`.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_current_span(false)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .init();
+}
+
+/// Cold start: settings from the environment, then the orchestrator.
+pub async fn cold_start(needs_admin_token: bool) -> Result<App, SettingsError> {
+    let env = FunctionEnv::from_process(needs_admin_token)?;
+    env.app().await
+}
+
+/// Every message of a batch reported as failed, so SQS redelivers them
+/// (and, after `maxReceiveCount`, moves them to the DLQ).
+fn fail_all(event: &SqsEvent) -> SqsBatchResponse {
+    failures(event.records.iter().filter_map(|m| m.message_id.clone()))
+}
+
+fn failures(ids: impl Iterator<Item = String>) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = ids
+        .map(|id| {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id;
+            failure
+        })
+        .collect();
+    response
+}
+
+/// The scheduler: a batch of schedule nudges (however many) is one
+/// scheduling pass, repeated while passes make progress.
+pub async fn schedule(
+    app: &App,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, HandlerError> {
+    match app.schedule_sweep().await {
+        Ok(report) => {
+            tracing::info!(assigned = report.shards_assigned, "scheduled");
+            Ok(SqsBatchResponse::default())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "scheduling failed; the nudges will be redelivered");
+            Ok(fail_all(&event.payload))
+        }
+    }
+}
+
+/// The aggregator: folds a batch of `ShardCompleted` events delivered by
+/// the EventBridge rule; a message that cannot be read or folded is
+/// reported failed alone.
+pub async fn aggregate(
+    app: &App,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, HandlerError> {
+    let mut events = Vec::new();
+    let mut failed = Vec::new();
+    for message in &event.payload.records {
+        let id = message.message_id.clone().unwrap_or_default();
+        match Event::from_envelope(message.body.as_deref().unwrap_or_default()) {
+            Ok(e) => events.push((id, e)),
+            Err(e) => {
+                tracing::error!(error = %e, message = %id, "unreadable event");
+                failed.push(id);
+            }
+        }
+    }
+    let batch: Vec<Event> = events.iter().map(|(_, e)| e.clone()).collect();
+    let results = app.handle_events(&batch).await;
+    for ((id, _), result) in events.into_iter().zip(results) {
+        if result.is_err() {
+            failed.push(id);
+        }
+    }
+    Ok(failures(failed.into_iter()))
+}
+
+/// Which sweep a scheduled function runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// The backstop for lost schedule nudges.
+    Schedule,
+    /// Silent runners become unhealthy and their shards are requeued.
+    Health,
+    /// Expired leases and executions past their timeout.
+    Timeout,
+}
+
+/// A scheduled sweep (an EventBridge schedule invokes it).
+pub async fn sweep(
+    app: &App,
+    which: Sweep,
+    _event: LambdaEvent<EventBridgeEvent>,
+) -> Result<SweepReport, HandlerError> {
+    let report = match which {
+        Sweep::Schedule => app.schedule_sweep().await?,
+        Sweep::Health => app.health_sweep().await?,
+        Sweep::Timeout => app.timeout_sweep().await?,
+    };
+    tracing::info!(sweep = ?which, report = ?report, "sweep done");
+    Ok(report)
+}
+
+/// Runs an API function: the routes of `routes`, behind API Gateway.
+pub async fn run_api(routes: tms::http::Routes) -> Result<(), HandlerError> {
+    init_logging();
+    let app = cold_start(true).await?;
+    lambda_http::run(tms::http::router_for(app, routes)).await
+}
+
+/// Runs a function that consumes an SQS queue with `handler`.
+pub async fn run_sqs<F, Fut>(handler: F) -> Result<(), HandlerError>
+where
+    F: Fn(App, LambdaEvent<SqsEvent>) -> Fut,
+    Fut: std::future::Future<Output = Result<SqsBatchResponse, HandlerError>>,
+{
+    init_logging();
+    let app = cold_start(false).await?;
+    lambda_runtime::run(lambda_runtime::service_fn(|event| {
+        handler(app.clone(), event)
+    }))
+    .await
+}
+
+/// Runs a scheduled sweep function.
+pub async fn run_sweep(which: Sweep) -> Result<(), HandlerError> {
+    init_logging();
+    let app = cold_start(false).await?;
+    lambda_runtime::run(lambda_runtime::service_fn(|event| {
+        let app = app.clone();
+        async move { sweep(&app, which, event).await }
+    }))
+    .await
+}
