@@ -45,3 +45,18 @@ pub async fn store() -> DynamoStore {
         .expect("create the table on moto");
     DynamoStore::new(client, table)
 }
+
+/// The template's stateful resources on moto, under a stage no other test uses.
+pub async fn stack() -> (
+    tms::adapters::stack::Template,
+    tms::adapters::stack::Stack,
+    SdkConfig,
+) {
+    let sdk = sdk_config().await;
+    let template = tms::adapters::stack::Template::builtin().expect("template.yaml parses");
+    let stage = unique_name("t");
+    let stack = tms::adapters::stack::create(&template, &[("Stage", &stage)], &sdk)
+        .await
+        .expect("create the template's resources on moto");
+    (template, stack, sdk)
+}

@@ -6,6 +6,7 @@ pub mod aws;
 pub mod dynamo;
 pub mod local;
 pub mod sqlite;
+pub mod stack;
 
 pub use aws::{AwsPorts, AwsResources, EventBridgeEvents, SqsNudges};
 pub use dynamo::DynamoStore;

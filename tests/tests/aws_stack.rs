@@ -1,0 +1,150 @@
+//! The template's resources created on moto from `template.yaml` itself, and
+//! the messaging adapters on them: nudges reach the schedule queue, events
+//! reach the aggregate queue through the bus and the rule.
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use tms::adapters::{EventBridgeEvents, SqsNudges};
+use tms::ids::{ExecutionId, LeaseId};
+use tms::ports::{Event, Events, Nudges};
+use tms_tests::moto;
+
+async fn receive(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<String> {
+    let out = sqs
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    out.messages
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.body)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_templates_queues_have_dead_letter_queues_and_six_times_the_consumer_timeout() {
+    let (_, stack, sdk) = moto::stack().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    for (queue, dlq) in [
+        ("ScheduleQueue", "ScheduleDeadLetterQueue"),
+        ("AggregateQueue", "AggregateDeadLetterQueue"),
+        ("DispatchQueue", "DispatchDeadLetterQueue"),
+    ] {
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(stack.physical(queue).unwrap())
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap();
+        let redrive: serde_json::Value =
+            serde_json::from_str(&attributes[&QueueAttributeName::RedrivePolicy]).unwrap();
+        assert_eq!(
+            redrive["deadLetterTargetArn"],
+            stack.get_att(dlq, "Arn").unwrap(),
+            "{queue}"
+        );
+        assert_eq!(
+            redrive["maxReceiveCount"].to_string().trim_matches('"'),
+            "5"
+        );
+        assert_eq!(attributes[&QueueAttributeName::VisibilityTimeout], "180");
+    }
+}
+
+#[tokio::test]
+async fn the_table_is_created_with_the_indexes_and_ttl_of_the_template() {
+    let (_, stack, sdk) = moto::stack().await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = stack.physical("Table").unwrap();
+    let described = dynamo
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
+    let mut indexes: Vec<String> = described
+        .table()
+        .unwrap()
+        .global_secondary_indexes()
+        .iter()
+        .filter_map(|i| i.index_name().map(str::to_owned))
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, ["gsi1", "gsi2", "gsi3", "gsi4", "gsi5", "gsi6"]);
+    let ttl = dynamo
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ttl.time_to_live_description()
+            .and_then(|t| t.attribute_name()),
+        Some("expires_at")
+    );
+}
+
+#[tokio::test]
+async fn creating_the_resources_again_keeps_them() {
+    let sdk = moto::sdk_config().await;
+    let template = tms::adapters::stack::Template::builtin().unwrap();
+    let stage = moto::unique_name("t");
+    let first = tms::adapters::stack::create(&template, &[("Stage", &stage)], &sdk)
+        .await
+        .unwrap();
+    let second = tms::adapters::stack::create(&template, &[("Stage", &stage)], &sdk)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.aws_resources().unwrap(),
+        second.aws_resources().unwrap()
+    );
+    assert_eq!(
+        first.physical("AdminTokenSecret"),
+        second.physical("AdminTokenSecret")
+    );
+}
+
+#[tokio::test]
+async fn a_schedule_nudge_lands_on_the_schedule_queue() {
+    let (_, stack, sdk) = moto::stack().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let url = stack.physical("ScheduleQueue").unwrap();
+    SqsNudges::new(sqs.clone(), url).schedule().await;
+    assert_eq!(
+        receive(&sqs, url).await,
+        [tms::adapters::aws::SCHEDULE_NUDGE]
+    );
+}
+
+#[tokio::test]
+async fn a_shard_completion_reaches_the_aggregate_queue_through_the_bus_and_rule() {
+    let (_, stack, sdk) = moto::stack().await;
+    let bus = stack.physical("EventBus").unwrap();
+    let event = Event::ShardCompleted {
+        execution_id: ExecutionId::generate(),
+        shard_index: 3,
+        lease_id: Some(LeaseId::generate()),
+        status: "passed".into(),
+    };
+    EventBridgeEvents::new(aws_sdk_eventbridge::Client::new(&sdk), bus)
+        .publish(event.clone())
+        .await
+        .unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let bodies = receive(&sqs, stack.physical("AggregateQueue").unwrap()).await;
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(Event::from_envelope(&bodies[0]).unwrap(), event);
+    assert!(
+        receive(&sqs, stack.physical("ScheduleQueue").unwrap())
+            .await
+            .is_empty(),
+        "the rule routes completions only to the aggregate queue"
+    );
+}
