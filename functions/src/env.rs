@@ -6,9 +6,12 @@
 //! for moto or LocalStack) are read by the SDK's default chain.
 
 use crate::App;
+use aws_config::SdkConfig;
 use std::sync::Arc;
-use tms::adapters::aws::{sdk_config, AwsResources};
+use tms::adapters::aws::{sdk_config, AwsPorts, AwsResources};
 use tms::config::Config;
+use tms::time::{Clock, SystemClock};
+use tms::usecases::Orchestrator;
 
 /// The DynamoDB table (`!Ref Table`).
 pub const TABLE: &str = "TMS_TABLE";
@@ -84,10 +87,22 @@ impl FunctionEnv {
         })
     }
 
-    /// The orchestrator on these settings. The admin token is read from
-    /// Secrets Manager once, and only its hash is kept.
+    /// The orchestrator on these settings, on AWS as the environment's SDK
+    /// settings point to, with the system clock.
     pub async fn app(&self) -> Result<App, SettingsError> {
-        let sdk = sdk_config(None).await;
+        self.orchestrator(&sdk_config(None).await, SystemClock)
+            .await
+    }
+
+    /// The orchestrator on these settings with the given SDK settings and
+    /// clock. The admin token is read from Secrets Manager once, and only its
+    /// hash is kept.
+    pub async fn orchestrator<C: Clock>(
+        &self,
+        sdk: &SdkConfig,
+        clock: C,
+    ) -> Result<Arc<Orchestrator<AwsPorts<C>>>, SettingsError> {
+        let sdk = sdk.clone();
         let admin_hash = match &self.admin_token_secret_arn {
             Some(arn) => {
                 let secret = aws_sdk_secretsmanager::Client::new(&sdk)
@@ -115,7 +130,7 @@ impl FunctionEnv {
             config.heartbeat_interval_secs = secs;
         }
         Ok(Arc::new(
-            self.resources.orchestrator(&sdk, config, admin_hash),
+            self.resources.orchestrator(&sdk, clock, config, admin_hash),
         ))
     }
 }

@@ -12,7 +12,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use lambda_runtime::LambdaEvent;
 use std::sync::Arc;
 use tms::adapters::AwsPorts;
-use tms::ports::Event;
+use tms::ports::{Event, Ports};
 use tms::usecases::{Orchestrator, SweepReport};
 
 pub use env::{FunctionEnv, SettingsError};
@@ -64,8 +64,8 @@ fn failures(ids: impl Iterator<Item = String>) -> SqsBatchResponse {
 
 /// The scheduler: a batch of schedule nudges (however many) is one
 /// scheduling pass, repeated while passes make progress.
-pub async fn schedule(
-    app: &App,
+pub async fn schedule<P: Ports>(
+    app: &Arc<Orchestrator<P>>,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, HandlerError> {
     match app.schedule_sweep().await {
@@ -83,8 +83,8 @@ pub async fn schedule(
 /// The aggregator: folds a batch of `ShardCompleted` events delivered by
 /// the EventBridge rule; a message that cannot be read or folded is
 /// reported failed alone.
-pub async fn aggregate(
-    app: &App,
+pub async fn aggregate<P: Ports>(
+    app: &Arc<Orchestrator<P>>,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, HandlerError> {
     let mut events = Vec::new();
@@ -121,8 +121,8 @@ pub enum Sweep {
 }
 
 /// A scheduled sweep (an EventBridge schedule invokes it).
-pub async fn sweep(
-    app: &App,
+pub async fn sweep<P: Ports>(
+    app: &Arc<Orchestrator<P>>,
     which: Sweep,
     _event: LambdaEvent<EventBridgeEvent>,
 ) -> Result<SweepReport, HandlerError> {

@@ -127,13 +127,13 @@ impl Events for EventBridgeEvents {
     }
 }
 
-/// The adapters of a deployment on AWS: DynamoDB, SQS, EventBridge, and the
-/// system clock.
-pub struct AwsPorts;
+/// The adapters of a deployment on AWS: DynamoDB, SQS, EventBridge, and a
+/// clock (the system's, or a manual one in tests).
+pub struct AwsPorts<C = crate::time::SystemClock>(std::marker::PhantomData<C>);
 
-impl crate::ports::Ports for AwsPorts {
+impl<C: crate::time::Clock> crate::ports::Ports for AwsPorts<C> {
     type Store = crate::adapters::DynamoStore;
-    type Clock = crate::time::SystemClock;
+    type Clock = C;
     type Nudges = SqsNudges;
     type Events = EventBridgeEvents;
 }
@@ -148,15 +148,16 @@ pub struct AwsResources {
 
 impl AwsResources {
     /// An orchestrator on these resources.
-    pub fn orchestrator(
+    pub fn orchestrator<C: crate::time::Clock>(
         &self,
         sdk: &SdkConfig,
+        clock: C,
         config: crate::config::Config,
         admin_token_hash: String,
-    ) -> crate::usecases::Orchestrator<AwsPorts> {
+    ) -> crate::usecases::Orchestrator<AwsPorts<C>> {
         crate::usecases::Orchestrator::new(
             crate::adapters::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &self.table),
-            crate::time::SystemClock,
+            clock,
             SqsNudges::new(aws_sdk_sqs::Client::new(sdk), &self.schedule_queue_url),
             EventBridgeEvents::new(aws_sdk_eventbridge::Client::new(sdk), &self.event_bus),
             config,
