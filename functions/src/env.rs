@@ -6,9 +6,9 @@
 //! for moto or LocalStack) are read by the SDK's default chain.
 
 use crate::App;
-use aws_config::SdkConfig;
+
 use std::sync::Arc;
-use tms::adapters::aws::{sdk_config, AwsPorts, AwsResources};
+use tms::adapters::aws::{sdk_config, AwsClients, AwsPorts, AwsResources};
 use tms::config::Config;
 use tms::time::{Clock, SystemClock};
 use tms::usecases::Orchestrator;
@@ -90,22 +90,22 @@ impl FunctionEnv {
     /// The orchestrator on these settings, on AWS as the environment's SDK
     /// settings point to, with the system clock.
     pub async fn app(&self) -> Result<App, SettingsError> {
-        self.orchestrator(&sdk_config(None).await, SystemClock)
-            .await
+        let clients = AwsClients::new(&sdk_config(None).await);
+        self.orchestrator(&clients, SystemClock).await
     }
 
-    /// The orchestrator on these settings with the given SDK settings and
-    /// clock. The admin token is read from Secrets Manager once, and only its
-    /// hash is kept.
+    /// The orchestrator on these settings with the given clients and clock.
+    /// The admin token is read from Secrets Manager once, and only its hash
+    /// is kept.
     pub async fn orchestrator<C: Clock>(
         &self,
-        sdk: &SdkConfig,
+        clients: &AwsClients,
         clock: C,
     ) -> Result<Arc<Orchestrator<AwsPorts<C>>>, SettingsError> {
-        let sdk = sdk.clone();
         let admin_hash = match &self.admin_token_secret_arn {
             Some(arn) => {
-                let secret = aws_sdk_secretsmanager::Client::new(&sdk)
+                let secret = clients
+                    .secrets
                     .get_secret_value()
                     .secret_id(arn)
                     .send()
@@ -130,7 +130,7 @@ impl FunctionEnv {
             config.heartbeat_interval_secs = secs;
         }
         Ok(Arc::new(
-            self.resources.orchestrator(&sdk, clock, config, admin_hash),
+            self.resources.orchestrator(clients, clock, config, admin_hash),
         ))
     }
 }

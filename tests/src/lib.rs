@@ -2,7 +2,9 @@
 //! DynamoDB on moto) with a manual clock, and a real `tms serve` process on a
 //! free port.
 
+pub mod meter;
 pub mod moto;
+pub mod serverless;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};

@@ -138,6 +138,27 @@ impl<C: crate::time::Clock> crate::ports::Ports for AwsPorts<C> {
     type Events = EventBridgeEvents;
 }
 
+/// The SDK clients of one deployment (built from one [`SdkConfig`], or
+/// with interceptors, as the request-cost measurement does).
+#[derive(Clone, Debug)]
+pub struct AwsClients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub eventbridge: aws_sdk_eventbridge::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+}
+
+impl AwsClients {
+    pub fn new(sdk: &SdkConfig) -> Self {
+        AwsClients {
+            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            eventbridge: aws_sdk_eventbridge::Client::new(sdk),
+            secrets: aws_sdk_secretsmanager::Client::new(sdk),
+        }
+    }
+}
+
 /// Where the AWS resources of one deployment are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsResources {
@@ -150,16 +171,16 @@ impl AwsResources {
     /// An orchestrator on these resources.
     pub fn orchestrator<C: crate::time::Clock>(
         &self,
-        sdk: &SdkConfig,
+        clients: &AwsClients,
         clock: C,
         config: crate::config::Config,
         admin_token_hash: String,
     ) -> crate::usecases::Orchestrator<AwsPorts<C>> {
         crate::usecases::Orchestrator::new(
-            crate::adapters::DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), &self.table),
+            crate::adapters::DynamoStore::new(clients.dynamodb.clone(), &self.table),
             clock,
-            SqsNudges::new(aws_sdk_sqs::Client::new(sdk), &self.schedule_queue_url),
-            EventBridgeEvents::new(aws_sdk_eventbridge::Client::new(sdk), &self.event_bus),
+            SqsNudges::new(clients.sqs.clone(), &self.schedule_queue_url),
+            EventBridgeEvents::new(clients.eventbridge.clone(), &self.event_bus),
             config,
             admin_token_hash,
         )

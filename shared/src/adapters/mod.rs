@@ -8,7 +8,7 @@ pub mod local;
 pub mod sqlite;
 pub mod stack;
 
-pub use aws::{AwsPorts, AwsResources, EventBridgeEvents, SqsNudges};
+pub use aws::{AwsClients, AwsPorts, AwsResources, EventBridgeEvents, SqsNudges};
 pub use dynamo::DynamoStore;
 
 pub use local::{ChannelEvents, NotifyNudges};

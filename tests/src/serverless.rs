@@ -1,0 +1,299 @@
+//! The serverless deployment on moto for tests and the cost report: the
+//! template's resources created from `template.yaml`, one orchestrator per
+//! function configured with exactly the environment the template gives it,
+//! and helpers that deliver what Lambda would — API Gateway HTTP API (v2)
+//! events, SQS batches read from the real queues, scheduled events — to the
+//! functions' handlers. Payload shapes are in `tests/events/`. All functions
+//! share one manual clock.
+
+use crate::meter::Meter;
+use crate::moto;
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_http::request::LambdaRequest;
+use lambda_http::{Adapter, Context, LambdaEvent, Service};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tms::adapters::aws::AwsPorts;
+use tms::adapters::stack::{Stack, Template};
+use tms::http::Routes;
+use tms::time::{ManualClock, Timestamp};
+use tms::usecases::Orchestrator;
+use tms_functions::{FunctionEnv, Sweep};
+
+pub type App = Arc<Orchestrator<AwsPorts<ManualClock>>>;
+
+const HTTP_REQUEST: &str = include_str!("../events/http-api-request.json");
+const SQS_BATCH: &str = include_str!("../events/sqs-batch.json");
+const SCHEDULED: &str = include_str!("../events/scheduled-event.json");
+pub const BASE: &str = "/api/enhanced-orchestration";
+
+/// The deployed stack on moto, with one orchestrator per function.
+pub struct Deployment {
+    pub stack: Stack,
+    pub sdk: aws_config::SdkConfig,
+    pub clock: ManualClock,
+    functions: BTreeMap<String, App>,
+    pub admin_token: String,
+    /// Every AWS request the functions make.
+    pub meter: Meter,
+}
+
+impl Deployment {
+    pub async fn start() -> Deployment {
+        let (template, stack, sdk) = moto::stack().await;
+        let clock = ManualClock::new(Timestamp(1_800_000_000_000));
+        let meter = Meter::default();
+        let mut functions = BTreeMap::new();
+        for id in template.functions() {
+            let app = Self::function(&template, &stack, &meter, &sdk, &clock, &id).await;
+            functions.insert(id, app);
+        }
+        let secret = stack
+            .physical("AdminTokenSecret")
+            .expect("the stack generated the admin token");
+        let admin_token = aws_sdk_secretsmanager::Client::new(&sdk)
+            .get_secret_value()
+            .secret_id(secret)
+            .send()
+            .await
+            .unwrap()
+            .secret_string
+            .unwrap();
+        Deployment {
+            stack,
+            sdk,
+            clock,
+            functions,
+            admin_token,
+            meter,
+        }
+    }
+
+    /// A function configured from the template's environment for it.
+    async fn function(
+        template: &Template,
+        stack: &Stack,
+        meter: &Meter,
+        sdk: &aws_config::SdkConfig,
+        clock: &ManualClock,
+        id: &str,
+    ) -> App {
+        let env = stack.function_env(template, id).unwrap();
+        let is_api = env.contains_key(tms_functions::env::ADMIN_TOKEN_SECRET_ARN);
+        FunctionEnv::from_lookup(is_api, |k| env.get(k).cloned())
+            .unwrap_or_else(|e| panic!("{id}: {e}"))
+            .orchestrator(&meter.clients(sdk), clock.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"))
+    }
+
+    pub fn app(&self, function: &str) -> &App {
+        &self.functions[function]
+    }
+
+    /// An HTTP request through API Gateway to `function`'s handler.
+    pub async fn http(
+        &self,
+        function: &str,
+        routes: Routes,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut event: Value = serde_json::from_str(HTTP_REQUEST).unwrap();
+        let route = format!("{method} {path}");
+        event["routeKey"] = json!(route);
+        event["rawPath"] = json!(path);
+        event["requestContext"]["routeKey"] = json!(route);
+        event["requestContext"]["http"]["method"] = json!(method);
+        event["requestContext"]["http"]["path"] = json!(path);
+        if let Some(token) = token {
+            event["headers"]["authorization"] = json!(format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            event["body"] = json!(body.to_string());
+        }
+        let request: LambdaRequest = serde_json::from_value(event).unwrap();
+        let router = tms::http::router_for(self.app(function).clone(), routes);
+        let response = Adapter::from(router)
+            .call(LambdaEvent::new(request, Context::default()))
+            .await
+            .unwrap();
+        let response = serde_json::to_value(response).unwrap();
+        let status = response["statusCode"].as_u64().unwrap() as u16;
+        let body = response["body"]
+            .as_str()
+            .map(|b| serde_json::from_str(b).unwrap_or(Value::String(b.into())))
+            .unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Everything on a queue, as the batch Lambda's poller would deliver it.
+    pub async fn batch(&self, queue: &str) -> SqsEvent {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        let url = self.stack.physical(queue).unwrap();
+        let template: Value = serde_json::from_str(SQS_BATCH).unwrap();
+        let mut records = Vec::new();
+        loop {
+            let out = sqs
+                .receive_message()
+                .queue_url(url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .unwrap();
+            let messages = out.messages.unwrap_or_default();
+            if messages.is_empty() {
+                break;
+            }
+            for m in messages {
+                let mut record = template["Records"][0].clone();
+                record["messageId"] = json!(m.message_id);
+                record["receiptHandle"] = json!(m.receipt_handle);
+                record["body"] = json!(m.body);
+                record["eventSourceARN"] = json!(self.stack.get_att(queue, "Arn"));
+                records.push(record);
+            }
+        }
+        serde_json::from_value(json!({ "Records": records })).unwrap()
+    }
+
+    /// Deletes the messages the handler did not report as failed (what the
+    /// event source mapping does with a partial batch response).
+    pub async fn settle(&self, queue: &str, batch: &SqsEvent, response: &SqsBatchResponse) {
+        let sqs = aws_sdk_sqs::Client::new(&self.sdk);
+        for m in &batch.records {
+            let failed = response
+                .batch_item_failures
+                .iter()
+                .any(|f| Some(&f.item_identifier) == m.message_id.as_ref());
+            if !failed {
+                sqs.delete_message()
+                    .queue_url(self.stack.physical(queue).unwrap())
+                    .receipt_handle(m.receipt_handle.clone().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// The scheduler consumes the schedule queue; returns how many nudges it got.
+    pub async fn run_scheduler(&self) -> usize {
+        let batch = self.batch("ScheduleQueue").await;
+        let n = batch.records.len();
+        if n > 0 {
+            let response = tms_functions::schedule(
+                self.app("SchedulerFunction"),
+                LambdaEvent::new(batch.clone(), Context::default()),
+            )
+            .await
+            .unwrap();
+            assert!(response.batch_item_failures.is_empty());
+            self.settle("ScheduleQueue", &batch, &response).await;
+        }
+        n
+    }
+
+    /// The aggregator consumes the aggregate queue (fed by the bus's rule).
+    pub async fn run_aggregator(&self) -> usize {
+        let batch = self.batch("AggregateQueue").await;
+        let n = batch.records.len();
+        let response = tms_functions::aggregate(
+            self.app("AggregatorFunction"),
+            LambdaEvent::new(batch.clone(), Context::default()),
+        )
+        .await
+        .unwrap();
+        assert!(response.batch_item_failures.is_empty(), "{response:?}");
+        self.settle("AggregateQueue", &batch, &response).await;
+        n
+    }
+
+    pub async fn run_sweep(&self, function: &str, which: Sweep) -> tms::usecases::SweepReport {
+        let event: EventBridgeEvent = serde_json::from_str(SCHEDULED).unwrap();
+        tms_functions::sweep(
+            self.app(function),
+            which,
+            LambdaEvent::new(event, Context::default()),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Registers a runner with two slots; returns its id and token.
+    pub async fn register(&self, name: &str) -> (String, String) {
+        self.register_with_slots(name, 2).await
+    }
+
+    pub async fn register_with_slots(&self, name: &str, slots: u32) -> (String, String) {
+        let (status, body) = self
+            .http(
+                "ApiRunnersFunction",
+                Routes::Runners,
+                "POST",
+                &format!("{BASE}/runners/register"),
+                Some(&self.admin_token),
+                Some(json!({"name": name, "type": "custom",
+                    "capacity": {"slots": slots, "cpu_millis": 64_000, "memory_mb": 131_072}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["id"].as_str().unwrap().into(),
+            body["token"].as_str().unwrap().into(),
+        )
+    }
+
+    pub async fn queue(&self, body: Value) -> (String, String) {
+        let (status, body) = self
+            .http(
+                "ApiExecutionsFunction",
+                Routes::Executions,
+                "POST",
+                &format!("{BASE}/executions/queue"),
+                Some(&self.admin_token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        (
+            body["id"].as_str().unwrap().into(),
+            body["webhook_token"].as_str().unwrap().into(),
+        )
+    }
+
+    pub async fn heartbeat(&self, runner: &(String, String)) -> Vec<Value> {
+        let (status, body) = self
+            .http(
+                "ApiRunnersFunction",
+                Routes::Runners,
+                "POST",
+                &format!("{BASE}/runners/{}/heartbeat", runner.0),
+                Some(&runner.1),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["assignments"].as_array().unwrap().clone()
+    }
+
+    pub async fn status(&self, execution: &str) -> Value {
+        let (status, body) = self
+            .http(
+                "ApiExecutionsFunction",
+                Routes::Executions,
+                "GET",
+                &format!("{BASE}/executions/{execution}/status"),
+                Some(&self.admin_token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
