@@ -3,18 +3,18 @@
 //!
 //! moto does not report consumed capacity faithfully, so units follow
 //! DynamoDB's published rules from the items that cross the wire:
-//! - writes: 1 unit per started KB of the item written, doubled in a
-//!   transaction, plus the same again for every GSI the item is in (all
-//!   indexes project all attributes);
+//! - writes: 1 unit per started KB of the item written, plus 1 for every
+//!   index entry written (the indexes project keys only, so an entry is
+//!   written only when the item enters or leaves the index, 1 unit, or its
+//!   index key changes, 2: a delete and a put); all doubled in a transaction;
 //! - reads: 1 unit per started 4 KB (half when eventually consistent, as GSI
 //!   queries are); a query's items are summed before rounding; a consistent
 //!   read or a query costs at least its minimum even when nothing is found.
 //!   Item sizes follow DynamoDB's sizing (attribute names plus values).
 //!
 //! An update's written size is the size of the item last seen under that key
-//! (from a put or a read), which is what DynamoDB bills for an update; since
-//! every index projects all attributes, an update also rewrites the item in
-//! every index it belongs to (or that the update puts it in).
+//! (from a put or a read), which is what DynamoDB bills for an update, and
+//! its index keys before the update are the ones last seen too.
 
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::{
@@ -66,11 +66,92 @@ impl Usage {
     }
 }
 
+/// What the meter last saw of an item.
+#[derive(Debug, Clone, Default)]
+struct Known {
+    size: usize,
+    /// `gsiNpk`/`gsiNsk` attribute values.
+    index_keys: BTreeMap<String, String>,
+}
+
+fn index_keys(item: &Map<String, Value>) -> BTreeMap<String, String> {
+    item.iter()
+        .filter(|(k, _)| k.starts_with("gsi"))
+        .filter_map(|(k, v)| Some((k.clone(), v.get("S")?.as_str()?.to_owned())))
+        .collect()
+}
+
+/// Index entries written when an item's index keys go from `old` to `new`.
+fn index_writes(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> usize {
+    (1..=6)
+        .map(|n| {
+            let entry = |keys: &BTreeMap<String, String>| {
+                Some((keys.get(&format!("gsi{n}pk"))?.clone(), keys.get(&format!("gsi{n}sk"))?.clone()))
+            };
+            match (entry(old), entry(new)) {
+                (Some(a), Some(b)) if a == b => 0,
+                (Some(_), Some(_)) => 2,
+                (None, None) => 0,
+                _ => 1,
+            }
+        })
+        .sum()
+}
+
+/// Applies an update expression's SET and REMOVE of index keys to `keys`.
+/// A key set from another attribute (`gsi1sk = pending1`) gets a value that
+/// counts as changed.
+fn apply_update(keys: &mut BTreeMap<String, String>, body: &Map<String, Value>) {
+    let expression = body.get("UpdateExpression").and_then(Value::as_str).unwrap_or("");
+    let name = |token: &str| -> String {
+        body.get("ExpressionAttributeNames")
+            .and_then(|n| n.get(token))
+            .and_then(Value::as_str)
+            .unwrap_or(token)
+            .to_owned()
+    };
+    // Split into clauses by keyword.
+    let mut sections: Vec<(&str, String)> = Vec::new();
+    for token in expression.split_whitespace() {
+        if ["SET", "REMOVE", "ADD", "DELETE"].contains(&token) {
+            sections.push((token, String::new()));
+        } else if let Some((_, text)) = sections.last_mut() {
+            text.push_str(token);
+            text.push(' ');
+        }
+    }
+    for (keyword, text) in sections {
+        for assignment in text.split(',') {
+            match keyword {
+                "SET" => {
+                    let Some((lhs, rhs)) = assignment.split_once('=') else { continue };
+                    let attribute = name(lhs.trim());
+                    if !attribute.starts_with("gsi") {
+                        continue;
+                    }
+                    let rhs = rhs.trim();
+                    let value = body
+                        .get("ExpressionAttributeValues")
+                        .and_then(|v| v.get(rhs))
+                        .and_then(|v| v.get("S"))
+                        .and_then(Value::as_str)
+                        .map_or_else(|| format!("<{rhs}>"), str::to_owned);
+                    keys.insert(attribute, value);
+                }
+                "REMOVE" => {
+                    keys.remove(&name(assignment.trim()));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     usage: Usage,
-    /// Last known size of each item and how many indexes it is in, by `pk|sk`.
-    sizes: HashMap<String, (usize, usize)>,
+    /// Last known size and index keys of each item, by `pk|sk`.
+    known: HashMap<String, Known>,
 }
 
 /// The interceptor; clone it onto every client.
@@ -163,51 +244,59 @@ fn read_units(size: usize, consistent: bool) -> f64 {
     }
 }
 
-/// How many of the table's indexes an item (or an update expression) touches.
-fn indexes_in(text: &str) -> usize {
-    (1..=6)
-        .filter(|n| text.contains(&format!("gsi{n}pk")))
-        .count()
-}
-
 impl State {
-    fn known(&self, key: &Map<String, Value>) -> (usize, usize) {
-        self.sizes.get(&key_of(key)).copied().unwrap_or((1024, 0))
+    fn known(&self, key: &Map<String, Value>) -> Known {
+        self.known.get(&key_of(key)).cloned().unwrap_or(Known {
+            size: 1024,
+            index_keys: BTreeMap::new(),
+        })
     }
 
     /// Write units of one write (`Put`, `Update` or `Delete` body).
     fn write(&mut self, kind: &str, body: &Map<String, Value>) -> f64 {
-        match kind {
+        let empty = Map::new();
+        let field = |k: &str| body.get(k).and_then(Value::as_object).unwrap_or(&empty);
+        let (key, before, after) = match kind {
             "Put" | "PutItem" => {
-                let item = body.get("Item").and_then(Value::as_object).cloned().unwrap_or_default();
-                let size = item_size(&item);
-                let indexes = indexes_in(&Value::Object(item.clone()).to_string());
-                self.sizes.insert(key_of(&item), (size, indexes));
-                write_units(size) * (1 + indexes) as f64
+                let item = field("Item");
+                let after = Known {
+                    size: item_size(item),
+                    index_keys: index_keys(item),
+                };
+                (key_of(item), self.known(item), Some(after))
             }
             "Update" | "UpdateItem" => {
-                let key = body.get("Key").and_then(Value::as_object).cloned().unwrap_or_default();
-                let (size, indexes_before) = self.known(&key);
-                let names = body.get("ExpressionAttributeNames").map(Value::to_string).unwrap_or_default();
-                let expression = body.get("UpdateExpression").and_then(Value::as_str).unwrap_or("");
-                let indexes = indexes_before.max(indexes_in(expression)).max(indexes_in(&names));
-                write_units(size) * (1 + indexes) as f64
+                let before = self.known(field("Key"));
+                let mut after = before.clone();
+                apply_update(&mut after.index_keys, body);
+                (key_of(field("Key")), before, Some(after))
             }
-            "Delete" | "DeleteItem" => {
-                let key = body.get("Key").and_then(Value::as_object).cloned().unwrap_or_default();
-                let (size, indexes) = self.known(&key);
-                write_units(size) * (1 + indexes) as f64
-            }
-            _ => 0.0,
-        }
+            "Delete" | "DeleteItem" => (key_of(field("Key")), self.known(field("Key")), None),
+            _ => return 0.0,
+        };
+        let no_keys = BTreeMap::new();
+        let new_keys = after.as_ref().map_or(&no_keys, |a| &a.index_keys);
+        let indexes = index_writes(&before.index_keys, new_keys);
+        let size = after.as_ref().map_or(before.size, |a| a.size);
+        match after {
+            Some(a) => self.known.insert(key, a),
+            None => self.known.remove(&key),
+        };
+        write_units(size) + indexes as f64
     }
 
     fn remember(&mut self, items: &[Value]) -> usize {
         let mut total = 0;
         for item in items.iter().filter_map(Value::as_object) {
             let size = item_size(item);
-            let indexes = indexes_in(&Value::Object(item.clone()).to_string());
-            self.sizes.insert(key_of(item), (size, indexes));
+            let known = Known {
+                size,
+                index_keys: index_keys(item),
+            };
+            // A keys-only index read returns keys, not the item: keep what is known.
+            if item.contains_key("doc") || !self.known.contains_key(&key_of(item)) {
+                self.known.insert(key_of(item), known);
+            }
             total += size;
         }
         total
@@ -346,12 +435,30 @@ mod tests {
     }
 
     #[test]
-    fn a_transactional_put_into_two_indexes_costs_six_units_per_kb() {
+    fn a_transactional_put_into_two_indexes_costs_twice_three_units() {
         let mut state = State::default();
         let put = json!({"TransactItems": [{"Put": {"Item": {
             "pk": {"S": "EXEC#1"}, "sk": {"S": "META"},
-            "gsi1pk": {"S": "PENDING"}, "gsi4pk": {"S": "EXECS"}}}}]});
+            "gsi1pk": {"S": "PENDING"}, "gsi1sk": {"S": "1"},
+            "gsi4pk": {"S": "EXECS"}, "gsi4sk": {"S": "1"}}}}]});
         state.record("DynamoDB.TransactWriteItems", &put, &Value::Null);
         assert_eq!(state.usage.write_units, 6.0);
+    }
+
+    #[test]
+    fn an_update_that_moves_no_index_key_writes_no_index_entry() {
+        let mut state = State::default();
+        let put = json!({"Item": {"pk": {"S": "RUNNER#1"}, "sk": {"S": "META"},
+            "gsi1pk": {"S": "RUNNERS#active"}, "gsi1sk": {"S": "0001#1"}}});
+        state.record("DynamoDB.PutItem", &put, &Value::Null);
+        let add = json!({"Key": {"pk": {"S": "RUNNER#1"}, "sk": {"S": "META"}},
+            "UpdateExpression": "ADD used_slots :one"});
+        state.record("DynamoDB.UpdateItem", &add, &Value::Null);
+        assert_eq!(state.usage.write_units, 2.0 + 1.0);
+        let beat = json!({"Key": {"pk": {"S": "RUNNER#1"}, "sk": {"S": "META"}},
+            "UpdateExpression": "SET #a0 = :a0", "ExpressionAttributeNames": {"#a0": "gsi1sk"},
+            "ExpressionAttributeValues": {":a0": {"S": "0002#1"}}});
+        state.record("DynamoDB.UpdateItem", &beat, &Value::Null);
+        assert_eq!(state.usage.write_units, 3.0 + 1.0 + 2.0, "the entry moved: a delete and a put");
     }
 }

@@ -143,3 +143,49 @@ async fn the_health_sweep_marks_a_silent_runner_unhealthy_and_requeues_its_work(
         "no healthy runner to take the requeued shard"
     );
 }
+
+/// The request counts `docs/data-model.md` promises for the hot paths,
+/// measured with the SDK interceptor (a regression here is a cost regression).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_hot_path_makes_the_requests_the_data_model_promises() {
+    let d = Deployment::start().await;
+    let runner = d.register_with_slots("r", 2).await;
+    d.heartbeat(&runner).await;
+
+    let mark = d.meter.usage();
+    d.heartbeat(&runner).await;
+    let idle = d.meter.usage().minus(&mark);
+    assert_eq!(idle.requests.len(), 1, "{idle:?}");
+    assert_eq!(idle.count("DynamoDB.Query"), 1, "a heartbeat is one query of the runner's items");
+
+    let mark = d.meter.usage();
+    let (execution, webhook) = d
+        .queue(json!({"suite": "s", "tests": ["a", "b"], "parallelism": 2}))
+        .await;
+    let queued = d.meter.usage().minus(&mark);
+    assert_eq!(queued.count("DynamoDB.TransactWriteItems"), 1, "{queued:?}");
+    assert_eq!(queued.count("SQS.SendMessage"), 1, "one nudge");
+    assert_eq!(queued.count("DynamoDB."), 1, "{queued:?}");
+
+    d.run_scheduler().await;
+    let work = d.heartbeat(&runner).await;
+    let report = |a: &serde_json::Value| {
+        json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"],
+            "status": "passed", "results": {"passed": 1, "failed": 0, "skipped": 0}})
+    };
+    let path = format!("{BASE}/webhooks/parallel-execution/{execution}");
+    // The first report also checks the webhook token (then trusted for 5 s).
+    d.http("ApiWebhooksFunction", Routes::Webhooks, "POST", &path, Some(&webhook), Some(report(&work[0])))
+        .await;
+    let mark = d.meter.usage();
+    let (status, _) = d
+        .http("ApiWebhooksFunction", Routes::Webhooks, "POST", &path, Some(&webhook), Some(report(&work[1])))
+        .await;
+    assert!(status < 300);
+    let reported = d.meter.usage().minus(&mark);
+    assert_eq!(reported.count("DynamoDB.BatchGetItem"), 1, "{reported:?}");
+    assert_eq!(reported.count("DynamoDB.TransactWriteItems"), 1, "{reported:?}");
+    assert_eq!(reported.count("DynamoDB."), 2, "{reported:?}");
+    assert_eq!(reported.events, 1, "one ShardCompleted");
+    assert_eq!(reported.count("SQS.SendMessage"), 1, "one nudge");
+}

@@ -163,6 +163,40 @@ impl DynamoStore {
         self.query_pages(query, |_| false).await
     }
 
+    /// Reads through an index: the indexes project keys only (an update
+    /// that moves no index key then writes nothing to the indexes), so each
+    /// page of keys is followed by a consistent `BatchGetItem` of the items.
+    /// Items that no longer pass `keep` (they changed after the index was
+    /// read) are dropped. Stops once `enough` holds or the index ends.
+    async fn index_items(
+        &self,
+        query: QueryFluentBuilder,
+        keep: impl Fn(&Item) -> bool,
+        mut enough: impl FnMut(&[Item]) -> bool,
+    ) -> Result<Vec<Item>> {
+        let mut items: Vec<Item> = Vec::new();
+        let mut start = None;
+        loop {
+            let out = query
+                .clone()
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk)?;
+            let wanted = out
+                .items
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|k| Some((str_attr(k, keys::PK)?.clone(), str_attr(k, keys::SK)?.clone())))
+                .collect();
+            items.extend(self.batch_get(wanted).await?.into_iter().filter(|i| keep(i)));
+            start = out.last_evaluated_key;
+            if start.is_none() || enough(&items) {
+                return Ok(items);
+            }
+        }
+    }
+
     /// Counts what a query matches, across pages.
     async fn count(&self, query: QueryFluentBuilder) -> Result<u64> {
         let mut total = 0u64;
@@ -336,30 +370,20 @@ impl DynamoStore {
 
     /// Pending executions from one GSI, in its order, until they hold
     /// `max_shards` queued shards or `max_executions` executions.
-    async fn pending_in(
-        &self,
-        index: usize,
-        max_shards: u32,
-        max_executions: u32,
-    ) -> Result<Vec<Execution>> {
+    async fn pending_in(&self, index: usize, max_shards: u32, max_executions: u32) -> Result<Vec<Execution>> {
         let (name, pk, _) = keys::GSI[index];
         let query = self
             .query()
             .index_name(name)
             .key_condition_expression("#pk = :pending")
-            .filter_expression("queued_shards > :zero AND #status IN (:queued, :running)")
             .expression_attribute_names("#pk", pk)
-            .expression_attribute_names("#status", "status")
             .expression_attribute_values(":pending", s(keys::PENDING))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":queued", s(ExecutionStatus::Queued.as_str()))
-            .expression_attribute_values(":running", s(ExecutionStatus::Running.as_str()))
             .limit(max_executions.clamp(1, 100) as i32);
         let enough = |items: &[Item]| {
             let shards: u64 = items.iter().map(|i| num(i, "queued_shards")).sum();
             shards >= u64::from(max_shards) || items.len() >= max_executions as usize
         };
-        let items = self.query_pages(query, enough).await?;
+        let items = self.index_items(query, is_pending, enough).await?;
         let mut out = Vec::new();
         let mut shards = 0u64;
         for item in items {
@@ -371,6 +395,25 @@ impl DynamoStore {
         }
         Ok(out)
     }
+}
+
+/// An execution that still has queued shards and is not finished (an entry
+/// under `PENDING` may lag behind: the counter reached zero, or the
+/// execution finished, after it was indexed).
+fn is_pending(item: &Item) -> bool {
+    let open = matches!(
+        str_attr(item, "status").map(String::as_str),
+        Some(s) if s == ExecutionStatus::Queued.as_str() || s == ExecutionStatus::Running.as_str()
+    );
+    open && num(item, "queued_shards") > 0
+}
+
+fn has_status(item: &Item, wanted: &[&str]) -> bool {
+    str_attr(item, "status").is_some_and(|s| wanted.contains(&s.as_str()))
+}
+
+fn everything(_: &Item) -> bool {
+    true
 }
 
 // ---- attribute helpers -------------------------------------------------
@@ -704,11 +747,11 @@ impl Store for DynamoStore {
                 .expression_attribute_values(":cursor", s(cursor)),
             None => query.key_condition_expression("gsi2pk = :runners"),
         };
-        let out = query.send().await.map_err(sdk)?;
-        let mut items = out
-            .items
-            .unwrap_or_default()
+        let wanted = limit as usize + 1;
+        let items = self.index_items(query, everything, |i| i.len() >= wanted).await?;
+        let mut items = items
             .into_iter()
+            .take(wanted)
             .map(runner_of)
             .collect::<Result<Vec<_>>>()?;
         let next_cursor = page_cursor(&mut items, limit, |r| r.runner.id.to_string());
@@ -731,16 +774,14 @@ impl Store for DynamoStore {
     }
 
     async fn schedulable_runners(&self) -> Result<Vec<RunnerWithLoad>> {
+        let active = RunnerStatus::Active.as_str();
+        let query = self
+            .query()
+            .index_name(keys::GSI[0].0)
+            .key_condition_expression("gsi1pk = :active")
+            .expression_attribute_values(":active", s(keys::runners_with_status(active)));
         let items = self
-            .query_all(
-                self.query()
-                    .index_name(keys::GSI[0].0)
-                    .key_condition_expression("gsi1pk = :active")
-                    .expression_attribute_values(
-                        ":active",
-                        s(keys::runners_with_status(RunnerStatus::Active.as_str())),
-                    ),
-            )
+            .index_items(query, |i| has_status(i, &[active]), |_| false)
             .await?;
         items.into_iter().map(runner_of).collect()
     }
@@ -752,14 +793,14 @@ impl Store for DynamoStore {
                 .query()
                 .index_name(keys::GSI[0].0)
                 .key_condition_expression("gsi1pk = :status AND gsi1sk < :before")
-                .expression_attribute_values(
-                    ":status",
-                    s(keys::runners_with_status(status.as_str())),
-                )
+                .expression_attribute_values(":status", s(keys::runners_with_status(status.as_str())))
                 .expression_attribute_values(":before", s(keys::ts(before)))
                 .limit(limit.clamp(1, 1000) as i32);
+            let still_silent = |i: &Item| {
+                has_status(i, &[status.as_str()]) && (num(i, "last_heartbeat") as i64) < before.0
+            };
             let items = self
-                .query_pages(query, |i| i.len() >= limit as usize)
+                .index_items(query, still_silent, |i| i.len() >= limit as usize)
                 .await?;
             for it in items {
                 found.push(runner_of(it)?.runner);
@@ -944,14 +985,12 @@ impl Store for DynamoStore {
                 .expression_attribute_values(":cursor", s(cursor)),
             None => query.key_condition_expression("#pk = :pk"),
         };
-        if let (Some(_), Some(status)) = (&filter.suite, filter.status) {
-            query = query
-                .filter_expression("#status = :status")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":status", s(status.as_str()));
-        }
+        // With both filters the suite's index is read and the status checked
+        // on the items.
+        let status = filter.status.map(|s| s.as_str());
+        let matches = |i: &Item| status.is_none_or(|s| has_status(i, &[s]));
         let wanted = filter.limit as usize + 1;
-        let items = self.query_pages(query, |i| i.len() >= wanted).await?;
+        let items = self.index_items(query, matches, |i| i.len() >= wanted).await?;
         let mut items = items
             .into_iter()
             .take(wanted)
@@ -1008,14 +1047,11 @@ impl Store for DynamoStore {
             .key_condition_expression("gsi3pk = :active")
             .expression_attribute_values(":active", s(keys::ACTIVE))
             .limit(limit.clamp(1, 1000) as i32);
+        let open = [ExecutionStatus::Queued.as_str(), ExecutionStatus::Running.as_str()];
         let items = self
-            .query_pages(query, |i| i.len() >= limit as usize)
+            .index_items(query, |i| has_status(i, &open), |i| i.len() >= limit as usize)
             .await?;
-        items
-            .into_iter()
-            .take(limit as usize)
-            .map(execution_of)
-            .collect()
+        items.into_iter().take(limit as usize).map(execution_of).collect()
     }
 
     async fn expired_shards(&self, now: Timestamp, limit: u32) -> Result<Vec<Shard>> {
@@ -1026,8 +1062,9 @@ impl Store for DynamoStore {
             .expression_attribute_values(":lease", s(keys::LEASE))
             .expression_attribute_values(":now", s(keys::ts(now)))
             .limit(limit.clamp(1, 1000) as i32);
+        let held = [ShardStatus::Assigned.as_str(), ShardStatus::Running.as_str()];
         let items = self
-            .query_pages(query, |i| i.len() >= limit as usize)
+            .index_items(query, |i| has_status(i, &held), |i| i.len() >= limit as usize)
             .await?;
         items.into_iter().take(limit as usize).map(doc_of).collect()
     }
@@ -1184,23 +1221,19 @@ impl Store for DynamoStore {
 
     async fn queue_stats(&self) -> Result<QueueStats> {
         let pending = self
-            .query_all(
+            .index_items(
                 self.query()
                     .index_name(keys::GSI[1].0)
                     .key_condition_expression("gsi2pk = :pending")
-                    .filter_expression("queued_shards > :zero AND #status IN (:queued, :running)")
-                    .expression_attribute_names("#status", "status")
-                    .expression_attribute_values(":pending", s(keys::PENDING))
-                    .expression_attribute_values(":zero", n(0))
-                    .expression_attribute_values(":queued", s(ExecutionStatus::Queued.as_str()))
-                    .expression_attribute_values(":running", s(ExecutionStatus::Running.as_str()))
-                    .projection_expression("queued_shards, gsi2sk"),
+                    .expression_attribute_values(":pending", s(keys::PENDING)),
+                is_pending,
+                |_| false,
             )
             .await?;
         let queued_shards = pending.iter().map(|i| num(i, "queued_shards")).sum();
         let oldest_queued_at = pending
             .first()
-            .and_then(|i| str_attr(i, "gsi2sk"))
+            .and_then(|i| str_attr(i, "pending2"))
             .and_then(|sk| sk.split('#').next())
             .and_then(|t| t.parse().ok())
             .map(Timestamp);
@@ -1243,14 +1276,12 @@ impl Store for DynamoStore {
     }
 
     async fn list_rules(&self) -> Result<Vec<LoadBalancingRule>> {
-        let items = self
-            .query_all(
-                self.query()
-                    .index_name(keys::GSI[1].0)
-                    .key_condition_expression("gsi2pk = :rules")
-                    .expression_attribute_values(":rules", s(keys::RULES)),
-            )
-            .await?;
+        let query = self
+            .query()
+            .index_name(keys::GSI[1].0)
+            .key_condition_expression("gsi2pk = :rules")
+            .expression_attribute_values(":rules", s(keys::RULES));
+        let items = self.index_items(query, everything, |_| false).await?;
         items.into_iter().map(doc_of).collect()
     }
 
@@ -1277,14 +1308,12 @@ impl Store for DynamoStore {
     }
 
     async fn round_robin_cursors(&self) -> Result<BTreeMap<String, RunnerId>> {
-        let items = self
-            .query_all(
-                self.query()
-                    .index_name(keys::GSI[1].0)
-                    .key_condition_expression("gsi2pk = :cursors")
-                    .expression_attribute_values(":cursors", s(keys::RR_CURSORS)),
-            )
-            .await?;
+        let query = self
+            .query()
+            .index_name(keys::GSI[1].0)
+            .key_condition_expression("gsi2pk = :cursors")
+            .expression_attribute_values(":cursors", s(keys::RR_CURSORS));
+        let items = self.index_items(query, everything, |_| false).await?;
         let mut out = BTreeMap::new();
         for it in items {
             if let (Some(pool), Some(runner)) = (str_attr(&it, "pool"), str_attr(&it, "runner_id"))
@@ -1345,14 +1374,15 @@ impl Store for DynamoStore {
             .query()
             .index_name(keys::GSI[1].0)
             .key_condition_expression("gsi2pk = :violations AND gsi2sk >= :since")
-            .filter_expression("expires_at > :now")
             .expression_attribute_values(":violations", s(keys::VIOLATIONS))
             .expression_attribute_values(":since", s(keys::ts(since)))
-            .expression_attribute_values(":now", n(now_seconds()))
             .scan_index_forward(false)
             .limit(limit.clamp(1, 1000) as i32);
+        // TTL deletes lazily (up to days late): expired items are skipped.
+        let now = now_seconds();
+        let live = |i: &Item| num(i, keys::EXPIRES_AT) as i64 > now;
         let items = self
-            .query_pages(query, |i| i.len() >= limit as usize)
+            .index_items(query, live, |i| i.len() >= limit as usize)
             .await?;
         items.into_iter().take(limit as usize).map(doc_of).collect()
     }
