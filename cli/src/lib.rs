@@ -1,6 +1,6 @@
 //! The `tms` command as a library, so the binary and the end-to-end tests run
 //! exactly the same code. For now: `tms serve`, the whole orchestrator in one
-//! process on an embedded store.
+//! process, on an embedded store or on the AWS resources of the template.
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tms::config::{Config, ResourceDefaults};
 use tms::domain::{Strategy, TestType};
-use tms::server::{serve, ServeOptions};
+use tms::server::{serve, Backend, ServeOptions};
 
 #[derive(Parser)]
 #[command(
@@ -24,14 +24,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the API, scheduler, aggregator and sweeps locally on an embedded, durable store.
+    /// Run the API, scheduler, aggregator and sweeps in one process, on an
+    /// embedded durable store (default) or on DynamoDB, SQS and EventBridge.
     Serve {
         /// Address to listen on (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Where the database lives; created if missing.
+        /// Where the state lives.
+        #[arg(long, value_enum, default_value_t = BackendArg::Embedded)]
+        backend: BackendArg,
+        /// Where the embedded database lives; created if missing.
         #[arg(long, default_value = "./tms-data")]
         data_dir: PathBuf,
+        /// AWS backend: the endpoint of an emulator (moto, LocalStack);
+        /// without it, AWS itself (region and credentials from the usual chain).
+        #[arg(long, env = "AWS_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
+        /// AWS backend: the template's stage, part of every resource name.
+        #[arg(long, default_value = "dev")]
+        stage: String,
+        /// AWS backend: create the table, queues, bus, rule and secret of
+        /// template.yaml when they are missing.
+        #[arg(long)]
+        create_resources: bool,
         /// Admin bearer token; when unset one is created on first start and printed once.
         #[arg(long, env = "TMS_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
@@ -49,6 +64,14 @@ enum Command {
         #[arg(long = "resources", value_name = "TYPE=CPU:MEM", value_parser = parse_resources)]
         resources: Vec<(TestType, ResourceDefaults)>,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendArg {
+    /// SQLite under --data-dir.
+    Embedded,
+    /// The serverless stack's DynamoDB table, SQS queues and EventBridge bus.
+    Aws,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -128,7 +151,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Serve {
             listen,
+            backend,
             data_dir,
+            endpoint_url,
+            stage,
+            create_resources,
             admin_token,
             heartbeat_interval,
             sweep_interval,
@@ -146,8 +173,16 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             for (test_type, defaults) in resources {
                 *config.resource_defaults_mut(test_type) = defaults;
             }
+            let backend = match backend {
+                BackendArg::Embedded => Backend::Embedded { data_dir },
+                BackendArg::Aws => Backend::Aws {
+                    endpoint_url: endpoint_url.filter(|u| !u.is_empty()),
+                    stage,
+                    create_resources,
+                },
+            };
             let options = ServeOptions {
-                data_dir,
+                backend,
                 admin_token: admin_token.filter(|t| !t.is_empty()),
                 sweep_interval: Duration::from_secs(sweep_interval.max(1)),
                 config,

@@ -130,7 +130,8 @@ impl FunctionEnv {
             config.heartbeat_interval_secs = secs;
         }
         Ok(Arc::new(
-            self.resources.orchestrator(clients, clock, config, admin_hash),
+            self.resources
+                .orchestrator(clients, clock, config, admin_hash),
         ))
     }
 }

@@ -1,13 +1,20 @@
 //! `tms serve`: the whole orchestrator in one process — the API router, the
-//! scheduler woken by nudges, the aggregator fed by the in-process bus, and
-//! the sweeps on intervals — over the embedded SQLite store.
+//! scheduler, the aggregator and the sweeps on intervals.
+//!
+//! On the embedded backend the scheduler is woken by in-process nudges and
+//! the aggregator fed by an in-process bus, over SQLite. On the AWS backend
+//! (DynamoDB, SQS, EventBridge on moto, LocalStack or an account) the same
+//! process long-polls the schedule and aggregate queues and runs exactly
+//! what the scheduler and aggregator functions run.
 
+use crate::adapters::aws::{sdk_config, AwsClients, AwsPorts};
+use crate::adapters::stack::{self, Template};
 use crate::adapters::{ChannelEvents, NotifyNudges, SqliteStore};
 use crate::auth;
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::http;
-use crate::ports::{Ports, Store};
+use crate::ports::{Event, Ports, Store};
 use crate::time::SystemClock;
 use crate::usecases::{Orchestrator, SweepReport};
 use std::future::Future;
@@ -15,8 +22,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
-/// The adapters of the local server.
+/// The adapters of the local server on the embedded store.
 pub struct LocalPorts;
 
 impl Ports for LocalPorts {
@@ -26,8 +34,23 @@ impl Ports for LocalPorts {
     type Events = ChannelEvents;
 }
 
+/// Where `tms serve` keeps its state.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// SQLite under this directory; created if missing.
+    Embedded { data_dir: PathBuf },
+    /// The serverless resources of `template.yaml` for `stage`, on
+    /// `endpoint_url` (moto, LocalStack) or on AWS when it is `None`.
+    Aws {
+        endpoint_url: Option<String>,
+        stage: String,
+        /// Create the table, queues, bus, rule and secret when missing.
+        create_resources: bool,
+    },
+}
+
 pub struct ServeOptions {
-    pub data_dir: PathBuf,
+    pub backend: Backend,
     /// `TMS_ADMIN_TOKEN`; when absent a token is created on first start.
     pub admin_token: Option<String>,
     /// How often the timeout sweep (and the schedule sweep backstop) run.
@@ -45,8 +68,8 @@ const ADMIN_HASH_SETTING: &str = "admin_token_hash";
 
 /// The admin token's hash: from the environment, or created once and kept.
 /// Returns the new token when one was created, to be shown exactly once.
-async fn admin_token_hash(
-    store: &SqliteStore,
+async fn admin_token_hash<S: Store>(
+    store: &S,
     from_env: Option<&str>,
 ) -> Result<(String, Option<String>)> {
     if let Some(token) = from_env {
@@ -61,17 +84,56 @@ async fn admin_token_hash(
     Ok((stored, shown))
 }
 
+fn announce_admin_token(created: Option<String>) {
+    if let Some(token) = created {
+        println!("created admin token (shown only once; set TMS_ADMIN_TOKEN to choose your own): {token}");
+    }
+}
+
 /// Runs until `shutdown` resolves. Prints `listening on http://ADDR` once bound.
 pub async fn serve(
     listener: TcpListener,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let store = SqliteStore::open_dir(&options.data_dir)?;
-    let (hash, created) = admin_token_hash(&store, options.admin_token.as_deref()).await?;
-    if let Some(token) = created {
-        println!("created admin token (shown only once; set TMS_ADMIN_TOKEN to choose your own): {token}");
+    match options.backend.clone() {
+        Backend::Embedded { data_dir } => {
+            serve_embedded(listener, data_dir, options, shutdown).await
+        }
+        Backend::Aws {
+            endpoint_url,
+            stage,
+            create_resources,
+        } => {
+            let sdk = sdk_config(endpoint_url.as_deref()).await;
+            let template = Template::builtin()?;
+            let params = [("Stage", stage.as_str())];
+            let deployed = if create_resources {
+                stack::create(&template, &params, &sdk).await?
+            } else {
+                stack::find(&template, &params, &sdk).await?
+            };
+            serve_aws(
+                listener,
+                &deployed,
+                AwsClients::new(&sdk),
+                options,
+                shutdown,
+            )
+            .await
+        }
     }
+}
+
+async fn serve_embedded(
+    listener: TcpListener,
+    data_dir: PathBuf,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let store = SqliteStore::open_dir(&data_dir)?;
+    let (hash, created) = admin_token_hash(&store, options.admin_token.as_deref()).await?;
+    announce_admin_token(created);
     let nudges = NotifyNudges::default();
     let (events, mut inbox) = ChannelEvents::new();
     let app: Arc<Orchestrator<LocalPorts>> = Arc::new(Orchestrator::new(
@@ -83,7 +145,7 @@ pub async fn serve(
         hash,
     ));
 
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = JoinSet::new();
     let scheduler = app.clone();
     let wake = nudges.0.clone();
     let sweep_every = options.sweep_interval;
@@ -113,8 +175,131 @@ pub async fn serve(
             batch.clear();
         }
     });
+    spawn_sweeps(&mut tasks, &app, &options);
+    run_http(listener, app, tasks, shutdown).await
+}
+
+async fn serve_aws(
+    listener: TcpListener,
+    deployed: &stack::Stack,
+    clients: AwsClients,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let resources = deployed.aws_resources()?;
+    let store = crate::adapters::DynamoStore::new(clients.dynamodb.clone(), &resources.table);
+    let (hash, created) = admin_token_hash(&store, options.admin_token.as_deref()).await?;
+    announce_admin_token(created);
+    let app: Arc<Orchestrator<AwsPorts>> =
+        Arc::new(resources.orchestrator(&clients, SystemClock, options.config.clone(), hash));
+    let queue = |id: &str| {
+        deployed
+            .physical(id)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::Internal(format!("the stack has no {id}")))
+    };
+
+    let mut tasks = JoinSet::new();
+    // The scheduler function's work: a batch of nudges is one sweep.
+    let scheduler = app.clone();
+    tasks.spawn(poll_queue(
+        clients.sqs.clone(),
+        queue("ScheduleQueue")?,
+        move |bodies| {
+            let app = scheduler.clone();
+            async move {
+                let ok = app.schedule_sweep().await.is_ok();
+                vec![ok; bodies.len()]
+            }
+        },
+    ));
+    // The aggregator function's work: fold the events the rule delivered.
+    let aggregator = app.clone();
+    tasks.spawn(poll_queue(
+        clients.sqs.clone(),
+        queue("AggregateQueue")?,
+        move |bodies| {
+            let app = aggregator.clone();
+            async move {
+                let events: Vec<Option<Event>> = bodies
+                    .iter()
+                    .map(|b| Event::from_envelope(b).ok())
+                    .collect();
+                let readable: Vec<Event> = events.iter().flatten().cloned().collect();
+                let mut folded = app.handle_events(&readable).await.into_iter();
+                events
+                    .iter()
+                    .map(|e| e.is_some() && folded.next().is_some_and(|r| r.is_ok()))
+                    .collect()
+            }
+        },
+    ));
+    let backstop = app.clone();
+    tasks.spawn(every(options.sweep_interval, "schedule sweep", move || {
+        let app = backstop.clone();
+        async move { app.schedule_sweep().await }
+    }));
+    spawn_sweeps(&mut tasks, &app, &options);
+    run_http(listener, app, tasks, shutdown).await
+}
+
+/// Long-polls an SQS queue like a Lambda event source mapping: hands each
+/// batch of bodies to `handle`, deletes the messages it says succeeded and
+/// leaves the others to be redelivered (and, in the end, dead-lettered).
+async fn poll_queue<F, Fut>(sqs: aws_sdk_sqs::Client, url: String, handle: F)
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: Future<Output = Vec<bool>>,
+{
+    loop {
+        let received = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await;
+        let messages = match received {
+            Ok(out) => out.messages.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), queue = %url, "receive failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            continue;
+        }
+        let bodies = messages
+            .iter()
+            .map(|m| m.body.clone().unwrap_or_default())
+            .collect();
+        let outcomes = handle(bodies).await;
+        for (message, ok) in messages.iter().zip(outcomes) {
+            let Some(receipt) = message.receipt_handle.as_deref().filter(|_| ok) else {
+                continue;
+            };
+            if let Err(e) = sqs
+                .delete_message()
+                .queue_url(&url)
+                .receipt_handle(receipt)
+                .send()
+                .await
+            {
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete failed; the message comes back");
+            }
+        }
+    }
+}
+
+/// The timeout and health sweeps on their intervals.
+fn spawn_sweeps<P: Ports>(
+    tasks: &mut JoinSet<()>,
+    app: &Arc<Orchestrator<P>>,
+    options: &ServeOptions,
+) {
     let sweeper = app.clone();
-    tasks.spawn(every(sweep_every, "timeout sweep", move || {
+    tasks.spawn(every(options.sweep_interval, "timeout sweep", move || {
         let app = sweeper.clone();
         async move { app.timeout_sweep().await }
     }));
@@ -124,16 +309,24 @@ pub async fn serve(
         let app = health.clone();
         async move { app.health_sweep().await }
     }));
+}
 
+/// Serves the API until `shutdown`, then stops the background tasks.
+async fn run_http<P: Ports>(
+    listener: TcpListener,
+    app: Arc<Orchestrator<P>>,
+    mut tasks: JoinSet<()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let addr = listener
         .local_addr()
-        .map_err(|e| crate::Error::Internal(format!("cannot read the listening address: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot read the listening address: {e}")))?;
     println!("listening on http://{addr}");
     let served = axum::serve(listener, http::router(app))
         .with_graceful_shutdown(shutdown)
         .await;
     tasks.shutdown().await;
-    served.map_err(|e| crate::Error::Internal(format!("server stopped: {e}")))
+    served.map_err(|e| Error::Internal(format!("server stopped: {e}")))
 }
 
 /// Runs a sweep on an interval forever, logging what it did and any failure

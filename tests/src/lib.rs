@@ -165,10 +165,22 @@ impl Server {
         admin_token: Option<&str>,
         extra: &[&str],
     ) -> (Server, Vec<String>) {
+        Self::start_with_env(bin, data_dir, admin_token, extra, &[])
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables.
+    pub fn start_with_env(
+        bin: &str,
+        data_dir: &Path,
+        admin_token: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Server, Vec<String>) {
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

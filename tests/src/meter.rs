@@ -86,7 +86,10 @@ fn index_writes(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) 
     (1..=6)
         .map(|n| {
             let entry = |keys: &BTreeMap<String, String>| {
-                Some((keys.get(&format!("gsi{n}pk"))?.clone(), keys.get(&format!("gsi{n}sk"))?.clone()))
+                Some((
+                    keys.get(&format!("gsi{n}pk"))?.clone(),
+                    keys.get(&format!("gsi{n}sk"))?.clone(),
+                ))
             };
             match (entry(old), entry(new)) {
                 (Some(a), Some(b)) if a == b => 0,
@@ -102,7 +105,10 @@ fn index_writes(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) 
 /// A key set from another attribute (`gsi1sk = pending1`) gets a value that
 /// counts as changed.
 fn apply_update(keys: &mut BTreeMap<String, String>, body: &Map<String, Value>) {
-    let expression = body.get("UpdateExpression").and_then(Value::as_str).unwrap_or("");
+    let expression = body
+        .get("UpdateExpression")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let name = |token: &str| -> String {
         body.get("ExpressionAttributeNames")
             .and_then(|n| n.get(token))
@@ -124,7 +130,9 @@ fn apply_update(keys: &mut BTreeMap<String, String>, body: &Map<String, Value>) 
         for assignment in text.split(',') {
             match keyword {
                 "SET" => {
-                    let Some((lhs, rhs)) = assignment.split_once('=') else { continue };
+                    let Some((lhs, rhs)) = assignment.split_once('=') else {
+                        continue;
+                    };
                     let attribute = name(lhs.trim());
                     if !attribute.starts_with("gsi") {
                         continue;
@@ -208,10 +216,9 @@ fn value_size(v: &Value) -> usize {
         ("BOOL" | "NULL", _) => 1,
         ("M", Value::Object(m)) => 3 + item_size(m),
         ("L", Value::Array(items)) => 3 + items.iter().map(|i| 1 + value_size(i)).sum::<usize>(),
-        ("SS" | "NS" | "BS", Value::Array(items)) => items
-            .iter()
-            .map(|i| i.as_str().map_or(0, str::len))
-            .sum(),
+        ("SS" | "NS" | "BS", Value::Array(items)) => {
+            items.iter().map(|i| i.as_str().map_or(0, str::len)).sum()
+        }
         _ => 0,
     }
 }
@@ -306,14 +313,22 @@ impl State {
         *self.usage.requests.entry(operation.to_owned()).or_default() += 1;
         let empty = Map::new();
         let body = request.as_object().unwrap_or(&empty);
-        let consistent = body.get("ConsistentRead").and_then(Value::as_bool).unwrap_or(false);
+        let consistent = body
+            .get("ConsistentRead")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         match operation {
             "DynamoDB.PutItem" | "DynamoDB.UpdateItem" | "DynamoDB.DeleteItem" => {
                 let kind = operation.trim_start_matches("DynamoDB.");
                 self.usage.write_units += self.write(kind, body);
             }
             "DynamoDB.TransactWriteItems" => {
-                for entry in body.get("TransactItems").and_then(Value::as_array).into_iter().flatten() {
+                for entry in body
+                    .get("TransactItems")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some((kind, op)) = entry.as_object().and_then(|e| e.iter().next()) {
                         let op = op.as_object().cloned().unwrap_or_default();
                         self.usage.write_units += 2.0 * self.write(kind, &op);
@@ -321,7 +336,11 @@ impl State {
                 }
             }
             "DynamoDB.GetItem" => {
-                let item = response.get("Item").cloned().map(|i| vec![i]).unwrap_or_default();
+                let item = response
+                    .get("Item")
+                    .cloned()
+                    .map(|i| vec![i])
+                    .unwrap_or_default();
                 let size = self.remember(&item);
                 self.usage.read_units += read_units(size, consistent);
             }
@@ -347,13 +366,20 @@ impl State {
                 }
             }
             "DynamoDB.Query" => {
-                let items = response.get("Items").and_then(Value::as_array).cloned().unwrap_or_default();
+                let items = response
+                    .get("Items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 let size = self.remember(&items);
                 let consistent = consistent && body.get("IndexName").is_none();
                 self.usage.read_units += read_units(size, consistent);
             }
             "EventBridge.PutEvents" => {
-                self.usage.events += body.get("Entries").and_then(Value::as_array).map_or(0, |e| e.len() as u64);
+                self.usage.events += body
+                    .get("Entries")
+                    .and_then(Value::as_array)
+                    .map_or(0, |e| e.len() as u64);
             }
             _ => {}
         }
@@ -401,7 +427,10 @@ impl Intercept for Meter {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let request = context.request();
-        let target = request.headers().get("x-amz-target").unwrap_or("unknown.Unknown");
+        let target = request
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or("unknown.Unknown");
         cfg.interceptor_state().store_put(InFlight {
             operation: operation(target),
             body: json_of(request.body().bytes()),
@@ -417,7 +446,10 @@ impl Intercept for Meter {
     ) -> Result<(), BoxError> {
         if let Some(sent) = cfg.load::<InFlight>() {
             let response = json_of(context.response().body().bytes());
-            self.0.lock().unwrap().record(&sent.operation, &sent.body, &response);
+            self.0
+                .lock()
+                .unwrap()
+                .record(&sent.operation, &sent.body, &response);
         }
         Ok(())
     }
@@ -459,6 +491,10 @@ mod tests {
             "UpdateExpression": "SET #a0 = :a0", "ExpressionAttributeNames": {"#a0": "gsi1sk"},
             "ExpressionAttributeValues": {":a0": {"S": "0002#1"}}});
         state.record("DynamoDB.UpdateItem", &beat, &Value::Null);
-        assert_eq!(state.usage.write_units, 3.0 + 1.0 + 2.0, "the entry moved: a delete and a put");
+        assert_eq!(
+            state.usage.write_units,
+            3.0 + 1.0 + 2.0,
+            "the entry moved: a delete and a put"
+        );
     }
 }

@@ -156,7 +156,11 @@ async fn each_hot_path_makes_the_requests_the_data_model_promises() {
     d.heartbeat(&runner).await;
     let idle = d.meter.usage().minus(&mark);
     assert_eq!(idle.requests.len(), 1, "{idle:?}");
-    assert_eq!(idle.count("DynamoDB.Query"), 1, "a heartbeat is one query of the runner's items");
+    assert_eq!(
+        idle.count("DynamoDB.Query"),
+        1,
+        "a heartbeat is one query of the runner's items"
+    );
 
     let mark = d.meter.usage();
     let (execution, webhook) = d
@@ -175,16 +179,34 @@ async fn each_hot_path_makes_the_requests_the_data_model_promises() {
     };
     let path = format!("{BASE}/webhooks/parallel-execution/{execution}");
     // The first report also checks the webhook token (then trusted for 5 s).
-    d.http("ApiWebhooksFunction", Routes::Webhooks, "POST", &path, Some(&webhook), Some(report(&work[0])))
-        .await;
+    d.http(
+        "ApiWebhooksFunction",
+        Routes::Webhooks,
+        "POST",
+        &path,
+        Some(&webhook),
+        Some(report(&work[0])),
+    )
+    .await;
     let mark = d.meter.usage();
     let (status, _) = d
-        .http("ApiWebhooksFunction", Routes::Webhooks, "POST", &path, Some(&webhook), Some(report(&work[1])))
+        .http(
+            "ApiWebhooksFunction",
+            Routes::Webhooks,
+            "POST",
+            &path,
+            Some(&webhook),
+            Some(report(&work[1])),
+        )
         .await;
     assert!(status < 300);
     let reported = d.meter.usage().minus(&mark);
     assert_eq!(reported.count("DynamoDB.BatchGetItem"), 1, "{reported:?}");
-    assert_eq!(reported.count("DynamoDB.TransactWriteItems"), 1, "{reported:?}");
+    assert_eq!(
+        reported.count("DynamoDB.TransactWriteItems"),
+        1,
+        "{reported:?}"
+    );
     assert_eq!(reported.count("DynamoDB."), 2, "{reported:?}");
     assert_eq!(reported.events, 1, "one ShardCompleted");
     assert_eq!(reported.count("SQS.SendMessage"), 1, "one nudge");

@@ -322,6 +322,25 @@ pub async fn create(
     parameters: &[(&str, &str)],
     sdk: &SdkConfig,
 ) -> Result<Stack> {
+    provision(template, parameters, sdk, true).await
+}
+
+/// Finds the template's stateful resources (deployed by `sam deploy` or
+/// by [`create`]); a missing one is an error that names it.
+pub async fn find(
+    template: &Template,
+    parameters: &[(&str, &str)],
+    sdk: &SdkConfig,
+) -> Result<Stack> {
+    provision(template, parameters, sdk, false).await
+}
+
+async fn provision(
+    template: &Template,
+    parameters: &[(&str, &str)],
+    sdk: &SdkConfig,
+    create_missing: bool,
+) -> Result<Stack> {
     let mut stack = Stack {
         region: sdk
             .region()
@@ -383,7 +402,7 @@ pub async fn create(
                 continue;
             }
         }
-        create_one(&mut stack, id, resource, sdk).await?;
+        create_one(&mut stack, id, resource, sdk, create_missing).await?;
     }
     Ok(stack)
 }
@@ -393,7 +412,13 @@ async fn create_one(
     id: &str,
     resource: &Mapping,
     sdk: &SdkConfig,
+    create_missing: bool,
 ) -> Result<()> {
+    let missing = |name: &str| {
+        Error::Internal(format!(
+            "{id} ({name}) does not exist; deploy the stack, or start with --create-resources"
+        ))
+    };
     let empty = Mapping::new();
     let props = get(resource, "Properties")
         .and_then(Value::as_mapping)
@@ -419,6 +444,9 @@ async fn create_one(
                 .send()
                 .await
                 .is_ok();
+            if !exists && !create_missing {
+                return Err(missing(&table));
+            }
             if !exists {
                 let spec: TableSpec =
                     serde_yaml_ng::from_value(Value::Mapping(props.clone())).map_err(invalid)?;
@@ -440,6 +468,16 @@ async fn create_one(
         "AWS::SQS::Queue" => {
             let queue = name("QueueName")?;
             let client = aws_sdk_sqs::Client::new(sdk);
+            if !create_missing
+                && client
+                    .get_queue_url()
+                    .queue_name(&queue)
+                    .send()
+                    .await
+                    .is_err()
+            {
+                return Err(missing(&queue));
+            }
             let mut request = client.create_queue().queue_name(&queue);
             for (key, value) in props {
                 let key = key.as_str().unwrap_or("");
@@ -501,6 +539,20 @@ async fn create_one(
                 .transpose()?
                 .ok_or_else(|| invalid(format!("{id} has no EventPattern")))?;
             let client = aws_sdk_eventbridge::Client::new(sdk);
+            if !create_missing {
+                let found = client
+                    .describe_rule()
+                    .name(&rule)
+                    .event_bus_name(&bus)
+                    .send()
+                    .await;
+                let arn = found.map_err(|_| missing(&rule))?.arn.unwrap_or_default();
+                stack.refs.insert(id.to_owned(), rule);
+                stack
+                    .attributes
+                    .insert((id.to_owned(), "Arn".to_owned()), arn);
+                return Ok(());
+            }
             let arn = client
                 .put_rule()
                 .name(&rule)
@@ -547,6 +599,7 @@ async fn create_one(
             let client = aws_sdk_secretsmanager::Client::new(sdk);
             let arn = match client.describe_secret().secret_id(&secret).send().await {
                 Ok(found) => found.arn.unwrap_or_default(),
+                Err(_) if !create_missing => return Err(missing(&secret)),
                 Err(_) => client
                     .create_secret()
                     .name(&secret)

@@ -54,12 +54,15 @@ impl Run {
 }
 
 fn dollars(step: &Step) -> [f64; 5] {
-    let dynamo = step.usage.write_units * WRU_PER_MILLION / 1e6 + step.usage.read_units * RRU_PER_MILLION / 1e6;
+    let dynamo = step.usage.write_units * WRU_PER_MILLION / 1e6
+        + step.usage.read_units * RRU_PER_MILLION / 1e6;
     let sqs = step.usage.count("SQS.") as f64 * SQS_PER_MILLION / 1e6;
     let events = step.usage.events as f64 * EVENTS_PER_MILLION / 1e6;
     let invocations: u64 = step.invocations.values().sum();
     let lambda = invocations as f64 * LAMBDA_REQUESTS_PER_MILLION / 1e6
-        + invocations as f64 * ASSUMED_MS_PER_INVOCATION / 1000.0 * MEMORY_GB * LAMBDA_ARM_GB_SECOND;
+        + invocations as f64 * ASSUMED_MS_PER_INVOCATION / 1000.0
+            * MEMORY_GB
+            * LAMBDA_ARM_GB_SECOND;
     let api = step.http_requests as f64 * HTTP_API_PER_MILLION / 1e6;
     [dynamo, sqs, events, lambda, api]
 }
@@ -70,18 +73,19 @@ async fn run(shards: usize) -> Run {
     // Registration and the admin secret read are not per execution.
     let mut mark = d.meter.usage();
     let mut steps = Vec::new();
-    let mut step = |name: &'static str, invocations: &[(&'static str, u64)], http: u64, mark: &mut Usage| {
-        let now = d.meter.usage();
-        steps.push((
-            name,
-            Step {
-                usage: now.minus(mark),
-                invocations: invocations.iter().copied().collect(),
-                http_requests: http,
-            },
-        ));
-        *mark = now;
-    };
+    let mut step =
+        |name: &'static str, invocations: &[(&'static str, u64)], http: u64, mark: &mut Usage| {
+            let now = d.meter.usage();
+            steps.push((
+                name,
+                Step {
+                    usage: now.minus(mark),
+                    invocations: invocations.iter().copied().collect(),
+                    http_requests: http,
+                },
+            ));
+            *mark = now;
+        };
 
     let tests: Vec<String> = (0..shards * 4).map(|i| format!("test_{i}")).collect();
     let (execution, webhook) = d
@@ -90,12 +94,22 @@ async fn run(shards: usize) -> Run {
     step("queue (API)", &[("ApiExecutionsFunction", 1)], 1, &mut mark);
 
     let nudges = d.run_scheduler().await;
-    step("schedule (SQS → scheduler)", &[("SchedulerFunction", nudges.min(1) as u64)], 0, &mut mark);
+    step(
+        "schedule (SQS → scheduler)",
+        &[("SchedulerFunction", nudges.min(1) as u64)],
+        0,
+        &mut mark,
+    );
 
     let work = d.heartbeat(&runner).await;
     assert_eq!(work.len(), shards, "one heartbeat brings every shard");
     let heartbeats = 1;
-    step("heartbeats that bring the work (API)", &[("ApiRunnersFunction", heartbeats)], heartbeats, &mut mark);
+    step(
+        "heartbeats that bring the work (API)",
+        &[("ApiRunnersFunction", heartbeats)],
+        heartbeats,
+        &mut mark,
+    );
 
     for a in &work {
         let n = a["tests"].as_array().map_or(0, Vec::len);
@@ -106,26 +120,48 @@ async fn run(shards: usize) -> Run {
                 "POST",
                 &format!("{BASE}/webhooks/parallel-execution/{execution}"),
                 Some(&webhook),
-                Some(json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"],
-                    "status": "passed", "results": {"passed": n, "failed": 0, "skipped": 0}})),
+                Some(
+                    json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"],
+                    "status": "passed", "results": {"passed": n, "failed": 0, "skipped": 0}}),
+                ),
             )
             .await;
         assert!(status < 300, "{status} {body}");
     }
-    step("shard reports (API webhooks)", &[("ApiWebhooksFunction", shards as u64)], shards as u64, &mut mark);
+    step(
+        "shard reports (API webhooks)",
+        &[("ApiWebhooksFunction", shards as u64)],
+        shards as u64,
+        &mut mark,
+    );
 
     // The completions nudge the scheduler too; a pass that finds nothing.
     let nudges = d.run_scheduler().await;
-    step("schedule after completions (SQS → scheduler)", &[("SchedulerFunction", nudges.min(1) as u64)], 0, &mut mark);
+    step(
+        "schedule after completions (SQS → scheduler)",
+        &[("SchedulerFunction", nudges.min(1) as u64)],
+        0,
+        &mut mark,
+    );
 
     let folded = d.run_aggregator().await;
     assert_eq!(folded, shards);
     // One Lambda invocation per batch of up to 50 (the template's BatchSize).
-    step("aggregate (EventBridge → SQS → aggregator)", &[("AggregatorFunction", shards.div_ceil(50) as u64)], 0, &mut mark);
+    step(
+        "aggregate (EventBridge → SQS → aggregator)",
+        &[("AggregatorFunction", shards.div_ceil(50) as u64)],
+        0,
+        &mut mark,
+    );
 
     let done = d.status(&execution).await;
     assert_eq!(done["status"], "passed", "{done}");
-    step("final status (API)", &[("ApiExecutionsFunction", 1)], 1, &mut mark);
+    step(
+        "final status (API)",
+        &[("ApiExecutionsFunction", 1)],
+        1,
+        &mut mark,
+    );
 
     Run { shards, steps }
 }

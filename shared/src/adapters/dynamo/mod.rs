@@ -187,9 +187,19 @@ impl DynamoStore {
                 .items
                 .unwrap_or_default()
                 .iter()
-                .filter_map(|k| Some((str_attr(k, keys::PK)?.clone(), str_attr(k, keys::SK)?.clone())))
+                .filter_map(|k| {
+                    Some((
+                        str_attr(k, keys::PK)?.clone(),
+                        str_attr(k, keys::SK)?.clone(),
+                    ))
+                })
                 .collect();
-            items.extend(self.batch_get(wanted).await?.into_iter().filter(|i| keep(i)));
+            items.extend(
+                self.batch_get(wanted)
+                    .await?
+                    .into_iter()
+                    .filter(|i| keep(i)),
+            );
             start = out.last_evaluated_key;
             if start.is_none() || enough(&items) {
                 return Ok(items);
@@ -370,7 +380,12 @@ impl DynamoStore {
 
     /// Pending executions from one GSI, in its order, until they hold
     /// `max_shards` queued shards or `max_executions` executions.
-    async fn pending_in(&self, index: usize, max_shards: u32, max_executions: u32) -> Result<Vec<Execution>> {
+    async fn pending_in(
+        &self,
+        index: usize,
+        max_shards: u32,
+        max_executions: u32,
+    ) -> Result<Vec<Execution>> {
         let (name, pk, _) = keys::GSI[index];
         let query = self
             .query()
@@ -748,7 +763,9 @@ impl Store for DynamoStore {
             None => query.key_condition_expression("gsi2pk = :runners"),
         };
         let wanted = limit as usize + 1;
-        let items = self.index_items(query, everything, |i| i.len() >= wanted).await?;
+        let items = self
+            .index_items(query, everything, |i| i.len() >= wanted)
+            .await?;
         let mut items = items
             .into_iter()
             .take(wanted)
@@ -793,7 +810,10 @@ impl Store for DynamoStore {
                 .query()
                 .index_name(keys::GSI[0].0)
                 .key_condition_expression("gsi1pk = :status AND gsi1sk < :before")
-                .expression_attribute_values(":status", s(keys::runners_with_status(status.as_str())))
+                .expression_attribute_values(
+                    ":status",
+                    s(keys::runners_with_status(status.as_str())),
+                )
                 .expression_attribute_values(":before", s(keys::ts(before)))
                 .limit(limit.clamp(1, 1000) as i32);
             let still_silent = |i: &Item| {
@@ -990,7 +1010,9 @@ impl Store for DynamoStore {
         let status = filter.status.map(|s| s.as_str());
         let matches = |i: &Item| status.is_none_or(|s| has_status(i, &[s]));
         let wanted = filter.limit as usize + 1;
-        let items = self.index_items(query, matches, |i| i.len() >= wanted).await?;
+        let items = self
+            .index_items(query, matches, |i| i.len() >= wanted)
+            .await?;
         let mut items = items
             .into_iter()
             .take(wanted)
@@ -1047,11 +1069,22 @@ impl Store for DynamoStore {
             .key_condition_expression("gsi3pk = :active")
             .expression_attribute_values(":active", s(keys::ACTIVE))
             .limit(limit.clamp(1, 1000) as i32);
-        let open = [ExecutionStatus::Queued.as_str(), ExecutionStatus::Running.as_str()];
+        let open = [
+            ExecutionStatus::Queued.as_str(),
+            ExecutionStatus::Running.as_str(),
+        ];
         let items = self
-            .index_items(query, |i| has_status(i, &open), |i| i.len() >= limit as usize)
+            .index_items(
+                query,
+                |i| has_status(i, &open),
+                |i| i.len() >= limit as usize,
+            )
             .await?;
-        items.into_iter().take(limit as usize).map(execution_of).collect()
+        items
+            .into_iter()
+            .take(limit as usize)
+            .map(execution_of)
+            .collect()
     }
 
     async fn expired_shards(&self, now: Timestamp, limit: u32) -> Result<Vec<Shard>> {
@@ -1062,9 +1095,16 @@ impl Store for DynamoStore {
             .expression_attribute_values(":lease", s(keys::LEASE))
             .expression_attribute_values(":now", s(keys::ts(now)))
             .limit(limit.clamp(1, 1000) as i32);
-        let held = [ShardStatus::Assigned.as_str(), ShardStatus::Running.as_str()];
+        let held = [
+            ShardStatus::Assigned.as_str(),
+            ShardStatus::Running.as_str(),
+        ];
         let items = self
-            .index_items(query, |i| has_status(i, &held), |i| i.len() >= limit as usize)
+            .index_items(
+                query,
+                |i| has_status(i, &held),
+                |i| i.len() >= limit as usize,
+            )
             .await?;
         items.into_iter().take(limit as usize).map(doc_of).collect()
     }
