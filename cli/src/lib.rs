@@ -64,6 +64,21 @@ enum Command {
         #[arg(long = "resources", value_name = "TYPE=CPU:MEM", value_parser = parse_resources)]
         resources: Vec<(TestType, ResourceDefaults)>,
     },
+    /// Create the table, queues, bus, rule and admin token secret of
+    /// template.yaml on an AWS endpoint (moto, LocalStack, an account) where
+    /// they are missing, and print the functions' environment as shell
+    /// `export` lines (for `cargo lambda watch`).
+    CreateResources {
+        /// The emulator's endpoint; without it, AWS itself.
+        #[arg(long, env = "AWS_ENDPOINT_URL")]
+        endpoint_url: Option<String>,
+        /// The template's stage, part of every resource name.
+        #[arg(long, default_value = "dev")]
+        stage: String,
+        /// Also print the admin token from its secret (on stderr).
+        #[arg(long)]
+        show_admin_token: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -190,7 +205,40 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             serve(listener, options, shutdown_signal()).await?;
             Ok(())
         }
+        Command::CreateResources {
+            endpoint_url,
+            stage,
+            show_admin_token,
+        } => {
+            let sdk = tms::adapters::aws::sdk_config(endpoint_url.as_deref()).await;
+            let template = tms::adapters::stack::Template::builtin()?;
+            let stack = tms::adapters::stack::create(&template, &[("Stage", &stage)], &sdk).await?;
+            // Every API function gets the globals plus the admin token secret.
+            let env = stack.function_env(&template, "ApiSystemFunction")?;
+            for (name, value) in &env {
+                println!("export {name}={}", shell_quote(value));
+            }
+            if show_admin_token {
+                let secret = env
+                    .get("TMS_ADMIN_TOKEN_SECRET_ARN")
+                    .ok_or("no admin token secret")?;
+                let token = aws_sdk_secretsmanager::Client::new(&sdk)
+                    .get_secret_value()
+                    .secret_id(secret)
+                    .send()
+                    .await?
+                    .secret_string
+                    .unwrap_or_default();
+                eprintln!("admin token: {token}");
+            }
+            Ok(())
+        }
     }
+}
+
+/// Quotes a value for a POSIX shell.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
 }
 
 /// Ctrl-C or SIGTERM.
