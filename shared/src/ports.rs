@@ -22,6 +22,23 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// Listings fetch one item more than `limit` to learn whether another
+    /// page exists: trims it and returns the cursor of the next page.
+    pub fn cursor_after(
+        items: &mut Vec<T>,
+        limit: u32,
+        key: impl Fn(&T) -> String,
+    ) -> Option<String> {
+        if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(key)
+        } else {
+            None
+        }
+    }
+}
+
 /// Filters for listing executions, newest first.
 #[derive(Debug, Clone)]
 pub struct ExecutionFilter {

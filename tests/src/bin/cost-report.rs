@@ -5,9 +5,8 @@
 
 use serde_json::json;
 use std::collections::BTreeMap;
-use tms::http::Routes;
 use tms_tests::meter::Usage;
-use tms_tests::serverless::{Deployment, BASE};
+use tms_tests::serverless::Deployment;
 
 /// us-east-1 list prices, as published on the AWS pricing pages (2025).
 const WRU_PER_MILLION: f64 = 0.625;
@@ -112,21 +111,7 @@ async fn run(shards: usize) -> Run {
     );
 
     for a in &work {
-        let n = a["tests"].as_array().map_or(0, Vec::len);
-        let (status, body) = d
-            .http(
-                "ApiWebhooksFunction",
-                Routes::Webhooks,
-                "POST",
-                &format!("{BASE}/webhooks/parallel-execution/{execution}"),
-                Some(&webhook),
-                Some(
-                    json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"],
-                    "status": "passed", "results": {"passed": n, "failed": 0, "skipped": 0}}),
-                ),
-            )
-            .await;
-        assert!(status < 300, "{status} {body}");
+        d.report_passed(&execution, &webhook, a).await;
     }
     step(
         "shard reports (API webhooks)",

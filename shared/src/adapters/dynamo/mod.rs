@@ -207,6 +207,37 @@ impl DynamoStore {
         }
     }
 
+    /// Up to `limit` items of index `index` under `partition` whose sort key
+    /// is below `below`, oldest key first, that still pass `keep`.
+    async fn index_head(
+        &self,
+        index: usize,
+        partition: String,
+        below: Option<String>,
+        limit: u32,
+        keep: impl Fn(&Item) -> bool,
+    ) -> Result<Vec<Item>> {
+        let (name, pk, sk) = keys::GSI[index];
+        let mut query = self
+            .query()
+            .index_name(name)
+            .expression_attribute_names("#pk", pk)
+            .expression_attribute_values(":pk", s(partition))
+            .limit(limit.clamp(1, 1000) as i32);
+        query = match below {
+            Some(below) => query
+                .key_condition_expression("#pk = :pk AND #sk < :below")
+                .expression_attribute_names("#sk", sk)
+                .expression_attribute_values(":below", s(below)),
+            None => query.key_condition_expression("#pk = :pk"),
+        };
+        let mut items = self
+            .index_items(query, keep, |i| i.len() >= limit as usize)
+            .await?;
+        items.truncate(limit as usize);
+        Ok(items)
+    }
+
     /// Counts what a query matches, across pages.
     async fn count(&self, query: QueryFluentBuilder) -> Result<u64> {
         let mut total = 0u64;
@@ -771,7 +802,7 @@ impl Store for DynamoStore {
             .take(wanted)
             .map(runner_of)
             .collect::<Result<Vec<_>>>()?;
-        let next_cursor = page_cursor(&mut items, limit, |r| r.runner.id.to_string());
+        let next_cursor = Page::cursor_after(&mut items, limit, |r| r.runner.id.to_string());
         Ok(Page { items, next_cursor })
     }
 
@@ -806,23 +837,15 @@ impl Store for DynamoStore {
     async fn silent_runners(&self, before: Timestamp, limit: u32) -> Result<Vec<Runner>> {
         let mut found = Vec::new();
         for status in [RunnerStatus::Active, RunnerStatus::Paused] {
-            let query = self
-                .query()
-                .index_name(keys::GSI[0].0)
-                .key_condition_expression("gsi1pk = :status AND gsi1sk < :before")
-                .expression_attribute_values(
-                    ":status",
-                    s(keys::runners_with_status(status.as_str())),
-                )
-                .expression_attribute_values(":before", s(keys::ts(before)))
-                .limit(limit.clamp(1, 1000) as i32);
             let still_silent = |i: &Item| {
                 has_status(i, &[status.as_str()]) && (num(i, "last_heartbeat") as i64) < before.0
             };
-            let items = self
-                .index_items(query, still_silent, |i| i.len() >= limit as usize)
-                .await?;
-            for it in items {
+            let partition = keys::runners_with_status(status.as_str());
+            let below = Some(keys::ts(before));
+            for it in self
+                .index_head(0, partition, below, limit, still_silent)
+                .await?
+            {
                 found.push(runner_of(it)?.runner);
             }
         }
@@ -1018,7 +1041,7 @@ impl Store for DynamoStore {
             .take(wanted)
             .map(execution_of)
             .collect::<Result<Vec<_>>>()?;
-        let next_cursor = page_cursor(&mut items, filter.limit, |e| e.id.to_string());
+        let next_cursor = Page::cursor_after(&mut items, filter.limit, |e| e.id.to_string());
         Ok(Page { items, next_cursor })
     }
 
@@ -1063,50 +1086,30 @@ impl Store for DynamoStore {
     }
 
     async fn active_executions(&self, limit: u32) -> Result<Vec<Execution>> {
-        let query = self
-            .query()
-            .index_name(keys::GSI[2].0)
-            .key_condition_expression("gsi3pk = :active")
-            .expression_attribute_values(":active", s(keys::ACTIVE))
-            .limit(limit.clamp(1, 1000) as i32);
         let open = [
             ExecutionStatus::Queued.as_str(),
             ExecutionStatus::Running.as_str(),
         ];
         let items = self
-            .index_items(
-                query,
-                |i| has_status(i, &open),
-                |i| i.len() >= limit as usize,
-            )
+            .index_head(2, keys::ACTIVE.into(), None, limit, |i| {
+                has_status(i, &open)
+            })
             .await?;
-        items
-            .into_iter()
-            .take(limit as usize)
-            .map(execution_of)
-            .collect()
+        items.into_iter().map(execution_of).collect()
     }
 
     async fn expired_shards(&self, now: Timestamp, limit: u32) -> Result<Vec<Shard>> {
-        let query = self
-            .query()
-            .index_name(keys::GSI[0].0)
-            .key_condition_expression("gsi1pk = :lease AND gsi1sk < :now")
-            .expression_attribute_values(":lease", s(keys::LEASE))
-            .expression_attribute_values(":now", s(keys::ts(now)))
-            .limit(limit.clamp(1, 1000) as i32);
         let held = [
             ShardStatus::Assigned.as_str(),
             ShardStatus::Running.as_str(),
         ];
+        let below = Some(keys::ts(now));
         let items = self
-            .index_items(
-                query,
-                |i| has_status(i, &held),
-                |i| i.len() >= limit as usize,
-            )
+            .index_head(0, keys::LEASE.into(), below, limit, |i| {
+                has_status(i, &held)
+            })
             .await?;
-        items.into_iter().take(limit as usize).map(doc_of).collect()
+        items.into_iter().map(doc_of).collect()
     }
 
     async fn assign(&self, w: &AssignmentWrite) -> Result<()> {
@@ -1466,15 +1469,5 @@ impl Store for DynamoStore {
         self.get_setting(key)
             .await?
             .ok_or_else(|| Error::Internal(format!("setting {key} vanished after it was written")))
-    }
-}
-
-/// Trims the one extra item fetched to learn whether another page exists.
-fn page_cursor<T>(items: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Option<String> {
-    if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(key)
-    } else {
-        None
     }
 }

@@ -408,7 +408,7 @@ impl Store for SqliteStore {
             ))?;
             let rows = stmt.query_map(params![cursor.unwrap_or(""), limit + 1], runner_row)?;
             let mut items = rows.map(|r| with_load(r?)).collect::<Result<Vec<_>>>()?;
-            let next_cursor = page_cursor(&mut items, limit, |r| r.runner.id.to_string());
+            let next_cursor = Page::cursor_after(&mut items, limit, |r| r.runner.id.to_string());
             Ok(Page { items, next_cursor })
         })
         .await
@@ -583,7 +583,7 @@ impl Store for SqliteStore {
                  AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?4",
                 params![filter.status.map(|s| s.as_str()), filter.suite, filter.cursor, filter.limit + 1],
             )?;
-            let next_cursor = page_cursor(&mut items, filter.limit, |e| e.id.to_string());
+            let next_cursor = Page::cursor_after(&mut items, filter.limit, |e| e.id.to_string());
             Ok(Page { items, next_cursor })
         })
         .await
@@ -899,15 +899,5 @@ impl Store for SqliteStore {
                 .query_row([key], |r| r.get(0))?)
         })
         .await
-    }
-}
-
-/// Trims the one extra row fetched to learn whether another page exists.
-fn page_cursor<T>(items: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Option<String> {
-    if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(key)
-    } else {
-        None
     }
 }
