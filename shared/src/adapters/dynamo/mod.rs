@@ -510,11 +510,25 @@ fn with(mut item: Item, name: &str, value: AttributeValue) -> Item {
     item
 }
 
+/// An SDK failure as a domain error. An item over DynamoDB's 400 KB (or a
+/// transaction over 4 MB) is the caller's input being too large for one
+/// execution — a 422 that says what to change, not a storage failure.
 fn sdk<E, R>(e: SdkError<E, R>) -> Error
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
+    let too_large = e.code() == Some("ValidationException")
+        && e.message().is_some_and(|m| {
+            m.contains("Item size has exceeded") || m.contains("cannot exceed 4 MB")
+        });
+    if too_large {
+        return Error::validation(
+            "tests",
+            "too many or too long test names for the store: each shard's list must stay \
+             under 400 KB (raise parallelism or shorten the names)",
+        );
+    }
     Error::storage(e)
 }
 
