@@ -144,6 +144,31 @@ impl Default for Harness<Sqlite> {
     }
 }
 
+/// A regular execution of `suite` with the given test names and defaults
+/// for everything else.
+pub fn new_execution(
+    suite: &str,
+    tests: impl IntoIterator<Item = String>,
+    parallelism: u32,
+) -> tms::usecases::NewExecution {
+    tms::usecases::NewExecution {
+        suite: suite.into(),
+        tests: tests
+            .into_iter()
+            .map(tms::usecases::TestInput::Name)
+            .collect(),
+        parallelism,
+        priority: None,
+        requirements: None,
+        test_type: Default::default(),
+        timeout_seconds: None,
+        shard_timeout_seconds: None,
+        max_attempts: None,
+        ci: None,
+        metadata: Default::default(),
+    }
+}
+
 /// A `tms serve` process on 127.0.0.1 and a free port; killed on drop.
 pub struct Server {
     child: Child,

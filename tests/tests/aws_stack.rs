@@ -153,26 +153,8 @@ async fn a_shard_completion_reaches_the_aggregate_queue_through_the_bus_and_rule
 async fn an_execution_too_large_for_one_dynamodb_item_is_refused_as_invalid_input() {
     let h = tms_tests::Harness::<tms_tests::Dynamo>::start().await;
     // 12,000 names of about 50 bytes in one shard: about 600 KB, over the 400 KB item limit.
-    let tests = (0..12_000)
-        .map(|i| {
-            tms::usecases::TestInput::Name(format!(
-                "tests/integration/test_checkout_flow_{i:06}.py"
-            ))
-        })
-        .collect();
-    let new = tms::usecases::NewExecution {
-        suite: "huge".into(),
-        tests,
-        parallelism: 1,
-        priority: None,
-        requirements: None,
-        test_type: Default::default(),
-        timeout_seconds: None,
-        shard_timeout_seconds: None,
-        max_attempts: None,
-        ci: None,
-        metadata: Default::default(),
-    };
+    let names = (0..12_000).map(|i| format!("tests/integration/test_checkout_flow_{i:06}.py"));
+    let new = tms_tests::new_execution("huge", names, 1);
     let err = h.app.queue_execution(new, None).await.unwrap_err();
     assert!(
         matches!(&err, tms::Error::Validation { field, .. } if field == "tests"),

@@ -10,9 +10,7 @@ use tms::domain::{
 use tms::ids::{ExecutionId, RunnerId};
 use tms::ports::Store;
 use tms::time::Clock;
-use tms::usecases::{
-    Assignment, NewExecution, NewRule, NewRunner, ReportStatus, ShardReport, TestInput,
-};
+use tms::usecases::{Assignment, NewExecution, NewRule, NewRunner, ReportStatus, ShardReport};
 use tms::Error;
 use tms_tests::{Backend, Harness};
 
@@ -28,21 +26,7 @@ fn runner(name: &str, slots: u32) -> NewRunner {
 }
 
 fn execution(suite: &str, tests: usize, parallelism: u32) -> NewExecution {
-    NewExecution {
-        suite: suite.into(),
-        tests: (0..tests)
-            .map(|i| TestInput::Name(format!("test_{i}")))
-            .collect(),
-        parallelism,
-        priority: None,
-        requirements: None,
-        test_type: Default::default(),
-        timeout_seconds: None,
-        shard_timeout_seconds: None,
-        max_attempts: None,
-        ci: None,
-        metadata: Default::default(),
-    }
+    tms_tests::new_execution(suite, (0..tests).map(|i| format!("test_{i}")), parallelism)
 }
 
 async fn register<B: Backend>(h: &Harness<B>, name: &str, slots: u32) -> RunnerId {

@@ -29,8 +29,13 @@ fn invalid(what: impl std::fmt::Display) -> Error {
     Error::Internal(format!("template.yaml: {what}"))
 }
 
-fn aws(e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("creating the stack's resources: {e}"))
+/// An AWS failure while creating or finding resources, with its whole cause
+/// chain (an SDK error's own message is only "service error").
+fn aws(e: impl std::error::Error) -> Error {
+    Error::Internal(format!(
+        "creating the stack's resources: {}",
+        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+    ))
 }
 
 /// A parsed template.
