@@ -23,6 +23,15 @@ pub const EVENT_BUS: &str = "TMS_EVENT_BUS";
 pub const ADMIN_TOKEN_SECRET_ARN: &str = "TMS_ADMIN_TOKEN_SECRET_ARN";
 /// Seconds between runner heartbeats (optional; the default otherwise).
 pub const HEARTBEAT_INTERVAL: &str = "TMS_HEARTBEAT_INTERVAL_SECONDS";
+/// The dispatch queue's URL (`!Ref DispatchQueue`): the scheduler sends
+/// dispatch orders there for push-mode runners.
+pub const DISPATCH_QUEUE_URL: &str = "TMS_DISPATCH_QUEUE_URL";
+/// The Secrets Manager prefix of dispatch credentials (`tms/<stage>/dispatch/`).
+pub const DISPATCH_SECRET_PREFIX: &str = "TMS_DISPATCH_SECRET_PREFIX";
+/// The API's public URL, which dispatched CI jobs report to (dispatcher only).
+pub const PUBLIC_URL: &str = "TMS_PUBLIC_URL";
+/// Dispatch attempts per lease: the dispatch queue's `maxReceiveCount`.
+pub const DISPATCH_MAX_ATTEMPTS: &str = "TMS_DISPATCH_MAX_ATTEMPTS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -32,6 +41,8 @@ pub enum SettingsError {
     Invalid { name: &'static str, reason: String },
     #[error("cannot read the admin token secret: {0}")]
     AdminSecret(String),
+    #[error("cannot start: {0}")]
+    Start(#[from] tms::Error),
 }
 
 /// A function's settings.
@@ -41,6 +52,8 @@ pub struct FunctionEnv {
     /// Set for the API functions, which authenticate callers.
     pub admin_token_secret_arn: Option<String>,
     pub heartbeat_interval_secs: Option<u64>,
+    pub public_url: Option<String>,
+    pub dispatch_max_attempts: Option<u32>,
 }
 
 impl FunctionEnv {
@@ -59,31 +72,50 @@ impl FunctionEnv {
                 .filter(|v| !v.trim().is_empty())
                 .ok_or(SettingsError::Missing(name))
         };
-        let heartbeat_interval_secs = lookup(HEARTBEAT_INTERVAL)
-            .filter(|v| !v.trim().is_empty())
+        let optional = |name: &'static str| lookup(name).filter(|v| !v.trim().is_empty());
+        let positive = |name: &'static str| {
+            optional(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| SettingsError::Invalid {
+                            name,
+                            reason: format!("{v:?} is not a positive number"),
+                        })
+                })
+                .transpose()
+        };
+        let public_url = optional(PUBLIC_URL)
             .map(|v| {
-                v.trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|s| *s > 0)
-                    .ok_or_else(|| SettingsError::Invalid {
-                        name: HEARTBEAT_INTERVAL,
-                        reason: format!("{v:?} is not a positive number of seconds"),
+                let v = v.trim().trim_end_matches('/').to_owned();
+                if v.starts_with("https://") || v.starts_with("http://") {
+                    Ok(v)
+                } else {
+                    Err(SettingsError::Invalid {
+                        name: PUBLIC_URL,
+                        reason: format!("{v:?} is not an http(s) URL"),
                     })
+                }
             })
             .transpose()?;
         Ok(FunctionEnv {
             resources: AwsResources {
                 table: required(TABLE)?,
                 schedule_queue_url: required(SCHEDULE_QUEUE_URL)?,
+                dispatch_queue_url: required(DISPATCH_QUEUE_URL)?,
                 event_bus: required(EVENT_BUS)?,
+                secret_prefix: required(DISPATCH_SECRET_PREFIX)?,
             },
             admin_token_secret_arn: if needs_admin_token {
                 Some(required(ADMIN_TOKEN_SECRET_ARN)?)
             } else {
                 None
             },
-            heartbeat_interval_secs,
+            heartbeat_interval_secs: positive(HEARTBEAT_INTERVAL)?.map(u64::from),
+            public_url,
+            dispatch_max_attempts: positive(DISPATCH_MAX_ATTEMPTS)?,
         })
     }
 
@@ -129,9 +161,13 @@ impl FunctionEnv {
         if let Some(secs) = self.heartbeat_interval_secs {
             config.heartbeat_interval_secs = secs;
         }
+        if let Some(n) = self.dispatch_max_attempts {
+            config.dispatch_max_attempts = n;
+        }
+        config.public_url = self.public_url.clone();
         Ok(Arc::new(
             self.resources
-                .orchestrator(clients, clock, config, admin_hash),
+                .orchestrator(clients, clock, config, admin_hash)?,
         ))
     }
 }
@@ -149,15 +185,17 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
-    const BASE: [(&str, &str); 3] = [
+    const BASE: [(&str, &str); 5] = [
         (TABLE, "tms-dev"),
         (SCHEDULE_QUEUE_URL, "http://sqs/q"),
+        (DISPATCH_QUEUE_URL, "http://sqs/d"),
+        (DISPATCH_SECRET_PREFIX, "tms/dev/dispatch/"),
         (EVENT_BUS, "tms-dev"),
     ];
 
     #[test]
     fn a_missing_variable_fails_with_its_name() {
-        let err = FunctionEnv::from_lookup(false, vars(&BASE[..2])).unwrap_err();
+        let err = FunctionEnv::from_lookup(false, vars(&BASE[..4])).unwrap_err();
         assert_eq!(
             err.to_string(),
             "environment variable TMS_EVENT_BUS is missing or empty"
@@ -176,12 +214,38 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_heartbeat_interval_is_refused() {
+    fn bad_numbers_and_urls_are_refused_with_their_names() {
+        for (name, value) in [
+            (HEARTBEAT_INTERVAL, "soon"),
+            (DISPATCH_MAX_ATTEMPTS, "0"),
+            (PUBLIC_URL, "tms.example.com"),
+        ] {
+            let mut pairs = BASE.to_vec();
+            pairs.push((name, value));
+            assert!(
+                matches!(
+                    FunctionEnv::from_lookup(false, vars(&pairs)),
+                    Err(SettingsError::Invalid { name: n, .. }) if n == name
+                ),
+                "{name}={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_dispatcher_settings_are_read() {
         let mut pairs = BASE.to_vec();
-        pairs.push((HEARTBEAT_INTERVAL, "soon"));
-        assert!(matches!(
-            FunctionEnv::from_lookup(false, vars(&pairs)),
-            Err(SettingsError::Invalid { .. })
+        pairs.push((
+            PUBLIC_URL,
+            "https://abc.execute-api.us-east-1.amazonaws.com/",
         ));
+        pairs.push((DISPATCH_MAX_ATTEMPTS, "5"));
+        let env = FunctionEnv::from_lookup(false, vars(&pairs)).unwrap();
+        assert_eq!(
+            env.public_url.as_deref(),
+            Some("https://abc.execute-api.us-east-1.amazonaws.com")
+        );
+        assert_eq!(env.dispatch_max_attempts, Some(5));
+        assert_eq!(env.resources.secret_prefix, "tms/dev/dispatch/");
     }
 }

@@ -11,6 +11,7 @@ use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 use std::sync::Arc;
+use tms::adapters::aws::{redeliver_after, settle_dispatch, Settled};
 use tms::adapters::AwsPorts;
 use tms::ports::{Event, Ports};
 use tms::usecases::{Orchestrator, SweepReport};
@@ -107,6 +108,64 @@ pub async fn aggregate<P: Ports>(
         }
     }
     Ok(failures(failed.into_iter()))
+}
+
+/// The queue a dispatcher consumes, to delay messages that must wait.
+#[derive(Clone, Debug)]
+pub struct DispatchQueue {
+    pub sqs: aws_sdk_sqs::Client,
+    pub url: String,
+}
+
+/// The dispatcher: one dispatch attempt per message, the message's receive
+/// count being the attempt number. A platform that is busy or down gets
+/// the message back after the attempt's backoff (its visibility is set to
+/// it); after the last attempt the shard goes to another runner and the
+/// message, reported failed, moves on to the dead-letter queue.
+pub async fn dispatch<P: Ports>(
+    app: &Arc<Orchestrator<P>>,
+    queue: &DispatchQueue,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, HandlerError> {
+    let attempts = event.payload.records.iter().map(|message| async move {
+        let receive_count = message
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        let body = message.body.as_deref().unwrap_or_default();
+        let settled = settle_dispatch(app, body, receive_count).await;
+        if let (Settled::RetryAfter(after), Some(receipt)) =
+            (settled, message.receipt_handle.as_deref())
+        {
+            redeliver_after(&queue.sqs, &queue.url, receipt, after).await;
+        }
+        (message.message_id.clone().unwrap_or_default(), settled)
+    });
+    let settled = futures::future::join_all(attempts).await;
+    Ok(failures(
+        settled
+            .into_iter()
+            .filter(|(_, s)| *s != Settled::Done)
+            .map(|(id, _)| id),
+    ))
+}
+
+/// Runs the dispatcher function.
+pub async fn run_dispatcher() -> Result<(), HandlerError> {
+    init_logging();
+    let env = FunctionEnv::from_process(false)?;
+    let clients = tms::adapters::AwsClients::new(&tms::adapters::aws::sdk_config(None).await);
+    let app = env.orchestrator(&clients, tms::time::SystemClock).await?;
+    let queue = DispatchQueue {
+        sqs: clients.sqs.clone(),
+        url: env.resources.dispatch_queue_url.clone(),
+    };
+    lambda_runtime::run(lambda_runtime::service_fn(|event| {
+        let (app, queue) = (app.clone(), queue.clone());
+        async move { dispatch(&app, &queue, event).await }
+    }))
+    .await
 }
 
 /// Which sweep a scheduled function runs.

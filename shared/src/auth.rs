@@ -52,6 +52,10 @@ pub enum TokenOwner {
     Api(TokenId),
     Runner(RunnerId),
     Webhook(ExecutionId),
+    /// A token handed to a dispatched CI job (`tms_<execution>.<shard>_…`):
+    /// valid for that execution's webhook while the shard's lease is the
+    /// one it was dispatched with.
+    Shard(ExecutionId, u32),
     /// Not in TMS's format: only the configured admin token can match it.
     Other,
 }
@@ -95,6 +99,12 @@ pub fn owner_of(token: &str) -> TokenOwner {
     let Some((id, _secret)) = rest.split_once('_') else {
         return TokenOwner::Other;
     };
+    if let Some((execution, shard)) = id.split_once('.') {
+        return match (ExecutionId::parse(execution), shard.parse::<u32>()) {
+            (Ok(e), Ok(index)) => TokenOwner::Shard(e, index),
+            _ => TokenOwner::Other,
+        };
+    }
     if let Ok(id) = RunnerId::parse(id) {
         TokenOwner::Runner(id)
     } else if let Ok(id) = ExecutionId::parse(id) {
@@ -122,5 +132,9 @@ mod tests {
         assert_eq!(owner_of(&issued.token), TokenOwner::Runner(id));
         assert_eq!(owner_of("hello"), TokenOwner::Other);
         assert_eq!(owner_of(&issue(None).token), TokenOwner::Other);
+        let e = ExecutionId::generate();
+        let shard = issue(Some(&format!("{e}.3")));
+        assert_eq!(owner_of(&shard.token), TokenOwner::Shard(e.clone(), 3));
+        assert_eq!(owner_of(&format!("tms_{e}.x_abc")), TokenOwner::Other);
     }
 }

@@ -27,6 +27,14 @@ pub struct Config {
     pub idempotency_ttl_secs: u64,
     /// Batch size of each sweep query.
     pub sweep_batch: u32,
+    /// The API's public base URL (`https://tms.example.com`), which
+    /// dispatched CI jobs report to. Push-mode dispatch needs it.
+    pub public_url: Option<String>,
+    /// Attempts at dispatching one lease before the shard goes to another
+    /// runner (on AWS: the dispatch queue's `maxReceiveCount`).
+    pub dispatch_max_attempts: u32,
+    /// The first retry's delay; each next one doubles, up to 5 minutes.
+    pub dispatch_backoff_ms: u64,
     pub unit: ResourceDefaults,
     pub integration: ResourceDefaults,
     pub e2e: ResourceDefaults,
@@ -52,6 +60,14 @@ impl Config {
         }
     }
 
+    /// How long to wait before dispatch attempt `attempt + 1`.
+    pub fn dispatch_backoff(&self, attempt: u32) -> std::time::Duration {
+        let ms = self
+            .dispatch_backoff_ms
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        std::time::Duration::from_millis(ms.min(300_000))
+    }
+
     /// Milliseconds of silence after which a runner is unhealthy.
     pub fn silence_limit_ms(&self) -> i64 {
         (self.heartbeat_interval_secs * u64::from(self.missed_heartbeats) * 1000) as i64
@@ -72,6 +88,9 @@ impl Default for Config {
             max_tests: 20_000,
             idempotency_ttl_secs: 24 * 3600,
             sweep_batch: 100,
+            public_url: None,
+            dispatch_max_attempts: 5,
+            dispatch_backoff_ms: 5_000,
             unit: ResourceDefaults {
                 cpu_millis: 500,
                 memory_mb: 512,

@@ -2,6 +2,7 @@
 //!
 //! The crate is layered so that the core never touches I/O:
 //! - [`domain`] and [`scheduling`]: pure types, state machines, strategies and shard planning;
+//! - [`dispatch`]: pure planning of the HTTP exchanges that start a shard on a CI platform;
 //! - [`ports`]: what the use cases need from the outside (store, clock, nudges, events);
 //! - [`usecases`]: the orchestrator's operations, generic over the ports;
 //! - [`adapters`]: the embedded SQLite store and in-process channels;
@@ -11,6 +12,7 @@
 pub mod adapters;
 pub mod auth;
 pub mod config;
+pub mod dispatch;
 pub mod domain;
 pub mod error;
 #[cfg(any(test, feature = "test-support"))]

@@ -246,9 +246,40 @@ pub trait Store: Send + Sync + 'static {
     fn init_setting(&self, key: &str, value: &str) -> impl Future<Output = Result<String>> + Send;
 }
 
-/// "Look now" signals. Losing one only delays work until the next sweep.
+/// "Dispatch this lease": a shard was assigned to a push-mode runner and
+/// its CI platform has to start the job. The shard in the store says
+/// whether that is still wanted, so an old or repeated order is harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchOrder {
+    pub execution_id: ExecutionId,
+    pub shard_index: u32,
+    pub lease_id: LeaseId,
+}
+
+/// "Look now" signals. Losing one only delays work until the next sweep
+/// (a lost dispatch order: until the timeout sweep takes the lease back).
 pub trait Nudges: Send + Sync + 'static {
     fn schedule(&self) -> impl Future<Output = ()> + Send;
+    fn dispatch(&self, order: DispatchOrder) -> impl Future<Output = ()> + Send;
+}
+
+/// Credentials named by dispatch targets: environment variables in
+/// `tms serve`, Secrets Manager on AWS. `Ok(None)` means there is no such
+/// secret (a configuration error), `Err` that it could not be read now.
+pub trait Secrets: Send + Sync + 'static {
+    fn secret(
+        &self,
+        name: &crate::domain::SecretName,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
+}
+
+/// Sends one HTTP request to a CI platform. `Err` means no response
+/// (connection refused, timeout), which is worth retrying.
+pub trait HttpClient: Send + Sync + 'static {
+    fn send(
+        &self,
+        request: &crate::dispatch::HttpRequest,
+    ) -> impl Future<Output = Result<crate::dispatch::HttpResponse>> + Send;
 }
 
 /// Domain events, for fan-in (aggregation) and anyone else listening.
@@ -273,4 +304,6 @@ pub trait Ports: Send + Sync + 'static {
     type Clock: Clock;
     type Nudges: Nudges;
     type Events: Events;
+    type Secrets: Secrets;
+    type Http: HttpClient;
 }

@@ -7,16 +7,16 @@
 //! process long-polls the schedule and aggregate queues and runs exactly
 //! what the scheduler and aggregator functions run.
 
-use crate::adapters::aws::{sdk_config, AwsClients, AwsPorts};
+use crate::adapters::aws::{self, sdk_config, AwsClients, AwsPorts, Settled};
 use crate::adapters::stack::{self, Template};
-use crate::adapters::{ChannelEvents, NotifyNudges, SqliteStore};
+use crate::adapters::{ChannelEvents, EnvSecrets, LocalNudges, ReqwestHttp, SqliteStore};
 use crate::auth;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::http;
-use crate::ports::{Event, Ports, Store};
+use crate::ports::{DispatchOrder, Event, Ports, Store};
 use crate::time::SystemClock;
-use crate::usecases::{Orchestrator, SweepReport};
+use crate::usecases::{Adapters, DispatchOutcome, Orchestrator, SweepReport};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,8 +30,10 @@ pub struct LocalPorts;
 impl Ports for LocalPorts {
     type Store = SqliteStore;
     type Clock = SystemClock;
-    type Nudges = NotifyNudges;
+    type Nudges = LocalNudges;
     type Events = ChannelEvents;
+    type Secrets = EnvSecrets;
+    type Http = ReqwestHttp;
 }
 
 /// Where `tms serve` keeps its state.
@@ -134,20 +136,24 @@ async fn serve_embedded(
     let store = SqliteStore::open_dir(&data_dir)?;
     let (hash, created) = admin_token_hash(&store, options.admin_token.as_deref()).await?;
     announce_admin_token(created);
-    let nudges = NotifyNudges::default();
+    let (nudges, mut orders) = LocalNudges::new();
     let (events, mut inbox) = ChannelEvents::new();
+    let wake = nudges.wake.clone();
     let app: Arc<Orchestrator<LocalPorts>> = Arc::new(Orchestrator::new(
-        store,
-        SystemClock,
-        nudges.clone(),
-        events,
-        options.config.clone(),
+        Adapters {
+            store,
+            clock: SystemClock,
+            nudges,
+            events,
+            secrets: EnvSecrets,
+            http: ReqwestHttp::new()?,
+        },
+        config_for(&listener, &options)?,
         hash,
     ));
 
     let mut tasks = JoinSet::new();
     let scheduler = app.clone();
-    let wake = nudges.0.clone();
     let sweep_every = options.sweep_interval;
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(sweep_every);
@@ -175,8 +181,46 @@ async fn serve_embedded(
             batch.clear();
         }
     });
+    // The dispatcher function's work; each order retries on its own timer.
+    let dispatcher = app.clone();
+    tasks.spawn(async move {
+        let mut running = JoinSet::new();
+        while let Some(order) = orders.recv().await {
+            running.spawn(dispatch_until_settled(dispatcher.clone(), order));
+            while running.try_join_next().is_some() {}
+        }
+    });
     spawn_sweeps(&mut tasks, &app, &options);
     run_http(listener, app, tasks, shutdown).await
+}
+
+/// The settings, with the public URL dispatched jobs report to defaulting
+/// to the address this server listens on.
+fn config_for(listener: &TcpListener, options: &ServeOptions) -> Result<Config> {
+    let mut config = options.config.clone();
+    if config.public_url.is_none() {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Internal(format!("cannot read the listening address: {e}")))?;
+        config.public_url = Some(format!("http://{addr}"));
+    }
+    Ok(config)
+}
+
+/// Dispatch attempts for one order until one settles it, waiting as each
+/// failed attempt asks — what SQS redelivery does for the function.
+async fn dispatch_until_settled<P: Ports>(app: Arc<Orchestrator<P>>, order: DispatchOrder) {
+    for attempt in 1..=app.config.dispatch_max_attempts.max(1) {
+        match app.dispatch_shard(&order, attempt).await {
+            Ok(DispatchOutcome::Retry { after, .. }) => tokio::time::sleep(after).await,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, execution = %order.execution_id,
+                    shard = order.shard_index, "dispatch attempt failed");
+                tokio::time::sleep(app.config.dispatch_backoff(attempt)).await;
+            }
+        }
+    }
 }
 
 async fn serve_aws(
@@ -190,8 +234,12 @@ async fn serve_aws(
     let store = crate::adapters::DynamoStore::new(clients.dynamodb.clone(), &resources.table);
     let (hash, created) = admin_token_hash(&store, options.admin_token.as_deref()).await?;
     announce_admin_token(created);
-    let app: Arc<Orchestrator<AwsPorts>> =
-        Arc::new(resources.orchestrator(&clients, SystemClock, options.config.clone(), hash));
+    let app: Arc<Orchestrator<AwsPorts>> = Arc::new(resources.orchestrator(
+        &clients,
+        SystemClock,
+        config_for(&listener, &options)?,
+        hash,
+    )?);
     let queue = |id: &str| {
         deployed
             .physical(id)
@@ -209,7 +257,7 @@ async fn serve_aws(
             let app = scheduler.clone();
             async move {
                 let ok = app.schedule_sweep().await.is_ok();
-                vec![ok; bodies.len()]
+                vec![settled(ok); bodies.len()]
             }
         },
     ));
@@ -223,14 +271,29 @@ async fn serve_aws(
             async move {
                 let events: Vec<Option<Event>> = bodies
                     .iter()
-                    .map(|b| Event::from_envelope(b).ok())
+                    .map(|(b, _)| Event::from_envelope(b).ok())
                     .collect();
                 let readable: Vec<Event> = events.iter().flatten().cloned().collect();
                 let mut folded = app.handle_events(&readable).await.into_iter();
                 events
                     .iter()
-                    .map(|e| e.is_some() && folded.next().is_some_and(|r| r.is_ok()))
+                    .map(|e| settled(e.is_some() && folded.next().is_some_and(|r| r.is_ok())))
                     .collect()
+            }
+        },
+    ));
+    // The dispatcher function's work: one attempt per delivery.
+    let dispatcher = app.clone();
+    tasks.spawn(poll_queue(
+        clients.sqs.clone(),
+        queue("DispatchQueue")?,
+        move |batch| {
+            let app = dispatcher.clone();
+            async move {
+                let attempts = batch
+                    .iter()
+                    .map(|(body, count)| aws::settle_dispatch(&app, body, *count));
+                futures::future::join_all(attempts).await
             }
         },
     ));
@@ -244,12 +307,13 @@ async fn serve_aws(
 }
 
 /// Long-polls an SQS queue like a Lambda event source mapping: hands each
-/// batch of bodies to `handle`, deletes the messages it says succeeded and
-/// leaves the others to be redelivered (and, in the end, dead-lettered).
+/// batch of messages (body, receive count) to `handle`, deletes the ones it
+/// settled, delays the ones it wants again later, and leaves the others to
+/// be redelivered (and, in the end, dead-lettered).
 async fn poll_queue<F, Fut>(sqs: aws_sdk_sqs::Client, url: String, handle: F)
 where
-    F: Fn(Vec<String>) -> Fut,
-    Fut: Future<Output = Vec<bool>>,
+    F: Fn(Vec<(String, u32)>) -> Fut,
+    Fut: Future<Output = Vec<Settled>>,
 {
     loop {
         let received = sqs
@@ -257,6 +321,9 @@ where
             .queue_url(&url)
             .max_number_of_messages(10)
             .wait_time_seconds(1)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+            )
             .send()
             .await;
         let messages = match received {
@@ -270,25 +337,51 @@ where
         if messages.is_empty() {
             continue;
         }
-        let bodies = messages
+        let batch = messages
             .iter()
-            .map(|m| m.body.clone().unwrap_or_default())
+            .map(|m| {
+                let count = m
+                    .attributes()
+                    .and_then(|a| {
+                        a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+                    })
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1);
+                (m.body.clone().unwrap_or_default(), count)
+            })
             .collect();
-        let outcomes = handle(bodies).await;
-        for (message, ok) in messages.iter().zip(outcomes) {
-            let Some(receipt) = message.receipt_handle.as_deref().filter(|_| ok) else {
+        let outcomes = handle(batch).await;
+        for (message, settled) in messages.iter().zip(outcomes) {
+            let Some(receipt) = message.receipt_handle.as_deref() else {
                 continue;
             };
-            if let Err(e) = sqs
-                .delete_message()
-                .queue_url(&url)
-                .receipt_handle(receipt)
-                .send()
-                .await
-            {
-                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete failed; the message comes back");
+            match settled {
+                Settled::Done => {
+                    if let Err(e) = sqs
+                        .delete_message()
+                        .queue_url(&url)
+                        .receipt_handle(receipt)
+                        .send()
+                        .await
+                    {
+                        tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "delete failed; the message comes back");
+                    }
+                }
+                Settled::RetryAfter(after) => {
+                    aws::redeliver_after(&sqs, &url, receipt, after).await
+                }
+                Settled::Failed => {}
             }
         }
+    }
+}
+
+/// `Done` for true, `Failed` for false.
+fn settled(ok: bool) -> Settled {
+    if ok {
+        Settled::Done
+    } else {
+        Settled::Failed
     }
 }
 

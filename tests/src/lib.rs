@@ -4,8 +4,10 @@
 
 pub mod meter;
 pub mod moto;
+pub mod recorder;
 pub mod serverless;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::marker::PhantomData;
@@ -14,19 +16,49 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tms::adapters::ReqwestHttp;
 use tms::adapters::{DynamoStore, SqliteStore};
 use tms::config::Config;
-use tms::ports::{Event, Events, Nudges, Ports, Store};
+use tms::domain::SecretName;
+use tms::ports::{DispatchOrder, Event, Events, Nudges, Ports, Secrets, Store};
 use tms::time::{ManualClock, Timestamp};
 use tms::usecases::Orchestrator;
 
-/// Counts nudges; the tests run scheduling passes themselves.
+/// Counts schedule nudges and keeps dispatch orders; the tests run
+/// scheduling passes and dispatch attempts themselves.
 #[derive(Clone, Default)]
-pub struct CountingNudges(pub Arc<AtomicUsize>);
+pub struct CountingNudges(pub Arc<AtomicUsize>, pub Arc<Mutex<Vec<DispatchOrder>>>);
+
+impl CountingNudges {
+    /// The dispatch orders sent since the last call.
+    pub fn take_orders(&self) -> Vec<DispatchOrder> {
+        std::mem::take(&mut *self.1.lock().unwrap())
+    }
+}
 
 impl Nudges for CountingNudges {
     async fn schedule(&self) {
         self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn dispatch(&self, order: DispatchOrder) {
+        self.1.lock().unwrap().push(order);
+    }
+}
+
+/// Dispatch credentials a test sets by name.
+#[derive(Clone, Default)]
+pub struct MapSecrets(pub Arc<Mutex<HashMap<String, String>>>);
+
+impl MapSecrets {
+    pub fn set(&self, name: &str, value: &str) {
+        self.0.lock().unwrap().insert(name.into(), value.into());
+    }
+}
+
+impl Secrets for MapSecrets {
+    async fn secret(&self, name: &SecretName) -> tms::Result<Option<String>> {
+        Ok(self.0.lock().unwrap().get(name.as_str()).cloned())
     }
 }
 
@@ -82,7 +114,12 @@ impl<B: Backend> Ports for TestPorts<B> {
     type Clock = ManualClock;
     type Nudges = CountingNudges;
     type Events = RecordedEvents;
+    type Secrets = MapSecrets;
+    type Http = ReqwestHttp;
 }
+
+/// Where dispatched jobs in the tests are told to report.
+pub const PUBLIC_URL: &str = "https://tms.test";
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -91,6 +128,8 @@ pub struct Harness<B: Backend = Sqlite> {
     pub app: Arc<Orchestrator<TestPorts<B>>>,
     pub clock: ManualClock,
     pub events: RecordedEvents,
+    pub nudges: CountingNudges,
+    pub secrets: MapSecrets,
 }
 
 impl Harness<Sqlite> {
@@ -112,14 +151,21 @@ impl<B: Backend> Harness<B> {
         Self::on(B::store().await, config)
     }
 
-    fn on(store: B::Store, config: Config) -> Self {
+    fn on(store: B::Store, mut config: Config) -> Self {
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
         let events = RecordedEvents::default();
+        let nudges = CountingNudges::default();
+        let secrets = MapSecrets::default();
+        config.public_url.get_or_insert_with(|| PUBLIC_URL.into());
         let app = Orchestrator::new(
-            store,
-            clock.clone(),
-            CountingNudges::default(),
-            events.clone(),
+            tms::usecases::Adapters {
+                store,
+                clock: clock.clone(),
+                nudges: nudges.clone(),
+                events: events.clone(),
+                secrets: secrets.clone(),
+                http: ReqwestHttp::new().expect("HTTP client"),
+            },
             config,
             tms::auth::hash(ADMIN_TOKEN),
         );
@@ -127,6 +173,8 @@ impl<B: Backend> Harness<B> {
             app: Arc::new(app),
             clock,
             events,
+            nudges,
+            secrets,
         }
     }
 

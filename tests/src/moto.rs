@@ -55,7 +55,8 @@ pub async fn stack() -> (
     let sdk = sdk_config().await;
     let template = tms::adapters::stack::Template::builtin().expect("template.yaml parses");
     let stage = unique_name("t");
-    let stack = tms::adapters::stack::create(&template, &[("Stage", &stage)], &sdk)
+    let params = [("Stage", stage.as_str()), ("PublicUrl", crate::PUBLIC_URL)];
+    let stack = tms::adapters::stack::create(&template, &params, &sdk)
         .await
         .expect("create the template's resources on moto");
     (template, stack, sdk)

@@ -112,15 +112,56 @@ async fn creating_the_resources_again_keeps_them() {
 }
 
 #[tokio::test]
-async fn a_schedule_nudge_lands_on_the_schedule_queue() {
+async fn schedule_nudges_and_dispatch_orders_land_on_their_own_queues() {
     let (_, stack, sdk) = moto::stack().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let url = stack.physical("ScheduleQueue").unwrap();
-    SqsNudges::new(sqs.clone(), url).schedule().await;
+    let schedule = stack.physical("ScheduleQueue").unwrap();
+    let dispatch = stack.physical("DispatchQueue").unwrap();
+    let nudges = SqsNudges::new(sqs.clone(), schedule, dispatch);
+    nudges.schedule().await;
+    let order = tms::ports::DispatchOrder {
+        execution_id: ExecutionId::generate(),
+        shard_index: 1,
+        lease_id: LeaseId::generate(),
+    };
+    nudges.dispatch(order.clone()).await;
     assert_eq!(
-        receive(&sqs, url).await,
+        receive(&sqs, schedule).await,
         [tms::adapters::aws::SCHEDULE_NUDGE]
     );
+    let bodies = receive(&sqs, dispatch).await;
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(
+        serde_json::from_str::<tms::ports::DispatchOrder>(&bodies[0]).unwrap(),
+        order
+    );
+}
+
+#[test]
+fn the_dispatcher_gives_up_on_the_attempt_the_dispatch_queue_dead_letters() {
+    let template = tms::adapters::stack::Template::builtin().unwrap();
+    let text = include_str!("../../template.yaml");
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
+    let max_receive = doc["Resources"]["DispatchQueue"]["Properties"]["RedrivePolicy"]
+        ["maxReceiveCount"]
+        .as_u64()
+        .unwrap();
+    let attempts = doc["Resources"]["DispatcherFunction"]["Properties"]["Environment"]["Variables"]
+        [tms_functions::env::DISPATCH_MAX_ATTEMPTS]
+        .as_str()
+        .unwrap();
+    assert_eq!(attempts, max_receive.to_string());
+    // Visibility is 6 x the consumer's timeout, as Lambda asks.
+    let timeout = doc["Resources"]["DispatcherFunction"]["Properties"]["Timeout"]
+        .as_u64()
+        .unwrap();
+    let visibility = doc["Resources"]["DispatchQueue"]["Properties"]["VisibilityTimeout"]
+        .as_u64()
+        .unwrap();
+    assert!(visibility >= 6 * timeout);
+    assert!(template
+        .functions()
+        .contains(&"DispatcherFunction".to_string()));
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //! caller whose write already succeeded.
 
 use crate::error::{Error, Result};
-use crate::ports::{Event, Events, Nudges};
+use crate::ports::{DispatchOrder, Event, Events, Nudges};
 use aws_config::{BehaviorVersion, SdkConfig};
 use serde::Deserialize;
 
@@ -24,18 +24,25 @@ pub async fn sdk_config(endpoint: Option<&str>) -> SdkConfig {
 }
 
 /// "Look at the queue now": a message on the schedule queue, which the
-/// scheduler function consumes (batched, so a burst becomes one pass).
+/// scheduler function consumes (batched, so a burst becomes one pass); and
+/// dispatch orders on the dispatch queue, one message per lease.
 #[derive(Clone)]
 pub struct SqsNudges {
     client: aws_sdk_sqs::Client,
     schedule_queue_url: String,
+    dispatch_queue_url: String,
 }
 
 impl SqsNudges {
-    pub fn new(client: aws_sdk_sqs::Client, schedule_queue_url: impl Into<String>) -> Self {
+    pub fn new(
+        client: aws_sdk_sqs::Client,
+        schedule_queue_url: impl Into<String>,
+        dispatch_queue_url: impl Into<String>,
+    ) -> Self {
         SqsNudges {
             client,
             schedule_queue_url: schedule_queue_url.into(),
+            dispatch_queue_url: dispatch_queue_url.into(),
         }
     }
 }
@@ -56,6 +63,90 @@ impl Nudges for SqsNudges {
             tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
                 "schedule nudge not sent; the schedule sweep will find the work");
         }
+    }
+
+    async fn dispatch(&self, order: DispatchOrder) {
+        let body = match serde_json::to_string(&order) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "dispatch order not encoded");
+                return;
+            }
+        };
+        let sent = self
+            .client
+            .send_message()
+            .queue_url(&self.dispatch_queue_url)
+            .message_body(body)
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
+                execution = %order.execution_id, shard = order.shard_index,
+                "dispatch order not sent; the timeout sweep will take the lease back");
+        }
+    }
+}
+
+/// What became of one dispatch-queue message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Done with (dispatched, out of date, or refused and handed back): delete it.
+    Done,
+    /// Deliver it again after this long (SQS visibility timeout).
+    RetryAfter(std::time::Duration),
+    /// Leave it to SQS: it comes back after the visibility timeout and,
+    /// past `maxReceiveCount`, moves to the dead-letter queue.
+    Failed,
+}
+
+/// Runs dispatch attempt `receive_count` for a dispatch-queue message body:
+/// what the dispatcher function and `tms serve --backend aws` both do.
+pub async fn settle_dispatch<P: crate::ports::Ports>(
+    app: &crate::usecases::Orchestrator<P>,
+    body: &str,
+    receive_count: u32,
+) -> Settled {
+    use crate::usecases::DispatchOutcome;
+    let order: DispatchOrder = match serde_json::from_str(body) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "unreadable dispatch order; it will be dead-lettered");
+            return Settled::Failed;
+        }
+    };
+    match app.dispatch_shard(&order, receive_count.max(1)).await {
+        Ok(DispatchOutcome::Retry { after, .. }) => Settled::RetryAfter(after),
+        // Handed back after the last attempt: the message goes on to the
+        // dead-letter queue, as a record of the platform's failure.
+        Ok(DispatchOutcome::Exhausted { .. }) => Settled::Failed,
+        Ok(_) => Settled::Done,
+        Err(e) => {
+            tracing::error!(error = %e, execution = %order.execution_id,
+                shard = order.shard_index, "dispatch attempt failed");
+            Settled::Failed
+        }
+    }
+}
+
+/// Asks SQS to deliver a message again after `after` (at most 12 hours).
+pub async fn redeliver_after(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    receipt_handle: &str,
+    after: std::time::Duration,
+) {
+    let seconds = i32::try_from(after.as_secs().clamp(1, 43_200)).unwrap_or(43_200);
+    if let Err(e) = sqs
+        .change_message_visibility()
+        .queue_url(queue_url)
+        .receipt_handle(receipt_handle)
+        .visibility_timeout(seconds)
+        .send()
+        .await
+    {
+        tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e),
+            "could not delay the message; it comes back after the queue's visibility timeout");
     }
 }
 
@@ -136,6 +227,8 @@ impl<C: crate::time::Clock> crate::ports::Ports for AwsPorts<C> {
     type Clock = C;
     type Nudges = SqsNudges;
     type Events = EventBridgeEvents;
+    type Secrets = crate::adapters::SecretsManagerSecrets;
+    type Http = crate::adapters::ReqwestHttp;
 }
 
 /// The SDK clients of one deployment (built from one [`SdkConfig`], or
@@ -164,7 +257,10 @@ impl AwsClients {
 pub struct AwsResources {
     pub table: String,
     pub schedule_queue_url: String,
+    pub dispatch_queue_url: String,
     pub event_bus: String,
+    /// Where dispatch credentials are looked up in Secrets Manager.
+    pub secret_prefix: String,
 }
 
 impl AwsResources {
@@ -175,14 +271,25 @@ impl AwsResources {
         clock: C,
         config: crate::config::Config,
         admin_token_hash: String,
-    ) -> crate::usecases::Orchestrator<AwsPorts<C>> {
-        crate::usecases::Orchestrator::new(
-            crate::adapters::DynamoStore::new(clients.dynamodb.clone(), &self.table),
-            clock,
-            SqsNudges::new(clients.sqs.clone(), &self.schedule_queue_url),
-            EventBridgeEvents::new(clients.eventbridge.clone(), &self.event_bus),
+    ) -> Result<crate::usecases::Orchestrator<AwsPorts<C>>> {
+        Ok(crate::usecases::Orchestrator::new(
+            crate::usecases::Adapters {
+                store: crate::adapters::DynamoStore::new(clients.dynamodb.clone(), &self.table),
+                clock,
+                nudges: SqsNudges::new(
+                    clients.sqs.clone(),
+                    &self.schedule_queue_url,
+                    &self.dispatch_queue_url,
+                ),
+                events: EventBridgeEvents::new(clients.eventbridge.clone(), &self.event_bus),
+                secrets: crate::adapters::SecretsManagerSecrets::new(
+                    clients.secrets.clone(),
+                    &self.secret_prefix,
+                ),
+                http: crate::adapters::ReqwestHttp::new()?,
+            },
             config,
             admin_token_hash,
-        )
+        ))
     }
 }

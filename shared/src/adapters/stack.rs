@@ -311,10 +311,16 @@ impl Stack {
                 .map(str::to_owned)
                 .ok_or_else(|| invalid(format!("{id} was not created")))
         };
+        let stage = self
+            .parameters
+            .get("Stage")
+            .ok_or_else(|| invalid("the template has no Stage parameter"))?;
         Ok(AwsResources {
             table: need("Table")?,
             schedule_queue_url: need("ScheduleQueue")?,
+            dispatch_queue_url: need("DispatchQueue")?,
             event_bus: need("EventBus")?,
+            secret_prefix: crate::adapters::SecretsManagerSecrets::stage_prefix(stage),
         })
     }
 }

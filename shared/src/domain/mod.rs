@@ -3,6 +3,7 @@
 //! pass `now` in.
 
 pub mod allocation;
+pub mod dispatch;
 pub mod execution;
 pub mod health;
 pub mod resources;
@@ -11,6 +12,7 @@ pub mod runner;
 pub mod shard;
 
 pub use allocation::Allocation;
+pub use dispatch::{DispatchTarget, SecretName};
 pub use execution::{
     CiMetadata, Execution, ExecutionStatus, Requirements, TestSpec, TestType, Totals,
 };

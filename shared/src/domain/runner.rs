@@ -9,10 +9,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use utoipa::ToSchema;
 
-/// How to start work on the runner's platform (push mode): an object whose
-/// fields depend on the platform.
-pub type DispatchConfig = serde_json::Map<String, serde_json::Value>;
-
 /// The CI platform or agent kind behind a runner.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
@@ -68,8 +64,10 @@ pub struct Runner {
     pub registered_at: Timestamp,
     pub last_heartbeat: Timestamp,
     pub last_usage: Option<Usage>,
-    /// Platform dispatch settings (push mode); kept as given.
-    pub dispatch: Option<DispatchConfig>,
+    /// Push mode: where its shards are started. Such a runner is a pool of
+    /// CI jobs, not a machine, and sends no heartbeats.
+    #[serde(default)]
+    pub dispatch: Option<super::DispatchTarget>,
     pub token_hash: String,
     pub version: u64,
 }
@@ -88,6 +86,23 @@ impl RunnerWithLoad {
 }
 
 impl Runner {
+    /// Pull-mode runners heartbeat and go unhealthy when they stop; a
+    /// push-mode runner is a CI platform TMS calls, judged by its dispatches.
+    pub fn expects_heartbeats(&self) -> bool {
+        self.dispatch.is_none()
+    }
+
+    /// What silence is judged by: the last heartbeat, or for a runner that
+    /// sends none, a time that never comes (so stores can keep one index for
+    /// "silent since" and never list push-mode runners in it).
+    pub fn silence_key(&self) -> Timestamp {
+        if self.expects_heartbeats() {
+            self.last_heartbeat
+        } else {
+            Timestamp(i64::MAX)
+        }
+    }
+
     fn set_status(&mut self, to: RunnerStatus, reason: Option<String>) {
         self.status = to;
         self.status_reason = reason;
@@ -96,10 +111,16 @@ impl Runner {
 
     /// Stop handing out new work. Returns false if it was already paused.
     pub fn pause(&mut self) -> Result<bool> {
+        self.pause_for("paused by operator".into())
+    }
+
+    /// Stop handing out new work, saying why (an operator's pause, or a CI
+    /// platform that refuses dispatches until someone fixes its settings).
+    pub fn pause_for(&mut self, reason: String) -> Result<bool> {
         match self.status {
             RunnerStatus::Paused => Ok(false),
             RunnerStatus::Active | RunnerStatus::Unhealthy => {
-                self.set_status(RunnerStatus::Paused, Some("paused by operator".into()));
+                self.set_status(RunnerStatus::Paused, Some(reason));
                 Ok(true)
             }
             RunnerStatus::Deregistered => Err(self.refuse(RunnerStatus::Paused)),

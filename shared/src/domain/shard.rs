@@ -127,7 +127,19 @@ pub struct Shard {
     pub avoid_runners: Vec<RunnerId>,
     pub result: Option<ShardResult>,
     pub error: Option<String>,
+    /// Push mode: when the current lease was handed to the runner's CI
+    /// platform, and the hash of the token the started job reports with
+    /// (valid only while this lease is current).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<ShardDispatch>,
     pub version: u64,
+}
+
+/// A lease's dispatch to a CI platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardDispatch {
+    pub token_hash: String,
+    pub at: Timestamp,
 }
 
 /// What a completion report did.
@@ -171,6 +183,7 @@ impl Shard {
             avoid_runners: Vec::new(),
             result: None,
             error: None,
+            dispatch: None,
             version: 1,
         }
     }
@@ -217,6 +230,28 @@ impl Shard {
         self.deadline = Some(deadline);
         self.result = None;
         self.error = None;
+        self.dispatch = None;
+        self.version += 1;
+        Ok(())
+    }
+
+    /// The assigned lease is being handed to the runner's CI platform; the
+    /// job will report with a token of this hash. Dispatching the same lease
+    /// again (a retried dispatch) replaces the token.
+    pub fn mark_dispatched(
+        &mut self,
+        lease: &LeaseId,
+        token_hash: String,
+        now: Timestamp,
+    ) -> Result<()> {
+        self.require_current_lease(lease)?;
+        if self.status != ShardStatus::Assigned {
+            return Err(self.refuse(ShardStatus::Assigned));
+        }
+        self.dispatch = Some(ShardDispatch {
+            token_hash,
+            at: now,
+        });
         self.version += 1;
         Ok(())
     }
@@ -287,6 +322,7 @@ impl Shard {
         self.runner_id = None;
         self.deadline = None;
         self.started_at = None;
+        self.dispatch = None;
         self.error = Some(reason.to_owned());
         self.version += 1;
         Ok(held)

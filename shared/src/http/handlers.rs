@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, RuleId, RunnerId};
 use crate::ports::{ExecutionFilter, Ports};
 use crate::usecases::{
-    NewExecution, NewRule, NewRunner, NewToken, ReportOutcome, ShardReport, SystemHealth,
-    Utilization,
+    Assignment, NewExecution, NewRule, NewRunner, NewToken, ReportOutcome, ShardReport,
+    SystemHealth, Utilization,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -374,6 +374,23 @@ pub async fn shard_webhook<P: Ports>(
 ) -> Result<Json<ReportOutcome>> {
     let id = ExecutionId::parse(&id)?;
     Ok(Json(app.report_shard(&caller, &id, body).await?))
+}
+
+/// A shard's current assignment — lease and tests — for the CI job that a
+/// push-mode dispatch started (with the token the dispatch gave it).
+#[utoipa::path(get, path = "/webhooks/parallel-execution/{id}/shards/{index}", tag = "webhooks",
+    responses((status = 200, body = Assignment), (status = 404, body = super::Problem, description = "no such shard, or not assigned now")),
+    security(("bearer" = [])))]
+pub async fn shard_assignment<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path((id, index)): Path<(String, String)>,
+) -> Result<Json<Assignment>> {
+    let id = ExecutionId::parse(&id)?;
+    let index = index
+        .parse::<u32>()
+        .map_err(|_| Error::not_found(crate::Entity::Shard, &index))?;
+    Ok(Json(app.shard_assignment(&caller, &id, index).await?))
 }
 
 /// Unauthenticated, for load balancers and uptime checks.

@@ -77,10 +77,15 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
             .route("/load-balancing-rules/{id}", delete(delete_rule::<P>));
     }
     if wanted(Routes::Webhooks) {
-        api = api.route(
-            "/webhooks/parallel-execution/{id}",
-            post(shard_webhook::<P>),
-        );
+        api = api
+            .route(
+                "/webhooks/parallel-execution/{id}",
+                post(shard_webhook::<P>),
+            )
+            .route(
+                "/webhooks/parallel-execution/{id}/shards/{index}",
+                get(shard_assignment::<P>),
+            );
     }
     let mut root = Router::new();
     if wanted(Routes::System) {

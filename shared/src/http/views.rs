@@ -27,8 +27,7 @@ pub struct RunnerView {
     pub registered_at: i64,
     pub last_heartbeat: i64,
     pub last_usage: Option<Usage>,
-    #[schema(value_type = Option<Object>)]
-    pub dispatch: Option<crate::domain::runner::DispatchConfig>,
+    pub dispatch: Option<crate::domain::DispatchTarget>,
 }
 
 impl From<RunnerWithLoad> for RunnerView {

@@ -68,6 +68,17 @@ impl<P: Ports> Orchestrator<P> {
                 .await?
                 .filter(|e| e.webhook_token_hashes.iter().any(|h| matches(h)))
                 .map(|_| Principal::Webhook(id)),
+            TokenOwner::Shard(id, index) => self
+                .store
+                .load_shard(&id, index)
+                .await?
+                .filter(|(_, shard)| {
+                    shard
+                        .dispatch
+                        .as_ref()
+                        .is_some_and(|d| matches(&d.token_hash))
+                })
+                .map(|_| Principal::Webhook(id)),
             TokenOwner::Other => None,
         })
     }

@@ -84,6 +84,27 @@ impl ShardReport {
 impl<P: Ports> Orchestrator<P> {
     /// Applies a runner's report to its shard. Only the current lease counts;
     /// the same final report twice is acknowledged once.
+    /// A shard's current assignment (its lease and tests), for the CI job a
+    /// dispatch started: it knows the execution, the shard and the token,
+    /// and reads its work here.
+    pub async fn shard_assignment(
+        &self,
+        caller: &Principal,
+        id: &ExecutionId,
+        index: u32,
+    ) -> Result<super::Assignment> {
+        match caller {
+            Principal::Webhook(exec) if exec == id => {}
+            Principal::Admin | Principal::Ci => {}
+            _ => return Err(Error::Forbidden("read this execution's shards")),
+        }
+        let (_, shard) = self.load_shard(id, index).await?;
+        // No current assignment: nothing to work on, as if there were no such shard.
+        super::Assignment::of(shard).ok_or_else(|| {
+            Error::not_found(crate::Entity::Shard, format!("{id}/{index} assignment"))
+        })
+    }
+
     pub async fn report_shard(
         &self,
         caller: &Principal,

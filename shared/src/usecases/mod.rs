@@ -4,6 +4,7 @@
 
 mod access;
 mod completion;
+mod dispatch;
 mod executions;
 mod rules;
 mod runners;
@@ -13,6 +14,7 @@ mod system;
 
 pub use access::NewToken;
 pub use completion::{ReportOutcome, ReportStatus, ShardReport};
+pub use dispatch::DispatchOutcome;
 pub use executions::{NewExecution, QueuedExecution, RequirementsInput, TestInput, TimedTest};
 pub use rules::NewRule;
 pub use runners::{Assignment, NewRunner, RegisteredRunner};
@@ -26,12 +28,24 @@ use crate::error::Result;
 use crate::ports::{Ports, Release, ShardUpdate, Store};
 use std::future::Future;
 
+/// One deployment's adapters, one per port.
+pub struct Adapters<P: Ports> {
+    pub store: P::Store,
+    pub clock: P::Clock,
+    pub nudges: P::Nudges,
+    pub events: P::Events,
+    pub secrets: P::Secrets,
+    pub http: P::Http,
+}
+
 /// The orchestrator: ports plus settings. Cheap to share behind an `Arc`.
 pub struct Orchestrator<P: Ports> {
     pub store: P::Store,
     pub clock: P::Clock,
     pub nudges: P::Nudges,
     pub events: P::Events,
+    pub secrets: P::Secrets,
+    pub http: P::Http,
     pub config: Config,
     admin_token_hash: String,
     tokens: access::TokenCache,
@@ -39,19 +53,22 @@ pub struct Orchestrator<P: Ports> {
 
 impl<P: Ports> Orchestrator<P> {
     /// `admin_token_hash` is the SHA-256 (hex) of the admin token, see [`crate::auth::hash`].
-    pub fn new(
-        store: P::Store,
-        clock: P::Clock,
-        nudges: P::Nudges,
-        events: P::Events,
-        config: Config,
-        admin_token_hash: String,
-    ) -> Self {
+    pub fn new(adapters: Adapters<P>, config: Config, admin_token_hash: String) -> Self {
+        let Adapters {
+            store,
+            clock,
+            nudges,
+            events,
+            secrets,
+            http,
+        } = adapters;
         Orchestrator {
             store,
             clock,
             nudges,
             events,
+            secrets,
+            http,
             config,
             admin_token_hash,
             tokens: access::TokenCache::default(),

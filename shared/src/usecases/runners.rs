@@ -3,7 +3,6 @@
 use super::sweeps::TakenBack;
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth::{self, Principal};
-use crate::domain::runner::DispatchConfig;
 use crate::domain::{
     HealthRecord, Resources, Runner, RunnerStatus, RunnerType, RunnerWithLoad, Shard, Usage,
     Violation,
@@ -29,10 +28,10 @@ pub struct NewRunner {
     pub capacity: Resources,
     #[serde(default)]
     pub priority: i32,
-    /// Push-mode dispatch settings for the runner's platform: a JSON object, kept as given.
+    /// Push mode: how to start each assigned shard on the runner's CI
+    /// platform. Without it the runner pulls work with heartbeats.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub dispatch: Option<DispatchConfig>,
+    pub dispatch: Option<crate::domain::DispatchTarget>,
 }
 
 /// A newly registered runner and its token (shown only now).
@@ -87,15 +86,8 @@ impl NewRunner {
                 "must be between 1 and 1024",
             ));
         }
-        if self
-            .dispatch
-            .as_ref()
-            .is_some_and(|d| serde_json::to_string(d).map_or(0, |s| s.len()) > 16 * 1024)
-        {
-            return Err(Error::validation(
-                "dispatch",
-                "must be at most 16 KiB of JSON",
-            ));
+        if let Some(target) = &self.dispatch {
+            target.validate(self.runner_type)?;
         }
         Ok(())
     }
@@ -103,7 +95,7 @@ impl NewRunner {
 
 impl Assignment {
     /// The assignment a held shard stands for (`None` if it holds no lease).
-    fn of(shard: Shard) -> Option<Assignment> {
+    pub(crate) fn of(shard: Shard) -> Option<Assignment> {
         Some(Assignment {
             lease_id: shard.lease_id?,
             suite: shard.suite,

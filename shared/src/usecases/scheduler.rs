@@ -5,7 +5,7 @@ use super::Orchestrator;
 use crate::domain::Allocation;
 use crate::error::Result;
 use crate::ids::LeaseId;
-use crate::ports::{AssignmentWrite, Ports, Store};
+use crate::ports::{AssignmentWrite, DispatchOrder, Nudges, Ports, Store};
 use crate::scheduling::{plan, SchedulingPass};
 use crate::time::Clock;
 
@@ -40,6 +40,8 @@ impl<P: Ports> Orchestrator<P> {
             aging_step_ms: self.config.aging_step_ms,
         });
         let mut writes = Vec::with_capacity(planned.len());
+        // Which writes go to push-mode runners (their CI platform starts the job).
+        let mut pushed = Vec::with_capacity(planned.len());
         for p in planned {
             let Some((execution, shards)) = pending.iter().find(|(e, _)| e.id == p.execution_id)
             else {
@@ -54,6 +56,7 @@ impl<P: Ports> Orchestrator<P> {
             let Some(runner) = runners.iter().find(|r| r.runner.id == p.runner_id) else {
                 continue;
             };
+            pushed.push(runner.runner.dispatch.is_some());
             writes.push(AssignmentWrite {
                 runner_capacity: runner.runner.capacity,
                 shard,
@@ -74,9 +77,20 @@ impl<P: Ports> Orchestrator<P> {
         // together lets the store commit them as a group.
         let results = futures::future::join_all(writes.iter().map(|w| self.store.assign(w))).await;
         let mut assigned = 0;
-        for result in results {
+        for ((result, write), push) in results.into_iter().zip(&writes).zip(pushed) {
             match result {
-                Ok(()) => assigned += 1,
+                Ok(()) => {
+                    assigned += 1;
+                    if push {
+                        self.nudges
+                            .dispatch(DispatchOrder {
+                                execution_id: write.allocation.execution_id.clone(),
+                                shard_index: write.allocation.shard_index,
+                                lease_id: write.allocation.lease_id.clone(),
+                            })
+                            .await;
+                    }
+                }
                 Err(e) if e.is_conflict() => {
                     tracing::debug!(error = %e, "assignment lost a race; next pass retries")
                 }

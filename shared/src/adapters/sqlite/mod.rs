@@ -375,7 +375,7 @@ impl Store for SqliteStore {
                 .execute(params![
                     runner.id.as_str(),
                     runner.status.as_str(),
-                    runner.last_heartbeat.0,
+                    runner.silence_key().0,
                     runner.version,
                     runner.capacity.slots,
                     runner.capacity.cpu_millis,
@@ -424,7 +424,7 @@ impl Store for SqliteStore {
                 .execute(params![
                     runner.id.as_str(),
                     runner.status.as_str(),
-                    runner.last_heartbeat.0,
+                    runner.silence_key().0,
                     runner.version,
                     to_doc(&runner)?,
                     expected_version
