@@ -142,6 +142,9 @@ impl Deployment {
                 .receive_message()
                 .queue_url(url)
                 .max_number_of_messages(10)
+                .message_system_attribute_names(
+                    aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+                )
                 .send()
                 .await
                 .unwrap();
@@ -155,6 +158,15 @@ impl Deployment {
                 record["receiptHandle"] = json!(m.receipt_handle);
                 record["body"] = json!(m.body);
                 record["eventSourceARN"] = json!(self.stack.get_att(queue, "Arn"));
+                let count = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| {
+                        a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| "1".into());
+                record["attributes"]["ApproximateReceiveCount"] = json!(count);
                 records.push(record);
             }
         }
@@ -196,6 +208,35 @@ impl Deployment {
             self.settle("ScheduleQueue", &batch, &response).await;
         }
         n
+    }
+
+    /// The dispatcher consumes the dispatch queue, each message's receive
+    /// count raised to at least `min_attempt` (to play a later delivery
+    /// without waiting for visibility timeouts); returns its response.
+    pub async fn run_dispatcher(&self, min_attempt: u32) -> (usize, SqsBatchResponse) {
+        let mut batch = self.batch("DispatchQueue").await;
+        for record in &mut batch.records {
+            let count: u32 = record.attributes["ApproximateReceiveCount"]
+                .parse()
+                .unwrap();
+            record.attributes.insert(
+                "ApproximateReceiveCount".into(),
+                count.max(min_attempt).to_string(),
+            );
+        }
+        let queue = tms_functions::DispatchQueue {
+            sqs: aws_sdk_sqs::Client::new(&self.sdk),
+            url: self.stack.physical("DispatchQueue").unwrap().into(),
+        };
+        let response = tms_functions::dispatch(
+            self.app("DispatcherFunction"),
+            &queue,
+            LambdaEvent::new(batch.clone(), Context::default()),
+        )
+        .await
+        .unwrap();
+        self.settle("DispatchQueue", &batch, &response).await;
+        (batch.records.len(), response)
     }
 
     /// The aggregator consumes the aggregate queue (fed by the bus's rule).

@@ -170,6 +170,12 @@ async fn every_endpoint_refuses_no_token_a_wrong_token_and_the_wrong_scope() {
         ),
         (
             Method::GET,
+            format!("/webhooks/parallel-execution/{e}/shards/0"),
+            None,
+            Wrong::Runner,
+        ),
+        (
+            Method::GET,
             "/resources/utilization".into(),
             None,
             Wrong::Webhook,
@@ -183,13 +189,14 @@ async fn every_endpoint_refuses_no_token_a_wrong_token_and_the_wrong_scope() {
     ];
     let http = client();
     let forged_runner = format!("tms_{r}_{}", "0".repeat(48));
+    let forged_job = format!("tms_{e}.0_{}", "0".repeat(48));
     for (method, path, body, wrong) in &endpoints {
         let wrong_scope = match wrong {
             Wrong::Runner => &f.runner_token,
             Wrong::Ci => &f.ci,
             Wrong::Webhook => &f.webhook,
         };
-        let attempts: [(Option<&str>, StatusCode, &str); 4] = [
+        let attempts: [(Option<&str>, StatusCode, &str); 5] = [
             (None, StatusCode::UNAUTHORIZED, "no token"),
             (
                 Some("not-a-token"),
@@ -200,6 +207,11 @@ async fn every_endpoint_refuses_no_token_a_wrong_token_and_the_wrong_scope() {
                 Some(&forged_runner),
                 StatusCode::UNAUTHORIZED,
                 "forged runner token",
+            ),
+            (
+                Some(&forged_job),
+                StatusCode::UNAUTHORIZED,
+                "forged dispatched-job token",
             ),
             (Some(wrong_scope), StatusCode::FORBIDDEN, "wrong scope"),
         ];

@@ -621,3 +621,62 @@ async fn executions_and_runners_are_listed_in_cursor_pages_with_filters() {
     );
     assert!(rest["next_cursor"].is_null());
 }
+
+/// `tms serve` dispatches a push-mode runner's shards itself: the webhook
+/// secret comes from the server's environment, the job is told to report
+/// to the address the server listens on, and reports with its own token.
+#[tokio::test]
+async fn tms_serve_dispatches_push_mode_shards_and_the_job_reports_with_its_token() {
+    let platform =
+        tms_tests::recorder::Recorder::start(tms_tests::recorder::Answer::status(204)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with_env(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &[],
+        &[("TMS_TEST_HOOK_KEY", "k3y")],
+    );
+    let api = Api::new(&server);
+    let runner = json!({"name": "hook", "type": "docker",
+        "capacity": {"slots": 1, "cpu_millis": 8000, "memory_mb": 8192},
+        "dispatch": {"platform": "webhook", "url": format!("{}/hook", platform.url),
+            "signing_secret": "TMS_TEST_HOOK_KEY"}});
+    api.ok(Method::POST, "/runners/register", ADMIN_TOKEN, Some(runner))
+        .await;
+    let (execution, _) = api.queue("api", 3, 1).await;
+
+    let job = eventually(|| async { platform.requests().first().map(|r| r.json()) }).await;
+    assert_eq!(job["execution_id"], execution.as_str());
+    assert_eq!(
+        job["webhook_url"],
+        format!("{}/webhooks/parallel-execution/{execution}", server.base)
+    );
+    let token = job["webhook_token"].as_str().unwrap();
+    let shard_url = job["shard_url"].as_str().unwrap();
+    let work: Value = api
+        .http
+        .get(shard_url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(work["tests"], json!(["t0", "t1", "t2"]));
+    let path = format!("/webhooks/parallel-execution/{execution}");
+    api.ok(
+        Method::POST,
+        &path,
+        token,
+        Some(report(&work, "passed", 3, 0)),
+    )
+    .await;
+    api.wait_for_status(&execution, "passed").await;
+    // The token was for this execution only.
+    let (status, _) = api
+        .call(Method::GET, "/executions", Some(token), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}

@@ -10,6 +10,7 @@
 use serde_json::json;
 use tms::http::Routes;
 use tms_functions::Sweep;
+use tms_tests::recorder::{Answer, Recorder};
 use tms_tests::serverless::{Deployment, BASE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,4 +197,163 @@ async fn each_hot_path_makes_the_requests_the_data_model_promises() {
     assert_eq!(reported.count("DynamoDB."), 2, "{reported:?}");
     assert_eq!(reported.events, 1, "one ShardCompleted");
     assert_eq!(reported.count("SQS.SendMessage"), 1, "one nudge");
+}
+
+/// A push-mode runner on the serverless stack: the scheduler sends a
+/// dispatch order to the dispatch queue, the dispatcher function reads the
+/// signing secret from Secrets Manager (under the stage's prefix the
+/// template grants) and calls the webhook; the started job reads its shard
+/// and reports through the webhook function with the token it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_mode_runner_is_dispatched_through_the_dispatch_queue_and_function() {
+    let d = Deployment::start().await;
+    let platform = Recorder::start(Answer::status(204)).await;
+    let prefix = d.stack.aws_resources().unwrap().secret_prefix;
+    aws_sdk_secretsmanager::Client::new(&d.sdk)
+        .create_secret()
+        .name(format!("{prefix}HOOK_KEY"))
+        .secret_string("k3y")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = d
+        .http(
+            "ApiRunnersFunction",
+            Routes::Runners,
+            "POST",
+            &format!("{BASE}/runners/register"),
+            Some(&d.admin_token),
+            Some(json!({"name": "hook", "type": "custom",
+                "capacity": {"slots": 1, "cpu_millis": 8000, "memory_mb": 8192},
+                "dispatch": {"platform": "webhook", "url": format!("{}/hook", platform.url),
+                    "signing_secret": "HOOK_KEY"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["dispatch"]["platform"], "webhook");
+    let (execution, _) = d
+        .queue(json!({"suite": "api", "tests": ["a", "b"], "parallelism": 1}))
+        .await;
+    d.run_scheduler().await;
+
+    let (orders, response) = d.run_dispatcher(1).await;
+    assert_eq!(orders, 1);
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let sent = platform.requests();
+    assert_eq!(sent.len(), 1);
+    let r = &sent[0];
+    let timestamp = r.header(tms::dispatch::TIMESTAMP_HEADER).unwrap();
+    let signature = r.header(tms::dispatch::SIGNATURE_HEADER).unwrap();
+    assert!(tms::dispatch::verify("k3y", timestamp, &r.body, signature));
+    let job = r.json();
+    assert!(
+        job["webhook_url"]
+            .as_str()
+            .unwrap()
+            .starts_with(tms_tests::PUBLIC_URL),
+        "the template's PublicUrl reaches the function: {job}"
+    );
+    let token = job["webhook_token"].as_str().unwrap();
+
+    let shard_path = format!("{BASE}/webhooks/parallel-execution/{execution}/shards/0");
+    let (status, work) = d
+        .http(
+            "ApiWebhooksFunction",
+            Routes::Webhooks,
+            "GET",
+            &shard_path,
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{work}");
+    assert_eq!(work["tests"], json!(["a", "b"]));
+    assert_eq!(d.report_passed(&execution, token, &work).await, 200);
+    d.run_aggregator().await;
+    assert_eq!(d.status(&execution).await["status"], "passed");
+}
+
+/// On the last delivery the dispatcher hands the shard back and reports the
+/// message failed, so SQS moves it on to the dead-letter queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_failed_dispatch_attempt_requeues_the_shard_and_fails_the_message() {
+    let d = Deployment::start().await;
+    let platform = Recorder::start(Answer::status(502)).await;
+    let prefix = d.stack.aws_resources().unwrap().secret_prefix;
+    aws_sdk_secretsmanager::Client::new(&d.sdk)
+        .create_secret()
+        .name(format!("{prefix}HOOK_KEY"))
+        .secret_string("k")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = d
+        .http(
+            "ApiRunnersFunction",
+            Routes::Runners,
+            "POST",
+            &format!("{BASE}/runners/register"),
+            Some(&d.admin_token),
+            Some(json!({"name": "hook", "type": "custom",
+                "capacity": {"slots": 1, "cpu_millis": 8000, "memory_mb": 8192},
+                "dispatch": {"platform": "webhook", "url": platform.url,
+                    "signing_secret": "HOOK_KEY"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (execution, _) = d
+        .queue(json!({"suite": "api", "tests": ["a"], "parallelism": 1}))
+        .await;
+    d.run_scheduler().await;
+
+    // The first delivery fails and asks to come back later.
+    let (_, response) = d.run_dispatcher(1).await;
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(
+        d.batch("DispatchQueue").await.records.len(),
+        0,
+        "delayed by the backoff, not redelivered at once"
+    );
+    // Played as the fifth delivery (maxReceiveCount): handed back.
+    let (status, _) = d
+        .http(
+            "ApiRunnersFunction",
+            Routes::Runners,
+            "POST",
+            &format!("{BASE}/runners/register"),
+            Some(&d.admin_token),
+            Some(json!({"name": "spare", "type": "custom",
+                "capacity": {"slots": 1, "cpu_millis": 8000, "memory_mb": 8192}})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // The same order again (the delayed message stands in for it).
+    let id = tms::ids::ExecutionId::parse(&execution).unwrap();
+    let (_, held) = tms::ports::Store::load_shard(&d.app("DispatcherFunction").store, &id, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&d.sdk);
+    let order = serde_json::to_string(&tms::ports::DispatchOrder {
+        execution_id: id,
+        shard_index: 0,
+        lease_id: held.lease_id.unwrap(),
+    })
+    .unwrap();
+    sqs.send_message()
+        .queue_url(d.stack.physical("DispatchQueue").unwrap())
+        .message_body(order)
+        .send()
+        .await
+        .unwrap();
+    let (_, response) = d.run_dispatcher(5).await;
+    assert_eq!(response.batch_item_failures.len(), 1, "left for the DLQ");
+    let shard = &d.status(&execution).await["shards"][0];
+    assert_eq!(shard["status"], "queued", "{shard}");
+    assert!(
+        d.run_sweep("ScheduleSweepFunction", Sweep::Schedule)
+            .await
+            .shards_assigned
+            == 1
+    );
 }

@@ -212,7 +212,7 @@ impl<P: Ports> Orchestrator<P> {
             }
             Ok(false) => {}
             // Deregistered meanwhile: nothing to pause.
-            Err(e) if matches!(e, crate::Error::InvalidTransition { .. }) => {}
+            Err(crate::Error::InvalidTransition { .. }) => {}
             Err(e) => return Err(e),
         }
         self.give_back(order, &reason).await?;
