@@ -47,7 +47,7 @@ impl<P: Ports> Orchestrator<P> {
         order: &DispatchOrder,
         attempt: u32,
     ) -> Result<DispatchOutcome> {
-        let Some((_, shard)) = self
+        let Some((execution, shard)) = self
             .store
             .load_shard(&order.execution_id, order.shard_index)
             .await?
@@ -88,18 +88,27 @@ impl<P: Ports> Orchestrator<P> {
         let now = self.clock.now();
         let owner = format!("{}.{}", order.execution_id, order.shard_index);
         let issued = auth::issue(Some(&owner));
-        let marked = retry_on_conflict(|| async {
-            let (execution, mut shard) = self
-                .load_shard(&order.execution_id, order.shard_index)
-                .await?;
-            if !holds(&shard, order) {
-                return Ok(None);
+        // The first try writes over what was read above; a lost race re-reads.
+        let mut first_read = Some((execution, shard));
+        let marked = retry_on_conflict(|| {
+            let read = first_read.take();
+            async {
+                let (execution, mut shard) = match read {
+                    Some(read) => read,
+                    None => {
+                        self.load_shard(&order.execution_id, order.shard_index)
+                            .await?
+                    }
+                };
+                if !holds(&shard, order) {
+                    return Ok(None);
+                }
+                let read_as = (shard.version, shard.status);
+                shard.mark_dispatched(&order.lease_id, issued.hash.clone(), now)?;
+                self.save_shard(&execution, shard.clone(), read_as, None)
+                    .await?;
+                Ok(Some(shard))
             }
-            let read_as = (shard.version, shard.status);
-            shard.mark_dispatched(&order.lease_id, issued.hash.clone(), now)?;
-            self.save_shard(&execution, shard.clone(), read_as, None)
-                .await?;
-            Ok(Some(shard))
         })
         .await?;
         let Some(shard) = marked else {

@@ -6,7 +6,8 @@
 use serde_json::json;
 use std::collections::BTreeMap;
 use tms_tests::meter::Usage;
-use tms_tests::serverless::Deployment;
+use tms_tests::recorder::{Answer, Recorder};
+use tms_tests::serverless::{Deployment, BASE};
 
 /// us-east-1 list prices, as published on the AWS pricing pages (2025).
 const WRU_PER_MILLION: f64 = 0.625;
@@ -151,6 +152,117 @@ async fn run(shards: usize) -> Run {
     Run { shards, steps }
 }
 
+/// The same execution on a push-mode runner: the scheduler also sends a
+/// dispatch order per shard, the dispatcher calls the platform (a webhook
+/// here), and each started job reads its shard and reports with its own
+/// token (so each report also checks that token once).
+async fn push_run(shards: usize) -> Run {
+    let d = Deployment::start().await;
+    let platform = Recorder::start(Answer::status(204)).await;
+    let prefix = d.stack.aws_resources().unwrap().secret_prefix;
+    aws_sdk_secretsmanager::Client::new(&d.sdk)
+        .create_secret()
+        .name(format!("{prefix}HOOK_KEY"))
+        .secret_string("k")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = d
+        .http(
+            "ApiRunnersFunction",
+            tms::http::Routes::Runners,
+            "POST",
+            &format!("{BASE}/runners/register"),
+            Some(&d.admin_token),
+            Some(json!({"name": "push", "type": "custom",
+                "capacity": {"slots": shards, "cpu_millis": 64_000, "memory_mb": 131_072},
+                "dispatch": {"platform": "webhook", "url": platform.url, "signing_secret": "HOOK_KEY"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut mark = d.meter.usage();
+    let mut steps = Vec::new();
+    let mut step =
+        |name: &'static str, invocations: &[(&'static str, u64)], http: u64, mark: &mut Usage| {
+            let now = d.meter.usage();
+            steps.push((
+                name,
+                Step {
+                    usage: now.minus(mark),
+                    invocations: invocations.iter().copied().collect(),
+                    http_requests: http,
+                },
+            ));
+            *mark = now;
+        };
+    let tests: Vec<String> = (0..shards * 4).map(|i| format!("test_{i}")).collect();
+    let (execution, _) = d
+        .queue(json!({"suite": "cost", "tests": tests, "parallelism": shards}))
+        .await;
+    step("queue (API)", &[("ApiExecutionsFunction", 1)], 1, &mut mark);
+    let nudges = d.run_scheduler().await;
+    step(
+        "schedule, with a dispatch order per shard (SQS → scheduler)",
+        &[("SchedulerFunction", nudges.min(1) as u64)],
+        0,
+        &mut mark,
+    );
+    let (orders, _) = d.run_dispatcher(1).await;
+    assert_eq!(orders, shards);
+    // One invocation per batch of up to 10 (the template's BatchSize).
+    step(
+        "dispatch (SQS → dispatcher → platform)",
+        &[("DispatcherFunction", shards.div_ceil(10) as u64)],
+        0,
+        &mut mark,
+    );
+    let jobs: Vec<serde_json::Value> = platform.requests().iter().map(|r| r.json()).collect();
+    for job in &jobs {
+        let token = job["webhook_token"].as_str().unwrap();
+        let index = job["shard_index"].as_u64().unwrap();
+        let (_, work) = d
+            .http(
+                "ApiWebhooksFunction",
+                tms::http::Routes::Webhooks,
+                "GET",
+                &format!("{BASE}/webhooks/parallel-execution/{execution}/shards/{index}"),
+                Some(token),
+                None,
+            )
+            .await;
+        d.report_passed(&execution, token, &work).await;
+    }
+    step(
+        "each job reads its shard and reports (API webhooks)",
+        &[("ApiWebhooksFunction", 2 * shards as u64)],
+        2 * shards as u64,
+        &mut mark,
+    );
+    let nudges = d.run_scheduler().await;
+    step(
+        "schedule after completions (SQS → scheduler)",
+        &[("SchedulerFunction", nudges.min(1) as u64)],
+        0,
+        &mut mark,
+    );
+    d.run_aggregator().await;
+    step(
+        "aggregate (EventBridge → SQS → aggregator)",
+        &[("AggregatorFunction", shards.div_ceil(50) as u64)],
+        0,
+        &mut mark,
+    );
+    let done = d.status(&execution).await;
+    assert_eq!(done["status"], "passed", "{done}");
+    step(
+        "final status (API)",
+        &[("ApiExecutionsFunction", 1)],
+        1,
+        &mut mark,
+    );
+    Run { shards, steps }
+}
+
 async fn idle_heartbeat() -> Step {
     let d = Deployment::start().await;
     let runner = d.register("idle").await;
@@ -237,6 +349,32 @@ async fn main() {
             total * 1000.0
         );
     }
+    let push = push_run(8).await;
+    println!("\n### Push mode: the same 8 shards dispatched to a webhook\n");
+    println!("| step | AWS requests | read units | write units | events |");
+    println!("|---|---|---|---|---|");
+    for (name, s) in &push.steps {
+        println!(
+            "| {name} | {} | {:.1} | {:.1} | {} |",
+            requests(&s.usage),
+            s.usage.read_units,
+            s.usage.write_units,
+            s.usage.events
+        );
+    }
+    let t = push.total();
+    let d = dollars(&t);
+    println!(
+        "\nPer 1,000 such executions: DynamoDB ${:.4}, SQS ${:.4}, EventBridge ${:.4}, \
+         Lambda ${:.4} ({} invocations each), HTTP API ${:.4}: **${:.4}**.",
+        d[0] * 1000.0,
+        d[1] * 1000.0,
+        d[2] * 1000.0,
+        d[3] * 1000.0,
+        t.invocations.values().sum::<u64>(),
+        d[4] * 1000.0,
+        d.iter().sum::<f64>() * 1000.0
+    );
     let d = dollars(&idle);
     println!(
         "\nAn idle runner heartbeating every 15 s for a 30-day month: ${:.2} \
