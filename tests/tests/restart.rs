@@ -165,3 +165,21 @@ async fn admits(server: &Server, token: &str) -> bool {
 fn start_server(dir: &std::path::Path) -> Server {
     Server::start_with(BIN, dir, Some(ADMIN_TOKEN), &["--sweep-interval", "1"]).0
 }
+
+#[test]
+fn a_second_server_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = start_server(dir.path());
+    let second = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("TMS_ADMIN_TOKEN", "t")
+        .output()
+        .expect("run a second tms serve");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("in use by another tms serve"),
+        "a clear reason, not a storage failure: {stderr}"
+    );
+}

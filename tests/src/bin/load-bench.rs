@@ -14,10 +14,17 @@
 //! per-request latency of heartbeats and reports, total requests/s, and the
 //! server's peak RSS (VmHWM).
 
+use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::Request;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,44 +54,121 @@ struct Stats {
     requests: AtomicU64,
     assigned: AtomicU64,
     completed: AtomicU64,
-    heartbeat: Mutex<Option<Histogram<u64>>>,
-    report: Mutex<Option<Histogram<u64>>>,
-    queue: Mutex<Option<Histogram<u64>>>,
-    wait: Mutex<Option<Histogram<u64>>>,
 }
 
-fn record(h: &Mutex<Option<Histogram<u64>>>, micros: u64) {
-    let mut g = h.lock().unwrap();
-    g.get_or_insert_with(|| Histogram::new_with_bounds(1, 600_000_000, 3).unwrap())
-        .saturating_record(micros.max(1));
+/// Latencies one task measured; merged after the run, so recording one
+/// takes no lock.
+struct Latencies {
+    heartbeat: Histogram<u64>,
+    report: Histogram<u64>,
+    queue: Histogram<u64>,
+    wait: Histogram<u64>,
 }
 
-fn q(h: &Mutex<Option<Histogram<u64>>>, quantile: f64) -> f64 {
-    h.lock()
-        .unwrap()
-        .as_ref()
-        .map_or(0.0, |h| h.value_at_quantile(quantile) as f64 / 1000.0)
+impl Latencies {
+    fn new() -> Self {
+        let h = || Histogram::new_with_bounds(1, 600_000_000, 3).unwrap();
+        Latencies {
+            heartbeat: h(),
+            report: h(),
+            queue: h(),
+            wait: h(),
+        }
+    }
+
+    fn add(&mut self, other: &Latencies) {
+        self.heartbeat.add(&other.heartbeat).unwrap();
+        self.report.add(&other.report).unwrap();
+        self.queue.add(&other.queue).unwrap();
+        self.wait.add(&other.wait).unwrap();
+    }
 }
 
-async fn post(
-    http: &reqwest::Client,
-    url: String,
-    token: &str,
-    body: Value,
-    stats: &Stats,
-) -> Value {
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    let resp = http
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{status}: {v}");
-    v
+fn record(h: &mut Histogram<u64>, since: Instant) {
+    h.saturating_record((since.elapsed().as_micros() as u64).max(1));
+}
+
+fn q(h: &Histogram<u64>, quantile: f64) -> f64 {
+    h.value_at_quantile(quantile) as f64 / 1000.0
+}
+
+/// One keep-alive HTTP/1.1 connection owned by one task: no pool to lock,
+/// bodies serialised once, responses read into borrowed structs. The
+/// generator shares the machine's two cores with the server, so every
+/// microsecond it spends is one the server does not get.
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: HeaderValue,
+    base_path: String,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr, base_path: &str) -> Conn {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        Conn {
+            sender,
+            host: HeaderValue::from_str(&addr.to_string()).unwrap(),
+            base_path: base_path.to_owned(),
+        }
+    }
+
+    /// POSTs `body` to the API path; panics on anything but 2xx.
+    async fn post(&mut self, path: &str, auth: &HeaderValue, body: Bytes, stats: &Stats) -> Bytes {
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.sender.ready().await.expect("connection ready");
+        let request = Request::post(format!("{}{path}", self.base_path))
+            .header(HOST, self.host.clone())
+            .header(AUTHORIZATION, auth.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(Full::new(body))
+            .unwrap();
+        let response = self.sender.send_request(request).await.expect("request");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert!(
+            status.is_success(),
+            "{status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        body
+    }
+}
+
+fn bearer(token: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("Bearer {token}")).unwrap()
+}
+
+#[derive(Deserialize)]
+struct Created<'a> {
+    #[serde(borrow)]
+    id: &'a str,
+    #[serde(default, borrow)]
+    token: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Beat<'a> {
+    #[serde(borrow)]
+    assignments: Vec<Work<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Work<'a> {
+    execution_id: &'a str,
+    shard_index: u32,
+    lease_id: &'a str,
+    tests: Vec<IgnoredAny>,
 }
 
 /// CPU time the server has used (user + system), from `/proc/<pid>/stat`.
@@ -117,31 +201,46 @@ fn peak_rss_mb(pid: u32) -> f64 {
 async fn run(args: &Args, clients: usize) -> String {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&args.server_bin, dir.path(), Some(TOKEN));
-    let base = server.base.clone();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients * 2)
-        .build()
-        .unwrap();
+    let addr: SocketAddr = server
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("server address");
+    let base_path = "/api/enhanced-orchestration";
+    let admin = bearer(TOKEN);
     let stats = Arc::new(Stats::default());
     let total_shards = (args.executions * args.shards) as u64;
 
+    let mut setup = Conn::open(addr, base_path).await;
     let mut runners = Vec::new();
     for i in 0..clients {
-        let body = json!({"name": format!("bench-{i}"), "type": "custom",
-            "capacity": {"slots": 8, "cpu_millis": 64000, "memory_mb": 65536}});
-        let v = post(
-            &http,
-            format!("{base}/runners/register"),
-            TOKEN,
-            body,
-            &stats,
-        )
-        .await;
-        runners.push((
-            v["id"].as_str().unwrap().to_owned(),
-            v["token"].as_str().unwrap().to_owned(),
-        ));
+        let body = format!(
+            r#"{{"name":"bench-{i}","type":"custom","capacity":{{"slots":8,"cpu_millis":64000,"memory_mb":65536}}}}"#
+        );
+        let v = setup
+            .post("/runners/register", &admin, body.into(), &stats)
+            .await;
+        let created: Created = serde_json::from_slice(&v).unwrap();
+        runners.push((created.id.to_owned(), bearer(created.token.unwrap())));
     }
+    // Ten suites' queue bodies, serialised once.
+    let bodies: Vec<Bytes> = (0..10)
+        .map(|suite| {
+            let tests: Vec<String> = (0..args.shards * 4)
+                .map(|t| {
+                    format!(
+                        r#"{{"name":"test_{t}","duration_hint_ms":{}}}"#,
+                        100 + t * 10
+                    )
+                })
+                .collect();
+            Bytes::from(format!(
+                r#"{{"suite":"bench-{suite}","tests":[{}],"parallelism":{}}}"#,
+                tests.join(","),
+                args.shards
+            ))
+        })
+        .collect();
 
     let queued_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
@@ -153,74 +252,90 @@ async fn run(args: &Args, clients: usize) -> String {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (http, base, stats, next, queued_at) = (
-            http.clone(),
-            base.clone(),
+        let (stats, next, queued_at, bodies, admin) = (
             stats.clone(),
             next.clone(),
             queued_at.clone(),
+            bodies.clone(),
+            admin.clone(),
         );
-        let (n, shards) = (args.executions as u64, args.shards);
+        let n = args.executions as u64;
         tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr, base_path).await;
+            let mut lat = Latencies::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
                     break;
                 }
-                let tests: Vec<Value> = (0..shards * 4).map(|t| json!({"name": format!("test_{t}"), "duration_hint_ms": 100 + t * 10})).collect();
-                let body = json!({"suite": format!("bench-{}", i % 10), "tests": tests, "parallelism": shards});
+                let body = bodies[(i % 10) as usize].clone();
                 let t0 = Instant::now();
-                let v = post(&http, format!("{base}/executions/queue"), TOKEN, body, &stats).await;
-                record(&stats.queue, t0.elapsed().as_micros() as u64);
-                queued_at.lock().unwrap().insert(v["id"].as_str().unwrap().to_owned(), Instant::now());
+                let v = conn.post("/executions/queue", &admin, body, &stats).await;
+                record(&mut lat.queue, t0);
+                let created: Created = serde_json::from_slice(&v).unwrap();
+                queued_at
+                    .lock()
+                    .unwrap()
+                    .insert(created.id.to_owned(), Instant::now());
             }
+            lat
         }));
     }
 
     // Runner side: each client heartbeats and completes what it receives.
     for (id, token) in runners {
-        let (http, base, stats, done, queued_at) = (
-            http.clone(),
-            base.clone(),
-            stats.clone(),
-            done.clone(),
-            queued_at.clone(),
-        );
+        let (stats, done, queued_at) = (stats.clone(), done.clone(), queued_at.clone());
         tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr, base_path).await;
+            let mut lat = Latencies::new();
             let mut seen = std::collections::HashSet::new();
+            let beat_path = format!("/runners/{id}/heartbeat");
+            let mut report = String::with_capacity(256);
+            let mut report_path = String::with_capacity(96);
             while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let t0 = Instant::now();
-                let hb = post(&http, format!("{base}/runners/{id}/heartbeat"), &token, json!({}), &stats).await;
-                record(&stats.heartbeat, t0.elapsed().as_micros() as u64);
-                let work = hb["assignments"].as_array().cloned().unwrap_or_default();
-                if work.is_empty() {
+                let hb = conn
+                    .post(&beat_path, &token, Bytes::from_static(b"{}"), &stats)
+                    .await;
+                record(&mut lat.heartbeat, t0);
+                let beat: Beat = serde_json::from_slice(&hb).expect("heartbeat body");
+                if beat.assignments.is_empty() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 }
-                for a in work {
-                    let exec = a["execution_id"].as_str().unwrap().to_owned();
-                    let lease = a["lease_id"].as_str().unwrap().to_owned();
-                    if seen.insert(lease.clone()) {
+                for a in beat.assignments {
+                    if seen.insert(a.lease_id.to_owned()) {
                         stats.assigned.fetch_add(1, Ordering::Relaxed);
-                        if let Some(t) = queued_at.lock().unwrap().get(&exec) {
-                            record(&stats.wait, t.elapsed().as_micros() as u64);
+                        if let Some(t) = queued_at.lock().unwrap().get(a.execution_id) {
+                            record(&mut lat.wait, *t);
                         }
                     }
-                    let n = a["tests"].as_array().map_or(0, Vec::len);
-                    let body = json!({"shard_index": a["shard_index"], "lease_id": lease, "status": "passed",
-                        "results": {"passed": n, "failed": 0, "skipped": 0}});
+                    report.clear();
+                    write!(
+                        report,
+                        r#"{{"shard_index":{},"lease_id":"{}","status":"passed","results":{{"passed":{},"failed":0,"skipped":0}}}}"#,
+                        a.shard_index,
+                        a.lease_id,
+                        a.tests.len()
+                    )
+                    .unwrap();
+                    report_path.clear();
+                    write!(report_path, "/webhooks/parallel-execution/{}", a.execution_id).unwrap();
                     let t0 = Instant::now();
-                    post(&http, format!("{base}/webhooks/parallel-execution/{exec}"), &token, body, &stats).await;
-                    record(&stats.report, t0.elapsed().as_micros() as u64);
+                    conn.post(&report_path, &token, Bytes::from(report.clone()), &stats)
+                        .await;
+                    record(&mut lat.report, t0);
                     if stats.completed.fetch_add(1, Ordering::Relaxed) + 1 >= total_shards {
                         done.store(true, Ordering::Relaxed);
                     }
                 }
             }
+            lat
         }));
     }
+    let mut lat = Latencies::new();
     for t in tasks {
-        t.await.unwrap();
+        lat.add(&t.await.unwrap());
     }
     let elapsed = start.elapsed().as_secs_f64();
     let rss = peak_rss_mb(server_pid(&server));
@@ -237,12 +352,12 @@ async fn run(args: &Args, clients: usize) -> String {
         requests / elapsed,
         stats.assigned.load(Ordering::Relaxed) as f64 / elapsed,
         completed as f64 / elapsed,
-        q(&stats.wait, 0.5),
-        q(&stats.wait, 0.99),
-        q(&stats.heartbeat, 0.5),
-        q(&stats.heartbeat, 0.99),
-        q(&stats.report, 0.5),
-        q(&stats.report, 0.99),
+        q(&lat.wait, 0.5),
+        q(&lat.wait, 0.99),
+        q(&lat.heartbeat, 0.5),
+        q(&lat.heartbeat, 0.99),
+        q(&lat.report, 0.5),
+        q(&lat.report, 0.99),
         rss,
         cpu * 1e6 / requests,
         client_cpu * 1e6 / requests,
@@ -253,7 +368,9 @@ fn server_pid(server: &Server) -> u32 {
     server.pid()
 }
 
-#[tokio::main]
+/// One thread: the generator's tasks never hop between cores, and the
+/// server keeps the rest of the machine.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
     println!("| clients | executions x shards | seconds | requests/s | assignments/s | completions/s | queue→assignment p50 / p99 ms | heartbeat p50 / p99 ms | report p50 / p99 ms | server peak RSS MB | server CPU µs per request | load generator CPU µs per request |");

@@ -121,7 +121,33 @@ impl SqliteStore {
     }
 
     pub fn open(path: &Path) -> Result<Self> {
+        let conn = Self::connect(path).map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => {
+                Error::Internal(format!(
+                    "{} is in use by another tms serve (one server per data directory)",
+                    path.display()
+                ))
+            }
+            other => Error::storage(other),
+        })?;
+        check_schema_version(&conn)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore {
+            db: DbThread::start(conn)?,
+            temporary: None,
+        })
+    }
+
+    /// The one connection, locked for this process.
+    fn connect(path: &Path) -> rusqlite::Result<Connection> {
         let conn = Connection::open(path)?;
+        // Nothing else may hold the file: fail at once if something does.
+        conn.busy_timeout(std::time::Duration::ZERO)?;
+        // One thread owns the only connection, so the file lock is taken once
+        // and kept: no lock and unlock system calls around every transaction,
+        // and the WAL index lives in memory instead of shared memory. It also
+        // stops a second server from opening the same data directory.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Checkpoints read the WAL back and fsync; doing them every 16k pages
@@ -134,12 +160,7 @@ impl SqliteStore {
         // benchmark; 8 MB keeps the server small.
         conn.pragma_update(None, "cache_size", -8192)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        check_schema_version(&conn)?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(SqliteStore {
-            db: DbThread::start(conn)?,
-            temporary: None,
-        })
+        Ok(conn)
     }
 
     /// A private store in a temporary file, removed when the store is dropped (for tests).
