@@ -238,6 +238,19 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Violation>>> + Send;
 
+    // Learned test durations (statistics, not state: last writer wins)
+    /// The stored timings of these tests of `suite` (missing ones are left out).
+    fn test_timings(
+        &self,
+        suite: &str,
+        tests: &[String],
+    ) -> impl Future<Output = Result<Vec<crate::domain::TestTiming>>> + Send;
+    /// Writes these timings over the stored ones.
+    fn put_test_timings(
+        &self,
+        timings: &[crate::domain::TestTiming],
+    ) -> impl Future<Output = Result<()>> + Send;
+
     // Tokens and settings
     fn put_token(&self, token: &ApiToken) -> impl Future<Output = Result<()>> + Send;
     fn get_token(&self, id: &TokenId) -> impl Future<Output = Result<Option<ApiToken>>> + Send;

@@ -156,7 +156,12 @@ async fn each_hot_path_makes_the_requests_the_data_model_promises() {
     let queued = d.meter.usage().minus(&mark);
     assert_eq!(queued.count("DynamoDB.TransactWriteItems"), 1, "{queued:?}");
     assert_eq!(queued.count("SQS.SendMessage"), 1, "one nudge");
-    assert_eq!(queued.count("DynamoDB."), 1, "{queued:?}");
+    assert_eq!(
+        queued.count("DynamoDB.BatchGetItem"),
+        1,
+        "the learned durations of the tests sent without hints: {queued:?}"
+    );
+    assert_eq!(queued.count("DynamoDB."), 2, "{queued:?}");
 
     d.run_scheduler().await;
     let work = d.heartbeat(&runner).await;
@@ -197,6 +202,14 @@ async fn each_hot_path_makes_the_requests_the_data_model_promises() {
     assert_eq!(reported.count("DynamoDB."), 2, "{reported:?}");
     assert_eq!(reported.events, 1, "one ShardCompleted");
     assert_eq!(reported.count("SQS.SendMessage"), 1, "one nudge");
+
+    // With every test hinted there is nothing to look up.
+    let mark = d.meter.usage();
+    d.queue(
+        json!({"suite": "s", "tests": [{"name": "a", "duration_hint_ms": 5}], "parallelism": 1}),
+    )
+    .await;
+    assert_eq!(d.meter.usage().minus(&mark).count("DynamoDB."), 1);
 }
 
 /// A push-mode runner on the serverless stack: the scheduler sends a

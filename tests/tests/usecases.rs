@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 use tms::auth::Principal;
 use tms::domain::{
-    ExecutionStatus, Resources, RunnerStatus, RunnerType, ShardResult, ShardStatus, Strategy, Usage,
+    ExecutionStatus, Resources, RunnerStatus, RunnerType, ShardResult, ShardStatus, Strategy,
+    TestResult, TestStatus, Usage,
 };
 use tms::ids::{ExecutionId, RunnerId};
 use tms::ports::Store;
@@ -734,7 +735,58 @@ async fn a_token_revoked_by_another_instance_stops_working_within_five_seconds<B
     ));
 }
 
+/// Per-test durations reported with a finished shard become the suite's
+/// history; the next execution of those tests, sent without hints, is split
+/// on it (a slow test gets a shard to itself) and shows each shard's
+/// expected duration.
+async fn a_completed_shard_teaches_the_next_split_its_test_durations<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let r = register(&h, "r", 4).await;
+    queue(&h, execution("learn", 4, 2)).await;
+    h.app.schedule_pass().await.unwrap();
+    let work = assignments(&h, &r).await;
+    assert_eq!(work.len(), 2);
+    for a in &work {
+        let tests: Vec<TestResult> = a
+            .tests
+            .iter()
+            .map(|t| TestResult {
+                name: t.clone(),
+                status: TestStatus::Passed,
+                duration_ms: if t == "test_0" { 9_000 } else { 100 },
+                message: None,
+            })
+            .collect();
+        let results = ShardResult {
+            passed: tests.len() as u32,
+            tests,
+            ..Default::default()
+        };
+        report(&h, &r, a, ReportStatus::Passed, Some(results))
+            .await
+            .unwrap();
+    }
+
+    let second = queue(&h, execution("learn", 4, 2)).await;
+    let (_, shards) = h.app.execution_status(&second).await.unwrap();
+    let slow = shards
+        .iter()
+        .find(|s| s.tests.iter().any(|t| t == "test_0"))
+        .unwrap();
+    assert_eq!(slow.tests, ["test_0"]);
+    assert_eq!(slow.estimated_ms, Some(9_000));
+    let rest = shards.iter().find(|s| s.index != slow.index).unwrap();
+    assert_eq!(rest.estimated_ms, Some(300));
+
+    // Another suite's tests of the same names learned nothing.
+    let other = queue(&h, execution("other", 4, 2)).await;
+    let (_, shards) = h.app.execution_status(&other).await.unwrap();
+    assert!(shards.iter().all(|s| s.estimated_ms.is_none()));
+    assert!(shards.iter().all(|s| s.tests.len() == 2));
+}
+
 tms_tests::conformance!(
+    a_completed_shard_teaches_the_next_split_its_test_durations,
     two_aggregators_on_the_same_event_never_double_count,
     a_parallel_execution_runs_to_passed_and_gives_all_capacity_back,
     when_runner_misses_heartbeats_its_shards_are_requeued_to_another_runner,

@@ -10,6 +10,7 @@ pub mod resources;
 pub mod rule;
 pub mod runner;
 pub mod shard;
+pub mod timing;
 
 pub use allocation::Allocation;
 pub use dispatch::{DispatchTarget, SecretName};
@@ -21,3 +22,4 @@ pub use resources::Resources;
 pub use rule::{LoadBalancingRule, RunnerPool, Strategy};
 pub use runner::{Runner, RunnerStatus, RunnerType, RunnerWithLoad};
 pub use shard::{Shard, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus};
+pub use timing::TestTiming;

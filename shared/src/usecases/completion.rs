@@ -4,12 +4,15 @@
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth::Principal;
 use crate::domain::shard::Applied;
-use crate::domain::{Execution, ShardOutcome, ShardResult, ShardStatus, TestStatus};
+use crate::domain::{
+    Execution, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus, TestTiming,
+};
 use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId};
 use crate::ports::{Event, Events, Nudges, Ports, Store};
 use crate::time::Clock;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -162,9 +165,18 @@ impl<P: Ports> Orchestrator<P> {
                 shard_status: shard.status,
                 duplicate: applied == Applied::Duplicate,
             };
-            Ok((outcome, finished))
+            Ok((outcome, finished.then_some(shard.suite)))
         })
         .await?;
+        let finished = match finished {
+            Some(suite) => {
+                if let Some(results) = &report.results {
+                    self.learn_timings(&suite, &results.tests).await;
+                }
+                true
+            }
+            None => false,
+        };
         if finished {
             let event = Event::ShardCompleted {
                 execution_id: id.clone(),
@@ -180,6 +192,41 @@ impl<P: Ports> Orchestrator<P> {
             self.nudges.schedule().await;
         }
         Ok(outcome)
+    }
+
+    /// Adds each test's duration from a finished shard to its suite's
+    /// history. Skipped tests (no real duration) are left out. Timings are
+    /// statistics: a failure here is logged and the report stands.
+    async fn learn_timings(&self, suite: &str, tests: &[TestResult]) {
+        let ran: Vec<&TestResult> = tests
+            .iter()
+            .filter(|t| t.status != TestStatus::Skipped && t.duration_ms > 0)
+            .collect();
+        if ran.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        let names: Vec<String> = ran.iter().map(|t| t.name.clone()).collect();
+        let learned = async {
+            let mut known: HashMap<String, TestTiming> = self
+                .store
+                .test_timings(suite, &names)
+                .await?
+                .into_iter()
+                .map(|t| (t.test.clone(), t))
+                .collect();
+            for t in &ran {
+                known
+                    .entry(t.name.clone())
+                    .or_insert_with(|| TestTiming::new(suite, &t.name))
+                    .record(t.duration_ms, now);
+            }
+            let timings: Vec<TestTiming> = known.into_values().collect();
+            self.store.put_test_timings(&timings).await
+        };
+        if let Err(e) = learned.await {
+            tracing::warn!(error = %e, suite, "test durations not recorded");
+        }
     }
 
     /// The aggregator: folds the shards into the execution's totals and final

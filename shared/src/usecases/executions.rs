@@ -14,7 +14,7 @@ use crate::ports::{ExecutionFilter, IdempotencyRecord, Nudges, Page, Ports, Stor
 use crate::scheduling::split_tests;
 use crate::time::Clock;
 use serde::Deserialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use utoipa::ToSchema;
 
 /// A test as given when queueing: a bare name, or a name with an expected duration.
@@ -113,7 +113,46 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
 }
 
 impl<P: Ports> Orchestrator<P> {
-    fn build_execution(&self, new: NewExecution) -> Result<(Execution, Vec<Shard>)> {
+    /// What the suite's history expects of the tests that came without a
+    /// duration hint: test name to milliseconds. A lookup that fails only
+    /// costs the split its balance, so it is logged, not returned.
+    async fn learned_estimates(&self, new: &NewExecution) -> HashMap<String, u64> {
+        let suite = new.suite.trim();
+        if suite.is_empty() || suite.len() > 256 || new.tests.len() > self.config.max_tests {
+            return HashMap::new();
+        }
+        let unhinted: Vec<String> = new
+            .tests
+            .iter()
+            .filter_map(|t| match t {
+                TestInput::Name(name) => Some(name.clone()),
+                TestInput::Timed(t) if t.duration_hint_ms.is_none() => Some(t.name.clone()),
+                TestInput::Timed(_) => None,
+            })
+            .collect();
+        if unhinted.is_empty() {
+            return HashMap::new();
+        }
+        match self.store.test_timings(suite, &unhinted).await {
+            Ok(found) => found
+                .into_iter()
+                .filter_map(|t| Some((t.test.clone(), t.estimate()?)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, suite, "test timings unavailable; splitting without them");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Builds the execution and its shards; tests without a hint take the
+    /// `learned` estimate when there is one (and the median of the others
+    /// when not, see [`split_tests`]).
+    fn build_execution(
+        &self,
+        new: NewExecution,
+        learned: &HashMap<String, u64>,
+    ) -> Result<(Execution, Vec<Shard>)> {
         let cfg = &self.config;
         check_len("suite", &new.suite, 256)?;
         if new.tests.len() > cfg.max_tests {
@@ -171,12 +210,12 @@ impl<P: Ports> Orchestrator<P> {
             .into_iter()
             .map(|t| match t {
                 TestInput::Name(name) => TestSpec {
+                    duration_hint_ms: learned.get(&name).copied(),
                     name,
-                    duration_hint_ms: None,
                 },
                 TestInput::Timed(t) => TestSpec {
+                    duration_hint_ms: t.duration_hint_ms.or_else(|| learned.get(&t.name).copied()),
                     name: t.name,
-                    duration_hint_ms: t.duration_hint_ms,
                 },
             })
             .collect();
@@ -249,7 +288,8 @@ impl<P: Ports> Orchestrator<P> {
                 return Ok(found);
             }
         }
-        let (mut execution, shards) = self.build_execution(new)?;
+        let learned = self.learned_estimates(&new).await;
+        let (mut execution, shards) = self.build_execution(new, &learned)?;
         let issued = auth::issue(Some(execution.id.as_str()));
         // A new record: its first token, not a change to it.
         execution.webhook_token_hashes = vec![issued.hash];

@@ -104,6 +104,20 @@ pub fn idempotency(key: &str) -> String {
     format!("IDEMP#{key}")
 }
 
+/// A suite's learned test durations: one item per test.
+pub fn timings(suite: &str) -> String {
+    format!("TIMING#{suite}")
+}
+
+/// A test's item in its suite's timings. Test names can be longer than a
+/// sort key may be, so the key is a digest of the name (the name is in the
+/// item).
+pub fn timing_test(test: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(test.as_bytes());
+    format!("TEST#{}", hex::encode(&digest[..16]))
+}
+
 pub fn setting(key: &str) -> String {
     format!("SETTING#{key}")
 }

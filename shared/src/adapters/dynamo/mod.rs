@@ -14,7 +14,7 @@ pub mod table;
 use crate::auth::ApiToken;
 use crate::domain::{
     Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerStatus,
-    RunnerWithLoad, Shard, ShardStatus, Violation,
+    RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::{ExecutionId, RuleId, RunnerId, TokenId};
@@ -40,6 +40,8 @@ type Item = HashMap<String, AttributeValue>;
 /// How long history items live before DynamoDB's TTL removes them.
 const HEALTH_TTL_MS: i64 = 90 * 24 * 3_600_000;
 const VIOLATION_TTL_MS: i64 = 30 * 24 * 3_600_000;
+/// A test not run for this long is forgotten (renamed or deleted tests).
+const TIMING_TTL_MS: i64 = 90 * 24 * 3_600_000;
 
 /// The DynamoDB adapter of [`Store`].
 #[derive(Clone)]
@@ -76,6 +78,49 @@ impl DynamoStore {
             .await
             .map_err(sdk)?;
         Ok(out.item)
+    }
+
+    /// Writes items unconditionally, 25 per request, retrying what DynamoDB
+    /// leaves unprocessed.
+    async fn batch_put(&self, items: Vec<Item>) -> Result<()> {
+        use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+        for chunk in items.chunks(25) {
+            let mut pending = chunk
+                .iter()
+                .map(|i| {
+                    PutRequest::builder()
+                        .set_item(Some(i.clone()))
+                        .build()
+                        .map(|p| WriteRequest::builder().put_request(p).build())
+                        .map_err(Error::storage)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut attempts = 0u32;
+            while !pending.is_empty() {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .request_items(&self.table, std::mem::take(&mut pending))
+                    .send()
+                    .await
+                    .map_err(sdk)?;
+                pending = out
+                    .unprocessed_items
+                    .and_then(|mut u| u.remove(&self.table))
+                    .unwrap_or_default();
+                attempts += 1;
+                if !pending.is_empty() {
+                    if attempts > 8 {
+                        return Err(Error::Internal(
+                            "BatchWriteItem kept leaving items unprocessed".into(),
+                        ));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10 << attempts.min(6)))
+                        .await;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads items by key, consistently, in the order given; missing ones
@@ -1495,6 +1540,38 @@ impl Store for DynamoStore {
             .await?
             .map(doc_of)
             .transpose()
+    }
+
+    async fn test_timings(&self, suite: &str, tests: &[String]) -> Result<Vec<TestTiming>> {
+        let wanted = tests
+            .iter()
+            .map(|t| (keys::timings(suite), keys::timing_test(t)))
+            .collect();
+        let now = now_seconds();
+        self.batch_get(wanted)
+            .await?
+            .into_iter()
+            // TTL deletes lazily: a test not run for the TTL is forgotten now.
+            .filter(|i| num(i, keys::EXPIRES_AT) as i64 > now)
+            .map(doc_of)
+            .collect()
+    }
+
+    async fn put_test_timings(&self, timings: &[TestTiming]) -> Result<()> {
+        let mut items = Vec::with_capacity(timings.len());
+        for t in timings {
+            let it = item(
+                keys::timings(&t.suite),
+                keys::timing_test(&t.test),
+                to_av(t)?,
+            );
+            items.push(with(
+                it,
+                keys::EXPIRES_AT,
+                expires_in(t.updated_at, TIMING_TTL_MS),
+            ));
+        }
+        self.batch_put(items).await
     }
 
     async fn get_setting(&self, key: &str) -> Result<Option<String>> {

@@ -10,7 +10,7 @@
 use crate::auth::ApiToken;
 use crate::domain::{
     Execution, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard,
-    ShardStatus, Violation,
+    ShardStatus, TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::{ExecutionId, RuleId, RunnerId, TokenId};
@@ -61,6 +61,7 @@ CREATE INDEX IF NOT EXISTS health_by_runner ON health(runner_id, at);
 CREATE TABLE IF NOT EXISTS violations (seq INTEGER PRIMARY KEY AUTOINCREMENT, runner_id TEXT NOT NULL, at INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS violations_by_time ON violations(at);
 CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS timings (suite TEXT NOT NULL, test TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (suite, test));
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#;
@@ -893,6 +894,39 @@ impl Store for SqliteStore {
                 .query_row([id.as_str()], |r| r.get(0))
                 .optional()?;
             doc.map(|d| from_doc(&d)).transpose()
+        })
+        .await
+    }
+
+    async fn test_timings(&self, suite: &str, tests: &[String]) -> Result<Vec<TestTiming>> {
+        let (suite, tests) = (suite.to_owned(), tests.to_vec());
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT doc FROM timings WHERE suite = ?1 AND test = ?2")?;
+            let mut found = Vec::new();
+            for test in &tests {
+                let doc: Option<String> = stmt
+                    .query_row(params![suite, test], |r| r.get(0))
+                    .optional()?;
+                if let Some(doc) = doc {
+                    found.push(from_doc(&doc)?);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn put_test_timings(&self, timings: &[TestTiming]) -> Result<()> {
+        let timings = timings.to_vec();
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO timings (suite, test, doc) VALUES (?1, ?2, ?3)",
+            )?;
+            for t in &timings {
+                stmt.execute(params![t.suite, t.test, to_doc(t)?])?;
+            }
+            Ok(())
         })
         .await
     }
