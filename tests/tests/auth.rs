@@ -146,6 +146,12 @@ async fn every_endpoint_refuses_no_token_a_wrong_token_and_the_wrong_scope() {
         ),
         (
             Method::POST,
+            "/suites/s/timings".into(),
+            Some(json!({"t": 1.0})),
+            Wrong::Runner,
+        ),
+        (
+            Method::POST,
             "/load-balancing-rules".into(),
             Some(json!({"name": "n", "strategy": "priority"})),
             Wrong::Ci,

@@ -680,3 +680,85 @@ async fn tms_serve_dispatches_push_mode_shards_and_the_job_reports_with_its_toke
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+/// A suite's durations imported from pytest-split's `.test_durations` (the
+/// real file of Clinical-Genomics/scout) split the first execution by time;
+/// a malformed file changes nothing and says why.
+#[tokio::test]
+async fn imported_pytest_split_durations_balance_the_first_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let api = Api::new(&server);
+    let recorded: Value = serde_json::from_str(include_str!(
+        "../fixtures/durations/Clinical-Genomics__scout__pytest-split.json"
+    ))
+    .unwrap();
+    let durations = recorded["durations"].as_object().unwrap();
+    let v = api
+        .ok(
+            Method::POST,
+            "/suites/scout/timings",
+            ADMIN_TOKEN,
+            Some(recorded["durations"].clone()),
+        )
+        .await;
+    assert_eq!(v["imported"], durations.len());
+
+    // The slowest test and nine fast ones, sent without hints.
+    let mut by_time: Vec<(&String, f64)> = durations
+        .iter()
+        .map(|(k, v)| (k, v.as_f64().unwrap()))
+        .collect();
+    by_time.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let slowest = by_time[0];
+    let mut tests: Vec<&str> = by_time[by_time.len() - 9..]
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    tests.push(slowest.0);
+    let body = json!({"suite": "scout", "tests": tests, "parallelism": 2});
+    let queued = api
+        .ok(Method::POST, "/executions/queue", ADMIN_TOKEN, Some(body))
+        .await;
+    let status = api.status(queued["id"].as_str().unwrap()).await;
+    let shards = status["shards"].as_array().unwrap();
+    let alone = shards
+        .iter()
+        .find(|s| {
+            s["tests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t == slowest.0)
+        })
+        .unwrap();
+    assert_eq!(alone["tests"].as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(
+        alone["estimated_ms"].as_u64().unwrap(),
+        (slowest.1 * 1000.0).round() as u64
+    );
+
+    // The older list-of-pairs format is read too; nonsense is refused.
+    let pairs = json!([
+        ["tests/test_x.py::test_a", 1.5],
+        ["tests/test_x.py::test_b", 0.25]
+    ]);
+    let v = api
+        .ok(
+            Method::POST,
+            "/suites/other/timings",
+            ADMIN_TOKEN,
+            Some(pairs),
+        )
+        .await;
+    assert_eq!(v["imported"], 2);
+    let (status, problem) = api
+        .call(
+            Method::POST,
+            "/suites/other/timings",
+            Some(ADMIN_TOKEN),
+            Some(json!({"tests/test_x.py::test_a": -3})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+}

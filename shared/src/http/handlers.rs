@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, RuleId, RunnerId};
 use crate::ports::{ExecutionFilter, Ports};
 use crate::usecases::{
-    Assignment, NewExecution, NewRule, NewRunner, NewToken, ReportOutcome, ShardReport,
-    SystemHealth, Utilization,
+    Assignment, DurationsFile, ImportedTimings, NewExecution, NewRule, NewRunner, NewToken,
+    ReportOutcome, ShardReport, SystemHealth, Utilization,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -391,6 +391,22 @@ pub async fn shard_assignment<P: Ports>(
         .parse::<u32>()
         .map_err(|_| Error::not_found(crate::Entity::Shard, &index))?;
     Ok(Json(app.shard_assignment(&caller, &id, index).await?))
+}
+
+/// Imports a suite's test durations from another tool's file (pytest-split's
+/// `.test_durations`, a Knapsack JSON report: test names to seconds), so the
+/// next execution is split by time even before TMS has run the suite.
+#[utoipa::path(post, path = "/suites/{suite}/timings", tag = "executions", request_body = DurationsFile,
+    responses((status = 200, body = ImportedTimings), (status = 400, body = super::Problem)),
+    security(("bearer" = [])))]
+pub async fn import_timings<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(suite): Path<String>,
+    ApiJson(body): ApiJson<DurationsFile>,
+) -> Result<Json<ImportedTimings>> {
+    require_api(&caller)?;
+    Ok(Json(app.import_timings(&suite, body).await?))
 }
 
 /// Unauthenticated, for load balancers and uptime checks.

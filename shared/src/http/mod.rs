@@ -66,7 +66,8 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
             .route("/executions/{id}/status", get(execution_status::<P>))
             .route("/executions/{id}/report", get(execution_report::<P>))
             .route("/executions/{id}/cancel", post(cancel_execution::<P>))
-            .route("/executions/{id}/retry", post(retry_execution::<P>));
+            .route("/executions/{id}/retry", post(retry_execution::<P>))
+            .route("/suites/{suite}/timings", post(import_timings::<P>));
     }
     if wanted(Routes::Rules) {
         api = api

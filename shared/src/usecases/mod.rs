@@ -11,6 +11,7 @@ mod runners;
 mod scheduler;
 mod sweeps;
 mod system;
+mod timings;
 
 pub use access::NewToken;
 pub use completion::{ReportOutcome, ReportStatus, ShardReport};
@@ -20,6 +21,7 @@ pub use rules::NewRule;
 pub use runners::{Assignment, NewRunner, RegisteredRunner};
 pub use sweeps::SweepReport;
 pub use system::{QueueHealth, RunnerCounts, RunnerUtilization, SystemHealth, Utilization};
+pub use timings::{DurationsFile, ImportedTimings};
 
 use crate::config::Config;
 use crate::domain::shard::Released;

@@ -8,7 +8,7 @@
 //! Jest's `--shard` (equal numbers of tests, in hash order).
 //!
 //! ```sh
-//! cargo run --release -p tms-tests --bin split-bench -- ../shared/data/test-durations/*.json
+//! cargo run --release -p tms-tests --bin split-bench -- tests/fixtures/durations/*.json
 //! ```
 //!
 //! Each input file is `{"source": …, "unit": "seconds", "durations": {test: seconds}}`.

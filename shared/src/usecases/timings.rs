@@ -1,0 +1,97 @@
+//! Test-duration history: importing what other tools recorded, so the very
+//! first execution on TMS is already split by time.
+
+use super::Orchestrator;
+use crate::domain::TestTiming;
+use crate::error::{Error, Result};
+use crate::ports::{Ports, Store};
+use crate::time::Clock;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use utoipa::ToSchema;
+
+/// A durations file as the tools write it: pytest-split's `.test_durations`
+/// (`{"tests/test_a.py::test_x": 0.52, …}`, or its older list of
+/// `["name", seconds]` pairs) and Knapsack's JSON report
+/// (`{"spec/a_spec.rb": 3.1, …}`) — names to seconds.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum DurationsFile {
+    Map(HashMap<String, f64>),
+    Pairs(Vec<(String, f64)>),
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ImportedTimings {
+    pub suite: String,
+    /// Tests whose history got the imported duration as a new sample.
+    pub imported: usize,
+}
+
+/// Tests read and written per store round trip.
+const IMPORT_CHUNK: usize = 500;
+
+impl<P: Ports> Orchestrator<P> {
+    /// Adds each test's duration from a tool's durations file to `suite`'s
+    /// history, as one more run of that test.
+    pub async fn import_timings(
+        &self,
+        suite: &str,
+        file: DurationsFile,
+    ) -> Result<ImportedTimings> {
+        let suite = suite.trim();
+        if suite.is_empty() || suite.len() > 256 {
+            return Err(Error::validation("suite", "must be 1 to 256 characters"));
+        }
+        let pairs: Vec<(String, f64)> = match file {
+            DurationsFile::Map(m) => m.into_iter().collect(),
+            DurationsFile::Pairs(p) => p,
+        };
+        if pairs.len() > self.config.max_tests {
+            return Err(Error::validation(
+                "durations",
+                format!("at most {} tests", self.config.max_tests),
+            ));
+        }
+        let mut samples = Vec::with_capacity(pairs.len());
+        for (name, seconds) in pairs {
+            if name.trim().is_empty() || name.len() > 1024 {
+                return Err(Error::validation(
+                    "durations",
+                    "test names must be 1 to 1024 characters",
+                ));
+            }
+            if !seconds.is_finite() || seconds < 0.0 || seconds > 7.0 * 86_400.0 {
+                return Err(Error::validation(
+                    "durations",
+                    format!("{name:?}: {seconds} is not a duration in seconds"),
+                ));
+            }
+            samples.push((name, (seconds * 1000.0).round().max(1.0) as u64));
+        }
+        let now = self.clock.now();
+        for chunk in samples.chunks(IMPORT_CHUNK) {
+            let names: Vec<String> = chunk.iter().map(|(n, _)| n.clone()).collect();
+            let mut known: HashMap<String, TestTiming> = self
+                .store
+                .test_timings(suite, &names)
+                .await?
+                .into_iter()
+                .map(|t| (t.test.clone(), t))
+                .collect();
+            for (name, ms) in chunk {
+                known
+                    .entry(name.clone())
+                    .or_insert_with(|| TestTiming::new(suite, name))
+                    .record(*ms, now);
+            }
+            let timings: Vec<TestTiming> = known.into_values().collect();
+            self.store.put_test_timings(&timings).await?;
+        }
+        Ok(ImportedTimings {
+            suite: suite.to_owned(),
+            imported: samples.len(),
+        })
+    }
+}
