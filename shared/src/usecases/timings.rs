@@ -62,7 +62,7 @@ impl<P: Ports> Orchestrator<P> {
                     "test names must be 1 to 1024 characters",
                 ));
             }
-            if !seconds.is_finite() || seconds < 0.0 || seconds > 7.0 * 86_400.0 {
+            if !seconds.is_finite() || !(0.0..=7.0 * 86_400.0).contains(&seconds) {
                 return Err(Error::validation(
                     "durations",
                     format!("{name:?}: {seconds} is not a duration in seconds"),
