@@ -4,15 +4,12 @@
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth::Principal;
 use crate::domain::shard::Applied;
-use crate::domain::{
-    Execution, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus, TestTiming,
-};
+use crate::domain::{Execution, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus};
 use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId};
 use crate::ports::{Event, Events, Nudges, Ports, Store};
 use crate::time::Clock;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -198,33 +195,15 @@ impl<P: Ports> Orchestrator<P> {
     /// history. Skipped tests (no real duration) are left out. Timings are
     /// statistics: a failure here is logged and the report stands.
     async fn learn_timings(&self, suite: &str, tests: &[TestResult]) {
-        let ran: Vec<&TestResult> = tests
+        let ran: Vec<(String, u64)> = tests
             .iter()
             .filter(|t| t.status != TestStatus::Skipped && t.duration_ms > 0)
+            .map(|t| (t.name.clone(), t.duration_ms))
             .collect();
         if ran.is_empty() {
             return;
         }
-        let now = self.clock.now();
-        let names: Vec<String> = ran.iter().map(|t| t.name.clone()).collect();
-        let learned = async {
-            let mut known: HashMap<String, TestTiming> = self
-                .store
-                .test_timings(suite, &names)
-                .await?
-                .into_iter()
-                .map(|t| (t.test.clone(), t))
-                .collect();
-            for t in &ran {
-                known
-                    .entry(t.name.clone())
-                    .or_insert_with(|| TestTiming::new(suite, &t.name))
-                    .record(t.duration_ms, now);
-            }
-            let timings: Vec<TestTiming> = known.into_values().collect();
-            self.store.put_test_timings(&timings).await
-        };
-        if let Err(e) = learned.await {
+        if let Err(e) = self.record_timings(suite, &ran).await {
             tracing::warn!(error = %e, suite, "test durations not recorded");
         }
     }

@@ -29,6 +29,34 @@ pub struct ImportedTimings {
     pub imported: usize,
 }
 
+impl<P: Ports> Orchestrator<P> {
+    /// Adds one run's duration to each test's history in `suite`: the
+    /// stored histories are read, extended and written back.
+    pub(crate) async fn record_timings(
+        &self,
+        suite: &str,
+        samples: &[(String, u64)],
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let names: Vec<String> = samples.iter().map(|(n, _)| n.clone()).collect();
+        let mut known: HashMap<String, TestTiming> = self
+            .store
+            .test_timings(suite, &names)
+            .await?
+            .into_iter()
+            .map(|t| (t.test.clone(), t))
+            .collect();
+        for (name, ms) in samples {
+            known
+                .entry(name.clone())
+                .or_insert_with(|| TestTiming::new(suite, name))
+                .record(*ms, now);
+        }
+        let timings: Vec<TestTiming> = known.into_values().collect();
+        self.store.put_test_timings(&timings).await
+    }
+}
+
 /// Tests read and written per store round trip.
 const IMPORT_CHUNK: usize = 500;
 
@@ -70,24 +98,8 @@ impl<P: Ports> Orchestrator<P> {
             }
             samples.push((name, (seconds * 1000.0).round().max(1.0) as u64));
         }
-        let now = self.clock.now();
         for chunk in samples.chunks(IMPORT_CHUNK) {
-            let names: Vec<String> = chunk.iter().map(|(n, _)| n.clone()).collect();
-            let mut known: HashMap<String, TestTiming> = self
-                .store
-                .test_timings(suite, &names)
-                .await?
-                .into_iter()
-                .map(|t| (t.test.clone(), t))
-                .collect();
-            for (name, ms) in chunk {
-                known
-                    .entry(name.clone())
-                    .or_insert_with(|| TestTiming::new(suite, name))
-                    .record(*ms, now);
-            }
-            let timings: Vec<TestTiming> = known.into_values().collect();
-            self.store.put_test_timings(&timings).await?;
+            self.record_timings(suite, chunk).await?;
         }
         Ok(ImportedTimings {
             suite: suite.to_owned(),
