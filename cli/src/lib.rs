@@ -2,6 +2,8 @@
 //! exactly the same code. For now: `tms serve`, the whole orchestrator in one
 //! process, on an embedded store or on the AWS resources of the template.
 
+pub mod client;
+
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,6 +80,18 @@ enum Command {
         /// Also print the admin token from its secret (on stderr).
         #[arg(long)]
         show_admin_token: bool,
+    },
+    /// Import test durations other tools recorded into a suite's history,
+    /// so its next execution is split by time: pytest-split's
+    /// `.test_durations` or a Knapsack JSON report (test names to seconds).
+    ImportTimings {
+        /// The suite the durations belong to (as executions are queued).
+        #[arg(long)]
+        suite: String,
+        /// The durations file.
+        file: PathBuf,
+        #[command(flatten)]
+        server: client::ServerArgs,
     },
 }
 
@@ -205,6 +219,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             serve(listener, options, shutdown_signal()).await?;
             Ok(())
         }
+        Command::ImportTimings {
+            suite,
+            file,
+            server,
+        } => import_timings(&suite, &file, &server).await,
         Command::CreateResources {
             endpoint_url,
             stage,
@@ -234,6 +253,30 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
     }
+}
+
+/// Reads a durations file and sends it to the suite's timings. A file
+/// wrapped as `{"durations": {…}}` (how `tests/fixtures/durations` keeps
+/// them, with their source) is unwrapped.
+async fn import_timings(
+    suite: &str,
+    file: &std::path::Path,
+    server: &client::ServerArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let mut body: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
+    if let Some(inner) = body.get_mut("durations").filter(|d| d.is_object()) {
+        body = inner.take();
+    }
+    let path = format!("/suites/{}/timings", client::segment(suite));
+    let answer = client::Client::new(server).post(&path, &body).await?;
+    println!(
+        "imported {} test durations into suite {suite}",
+        answer["imported"]
+    );
+    Ok(())
 }
 
 /// Quotes a value for a POSIX shell.

@@ -762,3 +762,58 @@ async fn imported_pytest_split_durations_balance_the_first_execution() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
 }
+
+/// `tms import-timings` sends a durations file (here the real Knapsack
+/// report, wrapped with its source) to a running server; a wrong token or an
+/// unreachable server is a one-line error and a non-zero exit.
+#[tokio::test]
+async fn tms_import_timings_sends_a_knapsack_report_and_explains_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/durations/DFE-Digital__early-careers-framework__knapsack.json"
+    );
+    let run = |url: String, token: &'static str| {
+        std::process::Command::new(BIN)
+            .args(["import-timings", "--suite", "ecf rspec/unit", file])
+            .env("TMS_URL", url)
+            .env("TMS_TOKEN", token)
+            .output()
+            .expect("run tms import-timings")
+    };
+    let url = server.url.clone();
+    let ok = tokio::task::spawn_blocking(move || run(url, ADMIN_TOKEN))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        "imported 759 test durations into suite ecf rspec/unit"
+    );
+
+    let url = server.url.clone();
+    let denied = tokio::task::spawn_blocking(move || run(url, "wrong"))
+        .await
+        .unwrap();
+    assert!(!denied.status.success());
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let unreachable = tokio::task::spawn_blocking(move || run(gone, ADMIN_TOKEN))
+        .await
+        .unwrap();
+    assert!(!unreachable.status.success());
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(stderr.contains("cannot reach the TMS server"), "{stderr}");
+}

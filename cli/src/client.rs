@@ -1,0 +1,110 @@
+//! The API client the CI-side commands share: the server's URL and a bearer
+//! token (flags or `TMS_URL` / `TMS_TOKEN`), JSON in and out, and errors a
+//! person can act on in one line.
+
+use serde_json::Value;
+
+/// Where the TMS API is and how to authenticate to it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// The TMS server (`tms serve`, or the deployed API's base URL).
+    #[arg(long, env = "TMS_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// An API token (admin or ci scope).
+    #[arg(long, env = "TMS_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the TMS server at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the server refused the token (401): check --token or TMS_TOKEN")]
+    Unauthorized,
+    #[error("{status} {code}: {detail}")]
+    Problem {
+        status: u16,
+        code: String,
+        detail: String,
+    },
+    #[error("unexpected answer from the server ({status}): {body}")]
+    Unexpected { status: u16, body: String },
+}
+
+/// A connection to one TMS API.
+pub struct Client {
+    http: reqwest::Client,
+    api: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(args: &ServerArgs) -> Client {
+        let base = args.url.trim_end_matches('/');
+        // Accept the server's root or the API's base path alike.
+        let api = if base.ends_with(tms::http::BASE_PATH) {
+            base.to_owned()
+        } else {
+            format!("{base}{}", tms::http::BASE_PATH)
+        };
+        Client {
+            http: reqwest::Client::new(),
+            api,
+            token: args.token.clone(),
+        }
+    }
+
+    /// POSTs `body` to an API path (below the base path) and returns the JSON answer.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.api);
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.api.clone(),
+                reason: root_cause(&e),
+            })?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let json: Option<Value> = serde_json::from_str(&text).ok();
+        match (status, json) {
+            (200..=299, Some(v)) => Ok(v),
+            (401, _) => Err(ClientError::Unauthorized),
+            (_, Some(p)) if p.get("code").is_some() => Err(ClientError::Problem {
+                status,
+                code: p["code"].as_str().unwrap_or_default().to_owned(),
+                detail: p["detail"]
+                    .as_str()
+                    .or(p["title"].as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+            }),
+            _ => Err(ClientError::Unexpected {
+                status,
+                body: text.chars().take(200).collect(),
+            }),
+        }
+    }
+}
+
+/// The innermost cause of a request failure ("connection refused"), which
+/// says more than reqwest's outer "error sending request".
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// A path segment with everything but unreserved characters percent-encoded
+/// (a suite named `web/e2e` stays one segment).
+pub fn segment(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
