@@ -56,12 +56,24 @@ impl Client {
 
     /// POSTs `body` to an API path (below the base path) and returns the JSON answer.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.post_raw(path, "application/json", body.to_string())
+            .await
+    }
+
+    /// POSTs a body of any content type and returns the JSON answer.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.api);
         let response = self
             .http
             .post(&url)
             .bearer_auth(&self.token)
-            .json(body)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
             .send()
             .await
             .map_err(|e| ClientError::Unreachable {

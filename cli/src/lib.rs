@@ -83,13 +83,18 @@ enum Command {
     },
     /// Import test durations other tools recorded into a suite's history,
     /// so its next execution is split by time: pytest-split's
-    /// `.test_durations` or a Knapsack JSON report (test names to seconds).
+    /// `.test_durations`, a Knapsack JSON report (test names to seconds), or
+    /// a JUnit XML report.
     ImportTimings {
         /// The suite the durations belong to (as executions are queued).
         #[arg(long)]
         suite: String,
-        /// The durations file.
+        /// The durations file or JUnit report.
         file: PathBuf,
+        /// JUnit only: how the tool names tests (`classname`: Class.test,
+        /// `pytest`: node ids, `name`: the bare name).
+        #[arg(long, default_value = "classname")]
+        names: String,
         #[command(flatten)]
         server: client::ServerArgs,
     },
@@ -222,8 +227,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::ImportTimings {
             suite,
             file,
+            names,
             server,
-        } => import_timings(&suite, &file, &server).await,
+        } => import_timings(&suite, &file, &names, &server).await,
         Command::CreateResources {
             endpoint_url,
             stage,
@@ -261,17 +267,24 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 async fn import_timings(
     suite: &str,
     file: &std::path::Path,
+    names: &str,
     server: &client::ServerArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let mut body: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", file.display()))?;
-    if let Some(inner) = body.get_mut("durations").filter(|d| d.is_object()) {
-        body = inner.take();
-    }
     let path = format!("/suites/{}/timings", client::segment(suite));
-    let answer = client::Client::new(server).post(&path, &body).await?;
+    let client = client::Client::new(server);
+    let answer = if text.trim_start().starts_with('<') {
+        let path = format!("{path}?names={}", client::segment(names));
+        client.post_raw(&path, "application/xml", text).await?
+    } else {
+        let mut body: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{} is neither JSON nor XML: {e}", file.display()))?;
+        if let Some(inner) = body.get_mut("durations").filter(|d| d.is_object()) {
+            body = inner.take();
+        }
+        client.post(&path, &body).await?
+    };
     println!(
         "imported {} test durations into suite {suite}",
         answer["imported"]

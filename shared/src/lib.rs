@@ -19,6 +19,7 @@ pub mod error;
 pub mod fixtures;
 pub mod http;
 pub mod ids;
+pub mod junit;
 pub mod ports;
 pub mod scheduling;
 pub mod server;

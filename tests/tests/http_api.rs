@@ -806,6 +806,32 @@ async fn tms_import_timings_sends_a_knapsack_report_and_explains_failures() {
     assert!(stderr.contains("401"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
+    // A JUnit report goes as XML, named as its tool names tests.
+    let url = server.url.clone();
+    let junit = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .args(["import-timings", "--suite", "shop", "--names", "pytest"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/fixtures/junit/pytest-xunit1.xml"
+            ))
+            .env("TMS_URL", url)
+            .env("TMS_TOKEN", ADMIN_TOKEN)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        junit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&junit.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&junit.stdout).trim(),
+        "imported 4 test durations into suite shop"
+    );
+
     let gone = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
@@ -816,4 +842,71 @@ async fn tms_import_timings_sends_a_knapsack_report_and_explains_failures() {
     assert!(!unreachable.status.success());
     let stderr = String::from_utf8_lossy(&unreachable.stderr);
     assert!(stderr.contains("cannot reach the TMS server"), "{stderr}");
+}
+
+/// A JUnit report from pytest (both of its XML families) imports its
+/// durations under pytest's node ids, so a suite queued with those ids is
+/// split by them; skipped tests teach nothing.
+#[tokio::test]
+async fn a_pytest_junit_report_imports_durations_under_pytest_node_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let api = Api::new(&server);
+    for (suite, report) in [
+        (
+            "xunit1",
+            include_str!("../fixtures/junit/pytest-xunit1.xml"),
+        ),
+        (
+            "xunit2",
+            include_str!("../fixtures/junit/pytest-xunit2.xml"),
+        ),
+    ] {
+        let response = api
+            .http
+            .post(format!("{}/suites/{suite}/timings?names=pytest", api.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/xml")
+            .body(report)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let v: Value = response.json().await.unwrap();
+        assert_eq!(v["imported"], 4, "{suite}: five cases, one skipped");
+
+        let tests = [
+            "tests/test_shop.py::test_checkout_total",
+            "tests/test_shop.py::test_refund_rounding",
+            "tests/test_shop.py::TestCart::test_add_item",
+            "tests/test_shop.py::TestCart::test_remove_item",
+        ];
+        let body = json!({"suite": suite, "tests": tests, "parallelism": 2});
+        let queued = api
+            .ok(Method::POST, "/executions/queue", ADMIN_TOKEN, Some(body))
+            .await;
+        let status = api.status(queued["id"].as_str().unwrap()).await;
+        let slow = status["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["tests"][0] == "tests/test_shop.py::test_checkout_total")
+            .unwrap_or_else(|| panic!("{suite}: the slowest test leads a shard: {status}"));
+        assert_eq!(slow["tests"].as_array().unwrap().len(), 1, "{status}");
+        assert!(
+            (150..300).contains(&slow["estimated_ms"].as_u64().unwrap()),
+            "{status}"
+        );
+    }
+    // Not XML at all: a 400 with a reason.
+    let response = api
+        .http
+        .post(format!("{}/suites/x/timings", api.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/xml")
+        .body("<testsuite><testcase name='a'>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }

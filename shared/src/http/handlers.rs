@@ -393,20 +393,44 @@ pub async fn shard_assignment<P: Ports>(
     Ok(Json(app.shard_assignment(&caller, &id, index).await?))
 }
 
-/// Imports a suite's test durations from another tool's file (pytest-split's
-/// `.test_durations`, a Knapsack JSON report: test names to seconds), so the
-/// next execution is split by time even before TMS has run the suite.
+/// Query of `POST /suites/{suite}/timings`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// JUnit XML only: how the tool names tests (`classname`, `pytest`, `name`).
+    pub names: Option<crate::junit::NameFormat>,
+}
+
+/// Imports a suite's test durations from another tool's output, so the next
+/// execution is split by time even before TMS has run the suite: JSON from
+/// pytest-split's `.test_durations` or a Knapsack report (test names to
+/// seconds), or a JUnit XML report (`Content-Type: application/xml`).
 #[utoipa::path(post, path = "/suites/{suite}/timings", tag = "executions", request_body = DurationsFile,
+    params(ImportQuery),
     responses((status = 200, body = ImportedTimings), (status = 400, body = super::Problem)),
     security(("bearer" = [])))]
 pub async fn import_timings<P: Ports>(
     State(app): State<AppState<P>>,
     Caller(caller): Caller,
     Path(suite): Path<String>,
-    ApiJson(body): ApiJson<DurationsFile>,
+    ApiQuery(q): ApiQuery<ImportQuery>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
 ) -> Result<Json<ImportedTimings>> {
     require_api(&caller)?;
-    Ok(Json(app.import_timings(&suite, body).await?))
+    let xml = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("xml"));
+    let imported = if xml {
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| Error::validation("junit", "the report is not UTF-8"))?;
+        app.import_junit(&suite, text, q.names.unwrap_or_default())
+            .await?
+    } else {
+        app.import_timings(&suite, parse_json(&body)?).await?
+    };
+    Ok(Json(imported))
 }
 
 /// Unauthenticated, for load balancers and uptime checks.

@@ -4,6 +4,7 @@
 use super::Orchestrator;
 use crate::domain::TestTiming;
 use crate::error::{Error, Result};
+use crate::junit::{self, CaseOutcome, NameFormat};
 use crate::ports::{Ports, Store};
 use crate::time::Clock;
 use serde::{Deserialize, Serialize};
@@ -68,28 +69,12 @@ impl<P: Ports> Orchestrator<P> {
         suite: &str,
         file: DurationsFile,
     ) -> Result<ImportedTimings> {
-        let suite = suite.trim();
-        if suite.is_empty() || suite.len() > 256 {
-            return Err(Error::validation("suite", "must be 1 to 256 characters"));
-        }
         let pairs: Vec<(String, f64)> = match file {
             DurationsFile::Map(m) => m.into_iter().collect(),
             DurationsFile::Pairs(p) => p,
         };
-        if pairs.len() > self.config.max_tests {
-            return Err(Error::validation(
-                "durations",
-                format!("at most {} tests", self.config.max_tests),
-            ));
-        }
         let mut samples = Vec::with_capacity(pairs.len());
         for (name, seconds) in pairs {
-            if name.trim().is_empty() || name.len() > 1024 {
-                return Err(Error::validation(
-                    "durations",
-                    "test names must be 1 to 1024 characters",
-                ));
-            }
             if !seconds.is_finite() || !(0.0..=7.0 * 86_400.0).contains(&seconds) {
                 return Err(Error::validation(
                     "durations",
@@ -97,6 +82,50 @@ impl<P: Ports> Orchestrator<P> {
                 ));
             }
             samples.push((name, (seconds * 1000.0).round().max(1.0) as u64));
+        }
+        self.import_samples(suite, samples).await
+    }
+
+    /// Adds the durations of a JUnit XML report's test cases (skipped ones
+    /// and ones without a time left out) to `suite`'s history, each case
+    /// named the way `names` says its tool names tests.
+    pub async fn import_junit(
+        &self,
+        suite: &str,
+        xml: &str,
+        names: NameFormat,
+    ) -> Result<ImportedTimings> {
+        let samples = junit::parse(xml)?
+            .into_iter()
+            .filter(|c| c.outcome != CaseOutcome::Skipped)
+            .filter_map(|c| Some((c.test_id(names), c.time_ms?.max(1))))
+            .collect();
+        self.import_samples(suite, samples).await
+    }
+
+    async fn import_samples(
+        &self,
+        suite: &str,
+        samples: Vec<(String, u64)>,
+    ) -> Result<ImportedTimings> {
+        let suite = suite.trim();
+        if suite.is_empty() || suite.len() > 256 {
+            return Err(Error::validation("suite", "must be 1 to 256 characters"));
+        }
+        if samples.len() > self.config.max_tests {
+            return Err(Error::validation(
+                "durations",
+                format!("at most {} tests", self.config.max_tests),
+            ));
+        }
+        if let Some((name, _)) = samples
+            .iter()
+            .find(|(n, _)| n.trim().is_empty() || n.len() > 1024)
+        {
+            return Err(Error::validation(
+                "durations",
+                format!("test name {name:?} must be 1 to 1024 characters"),
+            ));
         }
         for chunk in samples.chunks(IMPORT_CHUNK) {
             self.record_timings(suite, chunk).await?;
