@@ -398,6 +398,7 @@ pub async fn shard_assignment<P: Ports>(
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
     /// JUnit XML only: how the tool names tests (`classname`, `pytest`, `name`).
+    #[param(inline)]
     pub names: Option<crate::junit::NameFormat>,
 }
 
