@@ -747,7 +747,7 @@ async fn a_completed_shard_teaches_the_next_split_its_test_durations<B: Backend>
     let work = assignments(&h, &r).await;
     assert_eq!(work.len(), 2);
     for a in &work {
-        let tests: Vec<TestResult> = a
+        let mut tests: Vec<TestResult> = a
             .tests
             .iter()
             .map(|t| TestResult {
@@ -757,6 +757,11 @@ async fn a_completed_shard_teaches_the_next_split_its_test_durations<B: Backend>
                 message: None,
             })
             .collect();
+        // A test reported twice in one shard (run again by the runner) is
+        // two samples, not an error.
+        if let Some(slow) = tests.iter().find(|t| t.name == "test_0").cloned() {
+            tests.push(slow);
+        }
         let results = ShardResult {
             passed: tests.len() as u32,
             tests,

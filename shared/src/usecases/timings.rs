@@ -39,7 +39,14 @@ impl<P: Ports> Orchestrator<P> {
         samples: &[(String, u64)],
     ) -> Result<()> {
         let now = self.clock.now();
-        let names: Vec<String> = samples.iter().map(|(n, _)| n.clone()).collect();
+        // A name may come twice (a test run twice in one shard); a batch
+        // read must not ask for the same key twice.
+        let names: Vec<String> = samples
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let mut known: HashMap<String, TestTiming> = self
             .store
             .test_timings(suite, &names)
