@@ -265,6 +265,34 @@ impl Deployment {
         .unwrap()
     }
 
+    /// Registers a push-mode runner that dispatches to the webhook at
+    /// `url`, signing with `key` — stored in Secrets Manager under the
+    /// stage's dispatch prefix, as an operator would; returns its view.
+    pub async fn register_webhook_runner(&self, slots: u32, url: &str, key: &str) -> Value {
+        let prefix = self.stack.aws_resources().unwrap().secret_prefix;
+        aws_sdk_secretsmanager::Client::new(&self.sdk)
+            .create_secret()
+            .name(format!("{prefix}HOOK_KEY"))
+            .secret_string(key)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = self
+            .http(
+                "ApiRunnersFunction",
+                Routes::Runners,
+                "POST",
+                &format!("{BASE}/runners/register"),
+                Some(&self.admin_token),
+                Some(json!({"name": "hook", "type": "custom",
+                    "capacity": {"slots": slots, "cpu_millis": 64_000, "memory_mb": 131_072},
+                    "dispatch": {"platform": "webhook", "url": url, "signing_secret": "HOOK_KEY"}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
     /// Registers a runner with two slots; returns its id and token.
     pub async fn register(&self, name: &str) -> (String, String) {
         self.register_with_slots(name, 2).await

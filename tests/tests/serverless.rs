@@ -221,28 +221,9 @@ async fn each_hot_path_makes_the_requests_the_data_model_promises() {
 async fn a_push_mode_runner_is_dispatched_through_the_dispatch_queue_and_function() {
     let d = Deployment::start().await;
     let platform = Recorder::start(Answer::status(204)).await;
-    let prefix = d.stack.aws_resources().unwrap().secret_prefix;
-    aws_sdk_secretsmanager::Client::new(&d.sdk)
-        .create_secret()
-        .name(format!("{prefix}HOOK_KEY"))
-        .secret_string("k3y")
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = d
-        .http(
-            "ApiRunnersFunction",
-            Routes::Runners,
-            "POST",
-            &format!("{BASE}/runners/register"),
-            Some(&d.admin_token),
-            Some(json!({"name": "hook", "type": "custom",
-                "capacity": {"slots": 1, "cpu_millis": 8000, "memory_mb": 8192},
-                "dispatch": {"platform": "webhook", "url": format!("{}/hook", platform.url),
-                    "signing_secret": "HOOK_KEY"}})),
-        )
+    let body = d
+        .register_webhook_runner(1, &format!("{}/hook", platform.url), "k3y")
         .await;
-    assert_eq!(status, 201, "{body}");
     assert_eq!(body["dispatch"]["platform"], "webhook");
     let (execution, _) = d
         .queue(json!({"suite": "api", "tests": ["a", "b"], "parallelism": 1}))
@@ -292,28 +273,7 @@ async fn a_push_mode_runner_is_dispatched_through_the_dispatch_queue_and_functio
 async fn the_last_failed_dispatch_attempt_requeues_the_shard_and_fails_the_message() {
     let d = Deployment::start().await;
     let platform = Recorder::start(Answer::status(502)).await;
-    let prefix = d.stack.aws_resources().unwrap().secret_prefix;
-    aws_sdk_secretsmanager::Client::new(&d.sdk)
-        .create_secret()
-        .name(format!("{prefix}HOOK_KEY"))
-        .secret_string("k")
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = d
-        .http(
-            "ApiRunnersFunction",
-            Routes::Runners,
-            "POST",
-            &format!("{BASE}/runners/register"),
-            Some(&d.admin_token),
-            Some(json!({"name": "hook", "type": "custom",
-                "capacity": {"slots": 1, "cpu_millis": 8000, "memory_mb": 8192},
-                "dispatch": {"platform": "webhook", "url": platform.url,
-                    "signing_secret": "HOOK_KEY"}})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    d.register_webhook_runner(1, &platform.url, "k").await;
     let (execution, _) = d
         .queue(json!({"suite": "api", "tests": ["a"], "parallelism": 1}))
         .await;

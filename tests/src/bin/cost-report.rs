@@ -159,27 +159,8 @@ async fn run(shards: usize) -> Run {
 async fn push_run(shards: usize) -> Run {
     let d = Deployment::start().await;
     let platform = Recorder::start(Answer::status(204)).await;
-    let prefix = d.stack.aws_resources().unwrap().secret_prefix;
-    aws_sdk_secretsmanager::Client::new(&d.sdk)
-        .create_secret()
-        .name(format!("{prefix}HOOK_KEY"))
-        .secret_string("k")
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = d
-        .http(
-            "ApiRunnersFunction",
-            tms::http::Routes::Runners,
-            "POST",
-            &format!("{BASE}/runners/register"),
-            Some(&d.admin_token),
-            Some(json!({"name": "push", "type": "custom",
-                "capacity": {"slots": shards, "cpu_millis": 64_000, "memory_mb": 131_072},
-                "dispatch": {"platform": "webhook", "url": platform.url, "signing_secret": "HOOK_KEY"}})),
-        )
+    d.register_webhook_runner(shards as u32, &platform.url, "k")
         .await;
-    assert_eq!(status, 201, "{body}");
     let mut mark = d.meter.usage();
     let mut steps = Vec::new();
     let mut step =

@@ -33,17 +33,20 @@ impl Suite {
         (total as f64 / m as f64).max(longest as f64)
     }
 
-    /// TMS: LPT on the durations.
-    fn lpt(&self, m: usize) -> u64 {
-        let specs: Vec<TestSpec> = self
-            .tests
+    /// The tests with their durations as hints.
+    fn specs(&self) -> Vec<TestSpec> {
+        self.tests
             .iter()
             .map(|(name, ms)| TestSpec {
                 name: name.clone(),
                 duration_hint_ms: Some(*ms),
             })
-            .collect();
-        tms::scheduling::split_tests(&specs, m as u32)
+            .collect()
+    }
+
+    /// TMS: LPT on the durations.
+    fn lpt(&self, m: usize) -> u64 {
+        tms::scheduling::split_tests(&self.specs(), m as u32)
             .iter()
             .filter_map(|s| s.estimated_ms)
             .max()
@@ -67,15 +70,7 @@ impl Suite {
                 )
             })
             .collect();
-        let specs: Vec<TestSpec> = self
-            .tests
-            .iter()
-            .map(|(name, ms)| TestSpec {
-                name: name.clone(),
-                duration_hint_ms: Some(*ms),
-            })
-            .collect();
-        let makespan = tms::scheduling::split_tests(&specs, m as u32)
+        let makespan = tms::scheduling::split_tests(&self.specs(), m as u32)
             .iter()
             .map(|s| s.tests.iter().map(|t| actual[t.as_str()]).sum::<u64>())
             .max()
