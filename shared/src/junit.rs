@@ -24,6 +24,8 @@ pub struct JunitCase {
     pub file: Option<String>,
     pub time_ms: Option<u64>,
     pub outcome: CaseOutcome,
+    /// A failure's or error's message, then its text (the stack trace).
+    pub message: Option<String>,
 }
 
 /// Which test id a case stands for: tools name the same test differently.
@@ -94,6 +96,7 @@ fn case_from(start: &BytesStart) -> Result<JunitCase> {
         file: None,
         time_ms: None,
         outcome: CaseOutcome::Passed,
+        message: None,
     };
     for attr in start.attributes() {
         let attr = attr.map_err(|e| bad(format!("bad attribute: {e}")))?;
@@ -134,11 +137,43 @@ fn outcome_of(element: &[u8]) -> Option<CaseOutcome> {
     }
 }
 
+/// The `message` attribute of a failure or error element.
+fn message_attr(start: &BytesStart) -> Option<String> {
+    start
+        .try_get_attribute("message")
+        .ok()
+        .flatten()
+        .and_then(|a| a.unescape_value().ok())
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Joins a failure's message and its text, without saying the same twice.
+fn describe(attr: Option<String>, text: &str) -> Option<String> {
+    let text = text.trim();
+    match attr {
+        Some(a) if text.is_empty() || text.starts_with(&a) => {
+            Some(if text.is_empty() { a } else { text.to_owned() })
+        }
+        Some(a) => Some(format!("{a}\n{text}")),
+        None if text.is_empty() => None,
+        None => Some(text.to_owned()),
+    }
+}
+
 /// Every test case of a JUnit XML report, in document order.
 pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     let mut reader = Reader::from_str(xml);
     let mut cases = Vec::new();
     let mut open: Option<JunitCase> = None;
+    // Inside a case's failure or error: its message attribute and text so far.
+    let mut failure: Option<(Option<String>, String)> = None;
+    let broken = |reader: &Reader<&[u8]>, e: &dyn std::fmt::Display| {
+        bad(format!(
+            "not well-formed XML at byte {}: {e}",
+            reader.error_position()
+        ))
+    };
     loop {
         match reader.read_event() {
             Ok(Event::Start(e)) if e.local_name().as_ref() == b"testcase" => {
@@ -147,33 +182,335 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
             Ok(Event::Empty(e)) if e.local_name().as_ref() == b"testcase" => {
                 cases.push(case_from(&e)?);
             }
-            Ok(Event::Start(e)) | Ok(Event::Empty(e)) => {
-                if let (Some(case), Some(outcome)) =
-                    (open.as_mut(), outcome_of(e.local_name().as_ref()))
-                {
-                    // An error outranks a failure, and either a skip.
-                    if case.outcome == CaseOutcome::Passed || outcome == CaseOutcome::Errored {
-                        case.outcome = outcome;
+            Ok(event @ (Event::Start(_) | Event::Empty(_))) => {
+                let (Event::Start(e) | Event::Empty(e)) = &event else {
+                    continue;
+                };
+                let Some(case) = open.as_mut() else { continue };
+                let Some(outcome) = outcome_of(e.local_name().as_ref()) else {
+                    continue;
+                };
+                // An error outranks a failure, and either a skip.
+                if case.outcome == CaseOutcome::Passed || outcome == CaseOutcome::Errored {
+                    case.outcome = outcome;
+                }
+                if outcome != CaseOutcome::Skipped {
+                    let attr = message_attr(e);
+                    if matches!(event, Event::Start(_)) {
+                        failure = Some((attr, String::new()));
+                    } else if case.message.is_none() {
+                        case.message = describe(attr, "");
                     }
+                }
+            }
+            Ok(Event::Text(t)) => {
+                if let Some((_, text)) = failure.as_mut() {
+                    let t = t.xml_content().map_err(|e| broken(&reader, &e))?;
+                    text.push_str(&t);
+                }
+            }
+            Ok(Event::CData(t)) => {
+                if let Some((_, text)) = failure.as_mut() {
+                    text.push_str(&String::from_utf8_lossy(&t));
+                }
+            }
+            Ok(Event::GeneralRef(r)) => {
+                if let Some((_, text)) = failure.as_mut() {
+                    let name = String::from_utf8_lossy(&r);
+                    let resolved = match name.as_ref() {
+                        "lt" => Some('<'),
+                        "gt" => Some('>'),
+                        "amp" => Some('&'),
+                        "apos" => Some('\''),
+                        "quot" => Some('"'),
+                        _ => r.resolve_char_ref().ok().flatten(),
+                    };
+                    text.extend(resolved);
                 }
             }
             Ok(Event::End(e)) if e.local_name().as_ref() == b"testcase" => {
                 cases.extend(open.take());
+                failure = None;
+            }
+            Ok(Event::End(e)) if outcome_of(e.local_name().as_ref()).is_some() => {
+                if let (Some(case), Some((attr, text))) = (open.as_mut(), failure.take()) {
+                    if case.message.is_none() {
+                        case.message = describe(attr, &text);
+                    }
+                }
             }
             Ok(Event::Eof) => break,
             Ok(_) => {}
-            Err(e) => {
-                return Err(bad(format!(
-                    "not well-formed XML at byte {}: {e}",
-                    reader.error_position()
-                )))
-            }
+            Err(e) => return Err(broken(&reader, &e)),
         }
     }
     if open.is_some() {
         return Err(bad("the report ends inside a testcase"));
     }
     Ok(cases)
+}
+
+/// Splits a test id into JUnit's `classname` and `name`: at the last `::`
+/// (pytest, Rust), else at the last `.` of a dotted id without spaces
+/// (Java), else the suite is the class.
+fn class_and_name<'a>(id: &'a str, suite: &'a str) -> (&'a str, &'a str) {
+    if let Some(i) = id.rfind("::") {
+        return (&id[..i], &id[i + 2..]);
+    }
+    match id.rfind('.') {
+        Some(i) if !id.contains(char::is_whitespace) && i > 0 && i + 1 < id.len() => {
+            (&id[..i], &id[i + 1..])
+        }
+        _ => (suite, id),
+    }
+}
+
+/// Seconds as the common schema wants them (`SUREFIRE_TIME`: at most three
+/// decimals, no exponent).
+fn seconds(ms: u64) -> String {
+    format!("{}.{:03}", ms / 1000, ms % 1000)
+}
+
+type XmlWriter = quick_xml::Writer<Vec<u8>>;
+
+fn xml_err(e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("writing the JUnit report: {e}"))
+}
+
+fn text_element(w: &mut XmlWriter, tag: &str, attrs: &[(&str, &str)], text: &str) -> Result<()> {
+    let mut start = BytesStart::new(tag);
+    for (k, v) in attrs {
+        start.push_attribute((*k, *v));
+    }
+    if text.is_empty() {
+        return w.write_event(Event::Empty(start)).map_err(xml_err);
+    }
+    w.write_event(Event::Start(start)).map_err(xml_err)?;
+    w.write_event(Event::Text(quick_xml::events::BytesText::new(&xml_safe(
+        text,
+    ))))
+    .map_err(xml_err)?;
+    w.write_event(Event::End(quick_xml::events::BytesEnd::new(tag)))
+        .map_err(xml_err)
+}
+
+/// XML 1.0 cannot carry most control characters, even escaped; test output
+/// has them (ANSI colours). They become U+FFFD.
+fn xml_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c < ' ' && !matches!(c, '\t' | '\n' | '\r');
+    if text.contains(bad) {
+        text.chars()
+            .map(|c| if bad(c) { '\u{FFFD}' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
+fn first_line(message: &str) -> &str {
+    message.lines().next().unwrap_or("")
+}
+
+/// One merged JUnit XML report of an execution: a `<testsuite>` per shard
+/// (its runner as `hostname`, attempts and TMS ids as properties) with each
+/// test's final result. Earlier failed attempts are kept as Surefire does:
+/// `<flakyFailure>` / `<flakyError>` when the test passed in the end,
+/// `<rerunFailure>` / `<rerunError>` when it did not. A shard that errored
+/// is also reported as an errored case, so a consumer of the file cannot
+/// miss work that never produced results. Valid against the common JUnit
+/// schema (`junit-10.xsd`, as pytest and Jenkins use).
+pub fn merged_report(
+    execution: &crate::domain::Execution,
+    shards: &[crate::domain::Shard],
+    tests: &[crate::domain::MergedTest],
+) -> Result<String> {
+    use crate::domain::{ShardStatus, TestStatus};
+    let suite = execution.suite.as_str();
+    let count = |pred: &dyn Fn(&crate::domain::MergedTest) -> bool,
+                 of: &[&crate::domain::MergedTest]| {
+        of.iter().filter(|t| pred(t)).count()
+    };
+    let mut w = quick_xml::Writer::new_with_indent(Vec::new(), b' ', 2);
+    w.write_event(Event::Decl(quick_xml::events::BytesDecl::new(
+        "1.0",
+        Some("UTF-8"),
+        None,
+    )))
+    .map_err(xml_err)?;
+    let per_shard: Vec<Vec<&crate::domain::MergedTest>> = shards
+        .iter()
+        .map(|s| tests.iter().filter(|t| t.shard_index == s.index).collect())
+        .collect();
+    let shard_errored = |s: &crate::domain::Shard| {
+        matches!(s.status, ShardStatus::Errored | ShardStatus::Cancelled)
+    };
+    let all: Vec<&crate::domain::MergedTest> = tests.iter().collect();
+    let errored_shards = shards.iter().filter(|s| shard_errored(s)).count();
+    let total_ms: u64 = tests.iter().map(|t| t.duration_ms).sum();
+    let mut root = BytesStart::new("testsuites");
+    root.push_attribute(("name", suite));
+    root.push_attribute(("tests", (tests.len() + errored_shards).to_string().as_str()));
+    root.push_attribute((
+        "failures",
+        count(&|t| t.status == TestStatus::Failed, &all)
+            .to_string()
+            .as_str(),
+    ));
+    root.push_attribute((
+        "errors",
+        (count(&|t| t.status == TestStatus::Errored, &all) + errored_shards)
+            .to_string()
+            .as_str(),
+    ));
+    root.push_attribute(("time", seconds(total_ms).as_str()));
+    w.write_event(Event::Start(root)).map_err(xml_err)?;
+    for (shard, cases) in shards.iter().zip(&per_shard) {
+        let errored = shard_errored(shard);
+        let mut start = BytesStart::new("testsuite");
+        let name = format!("{suite} [shard {}]", shard.index);
+        start.push_attribute(("name", name.as_str()));
+        start.push_attribute(("id", shard.index.to_string().as_str()));
+        start.push_attribute((
+            "tests",
+            (cases.len() + usize::from(errored)).to_string().as_str(),
+        ));
+        start.push_attribute((
+            "failures",
+            count(&|t| t.status == TestStatus::Failed, cases)
+                .to_string()
+                .as_str(),
+        ));
+        start.push_attribute((
+            "errors",
+            (count(&|t| t.status == TestStatus::Errored, cases) + usize::from(errored))
+                .to_string()
+                .as_str(),
+        ));
+        start.push_attribute((
+            "skipped",
+            count(&|t| t.status == TestStatus::Skipped, cases)
+                .to_string()
+                .as_str(),
+        ));
+        let ms: u64 = cases.iter().map(|t| t.duration_ms).sum();
+        start.push_attribute(("time", seconds(ms).as_str()));
+        if let Some(at) = shard.started_at.or(shard.assigned_at) {
+            start.push_attribute(("timestamp", at.to_rfc3339().as_str()));
+        }
+        if let Some(runner) = &shard.runner_id {
+            start.push_attribute(("hostname", runner.as_str()));
+        }
+        w.write_event(Event::Start(start)).map_err(xml_err)?;
+        w.write_event(Event::Start(BytesStart::new("properties")))
+            .map_err(xml_err)?;
+        let mut props = vec![
+            ("tms.execution_id", execution.id.to_string()),
+            ("tms.shard", shard.index.to_string()),
+            ("tms.status", shard.status.as_str().to_owned()),
+            ("tms.attempts", shard.attempt.to_string()),
+            ("tms.flaky", count(&|t| t.flaky, cases).to_string()),
+        ];
+        if let Some(error) = &shard.error {
+            props.push(("tms.error", error.clone()));
+        }
+        for (k, v) in &props {
+            text_element(
+                &mut w,
+                "property",
+                &[("name", k), ("value", &xml_safe(v))],
+                "",
+            )?;
+        }
+        w.write_event(Event::End(quick_xml::events::BytesEnd::new("properties")))
+            .map_err(xml_err)?;
+        for t in cases {
+            write_case(&mut w, suite, t)?;
+        }
+        if errored {
+            let why = shard.error.as_deref().unwrap_or(shard.status.as_str());
+            let name = format!("shard {}", shard.index);
+            let mut start = BytesStart::new("testcase");
+            start.push_attribute(("classname", "tms"));
+            start.push_attribute(("name", name.as_str()));
+            start.push_attribute(("time", "0.000"));
+            w.write_event(Event::Start(start)).map_err(xml_err)?;
+            text_element(
+                &mut w,
+                "error",
+                &[("type", shard.status.as_str()), ("message", &xml_safe(why))],
+                why,
+            )?;
+            w.write_event(Event::End(quick_xml::events::BytesEnd::new("testcase")))
+                .map_err(xml_err)?;
+        }
+        w.write_event(Event::End(quick_xml::events::BytesEnd::new("testsuite")))
+            .map_err(xml_err)?;
+    }
+    w.write_event(Event::End(quick_xml::events::BytesEnd::new("testsuites")))
+        .map_err(xml_err)?;
+    String::from_utf8(w.into_inner()).map_err(xml_err)
+}
+
+fn write_case(w: &mut XmlWriter, suite: &str, t: &crate::domain::MergedTest) -> Result<()> {
+    use crate::domain::TestStatus;
+    let (class, name) = class_and_name(&t.name, suite);
+    let mut start = BytesStart::new("testcase");
+    start.push_attribute(("classname", xml_safe(class).as_ref()));
+    start.push_attribute(("name", xml_safe(name).as_ref()));
+    start.push_attribute(("time", seconds(t.duration_ms).as_str()));
+    let last = t.attempts.len().saturating_sub(1);
+    let retried_failures = t.attempts[..last]
+        .iter()
+        .any(|a| matches!(a.status, TestStatus::Failed | TestStatus::Errored));
+    if t.status == TestStatus::Passed && !retried_failures {
+        return w.write_event(Event::Empty(start)).map_err(xml_err);
+    }
+    w.write_event(Event::Start(start)).map_err(xml_err)?;
+    let message = t.message.as_deref().unwrap_or("");
+    let summary = xml_safe(first_line(message));
+    match t.status {
+        TestStatus::Failed => text_element(
+            w,
+            "failure",
+            &[("type", "failure"), ("message", &summary)],
+            message,
+        )?,
+        TestStatus::Errored => text_element(
+            w,
+            "error",
+            &[("type", "error"), ("message", &summary)],
+            message,
+        )?,
+        TestStatus::Skipped if summary.is_empty() => text_element(w, "skipped", &[], "")?,
+        TestStatus::Skipped => text_element(w, "skipped", &[("message", &summary)], "")?,
+        TestStatus::Passed => {}
+    }
+    for earlier in &t.attempts[..last] {
+        let tag = match (earlier.status, t.status == TestStatus::Passed) {
+            (TestStatus::Failed, true) => "flakyFailure",
+            (TestStatus::Errored, true) => "flakyError",
+            (TestStatus::Failed, false) => "rerunFailure",
+            (TestStatus::Errored, false) => "rerunError",
+            _ => continue,
+        };
+        let text = earlier.message.as_deref().unwrap_or("");
+        let what = format!("attempt {}: {}", earlier.attempt, first_line(text));
+        let kind = if earlier.status == TestStatus::Failed {
+            "failure"
+        } else {
+            "error"
+        };
+        let mut start = BytesStart::new(tag);
+        start.push_attribute(("type", kind));
+        start.push_attribute(("message", xml_safe(&what).as_ref()));
+        w.write_event(Event::Start(start)).map_err(xml_err)?;
+        text_element(w, "stackTrace", &[], text)?;
+        w.write_event(Event::End(quick_xml::events::BytesEnd::new(tag)))
+            .map_err(xml_err)?;
+    }
+    w.write_event(Event::End(quick_xml::events::BytesEnd::new("testcase")))
+        .map_err(xml_err)
 }
 
 #[cfg(test)]

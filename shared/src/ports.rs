@@ -251,6 +251,22 @@ pub trait Store: Send + Sync + 'static {
         timings: &[crate::domain::TestTiming],
     ) -> impl Future<Output = Result<()>> + Send;
 
+    // Per-test results, in chunks under the item size limit
+    /// Stores the chunks of one run's results (keyed by shard, lease and
+    /// chunk number, so writing them again is harmless). Written before the
+    /// shard records the run; chunks of a run the shard never recorded are
+    /// ignored by readers.
+    fn put_results(
+        &self,
+        execution: &ExecutionId,
+        chunks: &[crate::domain::ResultChunk],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Every stored chunk of the execution's results.
+    fn results(
+        &self,
+        execution: &ExecutionId,
+    ) -> impl Future<Output = Result<Vec<crate::domain::ResultChunk>>> + Send;
+
     // Tokens and settings
     fn put_token(&self, token: &ApiToken) -> impl Future<Output = Result<()>> + Send;
     fn get_token(&self, id: &TokenId) -> impl Future<Output = Result<Option<ApiToken>>> + Send;

@@ -331,3 +331,34 @@ macro_rules! conformance {
         }
     };
 }
+
+/// Validates a JUnit XML report against the common JUnit schema
+/// (`junit-10.xsd`) with lxml, both provided by `scripts/junit-xsd`
+/// (`scripts/test` runs it). Panics with the validator's complaints.
+pub fn assert_valid_junit(xml: &str) {
+    let (Ok(xsd), Ok(python)) = (
+        std::env::var("TMS_JUNIT_XSD"),
+        std::env::var("TMS_XML_PYTHON"),
+    ) else {
+        panic!("TMS_JUNIT_XSD and TMS_XML_PYTHON are not set: run eval \"$(scripts/junit-xsd)\" (scripts/test does)");
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let report = dir.path().join("report.xml");
+    std::fs::write(&report, xml).expect("write report");
+    const CHECK: &str = "import sys\nfrom lxml import etree\n\
+schema = etree.XMLSchema(etree.parse(sys.argv[1]))\n\
+doc = etree.parse(sys.argv[2])\n\
+if not schema.validate(doc):\n    print(schema.error_log)\n    sys.exit(1)\n";
+    let out = std::process::Command::new(python)
+        .args(["-c", CHECK])
+        .arg(&xsd)
+        .arg(&report)
+        .output()
+        .expect("run the XML validator");
+    assert!(
+        out.status.success(),
+        "the report does not validate against {xsd}:\n{}{}\n{xml}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -910,3 +910,95 @@ async fn a_pytest_junit_report_imports_durations_under_pytest_node_ids() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_shard_reports_its_junit_file_and_the_execution_report_is_one_valid_junit_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let api = Api::new(&server);
+    let (runner, runner_token) = api.register("agent-1", 2).await;
+    let body = json!({"suite": "shop", "tests": ["tests/test_shop.py"], "parallelism": 1});
+    let queued = api
+        .ok(Method::POST, "/executions/queue", ADMIN_TOKEN, Some(body))
+        .await;
+    let (exec, webhook) = (
+        queued["id"].as_str().unwrap(),
+        queued["webhook_token"].as_str().unwrap(),
+    );
+    let shard = api.wait_for_assignments(&runner, &runner_token, 1).await[0].clone();
+    let url = format!("{}/webhooks/parallel-execution/{exec}", api.base);
+    let upload = |query: String, content_type: &'static str| {
+        api.http
+            .post(format!("{url}{query}"))
+            .bearer_auth(webhook)
+            .header("content-type", content_type)
+            .body(include_str!("../fixtures/junit/pytest-xunit2.xml"))
+            .send()
+    };
+    // A JUnit file needs the shard and lease in the query.
+    let missing = upload(String::new(), "application/xml").await.unwrap();
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    let query = format!(
+        "?shard_index={}&lease_id={}&names=pytest",
+        shard["shard_index"],
+        shard["lease_id"].as_str().unwrap()
+    );
+    let reply = upload(query, "application/xml").await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    let outcome: Value = reply.json().await.unwrap();
+    assert_eq!(outcome["shard_status"], "failed");
+    let done = api.wait_for_status(exec, "failed").await;
+    assert_eq!(done["totals"]["passed"], 2);
+    assert_eq!(done["totals"]["failed"], 2);
+    assert_eq!(done["totals"]["skipped"], 1);
+
+    let json_report = api
+        .ok(
+            Method::GET,
+            &format!("/executions/{exec}/report"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
+    let names: Vec<&str> = json_report["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"tests/test_shop.py::TestCart::test_add_item"),
+        "{names:?}"
+    );
+
+    let junit = api
+        .http
+        .get(format!(
+            "{}/executions/{exec}/report?format=junit",
+            api.base
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(junit.status(), StatusCode::OK);
+    assert!(junit.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/xml"));
+    let xml = junit.text().await.unwrap();
+    tms_tests::assert_valid_junit(&xml);
+    assert!(
+        xml.contains(r#"<testcase classname="tests/test_shop.py::TestCart" name="test_add_item""#),
+        "{xml}"
+    );
+    let (status, problem) = api
+        .call(
+            Method::GET,
+            &format!("/executions/{exec}/report?format=html"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+}

@@ -138,7 +138,7 @@ async fn capacity_is_given_back_once_per_lease<B: Backend>() {
         resources: Resources::new(1, 1000, 1000),
     };
     let mut first = held[0].clone();
-    first.requeue("test").unwrap();
+    first.requeue("test", Timestamp(1)).unwrap();
     let update = ShardUpdate {
         shard: first.clone(),
         expected_version: held[0].version,
@@ -250,7 +250,7 @@ async fn the_queued_shard_count_follows_every_transition<B: Backend>() {
     queued(1).await;
     let (_, held) = store.load_execution(&e.id).await.unwrap().unwrap();
     let mut back = held[0].clone();
-    let holder = back.requeue("lost").unwrap();
+    let holder = back.requeue("lost", Timestamp(1)).unwrap();
     let release = Release {
         runner_id: holder.runner_id,
         lease_id: holder.lease_id,

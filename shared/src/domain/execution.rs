@@ -365,7 +365,8 @@ mod tests {
             Timestamp(100),
         )
         .unwrap();
-        s.complete(&lease, outcome, result, Timestamp(2)).unwrap();
+        s.complete(&lease, outcome, &result, 0, Timestamp(2))
+            .unwrap();
         s
     }
 

@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod execution;
 pub mod health;
 pub mod resources;
+pub mod results;
 pub mod rule;
 pub mod runner;
 pub mod shard;
@@ -19,7 +20,10 @@ pub use execution::{
 };
 pub use health::{HealthRecord, Usage, Violation};
 pub use resources::Resources;
+pub use results::{MergedTest, ResultChunk, TestAttempt};
 pub use rule::{LoadBalancingRule, RunnerPool, Strategy};
 pub use runner::{Runner, RunnerStatus, RunnerType, RunnerWithLoad};
-pub use shard::{Shard, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus};
+pub use shard::{
+    AttemptRecord, Shard, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus,
+};
 pub use timing::TestTiming;

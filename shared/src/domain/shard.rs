@@ -101,6 +101,42 @@ impl ShardResult {
     pub fn executed(&self) -> u32 {
         self.passed + self.failed
     }
+
+    /// The counts alone: what the shard record keeps (per-test results are
+    /// stored apart, in chunks, see `domain::results`).
+    pub fn counts(&self) -> ShardResult {
+        ShardResult {
+            passed: self.passed,
+            failed: self.failed,
+            skipped: self.skipped,
+            tests: Vec::new(),
+        }
+    }
+}
+
+/// One finished or lost run of a shard: kept so the report can show every
+/// attempt (a retried test's earlier failures, flaky tests) and so per-test
+/// results are read only for runs the shard really recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    #[schema(value_type = String)]
+    pub lease_id: LeaseId,
+    #[schema(value_type = Option<String>)]
+    pub runner_id: Option<RunnerId>,
+    /// How the run ended: passed, failed or errored (lost runners, deadlines
+    /// and refused dispatches are errored runs).
+    pub status: ShardStatus,
+    pub passed: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    /// How many chunks of per-test results the run stored (0: counts only).
+    #[serde(default)]
+    pub result_chunks: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[schema(value_type = u64)]
+    pub finished_at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +168,9 @@ pub struct Shard {
     /// (valid only while this lease is current).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch: Option<ShardDispatch>,
+    /// Every run that ended, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptRecord>,
     pub version: u64,
 }
 
@@ -184,6 +223,7 @@ impl Shard {
             result: None,
             error: None,
             dispatch: None,
+            attempts: Vec::new(),
             version: 1,
         }
     }
@@ -281,17 +321,22 @@ impl Shard {
 
     /// Applies a final report. A report that passed without running any test,
     /// or passed with failures in it, is not taken at its word.
+    ///
+    /// The record keeps the counts; `result_chunks` says how many chunks of
+    /// per-test results the caller stores for this lease.
     pub fn complete(
         &mut self,
         lease: &LeaseId,
         outcome: ShardOutcome,
-        result: ShardResult,
+        result: &ShardResult,
+        result_chunks: u32,
         now: Timestamp,
     ) -> Result<Applied> {
         self.require_current_lease(lease)?;
-        let (status, error) = judge(outcome, &result);
+        let (status, error) = judge(outcome, result, &self.tests);
+        let counts = result.counts();
         if self.status.is_terminal() {
-            return if self.status == status && self.result.as_ref() == Some(&result) {
+            return if self.status == status && self.result.as_ref() == Some(&counts) {
                 Ok(Applied::Duplicate)
             } else {
                 Err(self.refuse(status))
@@ -300,20 +345,50 @@ impl Shard {
         if !self.status.is_in_flight() {
             return Err(self.refuse(status));
         }
+        self.attempts.push(AttemptRecord {
+            attempt: self.attempt,
+            lease_id: lease.clone(),
+            runner_id: self.runner_id.clone(),
+            status,
+            passed: counts.passed,
+            failed: counts.failed,
+            skipped: counts.skipped,
+            result_chunks,
+            error: error.clone(),
+            finished_at: now,
+        });
         self.status = status;
         self.error = error;
-        self.result = Some(result);
+        self.result = Some(counts);
         self.finished_at = Some(now);
         self.deadline = None;
         self.version += 1;
         Ok(Applied::Changed)
     }
 
+    /// Records that the current run ended without results (its runner was
+    /// lost, its deadline passed, its dispatch failed).
+    fn record_lost_run(&mut self, held: &Released, reason: &str, now: Timestamp) {
+        self.attempts.push(AttemptRecord {
+            attempt: self.attempt,
+            lease_id: held.lease_id.clone(),
+            runner_id: Some(held.runner_id.clone()),
+            status: ShardStatus::Errored,
+            passed: 0,
+            failed: 0,
+            skipped: 0,
+            result_chunks: 0,
+            error: Some(reason.to_owned()),
+            finished_at: now,
+        });
+    }
+
     /// Takes the shard back from its runner so another can run it.
-    pub fn requeue(&mut self, reason: &str) -> Result<Released> {
+    pub fn requeue(&mut self, reason: &str, now: Timestamp) -> Result<Released> {
         let held = self
             .holder()
             .ok_or_else(|| self.refuse(ShardStatus::Queued))?;
+        self.record_lost_run(&held, reason, now);
         if !self.avoid_runners.contains(&held.runner_id) {
             self.avoid_runners.push(held.runner_id.clone());
         }
@@ -334,6 +409,9 @@ impl Shard {
             return Err(self.refuse(ShardStatus::Errored));
         }
         let held = self.holder();
+        if let Some(h) = &held {
+            self.record_lost_run(h, &reason, now);
+        }
         self.status = ShardStatus::Errored;
         self.error = Some(reason);
         self.finished_at = Some(now);
@@ -379,14 +457,20 @@ impl Shard {
     }
 }
 
-/// No silent pass: the reported outcome is checked against the counts.
-fn judge(outcome: ShardOutcome, result: &ShardResult) -> (ShardStatus, Option<String>) {
+/// No silent pass: the reported outcome is checked against the counts, and
+/// the tests reported against the tests the shard was given.
+fn judge(
+    outcome: ShardOutcome,
+    result: &ShardResult,
+    given: &[String],
+) -> (ShardStatus, Option<String>) {
+    let gap = super::results::coverage_gap(given, result);
     match outcome {
         ShardOutcome::Errored => (
             ShardStatus::Errored,
             Some("runner reported an error".into()),
         ),
-        ShardOutcome::Failed => (ShardStatus::Failed, None),
+        ShardOutcome::Failed => (ShardStatus::Failed, gap),
         ShardOutcome::Passed if result.failed > 0 => (
             ShardStatus::Failed,
             Some(format!(
@@ -397,6 +481,7 @@ fn judge(outcome: ShardOutcome, result: &ShardResult) -> (ShardStatus, Option<St
         ShardOutcome::Passed if result.executed() == 0 => {
             (ShardStatus::Errored, Some("shard ran zero tests".into()))
         }
+        ShardOutcome::Passed if gap.is_some() => (ShardStatus::Errored, gap),
         ShardOutcome::Passed => (ShardStatus::Passed, None),
     }
 }
@@ -432,7 +517,8 @@ mod tests {
             .complete(
                 &LeaseId::generate(),
                 ShardOutcome::Passed,
-                passing(),
+                &passing(),
+                0,
                 Timestamp(5),
             )
             .unwrap_err();
@@ -443,17 +529,17 @@ mod tests {
     fn the_same_final_report_twice_is_a_duplicate_not_a_change() {
         let (mut s, lease) = assigned();
         assert_eq!(
-            s.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(5))
+            s.complete(&lease, ShardOutcome::Passed, &passing(), 0, Timestamp(5))
                 .unwrap(),
             Applied::Changed
         );
         assert_eq!(
-            s.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(6))
+            s.complete(&lease, ShardOutcome::Passed, &passing(), 0, Timestamp(6))
                 .unwrap(),
             Applied::Duplicate
         );
         assert!(s
-            .complete(&lease, ShardOutcome::Failed, passing(), Timestamp(6))
+            .complete(&lease, ShardOutcome::Failed, &passing(), 0, Timestamp(6))
             .is_err());
     }
 
@@ -463,10 +549,11 @@ mod tests {
         s.complete(
             &lease,
             ShardOutcome::Passed,
-            ShardResult {
+            &ShardResult {
                 skipped: 3,
                 ..Default::default()
             },
+            0,
             Timestamp(5),
         )
         .unwrap();
@@ -479,11 +566,12 @@ mod tests {
         s.complete(
             &lease,
             ShardOutcome::Passed,
-            ShardResult {
+            &ShardResult {
                 passed: 1,
                 failed: 1,
                 ..Default::default()
             },
+            0,
             Timestamp(5),
         )
         .unwrap();
@@ -493,7 +581,7 @@ mod tests {
     #[test]
     fn a_requeued_shard_remembers_to_avoid_the_runner_that_lost_it_and_fences_its_lease() {
         let (mut s, lease) = assigned();
-        let held = s.requeue("runner lost").unwrap();
+        let held = s.requeue("runner lost", Timestamp(2)).unwrap();
         assert_eq!(s.status, ShardStatus::Queued);
         assert_eq!(s.avoid_runners, vec![held.runner_id]);
         assert!(matches!(
@@ -505,9 +593,9 @@ mod tests {
     #[test]
     fn a_queued_shard_cannot_be_requeued_and_a_finished_one_cannot_be_cancelled() {
         let mut s = Shard::new(ExecutionId::generate(), "s", 0, vec![], None);
-        assert!(s.requeue("x").is_err());
+        assert!(s.requeue("x", Timestamp(2)).is_err());
         let (mut done, lease) = assigned();
-        done.complete(&lease, ShardOutcome::Passed, passing(), Timestamp(1))
+        done.complete(&lease, ShardOutcome::Passed, &passing(), 0, Timestamp(1))
             .unwrap();
         assert!(done.cancel("x", Timestamp(2)).is_err());
     }

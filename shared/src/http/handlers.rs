@@ -6,11 +6,11 @@ use super::AppState;
 use crate::auth::Principal;
 use crate::domain::{ExecutionStatus, LoadBalancingRule};
 use crate::error::{Error, Result};
-use crate::ids::{ExecutionId, RuleId, RunnerId};
+use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId};
 use crate::ports::{ExecutionFilter, Ports};
 use crate::usecases::{
     Assignment, DurationsFile, ImportedTimings, NewExecution, NewRule, NewRunner, NewToken,
-    ReportOutcome, ShardReport, SystemHealth, Utilization,
+    ReportOutcome, ReportStatus, ShardReport, SystemHealth, Utilization,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -289,16 +289,53 @@ pub async fn execution_status<P: Ports>(
     Ok(Json(ExecutionView::new(&e, &shards)))
 }
 
-#[utoipa::path(get, path = "/executions/{id}/report", tag = "executions",
-    responses((status = 200, body = ExecutionReport)), security(("bearer" = [])))]
+/// Query of `GET /executions/{id}/report`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    /// `json` (the default) or `junit`: one merged JUnit XML file.
+    #[param(inline)]
+    pub format: Option<ReportFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportFormat {
+    #[default]
+    Json,
+    Junit,
+}
+
+/// Every shard's results in one document: JSON, or with `format=junit` one
+/// merged JUnit XML report (a test suite per shard, flaky tests and earlier
+/// attempts marked as Surefire marks them).
+#[utoipa::path(get, path = "/executions/{id}/report", tag = "executions", params(ReportQuery),
+    responses((status = 200, body = ExecutionReport, content_type = "application/json"),
+        (status = 200, body = String, content_type = "application/xml")),
+    security(("bearer" = [])))]
 pub async fn execution_report<P: Ports>(
     State(app): State<AppState<P>>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-) -> Result<Json<ExecutionReport>> {
+    ApiQuery(q): ApiQuery<ReportQuery>,
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
     require_api(&caller)?;
-    let (e, shards) = app.execution_status(&ExecutionId::parse(&id)?).await?;
-    Ok(Json(ExecutionReport::new(&e, &shards)))
+    let (e, shards, tests) = app.execution_report(&ExecutionId::parse(&id)?).await?;
+    Ok(match q.format.unwrap_or_default() {
+        ReportFormat::Json => Json(ExecutionReport::new(&e, &shards, tests)).into_response(),
+        ReportFormat::Junit => {
+            let xml = crate::junit::merged_report(&e, &shards, &tests)?;
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "application/xml; charset=utf-8",
+                )],
+                xml,
+            )
+                .into_response()
+        }
+    })
 }
 
 #[utoipa::path(post, path = "/executions/{id}/cancel", tag = "executions",
@@ -361,19 +398,82 @@ pub async fn delete_rule<P: Ports>(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A shard reports started / passed / failed / errored. Authenticated with the
+/// Query of `POST /webhooks/parallel-execution/{id}`: only with a JUnit XML
+/// body, which carries no shard or lease of its own.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookQuery {
+    /// JUnit body: the shard reported on.
+    pub shard_index: Option<u32>,
+    /// JUnit body: the lease the shard was run under.
+    pub lease_id: Option<String>,
+    /// JUnit body: `passed`, `failed` or `errored`; by default failed if any
+    /// case failed or errored, else passed.
+    #[param(inline)]
+    pub status: Option<ReportStatus>,
+    /// JUnit body: how the tool names tests (`classname`, `pytest`, `name`).
+    #[param(inline)]
+    pub names: Option<crate::junit::NameFormat>,
+}
+
+/// Whether the body is XML by its `Content-Type`.
+fn is_xml(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("xml"))
+}
+
+fn utf8(body: &[u8]) -> Result<&str> {
+    std::str::from_utf8(body).map_err(|_| Error::validation("junit", "the report is not UTF-8"))
+}
+
+/// A shard reports started / passed / failed / errored, as JSON, or as the
+/// JUnit XML file its test tool wrote (`Content-Type: application/xml`, with
+/// `shard_index` and `lease_id` in the query). Authenticated with the
 /// execution's webhook token or the token of the runner holding the shard.
-#[utoipa::path(post, path = "/webhooks/parallel-execution/{id}", tag = "webhooks", request_body = ShardReport,
+#[utoipa::path(post, path = "/webhooks/parallel-execution/{id}", tag = "webhooks",
+    params(WebhookQuery),
+    request_body(content((ShardReport = "application/json"), (String = "application/xml"))),
     responses((status = 200, body = ReportOutcome), (status = 409, body = super::Problem, description = "stale lease")),
     security(("bearer" = [])))]
 pub async fn shard_webhook<P: Ports>(
     State(app): State<AppState<P>>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-    ApiJson(body): ApiJson<ShardReport>,
+    ApiQuery(q): ApiQuery<WebhookQuery>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
 ) -> Result<Json<ReportOutcome>> {
     let id = ExecutionId::parse(&id)?;
-    Ok(Json(app.report_shard(&caller, &id, body).await?))
+    let report = if is_xml(&headers) {
+        let shard_index = q.shard_index.ok_or_else(|| {
+            Error::validation("shard_index", "a JUnit report needs ?shard_index=")
+        })?;
+        let lease = q
+            .lease_id
+            .ok_or_else(|| Error::validation("lease_id", "a JUnit report needs ?lease_id="))?;
+        ShardReport::from_junit(
+            shard_index,
+            LeaseId::parse(&lease)?,
+            q.status,
+            utf8(&body)?,
+            q.names.unwrap_or_default(),
+        )?
+    } else {
+        if q.shard_index.is_some()
+            || q.lease_id.is_some()
+            || q.status.is_some()
+            || q.names.is_some()
+        {
+            return Err(Error::validation(
+                "query",
+                "query parameters go with a JUnit XML body; a JSON report carries them itself",
+            ));
+        }
+        parse_json(&body)?
+    };
+    Ok(Json(app.report_shard(&caller, &id, report).await?))
 }
 
 /// A shard's current assignment — lease and tests — for the CI job that a
@@ -419,14 +519,8 @@ pub async fn import_timings<P: Ports>(
     RawBody(body): RawBody,
 ) -> Result<Json<ImportedTimings>> {
     require_api(&caller)?;
-    let xml = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.contains("xml"));
-    let imported = if xml {
-        let text = std::str::from_utf8(&body)
-            .map_err(|_| Error::validation("junit", "the report is not UTF-8"))?;
-        app.import_junit(&suite, text, q.names.unwrap_or_default())
+    let imported = if is_xml(&headers) {
+        app.import_junit(&suite, utf8(&body)?, q.names.unwrap_or_default())
             .await?
     } else {
         app.import_timings(&suite, parse_json(&body)?).await?

@@ -3,8 +3,7 @@
 
 use crate::domain::{
     CiMetadata, Execution, ExecutionStatus, LoadBalancingRule, Requirements, Resources,
-    RunnerStatus, RunnerType, RunnerWithLoad, Shard, ShardStatus, TestResult, TestType, Totals,
-    Usage,
+    RunnerStatus, RunnerType, RunnerWithLoad, Shard, ShardStatus, TestType, Totals, Usage,
 };
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -93,6 +92,8 @@ pub struct ShardView {
     pub deadline: Option<i64>,
     pub error: Option<String>,
     pub results: Option<ShardResultCounts>,
+    /// Every run of the shard that ended, oldest first.
+    pub attempts: Vec<crate::domain::AttemptRecord>,
 }
 
 impl From<&Shard> for ShardView {
@@ -115,6 +116,7 @@ impl From<&Shard> for ShardView {
                 failed: r.failed,
                 skipped: r.skipped,
             }),
+            attempts: s.attempts.clone(),
         }
     }
 }
@@ -226,41 +228,29 @@ pub struct ExecutionPage {
     pub next_cursor: Option<String>,
 }
 
-/// One test in the merged report.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ReportedTest {
-    pub shard_index: u32,
-    pub attempt: u32,
-    #[serde(flatten)]
-    pub result: TestResult,
-}
-
-/// `GET /executions/{id}/report`: every shard's results in one document.
+/// `GET /executions/{id}/report`: every shard and every test of the
+/// execution in one document, attempts merged (a test's result is its
+/// newest attempt's; `flaky` when an earlier attempt failed).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExecutionReport {
     pub execution: ExecutionSummary,
     pub shards: Vec<ShardView>,
-    pub tests: Vec<ReportedTest>,
+    pub tests: Vec<crate::domain::MergedTest>,
+    /// Names of the tests that failed and then passed.
+    pub flaky: Vec<String>,
 }
 
 impl ExecutionReport {
-    pub fn new(e: &Execution, shards: &[Shard]) -> Self {
-        let tests = shards
-            .iter()
-            .flat_map(|s| {
-                s.result.iter().flat_map(move |r| {
-                    r.tests.iter().map(move |t| ReportedTest {
-                        shard_index: s.index,
-                        attempt: s.attempt,
-                        result: t.clone(),
-                    })
-                })
-            })
-            .collect();
+    pub fn new(e: &Execution, shards: &[Shard], tests: Vec<crate::domain::MergedTest>) -> Self {
         let view = ExecutionView::new(e, shards);
         ExecutionReport {
             execution: view.execution,
             shards: view.shards,
+            flaky: tests
+                .iter()
+                .filter(|t| t.flaky)
+                .map(|t| t.name.clone())
+                .collect(),
             tests,
         }
     }

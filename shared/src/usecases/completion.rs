@@ -3,10 +3,14 @@
 
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth::Principal;
+use crate::domain::results;
 use crate::domain::shard::Applied;
-use crate::domain::{Execution, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus};
+use crate::domain::{
+    Execution, ResultChunk, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus,
+};
 use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId};
+use crate::junit::{self, CaseOutcome, NameFormat};
 use crate::ports::{Event, Events, Nudges, Ports, Store};
 use crate::time::Clock;
 use serde::{Deserialize, Serialize};
@@ -43,8 +47,61 @@ pub struct ReportOutcome {
 }
 
 const MAX_RESULTS: usize = 20_000;
+/// Longest test name accepted in a report (the queue's limit too).
+const MAX_TEST_NAME: usize = 1024;
 
 impl ShardReport {
+    /// A final report from a JUnit XML file: every case becomes a test
+    /// result under the tool's test ids. Without an explicit status the
+    /// shard failed if any case failed or errored, else passed.
+    pub fn from_junit(
+        shard_index: u32,
+        lease_id: LeaseId,
+        status: Option<ReportStatus>,
+        xml: &str,
+        names: NameFormat,
+    ) -> Result<Self> {
+        if status == Some(ReportStatus::Started) {
+            return Err(Error::validation(
+                "status",
+                "a JUnit report is a final report: passed, failed or errored",
+            ));
+        }
+        let tests: Vec<TestResult> = junit::parse(xml)?
+            .into_iter()
+            .map(|c| TestResult {
+                name: c.test_id(names),
+                status: match c.outcome {
+                    CaseOutcome::Passed => TestStatus::Passed,
+                    CaseOutcome::Failed => TestStatus::Failed,
+                    CaseOutcome::Errored => TestStatus::Errored,
+                    CaseOutcome::Skipped => TestStatus::Skipped,
+                },
+                duration_ms: c.time_ms.unwrap_or(0),
+                message: c.message,
+            })
+            .collect();
+        let count =
+            |s: &[TestStatus]| tests.iter().filter(|t| s.contains(&t.status)).count() as u32;
+        let failed = count(&[TestStatus::Failed, TestStatus::Errored]);
+        let status = status.unwrap_or(if failed > 0 {
+            ReportStatus::Failed
+        } else {
+            ReportStatus::Passed
+        });
+        Ok(ShardReport {
+            shard_index,
+            lease_id,
+            status,
+            results: Some(ShardResult {
+                passed: count(&[TestStatus::Passed]),
+                failed,
+                skipped: count(&[TestStatus::Skipped]),
+                tests,
+            }),
+        })
+    }
+
     fn validate(&self) -> Result<()> {
         let Some(r) = &self.results else {
             return Ok(());
@@ -59,6 +116,19 @@ impl ShardReport {
             return Err(Error::validation(
                 "results.tests",
                 format!("at most {MAX_RESULTS} results"),
+            ));
+        }
+        if let Some(t) = r
+            .tests
+            .iter()
+            .find(|t| t.name.is_empty() || t.name.len() > MAX_TEST_NAME)
+        {
+            return Err(Error::validation(
+                "results.tests.name",
+                format!(
+                    "a test name must have 1 to {MAX_TEST_NAME} bytes (got {})",
+                    t.name.len()
+                ),
             ));
         }
         if !r.tests.is_empty() {
@@ -118,6 +188,12 @@ impl<P: Ports> Orchestrator<P> {
             _ => return Err(Error::Forbidden("report for this execution")),
         }
         let now = self.clock.now();
+        let chunks = match &report.results {
+            Some(r) if report.status != ReportStatus::Started => {
+                results::chunk(&r.tests, results::MAX_CHUNK_BYTES)?
+            }
+            _ => Vec::new(),
+        };
         let (outcome, finished) = retry_on_conflict(|| async {
             let (execution, mut shard) = self.load_shard(id, report.shard_index).await?;
             if let Principal::Runner(runner) = caller {
@@ -146,12 +222,28 @@ impl<P: Ports> Orchestrator<P> {
                     shard.complete(
                         &report.lease_id,
                         outcome,
-                        report.results.clone().unwrap_or_default(),
+                        report.results.as_ref().unwrap_or(&ShardResult::default()),
+                        chunks.len() as u32,
                         now,
                     )?
                 }
             };
             let finished = applied == Applied::Changed && shard.status.is_terminal();
+            if finished && !chunks.is_empty() {
+                // Before the shard records the run: a reader sees the run
+                // only once its results are all there.
+                let stored: Vec<ResultChunk> = chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, body)| ResultChunk {
+                        shard_index: shard.index,
+                        lease_id: report.lease_id.clone(),
+                        chunk: i as u32,
+                        body: body.clone(),
+                    })
+                    .collect();
+                self.store.put_results(id, &stored).await?;
+            }
             if applied == Applied::Changed {
                 let released = held.filter(|_| finished);
                 self.save_shard(&execution, shard.clone(), read_as, released)

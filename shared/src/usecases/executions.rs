@@ -379,6 +379,17 @@ impl<P: Ports> Orchestrator<P> {
         self.load(id).await
     }
 
+    /// The execution, its shards and every test's merged result.
+    pub async fn execution_report(
+        &self,
+        id: &ExecutionId,
+    ) -> Result<(Execution, Vec<Shard>, Vec<crate::domain::MergedTest>)> {
+        let (execution, shards) = self.load(id).await?;
+        let chunks = self.store.results(id).await?;
+        let tests = crate::domain::results::merge(&shards, &chunks)?;
+        Ok((execution, shards, tests))
+    }
+
     pub async fn list_executions(&self, filter: ExecutionFilter) -> Result<Page<Execution>> {
         if !(1..=200).contains(&filter.limit) {
             return Err(Error::validation("limit", "must be between 1 and 200"));

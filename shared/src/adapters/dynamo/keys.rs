@@ -118,6 +118,17 @@ pub fn timing_test(test: &str) -> String {
     format!("TEST#{}", hex::encode(&digest[..16]))
 }
 
+/// An execution's per-test results, beside (not inside) its item
+/// collection, so loading the execution never reads them.
+pub fn results(execution: &str) -> String {
+    format!("RESULTS#{execution}")
+}
+
+/// One chunk of one run's results: shard, then lease, then chunk order.
+pub fn result_chunk(index: u32, lease: &str, chunk: u32) -> String {
+    format!("{index:04}#{lease}#{chunk:04}")
+}
+
 pub fn setting(key: &str) -> String {
     format!("SETTING#{key}")
 }

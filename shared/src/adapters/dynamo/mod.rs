@@ -13,11 +13,11 @@ pub mod table;
 
 use crate::auth::ApiToken;
 use crate::domain::{
-    Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerStatus,
-    RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
+    Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, ResultChunk, Runner,
+    RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
-use crate::ids::{ExecutionId, RuleId, RunnerId, TokenId};
+use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
 use crate::ports::{
     AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate,
     Store,
@@ -42,6 +42,8 @@ const HEALTH_TTL_MS: i64 = 90 * 24 * 3_600_000;
 const VIOLATION_TTL_MS: i64 = 30 * 24 * 3_600_000;
 /// A test not run for this long is forgotten (renamed or deleted tests).
 const TIMING_TTL_MS: i64 = 90 * 24 * 3_600_000;
+/// Per-test results are kept as long as timings; the execution's counts stay.
+const RESULTS_TTL_MS: i64 = TIMING_TTL_MS;
 
 /// The DynamoDB adapter of [`Store`].
 #[derive(Clone)]
@@ -1572,6 +1574,53 @@ impl Store for DynamoStore {
             ));
         }
         self.batch_put(items).await
+    }
+
+    async fn put_results(&self, execution: &ExecutionId, chunks: &[ResultChunk]) -> Result<()> {
+        let now = Timestamp(now_seconds() * 1000);
+        let items = chunks
+            .iter()
+            .map(|c| {
+                let it = key_of(
+                    keys::results(execution.as_str()),
+                    keys::result_chunk(c.shard_index, c.lease_id.as_str(), c.chunk),
+                );
+                let it = with(it, "body", s(&c.body));
+                with(it, keys::EXPIRES_AT, expires_in(now, RESULTS_TTL_MS))
+            })
+            .collect();
+        self.batch_put(items).await
+    }
+
+    async fn results(&self, execution: &ExecutionId) -> Result<Vec<ResultChunk>> {
+        let items = self
+            .query_all(
+                self.query()
+                    .key_condition_expression("pk = :pk")
+                    .expression_attribute_values(":pk", s(keys::results(execution.as_str())))
+                    .consistent_read(true),
+            )
+            .await?;
+        items
+            .into_iter()
+            .map(|it| {
+                let sk = str_attr(&it, keys::SK).cloned().unwrap_or_default();
+                let mut parts = sk.splitn(3, '#');
+                let bad = || Error::Internal(format!("result chunk with key {sk:?}"));
+                let shard_index = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                let lease_id = parts
+                    .next()
+                    .and_then(|p| LeaseId::parse(p).ok())
+                    .ok_or_else(bad)?;
+                let chunk = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+                Ok(ResultChunk {
+                    shard_index,
+                    lease_id,
+                    chunk,
+                    body: str_attr(&it, "body").cloned().ok_or_else(bad)?,
+                })
+            })
+            .collect()
     }
 
     async fn get_setting(&self, key: &str) -> Result<Option<String>> {

@@ -9,11 +9,11 @@
 
 use crate::auth::ApiToken;
 use crate::domain::{
-    Execution, HealthRecord, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard,
-    ShardStatus, TestTiming, Violation,
+    Execution, HealthRecord, LoadBalancingRule, Resources, ResultChunk, Runner, RunnerWithLoad,
+    Shard, ShardStatus, TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
-use crate::ids::{ExecutionId, RuleId, RunnerId, TokenId};
+use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
 use crate::ports::{
     AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate,
     Store,
@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS violations (seq INTEGER PRIMARY KEY AUTOINCREMENT, ru
 CREATE INDEX IF NOT EXISTS violations_by_time ON violations(at);
 CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS timings (suite TEXT NOT NULL, test TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (suite, test));
+CREATE TABLE IF NOT EXISTS results (execution_id TEXT NOT NULL, shard_index INTEGER NOT NULL, lease_id TEXT NOT NULL, chunk INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (execution_id, shard_index, lease_id, chunk));
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#;
@@ -927,6 +928,57 @@ impl Store for SqliteStore {
                 stmt.execute(params![t.suite, t.test, to_doc(t)?])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn put_results(&self, execution: &ExecutionId, chunks: &[ResultChunk]) -> Result<()> {
+        let (execution, chunks) = (execution.clone(), chunks.to_vec());
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO results (execution_id, shard_index, lease_id, chunk, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for c in &chunks {
+                stmt.execute(params![
+                    execution.as_str(),
+                    c.shard_index,
+                    c.lease_id.as_str(),
+                    c.chunk,
+                    c.body
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn results(&self, execution: &ExecutionId) -> Result<Vec<ResultChunk>> {
+        let execution = execution.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT shard_index, lease_id, chunk, body FROM results WHERE execution_id = ?1
+                 ORDER BY shard_index, lease_id, chunk",
+            )?;
+            let rows = stmt.query_map([execution.as_str()], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                ))
+            })?;
+            let mut chunks = Vec::new();
+            for row in rows {
+                let (shard_index, lease, chunk, body) = row?;
+                chunks.push(ResultChunk {
+                    shard_index,
+                    lease_id: LeaseId::parse(&lease)?,
+                    chunk,
+                    body,
+                });
+            }
+            Ok(chunks)
         })
         .await
     }

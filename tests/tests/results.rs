@@ -1,0 +1,383 @@
+//! Per-test results with a manual clock: reports that do not account for
+//! their shard's tests (no silent pass), JUnit XML from each producer kept in
+//! `tests/fixtures/junit/`, results larger than one DynamoDB item, and every
+//! attempt merged into one report — JSON and JUnit XML, validated against
+//! the common JUnit schema. A conformance suite: the embedded store and
+//! DynamoDB (moto).
+
+use std::collections::BTreeSet;
+use tms::auth::Principal;
+use tms::domain::{
+    ExecutionStatus, Resources, RunnerType, ShardResult, ShardStatus, TestResult, TestStatus,
+};
+use tms::ids::{ExecutionId, RunnerId};
+use tms::junit::NameFormat;
+use tms::usecases::{Assignment, NewRunner, ReportStatus, ShardReport};
+use tms_tests::{Backend, Harness};
+
+async fn register<B: Backend>(h: &Harness<B>, name: &str) -> RunnerId {
+    let new = NewRunner {
+        name: name.into(),
+        runner_type: RunnerType::Custom,
+        labels: BTreeSet::new(),
+        capacity: Resources::new(4, 16_000, 32_768),
+        priority: 0,
+        dispatch: None,
+    };
+    h.app.register_runner(new).await.unwrap().runner.runner.id
+}
+
+/// Queues `tests` as one execution of `parallelism` shards and hands every
+/// shard to a new runner.
+async fn start<B: Backend>(
+    h: &Harness<B>,
+    tests: &[&str],
+    parallelism: u32,
+) -> (ExecutionId, RunnerId, Vec<Assignment>) {
+    let runner = register(h, "a").await;
+    let (id, work) = start_on(h, &runner, tests, parallelism).await;
+    (id, runner, work)
+}
+
+/// Queues `tests` and hands every shard to `runner` (the only one with room).
+async fn start_on<B: Backend>(
+    h: &Harness<B>,
+    runner: &RunnerId,
+    tests: &[&str],
+    parallelism: u32,
+) -> (ExecutionId, Vec<Assignment>) {
+    let new = tms_tests::new_execution("shop", tests.iter().map(|t| t.to_string()), parallelism);
+    let id = h.app.queue_execution(new, None).await.unwrap().execution.id;
+    h.app.schedule_pass().await.unwrap();
+    let mut work = h.app.heartbeat(runner, None).await.unwrap();
+    work.sort_by_key(|a| a.shard_index);
+    assert_eq!(work.len(), parallelism as usize);
+    (id, work)
+}
+
+/// Sends a final report as the runner holding the shard.
+async fn send<B: Backend>(
+    h: &Harness<B>,
+    runner: &RunnerId,
+    a: &Assignment,
+    status: ReportStatus,
+    results: ShardResult,
+) -> ShardStatus {
+    let report = ShardReport {
+        shard_index: a.shard_index,
+        lease_id: a.lease_id.clone(),
+        status,
+        results: Some(results),
+    };
+    let caller = Principal::Runner(runner.clone());
+    h.app
+        .report_shard(&caller, &a.execution_id, report)
+        .await
+        .unwrap()
+        .shard_status
+}
+
+fn result(name: &str, status: TestStatus, message: Option<&str>) -> TestResult {
+    TestResult {
+        name: name.into(),
+        status,
+        duration_ms: 40,
+        message: message.map(Into::into),
+    }
+}
+
+/// Counts from the per-test results, as a runner would send them.
+fn results(tests: Vec<TestResult>) -> ShardResult {
+    let count = |s: &[TestStatus]| tests.iter().filter(|t| s.contains(&t.status)).count() as u32;
+    ShardResult {
+        passed: count(&[TestStatus::Passed]),
+        failed: count(&[TestStatus::Failed, TestStatus::Errored]),
+        skipped: count(&[TestStatus::Skipped]),
+        tests,
+    }
+}
+
+async fn finished<B: Backend>(h: &Harness<B>, id: &ExecutionId) -> (ExecutionStatus, String) {
+    h.deliver_events().await;
+    let (e, _) = h.app.execution_status(id).await.unwrap();
+    (e.status, e.status_reason.unwrap_or_default())
+}
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/fixtures/junit/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+async fn a_shard_that_reports_fewer_tests_than_it_was_given_leaves_the_execution_errored_saying_which<
+    B: Backend,
+>() {
+    let h = Harness::<B>::start().await;
+    let (id, runner, work) = start(&h, &["test_a", "test_b", "test_c"], 1).await;
+    let reported = results(vec![
+        result("test_a", TestStatus::Passed, None),
+        result("test_c", TestStatus::Passed, None),
+    ]);
+    let shard = send(&h, &runner, &work[0], ReportStatus::Passed, reported).await;
+    assert_eq!(shard, ShardStatus::Errored);
+    let (status, why) = finished(&h, &id).await;
+    assert_eq!(status, ExecutionStatus::Errored);
+    assert!(
+        why.contains("1 of the 3 tests it was given were not reported: test_b"),
+        "{why}"
+    );
+}
+
+async fn counts_alone_must_account_for_every_test_of_the_shard<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let (id, runner, work) = start(&h, &["test_a", "test_b", "test_c"], 1).await;
+    let counts = ShardResult {
+        passed: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        send(&h, &runner, &work[0], ReportStatus::Passed, counts).await,
+        ShardStatus::Errored
+    );
+    let (status, why) = finished(&h, &id).await;
+    assert_eq!(status, ExecutionStatus::Errored);
+    assert!(why.contains("reported 2 results for the 3 tests"), "{why}");
+}
+
+async fn tests_nobody_asked_for_keep_the_execution_from_passing<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let (id, runner, work) = start(&h, &["test_a"], 1).await;
+    let reported = results(vec![
+        result("test_a", TestStatus::Passed, None),
+        result("test_other", TestStatus::Passed, None),
+    ]);
+    send(&h, &runner, &work[0], ReportStatus::Passed, reported).await;
+    let (status, why) = finished(&h, &id).await;
+    assert_eq!(status, ExecutionStatus::Errored);
+    assert!(why.contains("not given: test_other"), "{why}");
+}
+
+/// A producer's report, the tests as the CI job would queue them (files,
+/// classes or describe blocks, whose cases the report names), how the tool
+/// names tests, and the expected (passed, failed, skipped).
+struct Producer {
+    file: &'static str,
+    names: NameFormat,
+    given: &'static [&'static str],
+    counts: (u32, u32, u32),
+}
+
+const PRODUCERS: &[Producer] = &[
+    Producer {
+        file: "pytest-xunit2.xml",
+        names: NameFormat::Pytest,
+        given: &["tests/test_shop.py"],
+        counts: (2, 2, 1),
+    },
+    Producer {
+        file: "pytest-xunit1.xml",
+        names: NameFormat::Pytest,
+        given: &["tests/test_shop.py"],
+        counts: (2, 2, 1),
+    },
+    Producer {
+        file: "nextest-0.9.143.xml",
+        names: NameFormat::Name,
+        given: &[
+            "tests::total_of_nothing_is_zero",
+            "tests::total_adds_prices",
+            "tests::total_applies_discount",
+        ],
+        counts: (2, 1, 0),
+    },
+    Producer {
+        file: "jest-junit-16.0.0.xml",
+        names: NameFormat::Name,
+        given: &["Cart"],
+        counts: (2, 1, 1),
+    },
+    Producer {
+        file: "playwright-1.57.0.xml",
+        names: NameFormat::Classname,
+        given: &["cart.spec.js"],
+        counts: (2, 1, 1),
+    },
+    Producer {
+        file: "TEST-com.example.shop.CartTest.xml",
+        names: NameFormat::Classname,
+        given: &["com.example.shop.CartTest"],
+        counts: (2, 1, 1),
+    },
+];
+
+async fn each_producers_junit_report_is_accepted_as_a_shards_results<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let runner = register(&h, "a").await;
+    for Producer {
+        file,
+        names,
+        given,
+        counts: (passed, failed, skipped),
+    } in PRODUCERS
+    {
+        let (id, work) = start_on(&h, &runner, given, 1).await;
+        let a = &work[0];
+        let report = ShardReport::from_junit(
+            a.shard_index,
+            a.lease_id.clone(),
+            None,
+            &fixture(file),
+            *names,
+        )
+        .unwrap();
+        assert_eq!(report.status, ReportStatus::Failed, "{file}");
+        let caller = Principal::Runner(runner.clone());
+        let outcome = h.app.report_shard(&caller, &id, report).await.unwrap();
+        // Failed, not errored: every given test is accounted for.
+        assert_eq!(outcome.shard_status, ShardStatus::Failed, "{file}");
+        let (status, why) = finished(&h, &id).await;
+        assert_eq!(status, ExecutionStatus::Failed, "{file}: {why}");
+        let (e, shards, tests) = h.app.execution_report(&id).await.unwrap();
+        let t = e.totals;
+        assert_eq!(
+            (t.passed, t.failed, t.skipped),
+            (*passed, *failed, *skipped),
+            "{file}"
+        );
+        let failures: Vec<_> = tests
+            .iter()
+            .filter(|t| t.status == TestStatus::Failed)
+            .collect();
+        assert!(!failures.is_empty(), "{file}");
+        assert!(
+            failures
+                .iter()
+                .all(|t| t.message.as_deref().is_some_and(|m| !m.is_empty())),
+            "{file}: every failure keeps its message: {failures:?}"
+        );
+        let xml = tms::junit::merged_report(&e, &shards, &tests).unwrap();
+        tms_tests::assert_valid_junit(&xml);
+        // The merged report reads back as the same results.
+        let again = tms::junit::parse(&xml).unwrap();
+        assert_eq!(again.len(), tests.len(), "{file}");
+    }
+}
+
+async fn results_larger_than_one_dynamodb_item_are_chunked_and_read_back_whole<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let names: Vec<String> = (0..1200)
+        .map(|i| format!("tests/test_big.py::test_{i}"))
+        .collect();
+    let given: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (id, runner, work) = start(&h, &given, 1).await;
+    let trace = "x".repeat(1000);
+    let reported = results(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let message = format!("{i}: {trace}");
+                result(n, TestStatus::Failed, Some(&message))
+            })
+            .collect(),
+    );
+    send(&h, &runner, &work[0], ReportStatus::Failed, reported).await;
+    let (_, shards, tests) = h.app.execution_report(&id).await.unwrap();
+    let chunks = shards[0].attempts[0].result_chunks;
+    assert!(chunks >= 4, "about 1.3 MB of results in {chunks} chunks");
+    assert_eq!(tests.len(), 1200);
+    for (i, t) in tests.iter().enumerate() {
+        assert_eq!(t.name, names[i]);
+        assert!(t
+            .message
+            .as_deref()
+            .unwrap()
+            .starts_with(&format!("{i}: x")));
+    }
+}
+
+async fn a_test_that_failed_then_passed_on_another_runner_is_flaky_and_both_attempts_are_kept<
+    B: Backend,
+>() {
+    let h = Harness::<B>::start().await;
+    let (id, a, work) = start(&h, &["test_cart", "test_pay"], 2).await;
+    let first = results(vec![result("test_cart", TestStatus::Passed, None)]);
+    send(&h, &a, &work[0], ReportStatus::Passed, first).await;
+    let failing = results(vec![result(
+        "test_pay",
+        TestStatus::Failed,
+        Some("AssertionError: card declined\n  at pay.py:12"),
+    )]);
+    send(&h, &a, &work[1], ReportStatus::Failed, failing).await;
+    assert_eq!(finished(&h, &id).await.0, ExecutionStatus::Failed);
+
+    let b = register(&h, "b").await;
+    h.app.retry_execution(&id).await.unwrap();
+    h.app.schedule_pass().await.unwrap();
+    let again = h.app.heartbeat(&b, None).await.unwrap();
+    assert_eq!(again.len(), 1);
+    let passing = results(vec![result("test_pay", TestStatus::Passed, None)]);
+    send(&h, &b, &again[0], ReportStatus::Passed, passing).await;
+    assert_eq!(finished(&h, &id).await.0, ExecutionStatus::Passed);
+
+    let (e, shards, tests) = h.app.execution_report(&id).await.unwrap();
+    let pay = tests.iter().find(|t| t.name == "test_pay").unwrap();
+    assert!(pay.flaky);
+    assert_eq!(pay.status, TestStatus::Passed);
+    let attempts: Vec<_> = pay.attempts.iter().map(|x| (x.attempt, x.status)).collect();
+    assert_eq!(
+        attempts,
+        vec![(1, TestStatus::Failed), (2, TestStatus::Passed)]
+    );
+    assert_eq!(pay.attempts[1].runner_id.as_ref(), Some(&b));
+    assert!(!tests.iter().find(|t| t.name == "test_cart").unwrap().flaky);
+    assert_eq!(shards[1].attempts.len(), 2);
+
+    let xml = tms::junit::merged_report(&e, &shards, &tests).unwrap();
+    tms_tests::assert_valid_junit(&xml);
+    assert!(
+        xml.contains(
+            r#"<flakyFailure type="failure" message="attempt 1: AssertionError: card declined">"#
+        ),
+        "{xml}"
+    );
+}
+
+async fn a_lost_run_is_an_attempt_of_its_own_in_the_report<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let (id, a, _) = start(&h, &["test_a"], 1).await;
+    // The runner falls silent; its shard goes to another.
+    let b = register(&h, "b").await;
+    h.clock.advance_secs(3600);
+    h.app.heartbeat(&b, None).await.unwrap();
+    h.app.health_sweep().await.unwrap();
+    h.app.schedule_pass().await.unwrap();
+    let work = h.app.heartbeat(&b, None).await.unwrap();
+    assert_eq!(work.len(), 1, "the lost shard moved to b");
+    let passing = results(vec![result("test_a", TestStatus::Passed, None)]);
+    send(&h, &b, &work[0], ReportStatus::Passed, passing).await;
+    let (_, shards, tests) = h.app.execution_report(&id).await.unwrap();
+    let runs: Vec<_> = shards[0]
+        .attempts
+        .iter()
+        .map(|r| (r.attempt, r.status, r.runner_id.clone()))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![
+            (1, ShardStatus::Errored, Some(a)),
+            (2, ShardStatus::Passed, Some(b))
+        ]
+    );
+    assert_eq!(tests.len(), 1);
+    assert!(!tests[0].flaky);
+}
+
+tms_tests::conformance!(
+    a_shard_that_reports_fewer_tests_than_it_was_given_leaves_the_execution_errored_saying_which,
+    counts_alone_must_account_for_every_test_of_the_shard,
+    tests_nobody_asked_for_keep_the_execution_from_passing,
+    each_producers_junit_report_is_accepted_as_a_shards_results,
+    results_larger_than_one_dynamodb_item_are_chunked_and_read_back_whole,
+    a_test_that_failed_then_passed_on_another_runner_is_flaky_and_both_attempts_are_kept,
+    a_lost_run_is_an_attempt_of_its_own_in_the_report,
+);
