@@ -25,6 +25,10 @@ pub struct Config {
     pub max_tests: usize,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl_secs: u64,
+    /// How long the jobs of one CI build (and their retries) find the
+    /// execution the build queued (CI platforms let a run be re-run for
+    /// weeks: GitHub Actions for 30 days).
+    pub ci_key_ttl_secs: u64,
     /// Batch size of each sweep query.
     pub sweep_batch: u32,
     /// The API's public base URL (`https://tms.example.com`), which
@@ -87,6 +91,7 @@ impl Default for Config {
             max_parallelism: 64,
             max_tests: 20_000,
             idempotency_ttl_secs: 24 * 3600,
+            ci_key_ttl_secs: 30 * 24 * 3600,
             sweep_batch: 100,
             public_url: None,
             dispatch_max_attempts: 5,

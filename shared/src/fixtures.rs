@@ -42,6 +42,7 @@ pub fn execution(shards: u32) -> Execution {
         shard_timeout_seconds: 600,
         max_attempts: 3,
         ci: None,
+        mode: Default::default(),
         metadata: Default::default(),
         created_at: Timestamp(0),
         updated_at: Timestamp(0),

@@ -213,6 +213,7 @@ pub fn new_execution(
         shard_timeout_seconds: None,
         max_attempts: None,
         ci: None,
+        mode: Default::default(),
         metadata: Default::default(),
     }
 }

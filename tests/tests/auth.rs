@@ -181,6 +181,12 @@ async fn every_endpoint_refuses_no_token_a_wrong_token_and_the_wrong_scope() {
             Wrong::Runner,
         ),
         (
+            Method::POST,
+            format!("/webhooks/parallel-execution/{e}/shards/0/claim"),
+            None,
+            Wrong::Runner,
+        ),
+        (
             Method::GET,
             "/resources/utilization".into(),
             None,

@@ -119,6 +119,7 @@ impl World {
                     shard_timeout_seconds: Some(*shard_timeout),
                     max_attempts: Some(2),
                     ci: None,
+                    mode: Default::default(),
                     metadata: Default::default(),
                 };
                 app.queue_execution(new, None)

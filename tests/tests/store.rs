@@ -250,7 +250,7 @@ async fn the_queued_shard_count_follows_every_transition<B: Backend>() {
     queued(1).await;
     let (_, held) = store.load_execution(&e.id).await.unwrap().unwrap();
     let mut back = held[0].clone();
-    let holder = back.requeue("lost", Timestamp(1)).unwrap();
+    let holder = back.requeue("lost", Timestamp(1)).unwrap().unwrap();
     let release = Release {
         runner_id: holder.runner_id,
         lease_id: holder.lease_id,

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use utoipa::ToSchema;
 
-/// Webhook tokens kept per execution.
-const MAX_WEBHOOK_TOKENS: usize = 8;
+/// Webhook tokens kept per execution: one per queue call, and with CI
+/// keying every parallel job of a build queues (and gets a token).
+const MAX_WEBHOOK_TOKENS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -56,6 +57,19 @@ impl ExecutionStatus {
         .into_iter()
         .find(|s| s.as_str() == raw)
     }
+}
+
+/// How an execution's shards reach the machines that run them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// TMS assigns shards to registered runners (pull or push).
+    #[default]
+    Static,
+    /// The CI's own parallel jobs (a GitHub Actions matrix, GitLab
+    /// `parallel:`, CircleCI parallelism) each claim the shard of their
+    /// index; a retried job gets the same shard again.
+    ByIndex,
 }
 
 /// The kind of tests, which sets default resource needs.
@@ -129,6 +143,8 @@ pub struct Execution {
     pub shard_timeout_seconds: u64,
     pub max_attempts: u32,
     pub ci: Option<CiMetadata>,
+    #[serde(default)]
+    pub mode: Mode,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -204,6 +220,24 @@ impl Execution {
         );
         self.finish(ExecutionStatus::TimedOut, Some(reason), now);
         Ok(())
+    }
+
+    /// A CI job of a `by_index` execution claimed a shard: a finished
+    /// execution runs again (its results will be re-derived from the
+    /// shards, the claimed one's new run superseding its old).
+    pub fn reopen_for_claim(&mut self, now: Timestamp) -> Result<bool> {
+        match self.status {
+            ExecutionStatus::Queued | ExecutionStatus::Running => Ok(false),
+            ExecutionStatus::Cancelled => Err(self.refuse(ExecutionStatus::Running)),
+            _ => {
+                self.status = ExecutionStatus::Running;
+                self.status_reason = Some("a CI job is running a shard again".into());
+                self.finished_at = None;
+                self.deadline = self.deadline.max(now.plus_secs(self.timeout_seconds));
+                self.touch(now);
+                Ok(true)
+            }
+        }
     }
 
     /// Opens a finished execution again for a manual retry of its failed work,

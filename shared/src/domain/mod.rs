@@ -16,7 +16,7 @@ pub mod timing;
 pub use allocation::Allocation;
 pub use dispatch::{DispatchTarget, SecretName};
 pub use execution::{
-    CiMetadata, Execution, ExecutionStatus, Requirements, TestSpec, TestType, Totals,
+    CiMetadata, Execution, ExecutionStatus, Mode, Requirements, TestSpec, TestType, Totals,
 };
 pub use health::{HealthRecord, Usage, Violation};
 pub use resources::Resources;

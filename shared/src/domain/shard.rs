@@ -168,6 +168,11 @@ pub struct Shard {
     /// (valid only while this lease is current).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch: Option<ShardDispatch>,
+    /// Claimed by index by the CI's own parallel jobs (execution mode
+    /// `by_index`): never assigned by the scheduler, never counted as
+    /// waiting for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_index: bool,
     /// Every run that ended, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptRecord>,
@@ -223,6 +228,7 @@ impl Shard {
             result: None,
             error: None,
             dispatch: None,
+            by_index: false,
             attempts: Vec::new(),
             version: 1,
         }
@@ -260,9 +266,20 @@ impl Shard {
         if self.status != ShardStatus::Queued {
             return Err(self.refuse(ShardStatus::Assigned));
         }
+        self.assign_lease(Some(runner), lease, now, deadline);
+        Ok(())
+    }
+
+    fn assign_lease(
+        &mut self,
+        runner: Option<RunnerId>,
+        lease: LeaseId,
+        now: Timestamp,
+        deadline: Timestamp,
+    ) {
         self.status = ShardStatus::Assigned;
         self.attempt += 1;
-        self.runner_id = Some(runner);
+        self.runner_id = runner;
         self.lease_id = Some(lease);
         self.assigned_at = Some(now);
         self.started_at = None;
@@ -272,6 +289,38 @@ impl Shard {
         self.error = None;
         self.dispatch = None;
         self.version += 1;
+    }
+
+    /// A CI job claims this shard by its index (execution mode `by_index`):
+    /// a new lease, held by the job rather than a runner. Whatever the shard
+    /// was doing, the claim wins: a CI job asking for shard k again is the
+    /// retry of the job that ran it (that job is gone, or its results are to
+    /// be superseded), so an earlier lease is fenced off and recorded as a
+    /// lost run, and a finished shard runs again. Only a cancelled shard is
+    /// refused.
+    pub fn claim_by_index(
+        &mut self,
+        lease: LeaseId,
+        now: Timestamp,
+        deadline: Timestamp,
+    ) -> Result<()> {
+        if !self.by_index {
+            return Err(Error::validation(
+                "mode",
+                "only shards of a by_index execution are claimed by index; \
+                 the scheduler assigns the others",
+            ));
+        }
+        match self.status {
+            ShardStatus::Cancelled => return Err(self.refuse(ShardStatus::Assigned)),
+            s if s.is_in_flight() => {
+                self.record_lost_run("claimed again by a retried CI job", now);
+            }
+            _ => {}
+        }
+        self.status = ShardStatus::Queued;
+        self.runner_id = None;
+        self.assign_lease(None, lease, now, deadline);
         Ok(())
     }
 
@@ -368,11 +417,14 @@ impl Shard {
 
     /// Records that the current run ended without results (its runner was
     /// lost, its deadline passed, its dispatch failed).
-    fn record_lost_run(&mut self, held: &Released, reason: &str, now: Timestamp) {
+    fn record_lost_run(&mut self, reason: &str, now: Timestamp) {
+        let Some(lease_id) = self.lease_id.clone() else {
+            return;
+        };
         self.attempts.push(AttemptRecord {
             attempt: self.attempt,
-            lease_id: held.lease_id.clone(),
-            runner_id: Some(held.runner_id.clone()),
+            lease_id,
+            runner_id: self.runner_id.clone(),
             status: ShardStatus::Errored,
             passed: 0,
             failed: 0,
@@ -384,13 +436,16 @@ impl Shard {
     }
 
     /// Takes the shard back from its runner so another can run it.
-    pub fn requeue(&mut self, reason: &str, now: Timestamp) -> Result<Released> {
-        let held = self
-            .holder()
-            .ok_or_else(|| self.refuse(ShardStatus::Queued))?;
-        self.record_lost_run(&held, reason, now);
-        if !self.avoid_runners.contains(&held.runner_id) {
-            self.avoid_runners.push(held.runner_id.clone());
+    pub fn requeue(&mut self, reason: &str, now: Timestamp) -> Result<Option<Released>> {
+        if !self.status.is_in_flight() {
+            return Err(self.refuse(ShardStatus::Queued));
+        }
+        let held = self.holder();
+        self.record_lost_run(reason, now);
+        if let Some(h) = &held {
+            if !self.avoid_runners.contains(&h.runner_id) {
+                self.avoid_runners.push(h.runner_id.clone());
+            }
         }
         self.status = ShardStatus::Queued;
         self.lease_id = None;
@@ -409,8 +464,8 @@ impl Shard {
             return Err(self.refuse(ShardStatus::Errored));
         }
         let held = self.holder();
-        if let Some(h) = &held {
-            self.record_lost_run(h, &reason, now);
+        if self.status.is_in_flight() {
+            self.record_lost_run(&reason, now);
         }
         self.status = ShardStatus::Errored;
         self.error = Some(reason);
@@ -581,7 +636,7 @@ mod tests {
     #[test]
     fn a_requeued_shard_remembers_to_avoid_the_runner_that_lost_it_and_fences_its_lease() {
         let (mut s, lease) = assigned();
-        let held = s.requeue("runner lost", Timestamp(2)).unwrap();
+        let held = s.requeue("runner lost", Timestamp(2)).unwrap().unwrap();
         assert_eq!(s.status, ShardStatus::Queued);
         assert_eq!(s.avoid_runners, vec![held.runner_id]);
         assert!(matches!(

@@ -310,8 +310,8 @@ pub enum ReportFormat {
 /// merged JUnit XML report (a test suite per shard, flaky tests and earlier
 /// attempts marked as Surefire marks them).
 #[utoipa::path(get, path = "/executions/{id}/report", tag = "executions", params(ReportQuery),
-    responses((status = 200, body = ExecutionReport, content_type = "application/json"),
-        (status = 200, body = String, content_type = "application/xml")),
+    responses((status = 200, description = "the report: JSON, or JUnit XML with format=junit",
+        content((ExecutionReport = "application/json"), (String = "application/xml")))),
     security(("bearer" = [])))]
 pub async fn execution_report<P: Ports>(
     State(app): State<AppState<P>>,
@@ -491,6 +491,30 @@ pub async fn shard_assignment<P: Ports>(
         .parse::<u32>()
         .map_err(|_| Error::not_found(crate::Entity::Shard, &index))?;
     Ok(Json(app.shard_assignment(&caller, &id, index).await?))
+}
+
+/// A CI job of a `by_index` execution claims the shard of its index: the
+/// tests to run and the lease to report with. A retried job claiming the
+/// same index gets the same tests under a new lease (the old one is fenced
+/// off; the new results supersede the old). Authenticated with the
+/// execution's webhook token (every job's queue call returns one) or an API
+/// token.
+#[utoipa::path(post, path = "/webhooks/parallel-execution/{id}/shards/{index}/claim", tag = "webhooks",
+    responses((status = 200, body = Assignment),
+        (status = 400, body = super::Problem, description = "not a by_index execution"),
+        (status = 404, body = super::Problem, description = "no such shard"),
+        (status = 409, body = super::Problem, description = "the execution or shard was cancelled")),
+    security(("bearer" = [])))]
+pub async fn claim_shard<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path((id, index)): Path<(String, String)>,
+) -> Result<Json<Assignment>> {
+    let id = ExecutionId::parse(&id)?;
+    let index = index
+        .parse::<u32>()
+        .map_err(|_| Error::not_found(crate::Entity::Shard, &index))?;
+    Ok(Json(app.claim_shard(&caller, &id, index).await?))
 }
 
 /// Query of `POST /suites/{suite}/timings`.

@@ -86,6 +86,10 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
             .route(
                 "/webhooks/parallel-execution/{id}/shards/{index}",
                 get(shard_assignment::<P>),
+            )
+            .route(
+                "/webhooks/parallel-execution/{id}/shards/{index}/claim",
+                post(claim_shard::<P>),
             );
     }
     let mut root = Router::new();

@@ -147,6 +147,7 @@ pub struct ExecutionSummary {
     pub totals: Totals,
     pub progress: Progress,
     pub ci: Option<CiMetadata>,
+    pub mode: crate::domain::Mode,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub created_at: i64,
@@ -178,6 +179,7 @@ impl From<&Execution> for ExecutionSummary {
                 percent: e.totals.shards_done * 100 / total,
             },
             ci: e.ci.clone(),
+            mode: e.mode,
             metadata: e.metadata.clone(),
             created_at: e.created_at.0,
             started_at: e.started_at.map(|t| t.0),

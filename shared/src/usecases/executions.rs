@@ -5,8 +5,8 @@ use super::{retry_on_conflict, Orchestrator};
 use crate::auth;
 use crate::domain::shard::Released;
 use crate::domain::{
-    CiMetadata, Execution, ExecutionStatus, Requirements, RunnerType, Shard, ShardStatus, TestSpec,
-    TestType, Totals,
+    CiMetadata, Execution, ExecutionStatus, Mode, Requirements, RunnerType, Shard, ShardStatus,
+    TestSpec, TestType, Totals,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::ExecutionId;
@@ -14,6 +14,7 @@ use crate::ports::{ExecutionFilter, IdempotencyRecord, Nudges, Page, Ports, Stor
 use crate::scheduling::split_tests;
 use crate::time::Clock;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use utoipa::ToSchema;
 
@@ -71,10 +72,52 @@ pub struct NewExecution {
     pub shard_timeout_seconds: Option<u64>,
     #[schema(minimum = 1, maximum = 10)]
     pub max_attempts: Option<u32>,
+    /// CI provenance. With `provider` and `build_id`, the execution is keyed
+    /// by (provider, build id, suite): every job of the build, and every
+    /// retry of a job, that queues the same tests gets the same execution.
     pub ci: Option<CiMetadata>,
+    /// `static` (default): TMS assigns shards to registered runners.
+    /// `by_index`: the CI's own parallel jobs each claim the shard of their
+    /// index (`POST /executions/{id}/shards/{index}/claim`).
+    #[serde(default)]
+    pub mode: Mode,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl NewExecution {
+    /// The key every queue call of one CI build's run of this suite shares,
+    /// and a digest of the work it asks for (a job of the same build asking
+    /// for other tests is refused rather than given the wrong shards).
+    /// Which job is asking, its URL and the like are left out of the digest:
+    /// they differ between the jobs of one build.
+    fn ci_key(&self) -> Option<(String, String)> {
+        let ci = self.ci.as_ref()?;
+        let provider = ci
+            .provider
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())?;
+        let build = ci
+            .build_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())?;
+        let key = format!("ci/{provider}/{build}/{}", self.suite.trim());
+        let mut work = Sha256::new();
+        for t in &self.tests {
+            let name = match t {
+                TestInput::Name(n) => n,
+                TestInput::Timed(t) => &t.name,
+            };
+            work.update(name.as_bytes());
+            work.update([0]);
+        }
+        work.update(self.parallelism.to_be_bytes());
+        work.update([self.mode as u8]);
+        Some((key, hex::encode(work.finalize())))
+    }
 }
 
 fn one() -> u32 {
@@ -245,7 +288,11 @@ impl<P: Ports> Orchestrator<P> {
         let shards: Vec<Shard> = plan
             .into_iter()
             .enumerate()
-            .map(|(i, p)| Shard::new(id.clone(), &suite, i as u32, p.tests, p.estimated_ms))
+            .map(|(i, p)| {
+                let mut shard = Shard::new(id.clone(), &suite, i as u32, p.tests, p.estimated_ms);
+                shard.by_index = new.mode == Mode::ByIndex;
+                shard
+            })
             .collect();
         let execution = Execution {
             id,
@@ -259,6 +306,7 @@ impl<P: Ports> Orchestrator<P> {
             shard_timeout_seconds: shard_timeout,
             max_attempts,
             ci: new.ci,
+            mode: new.mode,
             metadata: new.metadata,
             created_at: now,
             updated_at: now,
@@ -277,11 +325,18 @@ impl<P: Ports> Orchestrator<P> {
     /// Queues an execution. With an idempotency key, a repeat of the same
     /// request returns the execution the first one created (with a fresh
     /// webhook token for this caller); a different body is refused.
+    ///
+    /// Without a key, CI metadata with a provider and build id keys the
+    /// execution by (provider, build id, suite) for `ci_key_ttl_secs`.
     pub async fn queue_execution(
         &self,
         new: NewExecution,
         idempotency: Option<(String, String)>,
     ) -> Result<QueuedExecution> {
+        let (idempotency, ttl) = match idempotency {
+            Some(given) => (Some(given), self.config.idempotency_ttl_secs),
+            None => (new.ci_key(), self.config.ci_key_ttl_secs),
+        };
         if let Some((key, body_hash)) = &idempotency {
             check_len("Idempotency-Key", key, 255)?;
             if let Some(found) = self.replay(key, body_hash).await? {
@@ -299,9 +354,7 @@ impl<P: Ports> Orchestrator<P> {
                 key: key.clone(),
                 body_hash: body_hash.clone(),
                 execution_id: execution.id.clone(),
-                expires_at: execution
-                    .created_at
-                    .plus_secs(self.config.idempotency_ttl_secs),
+                expires_at: execution.created_at.plus_secs(ttl),
             });
         match self
             .store

@@ -3,6 +3,7 @@
 //! Lambda functions (DynamoDB, SQS, EventBridge).
 
 mod access;
+mod claims;
 mod completion;
 mod dispatch;
 mod executions;

@@ -20,10 +20,13 @@ impl<P: Ports> Orchestrator<P> {
         if free_slots == 0 {
             return Ok(0);
         }
-        let pending = self
+        let mut pending = self
             .store
             .pending_executions(free_slots, self.config.sweep_batch)
             .await?;
+        // CI jobs claim the shards of by_index executions themselves (the
+        // stores keep them out of the pending index; this makes sure).
+        pending.retain(|(e, _)| e.mode == crate::domain::Mode::Static);
         if pending.is_empty() {
             return Ok(0);
         }

@@ -163,7 +163,7 @@ impl<P: Ports> Orchestrator<P> {
             let read_as = (shard.version, shard.status);
             let retry = shard.attempt < execution.max_attempts && !execution.status.is_terminal();
             let held = if retry {
-                Some(shard.requeue(reason, now)?)
+                shard.requeue(reason, now)?
             } else {
                 let why = format!(
                     "{reason}; gave up after {} of {} attempts",

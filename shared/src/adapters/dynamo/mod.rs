@@ -991,7 +991,7 @@ impl Store for DynamoStore {
     ) -> Result<()> {
         let queued = shards
             .iter()
-            .filter(|s| s.status == ShardStatus::Queued)
+            .filter(|s| s.status == ShardStatus::Queued && !s.by_index)
             .count();
         let mut exec_item = execution_item(execution)?;
         exec_item.insert("queued_shards".into(), n(queued));
@@ -1324,8 +1324,13 @@ impl Store for DynamoStore {
                 )
                 .build())
         };
-        let delta = i64::from(shard.status == ShardStatus::Queued)
-            - i64::from(u.expected_status == ShardStatus::Queued);
+        // Shards claimed by CI jobs never wait for the scheduler.
+        let delta = if shard.by_index {
+            0
+        } else {
+            i64::from(shard.status == ShardStatus::Queued)
+                - i64::from(u.expected_status == ShardStatus::Queued)
+        };
         let counter = || -> Result<Vec<TransactWriteItem>> {
             Ok(if delta == 0 {
                 vec![]

@@ -286,7 +286,8 @@ fn write_shard(tx: &Connection, s: &Shard) -> Result<()> {
 fn refresh_queued(tx: &Connection, execution_id: &str) -> Result<()> {
     tx.prepare_cached(
         "UPDATE executions SET queued_shards =
-           (SELECT count(*) FROM shards WHERE execution_id = ?1 AND status = 'queued') WHERE id = ?1",
+           (SELECT count(*) FROM shards WHERE execution_id = ?1 AND status = 'queued'
+              AND json_extract(doc, '$.by_index') IS NULL) WHERE id = ?1",
     )?
     .execute([execution_id])?;
     Ok(())
@@ -305,6 +306,10 @@ fn shard_state(tx: &Connection, execution_id: &str, index: u32) -> Result<Option
 /// Moves the execution's queued-shard counter when a shard enters or leaves
 /// `queued` (DynamoDB: `ADD queued_shards :delta` in the same transaction).
 fn count_queued(tx: &Connection, shard: &Shard, was_queued: bool) -> Result<()> {
+    if shard.by_index {
+        // Claimed by CI jobs, never waiting for the scheduler.
+        return Ok(());
+    }
     let delta = i64::from(shard.status == ShardStatus::Queued) - i64::from(was_queued);
     if delta != 0 {
         tx.prepare_cached(
