@@ -187,6 +187,12 @@ async fn every_endpoint_refuses_no_token_a_wrong_token_and_the_wrong_scope() {
             Wrong::Runner,
         ),
         (
+            Method::POST,
+            format!("/executions/{e}/claims"),
+            None,
+            Wrong::Ci,
+        ),
+        (
             Method::GET,
             "/resources/utilization".into(),
             None,

@@ -70,6 +70,16 @@ pub enum Mode {
     /// `parallel:`, CircleCI parallelism) each claim the shard of their
     /// index; a retried job gets the same shard again.
     ByIndex,
+    /// Runners claim batches (`POST /executions/{id}/claims`) until the
+    /// tests run out; batches shrink as the queue drains, longest first.
+    Dynamic,
+}
+
+impl Mode {
+    /// TMS's scheduler assigns the shards.
+    pub fn is_static(&self) -> bool {
+        *self == Mode::Static
+    }
 }
 
 /// The kind of tests, which sets default resource needs.

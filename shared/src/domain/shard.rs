@@ -8,6 +8,7 @@
 //! any non-terminal -> cancelled
 //! ```
 
+use super::execution::Mode;
 use crate::error::{Entity, Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RunnerId};
 use crate::time::Timestamp;
@@ -168,11 +169,15 @@ pub struct Shard {
     /// (valid only while this lease is current).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dispatch: Option<ShardDispatch>,
-    /// Claimed by index by the CI's own parallel jobs (execution mode
-    /// `by_index`): never assigned by the scheduler, never counted as
-    /// waiting for it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub by_index: bool,
+    /// The execution's mode. Shards of `by_index` and `dynamic` executions
+    /// are claimed (by CI jobs, by runners): never assigned by the
+    /// scheduler, never counted as waiting for it.
+    #[serde(default, skip_serializing_if = "Mode::is_static")]
+    pub mode: Mode,
+    /// Dynamic mode: the latest a lease may be extended to (the claim plus
+    /// the execution's shard timeout); heartbeats extend up to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deadline: Option<Timestamp>,
     /// Every run that ended, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptRecord>,
@@ -228,7 +233,8 @@ impl Shard {
             result: None,
             error: None,
             dispatch: None,
-            by_index: false,
+            mode: Mode::Static,
+            max_deadline: None,
             attempts: Vec::new(),
             version: 1,
         }
@@ -304,7 +310,7 @@ impl Shard {
         now: Timestamp,
         deadline: Timestamp,
     ) -> Result<()> {
-        if !self.by_index {
+        if self.mode != Mode::ByIndex {
             return Err(Error::validation(
                 "mode",
                 "only shards of a by_index execution are claimed by index; \

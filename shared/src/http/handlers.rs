@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId};
 use crate::ports::{ExecutionFilter, Ports};
 use crate::usecases::{
-    Assignment, DurationsFile, ImportedTimings, NewExecution, NewRule, NewRunner, NewToken,
-    ReportOutcome, ReportStatus, ShardReport, SystemHealth, Utilization,
+    Assignment, ClaimOutcome, DurationsFile, ImportedTimings, NewExecution, NewRule, NewRunner,
+    NewToken, ReportOutcome, ReportStatus, ShardReport, SystemHealth, Utilization,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -128,6 +128,26 @@ pub async fn get_runner<P: Ports>(
         require_runner_or_admin(&caller, &id)?;
     }
     Ok(Json(app.runner(&id).await?.into()))
+}
+
+/// A runner claims the next batch of a dynamic execution (runner token
+/// only). Nothing left to claim gives `assignment: null`; `finished` says
+/// the execution is over, `held_batches` that others still hold work that
+/// may come back.
+#[utoipa::path(post, path = "/executions/{id}/claims", tag = "runners",
+    responses((status = 200, body = ClaimOutcome),
+        (status = 400, body = super::Problem, description = "not a dynamic execution, or the runner cannot take a batch now")),
+    security(("bearer" = [])))]
+pub async fn claim_batch<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ClaimOutcome>> {
+    let id = ExecutionId::parse(&id)?;
+    let Principal::Runner(runner) = &caller else {
+        return Err(Error::Forbidden("claim batches: only a runner's token may"));
+    };
+    Ok(Json(app.claim_batch(runner, &id).await?))
 }
 
 #[utoipa::path(post, path = "/runners/{id}/heartbeat", tag = "runners", request_body = HeartbeatBody,

@@ -57,7 +57,8 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
             .route("/runners/{id}/pause", post(pause_runner::<P>))
             .route("/runners/{id}/resume", post(resume_runner::<P>))
             .route("/runners/{id}/deregister", post(deregister_runner::<P>))
-            .route("/runners/{id}/health", get(runner_health::<P>));
+            .route("/runners/{id}/health", get(runner_health::<P>))
+            .route("/executions/{id}/claims", post(claim_batch::<P>));
     }
     if wanted(Routes::Executions) {
         api = api

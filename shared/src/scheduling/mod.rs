@@ -7,5 +7,5 @@ pub mod queue;
 pub mod sharding;
 pub mod strategy;
 
-pub use planner::{plan, PlannedAssignment, SchedulingPass};
-pub use sharding::{split_tests, PlannedShard};
+pub use planner::{may_claim, next_batch, plan, PlannedAssignment, SchedulingPass};
+pub use sharding::{plan_batches, split_tests, PlannedShard, MAX_BATCHES};

@@ -108,6 +108,31 @@ pub fn plan(pass: &SchedulingPass<'_>) -> Vec<PlannedAssignment> {
     out
 }
 
+/// Whether `r` may claim a batch of `e` now (dynamic mode): active, the
+/// labels and type the execution requires, and room for one batch.
+pub fn may_claim(r: &RunnerWithLoad, e: &Execution) -> std::result::Result<(), &'static str> {
+    if r.runner.status != RunnerStatus::Active {
+        return Err("the runner is not active");
+    }
+    if !eligible_for(r, e, None) {
+        return Err("the runner lacks the labels, type or size this execution requires");
+    }
+    if !r.free().covers(&e.requirements.per_shard()) {
+        return Err("the runner has no free slot for another batch");
+    }
+    Ok(())
+}
+
+/// The batch a runner claims next: the first queued one in claim order
+/// (requeued batches keep their place, so a lost large batch goes out
+/// again first) that did not slip from this runner before; failing that,
+/// one that did (avoidance is a preference: better than leaving it).
+pub fn next_batch<'a>(shards: &'a [Shard], runner: &RunnerId) -> Option<&'a Shard> {
+    let mut queued = shards.iter().filter(|s| s.status == ShardStatus::Queued);
+    let first = queued.clone().next();
+    queued.find(|s| !s.avoid_runners.contains(runner)).or(first)
+}
+
 /// Labels, types and pool — everything but current free capacity.
 fn eligible_for(r: &RunnerWithLoad, e: &Execution, rule: Option<&LoadBalancingRule>) -> bool {
     let req = &e.requirements;

@@ -1,15 +1,23 @@
-//! CI-native parallelism (execution mode `by_index`): each parallel job of a
-//! CI build claims the shard of its own index. A retried job claims the same
-//! index again and gets the same tests under a new lease; the earlier lease
-//! is fenced off, and the new run's results supersede the old ones.
+//! Claims: work that is taken rather than assigned.
+//!
+//! - CI-native parallelism (execution mode `by_index`): each parallel job of
+//!   a CI build claims the shard of its own index. A retried job claims the
+//!   same index again and gets the same tests under a new lease; the earlier
+//!   lease is fenced off, and the new run's results supersede the old ones.
+//! - Dynamic mode: registered runners claim batches until the tests run out
+//!   (Knapsack's queue mode, sorry-cypress), each claim a lease that
+//!   heartbeats extend and the timeout sweep reclaims.
 
 use super::{retry_on_conflict, Assignment, Orchestrator};
 use crate::auth::Principal;
-use crate::domain::Mode;
+use crate::domain::{Allocation, Mode, ShardStatus};
 use crate::error::{Error, Result};
-use crate::ids::{ExecutionId, LeaseId};
-use crate::ports::{Ports, Store};
+use crate::ids::{ExecutionId, LeaseId, RunnerId};
+use crate::ports::{AssignmentWrite, Ports, Store};
+use crate::scheduling::{may_claim, next_batch};
 use crate::time::Clock;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 impl<P: Ports> Orchestrator<P> {
     /// Claims shard `index` of a `by_index` execution for the calling CI
@@ -55,5 +63,136 @@ impl<P: Ports> Orchestrator<P> {
                 .ok_or_else(|| Error::Internal("a claimed shard has no lease".into()))
         })
         .await
+    }
+}
+
+/// The answer to a runner's claim on a dynamic execution.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ClaimOutcome {
+    /// The batch to run now, or none: nothing is left to claim.
+    pub assignment: Option<Assignment>,
+    /// Batches waiting to be claimed after this one.
+    pub queued_batches: u32,
+    /// Batches other runners hold now. A runner that got nothing while some
+    /// are held may claim again later: a lost one comes back to the queue.
+    pub held_batches: u32,
+    /// True when the execution is finished: stop claiming.
+    pub finished: bool,
+}
+
+impl<P: Ports> Orchestrator<P> {
+    /// A runner claims the next batch of a dynamic execution: the first in
+    /// claim order (longest tests first, batches shrinking) that did not
+    /// slip from this runner before. The claim is a lease like any
+    /// assignment, taken in one conditional step with the runner's capacity;
+    /// heartbeats extend it, and when it lapses the timeout sweep hands the
+    /// batch to the queue again.
+    pub async fn claim_batch(
+        &self,
+        runner_id: &RunnerId,
+        id: &ExecutionId,
+    ) -> Result<ClaimOutcome> {
+        retry_on_conflict(|| async {
+            let now = self.clock.now();
+            let (execution, shards) = self.load(id).await?;
+            if execution.mode != Mode::Dynamic {
+                return Err(Error::validation(
+                    "mode",
+                    "only a dynamic execution's batches are claimed by runners",
+                ));
+            }
+            let count = |f: &dyn Fn(&crate::domain::Shard) -> bool| {
+                shards.iter().filter(|s| f(s)).count() as u32
+            };
+            let queued = count(&|s| s.status == ShardStatus::Queued);
+            let held = count(&|s| s.status.is_in_flight());
+            let nothing = |finished| ClaimOutcome {
+                assignment: None,
+                queued_batches: queued,
+                held_batches: held,
+                finished,
+            };
+            if execution.status.is_terminal() {
+                return Ok(nothing(true));
+            }
+            let Some(batch) = next_batch(&shards, runner_id) else {
+                return Ok(nothing(false));
+            };
+            let runner = self
+                .store
+                .get_runner(runner_id)
+                .await?
+                .ok_or_else(|| Error::not_found(crate::Entity::Runner, runner_id))?;
+            may_claim(&runner, &execution).map_err(|why| Error::validation("runner", why))?;
+            let lease = LeaseId::generate();
+            let cap = now.plus_secs(execution.shard_timeout_seconds);
+            let deadline = now.plus_ms(self.config.silence_limit_ms()).min(cap);
+            let mut shard = batch.clone();
+            let version = shard.version;
+            shard.assign(runner_id.clone(), lease.clone(), now, deadline)?;
+            shard.max_deadline = Some(cap);
+            let write = AssignmentWrite {
+                runner_capacity: runner.runner.capacity,
+                allocation: Allocation {
+                    runner_id: runner_id.clone(),
+                    execution_id: id.clone(),
+                    shard_index: shard.index,
+                    lease_id: lease,
+                    resources: execution.requirements.per_shard(),
+                    allocated_at: now,
+                },
+                shard,
+                expected_shard_version: version,
+                cursor: None,
+                now,
+            };
+            self.store.assign(&write).await?;
+            Ok(ClaimOutcome {
+                assignment: Assignment::of(write.shard),
+                queued_batches: queued - 1,
+                held_batches: held,
+                finished: false,
+            })
+        })
+        .await
+    }
+
+    /// Extends the leases of the dynamic batches a heartbeating runner
+    /// holds, up to each batch's cap. Written only when the lease has run
+    /// half its length, so a runner polling often costs no extra writes.
+    /// A lost race (the batch was reported or taken back meanwhile) is fine.
+    pub(crate) async fn extend_leases(&self, shards: &mut [crate::domain::Shard]) {
+        let now = self.clock.now();
+        let length = self.config.silence_limit_ms();
+        for shard in shards.iter_mut() {
+            let (Some(deadline), Some(cap)) = (shard.deadline, shard.max_deadline) else {
+                continue;
+            };
+            if shard.mode != Mode::Dynamic
+                || !shard.status.is_in_flight()
+                || deadline.since(now) > length / 2
+            {
+                continue;
+            }
+            let extended = now.plus_ms(length).min(cap);
+            if extended <= deadline {
+                continue;
+            }
+            let mut next = shard.clone();
+            let read_as = (next.version, next.status);
+            next.deadline = Some(extended);
+            next.version += 1;
+            let update = crate::ports::ShardUpdate {
+                shard: next.clone(),
+                expected_version: read_as.0,
+                expected_status: read_as.1,
+                release: None,
+            };
+            match self.store.update_shard(&update).await {
+                Ok(()) => *shard = next,
+                Err(e) if e.is_conflict() => {}
+                Err(e) => tracing::warn!(error = %e, "lease not extended"),
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ use crate::domain::{
 use crate::error::{Entity, Error, Result};
 use crate::ids::ExecutionId;
 use crate::ports::{ExecutionFilter, IdempotencyRecord, Nudges, Page, Ports, Store};
-use crate::scheduling::split_tests;
+use crate::scheduling::{plan_batches, split_tests};
 use crate::time::Clock;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -78,7 +78,10 @@ pub struct NewExecution {
     pub ci: Option<CiMetadata>,
     /// `static` (default): TMS assigns shards to registered runners.
     /// `by_index`: the CI's own parallel jobs each claim the shard of their
-    /// index (`POST /executions/{id}/shards/{index}/claim`).
+    /// index (`POST /webhooks/parallel-execution/{id}/shards/{index}/claim`).
+    /// `dynamic`: runners claim batches (`POST /executions/{id}/claims`)
+    /// until the tests run out; `parallelism` is how many runners are
+    /// expected.
     #[serde(default)]
     pub mode: Mode,
     #[serde(default)]
@@ -210,6 +213,12 @@ impl<P: Ports> Orchestrator<P> {
                 format!("must be between 1 and {}", cfg.max_parallelism),
             ));
         }
+        if new.tests.is_empty() && new.mode == Mode::Dynamic {
+            return Err(Error::validation(
+                "tests",
+                "a dynamic execution needs the list of tests to hand out",
+            ));
+        }
         if new.tests.is_empty() && new.parallelism > 1 {
             return Err(Error::validation(
                 "tests",
@@ -284,13 +293,24 @@ impl<P: Ports> Orchestrator<P> {
         let now = self.clock.now();
         let id = ExecutionId::generate();
         let suite = new.suite.trim().to_owned();
-        let plan = split_tests(&tests, new.parallelism);
+        // Static and by_index: one shard per runner or job, balanced by
+        // time. Dynamic: many batches, shrinking, claimed in order;
+        // `parallelism` is how many runners are expected to claim.
+        let plan = match new.mode {
+            Mode::Dynamic => plan_batches(
+                &tests,
+                new.parallelism,
+                crate::scheduling::MAX_BATCHES,
+                cfg.dynamic_min_batch_ms,
+            ),
+            Mode::Static | Mode::ByIndex => split_tests(&tests, new.parallelism),
+        };
         let shards: Vec<Shard> = plan
             .into_iter()
             .enumerate()
             .map(|(i, p)| {
                 let mut shard = Shard::new(id.clone(), &suite, i as u32, p.tests, p.estimated_ms);
-                shard.by_index = new.mode == Mode::ByIndex;
+                shard.mode = new.mode;
                 shard
             })
             .collect();

@@ -205,6 +205,8 @@ impl<P: Ports> Orchestrator<P> {
         if let Some(v) = usage.and_then(|u| Violation::check(id, now, allocated, u)) {
             self.store.add_violation(&v).await?;
         }
+        let mut shards = shards;
+        self.extend_leases(&mut shards).await;
         Ok(shards.into_iter().filter_map(Assignment::of).collect())
     }
 

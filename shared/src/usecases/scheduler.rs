@@ -24,9 +24,10 @@ impl<P: Ports> Orchestrator<P> {
             .store
             .pending_executions(free_slots, self.config.sweep_batch)
             .await?;
-        // CI jobs claim the shards of by_index executions themselves (the
-        // stores keep them out of the pending index; this makes sure).
-        pending.retain(|(e, _)| e.mode == crate::domain::Mode::Static);
+        // CI jobs and runners claim the shards of by_index and dynamic
+        // executions themselves (the stores keep them out of the pending
+        // index; this makes sure).
+        pending.retain(|(e, _)| e.mode.is_static());
         if pending.is_empty() {
             return Ok(0);
         }

@@ -11,10 +11,16 @@
 //! cargo run --release -p tms-tests --bin split-bench -- tests/fixtures/durations/*.json
 //! ```
 //!
+//! A second table runs each plan with ±30 % noise on every test's duration:
+//! the static LPT split beside dynamic mode's batches
+//! (`tms::scheduling::plan_batches`, claimed by whichever runner is free).
+//!
 //! Each input file is `{"source": …, "unit": "seconds", "durations": {test: seconds}}`.
 //! Prints the markdown tables of `docs/performance.md`.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
 use tms::domain::TestSpec;
 
@@ -53,13 +59,19 @@ impl Suite {
             .unwrap_or(0)
     }
 
-    /// LPT planned on these durations, run with each test taking its duration
-    /// times a factor drawn from [1 - noise, 1 + noise]: the makespan over the
-    /// bound of the actual durations (a split is planned on estimates; tests
-    /// do not take exactly as long as last time).
-    fn lpt_noisy(&self, m: usize, noise: f64, seed: u64) -> f64 {
+    /// One noisy run: each test's actual duration (its recorded duration
+    /// times a factor drawn from [1 - noise, 1 + noise]: a split is planned
+    /// on estimates, tests do not take exactly as long as last time), each
+    /// runner's speed, and the run's lower bound.
+    fn noisy_run(
+        &self,
+        m: usize,
+        noise: f64,
+        spread: f64,
+        seed: u64,
+    ) -> (HashMap<&str, u64>, Vec<f64>, f64) {
         let mut rng = Rng(seed);
-        let actual: std::collections::HashMap<&str, u64> = self
+        let actual: HashMap<&str, u64> = self
             .tests
             .iter()
             .map(|(name, ms)| {
@@ -70,20 +82,69 @@ impl Suite {
                 )
             })
             .collect();
+        let speeds = Self::speeds(m, spread, seed);
+        // The bound with runners of these speeds: all the work spread over
+        // their combined rate, or the longest test on the fastest runner.
+        let total: u64 = actual.values().sum();
+        let longest = actual.values().copied().max().unwrap_or(0);
+        let rate: f64 = speeds.iter().map(|s| 1.0 / s).sum();
+        let fastest = speeds.iter().copied().fold(f64::INFINITY, f64::min);
+        let bound = (total as f64 / rate).max(longest as f64 * fastest);
+        (actual, speeds, bound)
+    }
+
+    /// How fast each of `m` runners is in one run: 1 for all, or a factor
+    /// drawn from [1 - spread, 1 + spread] (a busy or smaller machine).
+    fn speeds(m: usize, spread: f64, seed: u64) -> Vec<f64> {
+        let mut rng = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
+        (0..m)
+            .map(|_| 1.0 - spread + 2.0 * spread * rng.next())
+            .collect()
+    }
+
+    /// Static LPT planned on the recorded durations, run with noise on each
+    /// test and on each runner's speed: its makespan (each shard paying
+    /// `overhead` once) over the run's bound.
+    fn lpt_noisy(&self, m: usize, run: &Run) -> f64 {
+        let (actual, speeds, bound) = self.noisy_run(m, run.noise, run.spread, run.seed);
         let makespan = tms::scheduling::split_tests(&self.specs(), m as u32)
             .iter()
-            .map(|s| s.tests.iter().map(|t| actual[t.as_str()]).sum::<u64>())
-            .max()
-            .unwrap_or(0);
-        let real = Suite {
-            name: String::new(),
-            tests: self
-                .tests
-                .iter()
-                .map(|(n, _)| (n.clone(), actual[n.as_str()]))
-                .collect(),
-        };
-        makespan as f64 / real.lower_bound(m)
+            .zip(&speeds)
+            .map(|(s, speed)| {
+                let work: u64 = s.tests.iter().map(|t| actual[t.as_str()]).sum();
+                run.overhead as f64 + work as f64 * speed
+            })
+            .fold(0.0, f64::max);
+        makespan / bound
+    }
+
+    /// Dynamic mode planned on the recorded durations, run with the same
+    /// noise: `m` runners each claim the next batch
+    /// (`tms::scheduling::plan_batches`, in claim order) as soon as they
+    /// finish one, paying `overhead` per batch (the claim and starting the
+    /// test process); the makespan over the run's bound.
+    fn dynamic_noisy(&self, m: usize, run: &Run) -> f64 {
+        let (actual, speeds, bound) = self.noisy_run(m, run.noise, run.spread, run.seed);
+        let batches = tms::scheduling::plan_batches(
+            &self.specs(),
+            m as u32,
+            tms::scheduling::MAX_BATCHES,
+            tms::config::Config::default().dynamic_min_batch_ms,
+        );
+        // (time free in µs, runner): whichever is free first claims next.
+        let mut free: BinaryHeap<Reverse<(u64, usize)>> = (0..m).map(|r| Reverse((0, r))).collect();
+        let mut makespan = 0u64;
+        for batch in &batches {
+            let Some(Reverse((at, r))) = free.pop() else {
+                break;
+            };
+            let work: u64 = batch.tests.iter().map(|t| actual[t.as_str()]).sum();
+            let took = (run.overhead as f64 + work as f64 * speeds[r]) * 1000.0;
+            let done = at + took as u64;
+            makespan = makespan.max(done);
+            free.push(Reverse((done, r)));
+        }
+        makespan as f64 / 1000.0 / bound
     }
 
     /// Equal counts in contiguous chunks of `order`.
@@ -267,20 +328,73 @@ fn main() {
         println!("| {label} | {} |", cells.join(" | "));
     }
 
-    println!(
-        "\n| TMS (LPT) planned on recorded durations, run with ±30 % noise (median of 20 draws) | m=2 | m=4 | m=8 | m=16 | m=32 |"
-    );
-    println!("|---|---|---|---|---|---|");
-    for suite in &suites {
-        let cells: Vec<String> = SHARD_COUNTS
+    for (title, spread) in [
+        ("±30 % noise on each test's duration", 0.0),
+        (
+            "±30 % noise on each test's duration and on each runner's speed",
+            0.3,
+        ),
+    ] {
+        println!(
+            "\nPlanned on the recorded durations, run with {title}, {OVERHEAD_MS} ms per batch \
+             (claim + process start): median makespan ratio of 20 draws, static LPT / dynamic.\n"
+        );
+        println!("| suite | m=2 | m=4 | m=8 | m=16 | m=32 |");
+        println!("|---|---|---|---|---|---|");
+        let mut wins = [[0usize; 2]; 5];
+        let mut medians: Vec<[Vec<f64>; 2]> =
+            SHARD_COUNTS.iter().map(|_| Default::default()).collect();
+        for suite in &suites {
+            let cells: Vec<String> = SHARD_COUNTS
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| {
+                    let draws = |f: &dyn Fn(&Run) -> f64| {
+                        median(
+                            (0..20)
+                                .map(|seed| {
+                                    f(&Run {
+                                        noise: 0.3,
+                                        spread,
+                                        seed: 100 + seed,
+                                        overhead: OVERHEAD_MS,
+                                    })
+                                })
+                                .collect(),
+                        )
+                    };
+                    let fixed = draws(&|run| suite.lpt_noisy(m, run));
+                    let dynamic = draws(&|run| suite.dynamic_noisy(m, run));
+                    wins[i][usize::from(dynamic < fixed)] += 1;
+                    medians[i][0].push(fixed);
+                    medians[i][1].push(dynamic);
+                    format!("{fixed:.3} / {dynamic:.3}")
+                })
+                .collect();
+            println!("| {} | {} |", suite.name, cells.join(" | "));
+        }
+        let cells: Vec<String> = medians
             .iter()
-            .map(|&m| {
-                let draws = (0..20)
-                    .map(|seed| suite.lpt_noisy(m, 0.3, 100 + seed))
-                    .collect();
-                format!("{:.3}", median(draws))
-            })
+            .map(|[f, d]| format!("**{:.3} / {:.3}**", median(f.clone()), median(d.clone())))
             .collect();
-        println!("| {} | {} |", suite.name, cells.join(" | "));
+        println!("| median | {} |", cells.join(" | "));
+        let tally: Vec<String> = wins
+            .iter()
+            .map(|[lpt, dynamic]| format!("{dynamic} of {}", lpt + dynamic))
+            .collect();
+        println!("| dynamic better in | {} |", tally.join(" | "));
     }
 }
+
+/// One simulated run: noise on each test's duration, spread of the
+/// runners' speeds, the draw, and what each batch costs beyond its tests.
+struct Run {
+    noise: f64,
+    spread: f64,
+    seed: u64,
+    overhead: u64,
+}
+
+/// What one batch costs beyond its tests: the claim round trip and starting
+/// the test process (pytest or Jest start in about half a second).
+const OVERHEAD_MS: u64 = 500;

@@ -42,6 +42,8 @@ const HEALTH_TTL_MS: i64 = 90 * 24 * 3_600_000;
 const VIOLATION_TTL_MS: i64 = 30 * 24 * 3_600_000;
 /// A test not run for this long is forgotten (renamed or deleted tests).
 const TIMING_TTL_MS: i64 = 90 * 24 * 3_600_000;
+/// DynamoDB's limit on the items of one `TransactWriteItems`.
+const MAX_TRANSACTION_ITEMS: usize = 100;
 /// Per-test results are kept as long as timings; the execution's counts stay.
 const RESULTS_TTL_MS: i64 = TIMING_TTL_MS;
 
@@ -991,7 +993,7 @@ impl Store for DynamoStore {
     ) -> Result<()> {
         let queued = shards
             .iter()
-            .filter(|s| s.status == ShardStatus::Queued && !s.by_index)
+            .filter(|s| s.status == ShardStatus::Queued && s.mode.is_static())
             .count();
         let mut exec_item = execution_item(execution)?;
         exec_item.insert("queued_shards".into(), n(queued));
@@ -1003,12 +1005,21 @@ impl Store for DynamoStore {
                     .map_err(Error::storage)?,
             )
             .build()];
-        for sh in shards {
-            items.push(
-                TransactWriteItem::builder()
-                    .put(self.put(shard_item(sh)?).build().map_err(Error::storage)?)
-                    .build(),
-            );
+        if shards.len() + 2 <= MAX_TRANSACTION_ITEMS {
+            for sh in shards {
+                items.push(
+                    TransactWriteItem::builder()
+                        .put(self.put(shard_item(sh)?).build().map_err(Error::storage)?)
+                        .build(),
+                );
+            }
+        } else {
+            // More shards than a transaction holds (a dynamic execution's
+            // batches): they go first, under an execution id nobody knows
+            // yet; the transaction below makes them visible with the
+            // execution. If it fails they stay unreachable (no META item).
+            let items = shards.iter().map(shard_item).collect::<Result<Vec<_>>>()?;
+            self.batch_put(items).await?;
         }
         if let Some(rec) = idem {
             let it = with(
@@ -1269,7 +1280,8 @@ impl Store for DynamoStore {
             .expression_attribute_values(":execs_running", s(keys::execs_with_status(running)))
             .expression_attribute_values(":now", n(w.now.0))
             .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":minus_one", n(-1))
+            // Claimed shards (dynamic, by_index) were never counted as queued.
+            .expression_attribute_values(":minus_one", n(-i64::from(shard.mode.is_static())))
             .build()
             .map_err(Error::storage)?;
         let mut items = vec![
@@ -1324,8 +1336,8 @@ impl Store for DynamoStore {
                 )
                 .build())
         };
-        // Shards claimed by CI jobs never wait for the scheduler.
-        let delta = if shard.by_index {
+        // Shards claimed by CI jobs or runners never wait for the scheduler.
+        let delta = if !shard.mode.is_static() {
             0
         } else {
             i64::from(shard.status == ShardStatus::Queued)

@@ -287,7 +287,7 @@ fn refresh_queued(tx: &Connection, execution_id: &str) -> Result<()> {
     tx.prepare_cached(
         "UPDATE executions SET queued_shards =
            (SELECT count(*) FROM shards WHERE execution_id = ?1 AND status = 'queued'
-              AND json_extract(doc, '$.by_index') IS NULL) WHERE id = ?1",
+              AND json_extract(doc, '$.mode') IS NULL) WHERE id = ?1",
     )?
     .execute([execution_id])?;
     Ok(())
@@ -306,8 +306,8 @@ fn shard_state(tx: &Connection, execution_id: &str, index: u32) -> Result<Option
 /// Moves the execution's queued-shard counter when a shard enters or leaves
 /// `queued` (DynamoDB: `ADD queued_shards :delta` in the same transaction).
 fn count_queued(tx: &Connection, shard: &Shard, was_queued: bool) -> Result<()> {
-    if shard.by_index {
-        // Claimed by CI jobs, never waiting for the scheduler.
+    if !shard.mode.is_static() {
+        // Claimed by CI jobs or runners, never waiting for the scheduler.
         return Ok(());
     }
     let delta = i64::from(shard.status == ShardStatus::Queued) - i64::from(was_queued);

@@ -1,0 +1,240 @@
+//! Dynamic mode with a manual clock: runners claim batches until the tests
+//! run out, longest first and shrinking; each claim is a lease that
+//! heartbeats extend; a lapsed lease is reclaimed by another runner and the
+//! batch avoids the runner that lost it; a stale lease's report is fenced
+//! off. A conformance suite: the embedded store and DynamoDB (moto).
+
+use std::collections::BTreeSet;
+use tms::auth::Principal;
+use tms::domain::{ExecutionStatus, Mode, Resources, RunnerType, ShardResult, ShardStatus};
+use tms::ids::{ExecutionId, RunnerId};
+use tms::usecases::{
+    Assignment, ClaimOutcome, NewRunner, ReportStatus, ShardReport, TestInput, TimedTest,
+};
+use tms::Error;
+use tms_tests::{Backend, Harness};
+
+async fn runner<B: Backend>(h: &Harness<B>, name: &str, slots: u32) -> RunnerId {
+    let new = NewRunner {
+        name: name.into(),
+        runner_type: RunnerType::Custom,
+        labels: BTreeSet::new(),
+        capacity: Resources::new(slots, 16_000, 32_768),
+        priority: 0,
+        dispatch: None,
+    };
+    h.app.register_runner(new).await.unwrap().runner.runner.id
+}
+
+/// A dynamic execution of `n` tests, test i expected to take (n - i) seconds.
+async fn dynamic<B: Backend>(h: &Harness<B>, n: usize, runners: u32) -> ExecutionId {
+    let mut new = tms_tests::new_execution("e2e", std::iter::empty(), runners);
+    new.mode = Mode::Dynamic;
+    new.timeout_seconds = Some(3 * 3600);
+    new.tests = (0..n)
+        .map(|i| {
+            TestInput::Timed(TimedTest {
+                name: format!("spec_{i:03}"),
+                duration_hint_ms: Some(((n - i) * 1000) as u64),
+            })
+        })
+        .collect();
+    h.app.queue_execution(new, None).await.unwrap().execution.id
+}
+
+async fn claim<B: Backend>(h: &Harness<B>, r: &RunnerId, id: &ExecutionId) -> ClaimOutcome {
+    h.app.claim_batch(r, id).await.unwrap()
+}
+
+async fn pass<B: Backend>(
+    h: &Harness<B>,
+    r: &RunnerId,
+    a: &Assignment,
+) -> tms::Result<ShardStatus> {
+    let report = ShardReport {
+        shard_index: a.shard_index,
+        lease_id: a.lease_id.clone(),
+        status: ReportStatus::Passed,
+        results: Some(ShardResult {
+            passed: a.tests.len() as u32,
+            ..Default::default()
+        }),
+    };
+    let caller = Principal::Runner(r.clone());
+    Ok(h.app
+        .report_shard(&caller, &a.execution_id, report)
+        .await?
+        .shard_status)
+}
+
+async fn runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinking<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    let b = runner(&h, "b", 1).await;
+    let id = dynamic(&h, 40, 2).await;
+    // The scheduler hands none of it out: runners claim.
+    assert_eq!(h.app.schedule_pass().await.unwrap(), 0);
+    let mut claimed: Vec<Assignment> = Vec::new();
+    loop {
+        let mut got = false;
+        for r in [&a, &b] {
+            if let Some(batch) = claim(&h, r, &id).await.assignment {
+                assert_eq!(pass(&h, r, &batch).await.unwrap(), ShardStatus::Passed);
+                claimed.push(batch);
+                got = true;
+            }
+        }
+        if !got {
+            break;
+        }
+    }
+    let last = claim(&h, &a, &id).await;
+    assert!(last.assignment.is_none() && last.queued_batches == 0 && last.held_batches == 0);
+    assert_eq!(
+        claimed[0].tests[0], "spec_000",
+        "the longest test goes first"
+    );
+    assert!(claimed[0].tests.len() > claimed.last().unwrap().tests.len());
+    assert_eq!(
+        claimed.last().unwrap().tests.len(),
+        1,
+        "the last batches are single tests"
+    );
+    let mut all: Vec<&String> = claimed.iter().flat_map(|c| &c.tests).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 40, "every test handed out exactly once");
+    h.deliver_events().await;
+    let (e, _) = h.app.execution_status(&id).await.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Passed);
+    assert_eq!(e.totals.passed, 40);
+    assert!(claim(&h, &b, &id).await.finished);
+}
+
+async fn a_lapsed_lease_is_reclaimed_by_another_runner_and_its_stale_report_is_fenced<
+    B: Backend,
+>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    let id = dynamic(&h, 20, 2).await;
+    let lost = claim(&h, &a, &id).await.assignment.unwrap();
+    // a falls silent past its lease (three heartbeat intervals).
+    h.clock.advance_secs(91);
+    let b = runner(&h, "b", 1).await;
+    h.app.timeout_sweep().await.unwrap();
+    let (_, shards) = h.app.execution_status(&id).await.unwrap();
+    let back = &shards[lost.shard_index as usize];
+    assert_eq!(back.status, ShardStatus::Queued);
+    assert_eq!(back.avoid_runners, vec![a.clone()]);
+    // a comes back: it gets the next batch, not the one it lost.
+    h.app.heartbeat(&a, None).await.unwrap();
+    let for_a = claim(&h, &a, &id).await.assignment.unwrap();
+    assert_ne!(for_a.shard_index, lost.shard_index);
+    // b gets the lost one, the first in claim order.
+    let for_b = claim(&h, &b, &id).await.assignment.unwrap();
+    assert_eq!(for_b.shard_index, lost.shard_index);
+    assert_eq!(for_b.tests, lost.tests);
+    assert_eq!(for_b.attempt, 2);
+    // a's report on the batch it lost counts for nothing.
+    assert!(matches!(
+        pass(&h, &a, &lost).await,
+        Err(Error::StaleLease { .. })
+    ));
+    assert_eq!(pass(&h, &b, &for_b).await.unwrap(), ShardStatus::Passed);
+}
+
+async fn heartbeats_extend_a_held_lease_and_silence_lets_it_lapse<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    let id = dynamic(&h, 10, 1).await;
+    let held = claim(&h, &a, &id).await.assignment.unwrap();
+    // Five minutes of work with a heartbeat every 30 s: the lease holds.
+    for _ in 0..10 {
+        h.clock.advance_secs(30);
+        let beats = h.app.heartbeat(&a, None).await.unwrap();
+        assert!(beats.iter().any(|x| x.lease_id == held.lease_id));
+        h.app.timeout_sweep().await.unwrap();
+    }
+    let (_, shards) = h.app.execution_status(&id).await.unwrap();
+    assert_eq!(
+        shards[held.shard_index as usize].status,
+        ShardStatus::Assigned
+    );
+    // Then silence: the lease lapses and the batch goes back to the queue.
+    h.clock.advance_secs(91);
+    h.app.timeout_sweep().await.unwrap();
+    let (_, shards) = h.app.execution_status(&id).await.unwrap();
+    assert_eq!(
+        shards[held.shard_index as usize].status,
+        ShardStatus::Queued
+    );
+}
+
+async fn only_a_runner_with_room_and_the_required_labels_claims<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    let id = dynamic(&h, 10, 1).await;
+    claim(&h, &a, &id).await.assignment.unwrap();
+    // One slot, one batch held: no room for another.
+    assert!(matches!(
+        h.app.claim_batch(&a, &id).await,
+        Err(Error::Validation { .. })
+    ));
+    let mut new = tms_tests::new_execution("e2e", ["x".to_string()], 1);
+    new.mode = Mode::Dynamic;
+    new.requirements = Some(tms::usecases::RequirementsInput {
+        labels: ["gpu".to_string()].into_iter().collect(),
+        ..Default::default()
+    });
+    let gpu = h.app.queue_execution(new, None).await.unwrap().execution.id;
+    let b = runner(&h, "b", 1).await;
+    assert!(matches!(
+        h.app.claim_batch(&b, &gpu).await,
+        Err(Error::Validation { .. })
+    ));
+    // A static execution is the scheduler's to assign.
+    let plain = tms_tests::new_execution("unit", ["y".to_string()], 1);
+    let plain = h
+        .app
+        .queue_execution(plain, None)
+        .await
+        .unwrap()
+        .execution
+        .id;
+    assert!(matches!(
+        h.app.claim_batch(&b, &plain).await,
+        Err(Error::Validation { .. })
+    ));
+}
+
+async fn an_execution_of_more_batches_than_one_transaction_holds_is_created_whole<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    let mut new = tms_tests::new_execution("e2e", std::iter::empty(), 32);
+    new.mode = Mode::Dynamic;
+    new.tests = (0..300)
+        .map(|i| {
+            TestInput::Timed(TimedTest {
+                name: format!("spec_{i:03}"),
+                duration_hint_ms: Some(60_000),
+            })
+        })
+        .collect();
+    let id = h.app.queue_execution(new, None).await.unwrap().execution.id;
+    let (e, shards) = h.app.execution_status(&id).await.unwrap();
+    assert!(shards.len() > 100, "{} batches", shards.len());
+    assert_eq!(e.shard_count as usize, shards.len());
+    let tests: usize = shards.iter().map(|s| s.tests.len()).sum();
+    assert_eq!(tests, 300);
+    let first = claim(&h, &a, &id).await;
+    assert_eq!(first.assignment.unwrap().shard_index, 0);
+    assert_eq!(first.queued_batches as usize, shards.len() - 1);
+}
+
+tms_tests::conformance!(
+    an_execution_of_more_batches_than_one_transaction_holds_is_created_whole,
+    runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinking,
+    a_lapsed_lease_is_reclaimed_by_another_runner_and_its_stale_report_is_fenced,
+    heartbeats_extend_a_held_lease_and_silence_lets_it_lapse,
+    only_a_runner_with_room_and_the_required_labels_claims,
+);
