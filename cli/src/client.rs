@@ -48,7 +48,10 @@ impl Client {
             format!("{base}{}", tms::http::BASE_PATH)
         };
         Client {
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .unwrap_or_default(),
             api,
             token: args.token.clone(),
         }
@@ -67,24 +70,50 @@ impl Client {
         content_type: &str,
         body: String,
     ) -> Result<Value, ClientError> {
-        let url = format!("{}{path}", self.api);
-        let response = self
+        let request = self
             .http
-            .post(&url)
-            .bearer_auth(&self.token)
+            .post(format!("{}{path}", self.api))
             .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body)
-            .send()
+            .body(body);
+        let text = self.send(request).await?;
+        self.json(text)
+    }
+
+    /// GETs an API path and returns the JSON answer.
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        let text = self.get_text(path).await?;
+        self.json(text)
+    }
+
+    /// GETs an API path and returns the body as text (a JUnit report).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        self.send(self.http.get(format!("{}{path}", self.api)))
             .await
-            .map_err(|e| ClientError::Unreachable {
+    }
+
+    fn json(&self, text: String) -> Result<Value, ClientError> {
+        serde_json::from_str(&text).map_err(|_| ClientError::Unexpected {
+            status: 200,
+            body: text.chars().take(200).collect(),
+        })
+    }
+
+    /// Sends with the token; a 2xx body comes back as text, anything else
+    /// as a one-line error.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<String, ClientError> {
+        let response = request.bearer_auth(&self.token).send().await.map_err(|e| {
+            ClientError::Unreachable {
                 url: self.api.clone(),
                 reason: root_cause(&e),
-            })?;
+            }
+        })?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
+        if (200..300).contains(&status) {
+            return Ok(text);
+        }
         let json: Option<Value> = serde_json::from_str(&text).ok();
         match (status, json) {
-            (200..=299, Some(v)) => Ok(v),
             (401, _) => Err(ClientError::Unauthorized),
             (_, Some(p)) if p.get("code").is_some() => Err(ClientError::Problem {
                 status,

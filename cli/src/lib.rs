@@ -2,6 +2,7 @@
 //! exactly the same code. For now: `tms serve`, the whole orchestrator in one
 //! process, on an embedded store or on the AWS resources of the template.
 
+pub mod ci;
 pub mod client;
 
 use clap::{Parser, Subcommand};
@@ -98,6 +99,65 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// Queue a suite; with --wait, follow it and exit 0 passed, 1 tests
+    /// failed, 2 errored / timed out / cancelled. CI metadata (provider,
+    /// build, job, commit, branch, URL) is read from GitHub Actions, GitLab
+    /// CI, Jenkins or Azure Pipelines variables.
+    Queue(ci::QueueArgs),
+    /// An execution's status and shards (exit code as for `queue --wait`
+    /// once it is finished).
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Cancel an execution: its shards stop, their capacity is freed.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Run the failed, errored or cancelled shards of a finished execution again.
+    Retry {
+        id: String,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// An execution's report: JSON on stdout, or one merged JUnit XML file.
+    Report {
+        id: String,
+        /// Write the merged JUnit XML report here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// The registered runners.
+    Runners {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// API tokens (admin only).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is printed once (on stdout, alone, for scripts).
+    Create {
+        /// `ci`: queue and read executions; `admin`: everything.
+        #[arg(long, value_parser = ["ci", "admin"], default_value = "ci")]
+        scope: String,
+        #[arg(long, default_value = "ci")]
+        name: String,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -173,7 +233,7 @@ pub fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("tms: {e}");
             ExitCode::FAILURE
@@ -181,8 +241,19 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Queue(args) => ci::queue(args).await,
+        Command::Status { id, json, server } => ci::status(&id, json, &server).await,
+        Command::Cancel { id, server } => ci::act(&id, "cancel", &server).await,
+        Command::Retry { id, server } => ci::act(&id, "retry", &server).await,
+        Command::Report { id, junit, server } => ci::report(&id, junit, &server).await,
+        Command::Runners { json, server } => ci::runners(json, &server).await,
+        Command::Token(TokenCommand::Create {
+            scope,
+            name,
+            server,
+        }) => ci::create_token(&name, &scope, &server).await,
         Command::Serve {
             listen,
             backend,
@@ -222,14 +293,16 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 config,
             };
             serve(listener, options, shutdown_signal()).await?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::ImportTimings {
             suite,
             file,
             names,
             server,
-        } => import_timings(&suite, &file, &names, &server).await,
+        } => import_timings(&suite, &file, &names, &server)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::CreateResources {
             endpoint_url,
             stage,
@@ -256,7 +329,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     .unwrap_or_default();
                 eprintln!("admin token: {token}");
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

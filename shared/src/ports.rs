@@ -212,6 +212,15 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Shard>>> + Send;
     fn assign(&self, write: &AssignmentWrite) -> impl Future<Output = Result<()>> + Send;
+    /// Adds a shard to a running execution (an automatic retry of failed
+    /// tests) and writes the execution if its stored version is
+    /// `expected_version`, atomically; the shard must not exist yet.
+    fn add_shard(
+        &self,
+        execution: &Execution,
+        expected_version: u64,
+        shard: &Shard,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn update_shard(&self, update: &ShardUpdate) -> impl Future<Output = Result<()>> + Send;
     fn queue_stats(&self) -> impl Future<Output = Result<QueueStats>> + Send;
 
@@ -244,6 +253,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         suite: &str,
         tests: &[String],
+    ) -> impl Future<Output = Result<Vec<crate::domain::TestTiming>>> + Send;
+    /// Every stored timing of `suite` (its per-test history: durations and
+    /// flaky runs).
+    fn suite_timings(
+        &self,
+        suite: &str,
     ) -> impl Future<Output = Result<Vec<crate::domain::TestTiming>>> + Send;
     /// Writes these timings over the stored ones.
     fn put_test_timings(

@@ -214,6 +214,8 @@ pub fn new_execution(
         max_attempts: None,
         ci: None,
         mode: Default::default(),
+        retries: None,
+        strict: false,
         metadata: Default::default(),
     }
 }

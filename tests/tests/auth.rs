@@ -150,6 +150,7 @@ async fn every_endpoint_refuses_no_token_a_wrong_token_and_the_wrong_scope() {
             Some(json!({"t": 1.0})),
             Wrong::Runner,
         ),
+        (Method::GET, "/suites/s/flaky".into(), None, Wrong::Webhook),
         (
             Method::POST,
             "/load-balancing-rules".into(),

@@ -120,6 +120,8 @@ impl World {
                     max_attempts: Some(2),
                     ci: None,
                     mode: Default::default(),
+                    retries: None,
+                    strict: false,
                     metadata: Default::default(),
                 };
                 app.queue_execution(new, None)

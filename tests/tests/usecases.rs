@@ -623,6 +623,7 @@ async fn a_round_robin_rule_spreads_shards_across_its_pool_in_turn<B: Backend>()
             strategy: Strategy::RoundRobin,
             pool,
             precedence: 0,
+            test_retries: None,
         })
         .await
         .unwrap();

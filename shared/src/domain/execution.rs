@@ -59,6 +59,33 @@ impl ExecutionStatus {
     }
 }
 
+/// Automatic retries of failed tests: each failed test runs again on
+/// another runner, at most `per_test` times, and at most `total` test runs
+/// again in the whole execution. Off (zeros) unless the execution or a
+/// load-balancing rule asks for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(default)]
+    #[schema(maximum = 5)]
+    pub per_test: u32,
+    #[serde(default)]
+    #[schema(maximum = 10000)]
+    pub total: u32,
+}
+
+impl RetryPolicy {
+    pub fn validate(&self, field: &str) -> Result<()> {
+        if self.per_test > 5 || self.total > 10_000 {
+            return Err(Error::validation(
+                field,
+                "per_test at most 5, total at most 10000",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// How an execution's shards reach the machines that run them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -133,8 +160,12 @@ pub struct CiMetadata {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct Totals {
     pub passed: u32,
+    /// Failures not superseded by a passing retry.
     pub failed: u32,
     pub skipped: u32,
+    /// Tests that failed and then passed on an automatic retry.
+    #[serde(default)]
+    pub flaky: u32,
     pub shards_done: u32,
     pub shards_failed: u32,
     pub shards_errored: u32,
@@ -155,6 +186,16 @@ pub struct Execution {
     pub ci: Option<CiMetadata>,
     #[serde(default)]
     pub mode: Mode,
+    /// Its own retry policy; `None`: the matching rule's, read when a test
+    /// fails (so queueing costs no read of the rules).
+    #[serde(default)]
+    pub retries: Option<RetryPolicy>,
+    /// Test runs already spent on automatic retries.
+    #[serde(default)]
+    pub retries_used: u32,
+    /// A flaky test (failed, then passed on a retry) fails the execution.
+    #[serde(default)]
+    pub strict: bool,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -250,6 +291,44 @@ impl Execution {
         }
     }
 
+    /// Plans an automatic retry of `failed` tests of shard `of` (which ran
+    /// them for the `test_attempt`-th time) under `policy` (the
+    /// execution's, or its rule's): the new shard, on another
+    /// runner if one can take it, or `None` when the policy or its budget
+    /// does not allow it. All of a shard's failures are retried or none:
+    /// a retry decides the fate of every failure it re-runs.
+    pub fn plan_retry(
+        &mut self,
+        policy: RetryPolicy,
+        of: &Shard,
+        failed: Vec<String>,
+        now: Timestamp,
+    ) -> Option<Shard> {
+        let room = policy.total.saturating_sub(self.retries_used);
+        if failed.is_empty()
+            || self.status.is_terminal()
+            || self.mode == Mode::ByIndex
+            || of.test_attempt >= policy.per_test
+            || failed.len() as u32 > room
+        {
+            return None;
+        }
+        let mut retry = Shard::new(self.id.clone(), &self.suite, self.shard_count, failed, None);
+        retry.mode = of.mode;
+        retry.retry_of = Some(of.index);
+        retry.test_attempt = of.test_attempt + 1;
+        retry.avoid_runners = of.avoid_runners.clone();
+        if let Some(r) = &of.runner_id {
+            if !retry.avoid_runners.contains(r) {
+                retry.avoid_runners.push(r.clone());
+            }
+        }
+        self.retries_used += retry.tests.len() as u32;
+        self.shard_count += 1;
+        self.touch(now);
+        Some(retry)
+    }
+
     /// Opens a finished execution again for a manual retry of its failed work,
     /// with a fresh timeout.
     pub fn reopen(&mut self, now: Timestamp) -> Result<()> {
@@ -284,7 +363,7 @@ impl Execution {
             }
             return changed;
         }
-        let (status, reason) = derive_status(self.status, shards, &totals);
+        let (status, reason) = derive_status(self.status, shards, &totals, self.strict);
         if status == self.status
             && reason == self.status_reason
             && (!status.is_terminal() || totals == self.totals)
@@ -316,19 +395,32 @@ impl Totals {
     }
 }
 
+/// Whether another shard re-runs this one's failed tests.
+fn is_retried(shard: &Shard, shards: &[Shard]) -> bool {
+    shards.iter().any(|r| r.retry_of == Some(shard.index))
+}
+
 fn fold_totals(shards: &[Shard]) -> Totals {
     let mut t = Totals::default();
     for s in shards {
+        // A retried shard's failures are decided by its retry; its passes
+        // and skips stand.
+        let retried = is_retried(s, shards);
         if let Some(r) = &s.result {
             t.passed += r.passed;
-            t.failed += r.failed;
             t.skipped += r.skipped;
+            if !retried {
+                t.failed += r.failed;
+            }
+            if s.retry_of.is_some() {
+                t.flaky += r.passed;
+            }
         }
         if s.status.is_terminal() {
             t.shards_done += 1;
         }
         match s.status {
-            ShardStatus::Failed => t.shards_failed += 1,
+            ShardStatus::Failed if !retried => t.shards_failed += 1,
             ShardStatus::Errored | ShardStatus::Cancelled => t.shards_errored += 1,
             _ => {}
         }
@@ -342,6 +434,7 @@ fn derive_status(
     current: ExecutionStatus,
     shards: &[Shard],
     totals: &Totals,
+    strict: bool,
 ) -> (ExecutionStatus, Option<String>) {
     let open = shards.iter().filter(|s| !s.status.is_terminal()).count();
     if open > 0 {
@@ -381,6 +474,22 @@ fn derive_status(
             ExecutionStatus::Errored,
             Some("no tests were executed".into()),
         );
+    }
+    if totals.flaky > 0 {
+        return if strict {
+            (
+                ExecutionStatus::Failed,
+                Some(format!(
+                    "{} flaky tests (failed, then passed on a retry); strict",
+                    totals.flaky
+                )),
+            )
+        } else {
+            (
+                ExecutionStatus::Passed,
+                Some(format!("{} flaky tests passed on a retry", totals.flaky)),
+            )
+        };
     }
     (ExecutionStatus::Passed, None)
 }

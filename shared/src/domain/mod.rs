@@ -16,7 +16,8 @@ pub mod timing;
 pub use allocation::Allocation;
 pub use dispatch::{DispatchTarget, SecretName};
 pub use execution::{
-    CiMetadata, Execution, ExecutionStatus, Mode, Requirements, TestSpec, TestType, Totals,
+    CiMetadata, Execution, ExecutionStatus, Mode, Requirements, RetryPolicy, TestSpec, TestType,
+    Totals,
 };
 pub use health::{HealthRecord, Usage, Violation};
 pub use resources::Resources;

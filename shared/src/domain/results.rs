@@ -155,7 +155,13 @@ impl ResultChunk {
 /// A test's result in one attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TestAttempt {
+    /// 1 for the test's first run, 2 for the next (a retried shard or an
+    /// automatic retry of the failed tests), and so on.
     pub attempt: u32,
+    /// The shard that ran it (an automatic retry runs in a shard of its own).
+    pub shard_index: u32,
+    #[serde(skip)]
+    finished_at: crate::time::Timestamp,
     #[schema(value_type = Option<String>)]
     pub runner_id: Option<RunnerId>,
     pub status: TestStatus,
@@ -168,6 +174,7 @@ pub struct TestAttempt {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct MergedTest {
     pub name: String,
+    /// The shard the test was first planned in (retries run elsewhere).
     pub shard_index: u32,
     /// The final result: the newest attempt's.
     pub status: TestStatus,
@@ -179,8 +186,25 @@ pub struct MergedTest {
     pub attempts: Vec<TestAttempt>,
 }
 
+/// The shard a retry chain started from.
+fn root(shards: &[Shard], mut index: u32) -> u32 {
+    for _ in 0..shards.len() {
+        match shards
+            .iter()
+            .find(|s| s.index == index)
+            .and_then(|s| s.retry_of)
+        {
+            Some(of) => index = of,
+            None => break,
+        }
+    }
+    index
+}
+
 /// Merges the stored results of every recorded run of every shard. Chunks of
 /// runs a shard did not record (a report that lost its race) are ignored.
+/// A test's runs in automatic retries join its runs in the shard it was
+/// planned in.
 pub fn merge(shards: &[Shard], chunks: &[ResultChunk]) -> Result<Vec<MergedTest>> {
     let mut by_run: HashMap<(u32, &LeaseId), Vec<&ResultChunk>> = HashMap::new();
     for c in chunks {
@@ -199,21 +223,24 @@ pub fn merge(shards: &[Shard], chunks: &[ResultChunk]) -> Result<Vec<MergedTest>
             stored.sort_by_key(|c| c.chunk);
             for chunk in stored.iter().take(run.result_chunks as usize) {
                 for test in chunk.tests()? {
+                    let planned_in = root(shards, shard.index);
                     let attempt = TestAttempt {
                         attempt: run.attempt,
+                        shard_index: shard.index,
+                        finished_at: run.finished_at,
                         runner_id: run.runner_id.clone(),
                         status: test.status,
                         duration_ms: test.duration_ms,
                         message: test.message.clone(),
                     };
-                    let key = (shard.index, test.name.clone());
+                    let key = (planned_in, test.name.clone());
                     match position.get(&key) {
                         Some(&i) => merged[i].attempts.push(attempt),
                         None => {
                             position.insert(key, merged.len());
                             merged.push(MergedTest {
                                 name: test.name,
-                                shard_index: shard.index,
+                                shard_index: planned_in,
                                 status: test.status,
                                 duration_ms: test.duration_ms,
                                 message: None,
@@ -227,7 +254,11 @@ pub fn merge(shards: &[Shard], chunks: &[ResultChunk]) -> Result<Vec<MergedTest>
         }
     }
     for test in &mut merged {
-        test.attempts.sort_by_key(|a| a.attempt);
+        test.attempts
+            .sort_by_key(|a| (a.finished_at, a.shard_index, a.attempt));
+        for (i, a) in test.attempts.iter_mut().enumerate() {
+            a.attempt = i as u32 + 1;
+        }
         if let Some(last) = test.attempts.last() {
             test.status = last.status;
             test.duration_ms = last.duration_ms;

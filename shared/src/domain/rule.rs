@@ -57,6 +57,10 @@ pub struct LoadBalancingRule {
     pub pool: RunnerPool,
     /// Lower wins when several rules match.
     pub precedence: i32,
+    /// Automatic retries of failed tests for the executions this rule
+    /// matches, unless an execution sets its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_retries: Option<super::execution::RetryPolicy>,
     /// Milliseconds since the Unix epoch.
     #[schema(value_type = i64)]
     pub created_at: Timestamp,

@@ -178,10 +178,20 @@ pub struct Shard {
     /// the execution's shard timeout); heartbeats extend up to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_deadline: Option<Timestamp>,
+    /// An automatic retry: re-runs the tests that failed in this shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<u32>,
+    /// How many times these tests have run before (0: a first run).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub test_attempt: u32,
     /// Every run that ended, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempts: Vec<AttemptRecord>,
     pub version: u64,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A lease's dispatch to a CI platform.
@@ -235,6 +245,8 @@ impl Shard {
             dispatch: None,
             mode: Mode::Static,
             max_deadline: None,
+            retry_of: None,
+            test_attempt: 0,
             attempts: Vec::new(),
             version: 1,
         }

@@ -16,6 +16,11 @@ pub struct TestTiming {
     /// Milliseconds, oldest first; at most [`SAMPLES_KEPT`].
     pub samples: Vec<u64>,
     pub updated_at: Timestamp,
+    /// Runs in which the test failed and then passed on an automatic retry.
+    #[serde(default)]
+    pub flaky_runs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_flaky_at: Option<Timestamp>,
 }
 
 impl TestTiming {
@@ -25,6 +30,8 @@ impl TestTiming {
             test: test.to_owned(),
             samples: Vec::new(),
             updated_at: Timestamp(0),
+            flaky_runs: 0,
+            last_flaky_at: None,
         }
     }
 
@@ -35,6 +42,13 @@ impl TestTiming {
             let extra = self.samples.len() - SAMPLES_KEPT;
             self.samples.drain(..extra);
         }
+        self.updated_at = now;
+    }
+
+    /// The test failed, then passed on a retry.
+    pub fn record_flaky(&mut self, now: Timestamp) {
+        self.flaky_runs += 1;
+        self.last_flaky_at = Some(now);
         self.updated_at = now;
     }
 

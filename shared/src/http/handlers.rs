@@ -9,8 +9,8 @@ use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId};
 use crate::ports::{ExecutionFilter, Ports};
 use crate::usecases::{
-    Assignment, ClaimOutcome, DurationsFile, ImportedTimings, NewExecution, NewRule, NewRunner,
-    NewToken, ReportOutcome, ReportStatus, ShardReport, SystemHealth, Utilization,
+    Assignment, ClaimOutcome, DurationsFile, FlakyTests, ImportedTimings, NewExecution, NewRule,
+    NewRunner, NewToken, ReportOutcome, ReportStatus, ShardReport, SystemHealth, Utilization,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -570,6 +570,19 @@ pub async fn import_timings<P: Ports>(
         app.import_timings(&suite, parse_json(&body)?).await?
     };
     Ok(Json(imported))
+}
+
+/// The suite's flaky tests (failed, then passed on an automatic retry),
+/// most often flaky first.
+#[utoipa::path(get, path = "/suites/{suite}/flaky", tag = "executions",
+    responses((status = 200, body = FlakyTests)), security(("bearer" = [])))]
+pub async fn flaky_tests<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(suite): Path<String>,
+) -> Result<Json<FlakyTests>> {
+    require_api(&caller)?;
+    Ok(Json(app.flaky_tests(&suite).await?))
 }
 
 /// Unauthenticated, for load balancers and uptime checks.

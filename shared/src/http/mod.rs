@@ -68,7 +68,8 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
             .route("/executions/{id}/report", get(execution_report::<P>))
             .route("/executions/{id}/cancel", post(cancel_execution::<P>))
             .route("/executions/{id}/retry", post(retry_execution::<P>))
-            .route("/suites/{suite}/timings", post(import_timings::<P>));
+            .route("/suites/{suite}/timings", post(import_timings::<P>))
+            .route("/suites/{suite}/flaky", get(flaky_tests::<P>));
     }
     if wanted(Routes::Rules) {
         api = api

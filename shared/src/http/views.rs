@@ -94,6 +94,8 @@ pub struct ShardView {
     pub results: Option<ShardResultCounts>,
     /// Every run of the shard that ended, oldest first.
     pub attempts: Vec<crate::domain::AttemptRecord>,
+    /// An automatic retry: the shard whose failed tests this one re-runs.
+    pub retry_of: Option<u32>,
 }
 
 impl From<&Shard> for ShardView {
@@ -117,6 +119,7 @@ impl From<&Shard> for ShardView {
                 skipped: r.skipped,
             }),
             attempts: s.attempts.clone(),
+            retry_of: s.retry_of,
         }
     }
 }
@@ -148,6 +151,10 @@ pub struct ExecutionSummary {
     pub progress: Progress,
     pub ci: Option<CiMetadata>,
     pub mode: crate::domain::Mode,
+    /// Its own retry policy (`null`: the matching rule's, if any).
+    pub retries: Option<crate::domain::RetryPolicy>,
+    pub retries_used: u32,
+    pub strict: bool,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub created_at: i64,
@@ -180,6 +187,9 @@ impl From<&Execution> for ExecutionSummary {
             },
             ci: e.ci.clone(),
             mode: e.mode,
+            retries: e.retries,
+            retries_used: e.retries_used,
+            strict: e.strict,
             metadata: e.metadata.clone(),
             created_at: e.created_at.0,
             started_at: e.started_at.map(|t| t.0),

@@ -220,6 +220,7 @@ mod tests {
                 types: vec![crate::domain::RunnerType::GithubActions],
             },
             precedence: 0,
+            test_retries: None,
             created_at: Timestamp(0),
         };
         let plan = run(&[pending(e)], &[gh.clone(), other], &[rule]);

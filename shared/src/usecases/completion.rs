@@ -254,13 +254,22 @@ impl<P: Ports> Orchestrator<P> {
                 shard_status: shard.status,
                 duplicate: applied == Applied::Duplicate,
             };
-            Ok((outcome, finished.then_some(shard.suite)))
+            Ok((outcome, finished.then_some(shard)))
         })
         .await?;
         let finished = match finished {
-            Some(suite) => {
+            Some(shard) => {
                 if let Some(results) = &report.results {
-                    self.learn_timings(&suite, &results.tests).await;
+                    let retry = shard.retry_of.is_some();
+                    self.learn_timings(&shard.suite, &results.tests, retry)
+                        .await;
+                    if shard.status == ShardStatus::Failed {
+                        // Before the completion is published, so the fold
+                        // sees the retry open rather than a failed run.
+                        if let Err(e) = self.retry_failed_tests(&shard, &results.tests).await {
+                            tracing::warn!(error = %e, execution = %id, "failed tests not retried");
+                        }
+                    }
                 }
                 true
             }
@@ -283,19 +292,72 @@ impl<P: Ports> Orchestrator<P> {
         Ok(outcome)
     }
 
+    /// Runs a failed shard's failed tests again on another runner, if the
+    /// execution's retry policy and budget allow (`Execution::plan_retry`).
+    async fn retry_failed_tests(
+        &self,
+        shard: &crate::domain::Shard,
+        tests: &[TestResult],
+    ) -> Result<()> {
+        let mut failed: Vec<String> = tests
+            .iter()
+            .filter(|t| matches!(t.status, TestStatus::Failed | TestStatus::Errored))
+            .map(|t| t.name.clone())
+            .collect();
+        failed.sort();
+        failed.dedup();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now();
+        let added = retry_on_conflict(|| async {
+            let (mut execution, shards) = self.load(&shard.execution_id).await?;
+            if shards.iter().any(|s| s.retry_of == Some(shard.index)) {
+                return Ok(false);
+            }
+            let policy = match execution.retries {
+                Some(own) => own,
+                None => {
+                    let rules = self.store.list_rules().await?;
+                    crate::domain::rule::select_rule(&rules, &execution)
+                        .and_then(|r| r.test_retries)
+                        .unwrap_or_default()
+                }
+            };
+            let version = execution.version;
+            let Some(retry) = execution.plan_retry(policy, shard, failed.clone(), now) else {
+                return Ok(false);
+            };
+            self.store.add_shard(&execution, version, &retry).await?;
+            Ok(true)
+        })
+        .await?;
+        if added {
+            self.nudges.schedule().await;
+        }
+        Ok(())
+    }
+
     /// Adds each test's duration from a finished shard to its suite's
     /// history. Skipped tests (no real duration) are left out. Timings are
     /// statistics: a failure here is logged and the report stands.
-    async fn learn_timings(&self, suite: &str, tests: &[TestResult]) {
+    /// In an automatic retry, the tests that passed are flaky: that goes
+    /// into their history too.
+    async fn learn_timings(&self, suite: &str, tests: &[TestResult], retry: bool) {
         let ran: Vec<(String, u64)> = tests
             .iter()
             .filter(|t| t.status != TestStatus::Skipped && t.duration_ms > 0)
             .map(|t| (t.name.clone(), t.duration_ms))
             .collect();
-        if ran.is_empty() {
+        let flaky: Vec<String> = tests
+            .iter()
+            .filter(|t| retry && t.status == TestStatus::Passed)
+            .map(|t| t.name.clone())
+            .collect();
+        if ran.is_empty() && flaky.is_empty() {
             return;
         }
-        if let Err(e) = self.record_timings(suite, &ran).await {
+        if let Err(e) = self.record_timings(suite, &ran, &flaky).await {
             tracing::warn!(error = %e, suite, "test durations not recorded");
         }
     }

@@ -5,8 +5,8 @@ use super::{retry_on_conflict, Orchestrator};
 use crate::auth;
 use crate::domain::shard::Released;
 use crate::domain::{
-    CiMetadata, Execution, ExecutionStatus, Mode, Requirements, RunnerType, Shard, ShardStatus,
-    TestSpec, TestType, Totals,
+    CiMetadata, Execution, ExecutionStatus, Mode, Requirements, RetryPolicy, RunnerType, Shard,
+    ShardStatus, TestSpec, TestType, Totals,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::ExecutionId;
@@ -84,6 +84,13 @@ pub struct NewExecution {
     /// expected.
     #[serde(default)]
     pub mode: Mode,
+    /// Automatic retries of failed tests on another runner (default: the
+    /// matching load-balancing rule's, else none).
+    pub retries: Option<RetryPolicy>,
+    /// Fail the execution when a test is flaky (failed, then passed on a
+    /// retry). Default false: flaky tests are reported, the run passes.
+    #[serde(default)]
+    pub strict: bool,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
@@ -201,6 +208,9 @@ impl<P: Ports> Orchestrator<P> {
     ) -> Result<(Execution, Vec<Shard>)> {
         let cfg = &self.config;
         check_len("suite", &new.suite, 256)?;
+        if let Some(r) = &new.retries {
+            r.validate("retries")?;
+        }
         if new.tests.len() > cfg.max_tests {
             return Err(Error::validation(
                 "tests",
@@ -327,6 +337,9 @@ impl<P: Ports> Orchestrator<P> {
             max_attempts,
             ci: new.ci,
             mode: new.mode,
+            retries: new.retries,
+            retries_used: 0,
+            strict: new.strict,
             metadata: new.metadata,
             created_at: now,
             updated_at: now,

@@ -23,7 +23,7 @@ pub use rules::NewRule;
 pub use runners::{Assignment, NewRunner, RegisteredRunner};
 pub use sweeps::SweepReport;
 pub use system::{QueueHealth, RunnerCounts, RunnerUtilization, SystemHealth, Utilization};
-pub use timings::{DurationsFile, ImportedTimings};
+pub use timings::{DurationsFile, FlakyTest, FlakyTests, ImportedTimings};
 
 use crate::config::Config;
 use crate::domain::shard::Released;

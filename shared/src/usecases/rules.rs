@@ -30,6 +30,9 @@ pub struct NewRule {
     pub pool: RunnerPool,
     #[serde(default)]
     pub precedence: i32,
+    /// Automatic retries of failed tests for matching executions that do
+    /// not set their own `retries`.
+    pub test_retries: Option<crate::domain::RetryPolicy>,
 }
 
 fn any_suite() -> String {
@@ -38,6 +41,9 @@ fn any_suite() -> String {
 
 impl<P: Ports> Orchestrator<P> {
     pub async fn create_rule(&self, new: NewRule) -> Result<LoadBalancingRule> {
+        if let Some(r) = &new.test_retries {
+            r.validate("test_retries")?;
+        }
         let name = new.name.trim();
         if name.is_empty() || name.len() > 128 {
             return Err(Error::validation("name", "must be 1 to 128 characters"));
@@ -68,6 +74,7 @@ impl<P: Ports> Orchestrator<P> {
             strategy: new.strategy,
             pool: new.pool,
             precedence: new.precedence,
+            test_retries: new.test_retries,
             created_at: self.clock.now(),
         };
         self.store.put_rule(&rule).await?;

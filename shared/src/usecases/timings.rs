@@ -37,6 +37,7 @@ impl<P: Ports> Orchestrator<P> {
         &self,
         suite: &str,
         samples: &[(String, u64)],
+        flaky: &[String],
     ) -> Result<()> {
         let now = self.clock.now();
         // A name may come twice (a test run twice in one shard); a batch
@@ -44,6 +45,7 @@ impl<P: Ports> Orchestrator<P> {
         let names: Vec<String> = samples
             .iter()
             .map(|(n, _)| n.clone())
+            .chain(flaky.iter().cloned())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -59,6 +61,12 @@ impl<P: Ports> Orchestrator<P> {
                 .entry(name.clone())
                 .or_insert_with(|| TestTiming::new(suite, name))
                 .record(*ms, now);
+        }
+        for name in flaky {
+            known
+                .entry(name.clone())
+                .or_insert_with(|| TestTiming::new(suite, name))
+                .record_flaky(now);
         }
         let timings: Vec<TestTiming> = known.into_values().collect();
         self.store.put_test_timings(&timings).await
@@ -135,11 +143,63 @@ impl<P: Ports> Orchestrator<P> {
             ));
         }
         for chunk in samples.chunks(IMPORT_CHUNK) {
-            self.record_timings(suite, chunk).await?;
+            self.record_timings(suite, chunk, &[]).await?;
         }
         Ok(ImportedTimings {
             suite: suite.to_owned(),
             imported: samples.len(),
+        })
+    }
+}
+
+/// One test's flaky history, as `GET /suites/{suite}/flaky` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FlakyTest {
+    pub name: String,
+    /// Runs in which it failed and then passed on an automatic retry.
+    pub flaky_runs: u32,
+    /// Milliseconds since the Unix epoch.
+    #[schema(value_type = Option<i64>)]
+    pub last_flaky_at: Option<crate::time::Timestamp>,
+    /// Its expected duration (median of its recent runs).
+    pub estimate_ms: Option<u64>,
+}
+
+/// `GET /suites/{suite}/flaky`.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct FlakyTests {
+    pub suite: String,
+    /// Most flaky first.
+    pub items: Vec<FlakyTest>,
+}
+
+impl<P: Ports> Orchestrator<P> {
+    /// The suite's tests that have been flaky, most often first, then most
+    /// recently.
+    pub async fn flaky_tests(&self, suite: &str) -> Result<FlakyTests> {
+        let suite = suite.trim();
+        if suite.is_empty() || suite.len() > 256 {
+            return Err(Error::validation("suite", "must be 1 to 256 characters"));
+        }
+        let mut items: Vec<FlakyTest> = self
+            .store
+            .suite_timings(suite)
+            .await?
+            .into_iter()
+            .filter(|t| t.flaky_runs > 0)
+            .map(|t| FlakyTest {
+                estimate_ms: t.estimate(),
+                name: t.test,
+                flaky_runs: t.flaky_runs,
+                last_flaky_at: t.last_flaky_at,
+            })
+            .collect();
+        items.sort_by(|a, b| {
+            (b.flaky_runs, b.last_flaky_at, &a.name).cmp(&(a.flaky_runs, a.last_flaky_at, &b.name))
+        });
+        Ok(FlakyTests {
+            suite: suite.to_owned(),
+            items,
         })
     }
 }

@@ -1576,6 +1576,20 @@ impl Store for DynamoStore {
             .collect()
     }
 
+    async fn suite_timings(&self, suite: &str) -> Result<Vec<TestTiming>> {
+        let now = now_seconds();
+        self.query_all(
+            self.query()
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(keys::timings(suite))),
+        )
+        .await?
+        .into_iter()
+        .filter(|i| num(i, keys::EXPIRES_AT) as i64 > now)
+        .map(doc_of)
+        .collect()
+    }
+
     async fn put_test_timings(&self, timings: &[TestTiming]) -> Result<()> {
         let mut items = Vec::with_capacity(timings.len());
         for t in timings {
@@ -1591,6 +1605,50 @@ impl Store for DynamoStore {
             ));
         }
         self.batch_put(items).await
+    }
+
+    async fn add_shard(
+        &self,
+        execution: &Execution,
+        expected_version: u64,
+        shard: &Shard,
+    ) -> Result<()> {
+        let mut attrs = vec![("doc", Some(to_av(execution)?))];
+        attrs.extend(execution_state(execution));
+        let SetRemove {
+            mut expression,
+            mut names,
+            mut values,
+        } = set_and_remove(attrs);
+        names.insert("#version".into(), "version".into());
+        values.insert(":expected".into(), n(expected_version));
+        // One update of the execution item: its record and its count of
+        // shards waiting for the scheduler (a transaction may not touch an
+        // item twice).
+        let queued = i64::from(shard.status == ShardStatus::Queued && shard.mode.is_static());
+        expression.push_str(" ADD queued_shards :queued");
+        values.insert(":queued".into(), n(queued));
+        let update = self
+            .update(keys::execution(execution.id.as_str()), keys::META)
+            .update_expression(expression)
+            .condition_expression("#version = :expected")
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .map_err(Error::storage)?;
+        let put = self
+            .put(shard_item(shard)?)
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(Error::storage)?;
+        let items = vec![
+            TransactWriteItem::builder().update(update).build(),
+            TransactWriteItem::builder().put(put).build(),
+        ];
+        match self.transact(items).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::conflict(Entity::Execution, &execution.id)),
+        }
     }
 
     async fn put_results(&self, execution: &ExecutionId, chunks: &[ResultChunk]) -> Result<()> {

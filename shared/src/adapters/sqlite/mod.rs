@@ -923,6 +923,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn suite_timings(&self, suite: &str) -> Result<Vec<TestTiming>> {
+        let suite = suite.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT doc FROM timings WHERE suite = ?1")?;
+            let docs = stmt.query_map([suite.as_str()], |r| r.get::<_, String>(0))?;
+            let mut found = Vec::new();
+            for doc in docs {
+                found.push(from_doc(&doc?)?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn put_test_timings(&self, timings: &[TestTiming]) -> Result<()> {
         let timings = timings.to_vec();
         self.write(move |tx| {
@@ -933,6 +947,30 @@ impl Store for SqliteStore {
                 stmt.execute(params![t.suite, t.test, to_doc(t)?])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn add_shard(
+        &self,
+        execution: &Execution,
+        expected_version: u64,
+        shard: &Shard,
+    ) -> Result<()> {
+        let (execution, shard) = (execution.clone(), shard.clone());
+        self.write(move |tx| {
+            let current: Option<u64> = tx
+                .prepare_cached("SELECT version FROM executions WHERE id = ?1")?
+                .query_row([execution.id.as_str()], |r| r.get(0))
+                .optional()?;
+            if current != Some(expected_version)
+                || shard_state(tx, shard.execution_id.as_str(), shard.index)?.is_some()
+            {
+                return Err(Error::conflict(Entity::Execution, &execution.id));
+            }
+            write_execution(tx, &execution)?;
+            write_shard(tx, &shard)?;
+            count_queued(tx, &shard, false)
         })
         .await
     }

@@ -1,0 +1,562 @@
+//! The commands a CI pipeline types: queue a suite (and wait for its
+//! verdict), read its status and report, cancel or retry it, list runners,
+//! create a CI token. Everything goes through the HTTP API.
+
+use crate::client::{segment, Client, ServerArgs};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Exit codes of `tms queue --wait` (and `tms status`): what a CI step
+/// branches on.
+pub mod exit {
+    pub const PASSED: u8 = 0;
+    pub const TESTS_FAILED: u8 = 1;
+    /// Errored, timed out or cancelled: the run itself went wrong.
+    pub const NOT_RUN: u8 = 2;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// TMS assigns shards to registered runners.
+    Static,
+    /// Runners claim batches until the tests run out.
+    Dynamic,
+    /// Each of the CI's parallel jobs claims the shard of its index.
+    ByIndex,
+}
+
+impl ModeArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            ModeArg::Static => "static",
+            ModeArg::Dynamic => "dynamic",
+            ModeArg::ByIndex => "by_index",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct QueueArgs {
+    /// The suite's name (timings and flaky history are kept per suite).
+    #[arg(long)]
+    pub suite: String,
+    /// Tests to run (or use --tests-file).
+    pub tests: Vec<String>,
+    /// A file of tests: one per line (`#` comments), a pytest-split or
+    /// Knapsack durations file (JSON, seconds), or a JUnit XML report
+    /// (durations become the split's hints).
+    #[arg(long)]
+    pub tests_file: Option<PathBuf>,
+    /// JUnit files only: how the tool names tests (classname, pytest, name).
+    #[arg(long, default_value = "classname")]
+    pub names: String,
+    /// Shards (static, by-index) or expected runners (dynamic).
+    #[arg(long, default_value_t = 1)]
+    pub parallelism: u32,
+    /// 0-100, higher first.
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// Runner labels every shard needs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    #[arg(long, value_enum, default_value = "static")]
+    pub mode: ModeArg,
+    /// Seconds before the whole execution times out.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Run each failed test again on another runner up to this many times.
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Fail the run when a test is flaky (failed, then passed on a retry).
+    #[arg(long)]
+    pub strict: bool,
+    /// Wait for the verdict: exit 0 passed, 1 tests failed, 2 errored,
+    /// timed out or cancelled.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the server's JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// How often --wait polls, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub poll_ms: u64,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// The CI run this process belongs to, from the environment the four big CI
+/// platforms set. The build id is the run's, not the attempt's: a retried
+/// job belongs to the same build (and gets its shard again).
+pub fn detect_ci(var: impl Fn(&str) -> Option<String>) -> Option<Value> {
+    let v = |name: &str| var(name).filter(|s| !s.is_empty());
+    let (provider, build, job, commit, branch, url) = if v("GITHUB_ACTIONS").is_some() {
+        let url = match (
+            v("GITHUB_SERVER_URL"),
+            v("GITHUB_REPOSITORY"),
+            v("GITHUB_RUN_ID"),
+        ) {
+            (Some(s), Some(r), Some(id)) => Some(format!("{s}/{r}/actions/runs/{id}")),
+            _ => None,
+        };
+        (
+            "github-actions",
+            v("GITHUB_RUN_ID"),
+            v("GITHUB_JOB"),
+            v("GITHUB_SHA"),
+            v("GITHUB_HEAD_REF").or_else(|| v("GITHUB_REF_NAME")),
+            url,
+        )
+    } else if v("GITLAB_CI").is_some() {
+        (
+            "gitlab",
+            v("CI_PIPELINE_ID"),
+            v("CI_JOB_NAME"),
+            v("CI_COMMIT_SHA"),
+            v("CI_COMMIT_REF_NAME"),
+            v("CI_PIPELINE_URL"),
+        )
+    } else if v("TF_BUILD").is_some() {
+        let url = match (
+            v("SYSTEM_COLLECTIONURI"),
+            v("SYSTEM_TEAMPROJECT"),
+            v("BUILD_BUILDID"),
+        ) {
+            (Some(c), Some(p), Some(id)) => Some(format!(
+                "{}/{}/_build/results?buildId={id}",
+                c.trim_end_matches('/'),
+                segment(&p)
+            )),
+            _ => None,
+        };
+        (
+            "azure-devops",
+            v("BUILD_BUILDID"),
+            v("SYSTEM_JOBDISPLAYNAME").or_else(|| v("SYSTEM_JOBNAME")),
+            v("BUILD_SOURCEVERSION"),
+            v("BUILD_SOURCEBRANCHNAME"),
+            url,
+        )
+    } else if v("JENKINS_URL").is_some() {
+        (
+            "jenkins",
+            v("BUILD_TAG").or_else(|| v("BUILD_ID")),
+            v("JOB_NAME").or_else(|| v("STAGE_NAME")),
+            v("GIT_COMMIT"),
+            v("BRANCH_NAME").or_else(|| v("GIT_BRANCH")),
+            v("BUILD_URL"),
+        )
+    } else {
+        return None;
+    };
+    Some(json!({
+        "provider": provider, "build_id": build, "job": job,
+        "commit": commit, "branch": branch, "url": url,
+    }))
+}
+
+/// The tests of a tests file: plain lines, a durations file (JSON: names
+/// to seconds, possibly under `"durations"`) or a JUnit XML report; with
+/// durations, each test carries its `duration_hint_ms`.
+pub fn parse_tests_file(text: &str, names: &str) -> Result<Vec<Value>> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('<') {
+        let format: tms::junit::NameFormat = serde_json::from_value(json!(names))
+            .map_err(|_| format!("--names {names:?}: classname, pytest or name"))?;
+        let mut seen = std::collections::BTreeSet::new();
+        return Ok(tms::junit::parse(text)?
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.test_id(format);
+                seen.insert(name.clone())
+                    .then(|| json!({"name": name, "duration_hint_ms": c.time_ms.map(|t| t.max(1))}))
+            })
+            .collect());
+    }
+    if trimmed.starts_with('{') {
+        let mut body: Value = serde_json::from_str(text)?;
+        if let Some(inner) = body.get_mut("durations").filter(|d| d.is_object()) {
+            body = inner.take();
+        }
+        let map = body
+            .as_object()
+            .ok_or("a durations file maps test names to seconds")?;
+        return map
+            .iter()
+            .map(|(name, secs)| {
+                let secs = secs
+                    .as_f64()
+                    .ok_or_else(|| format!("{name}: {secs} is not a number of seconds"))?;
+                let ms = (secs * 1000.0).round().max(1.0) as u64;
+                Ok(json!({"name": name, "duration_hint_ms": ms}))
+            })
+            .collect();
+    }
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| json!(l))
+        .collect())
+}
+
+/// The exit code a finished status stands for; `None` while it runs.
+pub fn verdict(status: &str) -> Option<u8> {
+    match status {
+        "passed" => Some(exit::PASSED),
+        "failed" => Some(exit::TESTS_FAILED),
+        "errored" | "timed_out" | "cancelled" => Some(exit::NOT_RUN),
+        _ => None,
+    }
+}
+
+/// One line about an execution: status, shards, counts, the reason.
+pub fn summary(s: &Value) -> String {
+    let t = &s["totals"];
+    let mut line = format!(
+        "{} {}: {} — {}/{} shards, {} passed, {} failed, {} skipped",
+        s["suite"].as_str().unwrap_or(""),
+        s["id"].as_str().unwrap_or(""),
+        s["status"].as_str().unwrap_or("?"),
+        s["progress"]["shards_done"],
+        s["progress"]["shards_total"],
+        t["passed"],
+        t["failed"],
+        t["skipped"],
+    );
+    if t["flaky"].as_u64().unwrap_or(0) > 0 {
+        line.push_str(&format!(", {} flaky", t["flaky"]));
+    }
+    if let Some(why) = s["status_reason"].as_str() {
+        line.push_str(&format!(" ({why})"));
+    }
+    line
+}
+
+pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
+    let mut tests: Vec<Value> = args.tests.iter().map(|t| json!(t)).collect();
+    if let Some(file) = &args.tests_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        tests.extend(parse_tests_file(&text, &args.names)?);
+    }
+    let mut body = json!({
+        "suite": args.suite,
+        "tests": tests,
+        "parallelism": args.parallelism,
+        "mode": args.mode.as_str(),
+        "strict": args.strict,
+    });
+    if let Some(p) = args.priority {
+        body["priority"] = json!(p);
+    }
+    if !args.labels.is_empty() {
+        body["requirements"] = json!({"labels": args.labels});
+    }
+    if let Some(t) = args.timeout {
+        body["timeout_seconds"] = json!(t);
+    }
+    if let Some(r) = args.retries {
+        body["retries"] = json!({"per_test": r, "total": 1000});
+    }
+    if let Some(ci) = detect_ci(|k| std::env::var(k).ok()) {
+        body["ci"] = ci;
+    }
+    let client = Client::new(&args.server);
+    let queued = client.post("/executions/queue", &body).await?;
+    let id = queued["id"]
+        .as_str()
+        .ok_or("the server's answer has no id")?
+        .to_owned();
+    if !args.wait {
+        if args.json {
+            println!("{queued}");
+        } else {
+            let again = if queued["replayed"] == true {
+                " (already queued by this build)"
+            } else {
+                ""
+            };
+            println!(
+                "queued {id}: suite {}, {} shards{again}",
+                queued["suite"].as_str().unwrap_or(""),
+                queued["progress"]["shards_total"]
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.json {
+        eprintln!("queued {id}; waiting for the verdict");
+    }
+    let done = wait(
+        &client,
+        &id,
+        Duration::from_millis(args.poll_ms.max(100)),
+        !args.json,
+    )
+    .await?;
+    if args.json {
+        println!("{done}");
+    } else {
+        println!("{}", summary(&done));
+    }
+    let code = verdict(done["status"].as_str().unwrap_or("")).unwrap_or(exit::NOT_RUN);
+    Ok(ExitCode::from(code))
+}
+
+/// Polls the status until the execution finishes: a progress bar on a
+/// terminal, a plain line whenever something moved otherwise (CI logs).
+async fn wait(client: &Client, id: &str, every: Duration, show: bool) -> Result<Value> {
+    let path = format!("/executions/{}/status", segment(id));
+    let bar = (show && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} shards {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let s = client.get(&path).await?;
+        let status = s["status"].as_str().unwrap_or("?").to_owned();
+        let line = format!(
+            "{status}: {}/{} shards, {} passed, {} failed",
+            s["progress"]["shards_done"],
+            s["progress"]["shards_total"],
+            s["totals"]["passed"],
+            s["totals"]["failed"]
+        );
+        if let Some(bar) = &bar {
+            bar.set_length(s["progress"]["shards_total"].as_u64().unwrap_or(0));
+            bar.set_position(s["progress"]["shards_done"].as_u64().unwrap_or(0));
+            bar.set_message(line.clone());
+        } else if show && line != last {
+            eprintln!("[{:>4}s] {line}", started.elapsed().as_secs());
+        }
+        last = line;
+        if verdict(&status).is_some() {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            return Ok(s);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+pub async fn status(id: &str, json_out: bool, server: &ServerArgs) -> Result<ExitCode> {
+    let s = Client::new(server)
+        .get(&format!("/executions/{}/status", segment(id)))
+        .await?;
+    if json_out {
+        println!("{s}");
+    } else {
+        println!("{}", summary(&s));
+        for shard in s["shards"].as_array().into_iter().flatten() {
+            println!(
+                "  shard {:>3} {:<9} attempt {} {} {}",
+                shard["index"].as_u64().unwrap_or(0),
+                shard["status"].as_str().unwrap_or(""),
+                shard["attempt"],
+                shard["runner_id"].as_str().unwrap_or("-"),
+                shard["error"].as_str().unwrap_or("")
+            );
+        }
+    }
+    // Running is not a verdict: 0 until it is one.
+    Ok(ExitCode::from(
+        verdict(s["status"].as_str().unwrap_or("")).unwrap_or(exit::PASSED),
+    ))
+}
+
+/// `tms cancel` / `tms retry`: POST an action, print the new status line.
+pub async fn act(id: &str, action: &str, server: &ServerArgs) -> Result<ExitCode> {
+    let s = Client::new(server)
+        .post(&format!("/executions/{}/{action}", segment(id)), &json!({}))
+        .await?;
+    println!("{}", summary(&s));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn report(id: &str, junit: Option<PathBuf>, server: &ServerArgs) -> Result<ExitCode> {
+    let client = Client::new(server);
+    let path = format!("/executions/{}/report", segment(id));
+    match junit {
+        Some(file) => {
+            let xml = client.get_text(&format!("{path}?format=junit")).await?;
+            std::fs::write(&file, xml)
+                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            eprintln!("wrote the merged JUnit report to {}", file.display());
+        }
+        None => println!("{}", client.get(&path).await?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn runners(json_out: bool, server: &ServerArgs) -> Result<ExitCode> {
+    let client = Client::new(server);
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/runners?limit=200&cursor={}", segment(c)),
+            None => "/runners?limit=200".to_owned(),
+        };
+        let page = client.get(&path).await?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    if json_out {
+        println!("{}", Value::Array(items));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<30} {:<20} {:<14} {:<11} {:>9} labels",
+        "id", "name", "type", "status", "slots"
+    );
+    for r in &items {
+        let labels: Vec<&str> = r["labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "{:<30} {:<20} {:<14} {:<11} {:>4}/{:<4} {}",
+            r["id"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or(""),
+            r["type"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            r["allocated"]["slots"].as_u64().unwrap_or(0),
+            r["capacity"]["slots"].as_u64().unwrap_or(0),
+            labels.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn create_token(name: &str, scope: &str, server: &ServerArgs) -> Result<ExitCode> {
+    let t = Client::new(server)
+        .post("/tokens", &json!({"name": name, "scope": scope}))
+        .await?;
+    eprintln!(
+        "created {} token {:?} ({}); it is shown only now:",
+        t["scope"].as_str().unwrap_or(scope),
+        t["name"].as_str().unwrap_or(name),
+        t["id"].as_str().unwrap_or("")
+    );
+    println!("{}", t["token"].as_str().unwrap_or(""));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn github_actions_runs_are_keyed_by_run_id_not_attempt() {
+        let ci = detect_ci(env(&[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_RUN_ID", "7001"),
+            ("GITHUB_RUN_ATTEMPT", "2"),
+            ("GITHUB_JOB", "test"),
+            ("GITHUB_SHA", "abc"),
+            ("GITHUB_REF_NAME", "main"),
+            ("GITHUB_SERVER_URL", "https://github.com"),
+            ("GITHUB_REPOSITORY", "acme/shop"),
+        ]))
+        .unwrap();
+        assert_eq!(ci["provider"], "github-actions");
+        assert_eq!(ci["build_id"], "7001");
+        assert_eq!(ci["branch"], "main");
+        assert_eq!(ci["url"], "https://github.com/acme/shop/actions/runs/7001");
+    }
+
+    #[test]
+    fn gitlab_jenkins_and_azure_are_recognised() {
+        let gl = detect_ci(env(&[
+            ("GITLAB_CI", "true"),
+            ("CI_PIPELINE_ID", "55"),
+            ("CI_JOB_NAME", "rspec 1/4"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (gl["provider"].as_str(), gl["build_id"].as_str()),
+            (Some("gitlab"), Some("55"))
+        );
+        let j = detect_ci(env(&[
+            ("JENKINS_URL", "https://ci/"),
+            ("BUILD_TAG", "jenkins-shop-12"),
+            ("BUILD_URL", "https://ci/job/shop/12/"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (j["provider"].as_str(), j["build_id"].as_str()),
+            (Some("jenkins"), Some("jenkins-shop-12"))
+        );
+        let az = detect_ci(env(&[
+            ("TF_BUILD", "True"),
+            ("BUILD_BUILDID", "901"),
+            ("SYSTEM_COLLECTIONURI", "https://dev.azure.com/acme/"),
+            ("SYSTEM_TEAMPROJECT", "shop web"),
+        ]))
+        .unwrap();
+        assert_eq!(az["provider"], "azure-devops");
+        assert_eq!(
+            az["url"],
+            "https://dev.azure.com/acme/shop%20web/_build/results?buildId=901"
+        );
+        assert_eq!(detect_ci(env(&[("HOME", "/root")])), None);
+    }
+
+    #[test]
+    fn a_tests_file_may_be_lines_durations_or_junit() {
+        let lines = parse_tests_file("# smoke\ntests/a.py\n\n  tests/b.py  \n", "name").unwrap();
+        assert_eq!(lines, vec![json!("tests/a.py"), json!("tests/b.py")]);
+        let durations =
+            parse_tests_file(r#"{"durations": {"t1": 1.5, "t2": 0.0001}}"#, "name").unwrap();
+        assert_eq!(
+            durations[0],
+            json!({"name": "t1", "duration_hint_ms": 1500})
+        );
+        assert_eq!(durations[1]["duration_hint_ms"], 1);
+        let junit = parse_tests_file(
+            r#"<testsuite><testcase classname="C" name="a" time="0.2"/><testcase classname="C" name="a" time="0.3"/></testsuite>"#,
+            "classname",
+        )
+        .unwrap();
+        assert_eq!(junit, vec![json!({"name": "C.a", "duration_hint_ms": 200})]);
+        assert!(parse_tests_file("<x", "nonsense").is_err());
+    }
+
+    #[test]
+    fn verdicts_map_to_the_documented_exit_codes() {
+        assert_eq!(verdict("passed"), Some(0));
+        assert_eq!(verdict("failed"), Some(1));
+        for s in ["errored", "timed_out", "cancelled"] {
+            assert_eq!(verdict(s), Some(2));
+        }
+        assert_eq!(verdict("running"), None);
+    }
+}
