@@ -1002,3 +1002,113 @@ async fn a_shard_reports_its_junit_file_and_the_execution_report_is_one_valid_ju
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
 }
+
+#[tokio::test]
+async fn dynamic_batches_and_ci_jobs_claims_work_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let api = Api::new(&server);
+    let (runner, runner_token) = api.register("agent-1", 1).await;
+
+    // Dynamic: the runner claims until nothing is left.
+    let tests: Vec<Value> = (0..12)
+        .map(|i| json!({"name": format!("spec_{i:02}"), "duration_hint_ms": (12 - i) * 4000}))
+        .collect();
+    let queued = api
+        .ok(
+            Method::POST,
+            "/executions/queue",
+            ADMIN_TOKEN,
+            Some(json!({"suite": "e2e", "tests": tests, "parallelism": 2, "mode": "dynamic"})),
+        )
+        .await;
+    let exec = queued["id"].as_str().unwrap().to_owned();
+    let mut ran = 0;
+    loop {
+        let claim = api
+            .ok(
+                Method::POST,
+                &format!("/executions/{exec}/claims"),
+                &runner_token,
+                None,
+            )
+            .await;
+        let Some(batch) = claim["assignment"].as_object() else {
+            assert_eq!(claim["queued_batches"], 0);
+            break;
+        };
+        let n = batch["tests"].as_array().unwrap().len();
+        ran += n;
+        api.ok(Method::POST, &format!("/webhooks/parallel-execution/{exec}"), &runner_token,
+            Some(json!({"shard_index": batch["shard_index"], "lease_id": batch["lease_id"], "status": "passed",
+                "results": {"passed": n, "failed": 0, "skipped": 0}})))
+            .await;
+    }
+    assert_eq!(ran, 12);
+    let done = api.wait_for_status(&exec, "passed").await;
+    assert_eq!(done["mode"], "dynamic");
+    let (status, problem) = api
+        .call(
+            Method::POST,
+            &format!("/executions/{exec}/claims"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "only runners claim: {problem}"
+    );
+
+    // CI jobs: two jobs of one build share the execution and claim by index.
+    let body = |job: &str| {
+        json!({"suite": "api", "tests": ["a", "b", "c", "d"], "parallelism": 2,
+        "mode": "by_index", "ci": {"provider": "gitlab", "build_id": "9001", "job": job}})
+    };
+    let first = api
+        .ok(
+            Method::POST,
+            "/executions/queue",
+            ADMIN_TOKEN,
+            Some(body("rspec 1/2")),
+        )
+        .await;
+    let second = api
+        .ok(
+            Method::POST,
+            "/executions/queue",
+            ADMIN_TOKEN,
+            Some(body("rspec 2/2")),
+        )
+        .await;
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(second["replayed"], true);
+    let exec = first["id"].as_str().unwrap().to_owned();
+    for (k, queued) in [(0, &first), (1, &second)] {
+        let token = queued["webhook_token"].as_str().unwrap();
+        let shard = api
+            .ok(
+                Method::POST,
+                &format!("/webhooks/parallel-execution/{exec}/shards/{k}/claim"),
+                token,
+                None,
+            )
+            .await;
+        let n = shard["tests"].as_array().unwrap().len();
+        api.ok(
+            Method::POST,
+            &format!("/webhooks/parallel-execution/{exec}"),
+            token,
+            Some(
+                json!({"shard_index": k, "lease_id": shard["lease_id"], "status": "passed",
+                "results": {"passed": n, "failed": 0, "skipped": 0}}),
+            ),
+        )
+        .await;
+    }
+    let done = api.wait_for_status(&exec, "passed").await;
+    assert_eq!(done["totals"]["passed"], 4);
+    // The runner registered above never got any of it.
+    assert!(api.heartbeat(&runner, &runner_token).await.is_empty());
+}
