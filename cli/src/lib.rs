@@ -2,6 +2,7 @@
 //! exactly the same code. For now: `tms serve`, the whole orchestrator in one
 //! process, on an embedded store or on the AWS resources of the template.
 
+pub mod agent;
 pub mod ci;
 pub mod client;
 
@@ -144,6 +145,9 @@ enum Command {
     /// API tokens (admin only).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run as a pull-mode runner: register, heartbeat, run each assigned
+    /// shard's tests with COMMAND, report its JUnit file.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Subcommand)]
@@ -244,6 +248,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Queue(args) => ci::queue(args).await,
+        Command::Agent(args) => agent::run(args).await,
         Command::Status { id, json, server } => ci::status(&id, json, &server).await,
         Command::Cancel { id, server } => ci::act(&id, "cancel", &server).await,
         Command::Retry { id, server } => ci::act(&id, "retry", &server).await,

@@ -1,0 +1,384 @@
+//! `tms agent`: a pull-mode runner. It registers (or reuses the id in its
+//! state file), heartbeats, runs each shard it is assigned with the shard's
+//! tests substituted into the command, and reports the JUnit file the
+//! command wrote (or, without one, the command's exit status). A shard past
+//! its deadline has its whole process group killed; SIGTERM stops taking
+//! work, lets the running shards finish and exits.
+
+use crate::client::{segment, Client, ServerArgs};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// The runner's name (shown in `tms runners` and the dashboard).
+    #[arg(long)]
+    pub name: String,
+    /// Labels executions may require, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Shards run at once.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    #[arg(long, default_value_t = 4000)]
+    pub cpu_millis: u32,
+    #[arg(long, default_value_t = 8192)]
+    pub memory_mb: u32,
+    /// The JUnit XML file the command writes; `{shard}` expands to the run's
+    /// unique name. Without it, the exit status decides: 0 passes every test
+    /// of the shard, anything else fails them.
+    #[arg(long)]
+    pub junit: Option<String>,
+    /// How the test tool names tests in its JUnit file (classname, pytest, name).
+    #[arg(long, default_value = "classname")]
+    pub names: String,
+    /// Where the agent keeps its runner id and token between starts.
+    #[arg(long, default_value = ".tms-agent.json")]
+    pub state_file: PathBuf,
+    /// How often to heartbeat, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub poll_ms: u64,
+    /// The command; `{tests}` expands to the tests as arguments,
+    /// `{tests_file}` to a file with one test per line, `{shard}` to the
+    /// run's unique name.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// What a shard run is called: unique per execution, shard and attempt.
+fn shard_name(a: &Value) -> String {
+    format!(
+        "{}-{}-{}",
+        a["execution_id"].as_str().unwrap_or("exec"),
+        a["shard_index"],
+        a["attempt"]
+    )
+}
+
+/// The command line for one shard: `{tests}` as arguments (an argument
+/// that is exactly `{tests}` becomes one argument per test), `{tests_file}`
+/// and `{shard}` substituted wherever they appear.
+pub fn expand(command: &[String], tests: &[String], tests_file: &Path, shard: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for part in command {
+        if part == "{tests}" {
+            out.extend(tests.iter().cloned());
+            continue;
+        }
+        out.push(
+            part.replace("{tests_file}", &tests_file.to_string_lossy())
+                .replace("{shard}", shard)
+                .replace("{tests}", &tests.join(" ")),
+        );
+    }
+    out
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    url: String,
+    id: String,
+    token: String,
+}
+
+/// Registers, or reuses the runner in the state file if the server still
+/// knows it.
+async fn identity(args: &AgentArgs) -> Result<State> {
+    if let Ok(text) = std::fs::read_to_string(&args.state_file) {
+        if let Ok(state) = serde_json::from_str::<State>(&text) {
+            if state.url == args.server.url {
+                let me = Client::new(&ServerArgs {
+                    url: state.url.clone(),
+                    token: state.token.clone(),
+                });
+                if me
+                    .get(&format!("/runners/{}", segment(&state.id)))
+                    .await
+                    .is_ok()
+                {
+                    return Ok(state);
+                }
+            }
+        }
+    }
+    let admin = Client::new(&args.server);
+    let reg = admin
+        .post(
+            "/runners/register",
+            &json!({"name": args.name, "type": "custom", "labels": args.labels,
+                "capacity": {"slots": args.slots, "cpu_millis": args.cpu_millis, "memory_mb": args.memory_mb}}),
+        )
+        .await?;
+    let state = State {
+        url: args.server.url.clone(),
+        id: reg["id"]
+            .as_str()
+            .ok_or("no runner id in the answer")?
+            .to_owned(),
+        token: reg["token"]
+            .as_str()
+            .ok_or("no runner token in the answer")?
+            .to_owned(),
+    };
+    std::fs::write(&args.state_file, serde_json::to_string(&state)?)
+        .map_err(|e| format!("cannot write {}: {e}", args.state_file.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&args.state_file, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(state)
+}
+
+pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
+    let me = identity(&args).await?;
+    eprintln!(
+        "tms agent {}: runner {} on {}",
+        args.name, me.id, args.server.url
+    );
+    let client = Arc::new(Client::new(&ServerArgs {
+        url: me.url.clone(),
+        token: me.token.clone(),
+    }));
+    let args = Arc::new(args);
+    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let stop = shutdown();
+    tokio::pin!(stop);
+    let beat = format!("/runners/{}/heartbeat", segment(&me.id));
+    loop {
+        match client.post(&beat, &json!({})).await {
+            Ok(answer) => {
+                for a in answer["assignments"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    let lease = a["lease_id"].as_str().unwrap_or("").to_owned();
+                    if a["status"] != "assigned"
+                        || !running
+                            .lock()
+                            .map(|mut r| r.insert(lease.clone()))
+                            .unwrap_or(false)
+                    {
+                        continue;
+                    }
+                    let (client, args, running) = (client.clone(), args.clone(), running.clone());
+                    tasks.spawn(async move {
+                        if let Err(e) = run_shard(&client, &args, &a).await {
+                            eprintln!("tms agent: shard {}: {e}", shard_name(&a));
+                        }
+                        if let Ok(mut r) = running.lock() {
+                            r.remove(&lease);
+                        }
+                    });
+                }
+            }
+            Err(e) => eprintln!("tms agent: heartbeat: {e}"),
+        }
+        while tasks.try_join_next().is_some() {}
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(Duration::from_millis(args.poll_ms.max(100))) => {}
+        }
+    }
+    eprintln!(
+        "tms agent: stopping; finishing {} running shards",
+        tasks.len()
+    );
+    // Keep the leases alive while the running shards finish.
+    let keepalive = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(args.poll_ms.max(100))).await;
+            let _ = client.post(&beat, &json!({})).await;
+        }
+    };
+    tokio::select! {
+        _ = async { while tasks.join_next().await.is_some() {} } => {}
+        _ = keepalive => {}
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Runs one shard: started, the command (killed with its process group at
+/// the lease's deadline), then the report.
+async fn run_shard(client: &Client, args: &AgentArgs, a: &Value) -> Result<()> {
+    let exec = a["execution_id"]
+        .as_str()
+        .ok_or("assignment without execution")?;
+    let hook = format!("/webhooks/parallel-execution/{}", segment(exec));
+    let (index, lease) = (a["shard_index"].clone(), a["lease_id"].clone());
+    client
+        .post(
+            &hook,
+            &json!({"shard_index": index, "lease_id": lease, "status": "started"}),
+        )
+        .await?;
+    let tests: Vec<String> = a["tests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    let shard = shard_name(a);
+    let dir = tempfile_dir()?;
+    let tests_file = dir.join(format!("{shard}.tests"));
+    std::fs::write(&tests_file, tests.join("\n") + "\n")?;
+    let junit = args
+        .junit
+        .as_ref()
+        .map(|p| PathBuf::from(p.replace("{shard}", &shard)));
+    if let Some(j) = &junit {
+        let _ = std::fs::remove_file(j);
+    }
+    let argv = expand(&args.command, &tests, &tests_file, &shard);
+    let deadline_ms = a["deadline"].as_i64().unwrap_or(i64::MAX);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let budget = Duration::from_millis(deadline_ms.saturating_sub(now_ms).max(0) as u64);
+    let outcome = run_command(&argv, &shard, budget).await;
+    let _ = std::fs::remove_file(&tests_file);
+    let report = match (&outcome, junit.as_ref().filter(|j| j.exists())) {
+        (Ok(_), Some(file)) => {
+            let xml = std::fs::read_to_string(file)?;
+            let path = format!(
+                "{hook}?shard_index={index}&lease_id={}&names={}",
+                segment(lease.as_str().unwrap_or("")),
+                segment(&args.names)
+            );
+            return client
+                .post_raw(&path, "application/xml", xml)
+                .await
+                .map(|_| ())
+                .map_err(Into::into);
+        }
+        (Ok(0), None) if args.junit.is_none() => {
+            json!({"passed": tests.len(), "failed": 0, "skipped": 0})
+        }
+        (Ok(_), None) if args.junit.is_none() => {
+            json!({"passed": 0, "failed": tests.len(), "skipped": 0})
+        }
+        _ => Value::Null,
+    };
+    let body = match report {
+        Value::Null => json!({"shard_index": index, "lease_id": lease, "status": "errored"}),
+        results => {
+            let status = if results["failed"] == 0 {
+                "passed"
+            } else {
+                "failed"
+            };
+            json!({"shard_index": index, "lease_id": lease, "status": status, "results": results})
+        }
+    };
+    if let Err(why) = &outcome {
+        eprintln!("tms agent: shard {shard}: {why}");
+    }
+    client.post(&hook, &body).await?;
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join("tms-agent");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Runs the command in a process group of its own; past `budget` the whole
+/// group is killed (a test runner's children with it). The exit code, or
+/// why there is none.
+async fn run_command(
+    argv: &[String],
+    shard: &str,
+    budget: Duration,
+) -> std::result::Result<i32, String> {
+    let (program, rest) = argv.split_first().ok_or("empty command")?;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(rest)
+        .env("TMS_SHARD", shard)
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    command.process_group(0);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {program}: {e}"))?;
+    match tokio::time::timeout(budget, child.wait()).await {
+        Ok(Ok(status)) => Ok(status.code().unwrap_or(-1)),
+        Ok(Err(e)) => Err(format!("waiting for {program}: {e}")),
+        Err(_) => {
+            #[cfg(unix)]
+            if let Some(pid) = child.id() {
+                // The negative pid is the process group: the command and
+                // everything it started.
+                unsafe {
+                    libc::kill(-(pid as i32), libc::SIGKILL);
+                }
+            }
+            let _ = child.kill().await;
+            Err(format!(
+                "killed at the shard's deadline after {}s",
+                budget.as_secs()
+            ))
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tests_expand_as_arguments_and_placeholders_anywhere() {
+        let cmd: Vec<String> = [
+            "pytest",
+            "{tests}",
+            "--junitxml=out/{shard}.xml",
+            "-c",
+            "@{tests_file}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let tests = vec!["t/a.py".to_string(), "t/b.py".to_string()];
+        let argv = expand(&cmd, &tests, Path::new("/tmp/x.tests"), "e-1-2");
+        assert_eq!(
+            argv,
+            vec![
+                "pytest",
+                "t/a.py",
+                "t/b.py",
+                "--junitxml=out/e-1-2.xml",
+                "-c",
+                "@/tmp/x.tests"
+            ]
+        );
+    }
+}

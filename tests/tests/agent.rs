@@ -1,0 +1,223 @@
+//! `tms agent` end to end: `tms serve`, real agent processes running a
+//! stand-in test tool (`tests/fixtures/agent/fake_suite.py`, which writes a
+//! JUnit report), and `tms queue --wait` deciding the CI step's exit code.
+//! An agent killed mid-shard has its shard finished by another.
+
+use serde_json::Value;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+use tms_tests::{Server, ADMIN_TOKEN};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tms-under-test");
+const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/agent/fake_suite.py");
+
+/// An agent process; killed on drop.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn agent(server: &Server, dir: &std::path::Path, name: &str) -> Agent {
+    let junit = dir.join("{shard}.xml");
+    let child = Command::new(BIN)
+        .env("FAKE_MARKER", dir.join("once.marker"))
+        .args([
+            "agent",
+            "--name",
+            name,
+            "--slots",
+            "1",
+            "--poll-ms",
+            "100",
+            "--names",
+            "name",
+        ])
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--state-file")
+        .arg(dir.join(format!("{name}.json")))
+        .args(["--", "python3", SUITE])
+        .arg(junit.to_str().unwrap())
+        .arg("{tests}")
+        .env("TMS_URL", &server.url)
+        .env("TMS_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tms agent");
+    Agent(child)
+}
+
+async fn queue(server: &Server, args: &[&str]) -> Output {
+    let url = server.url.clone();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .arg("queue")
+            .args(&args)
+            .args(["--wait", "--json", "--poll-ms", "100"])
+            .env("TMS_URL", url)
+            .env("TMS_TOKEN", ADMIN_TOKEN)
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("GITLAB_CI")
+            .env_remove("JENKINS_URL")
+            .env_remove("TF_BUILD")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn agents_run_a_suite_in_parallel_and_queue_wait_exits_by_the_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let work = tempfile::tempdir().unwrap();
+    let _agents: Vec<Agent> = ["a1", "a2", "a3"]
+        .iter()
+        .map(|n| agent(&server, work.path(), n))
+        .collect();
+
+    let tests: Vec<String> = (0..9).map(|i| format!("test_{i}")).collect();
+    let mut args = vec!["--suite", "fake", "--parallelism", "3"];
+    args.extend(tests.iter().map(String::as_str));
+    let ok = queue(&server, &args).await;
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let done: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(done["totals"]["passed"], 9);
+    let runners: std::collections::BTreeSet<&str> = done["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["runner_id"].as_str())
+        .collect();
+    assert_eq!(runners.len(), 3, "three agents shared the work: {done}");
+
+    let bad = queue(
+        &server,
+        &[
+            "--suite",
+            "fake",
+            "--parallelism",
+            "2",
+            "test_ok",
+            "test_bad",
+        ],
+    )
+    .await;
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let done: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(
+        (
+            done["totals"]["passed"].as_u64(),
+            done["totals"]["failed"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_shard_past_its_deadline_is_killed_and_the_run_is_not_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let work = tempfile::tempdir().unwrap();
+    let _a = agent(&server, work.path(), "a1");
+    let started = std::time::Instant::now();
+    let out = queue(
+        &server,
+        &[
+            "--suite",
+            "fake",
+            "--timeout",
+            "30",
+            "--max-attempts-is-not-a-flag-so",
+            "x",
+        ],
+    )
+    .await;
+    // An unknown flag is a usage error, not a run.
+    assert_eq!(out.status.code(), Some(2));
+    let out = queue(&server, &["--suite", "fake", "--timeout", "3", "test_slow"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the 60 s test was not waited for"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_killed_mid_shard_has_its_shard_finished_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--heartbeat-interval", "1", "--sweep-interval", "1"],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let first = agent(&server, work.path(), "a1");
+    let waiting = {
+        let args = ["--suite", "fake", "test_once", "test_fine"];
+        let server_url = server.url.clone();
+        tokio::spawn(async move {
+            tokio::task::spawn_blocking(move || {
+                Command::new(BIN)
+                    .arg("queue")
+                    .args(args)
+                    .args(["--wait", "--json", "--poll-ms", "100"])
+                    .env("TMS_URL", server_url)
+                    .env("TMS_TOKEN", ADMIN_TOKEN)
+                    .env_remove("GITHUB_ACTIONS")
+                    .env_remove("GITLAB_CI")
+                    .env_remove("JENKINS_URL")
+                    .env_remove("TF_BUILD")
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        })
+    };
+    // a1 is inside the long test: kill it (and its test) hard.
+    let marker = work.path().join("once.marker");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a1 never started the shard"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first);
+    let _second = agent(&server, work.path(), "a2");
+    let out = waiting.await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["totals"]["passed"], 2);
+    assert_eq!(done["shards"][0]["attempt"], 2, "{done}");
+}
