@@ -365,3 +365,15 @@ if not schema.validate(doc):\n    print(schema.error_log)\n    sys.exit(1)\n";
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The `tms` binary as a CI step runs it against `url` with `token`, outside
+/// any CI job (the CI variables of the machine running the tests are
+/// removed, so no CI metadata keys the executions it queues).
+pub fn tms_command(bin: &str, url: &str, token: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(bin);
+    command.env("TMS_URL", url).env("TMS_TOKEN", token);
+    for ci in ["GITHUB_ACTIONS", "GITLAB_CI", "JENKINS_URL", "TF_BUILD"] {
+        command.env_remove(ci);
+    }
+    command
+}

@@ -53,19 +53,17 @@ fn agent(server: &Server, dir: &std::path::Path, name: &str) -> Agent {
 }
 
 async fn queue(server: &Server, args: &[&str]) -> Output {
-    let url = server.url.clone();
+    queue_at(server.url.clone(), args).await
+}
+
+/// `tms queue ARGS --wait --json` against the server at `url`.
+async fn queue_at(url: String, args: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
+        tms_tests::tms_command(BIN, &url, ADMIN_TOKEN)
             .arg("queue")
             .args(&args)
             .args(["--wait", "--json", "--poll-ms", "100"])
-            .env("TMS_URL", url)
-            .env("TMS_TOKEN", ADMIN_TOKEN)
-            .env_remove("GITHUB_ACTIONS")
-            .env_remove("GITLAB_CI")
-            .env_remove("JENKINS_URL")
-            .env_remove("TF_BUILD")
             .output()
             .unwrap()
     })
@@ -176,28 +174,11 @@ async fn an_agent_killed_mid_shard_has_its_shard_finished_by_another() {
     );
     let work = tempfile::tempdir().unwrap();
     let first = agent(&server, work.path(), "a1");
-    let waiting = {
-        let args = ["--suite", "fake", "test_once", "test_fine"];
-        let server_url = server.url.clone();
-        tokio::spawn(async move {
-            tokio::task::spawn_blocking(move || {
-                Command::new(BIN)
-                    .arg("queue")
-                    .args(args)
-                    .args(["--wait", "--json", "--poll-ms", "100"])
-                    .env("TMS_URL", server_url)
-                    .env("TMS_TOKEN", ADMIN_TOKEN)
-                    .env_remove("GITHUB_ACTIONS")
-                    .env_remove("GITLAB_CI")
-                    .env_remove("JENKINS_URL")
-                    .env_remove("TF_BUILD")
-                    .output()
-                    .unwrap()
-            })
-            .await
-            .unwrap()
-        })
-    };
+    let url = server.url.clone();
+    let waiting =
+        tokio::spawn(
+            async move { queue_at(url, &["--suite", "fake", "test_once", "test_fine"]).await },
+        );
     // a1 is inside the long test: kill it (and its test) hard.
     let marker = work.path().join("once.marker");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -16,15 +16,8 @@ async fn tms(server: &Server, token: &str, args: &[&str]) -> Output {
     let (url, token) = (server.url.clone(), token.to_owned());
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
+        tms_tests::tms_command(BIN, &url, &token)
             .args(&args)
-            .env("TMS_URL", url)
-            .env("TMS_TOKEN", token)
-            // Not a CI job: no CI metadata keys the execution.
-            .env_remove("GITHUB_ACTIONS")
-            .env_remove("GITLAB_CI")
-            .env_remove("JENKINS_URL")
-            .env_remove("TF_BUILD")
             .output()
             .expect("run tms")
     })
