@@ -496,6 +496,16 @@ pub async fn shard_webhook<P: Ports>(
     Ok(Json(app.report_shard(&caller, &id, report).await?))
 }
 
+/// The execution id and shard index of a `…/{id}/shards/{index}` path; an
+/// index that is not a number names no shard (404, like a missing one).
+fn shard_path(id: &str, index: &str) -> Result<(ExecutionId, u32)> {
+    let id = ExecutionId::parse(id)?;
+    let index = index
+        .parse::<u32>()
+        .map_err(|_| Error::not_found(crate::Entity::Shard, index))?;
+    Ok((id, index))
+}
+
 /// A shard's current assignment — lease and tests — for the CI job that a
 /// push-mode dispatch started (with the token the dispatch gave it).
 #[utoipa::path(get, path = "/webhooks/parallel-execution/{id}/shards/{index}", tag = "webhooks",
@@ -506,10 +516,7 @@ pub async fn shard_assignment<P: Ports>(
     Caller(caller): Caller,
     Path((id, index)): Path<(String, String)>,
 ) -> Result<Json<Assignment>> {
-    let id = ExecutionId::parse(&id)?;
-    let index = index
-        .parse::<u32>()
-        .map_err(|_| Error::not_found(crate::Entity::Shard, &index))?;
+    let (id, index) = shard_path(&id, &index)?;
     Ok(Json(app.shard_assignment(&caller, &id, index).await?))
 }
 
@@ -530,10 +537,7 @@ pub async fn claim_shard<P: Ports>(
     Caller(caller): Caller,
     Path((id, index)): Path<(String, String)>,
 ) -> Result<Json<Assignment>> {
-    let id = ExecutionId::parse(&id)?;
-    let index = index
-        .parse::<u32>()
-        .map_err(|_| Error::not_found(crate::Entity::Shard, &index))?;
+    let (id, index) = shard_path(&id, &index)?;
     Ok(Json(app.claim_shard(&caller, &id, index).await?))
 }
 
