@@ -1,5 +1,6 @@
 //! `tms agent`: a pull-mode runner. It registers (or reuses the id in its
-//! state file), heartbeats, runs each shard it is assigned with the shard's
+//! state file), heartbeats, claims batches of dynamic executions with its
+//! free slots, runs each shard it is assigned or claimed with the shard's
 //! tests substituted into the command, and reports the JUnit file the
 //! command wrote (or, without one, the command's exit status). A shard past
 //! its deadline has its whole process group killed; SIGTERM stops taking
@@ -153,6 +154,29 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
     let stop = shutdown();
     tokio::pin!(stop);
     let beat = format!("/runners/{}/heartbeat", segment(&me.id));
+    let claimable = format!("/runners/{}/claimable", segment(&me.id));
+    // Starts a shard unless it already runs here (a claimed batch shows up
+    // in later heartbeats too): the lease is the key.
+    let start = |a: Value, tasks: &mut tokio::task::JoinSet<()>| {
+        let lease = a["lease_id"].as_str().unwrap_or("").to_owned();
+        if a["status"] != "assigned"
+            || !running
+                .lock()
+                .map(|mut r| r.insert(lease.clone()))
+                .unwrap_or(false)
+        {
+            return;
+        }
+        let (client, args, running) = (client.clone(), args.clone(), running.clone());
+        tasks.spawn(async move {
+            if let Err(e) = run_shard(&client, &args, &a).await {
+                eprintln!("tms agent: shard {}: {e}", shard_name(&a));
+            }
+            if let Ok(mut r) = running.lock() {
+                r.remove(&lease);
+            }
+        });
+    };
     loop {
         match client.post(&beat, &json!({})).await {
             Ok(answer) => {
@@ -161,27 +185,41 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
                     .cloned()
                     .unwrap_or_default()
                 {
-                    let lease = a["lease_id"].as_str().unwrap_or("").to_owned();
-                    if a["status"] != "assigned"
-                        || !running
-                            .lock()
-                            .map(|mut r| r.insert(lease.clone()))
-                            .unwrap_or(false)
-                    {
-                        continue;
-                    }
-                    let (client, args, running) = (client.clone(), args.clone(), running.clone());
-                    tasks.spawn(async move {
-                        if let Err(e) = run_shard(&client, &args, &a).await {
-                            eprintln!("tms agent: shard {}: {e}", shard_name(&a));
-                        }
-                        if let Ok(mut r) = running.lock() {
-                            r.remove(&lease);
-                        }
-                    });
+                    start(a, &mut tasks);
                 }
             }
             Err(e) => eprintln!("tms agent: heartbeat: {e}"),
+        }
+        // Free slots go claiming batches of dynamic executions.
+        let free = |running: &Mutex<HashSet<String>>| {
+            let busy = running.lock().map(|r| r.len()).unwrap_or(usize::MAX);
+            (args.slots as usize).saturating_sub(busy)
+        };
+        if free(&running) > 0 {
+            let open = match client.get(&claimable).await {
+                Ok(list) => list["items"].as_array().cloned().unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("tms agent: claimable work: {e}");
+                    Vec::new()
+                }
+            };
+            for e in open {
+                let Some(exec) = e["execution_id"].as_str() else {
+                    continue;
+                };
+                let path = format!("/executions/{}/claims", segment(exec));
+                while free(&running) > 0 {
+                    // A refusal (the batch needs more than is free here,
+                    // the execution just finished) moves on to the next.
+                    let Ok(outcome) = client.post(&path, &json!({})).await else {
+                        break;
+                    };
+                    match outcome.get("assignment").filter(|a| !a.is_null()) {
+                        Some(a) => start(a.clone(), &mut tasks),
+                        None => break,
+                    }
+                }
+            }
         }
         while tasks.try_join_next().is_some() {}
         tokio::select! {

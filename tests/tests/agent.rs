@@ -202,3 +202,50 @@ async fn an_agent_killed_mid_shard_has_its_shard_finished_by_another() {
     assert_eq!(done["totals"]["passed"], 2);
     assert_eq!(done["shards"][0]["attempt"], 2, "{done}");
 }
+
+#[tokio::test]
+async fn agents_claim_the_batches_of_a_dynamic_execution_until_the_tests_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let work = tempfile::tempdir().unwrap();
+    let _agents: Vec<Agent> = ["a1", "a2", "a3"]
+        .iter()
+        .map(|n| agent(&server, work.path(), n))
+        .collect();
+    // Hints of 6 s each make every test a batch of its own (at least 5 s
+    // of work per batch); the tests themselves take 20 ms.
+    let durations: serde_json::Map<String, Value> = (0..12)
+        .map(|i| (format!("test_{i}"), serde_json::json!(6.0)))
+        .collect();
+    let file = work.path().join("durations.json");
+    std::fs::write(&file, Value::Object(durations).to_string()).unwrap();
+    let out = queue(
+        &server,
+        &[
+            "--suite",
+            "fake",
+            "--mode",
+            "dynamic",
+            "--parallelism",
+            "3",
+            "--tests-file",
+            file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["totals"]["passed"], 12, "{done}");
+    let batches = done["shards"].as_array().unwrap();
+    assert!(batches.len() > 3, "planned as batches, not shards: {done}");
+    let runners: std::collections::BTreeSet<&str> = batches
+        .iter()
+        .filter_map(|s| s["runner_id"].as_str())
+        .collect();
+    assert!(runners.len() >= 2, "more than one agent claimed: {done}");
+}

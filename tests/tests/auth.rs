@@ -94,6 +94,12 @@ async fn every_endpoint_refuses_no_token_a_wrong_token_and_the_wrong_scope() {
             Some(json!({})),
             Wrong::Ci,
         ),
+        (
+            Method::GET,
+            format!("/runners/{r}/claimable"),
+            None,
+            Wrong::Ci,
+        ),
         (Method::POST, format!("/runners/{r}/pause"), None, Wrong::Ci),
         (
             Method::POST,

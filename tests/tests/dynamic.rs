@@ -231,7 +231,42 @@ async fn an_execution_of_more_batches_than_one_transaction_holds_is_created_whol
     assert_eq!(first.queued_batches as usize, shards.len() - 1);
 }
 
+async fn a_runner_finds_the_dynamic_executions_it_fits_highest_priority_first<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    let low = dynamic(&h, 3, 1).await;
+    let mut new = tms_tests::new_execution("e2e", ["x".to_string()], 1);
+    new.mode = Mode::Dynamic;
+    new.priority = Some(90);
+    let high = h.app.queue_execution(new, None).await.unwrap().execution.id;
+    let mut new = tms_tests::new_execution("e2e", ["y".to_string()], 1);
+    new.mode = Mode::Dynamic;
+    new.requirements = Some(tms::usecases::RequirementsInput {
+        labels: ["gpu".to_string()].into_iter().collect(),
+        ..Default::default()
+    });
+    h.app.queue_execution(new, None).await.unwrap();
+    // Static work is the scheduler's; it is not listed.
+    let plain = tms_tests::new_execution("unit", ["z".to_string()], 1);
+    h.app.queue_execution(plain, None).await.unwrap();
+    let found: Vec<ExecutionId> = h
+        .app
+        .claimable(&a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.execution_id)
+        .collect();
+    assert_eq!(found, vec![high.clone(), low]);
+    // A finished execution is no longer listed; a paused runner gets none.
+    h.app.cancel_execution(&high).await.unwrap();
+    assert_eq!(h.app.claimable(&a).await.unwrap().len(), 1);
+    h.app.pause_runner(&a).await.unwrap();
+    assert!(h.app.claimable(&a).await.unwrap().is_empty());
+}
+
 tms_tests::conformance!(
+    a_runner_finds_the_dynamic_executions_it_fits_highest_priority_first,
     an_execution_of_more_batches_than_one_transaction_holds_is_created_whole,
     runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinking,
     a_lapsed_lease_is_reclaimed_by_another_runner_and_its_stale_report_is_fenced,

@@ -150,6 +150,26 @@ pub async fn claim_batch<P: Ports>(
     Ok(Json(app.claim_batch(runner, &id).await?))
 }
 
+/// The dynamic executions this runner may claim batches of (its own token
+/// only): where an agent with a free slot goes next.
+#[utoipa::path(get, path = "/runners/{id}/claimable", tag = "runners",
+    responses((status = 200, body = ClaimableList)), security(("bearer" = [])))]
+pub async fn claimable<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ClaimableList>> {
+    let id = RunnerId::parse(&id)?;
+    if caller != Principal::Runner(id.clone()) {
+        return Err(Error::Forbidden(
+            "list claimable work for a runner other than the token's own",
+        ));
+    }
+    Ok(Json(ClaimableList {
+        items: app.claimable(&id).await?,
+    }))
+}
+
 #[utoipa::path(post, path = "/runners/{id}/heartbeat", tag = "runners", request_body = HeartbeatBody,
     responses((status = 200, body = HeartbeatView)), security(("bearer" = [])))]
 pub async fn heartbeat<P: Ports>(

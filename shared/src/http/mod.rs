@@ -54,6 +54,7 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
             .route("/runners", get(list_runners::<P>))
             .route("/runners/{id}", get(get_runner::<P>))
             .route("/runners/{id}/heartbeat", post(heartbeat::<P>))
+            .route("/runners/{id}/claimable", get(claimable::<P>))
             .route("/runners/{id}/pause", post(pause_runner::<P>))
             .route("/runners/{id}/resume", post(resume_runner::<P>))
             .route("/runners/{id}/deregister", post(deregister_runner::<P>))

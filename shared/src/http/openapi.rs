@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
     info(title = "TMS orchestrator API", description = "Queue test executions, split them into shards, run them on registered runners and collect one report."),
     servers((url = "/api/enhanced-orchestration")),
     paths(
-        handlers::register_runner, handlers::list_runners, handlers::get_runner, handlers::heartbeat,
+        handlers::register_runner, handlers::list_runners, handlers::get_runner, handlers::heartbeat, handlers::claimable,
         handlers::pause_runner, handlers::resume_runner, handlers::deregister_runner, handlers::runner_health,
         handlers::queue_execution, handlers::list_executions, handlers::execution_status, handlers::execution_report,
         handlers::cancel_execution, handlers::retry_execution, handlers::import_timings, handlers::create_rule, handlers::list_rules,

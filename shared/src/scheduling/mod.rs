@@ -7,5 +7,5 @@ pub mod queue;
 pub mod sharding;
 pub mod strategy;
 
-pub use planner::{may_claim, next_batch, plan, PlannedAssignment, SchedulingPass};
+pub use planner::{may_claim, may_join, next_batch, plan, PlannedAssignment, SchedulingPass};
 pub use sharding::{plan_batches, split_tests, PlannedShard, MAX_BATCHES};

@@ -114,7 +114,7 @@ pub fn may_claim(r: &RunnerWithLoad, e: &Execution) -> std::result::Result<(), &
     if r.runner.status != RunnerStatus::Active {
         return Err("the runner is not active");
     }
-    if !eligible_for(r, e, None) {
+    if !may_join(r, e) {
         return Err("the runner lacks the labels, type or size this execution requires");
     }
     if !r.free().covers(&e.requirements.per_shard()) {
@@ -131,6 +131,12 @@ pub fn next_batch<'a>(shards: &'a [Shard], runner: &RunnerId) -> Option<&'a Shar
     let mut queued = shards.iter().filter(|s| s.status == ShardStatus::Queued);
     let first = queued.clone().next();
     queued.find(|s| !s.avoid_runners.contains(runner)).or(first)
+}
+
+/// Whether the runner could ever take a batch of the execution: its
+/// labels, type and size fit (free capacity aside, which changes).
+pub fn may_join(r: &RunnerWithLoad, e: &Execution) -> bool {
+    eligible_for(r, e, None)
 }
 
 /// Labels, types and pool — everything but current free capacity.

@@ -14,7 +14,7 @@ use crate::domain::{Allocation, Mode, ShardStatus};
 use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RunnerId};
 use crate::ports::{AssignmentWrite, Ports, Store};
-use crate::scheduling::{may_claim, next_batch};
+use crate::scheduling::{may_claim, may_join, next_batch};
 use crate::time::Clock;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -80,7 +80,53 @@ pub struct ClaimOutcome {
     pub finished: bool,
 }
 
+/// A dynamic execution a runner may claim batches of.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Claimable {
+    #[schema(value_type = String)]
+    pub execution_id: ExecutionId,
+    pub suite: String,
+    pub priority: i32,
+}
+
 impl<P: Ports> Orchestrator<P> {
+    /// The unfinished dynamic executions whose labels, type and size the
+    /// runner fits, highest priority first, then oldest: where an agent
+    /// with a free slot goes claiming. A runner that is not active gets
+    /// none. Looks at the `sweep_batch` unfinished executions nearest their
+    /// deadline, as the timeout sweep does.
+    pub async fn claimable(&self, runner_id: &RunnerId) -> Result<Vec<Claimable>> {
+        let runner = self
+            .store
+            .get_runner(runner_id)
+            .await?
+            .ok_or_else(|| Error::not_found(crate::Entity::Runner, runner_id))?;
+        if runner.runner.status != crate::domain::RunnerStatus::Active {
+            return Ok(Vec::new());
+        }
+        let mut found: Vec<_> = self
+            .store
+            .active_executions(self.config.sweep_batch)
+            .await?
+            .into_iter()
+            .filter(|e| e.mode == Mode::Dynamic && !e.status.is_terminal())
+            .filter(|e| may_join(&runner, e))
+            .collect();
+        found.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.created_at.cmp(&b.created_at))
+        });
+        Ok(found
+            .into_iter()
+            .map(|e| Claimable {
+                execution_id: e.id,
+                suite: e.suite,
+                priority: e.priority,
+            })
+            .collect())
+    }
+
     /// A runner claims the next batch of a dynamic execution: the first in
     /// claim order (longest tests first, batches shrinking) that did not
     /// slip from this runner before. The claim is a lease like any

@@ -15,7 +15,7 @@ mod system;
 mod timings;
 
 pub use access::NewToken;
-pub use claims::ClaimOutcome;
+pub use claims::{ClaimOutcome, Claimable};
 pub use completion::{ReportOutcome, ReportStatus, ShardReport};
 pub use dispatch::DispatchOutcome;
 pub use executions::{NewExecution, QueuedExecution, RequirementsInput, TestInput, TimedTest};
