@@ -44,6 +44,17 @@ pub struct AgentArgs {
     /// How often to heartbeat, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub poll_ms: u64,
+    /// Where the command runs: here (`local`), or in a fresh container of
+    /// `--image` (`docker`) that sees the working directory, the tests file
+    /// and the JUnit file's directory at the same paths.
+    #[arg(long, value_enum, default_value = "local")]
+    pub executor: Executor,
+    /// The image `--executor docker` runs the command in.
+    #[arg(long, required_if_eq("executor", "docker"))]
+    pub image: Option<String>,
+    /// More arguments for `docker run` (e.g. `--docker-arg=--network=host`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub docker_arg: Vec<String>,
     /// The command; `{tests}` expands to the tests as arguments,
     /// `{tests_file}` to a file with one test per line, `{shard}` to the
     /// run's unique name.
@@ -51,6 +62,64 @@ pub struct AgentArgs {
     pub command: Vec<String>,
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    Local,
+    Docker,
+}
+
+/// The container a shard runs in under `--executor docker`: named after the
+/// shard run (so it can be killed by name at the deadline), removed when it
+/// exits, run as the agent's user so the JUnit file it writes is the
+/// agent's, with `mounts` at the same paths inside.
+pub struct Container<'a> {
+    pub image: &'a str,
+    pub extra: &'a [String],
+    pub workdir: &'a Path,
+    pub mounts: Vec<PathBuf>,
+    pub user: Option<(u32, u32)>,
+}
+
+impl Container<'_> {
+    /// The container's name for a shard run.
+    pub fn name(shard: &str) -> String {
+        format!("tms-{shard}")
+    }
+
+    /// `docker run …` wrapping the shard's command line.
+    pub fn wrap(&self, shard: &str, argv: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = ["docker", "run", "--rm", "--init", "--name"]
+            .map(String::from)
+            .to_vec();
+        out.push(Self::name(shard));
+        if let Some((uid, gid)) = self.user {
+            out.extend(["--user".into(), format!("{uid}:{gid}")]);
+        }
+        // A directory inside another mounted one is seen through it.
+        let mut mounts: Vec<PathBuf> = Vec::new();
+        for m in std::iter::once(self.workdir).chain(self.mounts.iter().map(PathBuf::as_path)) {
+            if !mounts.iter().any(|seen| m.starts_with(seen)) {
+                mounts.retain(|seen| !seen.starts_with(m));
+                mounts.push(m.to_path_buf());
+            }
+        }
+        for m in &mounts {
+            let m = m.to_string_lossy();
+            out.extend(["-v".into(), format!("{m}:{m}")]);
+        }
+        out.extend([
+            "-w".into(),
+            self.workdir.to_string_lossy().into_owned(),
+            "-e".into(),
+            format!("TMS_SHARD={shard}"),
+        ]);
+        out.extend(self.extra.iter().cloned());
+        out.push(self.image.to_owned());
+        out.extend(argv.iter().cloned());
+        out
+    }
 }
 
 /// What a shard run is called: unique per execution, shard and attempt.
@@ -276,14 +345,44 @@ async fn run_shard(client: &Client, args: &AgentArgs, a: &Value) -> Result<()> {
     if let Some(j) = &junit {
         let _ = std::fs::remove_file(j);
     }
-    let argv = expand(&args.command, &tests, &tests_file, &shard);
+    let mut argv = expand(&args.command, &tests, &tests_file, &shard);
+    // In a container, killing the `docker` client would leave the
+    // container running: it is killed by name.
+    let mut stop_container = None;
+    if args.executor == Executor::Docker {
+        let workdir = std::env::current_dir()?;
+        let mut mounts = vec![dir.clone()];
+        if let Some(parent) = junit
+            .as_ref()
+            .and_then(|j| workdir.join(j).parent().map(Path::to_path_buf))
+        {
+            std::fs::create_dir_all(&parent)?;
+            mounts.push(parent);
+        }
+        let container = Container {
+            image: args
+                .image
+                .as_deref()
+                .ok_or("--executor docker needs --image")?,
+            extra: &args.docker_arg,
+            workdir: &workdir,
+            mounts,
+            user: current_user(),
+        };
+        argv = container.wrap(&shard, &argv);
+        stop_container = Some(vec![
+            "docker".to_owned(),
+            "kill".to_owned(),
+            Container::name(&shard),
+        ]);
+    }
     let deadline_ms = a["deadline"].as_i64().unwrap_or(i64::MAX);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
     let budget = Duration::from_millis(deadline_ms.saturating_sub(now_ms).max(0) as u64);
-    let outcome = run_command(&argv, &shard, budget).await;
+    let outcome = run_command(&argv, &shard, budget, stop_container.as_deref()).await;
     let _ = std::fs::remove_file(&tests_file);
     let report = match (&outcome, junit.as_ref().filter(|j| j.exists())) {
         (Ok(_), Some(file)) => {
@@ -331,13 +430,26 @@ fn tempfile_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The agent's uid and gid, for files a container writes to be its own.
+fn current_user() -> Option<(u32, u32)> {
+    #[cfg(unix)]
+    {
+        // SAFETY: getuid and getgid cannot fail and touch no memory.
+        Some(unsafe { (libc::getuid(), libc::getgid()) })
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// Runs the command in a process group of its own; past `budget` the whole
-/// group is killed (a test runner's children with it). The exit code, or
-/// why there is none.
+/// group is killed (a test runner's children with it), then `on_deadline`
+/// runs (stopping what lives outside the group, like a container). The
+/// exit code, or why there is none.
 async fn run_command(
     argv: &[String],
     shard: &str,
     budget: Duration,
+    on_deadline: Option<&[String]>,
 ) -> std::result::Result<i32, String> {
     let (program, rest) = argv.split_first().ok_or("empty command")?;
     let mut command = tokio::process::Command::new(program);
@@ -363,6 +475,13 @@ async fn run_command(
                 }
             }
             let _ = child.kill().await;
+            if let Some((program, rest)) = on_deadline.and_then(|c| c.split_first()) {
+                let _ = tokio::process::Command::new(program)
+                    .args(rest)
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .await;
+            }
             Err(format!(
                 "killed at the shard's deadline after {}s",
                 budget.as_secs()
@@ -417,6 +536,29 @@ mod tests {
                 "-c",
                 "@/tmp/x.tests"
             ]
+        );
+    }
+
+    #[test]
+    fn a_container_sees_the_workdir_and_outside_mounts_at_the_same_paths() {
+        let extra = vec!["--network=host".to_string()];
+        let c = Container {
+            image: "python:3.12",
+            extra: &extra,
+            workdir: Path::new("/src/app"),
+            mounts: vec![
+                PathBuf::from("/tmp/tms-agent"),
+                PathBuf::from("/src/app/reports"),
+                PathBuf::from("/tmp/tms-agent"),
+            ],
+            user: Some((1000, 1000)),
+        };
+        let argv = c.wrap("e1-0-1", &["pytest".to_string(), "t/a.py".to_string()]);
+        assert_eq!(
+            argv.join(" "),
+            "docker run --rm --init --name tms-e1-0-1 --user 1000:1000 \
+             -v /src/app:/src/app -v /tmp/tms-agent:/tmp/tms-agent -w /src/app \
+             -e TMS_SHARD=e1-0-1 --network=host python:3.12 pytest t/a.py"
         );
     }
 }

@@ -22,20 +22,31 @@ impl Drop for Agent {
 }
 
 fn agent(server: &Server, dir: &std::path::Path, name: &str) -> Agent {
+    agent_with(server, dir, name, |c| c)
+}
+
+/// An agent, with `more` adding flags (and environment) to its command.
+fn agent_with(
+    server: &Server,
+    dir: &std::path::Path,
+    name: &str,
+    more: impl FnOnce(&mut Command) -> &mut Command,
+) -> Agent {
     let junit = dir.join("{shard}.xml");
-    let child = Command::new(BIN)
-        .env("FAKE_MARKER", dir.join("once.marker"))
-        .args([
-            "agent",
-            "--name",
-            name,
-            "--slots",
-            "1",
-            "--poll-ms",
-            "100",
-            "--names",
-            "name",
-        ])
+    let mut command = Command::new(BIN);
+    command.env("FAKE_MARKER", dir.join("once.marker"));
+    command.args([
+        "agent",
+        "--name",
+        name,
+        "--slots",
+        "1",
+        "--poll-ms",
+        "100",
+        "--names",
+        "name",
+    ]);
+    let child = more(&mut command)
         .arg("--junit")
         .arg(&junit)
         .arg("--state-file")
@@ -248,4 +259,73 @@ async fn agents_claim_the_batches_of_a_dynamic_execution_until_the_tests_run_out
         .filter_map(|s| s["runner_id"].as_str())
         .collect();
     assert!(runners.len() >= 2, "more than one agent claimed: {done}");
+}
+
+#[tokio::test]
+async fn with_the_docker_executor_each_shard_runs_in_a_container_killed_by_name_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let work = tempfile::tempdir().unwrap();
+    // A stand-in `docker` first on PATH.
+    let bin = work.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let docker = bin.join("docker");
+    let fake = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/agent/fake_docker.py");
+    std::fs::write(&docker, format!("#!/bin/sh\nexec python3 {fake} \"$@\"\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = work.path().join("docker.log");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let _agent = agent_with(&server, work.path(), "boxed", |c| {
+        c.env("PATH", &path)
+            .env("FAKE_DOCKER_LOG", &log)
+            .env("FAKE_DOCKER_IMAGE", "python:3.12-slim")
+            .args(["--executor", "docker", "--image", "python:3.12-slim"])
+            .arg("--docker-arg=--network=host")
+    });
+
+    let ok = queue(&server, &["--suite", "fake", "test_a", "test_b"]).await;
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let done: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(done["totals"]["passed"], 2, "{done}");
+    let calls = |log: &std::path::Path| -> Vec<Vec<String>> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let run = calls(&log).remove(0);
+    let at = run.iter().position(|a| a == "python:3.12-slim").unwrap();
+    assert_eq!(&run[..4], ["run", "--rm", "--init", "--name"]);
+    assert!(run[4].starts_with("tms-"), "{run:?}");
+    assert!(run[..at].contains(&"--network=host".to_string()), "{run:?}");
+    let workdir = std::env::current_dir().unwrap();
+    assert!(
+        run.windows(2)
+            .any(|w| w[0] == "-w" && w[1] == workdir.to_str().unwrap()),
+        "{run:?}"
+    );
+    assert_eq!(&run[at + 1..at + 3], ["python3", SUITE], "{run:?}");
+    assert_eq!(&run[at + 4..], ["test_a", "test_b"], "{run:?}");
+
+    let out = queue(&server, &["--suite", "fake", "--timeout", "3", "test_slow"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    // The agent kills the run's container by name before it reports.
+    let calls = calls(&log);
+    let name = calls
+        .iter()
+        .rev()
+        .find(|c| c[0] == "run")
+        .map(|c| c[4].clone())
+        .unwrap();
+    assert!(
+        calls.contains(&vec!["kill".to_string(), name]),
+        "the container was not killed: {calls:?}"
+    );
 }
