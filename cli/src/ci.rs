@@ -53,6 +53,11 @@ pub struct QueueArgs {
     /// (durations become the split's hints).
     #[arg(long)]
     pub tests_file: Option<PathBuf>,
+    /// Test files matching a glob (`tests/**/test_*.py`), relative to the
+    /// working directory as written; may be repeated. A pattern that
+    /// matches nothing is an error: it is almost always a typo.
+    #[arg(long = "glob", value_name = "PATTERN")]
+    pub globs: Vec<String>,
     /// JUnit files only: how the tool names tests (classname, pytest, name).
     #[arg(long, default_value = "classname")]
     pub names: String,
@@ -205,6 +210,27 @@ pub fn parse_tests_file(text: &str, names: &str) -> Result<Vec<Value>> {
         .collect())
 }
 
+/// The files a glob matches, sorted, with `/` separators whatever the OS:
+/// test names a runner on another machine can use.
+pub fn glob_tests(pattern: &str) -> Result<Vec<String>> {
+    let paths = glob::glob(pattern).map_err(|e| format!("--glob {pattern:?}: {e}"))?;
+    let mut found = Vec::new();
+    for path in paths {
+        let path = path.map_err(|e| format!("--glob {pattern:?}: {e}"))?;
+        if path.is_file() {
+            let name = path.to_string_lossy().into_owned();
+            #[cfg(windows)]
+            let name = name.replace('\\', "/");
+            found.push(name);
+        }
+    }
+    if found.is_empty() {
+        return Err(format!("--glob {pattern:?} matched no files").into());
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// The exit code a finished status stands for; `None` while it runs.
 pub fn verdict(status: &str) -> Option<u8> {
     match status {
@@ -244,6 +270,9 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
         let text = std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         tests.extend(parse_tests_file(&text, &args.names)?);
+    }
+    for pattern in &args.globs {
+        tests.extend(glob_tests(pattern)?.into_iter().map(|t| json!(t)));
     }
     let mut body = json!({
         "suite": args.suite,
@@ -558,5 +587,26 @@ mod tests {
             assert_eq!(verdict(s), Some(2));
         }
         assert_eq!(verdict("running"), None);
+    }
+
+    #[test]
+    fn a_glob_lists_the_matching_files_sorted_and_nothing_matched_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["tests/b/test_two.py", "tests/a/test_one.py", "tests/a/helper.py"] {
+            let path = dir.path().join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "").unwrap();
+        }
+        let root = dir.path().to_string_lossy().into_owned();
+        let found = glob_tests(&format!("{root}/tests/**/test_*.py")).unwrap();
+        assert_eq!(
+            found,
+            vec![
+                format!("{root}/tests/a/test_one.py"),
+                format!("{root}/tests/b/test_two.py")
+            ]
+        );
+        let none = glob_tests(&format!("{root}/spec/**/*.rb")).unwrap_err();
+        assert!(none.to_string().contains("matched no files"), "{none}");
     }
 }
