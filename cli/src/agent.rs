@@ -55,6 +55,11 @@ pub struct AgentArgs {
     /// More arguments for `docker run` (e.g. `--docker-arg=--network=host`).
     #[arg(long, allow_hyphen_values = true)]
     pub docker_arg: Vec<String>,
+    /// Work for this execution only, then exit with its verdict (0 passed,
+    /// 1 tests failed, 2 errored, timed out or cancelled) and deregister:
+    /// an agent that is one of a CI build's parallel jobs.
+    #[arg(long)]
+    pub execution: Option<String>,
     /// The command; `{tests}` expands to the tests as arguments,
     /// `{tests_file}` to a file with one test per line, `{shard}` to the
     /// run's unique name.
@@ -265,12 +270,15 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
             (args.slots as usize).saturating_sub(busy)
         };
         if free(&running) > 0 {
-            let open = match client.get(&claimable).await {
-                Ok(list) => list["items"].as_array().cloned().unwrap_or_default(),
-                Err(e) => {
-                    eprintln!("tms agent: claimable work: {e}");
-                    Vec::new()
-                }
+            let open = match &args.execution {
+                Some(id) => vec![json!({ "execution_id": id })],
+                None => match client.get(&claimable).await {
+                    Ok(list) => list["items"].as_array().cloned().unwrap_or_default(),
+                    Err(e) => {
+                        eprintln!("tms agent: claimable work: {e}");
+                        Vec::new()
+                    }
+                },
             };
             for e in open {
                 let Some(exec) = e["execution_id"].as_str() else {
@@ -291,6 +299,23 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
             }
         }
         while tasks.try_join_next().is_some() {}
+        if let Some(id) = &args.execution {
+            if let Some(code) = finished(&args.server, id).await {
+                // Nothing of a finished execution is worth finishing.
+                tasks.abort_all();
+                if let Err(e) = client
+                    .post(
+                        &format!("/runners/{}/deregister", segment(&me.id)),
+                        &json!({}),
+                    )
+                    .await
+                {
+                    eprintln!("tms agent: deregister: {e}");
+                }
+                let _ = std::fs::remove_file(&args.state_file);
+                return Ok(std::process::ExitCode::from(code));
+            }
+        }
         tokio::select! {
             _ = &mut stop => break,
             _ = tokio::time::sleep(Duration::from_millis(args.poll_ms.max(100))) => {}
@@ -312,6 +337,25 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
         _ = keepalive => {}
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The verdict's exit code once the execution is finished (its summary
+/// printed), else none.
+async fn finished(server: &ServerArgs, id: &str) -> Option<u8> {
+    match Client::new(server)
+        .get(&format!("/executions/{}/status", segment(id)))
+        .await
+    {
+        Ok(s) => {
+            let code = crate::ci::verdict(s["status"].as_str().unwrap_or(""))?;
+            println!("{}", crate::ci::summary(&s));
+            Some(code)
+        }
+        Err(e) => {
+            eprintln!("tms agent: status of {id}: {e}");
+            None
+        }
+    }
 }
 
 /// Runs one shard: started, the command (killed with its process group at

@@ -382,10 +382,23 @@ async fn wait(client: &Client, id: &str, every: Duration, show: bool) -> Result<
     }
 }
 
-pub async fn status(id: &str, json_out: bool, server: &ServerArgs) -> Result<ExitCode> {
-    let s = Client::new(server)
-        .get(&format!("/executions/{}/status", segment(id)))
-        .await?;
+/// `tms status`: the execution now, or (`wait` = the poll interval) once
+/// it is finished.
+pub async fn status(
+    id: &str,
+    json_out: bool,
+    wait_every: Option<Duration>,
+    server: &ServerArgs,
+) -> Result<ExitCode> {
+    let client = Client::new(server);
+    let s = match wait_every {
+        Some(every) => wait(&client, id, every, !json_out).await?,
+        None => {
+            client
+                .get(&format!("/executions/{}/status", segment(id)))
+                .await?
+        }
+    };
     if json_out {
         println!("{s}");
     } else {
@@ -592,7 +605,11 @@ mod tests {
     #[test]
     fn a_glob_lists_the_matching_files_sorted_and_nothing_matched_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        for f in ["tests/b/test_two.py", "tests/a/test_one.py", "tests/a/helper.py"] {
+        for f in [
+            "tests/b/test_two.py",
+            "tests/a/test_one.py",
+            "tests/a/helper.py",
+        ] {
             let path = dir.path().join(f);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, "").unwrap();

@@ -111,6 +111,12 @@ enum Command {
         id: String,
         #[arg(long)]
         json: bool,
+        /// Wait for the verdict first (as `queue --wait` does).
+        #[arg(long)]
+        wait: bool,
+        /// How often --wait polls, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        poll_ms: u64,
         #[command(flatten)]
         server: client::ServerArgs,
     },
@@ -249,7 +255,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Queue(args) => ci::queue(args).await,
         Command::Agent(args) => agent::run(args).await,
-        Command::Status { id, json, server } => ci::status(&id, json, &server).await,
+        Command::Status {
+            id,
+            json,
+            wait,
+            poll_ms,
+            server,
+        } => {
+            let every = wait.then(|| std::time::Duration::from_millis(poll_ms.max(100)));
+            ci::status(&id, json, every, &server).await
+        }
         Command::Cancel { id, server } => ci::act(&id, "cancel", &server).await,
         Command::Retry { id, server } => ci::act(&id, "retry", &server).await,
         Command::Report { id, junit, server } => ci::report(&id, junit, &server).await,

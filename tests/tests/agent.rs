@@ -329,3 +329,65 @@ async fn with_the_docker_executor_each_shard_runs_in_a_container_killed_by_name_
         "the container was not killed: {calls:?}"
     );
 }
+
+#[tokio::test]
+async fn agents_started_as_a_builds_parallel_jobs_work_one_execution_and_exit_with_its_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let work = tempfile::tempdir().unwrap();
+    // The build's first job queues (no --wait) and hands the id on.
+    let queued = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
+        .args([
+            "queue",
+            "--suite",
+            "fake",
+            "--mode",
+            "dynamic",
+            "--parallelism",
+            "2",
+        ])
+        .args(["--json", "test_1", "test_2", "test_bad", "test_4"])
+        .output()
+        .unwrap();
+    assert!(queued.status.success(), "{queued:?}");
+    let id = serde_json::from_slice::<Value>(&queued.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut jobs: Vec<Agent> = ["job-1", "job-2"]
+        .iter()
+        .map(|n| agent_with(&server, work.path(), n, |c| c.args(["--execution", &id])))
+        .collect();
+    // The gate job waits for the verdict.
+    let gate = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
+        .args(["status", &id, "--wait", "--poll-ms", "100", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(gate.status.code(), Some(1), "{gate:?}");
+    let done: Value = serde_json::from_slice(&gate.stdout).unwrap();
+    assert_eq!(done["totals"]["passed"], 3, "{done}");
+    assert_eq!(done["totals"]["failed"], 1, "{done}");
+    // Each job exits by itself with the same verdict, its runner gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for job in &mut jobs {
+        let code = loop {
+            if let Some(status) = job.0.try_wait().unwrap() {
+                break status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "a job kept running");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(code, Some(1));
+    }
+    let runners = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
+        .args(["runners", "--json"])
+        .output()
+        .unwrap();
+    let runners: Value = serde_json::from_slice(&runners.stdout).unwrap();
+    let items = runners.as_array().unwrap();
+    assert_eq!(items.len(), 2, "{runners}");
+    assert!(
+        items.iter().all(|r| r["status"] == "deregistered"),
+        "{runners}"
+    );
+}
