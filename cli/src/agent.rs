@@ -60,6 +60,11 @@ pub struct AgentArgs {
     /// an agent that is one of a CI build's parallel jobs.
     #[arg(long)]
     pub execution: Option<String>,
+    /// The runner type to register as; by default the CI platform the
+    /// agent runs on (github-actions, gitlab, jenkins, azure-devops), else
+    /// docker with `--executor docker`, else custom.
+    #[arg(long = "type")]
+    pub runner_type: Option<String>,
     /// The command; `{tests}` expands to the tests as arguments,
     /// `{tests_file}` to a file with one test per line, `{shard}` to the
     /// run's unique name.
@@ -163,6 +168,18 @@ struct State {
     token: String,
 }
 
+fn runner_type(args: &AgentArgs) -> String {
+    if let Some(t) = &args.runner_type {
+        return t.clone();
+    }
+    let on_ci = crate::ci::detect_ci(|k| std::env::var(k).ok());
+    match on_ci.as_ref().and_then(|ci| ci["provider"].as_str()) {
+        Some(provider) => provider.to_owned(),
+        None if args.executor == Executor::Docker => "docker".to_owned(),
+        None => "custom".to_owned(),
+    }
+}
+
 /// Registers, or reuses the runner in the state file if the server still
 /// knows it.
 async fn identity(args: &AgentArgs) -> Result<State> {
@@ -187,7 +204,7 @@ async fn identity(args: &AgentArgs) -> Result<State> {
     let reg = admin
         .post(
             "/runners/register",
-            &json!({"name": args.name, "type": "custom", "labels": args.labels,
+            &json!({"name": args.name, "type": runner_type(args), "labels": args.labels,
                 "capacity": {"slots": args.slots, "cpu_millis": args.cpu_millis, "memory_mb": args.memory_mb}}),
         )
         .await?;

@@ -88,6 +88,13 @@ pub struct QueueArgs {
     /// Print the server's JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// With --wait: write the merged JUnit report here once it is finished
+    /// (whatever the verdict), for the CI's test-report view.
+    #[arg(long, value_name = "FILE", requires = "wait")]
+    pub junit: Option<PathBuf>,
+    /// Print only the execution's id (for `ID=$(tms queue … -q)`).
+    #[arg(long, short, conflicts_with_all = ["json", "wait"])]
+    pub quiet: bool,
     /// How often --wait polls, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub poll_ms: u64,
@@ -303,7 +310,9 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
         .ok_or("the server's answer has no id")?
         .to_owned();
     if !args.wait {
-        if args.json {
+        if args.quiet {
+            println!("{id}");
+        } else if args.json {
             println!("{queued}");
         } else {
             let again = if queued["replayed"] == true {
@@ -333,6 +342,9 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
         println!("{done}");
     } else {
         println!("{}", summary(&done));
+    }
+    if let Some(file) = &args.junit {
+        write_junit(&client, &id, file).await?;
     }
     let code = verdict(done["status"].as_str().unwrap_or("")).unwrap_or(exit::NOT_RUN);
     Ok(ExitCode::from(code))
@@ -431,17 +443,26 @@ pub async fn act(id: &str, action: &str, server: &ServerArgs) -> Result<ExitCode
 
 pub async fn report(id: &str, junit: Option<PathBuf>, server: &ServerArgs) -> Result<ExitCode> {
     let client = Client::new(server);
-    let path = format!("/executions/{}/report", segment(id));
     match junit {
-        Some(file) => {
-            let xml = client.get_text(&format!("{path}?format=junit")).await?;
-            std::fs::write(&file, xml)
-                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-            eprintln!("wrote the merged JUnit report to {}", file.display());
-        }
-        None => println!("{}", client.get(&path).await?),
+        Some(file) => write_junit(&client, id, &file).await?,
+        None => println!(
+            "{}",
+            client
+                .get(&format!("/executions/{}/report", segment(id)))
+                .await?
+        ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the execution's merged JUnit report to `file`.
+async fn write_junit(client: &Client, id: &str, file: &std::path::Path) -> Result<()> {
+    let xml = client
+        .get_text(&format!("/executions/{}/report?format=junit", segment(id)))
+        .await?;
+    std::fs::write(file, xml).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    eprintln!("wrote the merged JUnit report to {}", file.display());
+    Ok(())
 }
 
 pub async fn runners(json_out: bool, server: &ServerArgs) -> Result<ExitCode> {

@@ -227,6 +227,16 @@ fn parse_resources(raw: &str) -> Result<(TestType, ResourceDefaults), String> {
 }
 
 /// Parses the command line, runs the command and returns the process exit code.
+/// Whether `args` (starting with the program's name) is a valid `tms`
+/// command line: the check the example CI files are held to.
+pub fn parse_command_line<I, T>(args: I) -> Result<(), clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args).map(|_| ())
+}
+
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(

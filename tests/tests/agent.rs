@@ -112,6 +112,7 @@ async fn agents_run_a_suite_in_parallel_and_queue_wait_exits_by_the_verdict() {
         .collect();
     assert_eq!(runners.len(), 3, "three agents shared the work: {done}");
 
+    let merged = work.path().join("merged.xml");
     let bad = queue(
         &server,
         &[
@@ -119,6 +120,8 @@ async fn agents_run_a_suite_in_parallel_and_queue_wait_exits_by_the_verdict() {
             "fake",
             "--parallelism",
             "2",
+            "--junit",
+            merged.to_str().unwrap(),
             "test_ok",
             "test_bad",
         ],
@@ -137,6 +140,13 @@ async fn agents_run_a_suite_in_parallel_and_queue_wait_exits_by_the_verdict() {
             done["totals"]["failed"].as_u64()
         ),
         (Some(1), Some(1))
+    );
+    // The gate step also wrote the merged report for the CI's test view.
+    let xml = std::fs::read_to_string(&merged).unwrap();
+    tms_tests::assert_valid_junit(&xml);
+    assert!(
+        xml.contains("test_bad") && xml.contains("<failure"),
+        "{xml}"
     );
 }
 
@@ -346,14 +356,12 @@ async fn agents_started_as_a_builds_parallel_jobs_work_one_execution_and_exit_wi
             "--parallelism",
             "2",
         ])
-        .args(["--json", "test_1", "test_2", "test_bad", "test_4"])
+        .args(["--quiet", "test_1", "test_2", "test_bad", "test_4"])
         .output()
         .unwrap();
     assert!(queued.status.success(), "{queued:?}");
-    let id = serde_json::from_slice::<Value>(&queued.stdout).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = String::from_utf8(queued.stdout).unwrap().trim().to_owned();
+    assert!(id.starts_with("exe"), "only the id is printed: {id}");
     let mut jobs: Vec<Agent> = ["job-1", "job-2"]
         .iter()
         .map(|n| agent_with(&server, work.path(), n, |c| c.args(["--execution", &id])))
