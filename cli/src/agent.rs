@@ -3,8 +3,9 @@
 //! free slots, runs each shard it is assigned or claimed with the shard's
 //! tests substituted into the command, and reports the JUnit file the
 //! command wrote (or, without one, the command's exit status). A shard past
-//! its deadline has its whole process group killed; SIGTERM stops taking
-//! work, lets the running shards finish and exits.
+//! its deadline has its whole process group killed; SIGTERM pauses the
+//! runner (nothing new is assigned), lets the running shards finish and
+//! exits; started again, the agent resumes its runner.
 
 use crate::client::{segment, Client, ServerArgs};
 use serde_json::{json, Value};
@@ -166,6 +167,23 @@ struct State {
     url: String,
     id: String,
     token: String,
+    /// The agent paused its runner when it drained; it resumes it when it
+    /// starts again (a runner an admin paused stays paused).
+    #[serde(default)]
+    drained: bool,
+}
+
+impl State {
+    fn save(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, serde_json::to_string(self)?)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(())
+    }
 }
 
 fn runner_type(args: &AgentArgs) -> String {
@@ -184,18 +202,22 @@ fn runner_type(args: &AgentArgs) -> String {
 /// knows it.
 async fn identity(args: &AgentArgs) -> Result<State> {
     if let Ok(text) = std::fs::read_to_string(&args.state_file) {
-        if let Ok(state) = serde_json::from_str::<State>(&text) {
+        if let Ok(mut state) = serde_json::from_str::<State>(&text) {
             if state.url == args.server.url {
                 let me = Client::new(&ServerArgs {
                     url: state.url.clone(),
                     token: state.token.clone(),
                 });
-                if me
-                    .get(&format!("/runners/{}", segment(&state.id)))
-                    .await
-                    .is_ok()
-                {
-                    return Ok(state);
+                let runner = format!("/runners/{}", segment(&state.id));
+                if let Ok(found) = me.get(&runner).await {
+                    if found["status"] != "deregistered" {
+                        if state.drained {
+                            me.post(&format!("{runner}/resume"), &json!({})).await?;
+                            state.drained = false;
+                            state.save(&args.state_file)?;
+                        }
+                        return Ok(state);
+                    }
                 }
             }
         }
@@ -209,6 +231,7 @@ async fn identity(args: &AgentArgs) -> Result<State> {
         )
         .await?;
     let state = State {
+        drained: false,
         url: args.server.url.clone(),
         id: reg["id"]
             .as_str()
@@ -219,18 +242,12 @@ async fn identity(args: &AgentArgs) -> Result<State> {
             .ok_or("no runner token in the answer")?
             .to_owned(),
     };
-    std::fs::write(&args.state_file, serde_json::to_string(&state)?)
-        .map_err(|e| format!("cannot write {}: {e}", args.state_file.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&args.state_file, std::fs::Permissions::from_mode(0o600));
-    }
+    state.save(&args.state_file)?;
     Ok(state)
 }
 
 pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
-    let me = identity(&args).await?;
+    let mut me = identity(&args).await?;
     eprintln!(
         "tms agent {}: runner {} on {}",
         args.name, me.id, args.server.url
@@ -338,10 +355,34 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
             _ = tokio::time::sleep(Duration::from_millis(args.poll_ms.max(100))) => {}
         }
     }
+    while tasks.try_join_next().is_some() {}
     eprintln!(
         "tms agent: stopping; finishing {} running shards",
         tasks.len()
     );
+    // Nothing new is assigned to a paused runner; what was assigned before
+    // the pause still runs here.
+    match client
+        .post(&format!("/runners/{}/pause", segment(&me.id)), &json!({}))
+        .await
+    {
+        Ok(_) => {
+            me.drained = true;
+            if let Err(e) = me.save(&args.state_file) {
+                eprintln!("tms agent: {e}");
+            }
+        }
+        Err(e) => eprintln!("tms agent: pause: {e}"),
+    }
+    if let Ok(answer) = client.post(&beat, &json!({})).await {
+        for a in answer["assignments"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            start(a, &mut tasks);
+        }
+    }
     // Keep the leases alive while the running shards finish.
     let keepalive = async {
         loop {

@@ -399,3 +399,75 @@ async fn agents_started_as_a_builds_parallel_jobs_work_one_execution_and_exit_wi
         "{runners}"
     );
 }
+
+#[tokio::test]
+async fn on_sigterm_an_agent_finishes_its_running_shard_takes_no_more_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let work = tempfile::tempdir().unwrap();
+    let mut a1 = agent(&server, work.path(), "a1");
+    let queue_only = |tests: &[&str]| {
+        let out = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
+            .args(["queue", "--suite", "fake", "--quiet"])
+            .args(tests)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let status = |id: &str| -> Value {
+        let out = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
+            .args(["status", id, "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let first = queue_only(&["test_nap"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while status(&first)["shards"][0]["status"] != "running" {
+        assert!(std::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = a1.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let second = queue_only(&["test_later"]);
+    let code = loop {
+        if let Some(s) = a1.0.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(0));
+    let done = status(&first);
+    assert_eq!(
+        done["status"], "passed",
+        "the running shard finished: {done}"
+    );
+    let later = status(&second);
+    assert_eq!(
+        later["shards"][0]["status"], "queued",
+        "no work taken after SIGTERM: {later}"
+    );
+    // Started again, the same runner resumes and takes the work.
+    drop(a1);
+    let _again = agent(&server, work.path(), "a1");
+    let out = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
+        .args(["status", &second, "--wait", "--json", "--poll-ms", "100"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let done: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        done["shards"][0]["runner_id"],
+        status(&first)["shards"][0]["runner_id"],
+        "the same runner: {done}"
+    );
+}

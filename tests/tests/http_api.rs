@@ -495,6 +495,7 @@ async fn the_openapi_document_lists_every_route() {
         "/runners",
         "/runners/{id}",
         "/runners/{id}/heartbeat",
+        "/runners/{id}/claimable",
         "/runners/{id}/pause",
         "/runners/{id}/resume",
         "/runners/{id}/deregister",

@@ -191,6 +191,9 @@ pub async fn heartbeat<P: Ports>(
     }))
 }
 
+/// An admin, or the runner itself: an agent draining on SIGTERM pauses
+/// itself so nothing new is assigned to it, and resumes when it starts
+/// again.
 #[utoipa::path(post, path = "/runners/{id}/pause", tag = "runners",
     responses((status = 200, body = RunnerView), (status = 409, body = super::Problem)), security(("bearer" = [])))]
 pub async fn pause_runner<P: Ports>(
@@ -198,8 +201,9 @@ pub async fn pause_runner<P: Ports>(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RunnerView>> {
-    require_admin(&caller)?;
-    Ok(Json(app.pause_runner(&RunnerId::parse(&id)?).await?.into()))
+    let id = RunnerId::parse(&id)?;
+    require_runner_or_admin(&caller, &id)?;
+    Ok(Json(app.pause_runner(&id).await?.into()))
 }
 
 #[utoipa::path(post, path = "/runners/{id}/resume", tag = "runners",
@@ -209,10 +213,9 @@ pub async fn resume_runner<P: Ports>(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RunnerView>> {
-    require_admin(&caller)?;
-    Ok(Json(
-        app.resume_runner(&RunnerId::parse(&id)?).await?.into(),
-    ))
+    let id = RunnerId::parse(&id)?;
+    require_runner_or_admin(&caller, &id)?;
+    Ok(Json(app.resume_runner(&id).await?.into()))
 }
 
 /// An admin, or the runner itself (an agent shutting down).
