@@ -56,6 +56,7 @@ pub fn execution(shards: u32) -> Execution {
         test_count: shards,
         totals: Totals::default(),
         webhook_token_hashes: vec![],
+        counted: false,
         version: 1,
     }
 }

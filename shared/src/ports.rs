@@ -189,11 +189,21 @@ pub trait Store: Send + Sync + 'static {
         &self,
         filter: &ExecutionFilter,
     ) -> impl Future<Output = Result<Page<Execution>>> + Send;
+    /// Writes the execution if its version is still `expected_version`;
+    /// with a `rollup` (its first finish), adds the rollup's counters in
+    /// the same atomic step.
     fn update_execution(
         &self,
         execution: &Execution,
         expected_version: u64,
+        rollup: Option<&crate::domain::Rollup>,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// The metrics rollups of the hours from `since` to `until`, every suite.
+    fn metric_rollups(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> impl Future<Output = Result<Vec<crate::domain::Rollup>>> + Send;
     /// Unfinished executions that have queued shards, with their queued
     /// shards: the highest priority ones and, for aging, the oldest ones —
     /// each list stopping once it holds `max_shards` queued shards or

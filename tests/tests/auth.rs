@@ -205,6 +205,7 @@ async fn every_endpoint_refuses_no_token_a_wrong_token_and_the_wrong_scope() {
             None,
             Wrong::Webhook,
         ),
+        (Method::GET, "/metrics".into(), None, Wrong::Runner),
         (
             Method::POST,
             "/tokens".into(),

@@ -105,11 +105,11 @@ async fn writes_from_a_stale_version_are_refused<B: Backend>() {
     store.create_execution(&e, &shards, None).await.unwrap();
     e.cancel("test".into(), Timestamp(5)).unwrap();
     assert!(store
-        .update_execution(&e, 7)
+        .update_execution(&e, 7, None)
         .await
         .unwrap_err()
         .is_conflict());
-    store.update_execution(&e, 1).await.unwrap();
+    store.update_execution(&e, 1, None).await.unwrap();
 
     let mut s = shards[0].clone();
     s.cancel("test", Timestamp(5)).unwrap();

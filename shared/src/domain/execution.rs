@@ -209,10 +209,26 @@ pub struct Execution {
     /// Hashes of the webhook tokens issued for this execution (one per
     /// queue call that created or replayed it).
     pub webhook_token_hashes: Vec<String>,
+    /// Whether the execution's first finish is in the metrics rollups: a
+    /// reopened execution that finishes again is not counted twice.
+    #[serde(default)]
+    pub counted: bool,
     pub version: u64,
 }
 
 impl Execution {
+    /// The rollup its write is due to add: on its first finish only, which
+    /// this marks (the write is conditional on the version, so the mark
+    /// and the counters land together or not at all).
+    pub fn take_rollup(&mut self) -> Option<super::Rollup> {
+        if self.counted {
+            return None;
+        }
+        let rollup = super::Rollup::of_finished(self)?;
+        self.counted = true;
+        Some(rollup)
+    }
+
     fn refuse(&self, to: ExecutionStatus) -> Error {
         Error::transition(Entity::Execution, self.status, to)
     }

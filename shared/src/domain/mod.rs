@@ -6,6 +6,7 @@ pub mod allocation;
 pub mod dispatch;
 pub mod execution;
 pub mod health;
+pub mod metrics;
 pub mod resources;
 pub mod results;
 pub mod rule;
@@ -20,6 +21,7 @@ pub use execution::{
     Totals,
 };
 pub use health::{HealthRecord, Usage, Violation};
+pub use metrics::{Metrics, Rollup};
 pub use resources::Resources;
 pub use results::{MergedTest, ResultChunk, TestAttempt};
 pub use rule::{LoadBalancingRule, RunnerPool, Strategy};

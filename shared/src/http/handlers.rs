@@ -627,6 +627,31 @@ pub async fn system_health<P: Ports>(
     (status, Json(health))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    /// One suite's figures (all suites by default).
+    pub suite: Option<String>,
+    /// How far back: `24h`, `7d`, or ms since the epoch. Default `24h`,
+    /// at most 31 days.
+    pub since: Option<String>,
+}
+
+/// Finished executions' figures from the per-suite, per-hour rollups:
+/// throughput, pass rate, p50/p95 queue wait and run time.
+#[utoipa::path(get, path = "/metrics", tag = "system", params(MetricsQuery),
+    responses((status = 200, body = crate::domain::Metrics)), security(("bearer" = [])))]
+pub async fn metrics<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    ApiQuery(q): ApiQuery<MetricsQuery>,
+) -> Result<Json<crate::domain::Metrics>> {
+    require_api(&caller)?;
+    Ok(Json(
+        app.metrics(q.suite.as_deref(), q.since.as_deref()).await?,
+    ))
+}
+
 #[utoipa::path(get, path = "/resources/utilization", tag = "system",
     responses((status = 200, body = Utilization)), security(("bearer" = [])))]
 pub async fn utilization<P: Ports>(

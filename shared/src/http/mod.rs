@@ -100,6 +100,7 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
         api = api
             .route("/system/health", get(system_health::<P>))
             .route("/resources/utilization", get(utilization::<P>))
+            .route("/metrics", get(metrics::<P>))
             .route("/tokens", post(create_token::<P>));
         root = root.route("/openapi.json", get(openapi::serve));
     }

@@ -55,7 +55,7 @@ impl<P: Ports> Orchestrator<P> {
             let mut changed = execution.reopen_for_claim(now)?;
             changed |= execution.mark_running(now)?;
             if changed {
-                self.store.update_execution(&execution, version).await?;
+                self.write_execution(&mut execution, version).await?;
             }
             self.save_shard(&execution, shard.clone(), read_as, None)
                 .await?;

@@ -369,7 +369,7 @@ impl<P: Ports> Orchestrator<P> {
             let (mut execution, shards) = self.load(id).await?;
             let version = execution.version;
             if execution.aggregate(&shards, self.clock.now()) {
-                self.store.update_execution(&execution, version).await?;
+                self.write_execution(&mut execution, version).await?;
             }
             Ok(execution)
         })

@@ -350,6 +350,7 @@ impl<P: Ports> Orchestrator<P> {
             test_count: tests.len() as u32,
             totals: Totals::default(),
             webhook_token_hashes: Vec::new(),
+            counted: false,
             version: 1,
         };
         Ok((execution, shards))
@@ -426,7 +427,7 @@ impl<P: Ports> Orchestrator<P> {
             let (mut e, shards) = self.load(&record.execution_id).await?;
             let version = e.version;
             e.add_webhook_token(issued.hash.clone(), self.clock.now());
-            self.store.update_execution(&e, version).await?;
+            self.write_execution(&mut e, version).await?;
             Ok((e, shards))
         })
         .await?;
@@ -490,7 +491,7 @@ impl<P: Ports> Orchestrator<P> {
             let (mut e, _) = self.load(id).await?;
             let version = e.version;
             e.cancel("cancelled by request".into(), now)?;
-            self.store.update_execution(&e, version).await
+            self.write_execution(&mut e, version).await
         })
         .await?;
         self.stop_open_shards(id, "execution cancelled").await?;
@@ -538,7 +539,7 @@ impl<P: Ports> Orchestrator<P> {
             let (mut e, _) = self.load(id).await?;
             let version = e.version;
             e.reopen(now)?;
-            self.store.update_execution(&e, version).await
+            self.write_execution(&mut e, version).await
         })
         .await?;
         let failed = |s: &Shard| {

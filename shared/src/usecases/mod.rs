@@ -81,6 +81,20 @@ impl<P: Ports> Orchestrator<P> {
 }
 
 impl<P: Ports> Orchestrator<P> {
+    /// Writes a changed execution if its version is still
+    /// `expected_version`. Its first finish adds its metrics rollup in the
+    /// same atomic step, so it is counted exactly once.
+    pub(crate) async fn write_execution(
+        &self,
+        execution: &mut Execution,
+        expected_version: u64,
+    ) -> Result<()> {
+        let rollup = execution.take_rollup();
+        self.store
+            .update_execution(execution, expected_version, rollup.as_ref())
+            .await
+    }
+
     /// Writes a shard changed from what was read (`expected`: its version
     /// and status then), giving back the capacity of the lease it
     /// `released`, if any, in the same step.

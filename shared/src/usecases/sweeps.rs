@@ -133,7 +133,7 @@ impl<P: Ports> Orchestrator<P> {
             }
             let version = e.version;
             e.time_out(now)?;
-            self.store.update_execution(&e, version).await?;
+            self.write_execution(&mut e, version).await?;
             Ok(true)
         })
         .await?;

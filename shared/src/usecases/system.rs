@@ -1,8 +1,10 @@
 //! System health and resource utilization.
 
 use super::Orchestrator;
+use crate::domain::metrics::{hour_of, parse_since, MAX_RANGE_MS};
+use crate::domain::Metrics;
 use crate::domain::{Resources, RunnerStatus, RunnerWithLoad, Violation};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ports::{Ports, Store};
 use crate::time::Clock;
 use serde::Serialize;
@@ -167,5 +169,34 @@ impl<P: Ports> Orchestrator<P> {
             total_allocated,
             violations,
         })
+    }
+}
+
+impl<P: Ports> Orchestrator<P> {
+    /// `GET /metrics`: finished executions' figures per suite and per hour
+    /// since `since` (`24h`, `7d` or ms since the epoch; a day by default,
+    /// at most 31 days), for one suite or all.
+    pub async fn metrics(&self, suite: Option<&str>, since: Option<&str>) -> Result<Metrics> {
+        let now = self.clock.now();
+        let since = match since {
+            None => now.plus_ms(-24 * crate::domain::metrics::HOUR_MS),
+            Some(raw) => parse_since(raw, now).ok_or_else(|| {
+                Error::validation(
+                    "since",
+                    "hours or days back (24h, 7d) or ms since the epoch",
+                )
+            })?,
+        };
+        if since > now || now.since(since) > MAX_RANGE_MS {
+            return Err(Error::validation(
+                "since",
+                "must be in the past, at most 31 days back",
+            ));
+        }
+        let rows = self
+            .store
+            .metric_rollups(hour_of(since), hour_of(now))
+            .await?;
+        Ok(Metrics::summarize(&rows, since, now, suite))
     }
 }

@@ -129,6 +129,14 @@ pub fn result_chunk(index: u32, lease: &str, chunk: u32) -> String {
     format!("{index:04}#{lease}#{chunk:04}")
 }
 
+/// The partition of the metrics rollups: one item per hour and suite,
+/// hour first so a range of hours is one query.
+pub const METRICS: &str = "METRICS";
+
+pub fn metric_rollup(hour: Timestamp, suite: &str) -> String {
+    format!("{}#{suite}", ts(hour))
+}
+
 pub fn setting(key: &str) -> String {
     format!("SETTING#{key}")
 }

@@ -13,8 +13,8 @@ pub mod table;
 
 use crate::auth::ApiToken;
 use crate::domain::{
-    Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, ResultChunk, Runner,
-    RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
+    Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, ResultChunk, Rollup,
+    Runner, RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
@@ -305,6 +305,35 @@ impl DynamoStore {
                 return Ok(total);
             }
         }
+    }
+
+    /// Adds a rollup's counters to its hour-and-suite item (created by the
+    /// first), counters as `c_<name>` attributes.
+    fn rollup_update(&self, rollup: &Rollup) -> Result<Update> {
+        let mut update = self
+            .update(
+                keys::METRICS.to_owned(),
+                &keys::metric_rollup(rollup.hour, &rollup.suite),
+            )
+            .expression_attribute_names("#suite", "suite")
+            .expression_attribute_names("#hour", "hour")
+            .expression_attribute_values(":suite", s(rollup.suite.clone()))
+            .expression_attribute_values(":hour", n(rollup.hour.0));
+        let mut adds = Vec::new();
+        for (i, (name, value)) in rollup.counters.iter().enumerate() {
+            update = update
+                .expression_attribute_names(format!("#c{i}"), format!("c_{name}"))
+                .expression_attribute_values(format!(":c{i}"), n(value));
+            adds.push(format!("#c{i} :c{i}"));
+        }
+        let mut expression = "SET #suite = :suite, #hour = :hour".to_owned();
+        if !adds.is_empty() {
+            expression.push_str(&format!(" ADD {}", adds.join(", ")));
+        }
+        update
+            .update_expression(expression)
+            .build()
+            .map_err(Error::storage)
     }
 
     /// Runs a transaction; on a cancellation, tells which items' conditions failed.
@@ -1148,9 +1177,42 @@ impl Store for DynamoStore {
         Ok(Page { items, next_cursor })
     }
 
-    async fn update_execution(&self, execution: &Execution, expected_version: u64) -> Result<()> {
+    async fn update_execution(
+        &self,
+        execution: &Execution,
+        expected_version: u64,
+        rollup: Option<&Rollup>,
+    ) -> Result<()> {
         let mut attrs = vec![("doc", Some(to_av(execution)?))];
         attrs.extend(execution_state(execution));
+        if let Some(rollup) = rollup {
+            // The finishing write and its counters: both or neither.
+            let SetRemove {
+                expression,
+                mut names,
+                mut values,
+            } = set_and_remove(attrs);
+            names.insert("#version".into(), "version".into());
+            values.insert(":expected".into(), n(expected_version));
+            let write = self
+                .update(keys::execution(execution.id.as_str()), keys::META)
+                .update_expression(expression)
+                .condition_expression("#version = :expected")
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .build()
+                .map_err(Error::storage)?;
+            let items = vec![
+                TransactWriteItem::builder().update(write).build(),
+                TransactWriteItem::builder()
+                    .update(self.rollup_update(rollup)?)
+                    .build(),
+            ];
+            return match self.transact(items).await? {
+                Ok(()) => Ok(()),
+                Err(_) => Err(Error::conflict(Entity::Execution, &execution.id)),
+            };
+        }
         if self
             .update_versioned(
                 keys::execution(execution.id.as_str()),
@@ -1163,6 +1225,43 @@ impl Store for DynamoStore {
         } else {
             Err(Error::conflict(Entity::Execution, &execution.id))
         }
+    }
+
+    async fn metric_rollups(&self, since: Timestamp, until: Timestamp) -> Result<Vec<Rollup>> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+            .expression_attribute_values(":pk", s(keys::METRICS))
+            .expression_attribute_values(":from", s(keys::ts(since)))
+            // After every suite of the last hour.
+            .expression_attribute_values(":to", s(format!("{}#\u{10FFFF}", keys::ts(until))));
+        let mut out = Vec::new();
+        for item in self.query_all(query).await? {
+            let suite = item.get("suite").and_then(|v| v.as_s().ok()).cloned();
+            let hour = item
+                .get("hour")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|h| h.parse().ok());
+            let (Some(suite), Some(hour)) = (suite, hour) else {
+                continue;
+            };
+            let counters = item
+                .iter()
+                .filter_map(|(k, v)| {
+                    let name = k.strip_prefix("c_")?;
+                    let value = v.as_n().ok()?.parse::<i64>().ok()?;
+                    Some((name.to_owned(), value.max(0) as u64))
+                })
+                .collect();
+            out.push(Rollup {
+                suite,
+                hour: Timestamp(hour),
+                counters,
+            });
+        }
+        Ok(out)
     }
 
     async fn pending_executions(

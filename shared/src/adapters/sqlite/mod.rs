@@ -9,8 +9,8 @@
 
 use crate::auth::ApiToken;
 use crate::domain::{
-    Execution, HealthRecord, LoadBalancingRule, Resources, ResultChunk, Runner, RunnerWithLoad,
-    Shard, ShardStatus, TestTiming, Violation,
+    Execution, HealthRecord, LoadBalancingRule, Resources, ResultChunk, Rollup, Runner,
+    RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS timings (suite TEXT NOT NULL, test TEXT NOT NULL, doc
 CREATE TABLE IF NOT EXISTS results (execution_id TEXT NOT NULL, shard_index INTEGER NOT NULL, lease_id TEXT NOT NULL, chunk INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (execution_id, shard_index, lease_id, chunk));
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS metrics (hour INTEGER NOT NULL, suite TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (hour, suite, name));
 "#;
 
 mod thread;
@@ -617,8 +618,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_execution(&self, execution: &Execution, expected_version: u64) -> Result<()> {
+    async fn update_execution(
+        &self,
+        execution: &Execution,
+        expected_version: u64,
+        rollup: Option<&Rollup>,
+    ) -> Result<()> {
         let execution = execution.clone();
+        let rollup = rollup.cloned();
         self.write(move |tx| {
             let current: Option<u64> = tx
                 .prepare_cached("SELECT version FROM executions WHERE id = ?1")?
@@ -627,7 +634,44 @@ impl Store for SqliteStore {
             if current != Some(expected_version) {
                 return Err(Error::conflict(Entity::Execution, &execution.id));
             }
-            write_execution(tx, &execution)
+            write_execution(tx, &execution)?;
+            if let Some(r) = rollup {
+                let mut add = tx.prepare_cached(
+                    "INSERT INTO metrics (hour, suite, name, value) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (hour, suite, name) DO UPDATE SET value = value + excluded.value",
+                )?;
+                for (name, value) in &r.counters {
+                    add.execute(params![r.hour.0, r.suite, name, *value as i64])?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn metric_rollups(&self, since: Timestamp, until: Timestamp) -> Result<Vec<Rollup>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT hour, suite, name, value FROM metrics WHERE hour BETWEEN ?1 AND ?2 ORDER BY hour, suite",
+            )?;
+            let mut rows = stmt.query(params![since.0, until.0])?;
+            let mut out: Vec<Rollup> = Vec::new();
+            while let Some(row) = rows.next()? {
+                let (hour, suite): (i64, String) = (row.get(0)?, row.get(1)?);
+                let (name, value): (String, i64) = (row.get(2)?, row.get(3)?);
+                match out.last_mut() {
+                    Some(last) if last.hour.0 == hour && last.suite == suite => {}
+                    _ => out.push(Rollup {
+                        suite,
+                        hour: Timestamp(hour),
+                        counters: Default::default(),
+                    }),
+                }
+                if let Some(last) = out.last_mut() {
+                    last.counters.insert(name, value.max(0) as u64);
+                }
+            }
+            Ok(out)
         })
         .await
     }
