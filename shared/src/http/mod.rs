@@ -2,6 +2,7 @@
 //! auth, strict JSON bodies and problem+json errors. The same router serves
 //! `tms serve` and, one route group each, the API Lambda functions.
 
+pub mod dashboard;
 mod extract;
 mod handlers;
 mod openapi;
@@ -102,7 +103,13 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
             .route("/resources/utilization", get(utilization::<P>))
             .route("/metrics", get(metrics::<P>))
             .route("/tokens", post(create_token::<P>));
-        root = root.route("/openapi.json", get(openapi::serve));
+        root = root
+            .route("/openapi.json", get(openapi::serve))
+            .route(dashboard::PATH, get(dashboard::page))
+            .route(
+                &format!("{}/{{asset}}", dashboard::PATH),
+                get(dashboard::asset),
+            );
     }
     root.nest(BASE_PATH, api.fallback(not_found))
         .fallback(not_found)
