@@ -10,6 +10,7 @@ pub enum Entity {
     Execution,
     Shard,
     Rule,
+    AlertRule,
     Token,
     Route,
 }
@@ -21,6 +22,7 @@ impl fmt::Display for Entity {
             Entity::Execution => "execution",
             Entity::Shard => "shard",
             Entity::Rule => "load-balancing rule",
+            Entity::AlertRule => "alert rule",
             Entity::Token => "token",
             Entity::Route => "route",
         })

@@ -59,6 +59,10 @@ id_type!(
     RuleId, "rul", Entity::Rule
 );
 id_type!(
+    /// An alert rule.
+    AlertRuleId, "alr", Entity::AlertRule
+);
+id_type!(
     /// An API token (the part of the token that is not secret).
     TokenId, "tok", Entity::Token
 );

@@ -4,12 +4,13 @@
 //! same operations with the same conditions.
 
 use crate::auth::ApiToken;
+use crate::domain::AlertRule;
 use crate::domain::{
     Allocation, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, Runner,
     RunnerWithLoad, Shard, ShardStatus, Violation,
 };
 use crate::error::Result;
-use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
+use crate::ids::{AlertRuleId, ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
 use crate::time::{Clock, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -239,6 +240,16 @@ pub trait Store: Send + Sync + 'static {
     fn list_rules(&self) -> impl Future<Output = Result<Vec<LoadBalancingRule>>> + Send;
     /// False when there was no such rule.
     fn delete_rule(&self, id: &RuleId) -> impl Future<Output = Result<bool>> + Send;
+    fn insert_alert_rule(&self, rule: &AlertRule) -> impl Future<Output = Result<()>> + Send;
+    fn list_alert_rules(&self) -> impl Future<Output = Result<Vec<AlertRule>>> + Send;
+    /// Rewrites the rule if its version is still `expected_version`
+    /// (conflict otherwise, or when it was deleted).
+    fn update_alert_rule(
+        &self,
+        rule: &AlertRule,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn delete_alert_rule(&self, id: &AlertRuleId) -> impl Future<Output = Result<bool>> + Send;
     fn round_robin_cursors(
         &self,
     ) -> impl Future<Output = Result<BTreeMap<String, RunnerId>>> + Send;

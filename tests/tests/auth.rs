@@ -208,6 +208,19 @@ async fn every_endpoint_refuses_no_token_a_wrong_token_and_the_wrong_scope() {
         (Method::GET, "/metrics".into(), None, Wrong::Runner),
         (
             Method::POST,
+            "/alert-rules".into(),
+            Some(json!({"name": "n", "metric": "queue_depth", "threshold": 1.0})),
+            Wrong::Ci,
+        ),
+        (Method::GET, "/alert-rules".into(), None, Wrong::Runner),
+        (
+            Method::DELETE,
+            "/alert-rules/alr01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+            None,
+            Wrong::Ci,
+        ),
+        (
+            Method::POST,
             "/tokens".into(),
             Some(json!({"name": "n", "scope": "ci"})),
             Wrong::Ci,

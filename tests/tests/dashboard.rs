@@ -544,3 +544,33 @@ async fn a_suite_named_like_markup_is_shown_as_text() {
         .unwrap();
     assert_eq!(queue_cell, json!(hostile));
 }
+
+#[tokio::test]
+async fn a_firing_alert_is_shown_on_the_dashboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        // The health sweep, which evaluates alerts, runs every interval.
+        &["--sweep-interval", "1", "--heartbeat-interval", "1"],
+    );
+    let base = &server.base;
+    post(
+        base,
+        "/alert-rules",
+        ADMIN_TOKEN,
+        json!({"name": "work is waiting", "metric": "queue_depth", "threshold": 0}),
+    )
+    .await;
+    let b = signed_in(&server).await;
+    // No runner: the shard waits, the health sweep fires the rule.
+    queue(base, "nightly", &["x"], 1).await;
+    until(
+        &b,
+        "return document.getElementById('alerts').textContent.includes('work is waiting');",
+        "the alert on the page",
+    )
+    .await;
+    screenshot(&b, "dashboard-alert").await;
+}

@@ -125,7 +125,7 @@ function actionButton(td, action, label) {
 
 // ---------- sections ----------
 
-function renderHealth(health) {
+function renderHealth(health, rules) {
   const pill = $("system-status");
   const status = health ? health.status : "down";
   pill.dataset.state = status;
@@ -139,8 +139,18 @@ function renderHealth(health) {
   setText($("t-unhealthy"), r.unhealthy ?? "–");
   const alerts = $("alerts");
   const lines = [];
-  if (health && health.status !== "ok") lines.push(`System ${health.status}: store ${health.store}.`);
+  if (!health) lines.push("TMS cannot be reached.");
+  else if (health.store !== "ok") lines.push(`The store is ${health.store}: nothing can be scheduled.`);
+  else if (health.status !== "ok") lines.push("Work is waiting and no runner is active.");
   if (r.unhealthy) lines.push(`${r.unhealthy} runner(s) unhealthy: their work was sent elsewhere.`);
+  for (const rule of rules || []) {
+    if (!rule.state.firing) continue;
+    const value = rule.state.value == null ? "no data" : Math.round(rule.state.value * 100) / 100;
+    lines.push(
+      `Alert: ${rule.name} — ${rule.metric.replaceAll("_", " ")} is ${value}, above ${rule.threshold}` +
+        ` since ${clock(rule.state.since)}`,
+    );
+  }
   syncRows(
     alerts,
     lines.map((text) => ({ text })),
@@ -356,13 +366,14 @@ async function refresh() {
     const health = await fetch(`${API}/system/health`, { cache: "no-store" })
       .then((r) => r.json())
       .catch(() => null);
-    renderHealth(health);
-    const [recent, queued, runners, metrics] = await Promise.all([
+    const [recent, queued, runners, metrics, rules] = await Promise.all([
       api("/executions?limit=30"),
       api("/executions?status=queued&limit=200"),
       api("/runners?limit=500"),
       api("/metrics?since=24h").catch(() => null),
+      api("/alert-rules").catch(() => null),
     ]);
+    renderHealth(health, rules && rules.items);
     // Shards of the executions in progress, for their per-shard bars.
     const live = recent.items.filter((e) => e.status === "running" || e.status === "queued").slice(0, 10);
     const shardsOf = new Map();

@@ -2,6 +2,7 @@
 //! one state from another. Nothing here does I/O or reads the clock; callers
 //! pass `now` in.
 
+pub mod alert;
 pub mod allocation;
 pub mod dispatch;
 pub mod execution;
@@ -14,6 +15,7 @@ pub mod runner;
 pub mod shard;
 pub mod timing;
 
+pub use alert::{AlertMetric, AlertRule, AlertState, AlertTransition, AlertWebhook};
 pub use allocation::Allocation;
 pub use dispatch::{DispatchTarget, SecretName};
 pub use execution::{

@@ -441,6 +441,48 @@ pub async fn delete_rule<P: Ports>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Creates an alert rule, evaluated by every health sweep; its webhook hears
+/// of each episode once (fired, then resolved).
+#[utoipa::path(post, path = "/alert-rules", tag = "alerts", request_body = crate::usecases::NewAlertRule,
+    responses((status = 201, body = crate::domain::AlertRule)), security(("bearer" = [])))]
+pub async fn create_alert_rule<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    ApiJson(body): ApiJson<crate::usecases::NewAlertRule>,
+) -> Result<(StatusCode, Json<crate::domain::AlertRule>)> {
+    require_admin(&caller)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(app.create_alert_rule(body).await?),
+    ))
+}
+
+/// Every alert rule with its state: firing or not, since when, the last value.
+#[utoipa::path(get, path = "/alert-rules", tag = "alerts",
+    responses((status = 200, body = AlertRuleList)), security(("bearer" = [])))]
+pub async fn list_alert_rules<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+) -> Result<Json<AlertRuleList>> {
+    require_api(&caller)?;
+    Ok(Json(AlertRuleList {
+        items: app.alert_rules().await?,
+    }))
+}
+
+#[utoipa::path(delete, path = "/alert-rules/{id}", tag = "alerts",
+    responses((status = 204), (status = 404, body = super::Problem)), security(("bearer" = [])))]
+pub async fn delete_alert_rule<P: Ports>(
+    State(app): State<AppState<P>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    require_admin(&caller)?;
+    app.delete_alert_rule(&crate::ids::AlertRuleId::parse(&id)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Query of `POST /webhooks/parallel-execution/{id}`: only with a JUnit XML
 /// body, which carries no shard or lease of its own.
 #[derive(Debug, Deserialize, IntoParams)]

@@ -79,7 +79,12 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
                 "/load-balancing-rules",
                 post(create_rule::<P>).get(list_rules::<P>),
             )
-            .route("/load-balancing-rules/{id}", delete(delete_rule::<P>));
+            .route("/load-balancing-rules/{id}", delete(delete_rule::<P>))
+            .route(
+                "/alert-rules",
+                post(create_alert_rule::<P>).get(list_alert_rules::<P>),
+            )
+            .route("/alert-rules/{id}", delete(delete_alert_rule::<P>));
     }
     if wanted(Routes::Webhooks) {
         api = api

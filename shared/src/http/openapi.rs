@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
         handlers::pause_runner, handlers::resume_runner, handlers::deregister_runner, handlers::runner_health,
         handlers::queue_execution, handlers::list_executions, handlers::execution_status, handlers::execution_report,
         handlers::cancel_execution, handlers::retry_execution, handlers::import_timings, handlers::create_rule, handlers::list_rules,
-        handlers::delete_rule, handlers::shard_webhook, handlers::shard_assignment, handlers::claim_shard, handlers::claim_batch, handlers::flaky_tests, handlers::system_health, handlers::utilization, handlers::metrics,
+        handlers::delete_rule, handlers::create_alert_rule, handlers::list_alert_rules, handlers::delete_alert_rule, handlers::shard_webhook, handlers::shard_assignment, handlers::claim_shard, handlers::claim_batch, handlers::flaky_tests, handlers::system_health, handlers::utilization, handlers::metrics,
         handlers::create_token,
     ),
     modifiers(&BearerAuth, &ProblemResponses)

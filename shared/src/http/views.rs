@@ -274,6 +274,11 @@ pub struct RuleList {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+pub struct AlertRuleList {
+    pub items: Vec<crate::domain::AlertRule>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ClaimableList {
     pub items: Vec<crate::usecases::Claimable>,
 }

@@ -3,6 +3,7 @@
 //! Lambda functions (DynamoDB, SQS, EventBridge).
 
 mod access;
+mod alerts;
 mod claims;
 mod completion;
 mod dispatch;
@@ -15,6 +16,7 @@ mod system;
 mod timings;
 
 pub use access::NewToken;
+pub use alerts::NewAlertRule;
 pub use claims::{ClaimOutcome, Claimable};
 pub use completion::{ReportOutcome, ReportStatus, ShardReport};
 pub use dispatch::DispatchOutcome;

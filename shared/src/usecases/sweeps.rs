@@ -30,6 +30,8 @@ pub struct SweepReport {
     pub shards_failed: u32,
     pub executions_timed_out: u32,
     pub executions_aggregated: u32,
+    /// Alerts that fired or resolved.
+    pub alerts_changed: u32,
 }
 
 impl<P: Ports> Orchestrator<P> {
@@ -49,7 +51,7 @@ impl<P: Ports> Orchestrator<P> {
     }
 
     /// Runners silent for `missed_heartbeats` intervals become unhealthy and
-    /// their shards go to other runners.
+    /// their shards go to other runners; then the alert rules are evaluated.
     pub async fn health_sweep(&self) -> Result<SweepReport> {
         let now = self.clock.now();
         let before = now.plus_ms(-self.config.silence_limit_ms());
@@ -77,6 +79,8 @@ impl<P: Ports> Orchestrator<P> {
                 .await?;
             report.shards_requeued += moved as u32;
         }
+        // Health first, so an unhealthy-runners rule sees this sweep's count.
+        report.alerts_changed = self.evaluate_alerts().await?;
         Ok(report)
     }
 

@@ -76,7 +76,7 @@ fn pct(used: u32, cap: u32) -> f64 {
 }
 
 impl<P: Ports> Orchestrator<P> {
-    async fn all_runners(&self) -> Result<Vec<RunnerWithLoad>> {
+    pub(crate) async fn all_runners(&self) -> Result<Vec<RunnerWithLoad>> {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_SUMMARY_PAGES {

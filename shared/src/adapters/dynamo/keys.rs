@@ -28,6 +28,7 @@ pub const ACTIVE: &str = "ACTIVE";
 pub const EXECS: &str = "EXECS";
 pub const RUNNERS: &str = "RUNNERS";
 pub const RULES: &str = "RULES";
+pub const ALERT_RULES: &str = "ALERTRULES";
 pub const RR_CURSORS: &str = "RRCURSORS";
 pub const VIOLATIONS: &str = "VIOLATIONS";
 pub const ALLOC_PREFIX: &str = "ALLOC#";
@@ -135,6 +136,10 @@ pub const METRICS: &str = "METRICS";
 
 pub fn metric_rollup(hour: Timestamp, suite: &str) -> String {
     format!("{}#{suite}", ts(hour))
+}
+
+pub fn alert_rule(id: &str) -> String {
+    format!("ALERTRULE#{id}")
 }
 
 pub fn setting(key: &str) -> String {

@@ -13,11 +13,11 @@ pub mod table;
 
 use crate::auth::ApiToken;
 use crate::domain::{
-    Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, ResultChunk, Rollup,
-    Runner, RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
+    AlertRule, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, ResultChunk,
+    Rollup, Runner, RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
-use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
+use crate::ids::{AlertRuleId, ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
 use crate::ports::{
     AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate,
     Store,
@@ -1552,6 +1552,58 @@ impl Store for DynamoStore {
             .table_name(&self.table)
             .key(keys::PK, s(keys::rr_cursor(&format!("rule:{id}"))))
             .key(keys::SK, s(keys::META))
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
+    async fn insert_alert_rule(&self, rule: &AlertRule) -> Result<()> {
+        let id = rule.id.as_str();
+        let mut it = item(keys::alert_rule(id), keys::META, to_av(rule)?);
+        it.insert("version".into(), n(rule.version));
+        it.insert("gsi2pk".into(), s(keys::ALERT_RULES));
+        it.insert("gsi2sk".into(), s(id));
+        if self.put_new(it).await? {
+            Ok(())
+        } else {
+            Err(Error::conflict(Entity::AlertRule, id))
+        }
+    }
+
+    async fn list_alert_rules(&self) -> Result<Vec<AlertRule>> {
+        let query = self
+            .query()
+            .index_name(keys::GSI[1].0)
+            .key_condition_expression("gsi2pk = :rules")
+            .expression_attribute_values(":rules", s(keys::ALERT_RULES));
+        let items = self.index_items(query, everything, |_| false).await?;
+        items.into_iter().map(doc_of).collect()
+    }
+
+    async fn update_alert_rule(&self, rule: &AlertRule, expected_version: u64) -> Result<()> {
+        let attrs = vec![
+            ("doc", Some(to_av(rule)?)),
+            ("version", Some(n(rule.version))),
+        ];
+        if self
+            .update_versioned(keys::alert_rule(rule.id.as_str()), attrs, expected_version)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::conflict(Entity::AlertRule, &rule.id))
+        }
+    }
+
+    async fn delete_alert_rule(&self, id: &AlertRuleId) -> Result<bool> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(keys::PK, s(keys::alert_rule(id.as_str())))
+            .key(keys::SK, s(keys::META))
+            .return_values(ReturnValue::AllOld)
             .send()
             .await
             .map_err(sdk)?;

@@ -9,11 +9,11 @@
 
 use crate::auth::ApiToken;
 use crate::domain::{
-    Execution, HealthRecord, LoadBalancingRule, Resources, ResultChunk, Rollup, Runner,
+    AlertRule, Execution, HealthRecord, LoadBalancingRule, Resources, ResultChunk, Rollup, Runner,
     RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
-use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
+use crate::ids::{AlertRuleId, ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
 use crate::ports::{
     AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate,
     Store,
@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS timings (suite TEXT NOT NULL, test TEXT NOT NULL, doc
 CREATE TABLE IF NOT EXISTS results (execution_id TEXT NOT NULL, shard_index INTEGER NOT NULL, lease_id TEXT NOT NULL, chunk INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (execution_id, shard_index, lease_id, chunk));
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_rules (id TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS metrics (hour INTEGER NOT NULL, suite TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (hour, suite, name));
 "#;
 
@@ -856,6 +857,58 @@ impl Store for SqliteStore {
             tx.prepare_cached("DELETE FROM rr_cursors WHERE pool = ?1")?
                 .execute([format!("rule:{id}")])?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn insert_alert_rule(&self, rule: &AlertRule) -> Result<()> {
+        let rule = rule.clone();
+        self.write(move |tx| {
+            tx.prepare_cached("INSERT INTO alert_rules (id, version, doc) VALUES (?1, ?2, ?3)")?
+                .execute(params![
+                    rule.id.as_str(),
+                    rule.version as i64,
+                    to_doc(&rule)?
+                ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_alert_rules(&self) -> Result<Vec<AlertRule>> {
+        self.read(move |c| docs(c, "SELECT doc FROM alert_rules ORDER BY id", []))
+            .await
+    }
+
+    async fn update_alert_rule(&self, rule: &AlertRule, expected_version: u64) -> Result<()> {
+        let rule = rule.clone();
+        self.write(move |tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE alert_rules SET version = ?2, doc = ?3 WHERE id = ?1 AND version = ?4",
+                )?
+                .execute(params![
+                    rule.id.as_str(),
+                    rule.version as i64,
+                    to_doc(&rule)?,
+                    expected_version as i64
+                ])?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(Error::conflict(Entity::AlertRule, &rule.id))
+            }
+        })
+        .await
+    }
+
+    async fn delete_alert_rule(&self, id: &AlertRuleId) -> Result<bool> {
+        let id = id.clone();
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached("DELETE FROM alert_rules WHERE id = ?1")?
+                .execute([id.as_str()])?
+                == 1)
         })
         .await
     }

@@ -1,0 +1,212 @@
+//! Alert rules with a manual clock, evaluated by the health sweep: a rule
+//! fires when its value goes above the threshold and resolves when it comes
+//! back; its webhook gets one signed notice per transition, however many
+//! sweeps run; a notice the webhook refused is sent again by the next
+//! sweep. A conformance suite: the embedded store and DynamoDB (moto).
+
+use std::collections::BTreeSet;
+use tms::auth::Principal;
+use tms::dispatch::{verify, DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use tms::domain::{AlertMetric, AlertWebhook, Resources, RunnerType, SecretName, ShardResult};
+use tms::usecases::{NewAlertRule, NewRunner, ReportStatus, ShardReport};
+use tms_tests::recorder::{Answer, Recorder};
+use tms_tests::{Backend, Harness};
+
+fn rule(name: &str, metric: AlertMetric, threshold: f64) -> NewAlertRule {
+    NewAlertRule {
+        name: name.into(),
+        metric,
+        threshold,
+        window_hours: None,
+        min_runs: None,
+        suite: None,
+        webhook: None,
+    }
+}
+
+async fn queue_depth_fires_once_per_episode_with_a_signed_notice<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let hook = Recorder::start(Answer::status(204)).await;
+    h.secrets.set("ALERTS_SIGNING", "s3cret");
+    let mut new = rule("queue backing up", AlertMetric::QueueDepth, 2.0);
+    new.webhook = Some(AlertWebhook {
+        url: format!("{}/hooks/tms", hook.url),
+        secret: Some(SecretName::parse("ALERTS_SIGNING").unwrap()),
+    });
+    let created = h.app.create_alert_rule(new).await.unwrap();
+    // Nothing queued: quiet.
+    assert_eq!(h.app.health_sweep().await.unwrap().alerts_changed, 0);
+    // Three shards wait with no runner: above 2, it fires — once.
+    for suite in ["a", "b", "c"] {
+        let e = tms_tests::new_execution(suite, ["t".into()], 1);
+        h.app.queue_execution(e, None).await.unwrap();
+    }
+    for _ in 0..3 {
+        h.clock.advance_secs(30);
+        h.app.health_sweep().await.unwrap();
+    }
+    let sent = hook.requests();
+    assert_eq!(
+        sent.len(),
+        1,
+        "one notice for the episode: {:?}",
+        sent.iter().map(|r| r.body.clone()).collect::<Vec<_>>()
+    );
+    let notice = sent[0].json();
+    assert_eq!(notice["type"], "alert.fired");
+    assert_eq!(notice["rule"]["name"], "queue backing up");
+    assert_eq!(notice["value"], 3.0);
+    assert_eq!(notice["episode"], 1);
+    let (ts, sig) = (
+        sent[0].header(TIMESTAMP_HEADER).unwrap(),
+        sent[0].header(SIGNATURE_HEADER).unwrap(),
+    );
+    assert!(
+        verify("s3cret", ts, &sent[0].body, sig),
+        "signed with the secret"
+    );
+    assert!(!verify("other", ts, &sent[0].body, sig));
+    assert_eq!(
+        sent[0].header(DELIVERY_HEADER).unwrap(),
+        format!("{}.1.fired", created.id)
+    );
+    let listed = h.app.alert_rules().await.unwrap();
+    assert!(listed[0].state.firing && listed[0].state.delivered);
+
+    // A runner takes the work: it resolves, once.
+    let r = NewRunner {
+        name: "r".into(),
+        runner_type: RunnerType::Custom,
+        labels: BTreeSet::new(),
+        capacity: Resources::new(4, 16_000, 32_768),
+        priority: 0,
+        dispatch: None,
+    };
+    h.app.register_runner(r).await.unwrap();
+    h.app.schedule_pass().await.unwrap();
+    for _ in 0..2 {
+        h.clock.advance_secs(30);
+        h.app.health_sweep().await.unwrap();
+    }
+    let sent = hook.requests();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[1].json()["type"], "alert.resolved");
+    assert!(!h.app.alert_rules().await.unwrap()[0].state.firing);
+}
+
+async fn a_refused_notice_is_sent_again_until_taken<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let hook = Recorder::start(Answer::status(200)).await;
+    hook.script([Answer::status(503)]);
+    let mut new = rule("queue", AlertMetric::QueueDepth, 0.0);
+    new.webhook = Some(AlertWebhook {
+        url: hook.url.clone(),
+        secret: None,
+    });
+    h.app.create_alert_rule(new).await.unwrap();
+    let e = tms_tests::new_execution("s", ["t".into()], 1);
+    h.app.queue_execution(e, None).await.unwrap();
+    h.app.health_sweep().await.unwrap();
+    let state = &h.app.alert_rules().await.unwrap()[0].state;
+    assert!(state.firing && !state.delivered);
+    assert!(state.delivery_error.as_deref().unwrap().contains("503"));
+    h.app.health_sweep().await.unwrap();
+    h.app.health_sweep().await.unwrap();
+    let sent = hook.requests();
+    assert_eq!(sent.len(), 2, "the refused one, then one taken");
+    assert_eq!(
+        sent[0].header(DELIVERY_HEADER),
+        sent[1].header(DELIVERY_HEADER)
+    );
+    assert!(h.app.alert_rules().await.unwrap()[0].state.delivered);
+}
+
+async fn the_failure_rate_counts_finished_runs_in_its_window<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let mut new = rule("api failing", AlertMetric::FailureRate, 0.4);
+    new.min_runs = Some(2);
+    new.suite = Some("api".into());
+    h.app.create_alert_rule(new).await.unwrap();
+    let r = NewRunner {
+        name: "r".into(),
+        runner_type: RunnerType::Custom,
+        labels: BTreeSet::new(),
+        capacity: Resources::new(4, 16_000, 32_768),
+        priority: 0,
+        dispatch: None,
+    };
+    let r = h.app.register_runner(r).await.unwrap().runner.runner.id;
+    for failed in [1, 0, 1] {
+        let e = tms_tests::new_execution("api", ["t".into()], 1);
+        h.app.queue_execution(e, None).await.unwrap();
+        h.app.schedule_pass().await.unwrap();
+        let a = h.app.heartbeat(&r, None).await.unwrap().remove(0);
+        let report = ShardReport {
+            shard_index: a.shard_index,
+            lease_id: a.lease_id,
+            status: if failed > 0 {
+                ReportStatus::Failed
+            } else {
+                ReportStatus::Passed
+            },
+            results: Some(ShardResult {
+                passed: 1 - failed,
+                failed,
+                ..Default::default()
+            }),
+        };
+        h.app
+            .report_shard(&Principal::Runner(r.clone()), &a.execution_id, report)
+            .await
+            .unwrap();
+        h.deliver_events().await;
+    }
+    h.app.health_sweep().await.unwrap();
+    let state = h.app.alert_rules().await.unwrap()[0].state.clone();
+    let value = state.value.unwrap();
+    assert!((value - 2.0 / 3.0).abs() < 1e-9, "{value}");
+    assert!(state.firing);
+    // Two hours on, the window (1 hour) holds no runs: no data, resolved.
+    h.clock.advance_secs(2 * 3600);
+    h.app.health_sweep().await.unwrap();
+    let state = h.app.alert_rules().await.unwrap()[0].state.clone();
+    assert_eq!(state.value, None);
+    assert!(!state.firing);
+}
+
+async fn rules_are_validated_listed_and_deleted<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    assert!(h
+        .app
+        .create_alert_rule(rule("x", AlertMetric::FailureRate, 2.0))
+        .await
+        .is_err());
+    assert!(h
+        .app
+        .create_alert_rule(rule("", AlertMetric::QueueDepth, 1.0))
+        .await
+        .is_err());
+    let a = h
+        .app
+        .create_alert_rule(rule("unhealthy", AlertMetric::UnhealthyRunners, 0.0))
+        .await
+        .unwrap();
+    let b = h
+        .app
+        .create_alert_rule(rule("old", AlertMetric::OldestQueuedAgeSeconds, 600.0))
+        .await
+        .unwrap();
+    assert_eq!(h.app.alert_rules().await.unwrap().len(), 2);
+    h.app.delete_alert_rule(&a.id).await.unwrap();
+    assert!(h.app.delete_alert_rule(&a.id).await.is_err());
+    let left = h.app.alert_rules().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, b.id);
+}
+
+tms_tests::conformance!(
+    queue_depth_fires_once_per_episode_with_a_signed_notice,
+    a_refused_notice_is_sent_again_until_taken,
+    the_failure_rate_counts_finished_runs_in_its_window,
+    rules_are_validated_listed_and_deleted,
+);
