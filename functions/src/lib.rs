@@ -5,6 +5,7 @@
 //! functions so the emulator test drives them in-process with recorded
 //! event payloads.
 
+pub mod emf;
 pub mod env;
 
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
@@ -24,23 +25,41 @@ pub type App = Arc<Orchestrator<AwsPorts>>;
 /// The error a handler gives the runtime (it logs it and fails the invocation).
 pub type HandlerError = lambda_runtime::Error;
 
-/// Structured JSON logs on stdout (CloudWatch), filtered by `RUST_LOG`.
+/// Structured JSON logs on stdout (CloudWatch), filtered by `RUST_LOG`,
+/// and the metrics events as CloudWatch EMF lines (not also as logs).
 pub fn init_logging() {
-    tracing_subscriber::fmt()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(
+            format!("{}=off", tms::usecases::METRICS_TARGET)
+                .parse()
+                .expect("a valid directive"),
+        );
+    let logs = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
         .with_current_span(false)
         .with_ansi(false)
         .without_time()
         .with_target(false)
-        .init();
+        .with_filter(filter);
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(emf::EmfLayer::new(|line| println!("{line}")))
+        .try_init();
 }
 
 /// Cold start: settings from the environment, then the orchestrator.
 pub async fn cold_start(needs_admin_token: bool) -> Result<App, SettingsError> {
+    if let Ok(function) = std::env::var("AWS_LAMBDA_FUNCTION_NAME") {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        println!("{}", emf::cold_start(now, &function));
+    }
     let env = FunctionEnv::from_process(needs_admin_token)?;
     env.app().await
 }

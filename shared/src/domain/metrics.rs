@@ -80,6 +80,17 @@ pub fn quantile(hist: &[u64], q: f64) -> Option<i64> {
     None
 }
 
+/// A finished execution's wait for its first runner and, if it started,
+/// its run time (ms). One that never started (cancelled or timed out in
+/// the queue) waited until it finished.
+pub fn waited_and_ran(e: &Execution) -> (i64, Option<i64>) {
+    let finished = e.finished_at.unwrap_or(e.updated_at);
+    let started = e.started_at.unwrap_or(finished);
+    let wait = started.since(e.created_at).max(0);
+    let run = e.started_at.map(|s| finished.since(s).max(0));
+    (wait, run)
+}
+
 /// Counter names and amounts. Names: `finished`, one per final status
 /// (`passed`, `failed`, `errored`, `timed_out`, `cancelled`), `tests_passed`,
 /// `tests_failed`, `tests_skipped`, `tests_flaky`, `run_ms` and `wait_ms`
@@ -115,14 +126,10 @@ impl Rollup {
         add("tests_failed", e.totals.failed.into());
         add("tests_skipped", e.totals.skipped.into());
         add("tests_flaky", e.totals.flaky.into());
-        // Never started (cancelled or timed out in the queue): it waited
-        // until it finished.
-        let started = e.started_at.unwrap_or(finished);
-        let wait = started.since(e.created_at).max(0);
+        let (wait, run) = waited_and_ran(e);
         add("wait_ms", wait as u64);
         add(&format!("wait_b{}", bucket_of(wait)), 1);
-        if e.started_at.is_some() {
-            let run = finished.since(started).max(0);
+        if let Some(run) = run {
             add("run_ms", run as u64);
             add(&format!("run_b{}", bucket_of(run)), 1);
         }

@@ -16,6 +16,10 @@ mod system;
 mod timings;
 
 pub use access::NewToken;
+
+/// The tracing target of the events that carry metrics (an execution's
+/// first finish), for whatever turns them into metrics.
+pub const METRICS_TARGET: &str = "tms::metrics";
 pub use alerts::NewAlertRule;
 pub use claims::{ClaimOutcome, Claimable};
 pub use completion::{ReportOutcome, ReportStatus, ShardReport};
@@ -94,7 +98,27 @@ impl<P: Ports> Orchestrator<P> {
         let rollup = execution.take_rollup();
         self.store
             .update_execution(execution, expected_version, rollup.as_ref())
-            .await
+            .await?;
+        if rollup.is_some() {
+            let (wait, run) = crate::domain::metrics::waited_and_ran(execution);
+            let passed = execution.status == crate::domain::ExecutionStatus::Passed;
+            // The Lambda functions turn this into a CloudWatch EMF line.
+            tracing::info!(
+                target: METRICS_TARGET,
+                execution_id = %execution.id,
+                suite = %execution.suite,
+                status = execution.status.as_str(),
+                queue_wait_ms = wait,
+                run_ms = run,
+                shards = u64::from(execution.shard_count),
+                tests_passed = u64::from(execution.totals.passed),
+                tests_failed = u64::from(execution.totals.failed),
+                passed = u64::from(passed),
+                not_passed = u64::from(!passed && execution.status != crate::domain::ExecutionStatus::Cancelled),
+                "execution finished"
+            );
+        }
+        Ok(())
     }
 
     /// Writes a shard changed from what was read (`expected`: its version
