@@ -204,7 +204,36 @@ async fn rules_are_validated_listed_and_deleted<B: Backend>() {
     assert_eq!(left[0].id, b.id);
 }
 
+async fn a_runner_going_silent_fires_the_unhealthy_runners_rule_in_the_same_sweep<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    h.app
+        .create_alert_rule(rule("runners down", AlertMetric::UnhealthyRunners, 0.0))
+        .await
+        .unwrap();
+    let r = NewRunner {
+        name: "r".into(),
+        runner_type: RunnerType::Custom,
+        labels: BTreeSet::new(),
+        capacity: Resources::new(1, 16_000, 32_768),
+        priority: 0,
+        dispatch: None,
+    };
+    let id = h.app.register_runner(r).await.unwrap().runner.runner.id;
+    assert_eq!(h.app.health_sweep().await.unwrap().alerts_changed, 0);
+    h.clock.advance_secs(10 * 60);
+    let report = h.app.health_sweep().await.unwrap();
+    assert_eq!(report.runners_marked_unhealthy, 1);
+    assert_eq!(report.alerts_changed, 1);
+    let state = h.app.alert_rules().await.unwrap()[0].state.clone();
+    assert_eq!((state.firing, state.value), (true, Some(1.0)));
+    // It comes back: resolved.
+    h.app.heartbeat(&id, None).await.unwrap();
+    assert_eq!(h.app.health_sweep().await.unwrap().alerts_changed, 1);
+    assert!(!h.app.alert_rules().await.unwrap()[0].state.firing);
+}
+
 tms_tests::conformance!(
+    a_runner_going_silent_fires_the_unhealthy_runners_rule_in_the_same_sweep,
     queue_depth_fires_once_per_episode_with_a_signed_notice,
     a_refused_notice_is_sent_again_until_taken,
     the_failure_rate_counts_finished_runs_in_its_window,

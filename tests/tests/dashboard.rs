@@ -574,3 +574,45 @@ async fn a_firing_alert_is_shown_on_the_dashboard() {
     .await;
     screenshot(&b, "dashboard-alert").await;
 }
+
+#[tokio::test]
+async fn a_refresh_updates_rows_in_place_and_keeps_the_scroll_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let base = &server.base;
+    for i in 0..30 {
+        queue(base, &format!("suite-{i:02}"), &["t"], 1).await;
+    }
+    let b = signed_in(&server).await;
+    b.set_window_size(1000, 600).await.unwrap();
+    until(
+        &b,
+        "return document.querySelectorAll('#executions tbody tr').length === 30;",
+        "thirty rows",
+    )
+    .await;
+    // Mark a row's element and scroll down, then wait for two refreshes.
+    b.execute(
+        "const row = document.querySelector('#executions tbody tr:last-child');
+         row.dataset.marked = 'yes';
+         window.scrollTo(0, 900);
+         window.__before = document.getElementById('updated').textContent;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    until(
+        &b,
+        "return document.getElementById('updated').textContent !== window.__before;",
+        "a refresh",
+    )
+    .await;
+    let kept = b
+        .execute(
+            "return [!!document.querySelector('#executions tr[data-marked=yes]'), Math.round(window.scrollY)];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, json!([true, 900]), "same row elements, same scroll");
+}
