@@ -199,6 +199,9 @@ pub trait Store: Send + Sync + 'static {
         expected_version: u64,
         rollup: Option<&crate::domain::Rollup>,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Adds a rollup's counters (a utilization sample) on its own.
+    fn add_rollup(&self, rollup: &crate::domain::Rollup)
+        -> impl Future<Output = Result<()>> + Send;
     /// The metrics rollups of the hours from `since` to `until`, every suite.
     fn metric_rollups(
         &self,

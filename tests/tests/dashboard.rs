@@ -297,7 +297,13 @@ async fn signing_in_keeps_the_token_in_the_tab_and_a_wrong_token_is_refused() {
 #[tokio::test]
 async fn a_queued_execution_appears_in_the_queue_progresses_and_finishes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    // Health sweeps every second sample the slots in use for the chart.
+    let (server, _) = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--heartbeat-interval", "1"],
+    );
     let base = &server.base;
     let b = signed_in(&server).await;
     // No runner yet: it waits in the queue.
@@ -315,6 +321,23 @@ async fn a_queued_execution_appears_in_the_queue_progresses_and_finishes() {
     // A runner arrives and takes both shards.
     let runner = register(base, "gha-linux-1").await;
     let _other = register(base, "gha-linux-2").await;
+    // Both stay alive (a heartbeat interval is 1 s here).
+    let alive = {
+        let (base, runners) = (base.clone(), [runner.clone(), _other.clone()]);
+        tokio::spawn(async move {
+            loop {
+                for (id, token) in &runners {
+                    let _ = client()
+                        .post(format!("{base}/runners/{id}/heartbeat"))
+                        .bearer_auth(token)
+                        .json(&json!({}))
+                        .send()
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
     until(&b, &status_is(&exec.0, "running"), "running").await;
     until(
         &b,
@@ -354,6 +377,7 @@ async fn a_queued_execution_appears_in_the_queue_progresses_and_finishes() {
     b.set_window_size(390, 844).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     screenshot(&b, "dashboard-phone").await;
+    alive.abort();
     // The page never scrolled sideways out of a phone's width at the top level.
     let overflow = b
         .execute(

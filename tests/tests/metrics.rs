@@ -165,7 +165,32 @@ async fn a_reopened_execution_that_finishes_again_is_counted_once<B: Backend>() 
     assert_eq!(m.total.figures.finished, 1, "{:?}", m.total);
 }
 
+async fn health_sweeps_sample_slot_utilization_per_hour<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let r = runner(&h).await;
+    let e = tms_tests::new_execution("api", ["a".into(), "b".into()], 2);
+    h.app.queue_execution(e, None).await.unwrap();
+    h.app.schedule_pass().await.unwrap();
+    // Two of four slots in use, twice; then none of four.
+    h.app.health_sweep().await.unwrap();
+    h.app.health_sweep().await.unwrap();
+    for a in h.app.heartbeat(&r, None).await.unwrap() {
+        finish(&h, &r, &a, 0).await;
+    }
+    h.app.health_sweep().await.unwrap();
+    let m = h.app.metrics(None, Some("1h")).await.unwrap();
+    let now = m.hours.last().unwrap();
+    let u = now.slot_utilization.unwrap();
+    assert!((u - 4.0 / 12.0).abs() < 1e-9, "{u}");
+    assert_eq!(m.slot_utilization, now.slot_utilization);
+    assert!(
+        m.suites.iter().all(|s| !s.suite.is_empty()),
+        "samples are not a suite"
+    );
+}
+
 tms_tests::conformance!(
+    health_sweeps_sample_slot_utilization_per_hour,
     finished_executions_roll_up_once_per_suite_and_hour,
     a_reopened_execution_that_finishes_again_is_counted_once,
 );

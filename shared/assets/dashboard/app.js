@@ -300,12 +300,12 @@ function chartSize(node) {
   return { width: Math.max(280, node.clientWidth - 4), height: 200 };
 }
 
-function makeChart(id, series, data) {
+function makeChart(id, series, data, scales) {
   const node = $(id);
   if (typeof uPlot !== "function") return null; // the page still works without charts
   const axis = { stroke: "#8b98a8", grid: { stroke: "#253040" }, ticks: { stroke: "#253040" } };
   return new uPlot(
-    { ...chartSize(node), series: [{}, ...series], axes: [axis, axis], legend: { live: false } },
+    { ...chartSize(node), series: [{}, ...series], axes: [axis, axis], legend: { live: false }, scales },
     data,
     node,
   );
@@ -334,6 +334,19 @@ function renderCharts(runners, metrics) {
   } else state.charts.util.setData(state.util);
 
   const hours = metrics ? metrics.hours : [];
+  const utilization = [
+    hours.map((h) => h.hour / 1000),
+    hours.map((h) => (h.slot_utilization == null ? null : Math.round(h.slot_utilization * 1000) / 10)),
+  ];
+  if (!state.charts.hourly) {
+    state.charts.hourly = makeChart(
+      "chart-util-hourly",
+      [{ label: "utilization %", stroke: "#d29922", fill: "rgba(210,153,34,.15)", spanGaps: false }],
+      utilization,
+      { y: { range: [0, 100] } },
+    );
+  } else state.charts.hourly.setData(utilization);
+
   const data = [
     hours.map((h) => h.hour / 1000),
     hours.map((h) => h.passed),
@@ -352,7 +365,12 @@ function renderCharts(runners, metrics) {
 }
 
 window.addEventListener("resize", () => {
-  for (const [id, chart] of Object.entries({ "chart-util": state.charts.util, "chart-throughput": state.charts.throughput })) {
+  const charts = {
+    "chart-util": state.charts.util,
+    "chart-util-hourly": state.charts.hourly,
+    "chart-throughput": state.charts.throughput,
+  };
+  for (const [id, chart] of Object.entries(charts)) {
     if (chart) chart.setSize(chartSize($(id)));
   }
 });

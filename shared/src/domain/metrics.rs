@@ -97,6 +97,11 @@ pub fn waited_and_ran(e: &Execution) -> (i64, Option<i64>) {
 /// (sums), and the histogram buckets `run_b<i>` and `wait_b<i>`.
 pub type Counters = BTreeMap<String, u64>;
 
+/// The rollups' pseudo-suite of system samples (a real suite is never
+/// empty): slots in use and slots registered, summed over the health
+/// sweep's samples, so their ratio is the hour's slot utilization.
+pub const SYSTEM: &str = "";
+
 /// One suite's counters for one hour.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rollup {
@@ -106,6 +111,20 @@ pub struct Rollup {
 }
 
 impl Rollup {
+    /// One utilization sample: the slots allocated and the slots of
+    /// runners not deregistered, now.
+    pub fn utilization_sample(now: Timestamp, used_slots: u64, capacity_slots: u64) -> Rollup {
+        let mut counters = Counters::new();
+        counters.insert("util_samples".into(), 1);
+        counters.insert("util_used".into(), used_slots);
+        counters.insert("util_capacity".into(), capacity_slots);
+        Rollup {
+            suite: SYSTEM.to_owned(),
+            hour: hour_of(now),
+            counters,
+        }
+    }
+
     /// What an execution adds once it has finished: its final status, its
     /// tests, how long it waited for its first runner and how long it ran.
     /// None while it runs.
@@ -216,6 +235,9 @@ pub struct HourFigures {
     /// The hour's start (ms since the epoch).
     #[schema(value_type = i64)]
     pub hour: Timestamp,
+    /// Share of registered slots in use over the hour's health samples
+    /// (none without samples or slots).
+    pub slot_utilization: Option<f64>,
     #[serde(flatten)]
     pub figures: Figures,
 }
@@ -229,6 +251,8 @@ pub struct Metrics {
     #[schema(value_type = i64)]
     pub until: Timestamp,
     pub total: SuiteFigures,
+    /// Share of registered slots in use over the range.
+    pub slot_utilization: Option<f64>,
     pub suites: Vec<SuiteFigures>,
     /// Every hour of the range, oldest first, empty ones included (a chart
     /// needs the gaps).
@@ -244,10 +268,20 @@ impl Metrics {
         until: Timestamp,
         suite: Option<&str>,
     ) -> Metrics {
+        let (system, rows): (Vec<&Rollup>, Vec<&Rollup>) =
+            rows.iter().partition(|r| r.suite == SYSTEM);
         let rows: Vec<&Rollup> = rows
-            .iter()
+            .into_iter()
             .filter(|r| suite.is_none_or(|s| r.suite == s))
             .collect();
+        let utilization = |samples: &mut dyn Iterator<Item = &&Rollup>| {
+            let (mut used, mut capacity) = (0u64, 0u64);
+            for r in samples {
+                used += r.counters.get("util_used").copied().unwrap_or(0);
+                capacity += r.counters.get("util_capacity").copied().unwrap_or(0);
+            }
+            (capacity > 0).then(|| used as f64 / capacity as f64)
+        };
         let (first, last) = (hour_of(since), hour_of(until));
         let hours_in_range = ((last.0 - first.0) / HOUR_MS + 1).max(1);
         let per_hour = |f: &Figures| f.finished as f64 / hours_in_range as f64;
@@ -271,6 +305,7 @@ impl Metrics {
                 let hour = Timestamp(first.0 + i * HOUR_MS);
                 HourFigures {
                     hour,
+                    slot_utilization: utilization(&mut system.iter().filter(|r| r.hour == hour)),
                     figures: Figures::of(
                         rows.iter().filter(|r| r.hour == hour).map(|r| &r.counters),
                     ),
@@ -281,6 +316,7 @@ impl Metrics {
         Metrics {
             since: first,
             until,
+            slot_utilization: utilization(&mut system.iter()),
             total: SuiteFigures {
                 suite: suite.unwrap_or("*").to_owned(),
                 throughput_per_hour: per_hour(&figures),

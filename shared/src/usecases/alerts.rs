@@ -11,7 +11,6 @@ use crate::dispatch::{
 use crate::domain::metrics::{hour_of, HOUR_MS};
 use crate::domain::{
     AlertMetric, AlertRule, AlertState, AlertTransition, AlertWebhook, Metrics, Rollup,
-    RunnerStatus,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::AlertRuleId;
@@ -112,14 +111,14 @@ impl<P: Ports> Orchestrator<P> {
         }
     }
 
-    /// Evaluates every rule (from the health sweep); returns how many fired
-    /// or resolved.
-    pub async fn evaluate_alerts(&self) -> Result<u32> {
+    /// Evaluates every rule (from the health sweep, which counted the
+    /// `unhealthy` runners); returns how many fired or resolved.
+    pub async fn evaluate_alerts(&self, unhealthy: u64) -> Result<u32> {
         let rules = self.store.list_alert_rules().await?;
         if rules.is_empty() {
             return Ok(0);
         }
-        let readings = self.readings(&rules).await?;
+        let readings = self.readings(&rules, unhealthy).await?;
         let mut transitions = 0;
         for rule in rules {
             let mut next = rule.clone();
@@ -154,21 +153,9 @@ impl<P: Ports> Orchestrator<P> {
         Ok(transitions)
     }
 
-    async fn readings(&self, rules: &[AlertRule]) -> Result<Readings> {
+    async fn readings(&self, rules: &[AlertRule], unhealthy: u64) -> Result<Readings> {
         let now = self.clock.now();
         let stats = self.store.queue_stats().await?;
-        let unhealthy = if rules
-            .iter()
-            .any(|r| r.metric == AlertMetric::UnhealthyRunners)
-        {
-            self.all_runners()
-                .await?
-                .iter()
-                .filter(|r| r.runner.status == RunnerStatus::Unhealthy)
-                .count() as u64
-        } else {
-            0
-        };
         let rollups = match rules
             .iter()
             .filter(|r| r.metric == AlertMetric::FailureRate)

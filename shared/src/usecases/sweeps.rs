@@ -2,7 +2,7 @@
 //! store, so that a lost nudge or event never loses work.
 
 use super::{retry_on_conflict, Orchestrator};
-use crate::domain::RunnerStatus;
+use crate::domain::{Rollup, RunnerStatus};
 use crate::error::Result;
 use crate::ids::{ExecutionId, LeaseId};
 use crate::ports::{Nudges, Ports, Store};
@@ -79,8 +79,21 @@ impl<P: Ports> Orchestrator<P> {
                 .await?;
             report.shards_requeued += moved as u32;
         }
-        // Health first, so an unhealthy-runners rule sees this sweep's count.
-        report.alerts_changed = self.evaluate_alerts().await?;
+        // Health first, so the sample and the alerts see this sweep's count.
+        let runners = self.all_runners().await?;
+        let (mut used, mut capacity, mut unhealthy) = (0u64, 0u64, 0u64);
+        for r in runners
+            .iter()
+            .filter(|r| r.runner.status != RunnerStatus::Deregistered)
+        {
+            used += u64::from(r.allocated.slots);
+            capacity += u64::from(r.runner.capacity.slots);
+            unhealthy += u64::from(r.runner.status == RunnerStatus::Unhealthy);
+        }
+        self.store
+            .add_rollup(&Rollup::utilization_sample(now, used, capacity))
+            .await?;
+        report.alerts_changed = self.evaluate_alerts(unhealthy).await?;
         Ok(report)
     }
 

@@ -1227,6 +1227,21 @@ impl Store for DynamoStore {
         }
     }
 
+    async fn add_rollup(&self, rollup: &Rollup) -> Result<()> {
+        let u = self.rollup_update(rollup)?;
+        self.client
+            .update_item()
+            .table_name(u.table_name)
+            .set_key(Some(u.key))
+            .update_expression(u.update_expression)
+            .set_expression_attribute_names(u.expression_attribute_names)
+            .set_expression_attribute_values(u.expression_attribute_values)
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(())
+    }
+
     async fn metric_rollups(&self, since: Timestamp, until: Timestamp) -> Result<Vec<Rollup>> {
         let query = self
             .client

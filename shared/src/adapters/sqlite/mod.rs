@@ -73,6 +73,18 @@ mod thread;
 
 use thread::DbThread;
 
+/// Adds a rollup's counters to its hour-and-suite rows.
+fn add_counters(tx: &Connection, r: &Rollup) -> Result<()> {
+    let mut add = tx.prepare_cached(
+        "INSERT INTO metrics (hour, suite, name, value) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (hour, suite, name) DO UPDATE SET value = value + excluded.value",
+    )?;
+    for (name, value) in &r.counters {
+        add.execute(params![r.hour.0, r.suite, name, *value as i64])?;
+    }
+    Ok(())
+}
+
 /// SQLite-backed [`Store`]: one database thread owns the connection (see
 /// [`thread`]); reads and writes are sent to it.
 pub struct SqliteStore {
@@ -637,17 +649,16 @@ impl Store for SqliteStore {
             }
             write_execution(tx, &execution)?;
             if let Some(r) = rollup {
-                let mut add = tx.prepare_cached(
-                    "INSERT INTO metrics (hour, suite, name, value) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (hour, suite, name) DO UPDATE SET value = value + excluded.value",
-                )?;
-                for (name, value) in &r.counters {
-                    add.execute(params![r.hour.0, r.suite, name, *value as i64])?;
-                }
+                add_counters(tx, &r)?;
             }
             Ok(())
         })
         .await
+    }
+
+    async fn add_rollup(&self, rollup: &Rollup) -> Result<()> {
+        let rollup = rollup.clone();
+        self.write(move |tx| add_counters(tx, &rollup)).await
     }
 
     async fn metric_rollups(&self, since: Timestamp, until: Timestamp) -> Result<Vec<Rollup>> {
