@@ -57,7 +57,8 @@ fn agent_with(
         .env("TMS_URL", &server.url)
         .env("TMS_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        // What the agent says goes to `<name>.log` beside its state file.
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
         .spawn()
         .expect("start tms agent");
     Agent(child)
@@ -276,16 +277,12 @@ async fn with_the_docker_executor_each_shard_runs_in_a_container_killed_by_name_
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
     let work = tempfile::tempdir().unwrap();
-    // A stand-in `docker` first on PATH.
-    let bin = work.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let docker = bin.join("docker");
-    let fake = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/agent/fake_docker.py");
-    std::fs::write(&docker, format!("#!/bin/sh\nexec python3 {fake} \"$@\"\n")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A stand-in `docker` first on PATH: a committed executable, not one
+    // written here, which a concurrently forked test process could hold
+    // open for writing ("text file busy").
+    let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/agent/bin");
     let log = work.path().join("docker.log");
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let path = format!("{bin}:{}", std::env::var("PATH").unwrap());
     let _agent = agent_with(&server, work.path(), "boxed", |c| {
         c.env("PATH", &path)
             .env("FAKE_DOCKER_LOG", &log)
@@ -298,8 +295,10 @@ async fn with_the_docker_executor_each_shard_runs_in_a_container_killed_by_name_
     assert_eq!(
         ok.status.code(),
         Some(0),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
+        "{}\nagent: {}\ndocker calls: {}",
+        String::from_utf8_lossy(&ok.stdout),
+        std::fs::read_to_string(work.path().join("boxed.log")).unwrap_or_default(),
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     let done: Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(done["totals"]["passed"], 2, "{done}");

@@ -640,3 +640,70 @@ async fn a_refresh_updates_rows_in_place_and_keeps_the_scroll_position() {
         .unwrap();
     assert_eq!(kept, json!([true, 900]), "same row elements, same scroll");
 }
+
+#[tokio::test]
+async fn retrying_a_failed_execution_from_the_dashboard_queues_its_failed_shard_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let base = &server.base;
+    let runner = register(base, "r").await;
+    let exec = queue(base, "flaky-suite", &["t"], 1).await;
+    // The scheduler assigns it right after the queue call.
+    let deadline = Instant::now() + PATIENCE;
+    let a = loop {
+        let beat = post(
+            base,
+            &format!("/runners/{}/heartbeat", runner.0),
+            &runner.1,
+            json!({}),
+        )
+        .await;
+        if let Some(a) = beat["assignments"].get(0) {
+            break a.clone();
+        }
+        assert!(Instant::now() < deadline, "never assigned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    post(
+        base,
+        &format!("/webhooks/parallel-execution/{}", exec.0),
+        &exec.1,
+        json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"], "status": "failed",
+               "results": {"passed": 0, "failed": 1, "skipped": 0}}),
+    )
+    .await;
+    let b = signed_in(&server).await;
+    until(&b, &status_is(&exec.0, "failed"), "failed").await;
+    let button = format!(
+        "#executions tr[data-key={:?}] button[data-action=retry]",
+        exec.0
+    );
+    b.find(Locator::Css(&button))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &b,
+        "return document.getElementById('confirm').open;",
+        "the confirmation",
+    )
+    .await;
+    b.find(Locator::Id("confirm-yes"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &b,
+        &format!(
+            "const row = document.querySelector('#executions tr[data-key={:?}]');
+             return ['queued', 'running'].includes(row.querySelector('.status').dataset.status);",
+            exec.0
+        ),
+        "queued or running again",
+    )
+    .await;
+}

@@ -56,6 +56,36 @@ async fn an_execution_runs_from_queue_to_passed_through_the_functions_queues_and
     assert_eq!(done["status"], "passed", "{done}");
     assert_eq!(done["totals"]["passed"], 4);
 
+    // Its finish is in the metrics, and the system function serves them
+    // and the dashboard.
+    let (status, metrics) = d
+        .http(
+            "ApiSystemFunction",
+            Routes::System,
+            "GET",
+            &format!("{BASE}/metrics"),
+            Some(&d.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{metrics}");
+    assert_eq!(metrics["total"]["finished"], 1, "{metrics}");
+    assert_eq!(metrics["total"]["passed"], 1, "{metrics}");
+    let (status, page) = d
+        .http(
+            "ApiSystemFunction",
+            Routes::System,
+            "GET",
+            "/enhanced-orchestration",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(page
+        .as_str()
+        .is_some_and(|html| html.contains("<title>TMS")));
+
     // The API functions only serve their own routes.
     let (status, _) = d
         .http(
