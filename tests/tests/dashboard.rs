@@ -26,8 +26,12 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// Kills chromedriver's whole process group: the Chromium it started
+    /// too, which would outlive a killed chromedriver (a failed test never
+    /// reaches a polite session close).
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
     }
 }
@@ -57,8 +61,11 @@ async fn browser() -> Browser {
          (scripts/test installs them; or set TMS_CHROMIUM and TMS_CHROMEDRIVER)"
     );
     let port = free_port();
+    use std::os::unix::process::CommandExt;
     let driver = Command::new(&driver_bin)
         .arg(format!("--port={port}"))
+        // A process group of its own, so Drop can end it with its browser.
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -107,18 +114,30 @@ async fn signed_in(server: &Server) -> Browser {
         .unwrap();
     let field = b.wait().for_element(Locator::Id("token")).await.unwrap();
     field.send_keys(ADMIN_TOKEN).await.unwrap();
-    b.find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Css("#login-form button")).await;
     visible(&b, "#app").await;
     b
 }
 
-/// Waits until `css` is rendered (takes up room on the page), and every
-/// one of `gone` is not.
+async fn click(b: &Client, what: Locator<'_>) {
+    b.find(what).await.unwrap().click().await.unwrap();
+}
+
+/// Clicks what `css` finds, waits for the confirmation dialog and answers
+/// it: `confirm-yes` or `confirm-no`.
+async fn click_and_answer(b: &Client, css: &str, answer: &str) {
+    click(b, Locator::Css(css)).await;
+    until(
+        b,
+        "return document.getElementById('confirm').open;",
+        "the confirmation",
+    )
+    .await;
+    click(b, Locator::Id(answer)).await;
+}
+
+/// Waits until `css` (`#app` or `#login`) is rendered (takes up room on
+/// the page) and the other is not.
 async fn visible(b: &Client, css: &str) {
     let script = format!(
         "const shown = (s) => document.querySelector(s).getClientRects().length > 0;
@@ -237,12 +256,7 @@ async fn signing_in_keeps_the_token_in_the_tab_and_a_wrong_token_is_refused() {
         .send_keys("tms_not_a_real_token")
         .await
         .unwrap();
-    b.find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Css("#login-form button")).await;
     until(
         &b,
         "return document.getElementById('login-error').textContent.includes('refused');",
@@ -255,12 +269,7 @@ async fn signing_in_keeps_the_token_in_the_tab_and_a_wrong_token_is_refused() {
         .send_keys(ADMIN_TOKEN)
         .await
         .unwrap();
-    b.find(Locator::Css("#login-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Css("#login-form button")).await;
     visible(&b, "#app").await;
     let kept = b
         .execute("return sessionStorage.getItem('tms-token');", vec![])
@@ -276,12 +285,7 @@ async fn signing_in_keeps_the_token_in_the_tab_and_a_wrong_token_is_refused() {
     // A reload of the tab stays signed in; signing out forgets the token.
     b.refresh().await.unwrap();
     visible(&b, "#app").await;
-    b.find(Locator::Id("sign-out"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, Locator::Id("sign-out")).await;
     visible(&b, "#login").await;
     let kept = b
         .execute("return sessionStorage.getItem('tms-token');", vec![])
@@ -406,27 +410,16 @@ async fn cancelling_from_the_dashboard_asks_first_then_cancels() {
         "the cancel button",
     )
     .await;
-    // The first time, the user keeps it.
-    b.find(Locator::Css(&button))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until(
-        &b,
-        "return document.getElementById('confirm').open;",
-        "the confirmation",
-    )
-    .await;
-    let question = b.find(Locator::Id("confirm-text")).await.unwrap();
-    assert!(question.text().await.unwrap().contains("nightly"));
-    b.find(Locator::Id("confirm-no"))
-        .await
-        .unwrap()
-        .click()
+    // The first time, the user keeps it; the question named the suite.
+    click_and_answer(&b, &button, "confirm-no").await;
+    let question = b
+        .execute(
+            "return document.getElementById('confirm-text').textContent;",
+            vec![],
+        )
         .await
         .unwrap();
+    assert!(question.as_str().unwrap().contains("nightly"), "{question}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status: Value = client()
         .get(format!("{base}/executions/{}/status", exec.0))
@@ -439,24 +432,7 @@ async fn cancelling_from_the_dashboard_asks_first_then_cancels() {
         .unwrap();
     assert_eq!(status["status"], "queued", "nothing happened without a yes");
     // Then confirms.
-    b.find(Locator::Css(&button))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until(
-        &b,
-        "return document.getElementById('confirm').open;",
-        "the confirmation",
-    )
-    .await;
-    b.find(Locator::Id("confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_and_answer(&b, &button, "confirm-yes").await;
     until(&b, &status_is(&exec.0, "cancelled"), "cancelled").await;
 }
 
@@ -478,24 +454,7 @@ async fn a_runner_paused_from_the_dashboard_is_skipped_by_the_scheduler() {
         "the pause button",
     )
     .await;
-    b.find(Locator::Css(&button))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until(
-        &b,
-        "return document.getElementById('confirm').open;",
-        "the confirmation",
-    )
-    .await;
-    b.find(Locator::Id("confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_and_answer(&b, &button, "confirm-yes").await;
     until(
         &b,
         &format!(
@@ -678,24 +637,7 @@ async fn retrying_a_failed_execution_from_the_dashboard_queues_its_failed_shard_
         "#executions tr[data-key={:?}] button[data-action=retry]",
         exec.0
     );
-    b.find(Locator::Css(&button))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    until(
-        &b,
-        "return document.getElementById('confirm').open;",
-        "the confirmation",
-    )
-    .await;
-    b.find(Locator::Id("confirm-yes"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_and_answer(&b, &button, "confirm-yes").await;
     until(
         &b,
         &format!(
