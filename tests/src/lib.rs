@@ -184,6 +184,26 @@ impl<B: Backend> Harness<B> {
             self.app.handle_event(&e).await.expect("aggregate");
         }
     }
+
+    /// Registers a custom runner without labels: `slots` slots, 16 cores,
+    /// 32 GiB.
+    pub async fn runner(&self, name: &str, slots: u32) -> tms::ids::RunnerId {
+        let new = tms::usecases::NewRunner {
+            name: name.into(),
+            runner_type: tms::domain::RunnerType::Custom,
+            labels: Default::default(),
+            capacity: tms::domain::Resources::new(slots, 16_000, 32_768),
+            priority: 0,
+            dispatch: None,
+        };
+        self.app
+            .register_runner(new)
+            .await
+            .unwrap()
+            .runner
+            .runner
+            .id
+    }
 }
 
 impl Default for Harness<Sqlite> {

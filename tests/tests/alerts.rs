@@ -4,11 +4,10 @@
 //! sweeps run; a notice the webhook refused is sent again by the next
 //! sweep. A conformance suite: the embedded store and DynamoDB (moto).
 
-use std::collections::BTreeSet;
 use tms::auth::Principal;
 use tms::dispatch::{verify, DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use tms::domain::{AlertMetric, AlertWebhook, Resources, RunnerType, SecretName, ShardResult};
-use tms::usecases::{NewAlertRule, NewRunner, ReportStatus, ShardReport};
+use tms::domain::{AlertMetric, AlertWebhook, SecretName, ShardResult};
+use tms::usecases::{NewAlertRule, ReportStatus, ShardReport};
 use tms_tests::recorder::{Answer, Recorder};
 use tms_tests::{Backend, Harness};
 
@@ -74,15 +73,7 @@ async fn queue_depth_fires_once_per_episode_with_a_signed_notice<B: Backend>() {
     assert!(listed[0].state.firing && listed[0].state.delivered);
 
     // A runner takes the work: it resolves, once.
-    let r = NewRunner {
-        name: "r".into(),
-        runner_type: RunnerType::Custom,
-        labels: BTreeSet::new(),
-        capacity: Resources::new(4, 16_000, 32_768),
-        priority: 0,
-        dispatch: None,
-    };
-    h.app.register_runner(r).await.unwrap();
+    h.runner("r", 4).await;
     h.app.schedule_pass().await.unwrap();
     for _ in 0..2 {
         h.clock.advance_secs(30);
@@ -127,15 +118,7 @@ async fn the_failure_rate_counts_finished_runs_in_its_window<B: Backend>() {
     new.min_runs = Some(2);
     new.suite = Some("api".into());
     h.app.create_alert_rule(new).await.unwrap();
-    let r = NewRunner {
-        name: "r".into(),
-        runner_type: RunnerType::Custom,
-        labels: BTreeSet::new(),
-        capacity: Resources::new(4, 16_000, 32_768),
-        priority: 0,
-        dispatch: None,
-    };
-    let r = h.app.register_runner(r).await.unwrap().runner.runner.id;
+    let r = h.runner("r", 4).await;
     for failed in [1, 0, 1] {
         let e = tms_tests::new_execution("api", ["t".into()], 1);
         h.app.queue_execution(e, None).await.unwrap();
@@ -210,15 +193,7 @@ async fn a_runner_going_silent_fires_the_unhealthy_runners_rule_in_the_same_swee
         .create_alert_rule(rule("runners down", AlertMetric::UnhealthyRunners, 0.0))
         .await
         .unwrap();
-    let r = NewRunner {
-        name: "r".into(),
-        runner_type: RunnerType::Custom,
-        labels: BTreeSet::new(),
-        capacity: Resources::new(1, 16_000, 32_768),
-        priority: 0,
-        dispatch: None,
-    };
-    let id = h.app.register_runner(r).await.unwrap().runner.runner.id;
+    let id = h.runner("r", 1).await;
     assert_eq!(h.app.health_sweep().await.unwrap().alerts_changed, 0);
     h.clock.advance_secs(10 * 60);
     let report = h.app.health_sweep().await.unwrap();

@@ -4,26 +4,15 @@
 //! batch avoids the runner that lost it; a stale lease's report is fenced
 //! off. A conformance suite: the embedded store and DynamoDB (moto).
 
-use std::collections::BTreeSet;
 use tms::auth::Principal;
-use tms::domain::{ExecutionStatus, Mode, Resources, RunnerType, ShardResult, ShardStatus};
+use tms::domain::{ExecutionStatus, Mode, ShardResult, ShardStatus};
 use tms::ids::{ExecutionId, RunnerId};
-use tms::usecases::{
-    Assignment, ClaimOutcome, NewRunner, ReportStatus, ShardReport, TestInput, TimedTest,
-};
+use tms::usecases::{Assignment, ClaimOutcome, ReportStatus, ShardReport, TestInput, TimedTest};
 use tms::Error;
 use tms_tests::{Backend, Harness};
 
 async fn runner<B: Backend>(h: &Harness<B>, name: &str, slots: u32) -> RunnerId {
-    let new = NewRunner {
-        name: name.into(),
-        runner_type: RunnerType::Custom,
-        labels: BTreeSet::new(),
-        capacity: Resources::new(slots, 16_000, 32_768),
-        priority: 0,
-        dispatch: None,
-    };
-    h.app.register_runner(new).await.unwrap().runner.runner.id
+    h.runner(name, slots).await
 }
 
 /// A dynamic execution of `n` tests, test i expected to take (n - i) seconds.

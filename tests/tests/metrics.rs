@@ -4,25 +4,16 @@
 //! adds nothing — and `metrics` sums them per suite and per hour. A
 //! conformance suite: the embedded store and DynamoDB (moto).
 
-use std::collections::BTreeSet;
 use tms::auth::Principal;
 use tms::domain::metrics::HOUR_MS;
-use tms::domain::{Resources, RunnerType, ShardResult};
+use tms::domain::ShardResult;
 use tms::ids::RunnerId;
 use tms::time::Clock;
-use tms::usecases::{Assignment, NewRunner, ReportStatus, ShardReport};
+use tms::usecases::{Assignment, ReportStatus, ShardReport};
 use tms_tests::{Backend, Harness};
 
 async fn runner<B: Backend>(h: &Harness<B>) -> RunnerId {
-    let new = NewRunner {
-        name: "r".into(),
-        runner_type: RunnerType::Custom,
-        labels: BTreeSet::new(),
-        capacity: Resources::new(4, 16_000, 32_768),
-        priority: 0,
-        dispatch: None,
-    };
-    h.app.register_runner(new).await.unwrap().runner.runner.id
+    h.runner("r", 4).await
 }
 
 async fn finish<B: Backend>(h: &Harness<B>, r: &RunnerId, a: &Assignment, failed: u32) {

@@ -6,24 +6,13 @@
 
 use std::collections::BTreeSet;
 use tms::auth::Principal;
-use tms::domain::{
-    ExecutionStatus, Resources, RetryPolicy, RunnerType, ShardResult, Strategy, TestResult,
-    TestStatus,
-};
+use tms::domain::{ExecutionStatus, RetryPolicy, ShardResult, Strategy, TestResult, TestStatus};
 use tms::ids::{ExecutionId, RunnerId};
-use tms::usecases::{Assignment, NewExecution, NewRule, NewRunner, ReportStatus, ShardReport};
+use tms::usecases::{Assignment, NewExecution, NewRule, ReportStatus, ShardReport};
 use tms_tests::{Backend, Harness};
 
 async fn runner<B: Backend>(h: &Harness<B>, name: &str) -> RunnerId {
-    let new = NewRunner {
-        name: name.into(),
-        runner_type: RunnerType::Custom,
-        labels: BTreeSet::new(),
-        capacity: Resources::new(1, 16_000, 32_768),
-        priority: 0,
-        dispatch: None,
-    };
-    h.app.register_runner(new).await.unwrap().runner.runner.id
+    h.runner(name, 1).await
 }
 
 fn suite(name: &str, retries: Option<RetryPolicy>, strict: bool) -> NewExecution {

@@ -336,6 +336,21 @@ impl DynamoStore {
             .map_err(Error::storage)
     }
 
+    /// Deletes the `META` item of `pk`; whether there was one.
+    async fn delete_meta(&self, pk: String) -> Result<bool> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(keys::PK, s(pk))
+            .key(keys::SK, s(keys::META))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(sdk)?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
     /// Runs a transaction; on a cancellation, tells which items' conditions failed.
     async fn transact(
         &self,
@@ -1552,25 +1567,10 @@ impl Store for DynamoStore {
     }
 
     async fn delete_rule(&self, id: &RuleId) -> Result<bool> {
-        let out = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key(keys::PK, s(keys::rule(id.as_str())))
-            .key(keys::SK, s(keys::META))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(sdk)?;
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .key(keys::PK, s(keys::rr_cursor(&format!("rule:{id}"))))
-            .key(keys::SK, s(keys::META))
-            .send()
-            .await
-            .map_err(sdk)?;
-        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+        let existed = self.delete_meta(keys::rule(id.as_str())).await?;
+        self.delete_meta(keys::rr_cursor(&format!("rule:{id}")))
+            .await?;
+        Ok(existed)
     }
 
     async fn insert_alert_rule(&self, rule: &AlertRule) -> Result<()> {
@@ -1612,17 +1612,7 @@ impl Store for DynamoStore {
     }
 
     async fn delete_alert_rule(&self, id: &AlertRuleId) -> Result<bool> {
-        let out = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key(keys::PK, s(keys::alert_rule(id.as_str())))
-            .key(keys::SK, s(keys::META))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(sdk)?;
-        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+        self.delete_meta(keys::alert_rule(id.as_str())).await
     }
 
     async fn round_robin_cursors(&self) -> Result<BTreeMap<String, RunnerId>> {
