@@ -462,23 +462,34 @@ impl DynamoStore {
         attrs: Vec<(&'static str, Option<AttributeValue>)>,
         expected: u64,
     ) -> Result<bool> {
-        let SetRemove {
-            expression,
-            mut names,
-            mut values,
-        } = set_and_remove(attrs);
-        names.insert("#version".into(), "version".into());
-        values.insert(":expected".into(), n(expected));
+        self.update_alone(self.meta_update(pk, versioned(attrs, expected))?)
+            .await
+    }
+
+    /// An `Update` of `pk`'s `META` item by `update`, on the condition that
+    /// its version is still the expected one ([`versioned`]).
+    fn meta_update(&self, pk: String, update: SetRemove) -> Result<Update> {
+        self.update(pk, keys::META)
+            .update_expression(update.expression)
+            .condition_expression("#version = :expected")
+            .set_expression_attribute_names(Some(update.names))
+            .set_expression_attribute_values(Some(update.values))
+            .build()
+            .map_err(Error::storage)
+    }
+
+    /// One `Update` sent as an `UpdateItem` of its own; `false` when its
+    /// condition failed.
+    async fn update_alone(&self, u: Update) -> Result<bool> {
         let out = self
             .client
             .update_item()
-            .table_name(&self.table)
-            .key(keys::PK, s(pk))
-            .key(keys::SK, s(keys::META))
-            .update_expression(expression)
-            .condition_expression("#version = :expected")
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
+            .table_name(u.table_name)
+            .set_key(Some(u.key))
+            .update_expression(u.update_expression)
+            .set_condition_expression(u.condition_expression)
+            .set_expression_attribute_names(u.expression_attribute_names)
+            .set_expression_attribute_values(u.expression_attribute_values)
             .send()
             .await;
         match out {
@@ -863,6 +874,15 @@ struct SetRemove {
     values: HashMap<String, AttributeValue>,
 }
 
+/// [`set_and_remove`] with the placeholders of the version condition that
+/// [`DynamoStore::meta_update`] adds.
+fn versioned(attrs: Vec<(&'static str, Option<AttributeValue>)>, expected: u64) -> SetRemove {
+    let mut change = set_and_remove(attrs);
+    change.names.insert("#version".into(), "version".into());
+    change.values.insert(":expected".into(), n(expected));
+    change
+}
+
 fn set_and_remove(attrs: Vec<(&'static str, Option<AttributeValue>)>) -> SetRemove {
     let (mut sets, mut removes) = (Vec::new(), Vec::new());
     let (mut names, mut values) = (HashMap::new(), HashMap::new());
@@ -1202,21 +1222,10 @@ impl Store for DynamoStore {
         attrs.extend(execution_state(execution));
         if let Some(rollup) = rollup {
             // The finishing write and its counters: both or neither.
-            let SetRemove {
-                expression,
-                mut names,
-                mut values,
-            } = set_and_remove(attrs);
-            names.insert("#version".into(), "version".into());
-            values.insert(":expected".into(), n(expected_version));
-            let write = self
-                .update(keys::execution(execution.id.as_str()), keys::META)
-                .update_expression(expression)
-                .condition_expression("#version = :expected")
-                .set_expression_attribute_names(Some(names))
-                .set_expression_attribute_values(Some(values))
-                .build()
-                .map_err(Error::storage)?;
+            let write = self.meta_update(
+                keys::execution(execution.id.as_str()),
+                versioned(attrs, expected_version),
+            )?;
             let items = vec![
                 TransactWriteItem::builder().update(write).build(),
                 TransactWriteItem::builder()
@@ -1243,17 +1252,8 @@ impl Store for DynamoStore {
     }
 
     async fn add_rollup(&self, rollup: &Rollup) -> Result<()> {
-        let u = self.rollup_update(rollup)?;
-        self.client
-            .update_item()
-            .table_name(u.table_name)
-            .set_key(Some(u.key))
-            .update_expression(u.update_expression)
-            .set_expression_attribute_names(u.expression_attribute_names)
-            .set_expression_attribute_values(u.expression_attribute_values)
-            .send()
-            .await
-            .map_err(sdk)?;
+        // Unconditional: it cannot fail a condition.
+        self.update_alone(self.rollup_update(rollup)?).await?;
         Ok(())
     }
 
@@ -1771,27 +1771,14 @@ impl Store for DynamoStore {
     ) -> Result<()> {
         let mut attrs = vec![("doc", Some(to_av(execution)?))];
         attrs.extend(execution_state(execution));
-        let SetRemove {
-            mut expression,
-            mut names,
-            mut values,
-        } = set_and_remove(attrs);
-        names.insert("#version".into(), "version".into());
-        values.insert(":expected".into(), n(expected_version));
+        let mut change = versioned(attrs, expected_version);
         // One update of the execution item: its record and its count of
         // shards waiting for the scheduler (a transaction may not touch an
         // item twice).
         let queued = i64::from(shard.status == ShardStatus::Queued && shard.mode.is_static());
-        expression.push_str(" ADD queued_shards :queued");
-        values.insert(":queued".into(), n(queued));
-        let update = self
-            .update(keys::execution(execution.id.as_str()), keys::META)
-            .update_expression(expression)
-            .condition_expression("#version = :expected")
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            .build()
-            .map_err(Error::storage)?;
+        change.expression.push_str(" ADD queued_shards :queued");
+        change.values.insert(":queued".into(), n(queued));
+        let update = self.meta_update(keys::execution(execution.id.as_str()), change)?;
         let put = self
             .put(shard_item(shard)?)
             .condition_expression("attribute_not_exists(pk)")
