@@ -21,6 +21,21 @@ impl Drop for Agent {
     }
 }
 
+/// `tms serve` on a fresh data directory (kept alive by the first value)
+/// and a work directory for the agents' files.
+fn start() -> (tempfile::TempDir, Server, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, data.path(), Some(ADMIN_TOKEN));
+    (data, server, tempfile::tempdir().unwrap())
+}
+
+fn three_agents(server: &Server, dir: &std::path::Path) -> Vec<Agent> {
+    ["a1", "a2", "a3"]
+        .iter()
+        .map(|n| agent(server, dir, n))
+        .collect()
+}
+
 fn agent(server: &Server, dir: &std::path::Path, name: &str) -> Agent {
     agent_with(server, dir, name, |c| c)
 }
@@ -85,13 +100,8 @@ async fn queue_at(url: String, args: &[&str]) -> Output {
 
 #[tokio::test]
 async fn agents_run_a_suite_in_parallel_and_queue_wait_exits_by_the_verdict() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
-    let work = tempfile::tempdir().unwrap();
-    let _agents: Vec<Agent> = ["a1", "a2", "a3"]
-        .iter()
-        .map(|n| agent(&server, work.path(), n))
-        .collect();
+    let (_data, server, work) = start();
+    let _agents = three_agents(&server, work.path());
 
     let tests: Vec<String> = (0..9).map(|i| format!("test_{i}")).collect();
     let mut args = vec!["--suite", "fake", "--parallelism", "3"];
@@ -153,9 +163,7 @@ async fn agents_run_a_suite_in_parallel_and_queue_wait_exits_by_the_verdict() {
 
 #[tokio::test]
 async fn a_shard_past_its_deadline_is_killed_and_the_run_is_not_passed() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
-    let work = tempfile::tempdir().unwrap();
+    let (_data, server, work) = start();
     let _a = agent(&server, work.path(), "a1");
     let started = std::time::Instant::now();
     let out = queue(
@@ -227,13 +235,8 @@ async fn an_agent_killed_mid_shard_has_its_shard_finished_by_another() {
 
 #[tokio::test]
 async fn agents_claim_the_batches_of_a_dynamic_execution_until_the_tests_run_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
-    let work = tempfile::tempdir().unwrap();
-    let _agents: Vec<Agent> = ["a1", "a2", "a3"]
-        .iter()
-        .map(|n| agent(&server, work.path(), n))
-        .collect();
+    let (_data, server, work) = start();
+    let _agents = three_agents(&server, work.path());
     // Hints of 6 s each make every test a batch of its own (at least 5 s
     // of work per batch); the tests themselves take 20 ms.
     let durations: serde_json::Map<String, Value> = (0..12)
@@ -274,9 +277,7 @@ async fn agents_claim_the_batches_of_a_dynamic_execution_until_the_tests_run_out
 
 #[tokio::test]
 async fn with_the_docker_executor_each_shard_runs_in_a_container_killed_by_name_at_its_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
-    let work = tempfile::tempdir().unwrap();
+    let (_data, server, work) = start();
     // A stand-in `docker` first on PATH: a committed executable, not one
     // written here, which a concurrently forked test process could hold
     // open for writing ("text file busy").
@@ -341,9 +342,7 @@ async fn with_the_docker_executor_each_shard_runs_in_a_container_killed_by_name_
 
 #[tokio::test]
 async fn agents_started_as_a_builds_parallel_jobs_work_one_execution_and_exit_with_its_verdict() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
-    let work = tempfile::tempdir().unwrap();
+    let (_data, server, work) = start();
     // The build's first job queues (no --wait) and hands the id on.
     let queued = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
         .args([
@@ -401,9 +400,7 @@ async fn agents_started_as_a_builds_parallel_jobs_work_one_execution_and_exit_wi
 
 #[tokio::test]
 async fn on_sigterm_an_agent_finishes_its_running_shard_takes_no_more_and_exits() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
-    let work = tempfile::tempdir().unwrap();
+    let (_data, server, work) = start();
     let mut a1 = agent(&server, work.path(), "a1");
     let queue_only = |tests: &[&str]| {
         let out = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)

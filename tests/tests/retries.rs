@@ -15,6 +15,10 @@ async fn runner<B: Backend>(h: &Harness<B>, name: &str) -> RunnerId {
     h.runner(name, 1).await
 }
 
+async fn queue<B: Backend>(h: &Harness<B>, new: NewExecution) -> ExecutionId {
+    h.app.queue_execution(new, None).await.unwrap().execution.id
+}
+
 fn suite(name: &str, retries: Option<RetryPolicy>, strict: bool) -> NewExecution {
     let mut new = tms_tests::new_execution(name, ["test_cart".into(), "test_pay".into()], 1);
     new.retries = retries;
@@ -97,13 +101,7 @@ const ONE_RETRY: Option<RetryPolicy> = Some(RetryPolicy {
 async fn a_failed_test_passing_on_another_runner_is_flaky_and_the_execution_passes<B: Backend>() {
     let h = Harness::<B>::start().await;
     let a = runner(&h, "a").await;
-    let id = h
-        .app
-        .queue_execution(suite("shop", ONE_RETRY, false), None)
-        .await
-        .unwrap()
-        .execution
-        .id;
+    let id = queue(&h, suite("shop", ONE_RETRY, false)).await;
     let first = work(&h, &a).await;
     report(&h, &a, &first[0], &["test_pay"]).await;
     assert_eq!(
@@ -163,13 +161,7 @@ async fn a_failed_test_passing_on_another_runner_is_flaky_and_the_execution_pass
 async fn a_strict_execution_fails_on_a_flaky_test<B: Backend>() {
     let h = Harness::<B>::start().await;
     let a = runner(&h, "a").await;
-    let id = h
-        .app
-        .queue_execution(suite("shop", ONE_RETRY, true), None)
-        .await
-        .unwrap()
-        .execution
-        .id;
+    let id = queue(&h, suite("shop", ONE_RETRY, true)).await;
     let first = work(&h, &a).await;
     report(&h, &a, &first[0], &["test_pay"]).await;
     let b = runner(&h, "b").await;
@@ -185,13 +177,7 @@ async fn retries_stop_at_the_per_test_and_the_execution_budget<B: Backend>() {
     let a = runner(&h, "a").await;
     let b = runner(&h, "b").await;
     // Per test: one retry; failing again there is final.
-    let id = h
-        .app
-        .queue_execution(suite("shop", ONE_RETRY, false), None)
-        .await
-        .unwrap()
-        .execution
-        .id;
+    let id = queue(&h, suite("shop", ONE_RETRY, false)).await;
     let (first_runner, first) = anywhere(&h, &[&a, &b]).await;
     report(&h, &first_runner, &first, &["test_pay"]).await;
     let (retry_runner, retry) = anywhere(&h, &[&a, &b]).await;
@@ -208,13 +194,7 @@ async fn retries_stop_at_the_per_test_and_the_execution_budget<B: Backend>() {
         per_test: 3,
         total: 1,
     });
-    let id = h
-        .app
-        .queue_execution(suite("cart", tight, false), None)
-        .await
-        .unwrap()
-        .execution
-        .id;
+    let id = queue(&h, suite("cart", tight, false)).await;
     let (r, first) = anywhere(&h, &[&a, &b]).await;
     report(&h, &r, &first, &["test_pay", "test_cart"]).await;
     assert_eq!(status(&h, &id).await.0, ExecutionStatus::Failed);
