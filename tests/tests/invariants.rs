@@ -265,7 +265,9 @@ impl World {
             app.store.queue_stats().await.unwrap().queued_shards,
             queued,
             "queued counter matches"
-        );
+        ); // The embedded store's in-memory hot set is exactly what its
+           // database holds.
+        app.store.verify_mirror().await.unwrap();
     }
 }
 

@@ -37,14 +37,14 @@ CREATE TABLE IF NOT EXISTS executions (
     created_at INTEGER NOT NULL, deadline INTEGER NOT NULL, queued_shards INTEGER NOT NULL,
     version INTEGER NOT NULL, doc TEXT NOT NULL);
 -- Listing walks the primary key newest first; an index on status would
--- tempt the planner away from the partial indexes the scheduler relies on.
+-- tempt the planner away from the partial index the sweeps rely on.
 DROP INDEX IF EXISTS executions_by_status;
 DROP INDEX IF EXISTS executions_by_suite;
 CREATE INDEX IF NOT EXISTS executions_active ON executions(deadline) WHERE status IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS executions_pending_priority ON executions(priority DESC, created_at)
-    WHERE queued_shards > 0 AND status IN ('queued', 'running');
-CREATE INDEX IF NOT EXISTS executions_pending_age ON executions(created_at)
-    WHERE queued_shards > 0 AND status IN ('queued', 'running');
+-- The scheduler's pending order is kept in memory (mirror.rs); indexes for
+-- it only cost every assignment an index update.
+DROP INDEX IF EXISTS executions_pending_priority;
+DROP INDEX IF EXISTS executions_pending_age;
 CREATE TABLE IF NOT EXISTS shards (
     execution_id TEXT NOT NULL, idx INTEGER NOT NULL, status TEXT NOT NULL, runner_id TEXT,
     lease_id TEXT, deadline INTEGER, version INTEGER NOT NULL, doc TEXT NOT NULL,
@@ -69,8 +69,11 @@ CREATE TABLE IF NOT EXISTS alert_rules (id TEXT PRIMARY KEY, version INTEGER NOT
 CREATE TABLE IF NOT EXISTS metrics (hour INTEGER NOT NULL, suite TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (hour, suite, name));
 "#;
 
+mod mirror;
 mod thread;
 
+use mirror::{Change, Held, Mirror};
+use std::sync::{Arc, RwLock};
 use thread::DbThread;
 
 /// Adds a rollup's counters to its hour-and-suite rows.
@@ -89,6 +92,8 @@ fn add_counters(tx: &Connection, r: &Rollup) -> Result<()> {
 /// [`thread`]); reads and writes are sent to it.
 pub struct SqliteStore {
     db: DbThread,
+    /// Committed hot state, read without the database thread (see [`mirror`]).
+    mirror: Arc<RwLock<Mirror>>,
     /// Files to remove on drop (temporary stores).
     temporary: Option<PathBuf>,
 }
@@ -148,8 +153,10 @@ impl SqliteStore {
         })?;
         check_schema_version(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        let mirror = Arc::new(RwLock::new(load_mirror(&conn)?));
         Ok(SqliteStore {
-            db: DbThread::start(conn)?,
+            db: DbThread::start(conn, mirror.clone())?,
+            mirror,
             temporary: None,
         })
     }
@@ -187,11 +194,12 @@ impl SqliteStore {
         Ok(store)
     }
 
-    /// Runs `work` as one atomic write (see [`thread`]).
+    /// Runs `work` as one atomic write (see [`thread`]); it records what it
+    /// changes of the mirrored entities.
     async fn write<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &mut Vec<Change>) -> Result<T> + Send + 'static,
     {
         self.db.write(work).await
     }
@@ -204,6 +212,108 @@ impl SqliteStore {
     {
         self.db.read(work).await
     }
+
+    /// Checks that the in-memory mirror equals the hot set loaded afresh
+    /// from the database. Both are read on the database thread between
+    /// groups, when every committed change is applied. A difference is a
+    /// bug in the store; the randomized invariant tests call this after
+    /// every step.
+    pub async fn verify_mirror(&self) -> Result<()> {
+        let mirror = self.mirror.clone();
+        self.read(move |c| {
+            let fresh = load_mirror(c)?;
+            let live = mirror.read().unwrap_or_else(|p| p.into_inner());
+            match live.difference(&fresh) {
+                None => Ok(()),
+                Some(what) => Err(Error::Internal(format!(
+                    "the store's mirror differs from the database at {what}"
+                ))),
+            }
+        })
+        .await
+    }
+
+    /// Reads the mirror (committed state, see [`mirror`]).
+    fn mirrored<T>(&self, read: impl FnOnce(&Mirror) -> T) -> T {
+        read(&self.mirror.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Fills the mirror from the database at start.
+fn load_mirror(c: &Connection) -> Result<Mirror> {
+    let mut mirror = Mirror::default();
+    let mut stmt = c.prepare(&format!("SELECT {RUNNER_COLS} FROM runners"))?;
+    for row in stmt.query_map([], runner_row)? {
+        let r = with_load(row?)?;
+        let id = r.runner.id.clone();
+        mirror.apply(Change::NewRunner(r.runner));
+        mirror.apply(Change::Load {
+            runner: id,
+            resources: r.allocated,
+            add: true,
+        });
+    }
+    let active: Vec<Execution> = docs(
+        c,
+        "SELECT doc FROM executions WHERE status IN ('queued', 'running')",
+        [],
+    )?;
+    for e in active {
+        let shards = shards_of(c, e.id.as_str())?;
+        mirror.apply(Change::Execution(e));
+        for s in shards {
+            mirror.apply(Change::Shard(s));
+        }
+    }
+    let mut stmt = c.prepare("SELECT runner_id, execution_id, idx, lease_id FROM allocations")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        mirror.apply(Change::Allocated {
+            runner: RunnerId::parse(&row.get::<_, String>(0)?)?,
+            execution: ExecutionId::parse(&row.get::<_, String>(1)?)?,
+            index: row.get(2)?,
+            lease: LeaseId::parse(&row.get::<_, String>(3)?)?,
+        });
+    }
+    for rule in docs::<LoadBalancingRule>(c, "SELECT doc FROM rules", [])? {
+        mirror.apply(Change::Rule(rule));
+    }
+    let mut stmt = c.prepare("SELECT pool, runner_id FROM rr_cursors")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        if let Ok(runner) = RunnerId::parse(&row.get::<_, String>(1)?) {
+            mirror.apply(Change::Cursor {
+                pool: row.get(0)?,
+                runner,
+            });
+        }
+    }
+    Ok(mirror)
+}
+
+/// Records an execution write for the mirror. One that comes back from a
+/// finished state brings its shards along: the mirror had let them go.
+fn mirror_execution(
+    tx: &Connection,
+    ch: &mut Vec<Change>,
+    e: &Execution,
+    was_finished: bool,
+) -> Result<()> {
+    ch.push(Change::Execution(e.clone()));
+    if was_finished && !e.status.is_terminal() {
+        ch.extend(shards_of(tx, e.id.as_str())?.into_iter().map(Change::Shard));
+    }
+    Ok(())
+}
+
+/// The stored execution's version and whether it is finished.
+fn execution_state(tx: &Connection, id: &ExecutionId) -> Result<Option<(u64, bool)>> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT version, status NOT IN ('queued', 'running') FROM executions WHERE id = ?1",
+        )?
+        .query_row([id.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
 }
 
 impl Drop for SqliteStore {
@@ -334,7 +444,7 @@ fn count_queued(tx: &Connection, shard: &Shard, was_queued: bool) -> Result<()> 
     Ok(())
 }
 
-fn release(tx: &Connection, shard: &Shard, rel: &Release) -> Result<()> {
+fn release(tx: &Connection, ch: &mut Vec<Change>, shard: &Shard, rel: &Release) -> Result<()> {
     let deleted = tx
         .prepare_cached(
             "DELETE FROM allocations WHERE runner_id = ?1 AND execution_id = ?2 AND idx = ?3 AND lease_id = ?4",
@@ -352,32 +462,18 @@ fn release(tx: &Connection, shard: &Shard, rel: &Release) -> Result<()> {
             rel.resources.cpu_millis,
             rel.resources.memory_mb
         ])?;
+        ch.push(Change::Released {
+            runner: rel.runner_id.clone(),
+            execution: shard.execution_id.clone(),
+            index: shard.index,
+        });
+        ch.push(Change::Load {
+            runner: rel.runner_id.clone(),
+            resources: rel.resources,
+            add: false,
+        });
     }
     Ok(())
-}
-
-/// Walks the pending executions in `order` (served by a partial index, read
-/// lazily) until they hold `max_shards` queued shards or `max_executions` rows.
-fn pending_in_order(
-    c: &Connection,
-    order: &str,
-    max_shards: u32,
-    max_executions: u32,
-) -> Result<Vec<Execution>> {
-    let sql = format!(
-        "SELECT doc, queued_shards FROM executions
-         WHERE queued_shards > 0 AND status IN ('queued', 'running') ORDER BY {order}"
-    );
-    let mut stmt = c.prepare_cached(&sql)?;
-    let mut rows = stmt.query([])?;
-    let (mut out, mut shards) = (Vec::new(), 0u32);
-    while shards < max_shards && out.len() < max_executions as usize {
-        let Some(row) = rows.next()? else { break };
-        let doc: String = row.get(0)?;
-        shards = shards.saturating_add(row.get::<_, u32>(1)?);
-        out.push(from_doc(&doc)?);
-    }
-    Ok(out)
 }
 
 fn runner_by_id(c: &Connection, id: &RunnerId) -> Result<Option<RunnerWithLoad>> {
@@ -408,7 +504,7 @@ impl Store for SqliteStore {
 
     async fn insert_runner(&self, runner: &Runner) -> Result<()> {
         let runner = runner.clone();
-        self.write(move |tx| {
+        self.write(move |tx, ch| {
             let n = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO runners (id, status, last_heartbeat, version, cap_slots, cap_cpu, cap_memory, doc)
@@ -427,18 +523,14 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(Error::conflict(Entity::Runner, &runner.id));
             }
+            ch.push(Change::NewRunner(runner));
             Ok(())
         })
         .await
     }
 
     async fn get_runner(&self, id: &RunnerId) -> Result<Option<RunnerWithLoad>> {
-        let id = id.clone();
-        self.read(move |c| {
-            let id = &id;
-            runner_by_id(c, id)
-        })
-        .await
+        Ok(self.mirrored(|m| m.runner(id)))
     }
 
     async fn list_runners(&self, limit: u32, cursor: Option<&str>) -> Result<Page<RunnerWithLoad>> {
@@ -458,7 +550,7 @@ impl Store for SqliteStore {
 
     async fn update_runner(&self, runner: &Runner, expected_version: u64) -> Result<()> {
         let runner = runner.clone();
-        self.write(move |tx| {
+        self.write(move |tx, ch| {
             let n = tx
                 .prepare_cached(
                     "UPDATE runners SET status = ?2, last_heartbeat = ?3, version = ?4, doc = ?5 WHERE id = ?1 AND version = ?6",
@@ -474,20 +566,14 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(Error::conflict(Entity::Runner, &runner.id));
             }
+            ch.push(Change::Runner(runner));
             Ok(())
         })
         .await
     }
 
     async fn schedulable_runners(&self) -> Result<Vec<RunnerWithLoad>> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {RUNNER_COLS} FROM runners WHERE status = 'active'"
-            ))?;
-            let rows = stmt.query_map([], runner_row)?;
-            rows.map(|r| with_load(r?)).collect()
-        })
-        .await
+        Ok(self.mirrored(Mirror::schedulable_runners))
     }
 
     async fn silent_runners(&self, before: Timestamp, limit: u32) -> Result<Vec<Runner>> {
@@ -503,6 +589,11 @@ impl Store for SqliteStore {
     }
 
     async fn runner_shards(&self, id: &RunnerId) -> Result<Vec<Shard>> {
+        match self.mirrored(|m| m.held(id)) {
+            Held::NoRunner => return Ok(Vec::new()),
+            Held::Shards(_, shards) => return Ok(shards),
+            Held::Unknown => {}
+        }
         let id = id.clone();
         self.read(move |c| {
             let id = &id;
@@ -515,6 +606,11 @@ impl Store for SqliteStore {
         &self,
         id: &RunnerId,
     ) -> Result<Option<(RunnerWithLoad, Vec<Shard>)>> {
+        match self.mirrored(|m| m.held(id)) {
+            Held::NoRunner => return Ok(None),
+            Held::Shards(runner, shards) => return Ok(Some((runner, shards))),
+            Held::Unknown => {}
+        }
         let id = id.clone();
         self.read(move |c| {
             let id = &id;
@@ -533,7 +629,7 @@ impl Store for SqliteStore {
         idem: Option<&IdempotencyRecord>,
     ) -> Result<()> {
         let (execution, shards, idem) = (execution.clone(), shards.to_vec(), idem.cloned());
-        self.write(move |tx| {
+        self.write(move |tx, ch| {
             if let Some(rec) = &idem {
                 // An expired record may be replaced; a live one means another request won.
                 let n = tx
@@ -556,7 +652,10 @@ impl Store for SqliteStore {
             for s in &shards {
                 write_shard(tx, s)?;
             }
-            refresh_queued(tx, execution.id.as_str())
+            refresh_queued(tx, execution.id.as_str())?;
+            ch.push(Change::Execution(execution));
+            ch.extend(shards.into_iter().map(Change::Shard));
+            Ok(())
         })
         .await
     }
@@ -579,6 +678,9 @@ impl Store for SqliteStore {
     }
 
     async fn get_execution(&self, id: &ExecutionId) -> Result<Option<Execution>> {
+        if let Some(found) = self.mirrored(|m| m.execution(id)) {
+            return Ok(Some(found));
+        }
         let id = id.clone();
         self.read(move |c| {
             let id = &id;
@@ -588,6 +690,9 @@ impl Store for SqliteStore {
     }
 
     async fn load_execution(&self, id: &ExecutionId) -> Result<Option<(Execution, Vec<Shard>)>> {
+        if let Some(found) = self.mirrored(|m| m.execution_with_shards(id)) {
+            return Ok(Some(found));
+        }
         let id = id.clone();
         self.read(move |c| {
             let id = &id;
@@ -600,6 +705,9 @@ impl Store for SqliteStore {
     }
 
     async fn load_shard(&self, id: &ExecutionId, index: u32) -> Result<Option<(Execution, Shard)>> {
+        if let Some(found) = self.mirrored(|m| m.shard(id, index)) {
+            return Ok(found);
+        }
         let id = id.clone();
         self.read(move |c| {
             let id = &id;
@@ -639,26 +747,24 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let execution = execution.clone();
         let rollup = rollup.cloned();
-        self.write(move |tx| {
-            let current: Option<u64> = tx
-                .prepare_cached("SELECT version FROM executions WHERE id = ?1")?
-                .query_row([execution.id.as_str()], |r| r.get(0))
-                .optional()?;
-            if current != Some(expected_version) {
+        self.write(move |tx, ch| {
+            let Some((_, was_finished)) =
+                execution_state(tx, &execution.id)?.filter(|(v, _)| *v == expected_version)
+            else {
                 return Err(Error::conflict(Entity::Execution, &execution.id));
-            }
+            };
             write_execution(tx, &execution)?;
             if let Some(r) = rollup {
                 add_counters(tx, &r)?;
             }
-            Ok(())
+            mirror_execution(tx, ch, &execution, was_finished)
         })
         .await
     }
 
     async fn add_rollup(&self, rollup: &Rollup) -> Result<()> {
         let rollup = rollup.clone();
-        self.write(move |tx| add_counters(tx, &rollup)).await
+        self.write(move |tx, _| add_counters(tx, &rollup)).await
     }
 
     async fn metric_rollups(&self, since: Timestamp, until: Timestamp) -> Result<Vec<Rollup>> {
@@ -693,28 +799,7 @@ impl Store for SqliteStore {
         max_shards: u32,
         max_executions: u32,
     ) -> Result<Vec<(Execution, Vec<Shard>)>> {
-        self.read(move |c| {
-            let by_priority = pending_in_order(c, "priority DESC, created_at", max_shards, max_executions)?;
-            let by_age = pending_in_order(c, "created_at", max_shards, max_executions)?;
-            let mut found = by_priority;
-            for e in by_age {
-                if !found.iter().any(|f| f.id == e.id) {
-                    found.push(e);
-                }
-            }
-            found
-                .into_iter()
-                .map(|e| {
-                    let queued = docs(
-                        c,
-                        "SELECT doc FROM shards WHERE execution_id = ?1 AND status = 'queued' ORDER BY idx",
-                        [e.id.as_str()],
-                    )?;
-                    Ok((e, queued))
-                })
-                .collect()
-        })
-        .await
+        Ok(self.mirrored(|m| m.pending(max_shards, max_executions)))
     }
 
     async fn active_executions(&self, limit: u32) -> Result<Vec<Execution>> {
@@ -742,7 +827,7 @@ impl Store for SqliteStore {
 
     async fn assign(&self, w: &AssignmentWrite) -> Result<()> {
         let w = w.clone();
-        self.write(move |tx| {
+        self.write(move |tx, ch| {
             let (shard, alloc) = (&w.shard, &w.allocation);
             // Condition 1: the shard is still the queued version the plan saw.
             let stored = shard_state(tx, shard.execution_id.as_str(), shard.index)?;
@@ -762,6 +847,11 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
             }
+            ch.push(Change::Load {
+                runner: alloc.runner_id.clone(),
+                resources: need,
+                add: true,
+            });
             // Condition 3: the execution is not finished; it becomes running
             // (the document is read and rewritten only for its first shard).
             let status: Option<String> = tx
@@ -775,6 +865,7 @@ impl Store for SqliteStore {
                         .ok_or_else(|| Error::not_found(Entity::Execution, &shard.execution_id))?;
                     execution.mark_running(w.now)?;
                     write_execution(tx, &execution)?;
+                    ch.push(Change::Execution(execution));
                 }
                 Some(_) => return Err(Error::conflict(Entity::Execution, &shard.execution_id)),
                 None => return Err(Error::not_found(Entity::Execution, &shard.execution_id)),
@@ -793,15 +884,27 @@ impl Store for SqliteStore {
             if let Some(pool) = &w.cursor {
                 tx.prepare_cached("INSERT OR REPLACE INTO rr_cursors (pool, runner_id) VALUES (?1, ?2)")?
                     .execute(params![pool, alloc.runner_id.as_str()])?;
+                ch.push(Change::Cursor {
+                    pool: pool.clone(),
+                    runner: alloc.runner_id.clone(),
+                });
             }
-            count_queued(tx, shard, was_queued)
+            count_queued(tx, shard, was_queued)?;
+            ch.push(Change::Shard(shard.clone()));
+            ch.push(Change::Allocated {
+                runner: alloc.runner_id.clone(),
+                execution: alloc.execution_id.clone(),
+                index: alloc.shard_index,
+                lease: alloc.lease_id.clone(),
+            });
+            Ok(())
         })
         .await
     }
 
     async fn update_shard(&self, u: &ShardUpdate) -> Result<()> {
         let u = u.clone();
-        self.write(move |tx| {
+        self.write(move |tx, ch| {
             let shard = &u.shard;
             let stored = shard_state(tx, shard.execution_id.as_str(), shard.index)?;
             let Some((_, was_queued)) = stored.filter(|(v, _)| *v == u.expected_version) else {
@@ -811,8 +914,9 @@ impl Store for SqliteStore {
                 ));
             };
             write_shard(tx, shard)?;
+            ch.push(Change::Shard(shard.clone()));
             if let Some(rel) = &u.release {
-                release(tx, shard, rel)?;
+                release(tx, ch, shard, rel)?;
             }
             count_queued(tx, shard, was_queued)
         })
@@ -846,27 +950,30 @@ impl Store for SqliteStore {
 
     async fn put_rule(&self, rule: &LoadBalancingRule) -> Result<()> {
         let rule = rule.clone();
-        self.write(move |tx| {
+        self.write(move |tx, ch| {
             tx.prepare_cached("INSERT OR REPLACE INTO rules (id, doc) VALUES (?1, ?2)")?
                 .execute(params![rule.id.as_str(), to_doc(&rule)?])?;
+            ch.push(Change::Rule(rule));
             Ok(())
         })
         .await
     }
 
     async fn list_rules(&self) -> Result<Vec<LoadBalancingRule>> {
-        self.read(move |c| docs(c, "SELECT doc FROM rules ORDER BY id", []))
-            .await
+        Ok(self.mirrored(Mirror::rules))
     }
 
     async fn delete_rule(&self, id: &RuleId) -> Result<bool> {
         let id = id.clone();
-        self.write(move |tx| {
+        self.write(move |tx, ch| {
             let n = tx
                 .prepare_cached("DELETE FROM rules WHERE id = ?1")?
                 .execute([id.as_str()])?;
+            let pool = format!("rule:{id}");
             tx.prepare_cached("DELETE FROM rr_cursors WHERE pool = ?1")?
-                .execute([format!("rule:{id}")])?;
+                .execute([pool.as_str()])?;
+            ch.push(Change::RuleDeleted(id.to_string()));
+            ch.push(Change::CursorDeleted(pool));
             Ok(n == 1)
         })
         .await
@@ -874,7 +981,7 @@ impl Store for SqliteStore {
 
     async fn insert_alert_rule(&self, rule: &AlertRule) -> Result<()> {
         let rule = rule.clone();
-        self.write(move |tx| {
+        self.write(move |tx, _| {
             tx.prepare_cached("INSERT INTO alert_rules (id, version, doc) VALUES (?1, ?2, ?3)")?
                 .execute(params![
                     rule.id.as_str(),
@@ -893,7 +1000,7 @@ impl Store for SqliteStore {
 
     async fn update_alert_rule(&self, rule: &AlertRule, expected_version: u64) -> Result<()> {
         let rule = rule.clone();
-        self.write(move |tx| {
+        self.write(move |tx, _| {
             let n = tx
                 .prepare_cached(
                     "UPDATE alert_rules SET version = ?2, doc = ?3 WHERE id = ?1 AND version = ?4",
@@ -915,7 +1022,7 @@ impl Store for SqliteStore {
 
     async fn delete_alert_rule(&self, id: &AlertRuleId) -> Result<bool> {
         let id = id.clone();
-        self.write(move |tx| {
+        self.write(move |tx, _| {
             Ok(tx
                 .prepare_cached("DELETE FROM alert_rules WHERE id = ?1")?
                 .execute([id.as_str()])?
@@ -925,25 +1032,12 @@ impl Store for SqliteStore {
     }
 
     async fn round_robin_cursors(&self) -> Result<BTreeMap<String, RunnerId>> {
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached("SELECT pool, runner_id FROM rr_cursors")?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-            let mut out = BTreeMap::new();
-            for row in rows {
-                let (pool, runner) = row?;
-                if let Ok(id) = RunnerId::parse(&runner) {
-                    out.insert(pool, id);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        Ok(self.mirrored(Mirror::cursors))
     }
 
     async fn add_health_record(&self, record: &HealthRecord) -> Result<()> {
         let record = record.clone();
-        self.write(move |tx| {
+        self.write(move |tx, _| {
             tx.prepare_cached("INSERT INTO health (runner_id, at, doc) VALUES (?1, ?2, ?3)")?
                 .execute(params![
                     record.runner_id.as_str(),
@@ -970,7 +1064,7 @@ impl Store for SqliteStore {
 
     async fn add_violation(&self, v: &Violation) -> Result<()> {
         let v = v.clone();
-        self.write(move |tx| {
+        self.write(move |tx, _| {
             tx.prepare_cached("INSERT INTO violations (runner_id, at, doc) VALUES (?1, ?2, ?3)")?
                 .execute(params![v.runner_id.as_str(), v.at.0, to_doc(&v)?])?;
             Ok(())
@@ -991,7 +1085,7 @@ impl Store for SqliteStore {
 
     async fn put_token(&self, token: &ApiToken) -> Result<()> {
         let token = token.clone();
-        self.write(move |tx| {
+        self.write(move |tx, _| {
             tx.prepare_cached("INSERT INTO tokens (id, doc) VALUES (?1, ?2)")?
                 .execute(params![token.id.as_str(), to_doc(&token)?])?;
             Ok(())
@@ -1047,7 +1141,7 @@ impl Store for SqliteStore {
 
     async fn put_test_timings(&self, timings: &[TestTiming]) -> Result<()> {
         let timings = timings.to_vec();
-        self.write(move |tx| {
+        self.write(move |tx, _| {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO timings (suite, test, doc) VALUES (?1, ?2, ?3)",
             )?;
@@ -1066,26 +1160,27 @@ impl Store for SqliteStore {
         shard: &Shard,
     ) -> Result<()> {
         let (execution, shard) = (execution.clone(), shard.clone());
-        self.write(move |tx| {
-            let current: Option<u64> = tx
-                .prepare_cached("SELECT version FROM executions WHERE id = ?1")?
-                .query_row([execution.id.as_str()], |r| r.get(0))
-                .optional()?;
-            if current != Some(expected_version)
-                || shard_state(tx, shard.execution_id.as_str(), shard.index)?.is_some()
-            {
+        self.write(move |tx, ch| {
+            let current = execution_state(tx, &execution.id)?;
+            let Some((_, was_finished)) = current.filter(|(v, _)| *v == expected_version) else {
+                return Err(Error::conflict(Entity::Execution, &execution.id));
+            };
+            if shard_state(tx, shard.execution_id.as_str(), shard.index)?.is_some() {
                 return Err(Error::conflict(Entity::Execution, &execution.id));
             }
             write_execution(tx, &execution)?;
             write_shard(tx, &shard)?;
-            count_queued(tx, &shard, false)
+            count_queued(tx, &shard, false)?;
+            mirror_execution(tx, ch, &execution, was_finished)?;
+            ch.push(Change::Shard(shard));
+            Ok(())
         })
         .await
     }
 
     async fn put_results(&self, execution: &ExecutionId, chunks: &[ResultChunk]) -> Result<()> {
         let (execution, chunks) = (execution.clone(), chunks.to_vec());
-        self.write(move |tx| {
+        self.write(move |tx, _| {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO results (execution_id, shard_index, lease_id, chunk, body)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -1149,7 +1244,7 @@ impl Store for SqliteStore {
 
     async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
         let (key, value) = (key.to_owned(), value.to_owned());
-        self.write(move |tx| {
+        self.write(move |tx, _| {
             tx.prepare_cached("INSERT OR IGNORE INTO settings (key, value) VALUES (?1, ?2)")?
                 .execute(params![key, value])?;
             Ok(tx

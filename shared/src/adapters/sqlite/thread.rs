@@ -10,9 +10,10 @@
 //! (group commit), so an acknowledged write is as durable as with one
 //! transaction per call.
 
+use super::mirror::{Change, Mirror};
 use crate::error::{Error, Result};
 use rusqlite::Connection;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, RwLock};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
@@ -23,6 +24,8 @@ trait Job: Send {
     fn is_read(&self) -> bool;
     /// Runs the operation (a write in a savepoint of the open transaction).
     fn run(&mut self, conn: &Connection);
+    /// The mirror changes of a write that stood (see [`super::mirror`]).
+    fn take_changes(&mut self) -> Vec<Change>;
     /// Answers the caller once the operation's fate is known.
     fn finish(self: Box<Self>, committed: &std::result::Result<(), String>);
 }
@@ -30,6 +33,7 @@ trait Job: Send {
 struct Pending<T, F> {
     read: bool,
     work: Option<F>,
+    changes: Vec<Change>,
     outcome: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
 }
@@ -37,7 +41,7 @@ struct Pending<T, F> {
 impl<T, F> Job for Pending<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> Result<T> + Send,
+    F: FnOnce(&Connection, &mut Vec<Change>) -> Result<T> + Send,
 {
     fn is_read(&self) -> bool {
         self.read
@@ -45,19 +49,27 @@ where
 
     fn run(&mut self, conn: &Connection) {
         let Some(work) = self.work.take() else { return };
+        let changes = &mut self.changes;
         if self.read {
-            self.outcome = Some(guarded(work, conn));
+            self.outcome = Some(guarded(|c| work(c, changes), conn));
             return;
         }
         let outcome = control(conn, "SAVEPOINT op").and_then(|()| {
-            let result = guarded(work, conn);
+            let result = guarded(|c| work(c, changes), conn);
             if result.is_err() {
                 control(conn, "ROLLBACK TO op")?;
             }
             control(conn, "RELEASE op")?;
             result
         });
+        if outcome.is_err() {
+            self.changes.clear();
+        }
         self.outcome = Some(outcome);
+    }
+
+    fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
     }
 
     fn finish(self: Box<Self>, committed: &std::result::Result<(), String>) {
@@ -101,11 +113,12 @@ pub struct DbThread {
 }
 
 impl DbThread {
-    pub fn start(conn: Connection) -> Result<Self> {
+    /// Starts the thread; it applies committed changes to `mirror`.
+    pub fn start(conn: Connection, mirror: Arc<RwLock<Mirror>>) -> Result<Self> {
         let (jobs, inbox) = mpsc::channel::<Box<dyn Job>>();
         let thread = std::thread::Builder::new()
             .name("tms-sqlite".into())
-            .spawn(move || run(conn, inbox))
+            .spawn(move || run(conn, inbox, &mirror))
             .map_err(|e| Error::Storage(Box::new(e)))?;
         Ok(DbThread {
             jobs: Some(jobs),
@@ -113,11 +126,12 @@ impl DbThread {
         })
     }
 
-    /// Runs `work` as one atomic write and waits for its commit.
+    /// Runs `work` as one atomic write and waits for its commit (and for
+    /// the changes it records to be in the mirror).
     pub async fn write<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &mut Vec<Change>) -> Result<T> + Send + 'static,
     {
         self.submit(false, work).await
     }
@@ -128,18 +142,20 @@ impl DbThread {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.submit(true, work).await
+        self.submit(true, move |c: &Connection, _: &mut Vec<Change>| work(c))
+            .await
     }
 
     async fn submit<T, F>(&self, read: bool, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &mut Vec<Change>) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Pending {
             read,
             work: Some(work),
+            changes: Vec::new(),
             outcome: None,
             reply,
         });
@@ -162,7 +178,7 @@ impl Drop for DbThread {
     }
 }
 
-fn run(conn: Connection, inbox: mpsc::Receiver<Box<dyn Job>>) {
+fn run(conn: Connection, inbox: mpsc::Receiver<Box<dyn Job>>, mirror: &RwLock<Mirror>) {
     const READ_OK: std::result::Result<(), String> = Ok(());
     while let Ok(first) = inbox.recv() {
         let mut group = vec![first];
@@ -192,6 +208,14 @@ fn run(conn: Connection, inbox: mpsc::Receiver<Box<dyn Job>>) {
                 })
             }
         };
+        if committed.is_ok() {
+            let mut mirror = mirror.write().unwrap_or_else(|p| p.into_inner());
+            for job in writes.iter_mut() {
+                for change in job.take_changes() {
+                    mirror.apply(change);
+                }
+            }
+        }
         for job in writes {
             job.finish(&committed);
         }

@@ -1,0 +1,385 @@
+//! The hot set of the embedded store, kept in memory as a mirror of the
+//! committed database: runners with their load, the unfinished executions
+//! with their shards, allocations, load-balancing rules and round-robin
+//! cursors.
+//!
+//! Why: every heartbeat, report and scheduling pass reads these, and sending
+//! each read to the database thread (a hand-off, a query and a JSON decode)
+//! was most of that thread's work — the one thread every write waits on.
+//! Read from here, they cost a lock and a clone.
+//!
+//! The database stays the source of truth. Only the database thread changes
+//! the mirror: each write operation records its [`Change`]s beside its SQL,
+//! and the thread applies a group's changes after its COMMIT and before it
+//! answers the callers. So the mirror always shows committed state, as the
+//! reads it replaces did, and a caller sees its own acknowledged writes. A
+//! write whose savepoint is rolled back leaves no change behind.
+//!
+//! Finished executions are not kept (memory stays bounded by the work in
+//! flight): reads of them, and anything the mirror cannot answer exactly,
+//! fall back to the database thread.
+
+use crate::domain::{Execution, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard};
+use crate::domain::{RunnerStatus, ShardStatus};
+use crate::ids::{ExecutionId, LeaseId, RunnerId};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// One committed change to a mirrored entity, in commit order.
+#[derive(Debug)]
+pub(super) enum Change {
+    /// A new runner (no load yet).
+    NewRunner(Runner),
+    /// A runner's document changed; its load stays.
+    Runner(Runner),
+    /// Capacity taken (`add`) or given back (saturating, like the SQL).
+    Load {
+        runner: RunnerId,
+        resources: Resources,
+        add: bool,
+    },
+    /// An execution was written. An unfinished one is kept (added without
+    /// shards when new, which then follow as [`Change::Shard`]); a finished
+    /// one leaves the mirror with its shards.
+    Execution(Execution),
+    /// A shard was written; kept only while its execution is.
+    Shard(Shard),
+    Allocated {
+        runner: RunnerId,
+        execution: ExecutionId,
+        index: u32,
+        lease: LeaseId,
+    },
+    Released {
+        runner: RunnerId,
+        execution: ExecutionId,
+        index: u32,
+    },
+    Rule(LoadBalancingRule),
+    RuleDeleted(String),
+    Cursor {
+        pool: String,
+        runner: RunnerId,
+    },
+    CursorDeleted(String),
+}
+
+/// An unfinished execution and its shards.
+#[derive(Debug, PartialEq)]
+struct Active {
+    execution: Execution,
+    shards: BTreeMap<u32, Shard>,
+    /// Shards waiting for the scheduler (queued, static mode): the SQL
+    /// `queued_shards` column.
+    waiting: u32,
+}
+
+impl Active {
+    fn priority_key(&self) -> (Reverse<i32>, i64, ExecutionId) {
+        (
+            Reverse(self.execution.priority),
+            self.execution.created_at.0,
+            self.execution.id.clone(),
+        )
+    }
+
+    fn age_key(&self) -> (i64, ExecutionId) {
+        (self.execution.created_at.0, self.execution.id.clone())
+    }
+}
+
+fn waits(shard: &Shard) -> bool {
+    shard.status == ShardStatus::Queued && shard.mode.is_static()
+}
+
+/// The in-memory hot set (see the module docs).
+#[derive(Debug, Default)]
+pub(super) struct Mirror {
+    runners: BTreeMap<RunnerId, RunnerWithLoad>,
+    active: HashMap<ExecutionId, Active>,
+    /// The pending index, in the scheduler's two orders: executions with
+    /// shards waiting, by priority then age, and by age alone.
+    by_priority: BTreeSet<(Reverse<i32>, i64, ExecutionId)>,
+    by_age: BTreeSet<(i64, ExecutionId)>,
+    /// runner -> (execution, shard index) -> lease.
+    allocations: HashMap<RunnerId, BTreeMap<(ExecutionId, u32), LeaseId>>,
+    rules: BTreeMap<String, LoadBalancingRule>,
+    cursors: BTreeMap<String, RunnerId>,
+}
+
+/// What a read of a runner's held shards found.
+pub(super) enum Held {
+    NoRunner,
+    Shards(RunnerWithLoad, Vec<Shard>),
+    /// An allocation points into a finished execution: ask the database.
+    Unknown,
+}
+
+impl Mirror {
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::NewRunner(runner) => {
+                self.runners.insert(
+                    runner.id.clone(),
+                    RunnerWithLoad {
+                        runner,
+                        allocated: Resources::default(),
+                    },
+                );
+            }
+            Change::Runner(runner) => match self.runners.get_mut(&runner.id) {
+                Some(r) => r.runner = runner,
+                None => {
+                    self.runners.insert(
+                        runner.id.clone(),
+                        RunnerWithLoad {
+                            runner,
+                            allocated: Resources::default(),
+                        },
+                    );
+                }
+            },
+            Change::Load {
+                runner,
+                resources,
+                add,
+            } => {
+                if let Some(r) = self.runners.get_mut(&runner) {
+                    let a = &mut r.allocated;
+                    if add {
+                        a.slots = a.slots.saturating_add(resources.slots);
+                        a.cpu_millis = a.cpu_millis.saturating_add(resources.cpu_millis);
+                        a.memory_mb = a.memory_mb.saturating_add(resources.memory_mb);
+                    } else {
+                        a.slots = a.slots.saturating_sub(resources.slots);
+                        a.cpu_millis = a.cpu_millis.saturating_sub(resources.cpu_millis);
+                        a.memory_mb = a.memory_mb.saturating_sub(resources.memory_mb);
+                    }
+                }
+            }
+            Change::Execution(execution) => self.put_execution(execution),
+            Change::Shard(shard) => self.put_shard(shard),
+            Change::Allocated {
+                runner,
+                execution,
+                index,
+                lease,
+            } => {
+                self.allocations
+                    .entry(runner)
+                    .or_default()
+                    .insert((execution, index), lease);
+            }
+            Change::Released {
+                runner,
+                execution,
+                index,
+            } => {
+                if let Some(held) = self.allocations.get_mut(&runner) {
+                    held.remove(&(execution, index));
+                    if held.is_empty() {
+                        self.allocations.remove(&runner);
+                    }
+                }
+            }
+            Change::Rule(rule) => {
+                self.rules.insert(rule.id.to_string(), rule);
+            }
+            Change::RuleDeleted(id) => {
+                self.rules.remove(&id);
+            }
+            Change::Cursor { pool, runner } => {
+                self.cursors.insert(pool, runner);
+            }
+            Change::CursorDeleted(pool) => {
+                self.cursors.remove(&pool);
+            }
+        }
+    }
+
+    fn unindex(&mut self, a: &Active) {
+        self.by_priority.remove(&a.priority_key());
+        self.by_age.remove(&a.age_key());
+    }
+
+    fn index(&mut self, a: &Active) {
+        if a.waiting > 0 {
+            self.by_priority.insert(a.priority_key());
+            self.by_age.insert(a.age_key());
+        }
+    }
+
+    fn put_execution(&mut self, execution: Execution) {
+        let id = execution.id.clone();
+        let old = self.active.remove(&id);
+        if let Some(old) = &old {
+            self.unindex(old);
+        }
+        if execution.status.is_terminal() {
+            return;
+        }
+        let active = match old {
+            Some(mut a) => {
+                a.execution = execution;
+                a
+            }
+            None => Active {
+                execution,
+                shards: BTreeMap::new(),
+                waiting: 0,
+            },
+        };
+        self.index(&active);
+        self.active.insert(id, active);
+    }
+
+    fn put_shard(&mut self, shard: Shard) {
+        let Some(mut a) = self.active.remove(&shard.execution_id) else {
+            return;
+        };
+        self.unindex(&a);
+        let was = a.shards.get(&shard.index).is_some_and(waits);
+        a.waiting = a.waiting + u32::from(waits(&shard)) - u32::from(was);
+        a.shards.insert(shard.index, shard);
+        self.index(&a);
+        self.active.insert(a.execution.id.clone(), a);
+    }
+
+    /// Where this mirror and `other` differ first (for the consistency
+    /// check): the part and the entry, each side in debug form.
+    pub fn difference(&self, other: &Mirror) -> Option<String> {
+        fn first<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+            part: &str,
+            a: impl IntoIterator<Item = (K, V)>,
+            b: impl IntoIterator<Item = (K, V)>,
+        ) -> Option<String> {
+            let a: BTreeMap<K, V> = a.into_iter().collect();
+            let mut b: BTreeMap<K, V> = b.into_iter().collect();
+            for (k, v) in &a {
+                match b.remove(k) {
+                    Some(w) if w == *v => {}
+                    w => return Some(format!("{part} {k:?}: mirror {v:#?}, database {w:#?}")),
+                }
+            }
+            let (k, w) = b.into_iter().next()?;
+            Some(format!("{part} {k:?}: mirror None, database {w:#?}"))
+        }
+        fn keys<K>(set: &BTreeSet<K>) -> impl Iterator<Item = (&K, ())> {
+            set.iter().map(|k| (k, ()))
+        }
+        first("runner", &self.runners, &other.runners)
+            .or_else(|| first("execution", &self.active, &other.active))
+            .or_else(|| first("allocations of", &self.allocations, &other.allocations))
+            .or_else(|| first("rule", &self.rules, &other.rules))
+            .or_else(|| first("cursor", &self.cursors, &other.cursors))
+            .or_else(|| {
+                first(
+                    "by priority",
+                    keys(&self.by_priority),
+                    keys(&other.by_priority),
+                )
+            })
+            .or_else(|| first("by age", keys(&self.by_age), keys(&other.by_age)))
+    }
+
+    pub fn runner(&self, id: &RunnerId) -> Option<RunnerWithLoad> {
+        self.runners.get(id).cloned()
+    }
+
+    pub fn schedulable_runners(&self) -> Vec<RunnerWithLoad> {
+        self.runners
+            .values()
+            .filter(|r| r.runner.status == RunnerStatus::Active)
+            .cloned()
+            .collect()
+    }
+
+    /// The shards whose current lease the runner holds, by execution and index.
+    pub fn held(&self, id: &RunnerId) -> Held {
+        let Some(runner) = self.runners.get(id) else {
+            return Held::NoRunner;
+        };
+        let mut shards = Vec::new();
+        for ((execution, index), lease) in self.allocations.get(id).into_iter().flatten() {
+            let Some(active) = self.active.get(execution) else {
+                return Held::Unknown;
+            };
+            if let Some(s) = active.shards.get(index) {
+                if s.lease_id.as_ref() == Some(lease) {
+                    shards.push(s.clone());
+                }
+            }
+        }
+        Held::Shards(runner.clone(), shards)
+    }
+
+    /// `None`: not unfinished (finished or unknown); ask the database.
+    pub fn execution(&self, id: &ExecutionId) -> Option<Execution> {
+        self.active.get(id).map(|a| a.execution.clone())
+    }
+
+    pub fn execution_with_shards(&self, id: &ExecutionId) -> Option<(Execution, Vec<Shard>)> {
+        self.active
+            .get(id)
+            .map(|a| (a.execution.clone(), a.shards.values().cloned().collect()))
+    }
+
+    /// `Some(None)`: the execution is unfinished and has no such shard.
+    pub fn shard(&self, id: &ExecutionId, index: u32) -> Option<Option<(Execution, Shard)>> {
+        self.active.get(id).map(|a| {
+            a.shards
+                .get(&index)
+                .map(|s| (a.execution.clone(), s.clone()))
+        })
+    }
+
+    /// The executions with shards waiting for the scheduler, walked in
+    /// priority order and in age order (each until `max_shards` waiting
+    /// shards or `max_executions` executions), each with its queued shards.
+    pub fn pending(&self, max_shards: u32, max_executions: u32) -> Vec<(Execution, Vec<Shard>)> {
+        let mut found: Vec<&ExecutionId> = Vec::new();
+        let mut seen: std::collections::HashSet<&ExecutionId> = Default::default();
+        let priority = self.by_priority.iter().map(|(_, _, id)| id);
+        let age = self.by_age.iter().map(|(_, id)| id);
+        for order in [
+            Box::new(priority) as Box<dyn Iterator<Item = &ExecutionId>>,
+            Box::new(age),
+        ] {
+            let (mut shards, mut taken) = (0u32, 0u32);
+            for id in order {
+                if shards >= max_shards || taken >= max_executions {
+                    break;
+                }
+                let Some(a) = self.active.get(id) else {
+                    continue;
+                };
+                shards = shards.saturating_add(a.waiting);
+                taken += 1;
+                if seen.insert(id) {
+                    found.push(id);
+                }
+            }
+        }
+        found
+            .into_iter()
+            .filter_map(|id| self.active.get(id))
+            .map(|a| {
+                let queued = a
+                    .shards
+                    .values()
+                    .filter(|s| s.status == ShardStatus::Queued)
+                    .cloned()
+                    .collect();
+                (a.execution.clone(), queued)
+            })
+            .collect()
+    }
+
+    pub fn rules(&self) -> Vec<LoadBalancingRule> {
+        self.rules.values().cloned().collect()
+    }
+
+    pub fn cursors(&self) -> BTreeMap<String, RunnerId> {
+        self.cursors.clone()
+    }
+}
