@@ -139,6 +139,25 @@ pub trait Store: Send + Sync + 'static {
         runner: &Runner,
         expected_version: u64,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// [`Store::update_runner`] for a heartbeat that moves nothing but the
+    /// liveness time (`runner` is the heartbeat applied to the version read).
+    /// A store may make it durable after returning and apply it to the
+    /// runner as stored then (the embedded store sends it with the next group
+    /// commit and does not wait): a crash loses at most one write gap of
+    /// liveness, which the silence limit allows for. The heartbeat then never
+    /// waits on a write.
+    fn record_heartbeat(
+        &self,
+        runner: &Runner,
+        expected_version: u64,
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.update_runner(runner, expected_version)
+    }
+    /// Waits until every write the store took without waiting (see
+    /// [`Store::record_heartbeat`]) is durable.
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
     /// Active runners, for a scheduling pass.
     fn schedulable_runners(&self) -> impl Future<Output = Result<Vec<RunnerWithLoad>>> + Send;
     /// Active or paused runners whose last heartbeat is before `before`.

@@ -701,6 +701,8 @@ async fn a_runner_polling_every_second_stays_healthy_though_not_every_beat_is_wr
             );
         }
     }
+    // The embedded store writes such heartbeats without making the caller wait.
+    h.app.store.flush().await.unwrap();
     let stored = h.app.runner(&r).await.unwrap().runner;
     let lag = h.clock.now().since(stored.last_heartbeat);
     assert!(

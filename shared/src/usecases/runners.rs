@@ -186,8 +186,10 @@ impl<P: Ports> Orchestrator<P> {
             // at most every tenth of an interval loses nothing and keeps a
             // busy agent's polling from turning into one write per call.
             let stale = now.since(previous) >= self.heartbeat_write_gap_ms();
-            if revived || usage.is_some() || stale {
+            if revived || usage.is_some() {
                 self.store.update_runner(&loaded.runner, version).await?;
+            } else if stale {
+                self.store.record_heartbeat(&loaded.runner, version).await?;
             }
             Ok((revived, loaded.allocated, shards))
         })

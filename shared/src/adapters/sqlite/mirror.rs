@@ -110,7 +110,7 @@ pub(super) struct Mirror {
 /// What a read of a runner's held shards found.
 pub(super) enum Held {
     NoRunner,
-    Shards(RunnerWithLoad, Vec<Shard>),
+    Shards(Box<RunnerWithLoad>, Vec<Shard>),
     /// An allocation points into a finished execution: ask the database.
     Unknown,
 }
@@ -310,7 +310,7 @@ impl Mirror {
                 }
             }
         }
-        Held::Shards(runner.clone(), shards)
+        Held::Shards(Box::new(runner.clone()), shards)
     }
 
     /// `None`: not unfinished (finished or unknown); ask the database.

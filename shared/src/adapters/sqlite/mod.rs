@@ -10,7 +10,7 @@
 use crate::auth::ApiToken;
 use crate::domain::{
     AlertRule, Execution, HealthRecord, LoadBalancingRule, Resources, ResultChunk, Rollup, Runner,
-    RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
+    RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::{AlertRuleId, ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
@@ -73,8 +73,13 @@ mod mirror;
 mod thread;
 
 use mirror::{Change, Held, Mirror};
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use thread::DbThread;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Adds a rollup's counters to its hour-and-suite rows.
 fn add_counters(tx: &Connection, r: &Rollup) -> Result<()> {
@@ -94,6 +99,9 @@ pub struct SqliteStore {
     db: DbThread,
     /// Committed hot state, read without the database thread (see [`mirror`]).
     mirror: Arc<RwLock<Mirror>>,
+    /// Runners with a heartbeat write queued and not yet written, and the
+    /// time it will write.
+    beats_queued: Arc<Mutex<HashMap<RunnerId, Timestamp>>>,
     /// Files to remove on drop (temporary stores).
     temporary: Option<PathBuf>,
 }
@@ -157,6 +165,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             db: DbThread::start(conn, mirror.clone())?,
             mirror,
+            beats_queued: Arc::default(),
             temporary: None,
         })
     }
@@ -173,9 +182,10 @@ impl SqliteStore {
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        // Checkpoints read the WAL back and fsync; doing them every 16k pages
-        // instead of 1k copies each hot page (shards, runners) far less often.
-        conn.pragma_update(None, "wal_autocheckpoint", 16 * 1024)?;
+        // The database thread checkpoints when it is idle (see `thread`);
+        // SQLite's automatic checkpoint, inside a COMMIT, only bounds the WAL
+        // (256 MB) for a server that never is.
+        conn.pragma_update(None, "wal_autocheckpoint", 64 * 1024)?;
         // More distinct statements than rusqlite's default 16 are in use; a
         // smaller cache re-parses SQL on hot paths.
         conn.set_prepared_statement_cache_capacity(128);
@@ -367,7 +377,8 @@ fn load_execution_doc(conn: &Connection, id: &str) -> Result<Option<Execution>> 
     doc.map(|d| from_doc(&d)).transpose()
 }
 
-fn write_execution(tx: &Connection, e: &Execution) -> Result<()> {
+/// `doc` is `e` serialised (by the caller, off the database thread).
+fn write_execution(tx: &Connection, e: &Execution, doc: &str) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO executions (id, status, suite, priority, created_at, deadline, queued_shards, version, doc)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)
@@ -381,12 +392,13 @@ fn write_execution(tx: &Connection, e: &Execution) -> Result<()> {
         e.created_at.0,
         e.deadline.0,
         e.version,
-        to_doc(e)?
+        doc
     ])?;
     Ok(())
 }
 
-fn write_shard(tx: &Connection, s: &Shard) -> Result<()> {
+/// `doc` is `s` serialised (by the caller, off the database thread).
+fn write_shard(tx: &Connection, s: &Shard, doc: &str) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -401,7 +413,7 @@ fn write_shard(tx: &Connection, s: &Shard) -> Result<()> {
         s.lease_id.as_ref().map(|l| l.as_str()),
         s.deadline.map(|d| d.0),
         s.version,
-        to_doc(s)?
+        doc
     ])?;
     Ok(())
 }
@@ -493,6 +505,35 @@ fn shards_held_by(c: &Connection, id: &RunnerId) -> Result<Vec<Shard>> {
     )
 }
 
+/// The version-conditioned write of a runner's own fields (the document is
+/// serialised here, off the database thread).
+fn runner_update(
+    runner: &Runner,
+    expected_version: u64,
+) -> Result<impl FnOnce(&Connection, &mut Vec<Change>) -> Result<()> + Send + 'static> {
+    let runner = runner.clone();
+    let doc = to_doc(&runner)?;
+    Ok(move |tx: &Connection, ch: &mut Vec<Change>| {
+        let n = tx
+            .prepare_cached(
+                "UPDATE runners SET status = ?2, last_heartbeat = ?3, version = ?4, doc = ?5 WHERE id = ?1 AND version = ?6",
+            )?
+            .execute(params![
+                runner.id.as_str(),
+                runner.status.as_str(),
+                runner.silence_key().0,
+                runner.version,
+                doc,
+                expected_version
+            ])?;
+        if n == 0 {
+            return Err(Error::conflict(Entity::Runner, &runner.id));
+        }
+        ch.push(Change::Runner(runner));
+        Ok(())
+    })
+}
+
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         self.read(move |c| {
@@ -549,27 +590,57 @@ impl Store for SqliteStore {
     }
 
     async fn update_runner(&self, runner: &Runner, expected_version: u64) -> Result<()> {
-        let runner = runner.clone();
-        self.write(move |tx, ch| {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE runners SET status = ?2, last_heartbeat = ?3, version = ?4, doc = ?5 WHERE id = ?1 AND version = ?6",
-                )?
-                .execute(params![
-                    runner.id.as_str(),
-                    runner.status.as_str(),
-                    runner.silence_key().0,
-                    runner.version,
-                    to_doc(&runner)?,
-                    expected_version
-                ])?;
-            if n == 0 {
-                return Err(Error::conflict(Entity::Runner, &runner.id));
+        self.write(runner_update(runner, expected_version)?).await
+    }
+
+    /// Queued with the next group and not waited for. By the time it is
+    /// written, a heartbeat queued before it may have moved the version on,
+    /// so it applies the heartbeat to the runner as stored then, and only
+    /// while it still moves liveness forward on a runner that is active or
+    /// paused: bringing back an unhealthy runner is the awaited write that
+    /// records it.
+    /// One such write per runner is queued at a time: heartbeats that come
+    /// before it is written (and so still read the old time) only move the
+    /// time it will write.
+    async fn record_heartbeat(&self, runner: &Runner, _expected_version: u64) -> Result<()> {
+        let id = runner.id.clone();
+        {
+            let mut queued = lock(&self.beats_queued);
+            if let Some(at) = queued.get_mut(&id) {
+                *at = (*at).max(runner.last_heartbeat);
+                return Ok(());
             }
-            ch.push(Change::Runner(runner));
-            Ok(())
-        })
-        .await
+            queued.insert(id.clone(), runner.last_heartbeat);
+        }
+        let queued = self.beats_queued.clone();
+        let sent = self.db.write_detached(move |tx, ch| {
+            let Some(at) = lock(&queued).remove(&id) else {
+                return Ok(());
+            };
+            let Some(RunnerWithLoad {
+                runner: mut stored, ..
+            }) = runner_by_id(tx, &id)?
+            else {
+                return Ok(());
+            };
+            let live = matches!(stored.status, RunnerStatus::Active | RunnerStatus::Paused);
+            if !live || stored.last_heartbeat >= at {
+                return Ok(());
+            }
+            let version = stored.version;
+            stored.heartbeat(at, None)?;
+            runner_update(&stored, version)?(tx, ch)
+        });
+        if sent.is_err() {
+            lock(&self.beats_queued).remove(&runner.id);
+        }
+        sent
+    }
+
+    async fn flush(&self) -> Result<()> {
+        // Writes commit in the order they are queued: once this empty one
+        // has, every write queued before it has too.
+        self.write(|_, _| Ok(())).await
     }
 
     async fn schedulable_runners(&self) -> Result<Vec<RunnerWithLoad>> {
@@ -608,7 +679,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<(RunnerWithLoad, Vec<Shard>)>> {
         match self.mirrored(|m| m.held(id)) {
             Held::NoRunner => return Ok(None),
-            Held::Shards(runner, shards) => return Ok(Some((runner, shards))),
+            Held::Shards(runner, shards) => return Ok(Some((*runner, shards))),
             Held::Unknown => {}
         }
         let id = id.clone();
@@ -629,7 +700,16 @@ impl Store for SqliteStore {
         idem: Option<&IdempotencyRecord>,
     ) -> Result<()> {
         let (execution, shards, idem) = (execution.clone(), shards.to_vec(), idem.cloned());
+        let doc = to_doc(&execution)?;
+        let shard_docs = shards.iter().map(to_doc).collect::<Result<Vec<_>>>()?;
         self.write(move |tx, ch| {
+            // Every check before the first change (see `thread`).
+            let exists: bool = tx
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM executions WHERE id = ?1)")?
+                .query_row([execution.id.as_str()], |r| r.get(0))?;
+            if exists {
+                return Err(Error::conflict(Entity::Execution, &execution.id));
+            }
             if let Some(rec) = &idem {
                 // An expired record may be replaced; a live one means another request won.
                 let n = tx
@@ -642,15 +722,9 @@ impl Store for SqliteStore {
                     return Err(Error::conflict(Entity::Execution, &rec.key));
                 }
             }
-            let exists: bool = tx
-                .prepare_cached("SELECT EXISTS(SELECT 1 FROM executions WHERE id = ?1)")?
-                .query_row([execution.id.as_str()], |r| r.get(0))?;
-            if exists {
-                return Err(Error::conflict(Entity::Execution, &execution.id));
-            }
-            write_execution(tx, &execution)?;
-            for s in &shards {
-                write_shard(tx, s)?;
+            write_execution(tx, &execution, &doc)?;
+            for (s, doc) in shards.iter().zip(&shard_docs) {
+                write_shard(tx, s, doc)?;
             }
             refresh_queued(tx, execution.id.as_str())?;
             ch.push(Change::Execution(execution));
@@ -747,13 +821,14 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let execution = execution.clone();
         let rollup = rollup.cloned();
+        let doc = to_doc(&execution)?;
         self.write(move |tx, ch| {
             let Some((_, was_finished)) =
                 execution_state(tx, &execution.id)?.filter(|(v, _)| *v == expected_version)
             else {
                 return Err(Error::conflict(Entity::Execution, &execution.id));
             };
-            write_execution(tx, &execution)?;
+            write_execution(tx, &execution, &doc)?;
             if let Some(r) = rollup {
                 add_counters(tx, &r)?;
             }
@@ -827,14 +902,36 @@ impl Store for SqliteStore {
 
     async fn assign(&self, w: &AssignmentWrite) -> Result<()> {
         let w = w.clone();
+        // Serialised on the caller's thread: the database thread is the one
+        // every write waits for.
+        let (shard_doc, alloc_doc) = (to_doc(&w.shard)?, to_doc(&w.allocation)?);
         self.write(move |tx, ch| {
             let (shard, alloc) = (&w.shard, &w.allocation);
-            // Condition 1: the shard is still the queued version the plan saw.
+            // Every check before the first change (see `thread`).
+            // Condition 1: the execution is not finished; it becomes running
+            // (the document is read and rewritten only for its first shard).
+            let status: Option<String> = tx
+                .prepare_cached("SELECT status FROM executions WHERE id = ?1")?
+                .query_row([shard.execution_id.as_str()], |r| r.get(0))
+                .optional()?;
+            let started = match status.as_deref() {
+                Some("running") => None,
+                Some("queued") => {
+                    let mut execution = load_execution_doc(tx, shard.execution_id.as_str())?
+                        .ok_or_else(|| Error::not_found(Entity::Execution, &shard.execution_id))?;
+                    execution.mark_running(w.now)?;
+                    Some(execution)
+                }
+                Some(_) => return Err(Error::conflict(Entity::Execution, &shard.execution_id)),
+                None => return Err(Error::not_found(Entity::Execution, &shard.execution_id)),
+            };
+            // Condition 2: the shard is still the queued version the plan saw.
             let stored = shard_state(tx, shard.execution_id.as_str(), shard.index)?;
             let Some((_, was_queued)) = stored.filter(|(v, _)| *v == w.expected_shard_version) else {
                 return Err(Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index)));
             };
-            // Condition 2: the runner is active and has room.
+            // Condition 3: the runner is active and has room. The first
+            // change: refused, it has changed nothing.
             let need = alloc.resources;
             let n = tx
                 .prepare_cached(
@@ -852,25 +949,11 @@ impl Store for SqliteStore {
                 resources: need,
                 add: true,
             });
-            // Condition 3: the execution is not finished; it becomes running
-            // (the document is read and rewritten only for its first shard).
-            let status: Option<String> = tx
-                .prepare_cached("SELECT status FROM executions WHERE id = ?1")?
-                .query_row([shard.execution_id.as_str()], |r| r.get(0))
-                .optional()?;
-            match status.as_deref() {
-                Some("running") => {}
-                Some("queued") => {
-                    let mut execution = load_execution_doc(tx, shard.execution_id.as_str())?
-                        .ok_or_else(|| Error::not_found(Entity::Execution, &shard.execution_id))?;
-                    execution.mark_running(w.now)?;
-                    write_execution(tx, &execution)?;
-                    ch.push(Change::Execution(execution));
-                }
-                Some(_) => return Err(Error::conflict(Entity::Execution, &shard.execution_id)),
-                None => return Err(Error::not_found(Entity::Execution, &shard.execution_id)),
+            if let Some(execution) = started {
+                write_execution(tx, &execution, &to_doc(&execution)?)?;
+                ch.push(Change::Execution(execution));
             }
-            write_shard(tx, shard)?;
+            write_shard(tx, shard, &shard_doc)?;
             tx.prepare_cached(
                 "INSERT INTO allocations (runner_id, execution_id, idx, lease_id, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
@@ -879,7 +962,7 @@ impl Store for SqliteStore {
                 alloc.execution_id.as_str(),
                 alloc.shard_index,
                 alloc.lease_id.as_str(),
-                to_doc(alloc)?
+                alloc_doc
             ])?;
             if let Some(pool) = &w.cursor {
                 tx.prepare_cached("INSERT OR REPLACE INTO rr_cursors (pool, runner_id) VALUES (?1, ?2)")?
@@ -904,6 +987,7 @@ impl Store for SqliteStore {
 
     async fn update_shard(&self, u: &ShardUpdate) -> Result<()> {
         let u = u.clone();
+        let doc = to_doc(&u.shard)?;
         self.write(move |tx, ch| {
             let shard = &u.shard;
             let stored = shard_state(tx, shard.execution_id.as_str(), shard.index)?;
@@ -913,7 +997,7 @@ impl Store for SqliteStore {
                     format!("{}#{}", shard.execution_id, shard.index),
                 ));
             };
-            write_shard(tx, shard)?;
+            write_shard(tx, shard, &doc)?;
             ch.push(Change::Shard(shard.clone()));
             if let Some(rel) = &u.release {
                 release(tx, ch, shard, rel)?;
@@ -1160,6 +1244,7 @@ impl Store for SqliteStore {
         shard: &Shard,
     ) -> Result<()> {
         let (execution, shard) = (execution.clone(), shard.clone());
+        let (doc, shard_doc) = (to_doc(&execution)?, to_doc(&shard)?);
         self.write(move |tx, ch| {
             let current = execution_state(tx, &execution.id)?;
             let Some((_, was_finished)) = current.filter(|(v, _)| *v == expected_version) else {
@@ -1168,8 +1253,8 @@ impl Store for SqliteStore {
             if shard_state(tx, shard.execution_id.as_str(), shard.index)?.is_some() {
                 return Err(Error::conflict(Entity::Execution, &execution.id));
             }
-            write_execution(tx, &execution)?;
-            write_shard(tx, &shard)?;
+            write_execution(tx, &execution, &doc)?;
+            write_shard(tx, &shard, &shard_doc)?;
             count_queued(tx, &shard, false)?;
             mirror_execution(tx, ch, &execution, was_finished)?;
             ch.push(Change::Shard(shard));
