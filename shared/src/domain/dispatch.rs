@@ -33,7 +33,7 @@ impl SecretName {
             Ok(SecretName(name.to_owned()))
         } else {
             Err(Error::validation(
-                "dispatch",
+                "secret",
                 format!("secret name {name:?} must be letters, digits and _ (an environment variable name)"),
             ))
         }

@@ -11,8 +11,10 @@
 //! shard it receives as passed. Separate CI tasks queue the executions.
 //! Figures: assignments/s and completions/s over the run, queue→assignment
 //! latency (queue response to the first heartbeat that returns the shard),
-//! per-request latency of heartbeats and reports, total requests/s, and the
-//! server's peak RSS (VmHWM).
+//! per-request latency of heartbeats and reports (heartbeats also counted
+//! apart once every queue call is answered: the claim path without the
+//! burst of CI tasks queueing at once), total requests/s, and the server's
+//! peak RSS (VmHWM).
 
 use bytes::Bytes;
 use clap::Parser;
@@ -60,6 +62,9 @@ struct Stats {
 /// takes no lock.
 struct Latencies {
     heartbeat: Histogram<u64>,
+    /// Heartbeats sent after the last queue call was answered: the claim
+    /// path without the burst of 64 CI tasks queueing at once.
+    heartbeat_after_queueing: Histogram<u64>,
     report: Histogram<u64>,
     queue: Histogram<u64>,
     wait: Histogram<u64>,
@@ -70,6 +75,7 @@ impl Latencies {
         let h = || Histogram::new_with_bounds(1, 600_000_000, 3).unwrap();
         Latencies {
             heartbeat: h(),
+            heartbeat_after_queueing: h(),
             report: h(),
             queue: h(),
             wait: h(),
@@ -78,6 +84,9 @@ impl Latencies {
 
     fn add(&mut self, other: &Latencies) {
         self.heartbeat.add(&other.heartbeat).unwrap();
+        self.heartbeat_after_queueing
+            .add(&other.heartbeat_after_queueing)
+            .unwrap();
         self.report.add(&other.report).unwrap();
         self.queue.add(&other.queue).unwrap();
         self.wait.add(&other.wait).unwrap();
@@ -243,6 +252,8 @@ async fn run(args: &Args, clients: usize) -> String {
         .collect();
 
     let queued_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // Queue calls answered; all of them once it reaches `executions`.
+    let queue_calls_done = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let client_cpu_before = cpu_seconds("self");
@@ -252,12 +263,13 @@ async fn run(args: &Args, clients: usize) -> String {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (stats, next, queued_at, bodies, admin) = (
+        let (stats, next, queued_at, bodies, admin, queue_calls_done) = (
             stats.clone(),
             next.clone(),
             queued_at.clone(),
             bodies.clone(),
             admin.clone(),
+            queue_calls_done.clone(),
         );
         let n = args.executions as u64;
         tasks.push(tokio::spawn(async move {
@@ -277,6 +289,7 @@ async fn run(args: &Args, clients: usize) -> String {
                     .lock()
                     .unwrap()
                     .insert(created.id.to_owned(), Instant::now());
+                queue_calls_done.fetch_add(1, Ordering::Relaxed);
             }
             lat
         }));
@@ -284,7 +297,13 @@ async fn run(args: &Args, clients: usize) -> String {
 
     // Runner side: each client heartbeats and completes what it receives.
     for (id, token) in runners {
-        let (stats, done, queued_at) = (stats.clone(), done.clone(), queued_at.clone());
+        let (stats, done, queued_at, queue_calls_done) = (
+            stats.clone(),
+            done.clone(),
+            queued_at.clone(),
+            queue_calls_done.clone(),
+        );
+        let executions = args.executions as u64;
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(addr, base_path).await;
             let mut lat = Latencies::new();
@@ -293,11 +312,15 @@ async fn run(args: &Args, clients: usize) -> String {
             let mut report = String::with_capacity(256);
             let mut report_path = String::with_capacity(96);
             while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let after_queueing = queue_calls_done.load(Ordering::Relaxed) >= executions;
                 let t0 = Instant::now();
                 let hb = conn
                     .post(&beat_path, &token, Bytes::from_static(b"{}"), &stats)
                     .await;
                 record(&mut lat.heartbeat, t0);
+                if after_queueing {
+                    record(&mut lat.heartbeat_after_queueing, t0);
+                }
                 let beat: Beat = serde_json::from_slice(&hb).expect("heartbeat body");
                 if beat.assignments.is_empty() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -345,7 +368,7 @@ async fn run(args: &Args, clients: usize) -> String {
     let completed = stats.completed.load(Ordering::Relaxed);
     assert_eq!(completed, total_shards, "run hit the time limit");
     format!(
-        "| {clients} | {} x {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1} | {:.0} | {:.0} |",
+        "| {clients} | {} x {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} | {:.2} / {:.2} | {:.1} | {:.0} | {:.0} |",
         args.executions,
         args.shards,
         elapsed,
@@ -356,6 +379,7 @@ async fn run(args: &Args, clients: usize) -> String {
         q(&lat.wait, 0.99),
         q(&lat.heartbeat, 0.5),
         q(&lat.heartbeat, 0.99),
+        q(&lat.heartbeat_after_queueing, 0.99),
         q(&lat.report, 0.5),
         q(&lat.report, 0.99),
         rss,
@@ -373,8 +397,8 @@ fn server_pid(server: &Server) -> u32 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
-    println!("| clients | executions x shards | seconds | requests/s | assignments/s | completions/s | queue→assignment p50 / p99 ms | heartbeat p50 / p99 ms | report p50 / p99 ms | server peak RSS MB | server CPU µs per request | load generator CPU µs per request |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| clients | executions x shards | seconds | requests/s | assignments/s | completions/s | queue→assignment p50 / p99 ms | heartbeat p50 / p99 ms | heartbeat p99 after queueing ms | report p50 / p99 ms | server peak RSS MB | server CPU µs per request | load generator CPU µs per request |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &c in &args.clients {
         println!("{}", run(&args, c).await);
     }
