@@ -259,7 +259,6 @@ pub async fn queue_execution<P: Ports>(
     RawBody(body): RawBody,
 ) -> Result<(StatusCode, Json<QueuedView>)> {
     require_api(&caller)?;
-    let value: serde_json::Value = parse_json(&body)?;
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
@@ -267,15 +266,19 @@ pub async fn queue_execution<P: Ports>(
         ),
         None => None,
     };
-    // Hash the canonical form (object keys sorted) so formatting differences do not matter.
-    let idempotency = key.map(|k| {
-        (
-            k.to_owned(),
-            hex::encode(Sha256::digest(value.to_string().as_bytes())),
-        )
-    });
-    let new: NewExecution =
-        serde_json::from_value(value).map_err(|e| Error::InvalidJson(e.to_string()))?;
+    let (new, idempotency): (NewExecution, _) = match key {
+        // Straight into the request type: no intermediate tree to build.
+        None => (parse_json(&body)?, None),
+        Some(k) => {
+            // Hash the canonical form (object keys sorted) so formatting
+            // differences do not matter.
+            let value: serde_json::Value = parse_json(&body)?;
+            let hash = hex::encode(Sha256::digest(value.to_string().as_bytes()));
+            let new =
+                serde_json::from_value(value).map_err(|e| Error::InvalidJson(e.to_string()))?;
+            (new, Some((k.to_owned(), hash)))
+        }
+    };
     let queued = app.queue_execution(new, idempotency).await?;
     let status = if queued.replayed {
         StatusCode::OK
