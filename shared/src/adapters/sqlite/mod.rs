@@ -429,6 +429,28 @@ fn refresh_queued(tx: &Connection, execution_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Rewrites a stored shard if it is still at `expected_version`: the check
+/// and the change in one statement (false: refused, nothing changed).
+fn rewrite_shard(tx: &Connection, s: &Shard, doc: &str, expected_version: u64) -> Result<bool> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE shards SET status = ?3, runner_id = ?4, lease_id = ?5, deadline = ?6, version = ?7, doc = ?8
+             WHERE execution_id = ?1 AND idx = ?2 AND version = ?9",
+        )?
+        .execute(params![
+            s.execution_id.as_str(),
+            s.index,
+            s.status.as_str(),
+            s.runner_id.as_ref().map(|r| r.as_str()),
+            s.lease_id.as_ref().map(|l| l.as_str()),
+            s.deadline.map(|d| d.0),
+            s.version,
+            doc,
+            expected_version
+        ])?;
+    Ok(n == 1)
+}
+
 /// The stored shard's version and whether it is queued.
 fn shard_state(tx: &Connection, execution_id: &str, index: u32) -> Result<Option<(u64, bool)>> {
     Ok(tx
@@ -907,29 +929,36 @@ impl Store for SqliteStore {
         let (shard_doc, alloc_doc) = (to_doc(&w.shard)?, to_doc(&w.allocation)?);
         self.write(move |tx, ch| {
             let (shard, alloc) = (&w.shard, &w.allocation);
-            // Every check before the first change (see `thread`).
+            // Every check before the first change (see `thread`), the
+            // execution's and the shard's state in one read.
+            let stored: Option<(String, u64, bool)> = tx
+                .prepare_cached(
+                    "SELECT e.status, s.version, s.status = 'queued' FROM shards s
+                     JOIN executions e ON e.id = s.execution_id WHERE s.execution_id = ?1 AND s.idx = ?2",
+                )?
+                .query_row(params![shard.execution_id.as_str(), shard.index], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            let Some((status, version, was_queued)) = stored else {
+                return Err(Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index)));
+            };
             // Condition 1: the execution is not finished; it becomes running
             // (the document is read and rewritten only for its first shard).
-            let status: Option<String> = tx
-                .prepare_cached("SELECT status FROM executions WHERE id = ?1")?
-                .query_row([shard.execution_id.as_str()], |r| r.get(0))
-                .optional()?;
-            let started = match status.as_deref() {
-                Some("running") => None,
-                Some("queued") => {
+            let started = match status.as_str() {
+                "running" => None,
+                "queued" => {
                     let mut execution = load_execution_doc(tx, shard.execution_id.as_str())?
                         .ok_or_else(|| Error::not_found(Entity::Execution, &shard.execution_id))?;
                     execution.mark_running(w.now)?;
                     Some(execution)
                 }
-                Some(_) => return Err(Error::conflict(Entity::Execution, &shard.execution_id)),
-                None => return Err(Error::not_found(Entity::Execution, &shard.execution_id)),
+                _ => return Err(Error::conflict(Entity::Execution, &shard.execution_id)),
             };
             // Condition 2: the shard is still the queued version the plan saw.
-            let stored = shard_state(tx, shard.execution_id.as_str(), shard.index)?;
-            let Some((_, was_queued)) = stored.filter(|(v, _)| *v == w.expected_shard_version) else {
+            if version != w.expected_shard_version {
                 return Err(Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index)));
-            };
+            }
             // Condition 3: the runner is active and has room. The first
             // change: refused, it has changed nothing.
             let need = alloc.resources;
@@ -953,7 +982,9 @@ impl Store for SqliteStore {
                 write_execution(tx, &execution, &to_doc(&execution)?)?;
                 ch.push(Change::Execution(execution));
             }
-            write_shard(tx, shard, &shard_doc)?;
+            if !rewrite_shard(tx, shard, &shard_doc, version)? {
+                return Err(Error::Internal("a checked shard changed within its write".into()));
+            }
             tx.prepare_cached(
                 "INSERT INTO allocations (runner_id, execution_id, idx, lease_id, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
@@ -990,14 +1021,15 @@ impl Store for SqliteStore {
         let doc = to_doc(&u.shard)?;
         self.write(move |tx, ch| {
             let shard = &u.shard;
-            let stored = shard_state(tx, shard.execution_id.as_str(), shard.index)?;
-            let Some((_, was_queued)) = stored.filter(|(v, _)| *v == u.expected_version) else {
+            // The check and the first change in one: the version the caller
+            // read (with `expected_status`) or nothing.
+            if !rewrite_shard(tx, shard, &doc, u.expected_version)? {
                 return Err(Error::conflict(
                     Entity::Shard,
                     format!("{}#{}", shard.execution_id, shard.index),
                 ));
-            };
-            write_shard(tx, shard, &doc)?;
+            }
+            let was_queued = u.expected_status == ShardStatus::Queued;
             ch.push(Change::Shard(shard.clone()));
             if let Some(rel) = &u.release {
                 release(tx, ch, shard, rel)?;
