@@ -397,25 +397,36 @@ fn write_execution(tx: &Connection, e: &Execution, doc: &str) -> Result<()> {
     Ok(())
 }
 
-/// `doc` is `s` serialised (by the caller, off the database thread).
-fn write_shard(tx: &Connection, s: &Shard, doc: &str) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-         ON CONFLICT(execution_id, idx) DO UPDATE SET status = ?3, runner_id = ?4, lease_id = ?5,
-           deadline = ?6, version = ?7, doc = ?8",
-    )?
-    .execute(params![
-        s.execution_id.as_str(),
-        s.index,
-        s.status.as_str(),
+/// Writes a shard row: a new one (`expected_version` none), or the stored
+/// one if it is still at `expected_version` (the check and the change in one
+/// statement). False: refused, nothing changed. `doc` is `s` serialised (by
+/// the caller, off the database thread).
+fn put_shard(tx: &Connection, s: &Shard, doc: &str, expected_version: Option<u64>) -> Result<bool> {
+    let mut stmt = tx.prepare_cached(match expected_version {
+        None => {
+            "INSERT INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        }
+        Some(_) => {
+            "UPDATE shards SET status = ?3, runner_id = ?4, lease_id = ?5, deadline = ?6, version = ?7, doc = ?8
+             WHERE execution_id = ?1 AND idx = ?2 AND version = ?9"
+        }
+    })?;
+    let (runner, lease) = (
         s.runner_id.as_ref().map(|r| r.as_str()),
         s.lease_id.as_ref().map(|l| l.as_str()),
+    );
+    let (execution, status, deadline) = (
+        s.execution_id.as_str(),
+        s.status.as_str(),
         s.deadline.map(|d| d.0),
-        s.version,
-        doc
-    ])?;
-    Ok(())
+    );
+    let mut values =
+        params![execution, s.index, status, runner, lease, deadline, s.version, doc].to_vec();
+    if let Some(v) = &expected_version {
+        values.push(v);
+    }
+    Ok(stmt.execute(values.as_slice())? == 1)
 }
 
 /// Keeps the execution's queued-shard counter (the sparse "pending" index) in step.
@@ -427,28 +438,6 @@ fn refresh_queued(tx: &Connection, execution_id: &str) -> Result<()> {
     )?
     .execute([execution_id])?;
     Ok(())
-}
-
-/// Rewrites a stored shard if it is still at `expected_version`: the check
-/// and the change in one statement (false: refused, nothing changed).
-fn rewrite_shard(tx: &Connection, s: &Shard, doc: &str, expected_version: u64) -> Result<bool> {
-    let n = tx
-        .prepare_cached(
-            "UPDATE shards SET status = ?3, runner_id = ?4, lease_id = ?5, deadline = ?6, version = ?7, doc = ?8
-             WHERE execution_id = ?1 AND idx = ?2 AND version = ?9",
-        )?
-        .execute(params![
-            s.execution_id.as_str(),
-            s.index,
-            s.status.as_str(),
-            s.runner_id.as_ref().map(|r| r.as_str()),
-            s.lease_id.as_ref().map(|l| l.as_str()),
-            s.deadline.map(|d| d.0),
-            s.version,
-            doc,
-            expected_version
-        ])?;
-    Ok(n == 1)
 }
 
 /// The stored shard's version and whether it is queued.
@@ -746,7 +735,7 @@ impl Store for SqliteStore {
             }
             write_execution(tx, &execution, &doc)?;
             for (s, doc) in shards.iter().zip(&shard_docs) {
-                write_shard(tx, s, doc)?;
+                put_shard(tx, s, doc, None)?;
             }
             refresh_queued(tx, execution.id.as_str())?;
             ch.push(Change::Execution(execution));
@@ -982,7 +971,7 @@ impl Store for SqliteStore {
                 write_execution(tx, &execution, &to_doc(&execution)?)?;
                 ch.push(Change::Execution(execution));
             }
-            if !rewrite_shard(tx, shard, &shard_doc, version)? {
+            if !put_shard(tx, shard, &shard_doc, Some(version))? {
                 return Err(Error::Internal("a checked shard changed within its write".into()));
             }
             tx.prepare_cached(
@@ -1023,7 +1012,7 @@ impl Store for SqliteStore {
             let shard = &u.shard;
             // The check and the first change in one: the version the caller
             // read (with `expected_status`) or nothing.
-            if !rewrite_shard(tx, shard, &doc, u.expected_version)? {
+            if !put_shard(tx, shard, &doc, Some(u.expected_version))? {
                 return Err(Error::conflict(
                     Entity::Shard,
                     format!("{}#{}", shard.execution_id, shard.index),
@@ -1286,7 +1275,7 @@ impl Store for SqliteStore {
                 return Err(Error::conflict(Entity::Execution, &execution.id));
             }
             write_execution(tx, &execution, &doc)?;
-            write_shard(tx, &shard, &shard_doc)?;
+            put_shard(tx, &shard, &shard_doc, None)?;
             count_queued(tx, &shard, false)?;
             mirror_execution(tx, ch, &execution, was_finished)?;
             ch.push(Change::Shard(shard));
