@@ -20,9 +20,11 @@ use tms::adapters::ReqwestHttp;
 use tms::adapters::{DynamoStore, SqliteStore};
 use tms::config::Config;
 use tms::domain::SecretName;
+use tms::domain::ShardResult;
+use tms::ids::LeaseId;
 use tms::ports::{DispatchOrder, Event, Events, Nudges, Ports, Secrets, Store};
 use tms::time::{ManualClock, Timestamp};
-use tms::usecases::Orchestrator;
+use tms::usecases::{Orchestrator, ReportStatus, ShardReport};
 
 /// Counts schedule nudges and keeps dispatch orders; the tests run
 /// scheduling passes and dispatch attempts themselves.
@@ -396,4 +398,20 @@ pub fn tms_command(bin: &str, url: &str, token: &str) -> std::process::Command {
         command.env_remove(ci);
     }
     command
+}
+
+/// A shard's final report carrying `results`: failed if any test failed,
+/// passed otherwise.
+pub fn final_report(shard_index: u32, lease_id: LeaseId, results: ShardResult) -> ShardReport {
+    let status = if results.failed > 0 {
+        ReportStatus::Failed
+    } else {
+        ReportStatus::Passed
+    };
+    ShardReport {
+        shard_index,
+        lease_id,
+        status,
+        results: Some(results),
+    }
 }

@@ -7,9 +7,9 @@
 use tms::auth::Principal;
 use tms::dispatch::{verify, DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use tms::domain::{AlertMetric, AlertWebhook, SecretName, ShardResult};
-use tms::usecases::{NewAlertRule, ReportStatus, ShardReport};
+use tms::usecases::NewAlertRule;
 use tms_tests::recorder::{Answer, Recorder};
-use tms_tests::{Backend, Harness};
+use tms_tests::{final_report, Backend, Harness};
 
 fn rule(name: &str, metric: AlertMetric, threshold: f64) -> NewAlertRule {
     NewAlertRule {
@@ -124,20 +124,15 @@ async fn the_failure_rate_counts_finished_runs_in_its_window<B: Backend>() {
         h.app.queue_execution(e, None).await.unwrap();
         h.app.schedule_pass().await.unwrap();
         let a = h.app.heartbeat(&r, None).await.unwrap().remove(0);
-        let report = ShardReport {
-            shard_index: a.shard_index,
-            lease_id: a.lease_id,
-            status: if failed > 0 {
-                ReportStatus::Failed
-            } else {
-                ReportStatus::Passed
-            },
-            results: Some(ShardResult {
+        let report = final_report(
+            a.shard_index,
+            a.lease_id,
+            ShardResult {
                 passed: 1 - failed,
                 failed,
                 ..Default::default()
-            }),
-        };
+            },
+        );
         h.app
             .report_shard(&Principal::Runner(r.clone()), &a.execution_id, report)
             .await

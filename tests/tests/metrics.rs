@@ -9,28 +9,23 @@ use tms::domain::metrics::HOUR_MS;
 use tms::domain::ShardResult;
 use tms::ids::RunnerId;
 use tms::time::Clock;
-use tms::usecases::{Assignment, ReportStatus, ShardReport};
-use tms_tests::{Backend, Harness};
+use tms::usecases::Assignment;
+use tms_tests::{final_report, Backend, Harness};
 
 async fn runner<B: Backend>(h: &Harness<B>) -> RunnerId {
     h.runner("r", 4).await
 }
 
 async fn finish<B: Backend>(h: &Harness<B>, r: &RunnerId, a: &Assignment, failed: u32) {
-    let report = ShardReport {
-        shard_index: a.shard_index,
-        lease_id: a.lease_id.clone(),
-        status: if failed > 0 {
-            ReportStatus::Failed
-        } else {
-            ReportStatus::Passed
-        },
-        results: Some(ShardResult {
+    let report = final_report(
+        a.shard_index,
+        a.lease_id.clone(),
+        ShardResult {
             passed: a.tests.len() as u32 - failed,
             failed,
             ..Default::default()
-        }),
-    };
+        },
+    );
     let caller = Principal::Runner(r.clone());
     for _ in 0..2 {
         // The second, identical report changes nothing.
@@ -133,20 +128,15 @@ async fn a_reopened_execution_that_finishes_again_is_counted_once<B: Backend>() 
     for failed in [1, 0] {
         // A CI job claims shard 0, then its retry claims it again.
         let a = h.app.claim_shard(&caller, &id, 0).await.unwrap();
-        let report = ShardReport {
-            shard_index: 0,
-            lease_id: a.lease_id.clone(),
-            status: if failed > 0 {
-                ReportStatus::Failed
-            } else {
-                ReportStatus::Passed
-            },
-            results: Some(ShardResult {
+        let report = final_report(
+            0,
+            a.lease_id.clone(),
+            ShardResult {
                 passed: 1 - failed,
                 failed,
                 ..Default::default()
-            }),
-        };
+            },
+        );
         h.app.report_shard(&caller, &id, report).await.unwrap();
         h.deliver_events().await;
     }

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use tms::auth::Principal;
 use tms::domain::{ExecutionStatus, RetryPolicy, ShardResult, Strategy, TestResult, TestStatus};
 use tms::ids::{ExecutionId, RunnerId};
-use tms::usecases::{Assignment, NewExecution, NewRule, ReportStatus, ShardReport};
-use tms_tests::{Backend, Harness};
+use tms::usecases::{Assignment, NewExecution, NewRule};
+use tms_tests::{final_report, Backend, Harness};
 
 async fn runner<B: Backend>(h: &Harness<B>, name: &str) -> RunnerId {
     h.runner(name, 1).await
@@ -65,21 +65,16 @@ async fn report<B: Backend>(h: &Harness<B>, r: &RunnerId, a: &Assignment, failin
         .iter()
         .filter(|t| t.status == TestStatus::Failed)
         .count() as u32;
-    let report = ShardReport {
-        shard_index: a.shard_index,
-        lease_id: a.lease_id.clone(),
-        status: if failed > 0 {
-            ReportStatus::Failed
-        } else {
-            ReportStatus::Passed
-        },
-        results: Some(ShardResult {
+    let report = final_report(
+        a.shard_index,
+        a.lease_id.clone(),
+        ShardResult {
             passed: tests.len() as u32 - failed,
             failed,
             skipped: 0,
             tests,
-        }),
-    };
+        },
+    );
     let caller = Principal::Runner(r.clone());
     h.app
         .report_shard(&caller, &a.execution_id, report)

@@ -23,7 +23,7 @@ use crate::domain::{Execution, LoadBalancingRule, Resources, Runner, RunnerWithL
 use crate::domain::{RunnerStatus, ShardStatus};
 use crate::ids::{ExecutionId, LeaseId, RunnerId};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// One committed change to a mirrored entity, in commit order.
 #[derive(Debug)]
@@ -85,6 +85,22 @@ impl Active {
 
     fn age_key(&self) -> (i64, ExecutionId) {
         (self.execution.created_at.0, self.execution.id.clone())
+    }
+}
+
+/// Adds `a` to the pending index (`waiting`) or takes it out.
+fn index(
+    by_priority: &mut BTreeSet<(Reverse<i32>, i64, ExecutionId)>,
+    by_age: &mut BTreeSet<(i64, ExecutionId)>,
+    a: &Active,
+    waiting: bool,
+) {
+    if waiting {
+        by_priority.insert(a.priority_key());
+        by_age.insert(a.age_key());
+    } else {
+        by_priority.remove(&a.priority_key());
+        by_age.remove(&a.age_key());
     }
 }
 
@@ -197,23 +213,11 @@ impl Mirror {
         }
     }
 
-    fn unindex(&mut self, a: &Active) {
-        self.by_priority.remove(&a.priority_key());
-        self.by_age.remove(&a.age_key());
-    }
-
-    fn index(&mut self, a: &Active) {
-        if a.waiting > 0 {
-            self.by_priority.insert(a.priority_key());
-            self.by_age.insert(a.age_key());
-        }
-    }
-
     fn put_execution(&mut self, execution: Execution) {
         let id = execution.id.clone();
         let old = self.active.remove(&id);
         if let Some(old) = &old {
-            self.unindex(old);
+            index(&mut self.by_priority, &mut self.by_age, old, false);
         }
         if execution.status.is_terminal() {
             return;
@@ -229,25 +233,60 @@ impl Mirror {
                 waiting: 0,
             },
         };
-        self.index(&active);
+        index(
+            &mut self.by_priority,
+            &mut self.by_age,
+            &active,
+            active.waiting > 0,
+        );
         self.active.insert(id, active);
     }
 
     fn put_shard(&mut self, shard: Shard) {
-        let Some(mut a) = self.active.remove(&shard.execution_id) else {
+        let Some(a) = self.active.get_mut(&shard.execution_id) else {
             return;
         };
-        self.unindex(&a);
         let was = a.shards.get(&shard.index).is_some_and(waits);
+        let before = a.waiting > 0;
         a.waiting = a.waiting + u32::from(waits(&shard)) - u32::from(was);
         a.shards.insert(shard.index, shard);
-        self.index(&a);
-        self.active.insert(a.execution.id.clone(), a);
+        // A shard write changes no key of the index, only whether the
+        // execution is in it.
+        if before != (a.waiting > 0) {
+            index(&mut self.by_priority, &mut self.by_age, a, !before);
+        }
+    }
+
+    /// Where the pending index and the waiting counts disagree with the
+    /// shards they are kept from. (A fresh load builds them with the same
+    /// code, so comparing two mirrors alone would not catch a bug here.)
+    fn derived_state_error(&self) -> Option<String> {
+        let (mut by_priority, mut by_age) = (BTreeSet::new(), BTreeSet::new());
+        for (id, a) in &self.active {
+            let waiting = a.shards.values().filter(|s| waits(s)).count() as u32;
+            if waiting != a.waiting {
+                return Some(format!(
+                    "waiting count of {id:?}: {} kept, {waiting} counted",
+                    a.waiting
+                ));
+            }
+            index(&mut by_priority, &mut by_age, a, waiting > 0);
+        }
+        (by_priority != self.by_priority || by_age != self.by_age).then(|| {
+            format!(
+                "pending index: {:?} kept, {:?} derived",
+                self.by_age, by_age
+            )
+        })
     }
 
     /// Where this mirror and `other` differ first (for the consistency
-    /// check): the part and the entry, each side in debug form.
+    /// check): the part and the entry, each side in debug form; or where
+    /// this mirror's derived state is wrong.
     pub fn difference(&self, other: &Mirror) -> Option<String> {
+        if let Some(wrong) = self.derived_state_error() {
+            return Some(wrong);
+        }
         fn first<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
             part: &str,
             a: impl IntoIterator<Item = (K, V)>,
@@ -337,27 +376,19 @@ impl Mirror {
     /// priority order and in age order (each until `max_shards` waiting
     /// shards or `max_executions` executions), each with its queued shards.
     pub fn pending(&self, max_shards: u32, max_executions: u32) -> Vec<(Execution, Vec<Shard>)> {
-        let mut found: Vec<&ExecutionId> = Vec::new();
-        let mut seen: std::collections::HashSet<&ExecutionId> = Default::default();
-        let priority = self.by_priority.iter().map(|(_, _, id)| id);
-        let age = self.by_age.iter().map(|(_, id)| id);
-        for order in [
-            Box::new(priority) as Box<dyn Iterator<Item = &ExecutionId>>,
-            Box::new(age),
-        ] {
-            let (mut shards, mut taken) = (0u32, 0u32);
-            for id in order {
-                if shards >= max_shards || taken >= max_executions {
-                    break;
-                }
-                let Some(a) = self.active.get(id) else {
-                    continue;
-                };
-                shards = shards.saturating_add(a.waiting);
-                taken += 1;
-                if seen.insert(id) {
-                    found.push(id);
-                }
+        let mut found = self.head(
+            self.by_priority.iter().map(|(_, _, id)| id),
+            max_shards,
+            max_executions,
+        );
+        let mut seen: HashSet<&ExecutionId> = found.iter().copied().collect();
+        for id in self.head(
+            self.by_age.iter().map(|(_, id)| id),
+            max_shards,
+            max_executions,
+        ) {
+            if seen.insert(id) {
+                found.push(id);
             }
         }
         found
@@ -373,6 +404,28 @@ impl Mirror {
                 (a.execution.clone(), queued)
             })
             .collect()
+    }
+
+    /// The first executions of `order` until they hold `max_shards` waiting
+    /// shards or number `max_executions`.
+    fn head<'a>(
+        &'a self,
+        order: impl Iterator<Item = &'a ExecutionId>,
+        max_shards: u32,
+        max_executions: u32,
+    ) -> Vec<&'a ExecutionId> {
+        let (mut shards, mut out) = (0u32, Vec::new());
+        for id in order {
+            if shards >= max_shards || out.len() >= max_executions as usize {
+                break;
+            }
+            let Some(a) = self.active.get(id) else {
+                continue;
+            };
+            shards = shards.saturating_add(a.waiting);
+            out.push(id);
+        }
+        out
     }
 
     pub fn rules(&self) -> Vec<LoadBalancingRule> {

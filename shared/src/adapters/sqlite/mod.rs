@@ -1,7 +1,8 @@
-//! The embedded store: SQLite in WAL mode, each port operation atomic (a
-//! savepoint of a group-committed transaction, see [`thread`]) with the same
-//! conditions the DynamoDB adapter expresses as condition expressions. Entities are stored as JSON documents beside the
-//! columns that queries and conditions need.
+//! The embedded store: SQLite in WAL mode, each port operation atomic
+//! (inside a group-committed transaction, see [`thread`]) with the same
+//! conditions the DynamoDB adapter expresses as condition expressions.
+//! Entities are stored as JSON documents beside the columns that queries and
+//! conditions need; the hot ones are also mirrored in memory (see [`mirror`]).
 //!
 //! Committed transactions are in the WAL before a call returns, so they
 //! survive `kill -9` of the process (`synchronous=NORMAL` trades only
@@ -94,7 +95,8 @@ fn add_counters(tx: &Connection, r: &Rollup) -> Result<()> {
 }
 
 /// SQLite-backed [`Store`]: one database thread owns the connection (see
-/// [`thread`]); reads and writes are sent to it.
+/// [`thread`]) and takes every write; hot reads come from the mirror, the
+/// rest are sent to the thread.
 pub struct SqliteStore {
     db: DbThread,
     /// Committed hot state, read without the database thread (see [`mirror`]).
@@ -429,7 +431,7 @@ fn put_shard(tx: &Connection, s: &Shard, doc: &str, expected_version: Option<u64
     Ok(stmt.execute(values.as_slice())? == 1)
 }
 
-/// Keeps the execution's queued-shard counter (the sparse "pending" index) in step.
+/// Sets the execution's queued-shard counter (what `queue_stats` sums).
 fn refresh_queued(tx: &Connection, execution_id: &str) -> Result<()> {
     tx.prepare_cached(
         "UPDATE executions SET queued_shards =
