@@ -47,6 +47,13 @@ struct Args {
     /// Give up a run after this many seconds.
     #[arg(long, default_value_t = 300)]
     time_limit: u64,
+    /// Instead of the workload, measure the floor: this many heartbeats of
+    /// idle runners sent back to back (the cheapest authenticated call: no
+    /// work to hand out, no write to wait for). What the HTTP stack, the
+    /// kernel and the generator cost on this machine before TMS does
+    /// anything, so the workload's figures can be read against it.
+    #[arg(long)]
+    floor: Option<u64>,
 }
 
 const TOKEN: &str = "bench-admin-token";
@@ -221,17 +228,7 @@ async fn run(args: &Args, clients: usize) -> String {
     let total_shards = (args.executions * args.shards) as u64;
 
     let mut setup = Conn::open(addr, base_path).await;
-    let mut runners = Vec::new();
-    for i in 0..clients {
-        let body = format!(
-            r#"{{"name":"bench-{i}","type":"custom","capacity":{{"slots":8,"cpu_millis":64000,"memory_mb":65536}}}}"#
-        );
-        let v = setup
-            .post("/runners/register", &admin, body.into(), &stats)
-            .await;
-        let created: Created = serde_json::from_slice(&v).unwrap();
-        runners.push((created.id.to_owned(), bearer(created.token.unwrap())));
-    }
+    let runners = register_runners(&mut setup, clients, &stats).await;
     // Ten suites' queue bodies, serialised once.
     let bodies: Vec<Bytes> = (0..10)
         .map(|suite| {
@@ -388,6 +385,85 @@ async fn run(args: &Args, clients: usize) -> String {
     )
 }
 
+/// Registers `clients` runners (8 slots each) with the admin token and
+/// returns their ids and bearer headers.
+async fn register_runners(
+    setup: &mut Conn,
+    clients: usize,
+    stats: &Stats,
+) -> Vec<(String, HeaderValue)> {
+    let admin = bearer(TOKEN);
+    let mut runners = Vec::new();
+    for i in 0..clients {
+        let body = format!(
+            r#"{{"name":"bench-{i}","type":"custom","capacity":{{"slots":8,"cpu_millis":64000,"memory_mb":65536}}}}"#
+        );
+        let v = setup
+            .post("/runners/register", &admin, body.into(), stats)
+            .await;
+        let created: Created = serde_json::from_slice(&v).unwrap();
+        runners.push((created.id.to_owned(), bearer(created.token.unwrap())));
+    }
+    runners
+}
+
+/// The floor run (see [`Args::floor`]): `clients` idle runners heartbeat
+/// back to back until `total` heartbeats are answered.
+async fn floor(args: &Args, clients: usize, total: u64) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&args.server_bin, dir.path(), Some(TOKEN));
+    let addr: SocketAddr = server
+        .url
+        .trim_start_matches("http://")
+        .parse()
+        .expect("server address");
+    let base_path = "/api/enhanced-orchestration";
+    let stats = Arc::new(Stats::default());
+    let mut setup = Conn::open(addr, base_path).await;
+    let runners = register_runners(&mut setup, clients, &stats).await;
+    let sent = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let cpu_before = cpu_seconds(&server_pid(&server).to_string());
+    let client_cpu_before = cpu_seconds("self");
+    let mut tasks = Vec::new();
+    for (id, token) in runners {
+        let (stats, sent) = (stats.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(addr, base_path).await;
+            let mut lat = Latencies::new();
+            let beat_path = format!("/runners/{id}/heartbeat");
+            while sent.fetch_add(1, Ordering::Relaxed) < total {
+                let t0 = Instant::now();
+                let hb = conn
+                    .post(&beat_path, &token, Bytes::from_static(b"{}"), &stats)
+                    .await;
+                record(&mut lat.heartbeat, t0);
+                let beat: Beat = serde_json::from_slice(&hb).expect("heartbeat body");
+                assert!(beat.assignments.is_empty(), "an idle runner got work");
+            }
+            lat
+        }));
+    }
+    let mut lat = Latencies::new();
+    for t in tasks {
+        lat.add(&t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(&server_pid(&server).to_string()) - cpu_before;
+    let client_cpu = cpu_seconds("self") - client_cpu_before;
+    let requests = total as f64;
+    format!(
+        "| {clients} | {total} | {:.1} | {:.0} | {:.2} / {:.2} | {:.0} | {:.0} | {:.0} |",
+        elapsed,
+        requests / elapsed,
+        q(&lat.heartbeat, 0.5),
+        q(&lat.heartbeat, 0.99),
+        cpu * 1e6 / requests,
+        client_cpu * 1e6 / requests,
+        (cpu + client_cpu) * 1e6 / requests,
+    )
+}
+
 fn server_pid(server: &Server) -> u32 {
     server.pid()
 }
@@ -397,6 +473,14 @@ fn server_pid(server: &Server) -> u32 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
+    if let Some(total) = args.floor {
+        println!("| clients | idle heartbeats | seconds | requests/s | heartbeat p50 / p99 ms | server CPU µs per request | load generator CPU µs per request | both, µs per request |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for &c in &args.clients {
+            println!("{}", floor(&args, c, total).await);
+        }
+        return;
+    }
     println!("| clients | executions x shards | seconds | requests/s | assignments/s | completions/s | queue→assignment p50 / p99 ms | heartbeat p50 / p99 ms | heartbeat p99 after queueing ms | report p50 / p99 ms | server peak RSS MB | server CPU µs per request | load generator CPU µs per request |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &c in &args.clients {
