@@ -34,9 +34,16 @@ use tms_tests::Server;
 
 #[derive(Parser)]
 struct Args {
-    /// The `tms` binary to benchmark (build it with --release).
-    #[arg(long, default_value = "target/release/tms")]
-    server_bin: String,
+    /// The `tms` binary to benchmark (build it with --release). Several,
+    /// comma-separated, are run alternately in one sitting (copy each build
+    /// to its own path first): on a shared machine only a side-by-side
+    /// comparison separates a change from the run-to-run noise.
+    #[arg(long, value_delimiter = ',', default_value = "target/release/tms")]
+    server_bin: Vec<String>,
+    /// Run every binary and client count this many times, alternating, and
+    /// end with the median of each column per binary and client count.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     #[arg(long, default_value_t = 1000)]
     executions: usize,
     #[arg(long, default_value_t = 8)]
@@ -214,9 +221,9 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn run(args: &Args, clients: usize) -> String {
+async fn run(args: &Args, server_bin: &str, clients: usize) -> Row {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&args.server_bin, dir.path(), Some(TOKEN));
+    let server = Server::start(server_bin, dir.path(), Some(TOKEN));
     let addr: SocketAddr = server
         .url
         .trim_start_matches("http://")
@@ -366,25 +373,21 @@ async fn run(args: &Args, clients: usize) -> String {
     let requests = stats.requests.load(Ordering::Relaxed) as f64;
     let completed = stats.completed.load(Ordering::Relaxed);
     assert_eq!(completed, total_shards, "run hit the time limit");
-    format!(
-        "| {clients} | {} x {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.1} / {:.1} | {:.2} / {:.2} | {:.2} | {:.2} / {:.2} | {:.1} | {:.0} | {:.0} |",
-        args.executions,
-        args.shards,
-        elapsed,
-        requests / elapsed,
-        stats.assigned.load(Ordering::Relaxed) as f64 / elapsed,
-        completed as f64 / elapsed,
-        q(&lat.wait, 0.5),
-        q(&lat.wait, 0.99),
-        q(&lat.heartbeat, 0.5),
-        q(&lat.heartbeat, 0.99),
-        q(&lat.heartbeat_after_queueing, 0.99),
-        q(&lat.report, 0.5),
-        q(&lat.report, 0.99),
-        rss,
-        cpu * 1e6 / requests,
-        client_cpu * 1e6 / requests,
-    )
+    Row(vec![
+        Cell::Text(clients.to_string()),
+        Cell::Text(format!("{} x {}", args.executions, args.shards)),
+        Cell::num(elapsed, 1),
+        Cell::num(requests / elapsed, 0),
+        Cell::num(stats.assigned.load(Ordering::Relaxed) as f64 / elapsed, 0),
+        Cell::num(completed as f64 / elapsed, 0),
+        Cell::pair(q(&lat.wait, 0.5), q(&lat.wait, 0.99), 1),
+        Cell::pair(q(&lat.heartbeat, 0.5), q(&lat.heartbeat, 0.99), 2),
+        Cell::num(q(&lat.heartbeat_after_queueing, 0.99), 2),
+        Cell::pair(q(&lat.report, 0.5), q(&lat.report, 0.99), 2),
+        Cell::num(rss, 1),
+        Cell::num(cpu * 1e6 / requests, 0),
+        Cell::num(client_cpu * 1e6 / requests, 0),
+    ])
 }
 
 /// Registers `clients` runners (8 slots each) with the admin token and
@@ -439,9 +442,9 @@ async fn open_clients(
 
 /// The floor run (see [`Args::floor`]): `clients` idle runners heartbeat
 /// back to back until `total` heartbeats are answered.
-async fn floor(args: &Args, clients: usize, total: u64) -> String {
+async fn floor(server_bin: &str, clients: usize, total: u64) -> Row {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&args.server_bin, dir.path(), Some(TOKEN));
+    let server = Server::start(server_bin, dir.path(), Some(TOKEN));
     let addr: SocketAddr = server
         .url
         .trim_start_matches("http://")
@@ -482,16 +485,87 @@ async fn floor(args: &Args, clients: usize, total: u64) -> String {
     let cpu = cpu_seconds(&server_pid(&server).to_string()) - cpu_before;
     let client_cpu = cpu_seconds("self") - client_cpu_before;
     let requests = total as f64;
-    format!(
-        "| {clients} | {total} | {:.1} | {:.0} | {:.2} / {:.2} | {:.0} | {:.0} | {:.0} |",
-        elapsed,
-        requests / elapsed,
-        q(&lat.heartbeat, 0.5),
-        q(&lat.heartbeat, 0.99),
-        cpu * 1e6 / requests,
-        client_cpu * 1e6 / requests,
-        (cpu + client_cpu) * 1e6 / requests,
-    )
+    Row(vec![
+        Cell::Text(clients.to_string()),
+        Cell::Text(total.to_string()),
+        Cell::num(elapsed, 1),
+        Cell::num(requests / elapsed, 0),
+        Cell::pair(q(&lat.heartbeat, 0.5), q(&lat.heartbeat, 0.99), 2),
+        Cell::num(cpu * 1e6 / requests, 0),
+        Cell::num(client_cpu * 1e6 / requests, 0),
+        Cell::num((cpu + client_cpu) * 1e6 / requests, 0),
+    ])
+}
+
+/// One table cell: a label, or one or two figures ("p50 / p99") printed
+/// with `decimals`.
+#[derive(Clone)]
+enum Cell {
+    Text(String),
+    Figures(Vec<f64>, usize),
+}
+
+impl Cell {
+    fn num(value: f64, decimals: usize) -> Cell {
+        Cell::Figures(vec![value], decimals)
+    }
+
+    fn pair(a: f64, b: f64, decimals: usize) -> Cell {
+        Cell::Figures(vec![a, b], decimals)
+    }
+}
+
+impl std::fmt::Display for Cell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cell::Text(t) => f.write_str(t),
+            Cell::Figures(values, decimals) => {
+                let shown: Vec<String> = values.iter().map(|v| format!("{v:.decimals$}")).collect();
+                f.write_str(&shown.join(" / "))
+            }
+        }
+    }
+}
+
+/// One run's figures, in the table's column order.
+#[derive(Clone)]
+struct Row(Vec<Cell>);
+
+impl Row {
+    /// The median of each figure over `runs` (all of one binary and client
+    /// count, so the labels agree).
+    fn median(runs: &[Row]) -> Row {
+        let cells = runs[0]
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, first)| match first {
+                Cell::Text(t) => Cell::Text(t.clone()),
+                Cell::Figures(values, decimals) => Cell::Figures(
+                    (0..values.len())
+                        .map(|j| {
+                            let mut all: Vec<f64> = runs
+                                .iter()
+                                .filter_map(|r| match &r.0[i] {
+                                    Cell::Figures(v, _) => v.get(j).copied(),
+                                    Cell::Text(_) => None,
+                                })
+                                .collect();
+                            all.sort_by(f64::total_cmp);
+                            all[all.len() / 2]
+                        })
+                        .collect(),
+                    *decimals,
+                ),
+            })
+            .collect();
+        Row(cells)
+    }
+
+    fn print(&self, server: &str) {
+        let cells: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        println!("| {server} | {} |", cells.join(" | "));
+    }
 }
 
 fn server_pid(server: &Server) -> u32 {
@@ -503,17 +577,36 @@ fn server_pid(server: &Server) -> u32 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
-    if let Some(total) = args.floor {
-        println!("| clients | idle heartbeats | seconds | requests/s | heartbeat p50 / p99 ms | server CPU µs per request | load generator CPU µs per request | both, µs per request |");
-        println!("|---|---|---|---|---|---|---|---|");
-        for &c in &args.clients {
-            println!("{}", floor(&args, c, total).await);
+    let columns = if args.floor.is_some() {
+        "clients | idle heartbeats | seconds | requests/s | heartbeat p50 / p99 ms | server CPU µs per request | load generator CPU µs per request | both, µs per request"
+    } else {
+        "clients | executions x shards | seconds | requests/s | assignments/s | completions/s | queue→assignment p50 / p99 ms | heartbeat p50 / p99 ms | heartbeat p99 after queueing ms | report p50 / p99 ms | server peak RSS MB | server CPU µs per request | load generator CPU µs per request"
+    };
+    println!("| server | {columns} |");
+    println!("|---{}|", "|---".repeat(columns.split(" | ").count()));
+    let mut runs: Vec<(&str, usize, Row)> = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        for bin in &args.server_bin {
+            for &c in &args.clients {
+                let row = match args.floor {
+                    Some(total) => floor(bin, c, total).await,
+                    None => run(&args, bin, c).await,
+                };
+                row.print(bin);
+                runs.push((bin, c, row));
+            }
         }
-        return;
     }
-    println!("| clients | executions x shards | seconds | requests/s | assignments/s | completions/s | queue→assignment p50 / p99 ms | heartbeat p50 / p99 ms | heartbeat p99 after queueing ms | report p50 / p99 ms | server peak RSS MB | server CPU µs per request | load generator CPU µs per request |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for &c in &args.clients {
-        println!("{}", run(&args, c).await);
+    if args.repeat > 1 {
+        for bin in &args.server_bin {
+            for &c in &args.clients {
+                let mine: Vec<Row> = runs
+                    .iter()
+                    .filter(|(b, n, _)| b == bin && *n == c)
+                    .map(|(_, _, r)| r.clone())
+                    .collect();
+                Row::median(&mine).print(&format!("{bin}, median of {}", mine.len()));
+            }
+        }
     }
 }
