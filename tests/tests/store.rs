@@ -295,3 +295,100 @@ tms_tests::conformance!(
     an_idempotency_key_is_taken_once_while_it_lives,
     the_queued_shard_count_follows_every_transition,
 );
+
+/// Rewrites a version 2 data directory into the version 1 layout: the
+/// allocations table (rows and documents as version 1 wrote them) and the
+/// runners' `used_*` columns instead of the shards' `held_*` columns.
+fn downgrade_to_version_1(db: &std::path::Path) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch(
+        "BEGIN;
+         CREATE TABLE allocations (
+             runner_id TEXT NOT NULL, execution_id TEXT NOT NULL, idx INTEGER NOT NULL, lease_id TEXT NOT NULL,
+             doc TEXT NOT NULL, PRIMARY KEY (runner_id, execution_id, idx));
+         INSERT INTO allocations SELECT runner_id, execution_id, idx, lease_id,
+             json_object('runner_id', runner_id, 'execution_id', execution_id, 'shard_index', idx,
+                 'lease_id', lease_id,
+                 'resources', json_object('slots', held_slots, 'cpu_millis', held_cpu, 'memory_mb', held_memory),
+                 'allocated_at', 1)
+           FROM shards WHERE held_slots IS NOT NULL;
+         ALTER TABLE runners ADD COLUMN used_slots INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE runners ADD COLUMN used_cpu INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE runners ADD COLUMN used_memory INTEGER NOT NULL DEFAULT 0;
+         UPDATE runners SET used_slots = (SELECT coalesce(sum(held_slots), 0) FROM shards WHERE runner_id = runners.id),
+             used_cpu = (SELECT coalesce(sum(held_cpu), 0) FROM shards WHERE runner_id = runners.id),
+             used_memory = (SELECT coalesce(sum(held_memory), 0) FROM shards WHERE runner_id = runners.id);
+         ALTER TABLE shards DROP COLUMN held_slots;
+         ALTER TABLE shards DROP COLUMN held_cpu;
+         ALTER TABLE shards DROP COLUMN held_memory;
+         PRAGMA user_version = 1;
+         COMMIT;",
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
+    use tms::adapters::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(4);
+    let (e, shards) = execution(3);
+    let held = {
+        let store = SqliteStore::open_dir(dir.path()).unwrap();
+        store.insert_runner(&r).await.unwrap();
+        store.create_execution(&e, &shards, None).await.unwrap();
+        for s in &shards[..2] {
+            store.assign(&assignment(s, &r)).await.unwrap();
+        }
+        store.load_execution(&e.id).await.unwrap().unwrap().1
+    };
+    downgrade_to_version_1(&dir.path().join("tms.db"));
+
+    let store = SqliteStore::open_dir(dir.path()).unwrap();
+    store.verify_mirror().await.unwrap();
+    let load = |n: u32| Resources::new(n, 1000 * n, 1000 * n);
+    assert_eq!(
+        store.get_runner(&r.id).await.unwrap().unwrap().allocated,
+        load(2)
+    );
+    let on_runner: Vec<u32> = store
+        .runner_shards(&r.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.index)
+        .collect();
+    assert_eq!(on_runner, vec![0, 1]);
+
+    // The migrated allocation is released once, like any other.
+    let mut done = held[0].clone();
+    done.requeue("test", Timestamp(2)).unwrap();
+    let release = Release {
+        runner_id: r.id.clone(),
+        lease_id: held[0].lease_id.clone().unwrap(),
+        resources: load(1),
+    };
+    store
+        .update_shard(&ShardUpdate {
+            shard: done,
+            expected_version: held[0].version,
+            expected_status: held[0].status,
+            release: Some(release),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_runner(&r.id).await.unwrap().unwrap().allocated,
+        load(1)
+    );
+    store.verify_mirror().await.unwrap();
+    drop(store);
+
+    // And what the migrated store wrote is what a restart finds.
+    let store = SqliteStore::open_dir(dir.path()).unwrap();
+    store.verify_mirror().await.unwrap();
+    assert_eq!(
+        store.get_runner(&r.id).await.unwrap().unwrap().allocated,
+        load(1)
+    );
+}
