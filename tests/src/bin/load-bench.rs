@@ -122,11 +122,10 @@ fn q(h: &Histogram<u64>, quantile: f64) -> f64 {
 struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: HeaderValue,
-    base_path: String,
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, base_path: &str) -> Conn {
+    async fn open(addr: SocketAddr) -> Conn {
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).expect("nodelay");
         let (sender, connection) =
@@ -137,7 +136,6 @@ impl Conn {
         Conn {
             sender,
             host: HeaderValue::from_str(&addr.to_string()).unwrap(),
-            base_path: base_path.to_owned(),
         }
     }
 
@@ -145,7 +143,7 @@ impl Conn {
     async fn post(&mut self, path: &str, auth: &HeaderValue, body: Bytes, stats: &Stats) -> Bytes {
         stats.requests.fetch_add(1, Ordering::Relaxed);
         self.sender.ready().await.expect("connection ready");
-        let request = Request::post(format!("{}{path}", self.base_path))
+        let request = Request::post(format!("{BASE_PATH}{path}"))
             .header(HOST, self.host.clone())
             .header(AUTHORIZATION, auth.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
@@ -221,20 +219,28 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn run(args: &Args, server_bin: &str, clients: usize) -> Row {
+const BASE_PATH: &str = "/api/enhanced-orchestration";
+
+/// A fresh `tms serve` of `server_bin` on its own data directory (kept
+/// until the returned guard drops) and the address it listens on.
+fn start_server(server_bin: &str) -> (tempfile::TempDir, Server, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(server_bin, dir.path(), Some(TOKEN));
-    let addr: SocketAddr = server
+    let addr = server
         .url
         .trim_start_matches("http://")
         .parse()
         .expect("server address");
-    let base_path = "/api/enhanced-orchestration";
+    (dir, server, addr)
+}
+
+async fn run(args: &Args, server_bin: &str, clients: usize) -> Row {
+    let (_dir, server, addr) = start_server(server_bin);
     let admin = bearer(TOKEN);
     let stats = Arc::new(Stats::default());
     let total_shards = (args.executions * args.shards) as u64;
 
-    let mut setup = Conn::open(addr, base_path).await;
+    let mut setup = Conn::open(addr).await;
     let runners = register_runners(&mut setup, clients, &stats).await;
     // Ten suites' queue bodies, serialised once.
     let bodies: Vec<Bytes> = (0..10)
@@ -264,7 +270,7 @@ async fn run(args: &Args, server_bin: &str, clients: usize) -> Row {
     // (five of them are 0.5 ms of page faults: created inside the run they
     // delayed every task's first request, and with about 1,400 heartbeats
     // in a run those 64 first ones were the whole-run p99).
-    let (queue_side, runner_side) = open_clients(addr, base_path, &runners).await;
+    let (queue_side, runner_side) = open_clients(addr, &runners).await;
     let start = Instant::now();
     let client_cpu_before = cpu_seconds("self");
     let deadline = start + Duration::from_secs(args.time_limit);
@@ -419,14 +425,13 @@ async fn register_runners(
 /// accepted it; these requests are not counted.
 async fn open_clients(
     addr: SocketAddr,
-    base_path: &str,
     runners: &[(String, HeaderValue)],
 ) -> (Vec<(Conn, Latencies)>, Vec<(Conn, Latencies)>) {
     let uncounted = &Stats::default();
     let open = |id: &str, token: &HeaderValue| {
         let (path, token) = (format!("/runners/{id}/heartbeat"), token.clone());
         async move {
-            let mut conn = Conn::open(addr, base_path).await;
+            let mut conn = Conn::open(addr).await;
             conn.post(&path, &token, Bytes::from_static(b"{}"), uncounted)
                 .await;
             (conn, Latencies::new())
@@ -443,16 +448,9 @@ async fn open_clients(
 /// The floor run (see [`Args::floor`]): `clients` idle runners heartbeat
 /// back to back until `total` heartbeats are answered.
 async fn floor(server_bin: &str, clients: usize, total: u64) -> Row {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(server_bin, dir.path(), Some(TOKEN));
-    let addr: SocketAddr = server
-        .url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("server address");
-    let base_path = "/api/enhanced-orchestration";
+    let (_dir, server, addr) = start_server(server_bin);
     let stats = Arc::new(Stats::default());
-    let mut setup = Conn::open(addr, base_path).await;
+    let mut setup = Conn::open(addr).await;
     let runners = register_runners(&mut setup, clients, &stats).await;
     let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -462,7 +460,7 @@ async fn floor(server_bin: &str, clients: usize, total: u64) -> Row {
     for (id, token) in runners {
         let (stats, sent) = (stats.clone(), sent.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(addr, base_path).await;
+            let mut conn = Conn::open(addr).await;
             let mut lat = Latencies::new();
             let beat_path = format!("/runners/{id}/heartbeat");
             while sent.fetch_add(1, Ordering::Relaxed) < total {
