@@ -453,7 +453,15 @@ fn check_hot_tables(c: &Connection) -> Result<()> {
             )));
         }
     }
-    if let Some((runner, _)) = sums.into_iter().next() {
+    // Runners are read joined with their load row: one without would vanish.
+    let unloaded: Option<String> = c
+        .query_row(
+            "SELECT id FROM runners WHERE id NOT IN (SELECT id FROM temp.runner_load) LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(runner) = sums.into_keys().next().or(unloaded) {
         return Err(Error::Internal(format!(
             "no in-memory load row for {runner}"
         )));
