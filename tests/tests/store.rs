@@ -63,6 +63,26 @@ fn assignment(shard: &Shard, runner: &Runner) -> AssignmentWrite {
     }
 }
 
+/// The write that puts an assigned shard (as stored) back in the queue and
+/// gives back what its lease holds (what [`assignment`] takes).
+fn requeue_releasing(stored: &Shard) -> ShardUpdate {
+    let mut back = stored.clone();
+    let holder = back
+        .requeue("lost", Timestamp(1))
+        .unwrap()
+        .expect("an assigned shard has a holder");
+    ShardUpdate {
+        shard: back,
+        expected_version: stored.version,
+        expected_status: stored.status,
+        release: Some(Release {
+            runner_id: holder.runner_id,
+            lease_id: holder.lease_id,
+            resources: Resources::new(1, 1000, 1000),
+        }),
+    }
+}
+
 async fn an_assignment_that_fails_its_runner_condition_changes_nothing<B: Backend>() {
     let (store, r, e, shards) = stored::<B>(1, 2).await;
     store.assign(&assignment(&shards[0], &r)).await.unwrap();
@@ -249,20 +269,8 @@ async fn the_queued_shard_count_follows_every_transition<B: Backend>() {
     store.assign(&assignment(&shards[1], &r)).await.unwrap();
     queued(1).await;
     let (_, held) = store.load_execution(&e.id).await.unwrap().unwrap();
-    let mut back = held[0].clone();
-    let holder = back.requeue("lost", Timestamp(1)).unwrap().unwrap();
-    let release = Release {
-        runner_id: holder.runner_id,
-        lease_id: holder.lease_id,
-        resources: Resources::new(1, 1000, 1000),
-    };
     store
-        .update_shard(&ShardUpdate {
-            shard: back,
-            expected_version: held[0].version,
-            expected_status: held[0].status,
-            release: Some(release),
-        })
+        .update_shard(&requeue_releasing(&held[0]))
         .await
         .unwrap();
     queued(2).await;
@@ -361,20 +369,8 @@ async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
     assert_eq!(on_runner, vec![0, 1]);
 
     // The migrated allocation is released once, like any other.
-    let mut done = held[0].clone();
-    done.requeue("test", Timestamp(2)).unwrap();
-    let release = Release {
-        runner_id: r.id.clone(),
-        lease_id: held[0].lease_id.clone().unwrap(),
-        resources: load(1),
-    };
     store
-        .update_shard(&ShardUpdate {
-            shard: done,
-            expected_version: held[0].version,
-            expected_status: held[0].status,
-            release: Some(release),
-        })
+        .update_shard(&requeue_releasing(&held[0]))
         .await
         .unwrap();
     assert_eq!(

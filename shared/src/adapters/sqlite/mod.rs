@@ -433,9 +433,7 @@ fn check_hot_tables(c: &Connection) -> Result<()> {
     }
     let mut sums: BTreeMap<String, Resources> = BTreeMap::new();
     for h in &held {
-        let sum = sums
-            .entry(h.runner.to_string())
-            .or_insert(Resources::new(0, 0, 0));
+        let sum = sums.entry(h.runner.to_string()).or_default();
         *sum = sum.plus(&h.resources);
     }
     let mut stmt =
@@ -446,7 +444,7 @@ fn check_hot_tables(c: &Connection) -> Result<()> {
         })?
         .collect::<rusqlite::Result<_>>()?;
     for (runner, load) in loads {
-        let expected = sums.remove(&runner).unwrap_or(Resources::new(0, 0, 0));
+        let expected = sums.remove(&runner).unwrap_or_default();
         if load != expected {
             return Err(Error::Internal(format!(
                 "in-memory load of {runner} is {load:?}, its shards hold {expected:?}"
@@ -632,19 +630,18 @@ fn put_shard(
         s.status.as_str(),
         s.deadline.map(|d| d.0),
     );
+    let taken = match held {
+        Holds::Take(r) => Some([r.slots, r.cpu_millis, r.memory_mb]),
+        _ => None,
+    };
     let mut values =
         params![execution, s.index, status, runner, lease, deadline, s.version, doc].to_vec();
-    let taken = match held {
-        Holds::Take(r) => vec![r.slots, r.cpu_millis, r.memory_mb],
-        _ => Vec::new(),
-    };
     if let Some(v) = &expected_version {
         values.push(v);
-        match &held {
-            Holds::Take(_) => values.extend(taken.iter().map(|v| v as &dyn rusqlite::ToSql)),
-            Holds::Release(lease) => values.push(lease),
-            Holds::Keep => {}
+        if let Holds::Release(lease) = &held {
+            values.push(lease);
         }
+        values.extend(taken.iter().flatten().map(|v| v as &dyn rusqlite::ToSql));
     }
     Ok(stmt.execute(values.as_slice())? == 1)
 }
