@@ -123,7 +123,7 @@ async fn the_jobs_of_one_build_share_one_execution_and_each_claims_its_own_shard
     );
     let mut all: Vec<String> = claimed
         .iter()
-        .flat_map(|(_, _, a)| a.tests.clone())
+        .flat_map(|(_, _, a)| a.tests.to_vec())
         .collect();
     all.sort();
     assert_eq!(

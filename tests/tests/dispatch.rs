@@ -338,7 +338,7 @@ async fn a_dispatched_job_reads_its_shard_and_reports_with_its_token<B: Backend>
     assert_eq!(caller, Principal::Webhook(e.clone()));
     let work = h.app.shard_assignment(&caller, &e, 0).await.unwrap();
     assert_eq!(work.lease_id, order.lease_id);
-    assert_eq!(work.tests, ["a", "b", "c"]);
+    assert_eq!(*work.tests, ["a", "b", "c"]);
     let other = ExecutionId::generate();
     assert!(matches!(
         h.app.shard_assignment(&caller, &other, 0).await,

@@ -89,7 +89,7 @@ async fn runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinki
         1,
         "the last batches are single tests"
     );
-    let mut all: Vec<&String> = claimed.iter().flat_map(|c| &c.tests).collect();
+    let mut all: Vec<&String> = claimed.iter().flat_map(|c| c.tests.iter()).collect();
     all.sort();
     all.dedup();
     assert_eq!(all.len(), 40, "every test handed out exactly once");

@@ -264,6 +264,11 @@ async fn bad_input_gets_a_problem_document_with_a_stable_code() {
             json!({"suite": "x", "tests": [{"name": "a", "duration_hint_ms": -1}]}),
             "invalid_json",
         ),
+        (json!({"suite": "x", "tests": ["a", 42]}), "invalid_json"),
+        (
+            json!({"suite": "x", "tests": [{"name": "a", "weight": 3}]}),
+            "invalid_json",
+        ),
     ];
     for (body, code) in cases {
         let resp = api
@@ -280,6 +285,33 @@ async fn bad_input_gets_a_problem_document_with_a_stable_code() {
         assert_eq!(problem["code"], code, "{body}: {problem}");
         assert_eq!(problem["status"], 400);
     }
+    // Names and timed tests mix in one list; a wrong kind of entry is
+    // named in the problem's detail.
+    let (status, queued) = api
+        .call(
+            Method::POST,
+            "/executions/queue",
+            Some(ADMIN_TOKEN),
+            Some(json!({"suite": "x", "tests": ["a", {"name": "b", "duration_hint_ms": 5}, {"name": "c"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{queued}");
+    assert_eq!(queued["test_count"], 3, "{queued}");
+    let (_, problem) = api
+        .call(
+            Method::POST,
+            "/executions/queue",
+            Some(ADMIN_TOKEN),
+            Some(json!({"suite": "x", "tests": [true]})),
+        )
+        .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a test name or"),
+        "{problem}"
+    );
     let raw = api
         .http
         .post(format!("{}/executions/queue", api.base))

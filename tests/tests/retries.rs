@@ -109,8 +109,8 @@ async fn a_failed_test_passing_on_another_runner_is_flaky_and_the_execution_pass
     let retry = work(&h, &b).await;
     assert_eq!(retry.len(), 1);
     assert_eq!(
-        retry[0].tests,
-        vec!["test_pay".to_string()],
+        *retry[0].tests,
+        ["test_pay"],
         "only the failed test runs again"
     );
     assert!(h.app.heartbeat(&a, None).await.unwrap().is_empty());

@@ -93,7 +93,7 @@ async fn a_parallel_execution_runs_to_passed_and_gives_all_capacity_back<B: Back
 
     let work = assignments(&h, &r).await;
     assert_eq!(work.len(), 3);
-    let all_tests: BTreeSet<String> = work.iter().flat_map(|a| a.tests.clone()).collect();
+    let all_tests: BTreeSet<String> = work.iter().flat_map(|a| a.tests.to_vec()).collect();
     assert_eq!(all_tests.len(), 10, "every test is in exactly one shard");
     for a in &work {
         report(&h, &r, a, ReportStatus::Started, None)
@@ -781,7 +781,7 @@ async fn a_completed_shard_teaches_the_next_split_its_test_durations<B: Backend>
         .iter()
         .find(|s| s.tests.iter().any(|t| t == "test_0"))
         .unwrap();
-    assert_eq!(slow.tests, ["test_0"]);
+    assert_eq!(*slow.tests, ["test_0"]);
     assert_eq!(slow.estimated_ms, Some(9_000));
     let rest = shards.iter().find(|s| s.index != slow.index).unwrap();
     assert_eq!(rest.estimated_ms, Some(300));

@@ -83,7 +83,8 @@ pub struct ShardView {
     pub runner_id: Option<String>,
     pub attempt: u32,
     pub test_count: usize,
-    pub tests: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    pub tests: std::sync::Arc<[String]>,
     pub estimated_ms: Option<u64>,
     pub assigned_at: Option<i64>,
     pub started_at: Option<i64>,

@@ -127,7 +127,7 @@ impl<P: Ports> Orchestrator<P> {
             shard_index: shard.index,
             lease_id: order.lease_id.clone(),
             attempt: shard.attempt,
-            tests: shard.tests.clone(),
+            tests: shard.tests.to_vec(),
             shard_url: format!("{webhook_url}/shards/{}", shard.index),
             webhook_url,
             webhook_token: issued.token,

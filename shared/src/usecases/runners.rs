@@ -51,7 +51,9 @@ pub struct Assignment {
     pub lease_id: LeaseId,
     pub attempt: u32,
     pub status: crate::domain::ShardStatus,
-    pub tests: Vec<String>,
+    /// Shared with the shard (see `Shard::tests`).
+    #[schema(value_type = Vec<String>)]
+    pub tests: std::sync::Arc<[String]>,
     /// When the lease runs out (ms since epoch).
     #[schema(value_type = Option<i64>)]
     pub deadline: Option<Timestamp>,
