@@ -304,13 +304,16 @@ tms_tests::conformance!(
     the_queued_shard_count_follows_every_transition,
 );
 
-/// Rewrites a version 2 data directory into the version 1 layout: the
-/// allocations table (rows and documents as version 1 wrote them) and the
-/// runners' `used_*` columns instead of the shards' `held_*` columns.
+/// Rewrites a version 3 data directory into the version 1 layout: the
+/// allocations table (rows and documents as version 1 wrote them), the
+/// runners' `used_*` columns instead of the shards' `held_*` columns, and
+/// each shard's test list inside its document (as versions 1 and 2 kept it).
 fn downgrade_to_version_1(db: &std::path::Path) {
     let c = rusqlite::Connection::open(db).unwrap();
     c.execute_batch(
         "BEGIN;
+         UPDATE shards SET doc = json_set(doc, '$.tests', json(tests)) WHERE tests IS NOT NULL;
+         ALTER TABLE shards DROP COLUMN tests;
          CREATE TABLE allocations (
              runner_id TEXT NOT NULL, execution_id TEXT NOT NULL, idx INTEGER NOT NULL, lease_id TEXT NOT NULL,
              doc TEXT NOT NULL, PRIMARY KEY (runner_id, execution_id, idx));
@@ -354,6 +357,10 @@ async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
 
     let store = SqliteStore::open_dir(dir.path()).unwrap();
     store.verify_mirror().await.unwrap();
+    // Test lists written inside the documents are read from there.
+    let migrated = store.load_execution(&e.id).await.unwrap().unwrap().1;
+    assert_eq!(migrated, held);
+    assert!(migrated.iter().all(|s| !s.tests.is_empty()));
     let load = |n: u32| Resources::new(n, 1000 * n, 1000 * n);
     assert_eq!(
         store.get_runner(&r.id).await.unwrap().unwrap().allocated,
@@ -387,4 +394,47 @@ async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
         store.get_runner(&r.id).await.unwrap().unwrap().allocated,
         load(1)
     );
+}
+
+#[tokio::test]
+async fn a_shards_test_list_is_written_once_beside_the_document_its_changes_rewrite() {
+    use tms::adapters::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner(4);
+    let (e, shards) = execution(2);
+    {
+        let store = SqliteStore::open_dir(dir.path()).unwrap();
+        store.insert_runner(&r).await.unwrap();
+        store.create_execution(&e, &shards, None).await.unwrap();
+        store.assign(&assignment(&shards[0], &r)).await.unwrap();
+        let held = store.load_execution(&e.id).await.unwrap().unwrap().1;
+        store
+            .update_shard(&requeue_releasing(&held[0]))
+            .await
+            .unwrap();
+    }
+    let c = rusqlite::Connection::open(dir.path().join("tms.db")).unwrap();
+    let rows: Vec<(String, String)> = c
+        .prepare("SELECT json_extract(doc, '$.tests'), tests FROM shards ORDER BY idx")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("[]".to_string(), r#"["t0"]"#.to_string()),
+            ("[]".to_string(), r#"["t1"]"#.to_string())
+        ]
+    );
+    drop(c);
+    // Read back whole, from the mirror rebuilt at open and from the table.
+    let store = SqliteStore::open_dir(dir.path()).unwrap();
+    store.verify_mirror().await.unwrap();
+    let (_, stored) = store.load_execution(&e.id).await.unwrap().unwrap();
+    let tests: Vec<&[String]> = stored.iter().map(|s| &*s.tests).collect();
+    assert_eq!(tests, [["t0".to_string()], ["t1".to_string()]]);
+    let on_runner = store.runner_shards(&r.id).await.unwrap();
+    assert!(on_runner.is_empty(), "the requeue gave the shard back");
 }

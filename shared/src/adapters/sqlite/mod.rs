@@ -51,11 +51,12 @@ CREATE INDEX IF NOT EXISTS executions_active ON executions(deadline) WHERE statu
 DROP INDEX IF EXISTS executions_pending_priority;
 DROP INDEX IF EXISTS executions_pending_age;
 -- `held_*`: the resources the shard's current lease holds on `runner_id`
--- (its allocation), NULL when it holds none.
+-- (its allocation), NULL when it holds none. `tests`: the shard's test
+-- list, written once (see `ShardDocs`).
 CREATE TABLE IF NOT EXISTS shards (
     execution_id TEXT NOT NULL, idx INTEGER NOT NULL, status TEXT NOT NULL, runner_id TEXT,
     lease_id TEXT, deadline INTEGER, version INTEGER NOT NULL, doc TEXT NOT NULL,
-    held_slots INTEGER, held_cpu INTEGER, held_memory INTEGER,
+    held_slots INTEGER, held_cpu INTEGER, held_memory INTEGER, tests TEXT,
     PRIMARY KEY (execution_id, idx));
 CREATE INDEX IF NOT EXISTS shards_in_flight ON shards(deadline) WHERE status IN ('assigned', 'running');
 DROP INDEX IF EXISTS shards_queued;
@@ -145,8 +146,9 @@ impl From<rusqlite::Error> for Error {
 }
 
 /// Bumped whenever the tables change shape. 2: allocations and runner
-/// load derived from the shards' `held_*` columns.
-const SCHEMA_VERSION: i64 = 2;
+/// load derived from the shards' `held_*` columns. 3: a shard's test list
+/// in its own column.
+const SCHEMA_VERSION: i64 = 3;
 
 /// Brings a version 1 data directory to version 2 in one transaction: each
 /// allocation's resources move onto its shard's row, and the allocations
@@ -166,6 +168,18 @@ PRAGMA user_version = 2;
 COMMIT;
 "#;
 
+/// Version 2 to 3, in one transaction: each shard's test list moves out of
+/// its document into the `tests` column (a later write of the document
+/// would otherwise drop it).
+const MIGRATE_FROM_2: &str = r#"
+BEGIN;
+ALTER TABLE shards ADD COLUMN tests TEXT;
+UPDATE shards SET tests = coalesce(json_extract(doc, '$.tests'), '[]'),
+    doc = json_set(doc, '$.tests', json('[]'));
+PRAGMA user_version = 3;
+COMMIT;
+"#;
+
 /// Migrates a data directory written by an earlier version, and refuses one
 /// written by a later or unknown version instead of failing later on a
 /// missing column.
@@ -176,12 +190,14 @@ fn check_schema_version(conn: &Connection) -> Result<()> {
         [],
         |r| r.get(0),
     )?;
-    if has_tables && version == 1 {
-        if let Err(e) = conn.execute_batch(MIGRATE_FROM_1) {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(e.into());
+    for (from, migration) in [(1, MIGRATE_FROM_1), (2, MIGRATE_FROM_2)] {
+        if has_tables && version == from {
+            if let Err(e) = conn.execute_batch(migration) {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e.into());
+            }
+            version = from + 1;
         }
-        version = 2;
     }
     if has_tables && version != SCHEMA_VERSION {
         return Err(Error::Internal(format!(
@@ -540,10 +556,61 @@ fn docs<T: DeserializeOwned>(
     rows.map(|doc| from_doc(&doc?)).collect()
 }
 
+/// A shard as its row stores it: the document without the test list
+/// (rewritten at every change of state) and the list on its own (written
+/// once, at insert). A list of hundreds of tests was copied into every
+/// write of the shard, and past about 4 KB SQLite rewrites a chain of
+/// overflow pages each time.
+struct ShardDocs {
+    state: String,
+    tests: String,
+}
+
+impl ShardDocs {
+    /// Serialises `shard` (on the caller's thread, not the database
+    /// thread).
+    fn of(shard: &mut Shard) -> Result<Self> {
+        Ok(ShardDocs {
+            state: Self::state(shard)?,
+            tests: to_doc(&shard.tests)?,
+        })
+    }
+
+    /// The document alone, for a write of a stored shard. The list is lent
+    /// out and put back, not copied.
+    fn state(shard: &mut Shard) -> Result<String> {
+        let tests = std::mem::take(&mut shard.tests);
+        let state = to_doc(&*shard);
+        shard.tests = tests;
+        state
+    }
+}
+
+/// A shard from its row's `doc` and `tests` (NULL only in a row another
+/// tool wrote: the document's list, if any, stands).
+fn shard_from_row(row: &rusqlite::Row<'_>) -> Result<Shard> {
+    let mut shard: Shard = from_doc(&row.get::<_, String>(0)?)?;
+    if let Some(tests) = row.get::<_, Option<String>>(1)? {
+        shard.tests = from_doc(&tests)?;
+    }
+    Ok(shard)
+}
+
+/// Shards selected as `doc, tests` (see [`shard_from_row`]).
+fn shard_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Shard>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut shards = Vec::new();
+    while let Some(row) = rows.next()? {
+        shards.push(shard_from_row(row)?);
+    }
+    Ok(shards)
+}
+
 fn shards_of(conn: &Connection, id: &str) -> Result<Vec<Shard>> {
-    docs(
+    shard_rows(
         conn,
-        "SELECT doc FROM shards WHERE execution_id = ?1 ORDER BY idx",
+        "SELECT doc, tests FROM shards WHERE execution_id = ?1 ORDER BY idx",
         [id],
     )
 }
@@ -586,34 +653,83 @@ enum Holds<'a> {
     Release(&'a str),
 }
 
-/// Writes a shard row: a new one (`expected_version` none, holding
-/// nothing), or the stored one if it is still at `expected_version` (the
-/// check and the change in one statement, in which `held` is written too:
-/// one rewrite of the row). False: refused, nothing changed. `doc` is `s`
-/// serialised (by the caller, off the database thread).
+/// The columns of a shard row both writes set.
+struct ShardCols<'a> {
+    shard: &'a Shard,
+    doc: &'a str,
+    execution: &'a str,
+    status: &'static str,
+    runner: Option<&'a str>,
+    lease: Option<&'a str>,
+    deadline: Option<i64>,
+}
+
+impl<'a> ShardCols<'a> {
+    fn of(shard: &'a Shard, doc: &'a str) -> Self {
+        ShardCols {
+            shard,
+            doc,
+            execution: shard.execution_id.as_str(),
+            status: shard.status.as_str(),
+            runner: shard.runner_id.as_ref().map(|r| r.as_str()),
+            lease: shard.lease_id.as_ref().map(|l| l.as_str()),
+            deadline: shard.deadline.map(|d| d.0),
+        }
+    }
+
+    /// Parameters ?1 to ?8 of both statements.
+    fn params(&self) -> Vec<&dyn rusqlite::ToSql> {
+        let s = self.shard;
+        params![
+            self.execution,
+            s.index,
+            self.status,
+            self.runner,
+            self.lease,
+            self.deadline,
+            s.version,
+            self.doc
+        ]
+        .to_vec()
+    }
+}
+
+/// Inserts a new shard (holding nothing).
+fn insert_shard(tx: &Connection, s: &Shard, docs: &ShardDocs) -> Result<()> {
+    let cols = ShardCols::of(s, &docs.state);
+    let mut values = cols.params();
+    values.push(&docs.tests);
+    tx.prepare_cached(
+        "INSERT INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc, tests)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(values.as_slice())?;
+    Ok(())
+}
+
+/// Writes the stored shard if it is still at `expected_version` (the check
+/// and the change in one statement, in which `held` is written too: one
+/// rewrite of the row). False: refused, nothing changed. `doc` is `s`
+/// serialised without its tests ([`ShardDocs::state`]).
 fn put_shard(
     tx: &Connection,
     s: &Shard,
     doc: &str,
-    expected_version: Option<u64>,
+    expected_version: u64,
     held: Holds<'_>,
 ) -> Result<bool> {
-    let mut stmt = tx.prepare_cached(match (expected_version, &held) {
-        (None, _) => {
-            "INSERT INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-        }
-        (Some(_), Holds::Keep) => {
+    let mut stmt = tx.prepare_cached(match &held {
+        Holds::Keep => {
             "UPDATE shards SET status = ?3, runner_id = ?4, lease_id = ?5, deadline = ?6, version = ?7, doc = ?8
              WHERE execution_id = ?1 AND idx = ?2 AND version = ?9"
         }
-        (Some(_), Holds::Take(_)) => {
+        Holds::Take(_) => {
             "UPDATE shards SET status = ?3, runner_id = ?4, lease_id = ?5, deadline = ?6, version = ?7, doc = ?8,
                held_slots = ?10, held_cpu = ?11, held_memory = ?12
              WHERE execution_id = ?1 AND idx = ?2 AND version = ?9"
         }
         // `lease_id` on the right of SET is the row's lease before this write.
-        (Some(_), Holds::Release(_)) => {
+        Holds::Release(_) => {
             "UPDATE shards SET status = ?3, runner_id = ?4, lease_id = ?5, deadline = ?6, version = ?7, doc = ?8,
                held_slots = CASE WHEN lease_id = ?10 THEN NULL ELSE held_slots END,
                held_cpu = CASE WHEN lease_id = ?10 THEN NULL ELSE held_cpu END,
@@ -621,28 +737,17 @@ fn put_shard(
              WHERE execution_id = ?1 AND idx = ?2 AND version = ?9"
         }
     })?;
-    let (runner, lease) = (
-        s.runner_id.as_ref().map(|r| r.as_str()),
-        s.lease_id.as_ref().map(|l| l.as_str()),
-    );
-    let (execution, status, deadline) = (
-        s.execution_id.as_str(),
-        s.status.as_str(),
-        s.deadline.map(|d| d.0),
-    );
     let taken = match held {
         Holds::Take(r) => Some([r.slots, r.cpu_millis, r.memory_mb]),
         _ => None,
     };
-    let mut values =
-        params![execution, s.index, status, runner, lease, deadline, s.version, doc].to_vec();
-    if let Some(v) = &expected_version {
-        values.push(v);
-        if let Holds::Release(lease) = &held {
-            values.push(lease);
-        }
-        values.extend(taken.iter().flatten().map(|v| v as &dyn rusqlite::ToSql));
+    let cols = ShardCols::of(s, doc);
+    let mut values = cols.params();
+    values.push(&expected_version);
+    if let Holds::Release(lease) = &held {
+        values.push(lease);
     }
+    values.extend(taken.iter().flatten().map(|v| v as &dyn rusqlite::ToSql));
     Ok(stmt.execute(values.as_slice())? == 1)
 }
 
@@ -727,9 +832,9 @@ fn runner_by_id(c: &Connection, id: &RunnerId) -> Result<Option<RunnerWithLoad>>
 }
 
 fn shards_held_by(c: &Connection, id: &RunnerId) -> Result<Vec<Shard>> {
-    docs(
+    shard_rows(
         c,
-        "SELECT s.doc FROM temp.allocations a JOIN shards s ON s.execution_id = a.execution_id AND s.idx = a.idx
+        "SELECT s.doc, s.tests FROM temp.allocations a JOIN shards s ON s.execution_id = a.execution_id AND s.idx = a.idx
          WHERE a.runner_id = ?1 AND s.lease_id = a.lease_id ORDER BY a.execution_id, a.idx",
         [id.as_str()],
     )
@@ -931,9 +1036,12 @@ impl Store for SqliteStore {
         shards: &[Shard],
         idem: Option<&IdempotencyRecord>,
     ) -> Result<()> {
-        let (execution, shards, idem) = (execution.clone(), shards.to_vec(), idem.cloned());
+        let (execution, mut shards, idem) = (execution.clone(), shards.to_vec(), idem.cloned());
         let doc = to_doc(&execution)?;
-        let shard_docs = shards.iter().map(to_doc).collect::<Result<Vec<_>>>()?;
+        let shard_docs = shards
+            .iter_mut()
+            .map(ShardDocs::of)
+            .collect::<Result<Vec<_>>>()?;
         self.write(move |tx, ch| {
             // Every check before the first change (see `thread`).
             let exists: bool = tx
@@ -955,8 +1063,8 @@ impl Store for SqliteStore {
                 }
             }
             write_execution(tx, &execution, &doc)?;
-            for (s, doc) in shards.iter().zip(&shard_docs) {
-                put_shard(tx, s, doc, None, Holds::Keep)?;
+            for (s, docs) in shards.iter().zip(&shard_docs) {
+                insert_shard(tx, s, docs)?;
             }
             refresh_queued(tx, execution.id.as_str())?;
             ch.push(Change::Execution(execution));
@@ -1020,11 +1128,12 @@ impl Store for SqliteStore {
             let Some(e) = load_execution_doc(c, id.as_str())? else {
                 return Ok(None);
             };
-            let doc: Option<String> = c
-                .prepare_cached("SELECT doc FROM shards WHERE execution_id = ?1 AND idx = ?2")?
-                .query_row(params![id.as_str(), index], |r| r.get(0))
-                .optional()?;
-            doc.map(|d| Ok((e, from_doc(&d)?))).transpose()
+            let shard = shard_rows(
+                c,
+                "SELECT doc, tests FROM shards WHERE execution_id = ?1 AND idx = ?2",
+                params![id.as_str(), index],
+            )?;
+            Ok(shard.into_iter().next().map(|s| (e, s)))
         })
         .await
     }
@@ -1122,9 +1231,9 @@ impl Store for SqliteStore {
 
     async fn expired_shards(&self, now: Timestamp, limit: u32) -> Result<Vec<Shard>> {
         self.read(move |c| {
-            docs(
+            shard_rows(
                 c,
-                "SELECT doc FROM shards WHERE status IN ('assigned', 'running') AND deadline < ?1
+                "SELECT doc, tests FROM shards WHERE status IN ('assigned', 'running') AND deadline < ?1
                  ORDER BY deadline LIMIT ?2",
                 params![now.0, limit],
             )
@@ -1133,10 +1242,10 @@ impl Store for SqliteStore {
     }
 
     async fn assign(&self, w: &AssignmentWrite) -> Result<()> {
-        let w = w.clone();
+        let mut w = w.clone();
         // Serialised on the caller's thread: the database thread is the one
         // every write waits for.
-        let shard_doc = to_doc(&w.shard)?;
+        let shard_doc = ShardDocs::state(&mut w.shard)?;
         self.write(move |tx, ch| {
             let (shard, alloc) = (&w.shard, &w.allocation);
             // Every check before the first change (see `thread`), the
@@ -1193,7 +1302,7 @@ impl Store for SqliteStore {
                 write_execution(tx, &execution, &to_doc(&execution)?)?;
                 ch.push(Change::Execution(execution));
             }
-            if !put_shard(tx, shard, &shard_doc, Some(version), Holds::Take(need))? {
+            if !put_shard(tx, shard, &shard_doc, version, Holds::Take(need))? {
                 return Err(Error::Internal("a checked shard changed within its write".into()));
             }
             tx.prepare_cached(
@@ -1228,8 +1337,8 @@ impl Store for SqliteStore {
     }
 
     async fn update_shard(&self, u: &ShardUpdate) -> Result<()> {
-        let u = u.clone();
-        let doc = to_doc(&u.shard)?;
+        let mut u = u.clone();
+        let doc = ShardDocs::state(&mut u.shard)?;
         self.write(move |tx, ch| {
             let shard = &u.shard;
             // The check and the first change in one: the version the caller
@@ -1238,7 +1347,7 @@ impl Store for SqliteStore {
                 Some(rel) => Holds::Release(rel.lease_id.as_str()),
                 None => Holds::Keep,
             };
-            if !put_shard(tx, shard, &doc, Some(u.expected_version), held)? {
+            if !put_shard(tx, shard, &doc, u.expected_version, held)? {
                 return Err(Error::conflict(
                     Entity::Shard,
                     format!("{}#{}", shard.execution_id, shard.index),
@@ -1490,8 +1599,8 @@ impl Store for SqliteStore {
         expected_version: u64,
         shard: &Shard,
     ) -> Result<()> {
-        let (execution, shard) = (execution.clone(), shard.clone());
-        let (doc, shard_doc) = (to_doc(&execution)?, to_doc(&shard)?);
+        let (execution, mut shard) = (execution.clone(), shard.clone());
+        let (doc, shard_docs) = (to_doc(&execution)?, ShardDocs::of(&mut shard)?);
         self.write(move |tx, ch| {
             let current = execution_state(tx, &execution.id)?;
             let Some((_, was_finished)) = current.filter(|(v, _)| *v == expected_version) else {
@@ -1501,7 +1610,7 @@ impl Store for SqliteStore {
                 return Err(Error::conflict(Entity::Execution, &execution.id));
             }
             write_execution(tx, &execution, &doc)?;
-            put_shard(tx, &shard, &shard_doc, None, Holds::Keep)?;
+            insert_shard(tx, &shard, &shard_docs)?;
             count_queued(tx, &shard, false)?;
             mirror_execution(tx, ch, &execution, was_finished)?;
             ch.push(Change::Shard(shard));
