@@ -150,8 +150,8 @@ pub struct Shard {
     pub index: u32,
     /// Empty for a single-shard execution that runs the whole suite.
     /// Shared: the list never changes after the split, and a shard is
-    /// copied on every read and write (a copy of the list cost a third of
-    /// the server's time per request at 50 tests per shard). The embedded
+    /// copied on every read and write (copying the list was about a fifth
+    /// of the server's time per request at 50 tests per shard). The embedded
     /// store keeps it out of the document it rewrites (absent: empty).
     #[serde(default)]
     pub tests: Arc<[String]>,
