@@ -51,7 +51,7 @@ struct Args {
     /// Tests per shard in each queued execution. Real suites put tens to
     /// hundreds of tests in a shard; whatever TMS does per test (copying a
     /// shard, writing its document) shows as this grows.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = TESTS_PER_SHARD)]
     tests_per_shard: usize,
     /// Concurrent clients per run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "8,64")]
@@ -69,6 +69,9 @@ struct Args {
 }
 
 const TOKEN: &str = "bench-admin-token";
+/// The default workload's tests per shard (its figures are written
+/// without the count).
+const TESTS_PER_SHARD: usize = 4;
 
 #[derive(Default)]
 struct Stats {
@@ -387,7 +390,7 @@ async fn run(args: &Args, server_bin: &str, clients: usize) -> Row {
     Row(vec![
         Cell::Text(clients.to_string()),
         Cell::Text(match args.tests_per_shard {
-            4 => format!("{} x {}", args.executions, args.shards),
+            TESTS_PER_SHARD => format!("{} x {}", args.executions, args.shards),
             t => format!("{} x {} ({t} tests each)", args.executions, args.shards),
         }),
         Cell::num(elapsed, 1),

@@ -56,7 +56,7 @@ DROP INDEX IF EXISTS executions_pending_age;
 CREATE TABLE IF NOT EXISTS shards (
     execution_id TEXT NOT NULL, idx INTEGER NOT NULL, status TEXT NOT NULL, runner_id TEXT,
     lease_id TEXT, deadline INTEGER, version INTEGER NOT NULL, doc TEXT NOT NULL,
-    held_slots INTEGER, held_cpu INTEGER, held_memory INTEGER, tests TEXT,
+    held_slots INTEGER, held_cpu INTEGER, held_memory INTEGER, tests TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (execution_id, idx));
 CREATE INDEX IF NOT EXISTS shards_in_flight ON shards(deadline) WHERE status IN ('assigned', 'running');
 DROP INDEX IF EXISTS shards_queued;
@@ -173,7 +173,7 @@ COMMIT;
 /// would otherwise drop it).
 const MIGRATE_FROM_2: &str = r#"
 BEGIN;
-ALTER TABLE shards ADD COLUMN tests TEXT;
+ALTER TABLE shards ADD COLUMN tests TEXT NOT NULL DEFAULT '[]';
 UPDATE shards SET tests = coalesce(json_extract(doc, '$.tests'), '[]'),
     doc = json_set(doc, '$.tests', json('[]'));
 PRAGMA user_version = 3;
@@ -586,13 +586,10 @@ impl ShardDocs {
     }
 }
 
-/// A shard from its row's `doc` and `tests` (NULL only in a row another
-/// tool wrote: the document's list, if any, stands).
+/// A shard from its row's `doc` and `tests`.
 fn shard_from_row(row: &rusqlite::Row<'_>) -> Result<Shard> {
     let mut shard: Shard = from_doc(&row.get::<_, String>(0)?)?;
-    if let Some(tests) = row.get::<_, Option<String>>(1)? {
-        shard.tests = from_doc(&tests)?;
-    }
+    shard.tests = from_doc(&row.get::<_, String>(1)?)?;
     Ok(shard)
 }
 
@@ -653,57 +650,36 @@ enum Holds<'a> {
     Release(&'a str),
 }
 
-/// The columns of a shard row both writes set.
-struct ShardCols<'a> {
-    shard: &'a Shard,
-    doc: &'a str,
-    execution: &'a str,
-    status: &'static str,
-    runner: Option<&'a str>,
-    lease: Option<&'a str>,
-    deadline: Option<i64>,
-}
-
-impl<'a> ShardCols<'a> {
-    fn of(shard: &'a Shard, doc: &'a str) -> Self {
-        ShardCols {
-            shard,
-            doc,
-            execution: shard.execution_id.as_str(),
-            status: shard.status.as_str(),
-            runner: shard.runner_id.as_ref().map(|r| r.as_str()),
-            lease: shard.lease_id.as_ref().map(|l| l.as_str()),
-            deadline: shard.deadline.map(|d| d.0),
-        }
-    }
-
-    /// Parameters ?1 to ?8 of both statements.
-    fn params(&self) -> Vec<&dyn rusqlite::ToSql> {
-        let s = self.shard;
-        params![
-            self.execution,
-            s.index,
-            self.status,
-            self.runner,
-            self.lease,
-            self.deadline,
-            s.version,
-            self.doc
-        ]
-        .to_vec()
-    }
+/// Runs a shard statement whose parameters ?1 to ?8 are the row's columns
+/// and document, followed by `extra`.
+fn execute_shard(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    s: &Shard,
+    doc: &str,
+    extra: &[&dyn rusqlite::ToSql],
+) -> Result<usize> {
+    let (runner, lease) = (
+        s.runner_id.as_ref().map(|r| r.as_str()),
+        s.lease_id.as_ref().map(|l| l.as_str()),
+    );
+    let (execution, status, deadline) = (
+        s.execution_id.as_str(),
+        s.status.as_str(),
+        s.deadline.map(|d| d.0),
+    );
+    let mut values =
+        params![execution, s.index, status, runner, lease, deadline, s.version, doc].to_vec();
+    values.extend_from_slice(extra);
+    Ok(stmt.execute(values.as_slice())?)
 }
 
 /// Inserts a new shard (holding nothing).
 fn insert_shard(tx: &Connection, s: &Shard, docs: &ShardDocs) -> Result<()> {
-    let cols = ShardCols::of(s, &docs.state);
-    let mut values = cols.params();
-    values.push(&docs.tests);
-    tx.prepare_cached(
+    let mut stmt = tx.prepare_cached(
         "INSERT INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc, tests)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(values.as_slice())?;
+    )?;
+    execute_shard(&mut stmt, s, &docs.state, &[&docs.tests])?;
     Ok(())
 }
 
@@ -741,14 +717,12 @@ fn put_shard(
         Holds::Take(r) => Some([r.slots, r.cpu_millis, r.memory_mb]),
         _ => None,
     };
-    let cols = ShardCols::of(s, doc);
-    let mut values = cols.params();
-    values.push(&expected_version);
+    let mut extra: Vec<&dyn rusqlite::ToSql> = vec![&expected_version];
     if let Holds::Release(lease) = &held {
-        values.push(lease);
+        extra.push(lease);
     }
-    values.extend(taken.iter().flatten().map(|v| v as &dyn rusqlite::ToSql));
-    Ok(stmt.execute(values.as_slice())? == 1)
+    extra.extend(taken.iter().flatten().map(|v| v as &dyn rusqlite::ToSql));
+    Ok(execute_shard(&mut stmt, s, doc, &extra)? == 1)
 }
 
 /// Sets the execution's queued-shard counter (what `queue_stats` sums).
