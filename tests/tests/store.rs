@@ -304,14 +304,18 @@ tms_tests::conformance!(
     the_queued_shard_count_follows_every_transition,
 );
 
-/// Rewrites a version 3 data directory into the version 1 layout: the
+/// Rewrites a version 4 data directory into the version 1 layout: the
 /// allocations table (rows and documents as version 1 wrote them), the
-/// runners' `used_*` columns instead of the shards' `held_*` columns, and
-/// each shard's test list inside its document (as versions 1 and 2 kept it).
+/// runners' `used_*` columns instead of the shards' `held_*` columns, each
+/// shard's test list inside its document (as versions 1 and 2 kept it) and
+/// the executions' queued-shard counter (versions 1 to 3).
 fn downgrade_to_version_1(db: &std::path::Path) {
     let c = rusqlite::Connection::open(db).unwrap();
     c.execute_batch(
         "BEGIN;
+         ALTER TABLE executions ADD COLUMN queued_shards INTEGER NOT NULL DEFAULT 0;
+         UPDATE executions SET queued_shards =
+             (SELECT count(*) FROM shards WHERE execution_id = executions.id AND status = 'queued');
          UPDATE shards SET doc = json_set(doc, '$.tests', json(tests)) WHERE tests IS NOT NULL;
          ALTER TABLE shards DROP COLUMN tests;
          CREATE TABLE allocations (
@@ -361,6 +365,8 @@ async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
     let migrated = store.load_execution(&e.id).await.unwrap().unwrap().1;
     assert_eq!(migrated, held);
     assert!(migrated.iter().all(|s| !s.tests.is_empty()));
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!((stats.queued_shards, stats.in_flight_shards), (1, 2));
     let load = |n: u32| Resources::new(n, 1000 * n, 1000 * n);
     assert_eq!(
         store.get_runner(&r.id).await.unwrap().unwrap().allocated,

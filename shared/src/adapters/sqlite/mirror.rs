@@ -20,8 +20,10 @@
 //! fall back to the database thread.
 
 use crate::domain::{Execution, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard};
-use crate::domain::{RunnerStatus, ShardStatus};
+use crate::domain::{ExecutionStatus, RunnerStatus, ShardStatus};
 use crate::ids::{ExecutionId, LeaseId, RunnerId};
+use crate::ports::QueueStats;
+use crate::time::Timestamp;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -69,8 +71,7 @@ pub(super) enum Change {
 struct Active {
     execution: Execution,
     shards: BTreeMap<u32, Shard>,
-    /// Shards waiting for the scheduler (queued, static mode): the SQL
-    /// `queued_shards` column.
+    /// Shards waiting for the scheduler (queued, static mode).
     waiting: u32,
 }
 
@@ -428,11 +429,96 @@ impl Mirror {
         out
     }
 
+    /// Shards waiting for the scheduler, unfinished executions and the
+    /// oldest with shards waiting (`in_flight_shards` is left at 0).
+    pub fn queue_stats(&self) -> QueueStats {
+        QueueStats {
+            queued_shards: self.active.values().map(|a| u64::from(a.waiting)).sum(),
+            in_flight_shards: 0,
+            active_executions: self.active.len() as u64,
+            oldest_queued_at: self.by_age.first().map(|(at, _)| Timestamp(*at)),
+        }
+    }
+
     pub fn rules(&self) -> Vec<LoadBalancingRule> {
         self.rules.values().cloned().collect()
     }
 
     pub fn cursors(&self) -> BTreeMap<String, RunnerId> {
         self.cursors.clone()
+    }
+}
+
+/// What the writes of the group in progress changed, as far as later
+/// writes in the same group check it: they are not committed, so the
+/// mirror does not show them yet. Only what [`View`] answers is kept.
+#[derive(Debug, Default)]
+pub(super) struct Overlay {
+    executions: HashMap<ExecutionId, ExecutionStatus>,
+    /// execution -> shard index -> (version, status).
+    shards: HashMap<ExecutionId, BTreeMap<u32, (u64, ShardStatus)>>,
+}
+
+impl Overlay {
+    /// Lays a write's changes over the group's (in the order it made them).
+    pub fn record(&mut self, changes: &[Change]) {
+        for change in changes {
+            match change {
+                Change::Execution(e) => {
+                    self.executions.insert(e.id.clone(), e.status);
+                }
+                Change::Shard(s) => {
+                    self.shards
+                        .entry(s.execution_id.clone())
+                        .or_default()
+                        .insert(s.index, (s.version, s.status));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The state a write in a group checks its conditions against: the
+/// committed mirror with the group's earlier writes laid over it.
+pub(super) struct View<'a> {
+    mirror: &'a Mirror,
+    overlay: &'a Overlay,
+}
+
+/// An unfinished execution as a [`View`] sees it.
+pub(super) enum Live<'a> {
+    /// Not written in this group: the committed execution.
+    Committed(&'a Execution),
+    /// Written earlier in this group, with this status; its document is
+    /// in the open transaction.
+    Written(ExecutionStatus),
+}
+
+impl<'a> View<'a> {
+    pub fn new(mirror: &'a Mirror, overlay: &'a Overlay) -> Self {
+        View { mirror, overlay }
+    }
+
+    /// The execution if it is unfinished; `None` if it is finished or unknown.
+    pub fn live_execution(&self, id: &ExecutionId) -> Option<Live<'a>> {
+        match self.overlay.executions.get(id) {
+            Some(status) => (!status.is_terminal()).then_some(Live::Written(*status)),
+            None => self
+                .mirror
+                .active
+                .get(id)
+                .map(|a| Live::Committed(&a.execution)),
+        }
+    }
+
+    /// A shard's version and status, if its execution is unfinished (the
+    /// mirror keeps no others; check [`View::live_execution`] first).
+    pub fn shard(&self, id: &ExecutionId, index: u32) -> Option<(u64, ShardStatus)> {
+        let written = self.overlay.shards.get(id).and_then(|s| s.get(&index));
+        written.copied().or_else(|| {
+            let s = self.mirror.active.get(id)?.shards.get(&index)?;
+            Some((s.version, s.status))
+        })
     }
 }

@@ -13,8 +13,8 @@
 
 use crate::auth::ApiToken;
 use crate::domain::{
-    AlertRule, Execution, HealthRecord, LoadBalancingRule, Resources, ResultChunk, Rollup, Runner,
-    RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
+    AlertRule, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, ResultChunk,
+    Rollup, Runner, RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::{AlertRuleId, ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
@@ -39,8 +39,7 @@ CREATE TABLE IF NOT EXISTS runners (
 CREATE INDEX IF NOT EXISTS runners_by_heartbeat ON runners(status, last_heartbeat);
 CREATE TABLE IF NOT EXISTS executions (
     id TEXT PRIMARY KEY, status TEXT NOT NULL, suite TEXT NOT NULL, priority INTEGER NOT NULL,
-    created_at INTEGER NOT NULL, deadline INTEGER NOT NULL, queued_shards INTEGER NOT NULL,
-    version INTEGER NOT NULL, doc TEXT NOT NULL);
+    created_at INTEGER NOT NULL, deadline INTEGER NOT NULL, version INTEGER NOT NULL, doc TEXT NOT NULL);
 -- Listing walks the primary key newest first; an index on status would
 -- tempt the planner away from the partial index the sweeps rely on.
 DROP INDEX IF EXISTS executions_by_status;
@@ -96,7 +95,7 @@ CREATE TEMP TABLE allocations (
 mod mirror;
 mod thread;
 
-use mirror::{Change, Held, Mirror};
+use mirror::{Change, Held, Live, Mirror};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use thread::DbThread;
@@ -147,8 +146,9 @@ impl From<rusqlite::Error> for Error {
 
 /// Bumped whenever the tables change shape. 2: allocations and runner
 /// load derived from the shards' `held_*` columns. 3: a shard's test list
-/// in its own column.
-const SCHEMA_VERSION: i64 = 3;
+/// in its own column. 4: no `queued_shards` counter on executions (the
+/// mirror counts them).
+const SCHEMA_VERSION: i64 = 4;
 
 /// Brings a version 1 data directory to version 2 in one transaction: each
 /// allocation's resources move onto its shard's row, and the allocations
@@ -180,6 +180,16 @@ PRAGMA user_version = 3;
 COMMIT;
 "#;
 
+/// Version 3 to 4: the executions' queued-shard counter goes. Every
+/// assignment and every shard created moved it, one statement each, to
+/// serve only `queue_stats`, which the mirror now answers.
+const MIGRATE_FROM_3: &str = r#"
+BEGIN;
+ALTER TABLE executions DROP COLUMN queued_shards;
+PRAGMA user_version = 4;
+COMMIT;
+"#;
+
 /// Migrates a data directory written by an earlier version, and refuses one
 /// written by a later or unknown version instead of failing later on a
 /// missing column.
@@ -190,7 +200,11 @@ fn check_schema_version(conn: &Connection) -> Result<()> {
         [],
         |r| r.get(0),
     )?;
-    for (from, migration) in [(1, MIGRATE_FROM_1), (2, MIGRATE_FROM_2)] {
+    for (from, migration) in [
+        (1, MIGRATE_FROM_1),
+        (2, MIGRATE_FROM_2),
+        (3, MIGRATE_FROM_3),
+    ] {
         if has_tables && version == from {
             if let Err(e) = conn.execute_batch(migration) {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -623,8 +637,8 @@ fn load_execution_doc(conn: &Connection, id: &str) -> Result<Option<Execution>> 
 /// `doc` is `e` serialised (by the caller, off the database thread).
 fn write_execution(tx: &Connection, e: &Execution, doc: &str) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO executions (id, status, suite, priority, created_at, deadline, queued_shards, version, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)
+        "INSERT INTO executions (id, status, suite, priority, created_at, deadline, version, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT(id) DO UPDATE SET status = ?2, deadline = ?6, version = ?7, doc = ?8",
     )?
     .execute(params![
@@ -725,42 +739,10 @@ fn put_shard(
     Ok(execute_shard(&mut stmt, s, doc, &extra)? == 1)
 }
 
-/// Sets the execution's queued-shard counter (what `queue_stats` sums).
-fn refresh_queued(tx: &Connection, execution_id: &str) -> Result<()> {
-    tx.prepare_cached(
-        "UPDATE executions SET queued_shards =
-           (SELECT count(*) FROM shards WHERE execution_id = ?1 AND status = 'queued'
-              AND json_extract(doc, '$.mode') IS NULL) WHERE id = ?1",
-    )?
-    .execute([execution_id])?;
-    Ok(())
-}
-
-/// The stored shard's version and whether it is queued.
-fn shard_state(tx: &Connection, execution_id: &str, index: u32) -> Result<Option<(u64, bool)>> {
+fn shard_exists(tx: &Connection, execution_id: &str, index: u32) -> Result<bool> {
     Ok(tx
-        .prepare_cached(
-            "SELECT version, status = 'queued' FROM shards WHERE execution_id = ?1 AND idx = ?2",
-        )?
-        .query_row(params![execution_id, index], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?)
-}
-
-/// Moves the execution's queued-shard counter when a shard enters or leaves
-/// `queued` (DynamoDB: `ADD queued_shards :delta` in the same transaction).
-fn count_queued(tx: &Connection, shard: &Shard, was_queued: bool) -> Result<()> {
-    if !shard.mode.is_static() {
-        // Claimed by CI jobs or runners, never waiting for the scheduler.
-        return Ok(());
-    }
-    let delta = i64::from(shard.status == ShardStatus::Queued) - i64::from(was_queued);
-    if delta != 0 {
-        tx.prepare_cached(
-            "UPDATE executions SET queued_shards = queued_shards + ?2 WHERE id = ?1",
-        )?
-        .execute(params![shard.execution_id.as_str(), delta])?;
-    }
-    Ok(())
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM shards WHERE execution_id = ?1 AND idx = ?2)")?
+        .query_row(params![execution_id, index], |r| r.get(0))?)
 }
 
 fn release(tx: &Connection, ch: &mut Vec<Change>, shard: &Shard, rel: &Release) -> Result<()> {
@@ -1040,7 +1022,6 @@ impl Store for SqliteStore {
             for (s, docs) in shards.iter().zip(&shard_docs) {
                 insert_shard(tx, s, docs)?;
             }
-            refresh_queued(tx, execution.id.as_str())?;
             ch.push(Change::Execution(execution));
             ch.extend(shards.into_iter().map(Change::Shard));
             Ok(())
@@ -1220,38 +1201,35 @@ impl Store for SqliteStore {
         // Serialised on the caller's thread: the database thread is the one
         // every write waits for.
         let shard_doc = ShardDocs::state(&mut w.shard)?;
-        self.write(move |tx, ch| {
+        self.db.write_viewed(move |tx, view, ch| {
             let (shard, alloc) = (&w.shard, &w.allocation);
-            // Every check before the first change (see `thread`), the
-            // execution's and the shard's state in one read.
-            let stored: Option<(String, u64, bool)> = tx
-                .prepare_cached(
-                    "SELECT e.status, s.version, s.status = 'queued' FROM shards s
-                     JOIN executions e ON e.id = s.execution_id WHERE s.execution_id = ?1 AND s.idx = ?2",
-                )?
-                .query_row(params![shard.execution_id.as_str(), shard.index], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .optional()?;
-            let Some((status, version, was_queued)) = stored else {
-                return Err(Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index)));
-            };
+            // Every check before the first change (see `thread`); the
+            // execution's and the shard's state from the view, not SQL.
+            let shard_conflict =
+                || Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index));
             // Condition 1: the execution is not finished; it becomes running
             // (the document is read and rewritten only for its first shard).
-            let started = match status.as_str() {
-                "running" => None,
-                "queued" => {
-                    let mut execution = load_execution_doc(tx, shard.execution_id.as_str())?
-                        .ok_or_else(|| Error::not_found(Entity::Execution, &shard.execution_id))?;
+            let started = match view.live_execution(&shard.execution_id) {
+                None => return Err(Error::conflict(Entity::Execution, &shard.execution_id)),
+                Some(Live::Committed(e)) if e.status == ExecutionStatus::Queued => Some(e.clone()),
+                Some(Live::Written(ExecutionStatus::Queued)) => Some(
+                    load_execution_doc(tx, shard.execution_id.as_str())?
+                        .ok_or_else(|| Error::not_found(Entity::Execution, &shard.execution_id))?,
+                ),
+                Some(_) => None,
+            };
+            // Condition 2: the shard is still the queued version the plan saw.
+            let version = w.expected_shard_version;
+            if view.shard(&shard.execution_id, shard.index) != Some((version, ShardStatus::Queued)) {
+                return Err(shard_conflict());
+            }
+            let started = match started {
+                Some(mut execution) => {
                     execution.mark_running(w.now)?;
                     Some(execution)
                 }
-                _ => return Err(Error::conflict(Entity::Execution, &shard.execution_id)),
+                None => None,
             };
-            // Condition 2: the shard is still the queued version the plan saw.
-            if version != w.expected_shard_version {
-                return Err(Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index)));
-            }
             // Condition 3: the runner is active and has room. The first
             // change: refused, it has changed nothing.
             let need = alloc.resources;
@@ -1277,7 +1255,9 @@ impl Store for SqliteStore {
                 ch.push(Change::Execution(execution));
             }
             if !put_shard(tx, shard, &shard_doc, version, Holds::Take(need))? {
-                return Err(Error::Internal("a checked shard changed within its write".into()));
+                return Err(Error::Internal(
+                    "a shard's stored version differs from the mirror's".into(),
+                ));
             }
             tx.prepare_cached(
                 "INSERT INTO temp.allocations (runner_id, execution_id, idx, lease_id) VALUES (?1, ?2, ?3, ?4)",
@@ -1297,7 +1277,6 @@ impl Store for SqliteStore {
                     runner: alloc.runner_id.clone(),
                 });
             }
-            count_queued(tx, shard, was_queued)?;
             ch.push(Change::Shard(shard.clone()));
             ch.push(Change::Allocated {
                 runner: alloc.runner_id.clone(),
@@ -1327,39 +1306,29 @@ impl Store for SqliteStore {
                     format!("{}#{}", shard.execution_id, shard.index),
                 ));
             }
-            let was_queued = u.expected_status == ShardStatus::Queued;
             ch.push(Change::Shard(shard.clone()));
             if let Some(rel) = &u.release {
                 release(tx, ch, shard, rel)?;
             }
-            count_queued(tx, shard, was_queued)
+            Ok(())
         })
         .await
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {
-        // Both counts are served by partial indexes, not by a scan of all shards ever run.
-        self.read(move |c| {
-            let (queued, active, oldest): (u64, u64, Option<i64>) = c.query_row(
-                "SELECT coalesce(sum(queued_shards), 0), count(*),
-                        min(CASE WHEN queued_shards > 0 THEN created_at END)
-                 FROM executions WHERE status IN ('queued', 'running')",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
-            let in_flight: u64 = c.query_row(
-                "SELECT count(*) FROM shards WHERE status IN ('assigned', 'running')",
-                [],
-                |r| r.get(0),
-            )?;
-            Ok(QueueStats {
-                queued_shards: queued,
-                in_flight_shards: in_flight,
-                active_executions: active,
-                oldest_queued_at: oldest.map(Timestamp),
+        let mut stats = self.mirrored(Mirror::queue_stats);
+        // Served by the partial index of in-flight shards (the mirror does
+        // not hold those of finished executions that a sweep has yet to stop).
+        stats.in_flight_shards = self
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT count(*) FROM shards WHERE status IN ('assigned', 'running')",
+                    [],
+                    |r| r.get(0),
+                )?)
             })
-        })
-        .await
+            .await?;
+        Ok(stats)
     }
 
     async fn put_rule(&self, rule: &LoadBalancingRule) -> Result<()> {
@@ -1580,12 +1549,11 @@ impl Store for SqliteStore {
             let Some((_, was_finished)) = current.filter(|(v, _)| *v == expected_version) else {
                 return Err(Error::conflict(Entity::Execution, &execution.id));
             };
-            if shard_state(tx, shard.execution_id.as_str(), shard.index)?.is_some() {
+            if shard_exists(tx, shard.execution_id.as_str(), shard.index)? {
                 return Err(Error::conflict(Entity::Execution, &execution.id));
             }
             write_execution(tx, &execution, &doc)?;
             insert_shard(tx, &shard, &shard_docs)?;
-            count_queued(tx, &shard, false)?;
             mirror_execution(tx, ch, &execution, was_finished)?;
             ch.push(Change::Shard(shard));
             Ok(())
@@ -1667,5 +1635,126 @@ impl Store for SqliteStore {
                 .query_row([key], |r| r.get(0))?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Allocation;
+    use crate::fixtures;
+
+    fn assignment(shard: &Shard, runner: &Runner) -> AssignmentWrite {
+        let mut next = shard.clone();
+        let lease = LeaseId::generate();
+        next.assign(
+            runner.id.clone(),
+            lease.clone(),
+            Timestamp(1),
+            Timestamp(10_000),
+        )
+        .expect("a queued shard can be assigned");
+        AssignmentWrite {
+            runner_capacity: runner.capacity,
+            shard: next,
+            expected_shard_version: shard.version,
+            allocation: Allocation {
+                runner_id: runner.id.clone(),
+                execution_id: shard.execution_id.clone(),
+                shard_index: shard.index,
+                lease_id: lease,
+                resources: Resources::new(1, 0, 0),
+                allocated_at: Timestamp(1),
+            },
+            cursor: None,
+            now: Timestamp(1),
+        }
+    }
+
+    /// Runs two writes as one group: a read holds the database thread
+    /// until both are queued (`join!` polls, and so sends, each in turn).
+    async fn one_group<A, B>(
+        store: &SqliteStore,
+        a: impl std::future::Future<Output = A>,
+        b: impl std::future::Future<Output = B>,
+    ) -> (A, B) {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let hold = store.read(move |_| {
+            let _ = held.recv();
+            Ok(())
+        });
+        let (held, a, b, ()) = tokio::join!(hold, a, b, async move {
+            let _ = release.send(());
+        });
+        held.expect("holding read");
+        (a, b)
+    }
+
+    async fn stored(slots: u32) -> (SqliteStore, Runner, Execution, Vec<Shard>) {
+        let store = SqliteStore::temporary().expect("store");
+        let runner = fixtures::runner("r", slots);
+        store.insert_runner(&runner).await.expect("runner");
+        let execution = fixtures::execution(2);
+        let shards = fixtures::shards(&execution);
+        store
+            .create_execution(&execution, &shards, None)
+            .await
+            .expect("execution");
+        (store, runner, execution, shards)
+    }
+
+    #[tokio::test]
+    async fn a_write_checked_in_memory_sees_the_writes_before_it_in_its_group() {
+        let (store, runner, _, shards) = stored(4).await;
+        let (first, second) = (
+            assignment(&shards[0], &runner),
+            assignment(&shards[0], &runner),
+        );
+        let (a, b) = one_group(&store, store.assign(&first), store.assign(&second)).await;
+        assert!(a.is_ok(), "{a:?}");
+        // Not a failed group: the second assignment alone is refused.
+        assert!(b.is_err_and(|e| e.is_conflict()));
+        let (_, stored) = store
+            .load_shard(&shards[0].execution_id, 0)
+            .await
+            .expect("read")
+            .expect("shard");
+        assert_eq!(stored.lease_id, first.shard.lease_id);
+        assert_eq!(
+            store
+                .get_runner(&runner.id)
+                .await
+                .expect("read")
+                .expect("runner")
+                .allocated
+                .slots,
+            1
+        );
+        store.verify_mirror().await.expect("mirror");
+    }
+
+    #[tokio::test]
+    async fn an_assignment_after_its_execution_finished_in_the_same_group_is_refused() {
+        let (store, runner, execution, shards) = stored(4).await;
+        let mut cancelled = execution.clone();
+        cancelled
+            .cancel("cancelled by request".into(), Timestamp(2))
+            .expect("a queued execution can be cancelled");
+        let late = assignment(&shards[1], &runner);
+        let (cancel, assign) = one_group(
+            &store,
+            store.update_execution(&cancelled, execution.version, None),
+            store.assign(&late),
+        )
+        .await;
+        assert!(cancel.is_ok(), "{cancel:?}");
+        assert!(assign.is_err_and(|e| e.is_conflict()));
+        let (_, stored) = store
+            .load_shard(&execution.id, 1)
+            .await
+            .expect("read")
+            .expect("shard");
+        assert_eq!(stored.status, ShardStatus::Queued);
+        store.verify_mirror().await.expect("mirror");
     }
 }

@@ -9,6 +9,12 @@
 //! commit), so an acknowledged write is as durable as with one transaction
 //! per call.
 //!
+//! A write may check its conditions against a [`View`]: the mirror (the
+//! committed state) with the changes of the writes before it in the same
+//! group laid over it. Conditions checked so cost no statement; the
+//! statement that makes the change still carries them where it can (a
+//! shard's version), as a second guard.
+//!
 //! A write checks all its conditions before it changes anything, so a
 //! refused write (a conflict, a missing row, a transition the domain
 //! forbids) has nothing to undo and the group goes on without it. Only a
@@ -17,7 +23,7 @@
 //! replaced a savepoint per write, whose statements and page journal were
 //! a tenth of the thread's work.
 
-use super::mirror::{Change, Mirror};
+use super::mirror::{Change, Mirror, Overlay, View};
 use crate::error::{Error, Result};
 use rusqlite::Connection;
 use std::sync::{mpsc, Arc, RwLock};
@@ -40,8 +46,9 @@ trait Job: Send {
     fn is_read(&self) -> bool;
     /// Runs the operation (a write inside the open transaction); true if
     /// it may have stopped halfway (the group must be rolled back).
-    fn run(&mut self, conn: &Connection) -> bool;
+    fn run(&mut self, conn: &Connection, view: &View<'_>) -> bool;
     /// The mirror changes of a write that stood (see [`super::mirror`]).
+    fn changes(&self) -> &[Change];
     fn take_changes(&mut self) -> Vec<Change>;
     /// Answers the caller once the operation's fate is known.
     fn finish(self: Box<Self>, committed: &std::result::Result<(), String>);
@@ -58,23 +65,27 @@ struct Pending<T, F> {
 impl<T, F> Job for Pending<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection, &mut Vec<Change>) -> Result<T> + Send,
+    F: FnOnce(&Connection, &View<'_>, &mut Vec<Change>) -> Result<T> + Send,
 {
     fn is_read(&self) -> bool {
         self.read
     }
 
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, conn: &Connection, view: &View<'_>) -> bool {
         let Some(work) = self.work.take() else {
             return false;
         };
-        let outcome = guarded(|c| work(c, &mut self.changes), conn);
+        let outcome = guarded(|c| work(c, view, &mut self.changes), conn);
         let spoiled = matches!(outcome, Err(Error::Storage(_) | Error::Internal(_)));
         if outcome.is_err() {
             self.changes.clear();
         }
         self.outcome = Some(outcome);
         spoiled && !self.read
+    }
+
+    fn changes(&self) -> &[Change] {
+        &self.changes
     }
 
     fn take_changes(&mut self) -> Vec<Change> {
@@ -146,6 +157,20 @@ impl DbThread {
         T: Send + 'static,
         F: FnOnce(&Connection, &mut Vec<Change>) -> Result<T> + Send + 'static,
     {
+        self.submit(
+            false,
+            move |c: &Connection, _: &View<'_>, ch: &mut Vec<Change>| work(c, ch),
+        )
+        .await
+    }
+
+    /// [`DbThread::write`] for a write that checks its conditions against
+    /// the [`View`] instead of the database.
+    pub async fn write_viewed<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &View<'_>, &mut Vec<Change>) -> Result<T> + Send + 'static,
+    {
         self.submit(false, work).await
     }
 
@@ -158,7 +183,7 @@ impl DbThread {
         let (reply, _) = oneshot::channel();
         self.send(Box::new(Pending {
             read: false,
-            work: Some(work),
+            work: Some(move |c: &Connection, _: &View<'_>, ch: &mut Vec<Change>| work(c, ch)),
             changes: Vec::new(),
             outcome: None,
             reply,
@@ -180,14 +205,17 @@ impl DbThread {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.submit(true, move |c: &Connection, _: &mut Vec<Change>| work(c))
-            .await
+        self.submit(
+            true,
+            move |c: &Connection, _: &View<'_>, _: &mut Vec<Change>| work(c),
+        )
+        .await
     }
 
     async fn submit<T, F>(&self, read: bool, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &mut Vec<Change>) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &View<'_>, &mut Vec<Change>) -> Result<T> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Pending {
@@ -244,8 +272,12 @@ fn run(conn: Connection, inbox: mpsc::Receiver<Box<dyn Job>>, mirror: &RwLock<Mi
             }
         }
         let (reads, mut writes): (Vec<_>, Vec<_>) = group.into_iter().partition(|j| j.is_read());
+        // Only this thread changes the mirror, so it is the committed state
+        // for the whole group; readers elsewhere share the lock.
+        let committed_state = mirror.read().unwrap_or_else(|p| p.into_inner());
+        let mut overlay = Overlay::default();
         for mut job in reads {
-            job.run(&conn);
+            job.run(&conn, &View::new(&committed_state, &overlay));
             job.finish(&READ_OK);
         }
         if writes.is_empty() {
@@ -254,7 +286,11 @@ fn run(conn: Connection, inbox: mpsc::Receiver<Box<dyn Job>>, mirror: &RwLock<Mi
         let committed = match control(&conn, "BEGIN IMMEDIATE") {
             Err(e) => Err(e.to_string()),
             Ok(()) => {
-                let spoiled = writes.iter_mut().any(|job| job.run(&conn));
+                let spoiled = writes.iter_mut().any(|job| {
+                    let spoiled = job.run(&conn, &View::new(&committed_state, &overlay));
+                    overlay.record(job.changes());
+                    spoiled
+                });
                 if spoiled {
                     let _ = control(&conn, "ROLLBACK");
                     Err("a write in the same group failed".to_string())
@@ -266,6 +302,7 @@ fn run(conn: Connection, inbox: mpsc::Receiver<Box<dyn Job>>, mirror: &RwLock<Mi
                 }
             }
         };
+        drop(committed_state);
         if committed.is_ok() {
             commits_since_checkpoint += 1;
             let mut mirror = mirror.write().unwrap_or_else(|p| p.into_inner());
