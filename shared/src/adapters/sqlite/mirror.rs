@@ -105,6 +105,15 @@ fn index(
     }
 }
 
+/// A runner's load after capacity is taken or given back (never below zero).
+fn moved(load: Resources, by: Resources, add: bool) -> Resources {
+    if add {
+        load.plus(&by)
+    } else {
+        load.minus(&by)
+    }
+}
+
 fn waits(shard: &Shard) -> bool {
     shard.status == ShardStatus::Queued && shard.mode.is_static()
 }
@@ -162,16 +171,7 @@ impl Mirror {
                 add,
             } => {
                 if let Some(r) = self.runners.get_mut(&runner) {
-                    let a = &mut r.allocated;
-                    if add {
-                        a.slots = a.slots.saturating_add(resources.slots);
-                        a.cpu_millis = a.cpu_millis.saturating_add(resources.cpu_millis);
-                        a.memory_mb = a.memory_mb.saturating_add(resources.memory_mb);
-                    } else {
-                        a.slots = a.slots.saturating_sub(resources.slots);
-                        a.cpu_millis = a.cpu_millis.saturating_sub(resources.cpu_millis);
-                        a.memory_mb = a.memory_mb.saturating_sub(resources.memory_mb);
-                    }
+                    r.allocated = moved(r.allocated, resources, add);
                 }
             }
             Change::Execution(execution) => self.put_execution(execution),
@@ -326,6 +326,26 @@ impl Mirror {
         self.runners.get(id).cloned()
     }
 
+    /// Runners in id order after `cursor`, at most `limit`.
+    pub fn runners_after(&self, cursor: Option<&str>, limit: usize) -> Vec<RunnerWithLoad> {
+        self.runners
+            .iter()
+            .skip_while(|(id, _)| cursor.is_some_and(|c| id.as_str() <= c))
+            .take(limit)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// The runner's allocations: (execution, shard index) and lease.
+    pub fn allocations_of(&self, id: &RunnerId) -> Vec<(ExecutionId, u32, LeaseId)> {
+        self.allocations
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(|((e, i), l)| (e.clone(), *i, l.clone()))
+            .collect()
+    }
+
     pub fn schedulable_runners(&self) -> Vec<RunnerWithLoad> {
         self.runners
             .values()
@@ -457,13 +477,52 @@ pub(super) struct Overlay {
     executions: HashMap<ExecutionId, ExecutionStatus>,
     /// execution -> shard index -> (version, status).
     shards: HashMap<ExecutionId, BTreeMap<u32, (u64, ShardStatus)>>,
+    /// Runners written in this group: status and capacity.
+    runners: HashMap<RunnerId, (RunnerStatus, Resources)>,
+    /// Loads moved in this group, as they stand now.
+    loads: HashMap<RunnerId, Resources>,
+    /// Allocations made (`Some`) or released (`None`) in this group.
+    allocations: HashMap<(RunnerId, ExecutionId, u32), Option<LeaseId>>,
 }
 
 impl Overlay {
-    /// Lays a write's changes over the group's (in the order it made them).
-    pub fn record(&mut self, changes: &[Change]) {
+    /// Lays a write's changes over the group's (in the order it made them);
+    /// `mirror` is the committed state they change.
+    pub fn record(&mut self, changes: &[Change], mirror: &Mirror) {
         for change in changes {
             match change {
+                Change::NewRunner(r) | Change::Runner(r) => {
+                    self.runners.insert(r.id.clone(), (r.status, r.capacity));
+                }
+                Change::Load {
+                    runner,
+                    resources,
+                    add,
+                } => {
+                    let committed = || mirror.runners.get(runner).map(|r| r.allocated);
+                    let load = self
+                        .loads
+                        .entry(runner.clone())
+                        .or_insert_with(|| committed().unwrap_or_default());
+                    *load = moved(*load, *resources, *add);
+                }
+                Change::Allocated {
+                    runner,
+                    execution,
+                    index,
+                    lease,
+                } => {
+                    let key = (runner.clone(), execution.clone(), *index);
+                    self.allocations.insert(key, Some(lease.clone()));
+                }
+                Change::Released {
+                    runner,
+                    execution,
+                    index,
+                } => {
+                    let key = (runner.clone(), execution.clone(), *index);
+                    self.allocations.insert(key, None);
+                }
                 Change::Execution(e) => {
                     self.executions.insert(e.id.clone(), e.status);
                 }
@@ -473,7 +532,10 @@ impl Overlay {
                         .or_default()
                         .insert(s.index, (s.version, s.status));
                 }
-                _ => {}
+                Change::Rule(_)
+                | Change::RuleDeleted(_)
+                | Change::Cursor { .. }
+                | Change::CursorDeleted(_) => {}
             }
         }
     }
@@ -520,5 +582,43 @@ impl<'a> View<'a> {
             let s = self.mirror.active.get(id)?.shards.get(&index)?;
             Some((s.version, s.status))
         })
+    }
+
+    /// A runner's status, capacity and load; `None`: no such runner.
+    pub fn runner(&self, id: &RunnerId) -> Option<(RunnerStatus, Resources, Resources)> {
+        let committed = self.mirror.runners.get(id);
+        let (status, capacity) = match self.overlay.runners.get(id) {
+            Some(written) => *written,
+            None => committed.map(|r| (r.runner.status, r.runner.capacity))?,
+        };
+        let load = match self.overlay.loads.get(id) {
+            Some(load) => *load,
+            None => committed.map(|r| r.allocated).unwrap_or_default(),
+        };
+        Some((status, capacity, load))
+    }
+
+    /// The lease holding the runner's allocation for a shard, if any.
+    pub fn allocation(
+        &self,
+        runner: &RunnerId,
+        execution: &ExecutionId,
+        index: u32,
+    ) -> Option<LeaseId> {
+        let key = (runner.clone(), execution.clone(), index);
+        match self.overlay.allocations.get(&key) {
+            Some(written) => written.clone(),
+            None => self
+                .mirror
+                .allocations
+                .get(runner)?
+                .get(&(execution.clone(), index))
+                .cloned(),
+        }
+    }
+
+    /// The committed state alone (for reads, which run outside any group's writes).
+    pub fn committed(&self) -> &'a Mirror {
+        self.mirror
     }
 }

@@ -4,8 +4,9 @@
 //! Entities are stored as JSON documents beside the columns that queries and
 //! conditions need; the hot ones are also mirrored in memory (see [`mirror`]).
 //! Derived state that changes with every assignment (runner load,
-//! allocations) lives in in-memory tables rebuilt at open (see
-//! [`HOT_TABLES`]).
+//! allocations) lives only in the mirror, rebuilt at open from the shards'
+//! `held_*` columns; writes check their conditions on it (see
+//! [`mirror::View`]).
 //!
 //! Committed transactions are in the WAL before a call returns, so they
 //! survive `kill -9` of the process (`synchronous=NORMAL` trades only
@@ -31,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 const SCHEMA: &str = r#"
 -- A runner's load (what its shards hold) is not stored here: it is derived
--- from the shards' `held_*` columns into the in-memory tables (HOT_TABLES).
+-- from the shards' `held_*` columns into the mirror.
 CREATE TABLE IF NOT EXISTS runners (
     id TEXT PRIMARY KEY, status TEXT NOT NULL, last_heartbeat INTEGER NOT NULL, version INTEGER NOT NULL,
     cap_slots INTEGER NOT NULL, cap_cpu INTEGER NOT NULL, cap_memory INTEGER NOT NULL,
@@ -74,28 +75,10 @@ CREATE TABLE IF NOT EXISTS alert_rules (id TEXT PRIMARY KEY, version INTEGER NOT
 CREATE TABLE IF NOT EXISTS metrics (hour INTEGER NOT NULL, suite TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (hour, suite, name));
 "#;
 
-/// Runner load and allocations: derived data, kept in SQLite's in-memory
-/// temp database. Every assignment and release changes them, and as
-/// durable tables they were written to the WAL in nearly every commit (the
-/// runners table's pages, the allocations table and its index). They take
-/// part in each transaction like any table (a rolled-back group leaves
-/// them as they were) and are rebuilt at open from the shards' `held_*`
-/// columns, which are written in the row the shard's status is written in.
-/// Measured side by side (`load-bench --repeat 5`, 64 clients): 83 → 76 µs
-/// of server CPU per request.
-const HOT_TABLES: &str = r#"
-CREATE TEMP TABLE runner_load (
-    id TEXT PRIMARY KEY, used_slots INTEGER NOT NULL DEFAULT 0,
-    used_cpu INTEGER NOT NULL DEFAULT 0, used_memory INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
-CREATE TEMP TABLE allocations (
-    runner_id TEXT NOT NULL, execution_id TEXT NOT NULL, idx INTEGER NOT NULL, lease_id TEXT NOT NULL,
-    PRIMARY KEY (runner_id, execution_id, idx)) WITHOUT ROWID;
-"#;
-
 mod mirror;
 mod thread;
 
-use mirror::{Change, Held, Live, Mirror};
+use mirror::{Change, Held, Live, Mirror, View};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use thread::DbThread;
@@ -242,7 +225,6 @@ impl SqliteStore {
         })?;
         check_schema_version(&conn)?;
         conn.execute_batch(SCHEMA)?;
-        rebuild_hot_tables(&conn)?;
         let mirror = Arc::new(RwLock::new(load_mirror(&conn)?));
         Ok(SqliteStore {
             db: DbThread::start(conn, mirror.clone())?,
@@ -313,7 +295,6 @@ impl SqliteStore {
     pub async fn verify_mirror(&self) -> Result<()> {
         let mirror = self.mirror.clone();
         self.read(move |c| {
-            check_hot_tables(c)?;
             let fresh = load_mirror(c)?;
             let live = mirror.read().unwrap_or_else(|p| p.into_inner());
             match live.difference(&fresh) {
@@ -417,97 +398,6 @@ fn held_leases(c: &Connection) -> Result<Vec<HeldLease>> {
     Ok(held)
 }
 
-/// Creates the in-memory tables (see [`HOT_TABLES`]) and fills them from
-/// the durable columns.
-fn rebuild_hot_tables(c: &Connection) -> Result<()> {
-    c.execute_batch(HOT_TABLES)?;
-    c.execute(
-        "INSERT INTO temp.runner_load (id) SELECT id FROM runners",
-        [],
-    )?;
-    for h in held_leases(c)? {
-        c.prepare_cached(
-            "INSERT INTO temp.allocations (runner_id, execution_id, idx, lease_id) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![h.runner.as_str(), h.execution.as_str(), h.index, h.lease.as_str()])?;
-        add_load(c, &h.runner, h.resources)?;
-    }
-    Ok(())
-}
-
-/// Checks that the in-memory tables (what assignments and releases are
-/// conditioned on) hold what a rebuild from the durable columns would.
-fn check_hot_tables(c: &Connection) -> Result<()> {
-    let held = held_leases(c)?;
-    let mut stmt = c.prepare(
-        "SELECT runner_id, execution_id, idx, lease_id FROM temp.allocations ORDER BY runner_id, execution_id, idx",
-    )?;
-    let live: Vec<(String, String, u32, String)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let durable: Vec<(String, String, u32, String)> = held
-        .iter()
-        .map(|h| {
-            (
-                h.runner.to_string(),
-                h.execution.to_string(),
-                h.index,
-                h.lease.to_string(),
-            )
-        })
-        .collect();
-    if live != durable {
-        return Err(Error::Internal(format!(
-            "in-memory allocations {live:?} differ from the shards' held columns {durable:?}"
-        )));
-    }
-    let mut sums: BTreeMap<String, Resources> = BTreeMap::new();
-    for h in &held {
-        let sum = sums.entry(h.runner.to_string()).or_default();
-        *sum = sum.plus(&h.resources);
-    }
-    let mut stmt =
-        c.prepare("SELECT id, used_slots, used_cpu, used_memory FROM temp.runner_load")?;
-    let loads: Vec<(String, Resources)> = stmt
-        .query_map([], |r| {
-            Ok((r.get(0)?, Resources::new(r.get(1)?, r.get(2)?, r.get(3)?)))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    for (runner, load) in loads {
-        let expected = sums.remove(&runner).unwrap_or_default();
-        if load != expected {
-            return Err(Error::Internal(format!(
-                "in-memory load of {runner} is {load:?}, its shards hold {expected:?}"
-            )));
-        }
-    }
-    // Runners are read joined with their load row: one without would vanish.
-    let unloaded: Option<String> = c
-        .query_row(
-            "SELECT id FROM runners WHERE id NOT IN (SELECT id FROM temp.runner_load) LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(runner) = sums.into_keys().next().or(unloaded) {
-        return Err(Error::Internal(format!(
-            "no in-memory load row for {runner}"
-        )));
-    }
-    Ok(())
-}
-
-/// Adds to a runner's load in the in-memory table, unconditionally (the
-/// rebuild at open; an assignment checks capacity in the same statement).
-fn add_load(c: &Connection, runner: &RunnerId, r: Resources) -> Result<()> {
-    c.prepare_cached(
-        "UPDATE temp.runner_load SET used_slots = used_slots + ?2, used_cpu = used_cpu + ?3,
-         used_memory = used_memory + ?4 WHERE id = ?1",
-    )?
-    .execute(params![runner.as_str(), r.slots, r.cpu_millis, r.memory_mb])?;
-    Ok(())
-}
-
 /// Records an execution write for the mirror. One that comes back from a
 /// finished state brings its shards along: the mirror had let them go.
 fn mirror_execution(
@@ -544,21 +434,6 @@ impl Drop for SqliteStore {
         }
     }
 }
-
-fn runner_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, u32, u32, u32)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-}
-
-fn with_load((doc, slots, cpu, memory): (String, u32, u32, u32)) -> Result<RunnerWithLoad> {
-    Ok(RunnerWithLoad {
-        runner: from_doc(&doc)?,
-        allocated: Resources::new(slots, cpu, memory),
-    })
-}
-
-/// A runner's document and load, `FROM {RUNNER_FROM}`.
-const RUNNER_COLS: &str = "r.doc, l.used_slots, l.used_cpu, l.used_memory";
-const RUNNER_FROM: &str = "runners r JOIN temp.runner_load l ON l.id = r.id";
 
 fn docs<T: DeserializeOwned>(
     conn: &Connection,
@@ -745,24 +620,12 @@ fn shard_exists(tx: &Connection, execution_id: &str, index: u32) -> Result<bool>
         .query_row(params![execution_id, index], |r| r.get(0))?)
 }
 
-fn release(tx: &Connection, ch: &mut Vec<Change>, shard: &Shard, rel: &Release) -> Result<()> {
-    let deleted = tx
-        .prepare_cached(
-            "DELETE FROM temp.allocations WHERE runner_id = ?1 AND execution_id = ?2 AND idx = ?3 AND lease_id = ?4",
-        )?
-        .execute(params![rel.runner_id.as_str(), shard.execution_id.as_str(), shard.index, rel.lease_id.as_str()])?;
-    // Only give capacity back if this lease still held it: a release is applied once.
-    if deleted == 1 {
-        tx.prepare_cached(
-            "UPDATE temp.runner_load SET used_slots = max(used_slots - ?2, 0), used_cpu = max(used_cpu - ?3, 0),
-             used_memory = max(used_memory - ?4, 0) WHERE id = ?1",
-        )?
-        .execute(params![
-            rel.runner_id.as_str(),
-            rel.resources.slots,
-            rel.resources.cpu_millis,
-            rel.resources.memory_mb
-        ])?;
+/// Gives back what a shard's lease held, if that lease still holds it (a
+/// release is applied once); the check is on the view, the change only in
+/// the mirror (the shard's `held_*` columns are cleared by its own write).
+fn release(view: &View<'_>, ch: &mut Vec<Change>, shard: &Shard, rel: &Release) {
+    let held = view.allocation(&rel.runner_id, &shard.execution_id, shard.index);
+    if held.as_ref() == Some(&rel.lease_id) {
         ch.push(Change::Released {
             runner: rel.runner_id.clone(),
             execution: shard.execution_id.clone(),
@@ -774,26 +637,34 @@ fn release(tx: &Connection, ch: &mut Vec<Change>, shard: &Shard, rel: &Release) 
             add: false,
         });
     }
-    Ok(())
 }
 
-fn runner_by_id(c: &Connection, id: &RunnerId) -> Result<Option<RunnerWithLoad>> {
-    let row = c
-        .prepare_cached(&format!(
-            "SELECT {RUNNER_COLS} FROM {RUNNER_FROM} WHERE r.id = ?1"
-        ))?
-        .query_row([id.as_str()], runner_row)
+fn runner_doc(c: &Connection, id: &RunnerId) -> Result<Option<Runner>> {
+    let doc: Option<String> = c
+        .prepare_cached("SELECT doc FROM runners WHERE id = ?1")?
+        .query_row([id.as_str()], |r| r.get(0))
         .optional()?;
-    row.map(with_load).transpose()
+    doc.map(|d| from_doc(&d)).transpose()
 }
 
-fn shards_held_by(c: &Connection, id: &RunnerId) -> Result<Vec<Shard>> {
-    shard_rows(
-        c,
-        "SELECT s.doc, s.tests FROM temp.allocations a JOIN shards s ON s.execution_id = a.execution_id AND s.idx = a.idx
-         WHERE a.runner_id = ?1 AND s.lease_id = a.lease_id ORDER BY a.execution_id, a.idx",
-        [id.as_str()],
-    )
+/// The shards whose current lease the runner holds, by execution and index
+/// (read from the database: some may belong to finished executions, which
+/// the mirror does not keep).
+fn shards_held_by(c: &Connection, mirror: &Mirror, id: &RunnerId) -> Result<Vec<Shard>> {
+    let mut held = Vec::new();
+    for (execution, index, lease) in mirror.allocations_of(id) {
+        let shard = shard_rows(
+            c,
+            "SELECT doc, tests FROM shards WHERE execution_id = ?1 AND idx = ?2",
+            params![execution.as_str(), index],
+        )?;
+        held.extend(
+            shard
+                .into_iter()
+                .filter(|s| s.lease_id.as_ref() == Some(&lease)),
+        );
+    }
+    Ok(held)
 }
 
 /// The version-conditioned write of a runner's own fields (the document is
@@ -855,8 +726,6 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(Error::conflict(Entity::Runner, &runner.id));
             }
-            tx.prepare_cached("INSERT INTO temp.runner_load (id) VALUES (?1)")?
-                .execute([runner.id.as_str()])?;
             ch.push(Change::NewRunner(runner));
             Ok(())
         })
@@ -868,18 +737,9 @@ impl Store for SqliteStore {
     }
 
     async fn list_runners(&self, limit: u32, cursor: Option<&str>) -> Result<Page<RunnerWithLoad>> {
-        let cursor = cursor.map(str::to_owned);
-        self.read(move |c| {
-            let cursor = cursor.as_deref();
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {RUNNER_COLS} FROM {RUNNER_FROM} WHERE r.id > ?1 ORDER BY r.id LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(params![cursor.unwrap_or(""), limit + 1], runner_row)?;
-            let mut items = rows.map(|r| with_load(r?)).collect::<Result<Vec<_>>>()?;
-            let next_cursor = Page::cursor_after(&mut items, limit, |r| r.runner.id.to_string());
-            Ok(Page { items, next_cursor })
-        })
-        .await
+        let mut items = self.mirrored(|m| m.runners_after(cursor, limit as usize + 1));
+        let next_cursor = Page::cursor_after(&mut items, limit, |r| r.runner.id.to_string());
+        Ok(Page { items, next_cursor })
     }
 
     async fn update_runner(&self, runner: &Runner, expected_version: u64) -> Result<()> {
@@ -910,10 +770,7 @@ impl Store for SqliteStore {
             let Some(at) = lock(&queued).remove(&id) else {
                 return Ok(());
             };
-            let Some(RunnerWithLoad {
-                runner: mut stored, ..
-            }) = runner_by_id(tx, &id)?
-            else {
+            let Some(mut stored) = runner_doc(tx, &id)? else {
                 return Ok(());
             };
             let live = matches!(stored.status, RunnerStatus::Active | RunnerStatus::Paused);
@@ -959,11 +816,9 @@ impl Store for SqliteStore {
             Held::Unknown => {}
         }
         let id = id.clone();
-        self.read(move |c| {
-            let id = &id;
-            shards_held_by(c, id)
-        })
-        .await
+        self.db
+            .read_viewed(move |c, view| shards_held_by(c, view.committed(), &id))
+            .await
     }
 
     async fn runner_with_shards(
@@ -976,14 +831,14 @@ impl Store for SqliteStore {
             Held::Unknown => {}
         }
         let id = id.clone();
-        self.read(move |c| {
-            let id = &id;
-            let Some(runner) = runner_by_id(c, id)? else {
-                return Ok(None);
-            };
-            Ok(Some((runner, shards_held_by(c, id)?)))
-        })
-        .await
+        self.db
+            .read_viewed(move |c, view| {
+                let Some(runner) = view.committed().runner(&id) else {
+                    return Ok(None);
+                };
+                Ok(Some((runner, shards_held_by(c, view.committed(), &id)?)))
+            })
+            .await
     }
 
     async fn create_execution(
@@ -1201,118 +1056,117 @@ impl Store for SqliteStore {
         // Serialised on the caller's thread: the database thread is the one
         // every write waits for.
         let shard_doc = ShardDocs::state(&mut w.shard)?;
-        self.db.write_viewed(move |tx, view, ch| {
-            let (shard, alloc) = (&w.shard, &w.allocation);
-            // Every check before the first change (see `thread`); the
-            // execution's and the shard's state from the view, not SQL.
-            let shard_conflict =
-                || Error::conflict(Entity::Shard, format!("{}#{}", shard.execution_id, shard.index));
-            // Condition 1: the execution is not finished; it becomes running
-            // (the document is read and rewritten only for its first shard).
-            let started = match view.live_execution(&shard.execution_id) {
-                None => return Err(Error::conflict(Entity::Execution, &shard.execution_id)),
-                Some(Live::Committed(e)) if e.status == ExecutionStatus::Queued => Some(e.clone()),
-                Some(Live::Written(ExecutionStatus::Queued)) => Some(
-                    load_execution_doc(tx, shard.execution_id.as_str())?
-                        .ok_or_else(|| Error::not_found(Entity::Execution, &shard.execution_id))?,
-                ),
-                Some(_) => None,
-            };
-            // Condition 2: the shard is still the queued version the plan saw.
-            let version = w.expected_shard_version;
-            if view.shard(&shard.execution_id, shard.index) != Some((version, ShardStatus::Queued)) {
-                return Err(shard_conflict());
-            }
-            let started = match started {
-                Some(mut execution) => {
-                    execution.mark_running(w.now)?;
-                    Some(execution)
+        self.db
+            .write_viewed(move |tx, view, ch| {
+                let (shard, alloc) = (&w.shard, &w.allocation);
+                // Every check before the first change (see `thread`); the
+                // execution's and the shard's state from the view, not SQL.
+                let shard_conflict = || {
+                    Error::conflict(
+                        Entity::Shard,
+                        format!("{}#{}", shard.execution_id, shard.index),
+                    )
+                };
+                // Condition 1: the execution is not finished; it becomes running
+                // (the document is read and rewritten only for its first shard).
+                let started = match view.live_execution(&shard.execution_id) {
+                    None => return Err(Error::conflict(Entity::Execution, &shard.execution_id)),
+                    Some(Live::Committed(e)) if e.status == ExecutionStatus::Queued => {
+                        Some(e.clone())
+                    }
+                    Some(Live::Written(ExecutionStatus::Queued)) => Some(
+                        load_execution_doc(tx, shard.execution_id.as_str())?.ok_or_else(|| {
+                            Error::not_found(Entity::Execution, &shard.execution_id)
+                        })?,
+                    ),
+                    Some(_) => None,
+                };
+                // Condition 2: the shard is still the queued version the plan saw.
+                let version = w.expected_shard_version;
+                if view.shard(&shard.execution_id, shard.index)
+                    != Some((version, ShardStatus::Queued))
+                {
+                    return Err(shard_conflict());
                 }
-                None => None,
-            };
-            // Condition 3: the runner is active and has room. The first
-            // change: refused, it has changed nothing.
-            let need = alloc.resources;
-            let n = tx
-                .prepare_cached(
-                    "UPDATE temp.runner_load SET used_slots = used_slots + ?2, used_cpu = used_cpu + ?3,
-                       used_memory = used_memory + ?4
-                     WHERE id = ?1 AND EXISTS (SELECT 1 FROM runners r WHERE r.id = ?1 AND r.status = 'active'
-                       AND runner_load.used_slots + ?2 <= r.cap_slots AND runner_load.used_cpu + ?3 <= r.cap_cpu
-                       AND runner_load.used_memory + ?4 <= r.cap_memory)",
-                )?
-                .execute(params![alloc.runner_id.as_str(), need.slots, need.cpu_millis, need.memory_mb])?;
-            if n == 0 {
-                return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
-            }
-            ch.push(Change::Load {
-                runner: alloc.runner_id.clone(),
-                resources: need,
-                add: true,
-            });
-            if let Some(execution) = started {
-                write_execution(tx, &execution, &to_doc(&execution)?)?;
-                ch.push(Change::Execution(execution));
-            }
-            if !put_shard(tx, shard, &shard_doc, version, Holds::Take(need))? {
-                return Err(Error::Internal(
-                    "a shard's stored version differs from the mirror's".into(),
-                ));
-            }
-            tx.prepare_cached(
-                "INSERT INTO temp.allocations (runner_id, execution_id, idx, lease_id) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![
-                alloc.runner_id.as_str(),
-                alloc.execution_id.as_str(),
-                alloc.shard_index,
-                alloc.lease_id.as_str()
-            ])?;
-
-            if let Some(pool) = &w.cursor {
-                tx.prepare_cached("INSERT OR REPLACE INTO rr_cursors (pool, runner_id) VALUES (?1, ?2)")?
-                    .execute(params![pool, alloc.runner_id.as_str()])?;
-                ch.push(Change::Cursor {
-                    pool: pool.clone(),
+                let started = match started {
+                    Some(mut execution) => {
+                        execution.mark_running(w.now)?;
+                        Some(execution)
+                    }
+                    None => None,
+                };
+                // Condition 3: the runner is active and has room.
+                let need = alloc.resources;
+                let room = view
+                    .runner(&alloc.runner_id)
+                    .is_some_and(|(status, capacity, load)| {
+                        status == RunnerStatus::Active && capacity.covers(&load.plus(&need))
+                    });
+                if !room {
+                    return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
+                }
+                ch.push(Change::Load {
                     runner: alloc.runner_id.clone(),
+                    resources: need,
+                    add: true,
                 });
-            }
-            ch.push(Change::Shard(shard.clone()));
-            ch.push(Change::Allocated {
-                runner: alloc.runner_id.clone(),
-                execution: alloc.execution_id.clone(),
-                index: alloc.shard_index,
-                lease: alloc.lease_id.clone(),
-            });
-            Ok(())
-        })
-        .await
+                if let Some(execution) = started {
+                    write_execution(tx, &execution, &to_doc(&execution)?)?;
+                    ch.push(Change::Execution(execution));
+                }
+                if !put_shard(tx, shard, &shard_doc, version, Holds::Take(need))? {
+                    return Err(Error::Internal(
+                        "a shard's stored version differs from the mirror's".into(),
+                    ));
+                }
+
+                if let Some(pool) = &w.cursor {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO rr_cursors (pool, runner_id) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![pool, alloc.runner_id.as_str()])?;
+                    ch.push(Change::Cursor {
+                        pool: pool.clone(),
+                        runner: alloc.runner_id.clone(),
+                    });
+                }
+                ch.push(Change::Shard(shard.clone()));
+                ch.push(Change::Allocated {
+                    runner: alloc.runner_id.clone(),
+                    execution: alloc.execution_id.clone(),
+                    index: alloc.shard_index,
+                    lease: alloc.lease_id.clone(),
+                });
+                Ok(())
+            })
+            .await
     }
 
     async fn update_shard(&self, u: &ShardUpdate) -> Result<()> {
         let mut u = u.clone();
         let doc = ShardDocs::state(&mut u.shard)?;
-        self.write(move |tx, ch| {
-            let shard = &u.shard;
-            // The check and the first change in one: the version the caller
-            // read (with `expected_status`) or nothing.
-            let held = match &u.release {
-                Some(rel) => Holds::Release(rel.lease_id.as_str()),
-                None => Holds::Keep,
-            };
-            if !put_shard(tx, shard, &doc, u.expected_version, held)? {
-                return Err(Error::conflict(
-                    Entity::Shard,
-                    format!("{}#{}", shard.execution_id, shard.index),
-                ));
-            }
-            ch.push(Change::Shard(shard.clone()));
-            if let Some(rel) = &u.release {
-                release(tx, ch, shard, rel)?;
-            }
-            Ok(())
-        })
-        .await
+        self.db
+            .write_viewed(move |tx, view, ch| {
+                let shard = &u.shard;
+                // The check and the first change in one: the version the caller
+                // read (with `expected_status`) or nothing.
+                let held = match &u.release {
+                    Some(rel) => Holds::Release(rel.lease_id.as_str()),
+                    None => Holds::Keep,
+                };
+                if !put_shard(tx, shard, &doc, u.expected_version, held)? {
+                    return Err(Error::conflict(
+                        Entity::Shard,
+                        format!("{}#{}", shard.execution_id, shard.index),
+                    ));
+                }
+                ch.push(Change::Shard(shard.clone()));
+                if let Some(rel) = &u.release {
+                    release(view, ch, shard, rel);
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {

@@ -212,6 +212,20 @@ impl DbThread {
         .await
     }
 
+    /// [`DbThread::read`] with the [`View`] (the committed mirror: reads
+    /// run before the group's writes).
+    pub async fn read_viewed<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &View<'_>) -> Result<T> + Send + 'static,
+    {
+        self.submit(
+            true,
+            move |c: &Connection, v: &View<'_>, _: &mut Vec<Change>| work(c, v),
+        )
+        .await
+    }
+
     async fn submit<T, F>(&self, read: bool, work: F) -> Result<T>
     where
         T: Send + 'static,
@@ -288,7 +302,7 @@ fn run(conn: Connection, inbox: mpsc::Receiver<Box<dyn Job>>, mirror: &RwLock<Mi
             Ok(()) => {
                 let spoiled = writes.iter_mut().any(|job| {
                     let spoiled = job.run(&conn, &View::new(&committed_state, &overlay));
-                    overlay.record(job.changes());
+                    overlay.record(job.changes(), &committed_state);
                     spoiled
                 });
                 if spoiled {
