@@ -244,7 +244,9 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Shard>>> + Send;
-    fn assign(&self, write: &AssignmentWrite) -> impl Future<Output = Result<()>> + Send;
+    /// Taken by value, like [`Store::update_shard`]'s update: the embedded
+    /// store moves it to its database thread instead of copying it.
+    fn assign(&self, write: AssignmentWrite) -> impl Future<Output = Result<()>> + Send;
     /// Adds a shard to a running execution (an automatic retry of failed
     /// tests) and writes the execution if its stored version is
     /// `expected_version`, atomically; the shard must not exist yet.
@@ -254,7 +256,7 @@ pub trait Store: Send + Sync + 'static {
         expected_version: u64,
         shard: &Shard,
     ) -> impl Future<Output = Result<()>> + Send;
-    fn update_shard(&self, update: &ShardUpdate) -> impl Future<Output = Result<()>> + Send;
+    fn update_shard(&self, update: ShardUpdate) -> impl Future<Output = Result<()>> + Send;
     fn queue_stats(&self) -> impl Future<Output = Result<QueueStats>> + Send;
 
     // Rules and round-robin cursors

@@ -85,9 +85,9 @@ fn requeue_releasing(stored: &Shard) -> ShardUpdate {
 
 async fn an_assignment_that_fails_its_runner_condition_changes_nothing<B: Backend>() {
     let (store, r, e, shards) = stored::<B>(1, 2).await;
-    store.assign(&assignment(&shards[0], &r)).await.unwrap();
+    store.assign(assignment(&shards[0], &r)).await.unwrap();
 
-    let err = store.assign(&assignment(&shards[1], &r)).await.unwrap_err();
+    let err = store.assign(assignment(&shards[1], &r)).await.unwrap_err();
     assert!(err.is_conflict(), "{err:?}");
     let (_, stored) = store.load_execution(&e.id).await.unwrap().unwrap();
     assert_eq!(stored[1], shards[1], "the second shard is untouched");
@@ -140,7 +140,7 @@ async fn writes_from_a_stale_version_are_refused<B: Backend>() {
         release: None,
     };
     assert!(matches!(
-        store.update_shard(&stale).await,
+        store.update_shard(stale).await,
         Err(Error::Conflict { .. })
     ));
 }
@@ -148,7 +148,7 @@ async fn writes_from_a_stale_version_are_refused<B: Backend>() {
 async fn capacity_is_given_back_once_per_lease<B: Backend>() {
     let (store, r, e, shards) = stored::<B>(2, 2).await;
     for s in &shards {
-        store.assign(&assignment(s, &r)).await.unwrap();
+        store.assign(assignment(s, &r)).await.unwrap();
     }
     let (_, held) = store.load_execution(&e.id).await.unwrap().unwrap();
     let lease = held[0].lease_id.clone().unwrap();
@@ -165,7 +165,7 @@ async fn capacity_is_given_back_once_per_lease<B: Backend>() {
         expected_status: held[0].status,
         release: Some(release.clone()),
     };
-    store.update_shard(&update).await.unwrap();
+    store.update_shard(update).await.unwrap();
     // A second release of the same lease (say, a duplicate message) frees nothing more.
     let mut again = first.clone();
     again.version += 1;
@@ -175,7 +175,7 @@ async fn capacity_is_given_back_once_per_lease<B: Backend>() {
         expected_status: first.status,
         release: Some(release),
     };
-    store.update_shard(&update).await.unwrap();
+    store.update_shard(update).await.unwrap();
     assert_eq!(
         store.get_runner(&r.id).await.unwrap().unwrap().allocated,
         Resources::new(1, 1000, 1000)
@@ -265,19 +265,19 @@ async fn the_queued_shard_count_follows_every_transition<B: Backend>() {
         async move { assert_eq!(store.queue_stats().await.unwrap().queued_shards, n) }
     };
     queued(3).await;
-    store.assign(&assignment(&shards[0], &r)).await.unwrap();
-    store.assign(&assignment(&shards[1], &r)).await.unwrap();
+    store.assign(assignment(&shards[0], &r)).await.unwrap();
+    store.assign(assignment(&shards[1], &r)).await.unwrap();
     queued(1).await;
     let (_, held) = store.load_execution(&e.id).await.unwrap().unwrap();
     store
-        .update_shard(&requeue_releasing(&held[0]))
+        .update_shard(requeue_releasing(&held[0]))
         .await
         .unwrap();
     queued(2).await;
     let mut gone = held[2].clone();
     gone.cancel("cancelled", Timestamp(3)).unwrap();
     store
-        .update_shard(&ShardUpdate {
+        .update_shard(ShardUpdate {
             shard: gone,
             expected_version: held[2].version,
             expected_status: held[2].status,
@@ -353,7 +353,7 @@ async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
         store.insert_runner(&r).await.unwrap();
         store.create_execution(&e, &shards, None).await.unwrap();
         for s in &shards[..2] {
-            store.assign(&assignment(s, &r)).await.unwrap();
+            store.assign(assignment(s, &r)).await.unwrap();
         }
         store.load_execution(&e.id).await.unwrap().unwrap().1
     };
@@ -383,7 +383,7 @@ async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
 
     // The migrated allocation is released once, like any other.
     store
-        .update_shard(&requeue_releasing(&held[0]))
+        .update_shard(requeue_releasing(&held[0]))
         .await
         .unwrap();
     assert_eq!(
@@ -412,10 +412,10 @@ async fn a_shards_test_list_is_written_once_beside_the_document_its_changes_rewr
         let store = SqliteStore::open_dir(dir.path()).unwrap();
         store.insert_runner(&r).await.unwrap();
         store.create_execution(&e, &shards, None).await.unwrap();
-        store.assign(&assignment(&shards[0], &r)).await.unwrap();
+        store.assign(assignment(&shards[0], &r)).await.unwrap();
         let held = store.load_execution(&e.id).await.unwrap().unwrap().1;
         store
-            .update_shard(&requeue_releasing(&held[0]))
+            .update_shard(requeue_releasing(&held[0]))
             .await
             .unwrap();
     }

@@ -192,9 +192,10 @@ impl<P: Ports> Orchestrator<P> {
                 cursor: None,
                 now,
             };
-            self.store.assign(&write).await?;
+            let assignment = Assignment::of(write.shard.clone());
+            self.store.assign(write).await?;
             Ok(ClaimOutcome {
-                assignment: Assignment::of(write.shard),
+                assignment,
                 queued_batches: queued - 1,
                 held_batches: held,
                 finished: false,
@@ -234,7 +235,7 @@ impl<P: Ports> Orchestrator<P> {
                 expected_status: read_as.1,
                 release: None,
             };
-            match self.store.update_shard(&update).await {
+            match self.store.update_shard(update).await {
                 Ok(()) => *shard = next,
                 Err(e) if e.is_conflict() => {}
                 Err(e) => tracing::warn!(error = %e, "lease not extended"),

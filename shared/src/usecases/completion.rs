@@ -151,6 +151,14 @@ impl ShardReport {
     }
 }
 
+/// A report that finished its shard, as the steps after its write need it.
+struct Finished {
+    /// The shard was an automatic retry (its timings are not learned as usual).
+    retry: bool,
+    /// The shard, if it failed (its failed tests may be retried).
+    failed: Option<crate::domain::Shard>,
+}
+
 impl<P: Ports> Orchestrator<P> {
     /// Applies a runner's report to its shard. Only the current lease counts;
     /// the same final report twice is acknowledged once.
@@ -244,29 +252,35 @@ impl<P: Ports> Orchestrator<P> {
                     .collect();
                 self.store.put_results(id, &stored).await?;
             }
-            if applied == Applied::Changed {
-                let released = held.filter(|_| finished);
-                self.save_shard(&execution, shard.clone(), read_as, released)
-                    .await?;
-            }
             let outcome = ReportOutcome {
                 shard_index: shard.index,
                 shard_status: shard.status,
                 duplicate: applied == Applied::Duplicate,
             };
-            Ok((outcome, finished.then_some(shard)))
+            // What the steps after the write need of a finished shard (the
+            // whole shard only to retry its failed tests): the write takes
+            // the shard itself, a copy of which was a share of every report.
+            let after = finished.then(|| Finished {
+                retry: shard.retry_of.is_some(),
+                failed: (shard.status == ShardStatus::Failed).then(|| shard.clone()),
+            });
+            if applied == Applied::Changed {
+                let released = held.filter(|_| finished);
+                self.save_shard(&execution, shard, read_as, released)
+                    .await?;
+            }
+            Ok((outcome, after.map(|a| (a, execution.suite))))
         })
         .await?;
         let finished = match finished {
-            Some(shard) => {
+            Some((after, suite)) => {
                 if let Some(results) = &report.results {
-                    let retry = shard.retry_of.is_some();
-                    self.learn_timings(&shard.suite, &results.tests, retry)
+                    self.learn_timings(&suite, &results.tests, after.retry)
                         .await;
-                    if shard.status == ShardStatus::Failed {
+                    if let Some(shard) = &after.failed {
                         // Before the completion is published, so the fold
                         // sees the retry open rather than a failed run.
-                        if let Err(e) = self.retry_failed_tests(&shard, &results.tests).await {
+                        if let Err(e) = self.retry_failed_tests(shard, &results.tests).await {
                             tracing::warn!(error = %e, execution = %id, "failed tests not retried");
                         }
                     }

@@ -137,7 +137,7 @@ impl<P: Ports> Orchestrator<P> {
             resources: execution.requirements.per_shard(),
         });
         self.store
-            .update_shard(&ShardUpdate {
+            .update_shard(ShardUpdate {
                 shard,
                 expected_version,
                 expected_status,

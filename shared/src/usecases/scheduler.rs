@@ -44,8 +44,6 @@ impl<P: Ports> Orchestrator<P> {
             aging_step_ms: self.config.aging_step_ms,
         });
         let mut writes = Vec::with_capacity(planned.len());
-        // Which writes go to push-mode runners (their CI platform starts the job).
-        let mut pushed = Vec::with_capacity(planned.len());
         for p in planned {
             let Some((execution, shards)) = pending.iter().find(|(e, _)| e.id == p.execution_id)
             else {
@@ -60,8 +58,13 @@ impl<P: Ports> Orchestrator<P> {
             let Some(runner) = runners.iter().find(|r| r.runner.id == p.runner_id) else {
                 continue;
             };
-            pushed.push(runner.runner.dispatch.is_some());
-            writes.push(AssignmentWrite {
+            // What to tell a push-mode runner's CI platform (it starts the job).
+            let push = runner.runner.dispatch.is_some().then(|| DispatchOrder {
+                execution_id: p.execution_id.clone(),
+                shard_index: p.shard_index,
+                lease_id: lease.clone(),
+            });
+            let write = AssignmentWrite {
                 runner_capacity: runner.runner.capacity,
                 shard,
                 expected_shard_version: p.shard_version,
@@ -75,24 +78,24 @@ impl<P: Ports> Orchestrator<P> {
                 },
                 cursor: p.cursor,
                 now,
-            });
+            };
+            writes.push((write, push));
         }
         // Each assignment is its own atomic, conditional step; issuing them
         // together lets the store commit them as a group.
-        let results = futures::future::join_all(writes.iter().map(|w| self.store.assign(w))).await;
+        let results = futures::future::join_all(
+            writes
+                .into_iter()
+                .map(|(write, push)| async { (self.store.assign(write).await, push) }),
+        )
+        .await;
         let mut assigned = 0;
-        for ((result, write), push) in results.into_iter().zip(&writes).zip(pushed) {
+        for (result, push) in results {
             match result {
                 Ok(()) => {
                     assigned += 1;
-                    if push {
-                        self.nudges
-                            .dispatch(DispatchOrder {
-                                execution_id: write.allocation.execution_id.clone(),
-                                shard_index: write.allocation.shard_index,
-                                lease_id: write.allocation.lease_id.clone(),
-                            })
-                            .await;
+                    if let Some(order) = push {
+                        self.nudges.dispatch(order).await;
                     }
                 }
                 Err(e) if e.is_conflict() => {

@@ -1344,7 +1344,8 @@ impl Store for DynamoStore {
         items.into_iter().map(doc_of).collect()
     }
 
-    async fn assign(&self, w: &AssignmentWrite) -> Result<()> {
+    async fn assign(&self, w: AssignmentWrite) -> Result<()> {
+        let w = &w;
         let (shard, alloc) = (&w.shard, &w.allocation);
         let need = alloc.resources;
         let cap = w.runner_capacity;
@@ -1450,7 +1451,8 @@ impl Store for DynamoStore {
         }
     }
 
-    async fn update_shard(&self, u: &ShardUpdate) -> Result<()> {
+    async fn update_shard(&self, u: ShardUpdate) -> Result<()> {
+        let u = &u;
         let shard = &u.shard;
         let shard_put = || -> Result<TransactWriteItem> {
             Ok(TransactWriteItem::builder()

@@ -1051,8 +1051,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn assign(&self, w: &AssignmentWrite) -> Result<()> {
-        let mut w = w.clone();
+    async fn assign(&self, mut w: AssignmentWrite) -> Result<()> {
         // Serialised on the caller's thread: the database thread is the one
         // every write waits for.
         let shard_doc = ShardDocs::state(&mut w.shard)?;
@@ -1130,20 +1129,20 @@ impl Store for SqliteStore {
                         runner: alloc.runner_id.clone(),
                     });
                 }
-                ch.push(Change::Shard(shard.clone()));
+                let alloc = w.allocation;
                 ch.push(Change::Allocated {
-                    runner: alloc.runner_id.clone(),
-                    execution: alloc.execution_id.clone(),
+                    runner: alloc.runner_id,
+                    execution: alloc.execution_id,
                     index: alloc.shard_index,
-                    lease: alloc.lease_id.clone(),
+                    lease: alloc.lease_id,
                 });
+                ch.push(Change::Shard(w.shard));
                 Ok(())
             })
             .await
     }
 
-    async fn update_shard(&self, u: &ShardUpdate) -> Result<()> {
-        let mut u = u.clone();
+    async fn update_shard(&self, mut u: ShardUpdate) -> Result<()> {
         let doc = ShardDocs::state(&mut u.shard)?;
         self.db
             .write_viewed(move |tx, view, ch| {
@@ -1160,10 +1159,10 @@ impl Store for SqliteStore {
                         format!("{}#{}", shard.execution_id, shard.index),
                     ));
                 }
-                ch.push(Change::Shard(shard.clone()));
                 if let Some(rel) = &u.release {
                     release(view, ch, shard, rel);
                 }
+                ch.push(Change::Shard(u.shard));
                 Ok(())
             })
             .await
@@ -1564,7 +1563,8 @@ mod tests {
             assignment(&shards[0], &runner),
             assignment(&shards[0], &runner),
         );
-        let (a, b) = one_group(&store, store.assign(&first), store.assign(&second)).await;
+        let lease = first.shard.lease_id.clone();
+        let (a, b) = one_group(&store, store.assign(first), store.assign(second)).await;
         assert!(a.is_ok(), "{a:?}");
         // Not a failed group: the second assignment alone is refused.
         assert!(b.is_err_and(|e| e.is_conflict()));
@@ -1573,7 +1573,7 @@ mod tests {
             .await
             .expect("read")
             .expect("shard");
-        assert_eq!(stored.lease_id, first.shard.lease_id);
+        assert_eq!(stored.lease_id, lease);
         assert_eq!(
             store
                 .get_runner(&runner.id)
@@ -1598,7 +1598,7 @@ mod tests {
         let (cancel, assign) = one_group(
             &store,
             store.update_execution(&cancelled, execution.version, None),
-            store.assign(&late),
+            store.assign(late),
         )
         .await;
         assert!(cancel.is_ok(), "{cancel:?}");
