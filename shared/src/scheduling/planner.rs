@@ -63,10 +63,12 @@ pub fn plan(pass: &SchedulingPass<'_>) -> Vec<PlannedAssignment> {
             None => (pass.default_strategy, DEFAULT_POOL.to_owned()),
         };
         let need = execution.requirements.per_shard();
+        // Labels, type, pool and size: the same for every shard of the
+        // execution all pass long (only loads change).
+        let eligible: Vec<usize> = (0..runners.len())
+            .filter(|&i| eligible_for(&runners[i], execution, rule))
+            .collect();
         for shard in shards.iter().filter(|s| s.status == ShardStatus::Queued) {
-            let eligible: Vec<usize> = (0..runners.len())
-                .filter(|&i| eligible_for(&runners[i], execution, rule))
-                .collect();
             let preferred: Vec<usize> = eligible
                 .iter()
                 .copied()
@@ -74,9 +76,9 @@ pub fn plan(pass: &SchedulingPass<'_>) -> Vec<PlannedAssignment> {
                 .collect();
             // Avoid runners that lost this shard, unless no other runner could ever take it.
             let pool = if preferred.is_empty() {
-                eligible
+                &eligible
             } else {
-                preferred
+                &preferred
             };
             let fitting: Vec<&RunnerWithLoad> = pool
                 .iter()
