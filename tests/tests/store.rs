@@ -304,13 +304,26 @@ tms_tests::conformance!(
     the_queued_shard_count_follows_every_transition,
 );
 
-/// Rewrites a version 4 data directory into the version 1 layout: the
+/// Rewrites a version 5 data directory holding `stored` into the version 1
+/// layout: JSON shard documents, the
 /// allocations table (rows and documents as version 1 wrote them), the
 /// runners' `used_*` columns instead of the shards' `held_*` columns, each
 /// shard's test list inside its document (as versions 1 and 2 kept it) and
 /// the executions' queued-shard counter (versions 1 to 3).
-fn downgrade_to_version_1(db: &std::path::Path) {
+fn downgrade_to_version_1(db: &std::path::Path, stored: &[Shard]) {
     let c = rusqlite::Connection::open(db).unwrap();
+    // Versions 1 to 4 kept each shard as a JSON document.
+    for s in stored {
+        c.execute(
+            "UPDATE shards SET doc = ?1 WHERE execution_id = ?2 AND idx = ?3",
+            rusqlite::params![
+                serde_json::to_string(s).unwrap(),
+                s.execution_id.as_str(),
+                s.index
+            ],
+        )
+        .unwrap();
+    }
     c.execute_batch(
         "BEGIN;
          ALTER TABLE executions ADD COLUMN queued_shards INTEGER NOT NULL DEFAULT 0;
@@ -357,7 +370,7 @@ async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
         }
         store.load_execution(&e.id).await.unwrap().unwrap().1
     };
-    downgrade_to_version_1(&dir.path().join("tms.db"));
+    downgrade_to_version_1(&dir.path().join("tms.db"), &held);
 
     let store = SqliteStore::open_dir(dir.path()).unwrap();
     store.verify_mirror().await.unwrap();
@@ -403,12 +416,12 @@ async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
 }
 
 #[tokio::test]
-async fn a_shards_test_list_is_written_once_beside_the_document_its_changes_rewrite() {
+async fn a_shards_row_holds_a_compact_record_and_its_test_list_written_once() {
     use tms::adapters::SqliteStore;
     let dir = tempfile::tempdir().unwrap();
     let r = runner(4);
     let (e, shards) = execution(2);
-    {
+    let held = {
         let store = SqliteStore::open_dir(dir.path()).unwrap();
         store.insert_runner(&r).await.unwrap();
         store.create_execution(&e, &shards, None).await.unwrap();
@@ -418,29 +431,46 @@ async fn a_shards_test_list_is_written_once_beside_the_document_its_changes_rewr
             .update_shard(requeue_releasing(&held[0]))
             .await
             .unwrap();
-    }
+        store.load_execution(&e.id).await.unwrap().unwrap().1
+    };
     let c = rusqlite::Connection::open(dir.path().join("tms.db")).unwrap();
-    let rows: Vec<(String, String)> = c
-        .prepare("SELECT json_extract(doc, '$.tests'), tests FROM shards ORDER BY idx")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let rows = |c: &rusqlite::Connection| -> Vec<(String, i64, String)> {
+        c.prepare("SELECT typeof(doc), length(doc), tests FROM shards ORDER BY idx")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let written = rows(&c);
     assert_eq!(
-        rows,
-        vec![
-            ("[]".to_string(), r#"["t0"]"#.to_string()),
-            ("[]".to_string(), r#"["t1"]"#.to_string())
-        ]
+        written.iter().map(|(t, _, tests)| (t.as_str(), tests.as_str())).collect::<Vec<_>>(),
+        vec![("blob", r#"["t0"]"#), ("blob", r#"["t1"]"#)]
     );
+    // The record leaves out what the columns hold: a fraction of the JSON.
+    for ((_, len, _), s) in written.iter().zip(&held) {
+        let json = serde_json::to_string(s).unwrap().len() as i64;
+        assert!(len * 3 < json, "record {len} bytes, JSON {json}");
+    }
+    // A document written as JSON (before schema version 5) is still read.
+    c.execute(
+        "UPDATE shards SET doc = ?1 WHERE idx = 1",
+        [serde_json::to_string(&held[1]).unwrap()],
+    )
+    .unwrap();
     drop(c);
     // Read back whole, from the mirror rebuilt at open and from the table.
     let store = SqliteStore::open_dir(dir.path()).unwrap();
     store.verify_mirror().await.unwrap();
     let (_, stored) = store.load_execution(&e.id).await.unwrap().unwrap();
+    assert_eq!(stored, held);
     let tests: Vec<&[String]> = stored.iter().map(|s| &*s.tests).collect();
     assert_eq!(tests, [["t0".to_string()], ["t1".to_string()]]);
     let on_runner = store.runner_shards(&r.id).await.unwrap();
     assert!(on_runner.is_empty(), "the requeue gave the shard back");
+    // Its next change writes it as a record.
+    store.assign(assignment(&stored[1], &r)).await.unwrap();
+    drop(store);
+    let c = rusqlite::Connection::open(dir.path().join("tms.db")).unwrap();
+    assert_eq!(rows(&c)[1].0, "blob");
 }

@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS metrics (hour INTEGER NOT NULL, suite TEXT NOT NULL, 
 "#;
 
 mod mirror;
+mod record;
 mod thread;
 
 use mirror::{Change, Held, Live, Mirror, View};
@@ -130,8 +131,9 @@ impl From<rusqlite::Error> for Error {
 /// Bumped whenever the tables change shape. 2: allocations and runner
 /// load derived from the shards' `held_*` columns. 3: a shard's test list
 /// in its own column. 4: no `queued_shards` counter on executions (the
-/// mirror counts them).
-const SCHEMA_VERSION: i64 = 4;
+/// mirror counts them). 5: shard documents written as compact records
+/// (see [`record`]).
+const SCHEMA_VERSION: i64 = 5;
 
 /// Brings a version 1 data directory to version 2 in one transaction: each
 /// allocation's resources move onto its shard's row, and the allocations
@@ -173,6 +175,11 @@ PRAGMA user_version = 4;
 COMMIT;
 "#;
 
+/// Version 4 to 5 changes no table: shard documents written as JSON are
+/// still read, and each takes the compact form at its shard's next change.
+/// The version stops an older TMS from opening a directory it cannot read.
+const MIGRATE_FROM_4: &str = "PRAGMA user_version = 5";
+
 /// Migrates a data directory written by an earlier version, and refuses one
 /// written by a later or unknown version instead of failing later on a
 /// missing column.
@@ -187,6 +194,7 @@ fn check_schema_version(conn: &Connection) -> Result<()> {
         (1, MIGRATE_FROM_1),
         (2, MIGRATE_FROM_2),
         (3, MIGRATE_FROM_3),
+        (4, MIGRATE_FROM_4),
     ] {
         if has_tables && version == from {
             if let Err(e) = conn.execute_batch(migration) {
@@ -445,44 +453,73 @@ fn docs<T: DeserializeOwned>(
     rows.map(|doc| from_doc(&doc?)).collect()
 }
 
-/// A shard as its row stores it: the document without the test list
-/// (rewritten at every change of state) and the list on its own (written
-/// once, at insert). A list of hundreds of tests was copied into every
-/// write of the shard, and past about 4 KB SQLite rewrites a chain of
-/// overflow pages each time.
+/// A shard as its row stores it: its record (see [`record`]; rewritten
+/// at every change of state) and its test list on its own (written once,
+/// at insert). A list of hundreds of tests was copied into every write of
+/// the shard, and past about 4 KB SQLite rewrites a chain of overflow
+/// pages each time.
 struct ShardDocs {
-    state: String,
+    state: Vec<u8>,
     tests: String,
 }
 
 impl ShardDocs {
     /// Serialises `shard` (on the caller's thread, not the database
     /// thread).
-    fn of(shard: &mut Shard) -> Result<Self> {
+    fn of(shard: &Shard) -> Result<Self> {
         Ok(ShardDocs {
             state: Self::state(shard)?,
             tests: to_doc(&shard.tests)?,
         })
     }
 
-    /// The document alone, for a write of a stored shard. The list is lent
-    /// out and put back, not copied.
-    fn state(shard: &mut Shard) -> Result<String> {
-        let tests = std::mem::take(&mut shard.tests);
-        let state = to_doc(&*shard);
-        shard.tests = tests;
-        state
+    /// The record alone, for a write of a stored shard.
+    fn state(shard: &Shard) -> Result<Vec<u8>> {
+        record::encode(shard)
     }
 }
 
-/// A shard from its row's `doc` and `tests`.
-fn shard_from_row(row: &rusqlite::Row<'_>) -> Result<Shard> {
-    let mut shard: Shard = from_doc(&row.get::<_, String>(0)?)?;
-    shard.tests = from_doc(&row.get::<_, String>(1)?)?;
-    Ok(shard)
+/// `SELECT` of the shard columns [`shard_from_row`] reads, then `$rest`.
+macro_rules! select_shards {
+    ($rest:literal) => {
+        concat!(
+            "SELECT execution_id, idx, status, runner_id, lease_id, deadline, version, doc, tests FROM shards ",
+            $rest
+        )
+    };
 }
 
-/// Shards selected as `doc, tests` (see [`shard_from_row`]).
+/// A shard from its row (selected by [`select_shards!`]). A `doc` written
+/// before schema version 5 is the whole shard as JSON.
+fn shard_from_row(row: &rusqlite::Row<'_>) -> Result<Shard> {
+    let tests: Arc<[String]> = from_doc(&row.get::<_, String>(8)?)?;
+    match row.get_ref(7)? {
+        rusqlite::types::ValueRef::Text(json) => {
+            let mut shard: Shard = serde_json::from_slice(json).map_err(Error::storage)?;
+            shard.tests = tests;
+            Ok(shard)
+        }
+        rusqlite::types::ValueRef::Blob(doc) => record::decode(
+            record::Columns {
+                execution_id: row.get(0)?,
+                index: row.get(1)?,
+                status: row.get(2)?,
+                runner_id: row.get(3)?,
+                lease_id: row.get(4)?,
+                deadline: row.get(5)?,
+                version: row.get(6)?,
+            },
+            doc,
+            tests,
+        ),
+        other => Err(Error::Internal(format!(
+            "a shard document of type {:?}",
+            other.data_type()
+        ))),
+    }
+}
+
+/// Shards selected by [`select_shards!`].
 fn shard_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Shard>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let mut rows = stmt.query(params)?;
@@ -496,7 +533,7 @@ fn shard_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Re
 fn shards_of(conn: &Connection, id: &str) -> Result<Vec<Shard>> {
     shard_rows(
         conn,
-        "SELECT doc, tests FROM shards WHERE execution_id = ?1 ORDER BY idx",
+        select_shards!("WHERE execution_id = ?1 ORDER BY idx"),
         [id],
     )
 }
@@ -544,7 +581,7 @@ enum Holds<'a> {
 fn execute_shard(
     stmt: &mut rusqlite::CachedStatement<'_>,
     s: &Shard,
-    doc: &str,
+    doc: &[u8],
     extra: &[&dyn rusqlite::ToSql],
 ) -> Result<usize> {
     let (runner, lease) = (
@@ -574,12 +611,12 @@ fn insert_shard(tx: &Connection, s: &Shard, docs: &ShardDocs) -> Result<()> {
 
 /// Writes the stored shard if it is still at `expected_version` (the check
 /// and the change in one statement, in which `held` is written too: one
-/// rewrite of the row). False: refused, nothing changed. `doc` is `s`
-/// serialised without its tests ([`ShardDocs::state`]).
+/// rewrite of the row). False: refused, nothing changed. `doc` is `s`'s
+/// record ([`ShardDocs::state`]).
 fn put_shard(
     tx: &Connection,
     s: &Shard,
-    doc: &str,
+    doc: &[u8],
     expected_version: u64,
     held: Holds<'_>,
 ) -> Result<bool> {
@@ -655,7 +692,7 @@ fn shards_held_by(c: &Connection, mirror: &Mirror, id: &RunnerId) -> Result<Vec<
     for (execution, index, lease) in mirror.allocations_of(id) {
         let shard = shard_rows(
             c,
-            "SELECT doc, tests FROM shards WHERE execution_id = ?1 AND idx = ?2",
+            select_shards!("WHERE execution_id = ?1 AND idx = ?2"),
             params![execution.as_str(), index],
         )?;
         held.extend(
@@ -847,10 +884,10 @@ impl Store for SqliteStore {
         shards: &[Shard],
         idem: Option<&IdempotencyRecord>,
     ) -> Result<()> {
-        let (execution, mut shards, idem) = (execution.clone(), shards.to_vec(), idem.cloned());
+        let (execution, shards, idem) = (execution.clone(), shards.to_vec(), idem.cloned());
         let doc = to_doc(&execution)?;
         let shard_docs = shards
-            .iter_mut()
+            .iter()
             .map(ShardDocs::of)
             .collect::<Result<Vec<_>>>()?;
         self.write(move |tx, ch| {
@@ -940,7 +977,7 @@ impl Store for SqliteStore {
             };
             let shard = shard_rows(
                 c,
-                "SELECT doc, tests FROM shards WHERE execution_id = ?1 AND idx = ?2",
+                select_shards!("WHERE execution_id = ?1 AND idx = ?2"),
                 params![id.as_str(), index],
             )?;
             Ok(shard.into_iter().next().map(|s| (e, s)))
@@ -1043,18 +1080,19 @@ impl Store for SqliteStore {
         self.read(move |c| {
             shard_rows(
                 c,
-                "SELECT doc, tests FROM shards WHERE status IN ('assigned', 'running') AND deadline < ?1
-                 ORDER BY deadline LIMIT ?2",
+                select_shards!(
+                    "WHERE status IN ('assigned', 'running') AND deadline < ?1 ORDER BY deadline LIMIT ?2"
+                ),
                 params![now.0, limit],
             )
         })
         .await
     }
 
-    async fn assign(&self, mut w: AssignmentWrite) -> Result<()> {
+    async fn assign(&self, w: AssignmentWrite) -> Result<()> {
         // Serialised on the caller's thread: the database thread is the one
         // every write waits for.
-        let shard_doc = ShardDocs::state(&mut w.shard)?;
+        let shard_doc = ShardDocs::state(&w.shard)?;
         self.db
             .write_viewed(move |tx, view, ch| {
                 let (shard, alloc) = (&w.shard, &w.allocation);
@@ -1142,8 +1180,8 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn update_shard(&self, mut u: ShardUpdate) -> Result<()> {
-        let doc = ShardDocs::state(&mut u.shard)?;
+    async fn update_shard(&self, u: ShardUpdate) -> Result<()> {
+        let doc = ShardDocs::state(&u.shard)?;
         self.db
             .write_viewed(move |tx, view, ch| {
                 let shard = &u.shard;
@@ -1395,8 +1433,8 @@ impl Store for SqliteStore {
         expected_version: u64,
         shard: &Shard,
     ) -> Result<()> {
-        let (execution, mut shard) = (execution.clone(), shard.clone());
-        let (doc, shard_docs) = (to_doc(&execution)?, ShardDocs::of(&mut shard)?);
+        let (execution, shard) = (execution.clone(), shard.clone());
+        let (doc, shard_docs) = (to_doc(&execution)?, ShardDocs::of(&shard)?);
         self.write(move |tx, ch| {
             let current = execution_state(tx, &execution.id)?;
             let Some((_, was_finished)) = current.filter(|(v, _)| *v == expected_version) else {
