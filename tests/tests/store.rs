@@ -305,11 +305,12 @@ tms_tests::conformance!(
 );
 
 /// Rewrites a version 5 data directory holding `stored` into the version 1
-/// layout: JSON shard documents, the
-/// allocations table (rows and documents as version 1 wrote them), the
-/// runners' `used_*` columns instead of the shards' `held_*` columns, each
-/// shard's test list inside its document (as versions 1 and 2 kept it) and
-/// the executions' queued-shard counter (versions 1 to 3).
+/// layout: JSON shard documents, the allocations table (rows and documents
+/// as version 1 wrote them), the runners' `used_*` columns instead of the
+/// shards' `held_*` columns, each shard's test list inside its document
+/// (as versions 1 and 2 kept it; 3 and 4 in a column of the shard's row, 5
+/// in a table of its own) and the executions' queued-shard counter
+/// (versions 1 to 3).
 fn downgrade_to_version_1(db: &std::path::Path, stored: &[Shard]) {
     let c = rusqlite::Connection::open(db).unwrap();
     // Versions 1 to 4 kept each shard as a JSON document.
@@ -329,8 +330,9 @@ fn downgrade_to_version_1(db: &std::path::Path, stored: &[Shard]) {
          ALTER TABLE executions ADD COLUMN queued_shards INTEGER NOT NULL DEFAULT 0;
          UPDATE executions SET queued_shards =
              (SELECT count(*) FROM shards WHERE execution_id = executions.id AND status = 'queued');
-         UPDATE shards SET doc = json_set(doc, '$.tests', json(tests)) WHERE tests IS NOT NULL;
-         ALTER TABLE shards DROP COLUMN tests;
+         UPDATE shards SET doc = json_set(doc, '$.tests', json((SELECT tests FROM shard_tests t
+             WHERE t.execution_id = shards.execution_id AND t.idx = shards.idx)));
+         DROP TABLE shard_tests;
          CREATE TABLE allocations (
              runner_id TEXT NOT NULL, execution_id TEXT NOT NULL, idx INTEGER NOT NULL, lease_id TEXT NOT NULL,
              doc TEXT NOT NULL, PRIMARY KEY (runner_id, execution_id, idx));
@@ -435,7 +437,10 @@ async fn a_shards_row_holds_a_compact_record_and_its_test_list_written_once() {
     };
     let c = rusqlite::Connection::open(dir.path().join("tms.db")).unwrap();
     let rows = |c: &rusqlite::Connection| -> Vec<(String, i64, String)> {
-        c.prepare("SELECT typeof(doc), length(doc), tests FROM shards ORDER BY idx")
+        c.prepare(
+            "SELECT typeof(s.doc), length(s.doc), t.tests FROM shards s
+             JOIN shard_tests t ON t.execution_id = s.execution_id AND t.idx = s.idx ORDER BY s.idx",
+        )
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap()
@@ -444,7 +449,10 @@ async fn a_shards_row_holds_a_compact_record_and_its_test_list_written_once() {
     };
     let written = rows(&c);
     assert_eq!(
-        written.iter().map(|(t, _, tests)| (t.as_str(), tests.as_str())).collect::<Vec<_>>(),
+        written
+            .iter()
+            .map(|(t, _, tests)| (t.as_str(), tests.as_str()))
+            .collect::<Vec<_>>(),
         vec![("blob", r#"["t0"]"#), ("blob", r#"["t1"]"#)]
     );
     // The record leaves out what the columns hold: a fraction of the JSON.

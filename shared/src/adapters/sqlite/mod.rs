@@ -51,12 +51,17 @@ CREATE INDEX IF NOT EXISTS executions_active ON executions(deadline) WHERE statu
 DROP INDEX IF EXISTS executions_pending_priority;
 DROP INDEX IF EXISTS executions_pending_age;
 -- `held_*`: the resources the shard's current lease holds on `runner_id`
--- (its allocation), NULL when it holds none. `tests`: the shard's test
--- list, written once (see `ShardDocs`).
+-- (its allocation), NULL when it holds none. `doc`: the rest of the shard,
+-- a compact record (see record.rs; JSON text if written before schema
+-- version 5). Its test list is in `shard_tests`, written once: a row is
+-- rewritten whole at every change of state.
 CREATE TABLE IF NOT EXISTS shards (
     execution_id TEXT NOT NULL, idx INTEGER NOT NULL, status TEXT NOT NULL, runner_id TEXT,
     lease_id TEXT, deadline INTEGER, version INTEGER NOT NULL, doc TEXT NOT NULL,
-    held_slots INTEGER, held_cpu INTEGER, held_memory INTEGER, tests TEXT NOT NULL DEFAULT '[]',
+    held_slots INTEGER, held_cpu INTEGER, held_memory INTEGER,
+    PRIMARY KEY (execution_id, idx));
+CREATE TABLE IF NOT EXISTS shard_tests (
+    execution_id TEXT NOT NULL, idx INTEGER NOT NULL, tests TEXT NOT NULL,
     PRIMARY KEY (execution_id, idx));
 CREATE INDEX IF NOT EXISTS shards_in_flight ON shards(deadline) WHERE status IN ('assigned', 'running');
 DROP INDEX IF EXISTS shards_queued;
@@ -132,7 +137,7 @@ impl From<rusqlite::Error> for Error {
 /// load derived from the shards' `held_*` columns. 3: a shard's test list
 /// in its own column. 4: no `queued_shards` counter on executions (the
 /// mirror counts them). 5: shard documents written as compact records
-/// (see [`record`]).
+/// (see [`record`]), test lists in their own table.
 const SCHEMA_VERSION: i64 = 5;
 
 /// Brings a version 1 data directory to version 2 in one transaction: each
@@ -175,10 +180,19 @@ PRAGMA user_version = 4;
 COMMIT;
 "#;
 
-/// Version 4 to 5 changes no table: shard documents written as JSON are
-/// still read, and each takes the compact form at its shard's next change.
-/// The version stops an older TMS from opening a directory it cannot read.
-const MIGRATE_FROM_4: &str = "PRAGMA user_version = 5";
+/// Version 4 to 5, in one transaction: test lists move into their own
+/// table. Shard documents written as JSON are still read, and each takes
+/// the compact form at its shard's next change.
+const MIGRATE_FROM_4: &str = r#"
+BEGIN;
+CREATE TABLE shard_tests (
+    execution_id TEXT NOT NULL, idx INTEGER NOT NULL, tests TEXT NOT NULL,
+    PRIMARY KEY (execution_id, idx));
+INSERT INTO shard_tests (execution_id, idx, tests) SELECT execution_id, idx, tests FROM shards;
+ALTER TABLE shards DROP COLUMN tests;
+PRAGMA user_version = 5;
+COMMIT;
+"#;
 
 /// Migrates a data directory written by an earlier version, and refuses one
 /// written by a later or unknown version instead of failing later on a
@@ -453,11 +467,11 @@ fn docs<T: DeserializeOwned>(
     rows.map(|doc| from_doc(&doc?)).collect()
 }
 
-/// A shard as its row stores it: its record (see [`record`]; rewritten
-/// at every change of state) and its test list on its own (written once,
-/// at insert). A list of hundreds of tests was copied into every write of
-/// the shard, and past about 4 KB SQLite rewrites a chain of overflow
-/// pages each time.
+/// A shard as the store writes it: its record (see [`record`]; rewritten
+/// at every change of state) and its test list, written once, at insert,
+/// into its own table. SQLite rewrites a row whole, so a list of hundreds
+/// of tests in the shard's row was copied into every write of it, and it
+/// filled the pages each group commit writes.
 struct ShardDocs {
     state: Vec<u8>,
     tests: String,
@@ -483,7 +497,8 @@ impl ShardDocs {
 macro_rules! select_shards {
     ($rest:literal) => {
         concat!(
-            "SELECT execution_id, idx, status, runner_id, lease_id, deadline, version, doc, tests FROM shards ",
+            "SELECT s.execution_id, s.idx, s.status, s.runner_id, s.lease_id, s.deadline, s.version, s.doc, t.tests
+             FROM shards s JOIN shard_tests t ON t.execution_id = s.execution_id AND t.idx = s.idx ",
             $rest
         )
     };
@@ -533,7 +548,7 @@ fn shard_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Re
 fn shards_of(conn: &Connection, id: &str) -> Result<Vec<Shard>> {
     shard_rows(
         conn,
-        select_shards!("WHERE execution_id = ?1 ORDER BY idx"),
+        select_shards!("WHERE s.execution_id = ?1 ORDER BY s.idx"),
         [id],
     )
 }
@@ -602,10 +617,12 @@ fn execute_shard(
 /// Inserts a new shard (holding nothing).
 fn insert_shard(tx: &Connection, s: &Shard, docs: &ShardDocs) -> Result<()> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc, tests)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
-    execute_shard(&mut stmt, s, &docs.state, &[&docs.tests])?;
+    execute_shard(&mut stmt, s, &docs.state, &[])?;
+    tx.prepare_cached("INSERT INTO shard_tests (execution_id, idx, tests) VALUES (?1, ?2, ?3)")?
+        .execute(params![s.execution_id.as_str(), s.index, docs.tests])?;
     Ok(())
 }
 
@@ -692,7 +709,7 @@ fn shards_held_by(c: &Connection, mirror: &Mirror, id: &RunnerId) -> Result<Vec<
     for (execution, index, lease) in mirror.allocations_of(id) {
         let shard = shard_rows(
             c,
-            select_shards!("WHERE execution_id = ?1 AND idx = ?2"),
+            select_shards!("WHERE s.execution_id = ?1 AND s.idx = ?2"),
             params![execution.as_str(), index],
         )?;
         held.extend(
@@ -977,7 +994,7 @@ impl Store for SqliteStore {
             };
             let shard = shard_rows(
                 c,
-                select_shards!("WHERE execution_id = ?1 AND idx = ?2"),
+                select_shards!("WHERE s.execution_id = ?1 AND s.idx = ?2"),
                 params![id.as_str(), index],
             )?;
             Ok(shard.into_iter().next().map(|s| (e, s)))
@@ -1081,7 +1098,7 @@ impl Store for SqliteStore {
             shard_rows(
                 c,
                 select_shards!(
-                    "WHERE status IN ('assigned', 'running') AND deadline < ?1 ORDER BY deadline LIMIT ?2"
+                    "WHERE s.status IN ('assigned', 'running') AND s.deadline < ?1 ORDER BY s.deadline LIMIT ?2"
                 ),
                 params![now.0, limit],
             )

@@ -21,9 +21,7 @@
 //! compile here until the record carries it too.
 
 use crate::domain::shard::ShardDispatch;
-use crate::domain::{
-    AttemptRecord, Mode, Shard, ShardResult, ShardStatus, TestResult, TestStatus,
-};
+use crate::domain::{AttemptRecord, Mode, Shard, ShardResult, ShardStatus, TestResult, TestStatus};
 use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RunnerId};
 use crate::time::Timestamp;
@@ -122,8 +120,7 @@ fn name_of<T: Serialize>(value: &T) -> Result<String> {
 
 /// A value back from its serde name (or an id from its text).
 fn from_name<T: DeserializeOwned>(name: &str) -> Result<T> {
-    T::deserialize(name.into_deserializer())
-        .map_err(|e: serde::de::value::Error| Error::storage(e))
+    T::deserialize(name.into_deserializer()).map_err(|e: serde::de::value::Error| Error::storage(e))
 }
 
 fn borrowed(s: &str) -> Cow<'_, str> {
