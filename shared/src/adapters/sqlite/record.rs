@@ -3,15 +3,18 @@
 //! version) and, written once at insert, the test list; `doc` holds the
 //! rest as a [`postcard`] record.
 //!
-//! Why: a shard's row is rewritten on every change of state, and SQLite
-//! writes whole pages to the WAL and later into the database file. With
-//! the shard as JSON (about 650 bytes, names and all) five rows filled a
-//! page, so the writes of one group commit touched about one page each.
-//! Measured side by side with the rows written without any document at
-//! all (an unsafe experiment, `load-bench --repeat 5`, 64 clients, 3,000
-//! executions): 58 → 50 µs of server CPU per request and 19,600 → 25,600
-//! requests/s. Rows written before this (a JSON `doc`) are still read, and
-//! take this form at their next change.
+//! Why: a shard's row is rewritten whole on every change of state, and
+//! SQLite writes whole pages to the WAL and later into the database file.
+//! With the shard as JSON (about 650 bytes, names and all) five rows filled
+//! a page, so the writes of one group commit touched about one page each.
+//! Rows without any document (an unsafe experiment) were the bound: 58 → 50
+//! µs of server CPU per request, 19,600 → 25,600 requests/s (`load-bench
+//! --repeat 5`, 64 clients, 3,000 executions). This record (about 120
+//! bytes for a finished shard) got most of it: 62 → 54 µs and 22,700 →
+//! 24,700 requests/s (1,000 executions, medians of 9), 56 → 52 µs and
+//! 21,700 → 24,000 (3,000 executions, medians of 5). Rows written before
+//! this (a JSON `doc`) are still read, and take this form at their next
+//! change.
 //!
 //! postcard is not self-describing: fields are read back in the order they
 //! were written. So the record is its own set of structs with no serde
