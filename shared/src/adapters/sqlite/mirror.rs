@@ -13,7 +13,14 @@
 //! and the thread applies a group's changes after its COMMIT and before it
 //! answers the callers. So the mirror always shows committed state, as the
 //! reads it replaces did, and a caller sees its own acknowledged writes. A
-//! write whose savepoint is rolled back leaves no change behind.
+//! refused write, or a group that is rolled back, leaves no change behind.
+//!
+//! Writes check their conditions here too, through a [`View`]: the mirror
+//! with the changes of the group's earlier writes laid over it (an
+//! [`Overlay`]), since those are not committed yet. Runner load and
+//! allocations are kept only here (rebuilt at open from the shards'
+//! `held_*` columns), so an assignment or a release costs no statement for
+//! them.
 //!
 //! Finished executions are not kept (memory stays bounded by the work in
 //! flight): reads of them, and anything the mirror cannot answer exactly,

@@ -315,18 +315,17 @@ impl SqliteStore {
     /// bug in the store; the randomized invariant tests call this after
     /// every step.
     pub async fn verify_mirror(&self) -> Result<()> {
-        let mirror = self.mirror.clone();
-        self.read(move |c| {
-            let fresh = load_mirror(c)?;
-            let live = mirror.read().unwrap_or_else(|p| p.into_inner());
-            match live.difference(&fresh) {
-                None => Ok(()),
-                Some(what) => Err(Error::Internal(format!(
-                    "the store's mirror differs from the database at {what}"
-                ))),
-            }
-        })
-        .await
+        self.db
+            .read_viewed(|c, view| {
+                let fresh = load_mirror(c)?;
+                match view.committed().difference(&fresh) {
+                    None => Ok(()),
+                    Some(what) => Err(Error::Internal(format!(
+                        "the store's mirror differs from the database at {what}"
+                    ))),
+                }
+            })
+            .await
     }
 
     /// Reads the mirror (committed state, see [`mirror`]).
