@@ -106,8 +106,9 @@ pub struct AssignmentWrite {
 /// A versioned shard change, optionally giving back the capacity it held
 /// (deleting the allocation if it still carries `release.lease_id`).
 /// `expected_status` is the status read at `expected_version`: it tells the
-/// store whether the shard leaves or enters the queue (the execution's
-/// queued-shard counter moves) without reading the shard again.
+/// store whether the shard leaves or enters the queue without reading the
+/// shard again (DynamoDB moves the execution's `queued_shards` by it; the
+/// embedded store's mirror counts waiting shards from the shards).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardUpdate {
     pub shard: Shard,

@@ -357,16 +357,24 @@ fn downgrade_to_version_1(db: &std::path::Path, stored: &[Shard]) {
     .unwrap();
 }
 
+/// Writes one runner with 4 slots and one execution of `shards` shards to
+/// an embedded store in `dir`, and closes it.
+async fn written_to(dir: &std::path::Path, shards: u32) -> (Runner, Execution, Vec<Shard>) {
+    let store = tms::adapters::SqliteStore::open_dir(dir).unwrap();
+    let r = runner(4);
+    store.insert_runner(&r).await.unwrap();
+    let (e, shards) = execution(shards);
+    store.create_execution(&e, &shards, None).await.unwrap();
+    (r, e, shards)
+}
+
 #[tokio::test]
 async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
     use tms::adapters::SqliteStore;
     let dir = tempfile::tempdir().unwrap();
-    let r = runner(4);
-    let (e, shards) = execution(3);
+    let (r, e, shards) = written_to(dir.path(), 3).await;
     let held = {
         let store = SqliteStore::open_dir(dir.path()).unwrap();
-        store.insert_runner(&r).await.unwrap();
-        store.create_execution(&e, &shards, None).await.unwrap();
         for s in &shards[..2] {
             store.assign(assignment(s, &r)).await.unwrap();
         }
@@ -421,12 +429,9 @@ async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
 async fn a_shards_row_holds_a_compact_record_and_its_test_list_written_once() {
     use tms::adapters::SqliteStore;
     let dir = tempfile::tempdir().unwrap();
-    let r = runner(4);
-    let (e, shards) = execution(2);
+    let (r, e, shards) = written_to(dir.path(), 2).await;
     let held = {
         let store = SqliteStore::open_dir(dir.path()).unwrap();
-        store.insert_runner(&r).await.unwrap();
-        store.create_execution(&e, &shards, None).await.unwrap();
         store.assign(assignment(&shards[0], &r)).await.unwrap();
         let held = store.load_execution(&e.id).await.unwrap().unwrap().1;
         store
