@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tms::config::{Config, ResourceDefaults};
-use tms::domain::{Strategy, TestType};
+use tms::domain::{AllowedHosts, Strategy, TestType};
 use tms::server::{serve, Backend, ServeOptions};
 
 #[derive(Parser)]
@@ -67,6 +67,18 @@ enum Command {
         /// (millicores:MB). Repeat for several types.
         #[arg(long = "resources", value_name = "TYPE=CPU:MEM", value_parser = parse_resources)]
         resources: Vec<(TestType, ResourceDefaults)>,
+        /// A host (or host:port) besides the platforms' own public APIs
+        /// that push-mode dispatch may send credentials to: a GitHub
+        /// Enterprise Server, a self-managed GitLab, Jenkins, an Azure
+        /// DevOps Server or a webhook receiver. Repeat, or separate with
+        /// commas in the variable.
+        #[arg(
+            long = "dispatch-allow-host",
+            value_name = "HOST[:PORT]",
+            env = "TMS_DISPATCH_ALLOW_HOSTS",
+            value_delimiter = ','
+        )]
+        dispatch_allow_hosts: Vec<String>,
     },
     /// Create the table, queues, bus, rule and admin token secret of
     /// template.yaml on an AWS endpoint (moto, LocalStack, an account) where
@@ -296,13 +308,18 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             sweep_interval,
             default_strategy,
             resources,
+            dispatch_allow_hosts,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let dispatch_allowed_hosts =
+                AllowedHosts::parse(dispatch_allow_hosts.iter().map(String::as_str))
+                    .map_err(|e| format!("--dispatch-allow-host: {e}"))?;
             let mut config = Config {
                 heartbeat_interval_secs: heartbeat_interval.max(1),
                 default_strategy: default_strategy.into(),
+                dispatch_allowed_hosts,
                 ..Config::default()
             };
             for (test_type, defaults) in resources {

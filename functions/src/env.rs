@@ -10,6 +10,7 @@ use crate::App;
 use std::sync::Arc;
 use tms::adapters::aws::{sdk_config, AwsClients, AwsPorts, AwsResources};
 use tms::config::Config;
+use tms::domain::AllowedHosts;
 use tms::time::{Clock, SystemClock};
 use tms::usecases::Orchestrator;
 
@@ -32,6 +33,9 @@ pub const DISPATCH_SECRET_PREFIX: &str = "TMS_DISPATCH_SECRET_PREFIX";
 pub const PUBLIC_URL: &str = "TMS_PUBLIC_URL";
 /// Dispatch attempts per lease: the dispatch queue's `maxReceiveCount`.
 pub const DISPATCH_MAX_ATTEMPTS: &str = "TMS_DISPATCH_MAX_ATTEMPTS";
+/// Hosts besides the platforms' own that dispatch credentials may go to,
+/// comma-separated (`DispatchAllowedHosts`; optional, none by default).
+pub const DISPATCH_ALLOWED_HOSTS: &str = "TMS_DISPATCH_ALLOWED_HOSTS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -54,6 +58,7 @@ pub struct FunctionEnv {
     pub heartbeat_interval_secs: Option<u64>,
     pub public_url: Option<String>,
     pub dispatch_max_attempts: Option<u32>,
+    pub dispatch_allowed_hosts: AllowedHosts,
 }
 
 impl FunctionEnv {
@@ -100,6 +105,16 @@ impl FunctionEnv {
                 }
             })
             .transpose()?;
+        let dispatch_allowed_hosts = AllowedHosts::parse(
+            optional(DISPATCH_ALLOWED_HOSTS)
+                .as_deref()
+                .unwrap_or("")
+                .split(','),
+        )
+        .map_err(|e| SettingsError::Invalid {
+            name: DISPATCH_ALLOWED_HOSTS,
+            reason: e.to_string(),
+        })?;
         Ok(FunctionEnv {
             resources: AwsResources {
                 table: required(TABLE)?,
@@ -116,6 +131,7 @@ impl FunctionEnv {
             heartbeat_interval_secs: positive(HEARTBEAT_INTERVAL)?.map(u64::from),
             public_url,
             dispatch_max_attempts: positive(DISPATCH_MAX_ATTEMPTS)?,
+            dispatch_allowed_hosts,
         })
     }
 
@@ -165,6 +181,7 @@ impl FunctionEnv {
             config.dispatch_max_attempts = n;
         }
         config.public_url = self.public_url.clone();
+        config.dispatch_allowed_hosts = self.dispatch_allowed_hosts.clone();
         Ok(Arc::new(
             self.resources
                 .orchestrator(clients, clock, config, admin_hash)?,
@@ -219,6 +236,7 @@ mod tests {
             (HEARTBEAT_INTERVAL, "soon"),
             (DISPATCH_MAX_ATTEMPTS, "0"),
             (PUBLIC_URL, "tms.example.com"),
+            (DISPATCH_ALLOWED_HOSTS, "https://ghe.example.com/api"),
         ] {
             let mut pairs = BASE.to_vec();
             pairs.push((name, value));
@@ -240,7 +258,15 @@ mod tests {
             "https://abc.execute-api.us-east-1.amazonaws.com/",
         ));
         pairs.push((DISPATCH_MAX_ATTEMPTS, "5"));
+        pairs.push((
+            DISPATCH_ALLOWED_HOSTS,
+            "ghe.example.com, jenkins.example.com:8443",
+        ));
         let env = FunctionEnv::from_lookup(false, vars(&pairs)).unwrap();
+        assert_eq!(
+            env.dispatch_allowed_hosts.iter().collect::<Vec<_>>(),
+            ["ghe.example.com", "jenkins.example.com:8443"]
+        );
         assert_eq!(
             env.public_url.as_deref(),
             Some("https://abc.execute-api.us-east-1.amazonaws.com")

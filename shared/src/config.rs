@@ -1,6 +1,6 @@
 //! Orchestrator settings with the defaults a CI user would expect.
 
-use crate::domain::{Strategy, TestType};
+use crate::domain::{AllowedHosts, Strategy, TestType};
 
 /// Default CPU and memory per shard for one test type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,9 @@ pub struct Config {
     /// The API's public base URL (`https://tms.example.com`), which
     /// dispatched CI jobs report to. Push-mode dispatch needs it.
     pub public_url: Option<String>,
+    /// Hosts besides the platforms' own that dispatch credentials may go
+    /// to (GitHub Enterprise, self-managed GitLab, Jenkins, webhooks).
+    pub dispatch_allowed_hosts: AllowedHosts,
     /// Attempts at dispatching one lease before the shard goes to another
     /// runner (on AWS: the dispatch queue's `maxReceiveCount`).
     pub dispatch_max_attempts: u32,
@@ -98,6 +101,7 @@ impl Default for Config {
             dynamic_min_batch_ms: 5_000,
             sweep_batch: 100,
             public_url: None,
+            dispatch_allowed_hosts: AllowedHosts::default(),
             dispatch_max_attempts: 5,
             dispatch_backoff_ms: 5_000,
             unit: ResourceDefaults {

@@ -55,7 +55,12 @@ pub async fn stack() -> (
     let sdk = sdk_config().await;
     let template = tms::adapters::stack::Template::builtin().expect("template.yaml parses");
     let stage = unique_name("t");
-    let params = [("Stage", stage.as_str()), ("PublicUrl", crate::PUBLIC_URL)];
+    // The operator allows this machine's recording servers as dispatch hosts.
+    let params = [
+        ("Stage", stage.as_str()),
+        ("PublicUrl", crate::PUBLIC_URL),
+        ("DispatchAllowedHosts", "127.0.0.1"),
+    ];
     let stack = tms::adapters::stack::create(&template, &params, &sdk)
         .await
         .expect("create the template's resources on moto");

@@ -42,6 +42,17 @@ fn webhook(url: &str) -> DispatchTarget {
     }
 }
 
+/// An orchestrator whose operator allowed this machine's recording
+/// servers (and `hooks.test`) as dispatch hosts (`--dispatch-allow-host`).
+async fn operator<B: Backend>() -> Harness<B> {
+    let config = tms::config::Config {
+        dispatch_allowed_hosts: tms::domain::AllowedHosts::parse(["127.0.0.1", "hooks.test"])
+            .unwrap(),
+        ..Default::default()
+    };
+    Harness::<B>::start_with(config).await
+}
+
 async fn register<B: Backend>(h: &Harness<B>, new: NewRunner) -> RunnerId {
     h.app.register_runner(new).await.unwrap().runner.runner.id
 }
@@ -76,7 +87,7 @@ async fn shard<B: Backend>(h: &Harness<B>, e: &ExecutionId) -> tms::domain::Shar
 #[tokio::test]
 async fn github_actions_gets_a_workflow_dispatch_with_the_shard_as_inputs() {
     let platform = Recorder::start(Answer::status(204)).await;
-    let h = Harness::<Sqlite>::start().await;
+    let h = operator::<Sqlite>().await;
     h.secrets.set("GH_TOKEN", "ghp_secret");
     let target = DispatchTarget::GithubActions {
         owner: "acme".into(),
@@ -144,7 +155,7 @@ async fn github_actions_gets_a_workflow_dispatch_with_the_shard_as_inputs() {
 #[tokio::test]
 async fn gitlab_gets_a_pipeline_trigger_with_the_shard_as_variables() {
     let platform = Recorder::start(Answer::status(201).with_body(r#"{"id":42}"#)).await;
-    let h = Harness::<Sqlite>::start().await;
+    let h = operator::<Sqlite>().await;
     h.secrets.set("GL_TRIGGER", "glptt-abc");
     let target = DispatchTarget::Gitlab {
         project: "acme/shop".into(),
@@ -197,7 +208,7 @@ async fn jenkins_gets_build_with_parameters_and_a_crumb_only_when_it_asks() {
             .with_body(r#"{"_class":"hudson.security.csrf.DefaultCrumbIssuer","crumb":"c0ffee","crumbRequestField":"Jenkins-Crumb"}"#)
             .with_header("set-cookie", "JSESSIONID.abc=node01; Path=/; HttpOnly"),
     ]);
-    let h = Harness::<Sqlite>::start().await;
+    let h = operator::<Sqlite>().await;
     h.secrets.set("JENKINS_TOKEN", "11aa22bb");
     let target = DispatchTarget::Jenkins {
         job_url: format!("{}/job/shop/job/tms-shard", platform.url),
@@ -238,7 +249,7 @@ async fn jenkins_gets_build_with_parameters_and_a_crumb_only_when_it_asks() {
 #[tokio::test]
 async fn azure_devops_gets_a_pipeline_run_with_the_shard_as_template_parameters() {
     let platform = Recorder::start(Answer::status(200).with_body(r#"{"id":7}"#)).await;
-    let h = Harness::<Sqlite>::start().await;
+    let h = operator::<Sqlite>().await;
     h.secrets.set("ADO_PAT", "patpat");
     let target = DispatchTarget::AzureDevops {
         organization: "acme".into(),
@@ -283,7 +294,7 @@ async fn azure_devops_gets_a_pipeline_run_with_the_shard_as_template_parameters(
 #[tokio::test]
 async fn a_custom_webhook_gets_the_whole_shard_signed_with_hmac_sha256() {
     let platform = Recorder::start(Answer::status(202)).await;
-    let h = Harness::<Sqlite>::start().await;
+    let h = operator::<Sqlite>().await;
     h.secrets.set("HOOK_KEY", "k3y");
     register(
         &h,
@@ -320,7 +331,7 @@ async fn a_custom_webhook_gets_the_whole_shard_signed_with_hmac_sha256() {
 /// token stops working once the lease moves on.
 async fn a_dispatched_job_reads_its_shard_and_reports_with_its_token<B: Backend>() {
     let platform = Recorder::start(Answer::status(204)).await;
-    let h = Harness::<B>::start().await;
+    let h = operator::<B>().await;
     h.secrets.set("HOOK_KEY", "k");
     register(
         &h,
@@ -381,7 +392,7 @@ async fn a_dispatched_job_reads_its_shard_and_reports_with_its_token<B: Backend>
 async fn a_failing_platform_is_retried_then_the_shard_goes_to_another_runner<B: Backend>() {
     let platform = Recorder::start(Answer::status(503).with_body("unavailable")).await;
     platform.script([Answer::status(429).with_header("retry-after", "120")]);
-    let h = Harness::<B>::start().await;
+    let h = operator::<B>().await;
     h.secrets.set("HOOK_KEY", "k");
     let pushed = register(
         &h,
@@ -436,7 +447,7 @@ async fn a_failing_platform_is_retried_then_the_shard_goes_to_another_runner<B: 
 async fn a_refused_dispatch_pauses_the_runner_and_requeues_the_shard<B: Backend>() {
     let platform =
         Recorder::start(Answer::status(401).with_body(r#"{"message":"Bad credentials"}"#)).await;
-    let h = Harness::<B>::start().await;
+    let h = operator::<B>().await;
     h.secrets.set("HOOK_KEY", "k");
     let pushed = register(
         &h,
@@ -474,7 +485,7 @@ async fn a_refused_dispatch_pauses_the_runner_and_requeues_the_shard<B: Backend>
 /// A push-mode runner sends no heartbeats, so silence never makes it
 /// unhealthy (a pull-mode runner beside it still does).
 async fn a_push_mode_runner_is_never_marked_unhealthy_for_silence<B: Backend>() {
-    let h = Harness::<B>::start().await;
+    let h = operator::<B>().await;
     let pushed = register(
         &h,
         runner(
@@ -510,7 +521,7 @@ tms_tests::conformance!(
 #[tokio::test]
 async fn a_missing_secret_is_a_refusal_named_after_the_secret() {
     let platform = Recorder::start(Answer::status(204)).await;
-    let h = Harness::<Sqlite>::start().await;
+    let h = operator::<Sqlite>().await;
     let pushed = register(
         &h,
         runner("hook", RunnerType::Custom, Some(webhook(&platform.url))),
@@ -535,7 +546,7 @@ async fn an_unreachable_platform_is_retried() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let h = Harness::<Sqlite>::start().await;
+    let h = operator::<Sqlite>().await;
     h.secrets.set("HOOK_KEY", "k");
     register(&h, runner("hook", RunnerType::Custom, Some(webhook(&url)))).await;
     let (_, order) = queue_and_schedule(&h).await;
@@ -550,7 +561,7 @@ async fn an_unreachable_platform_is_retried() {
 
 #[tokio::test]
 async fn a_pull_mode_runner_gets_no_dispatch_orders() {
-    let h = Harness::<Sqlite>::start().await;
+    let h = operator::<Sqlite>().await;
     register(&h, runner("puller", RunnerType::Custom, None)).await;
     let new = tms_tests::new_execution("api", ["a"].map(String::from), 1);
     h.app.queue_execution(new, None).await.unwrap();
@@ -560,7 +571,27 @@ async fn a_pull_mode_runner_gets_no_dispatch_orders() {
 
 #[tokio::test]
 async fn registration_refuses_a_dispatch_target_that_cannot_work() {
-    let h = Harness::<Sqlite>::start().await;
+    let h = operator::<Sqlite>().await;
+    let unlisted = Harness::<Sqlite>::start().await;
+    // A host the operator did not allow, even this machine.
+    match unlisted
+        .app
+        .register_runner(runner(
+            "z",
+            RunnerType::Custom,
+            Some(webhook("http://127.0.0.1:9")),
+        ))
+        .await
+    {
+        Err(Error::Validation { field, reason }) => {
+            assert_eq!(field, "dispatch.url");
+            assert!(
+                reason.contains("--dispatch-allow-host 127.0.0.1:9"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     let gitlab = DispatchTarget::Gitlab {
         project: "acme/shop".into(),
         git_ref: "main".into(),

@@ -656,7 +656,7 @@ async fn executions_and_runners_are_listed_in_cursor_pages_with_filters() {
 }
 
 /// `tms serve` dispatches a push-mode runner's shards itself: the webhook
-/// secret comes from the server's environment, the job is told to report
+/// secret comes from the server's environment (`TMS_SECRET_<NAME>`), the job is told to report
 /// to the address the server listens on, and reports with its own token.
 #[tokio::test]
 async fn tms_serve_dispatches_push_mode_shards_and_the_job_reports_with_its_token() {
@@ -667,14 +667,14 @@ async fn tms_serve_dispatches_push_mode_shards_and_the_job_reports_with_its_toke
         BIN,
         dir.path(),
         Some(ADMIN_TOKEN),
-        &[],
-        &[("TMS_TEST_HOOK_KEY", "k3y")],
+        &["--dispatch-allow-host", "127.0.0.1"],
+        &[("TMS_SECRET_HOOK_KEY", "k3y")],
     );
     let api = Api::new(&server);
     let runner = json!({"name": "hook", "type": "docker",
         "capacity": {"slots": 1, "cpu_millis": 8000, "memory_mb": 8192},
         "dispatch": {"platform": "webhook", "url": format!("{}/hook", platform.url),
-            "signing_secret": "TMS_TEST_HOOK_KEY"}});
+            "signing_secret": "HOOK_KEY"}});
     api.ok(Method::POST, "/runners/register", ADMIN_TOKEN, Some(runner))
         .await;
     let (execution, _) = api.queue("api", 3, 1).await;

@@ -57,13 +57,24 @@ impl HttpClient for ReqwestHttp {
     }
 }
 
-/// Each secret name is an environment variable of `tms serve`'s process.
+/// Secret name `N` is the environment variable `TMS_SECRET_N` of `tms
+/// serve`'s process, and nothing else: the admin token, cloud credentials
+/// and every other variable stay out of reach of whoever names a secret.
 #[derive(Clone, Default)]
 pub struct EnvSecrets;
 
+impl EnvSecrets {
+    /// The variable a secret name resolves to.
+    pub fn variable(name: &SecretName) -> String {
+        format!("{}{}", crate::domain::SECRET_ENV_PREFIX, name.as_str())
+    }
+}
+
 impl Secrets for EnvSecrets {
     async fn secret(&self, name: &SecretName) -> Result<Option<String>> {
-        Ok(std::env::var(name.as_str()).ok().filter(|v| !v.is_empty()))
+        Ok(std::env::var(Self::variable(name))
+            .ok()
+            .filter(|v| !v.is_empty()))
     }
 }
 

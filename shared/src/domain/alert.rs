@@ -123,6 +123,9 @@ impl AlertRule {
                     "an http(s) URL of at most 2048 characters",
                 ));
             }
+            if let Some(secret) = &w.secret {
+                secret.check_namespace("webhook.secret")?;
+            }
         }
         Ok(())
     }

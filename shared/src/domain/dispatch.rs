@@ -5,13 +5,24 @@
 //! webhook); every shard assigned to it is dispatched as one job.
 //!
 //! Credentials are never stored here, only the *name* of a secret
-//! ([`SecretName`]): an environment variable in `tms serve`, a Secrets
-//! Manager secret under the stage's prefix on AWS.
+//! ([`SecretName`]), which resolves inside a namespace kept for dispatch
+//! credentials only: the environment variable `TMS_SECRET_<NAME>` in `tms
+//! serve`, the Secrets Manager secret `tms/<stage>/dispatch/<NAME>` on AWS.
+//! No name reaches the admin token or any other setting of the server.
+//!
+//! A credential travels only to a platform's own public host or to a host
+//! the operator allowed ([`AllowedHosts`]); whoever registers a runner
+//! cannot point one elsewhere.
 
 use super::runner::RunnerType;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use utoipa::ToSchema;
+
+/// The environment variables `tms serve` resolves secret names in: name
+/// `N` is the variable `TMS_SECRET_N`.
+pub const SECRET_ENV_PREFIX: &str = "TMS_SECRET_";
 
 /// The name of a credential, resolved when a dispatch is sent. Letters,
 /// digits and `_` so it is a valid environment variable name and a valid
@@ -41,6 +52,26 @@ impl SecretName {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Refuses, at registration, a name written as if it were a variable of
+    /// the server (`TMS_ADMIN_TOKEN`, `TMS_SECRET_X`): names are resolved
+    /// inside the secrets namespace, so such a name would never mean what
+    /// its author thought. Stored names are not checked again (a name read
+    /// back always parses), and resolve inside the namespace regardless.
+    pub fn check_namespace(&self, field: &str) -> Result<()> {
+        if self.0.len() >= 4 && self.0[..4].eq_ignore_ascii_case("TMS_") {
+            return Err(Error::validation(
+                field,
+                format!(
+                    "secret {:?} names a TMS setting; a secret name is resolved as the \
+                     environment variable {SECRET_ENV_PREFIX}<NAME> (tms serve) or the \
+                     secret tms/<stage>/dispatch/<NAME> (AWS): give only <NAME>",
+                    self.0
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -162,7 +193,76 @@ impl DispatchTarget {
 
     /// Checks the settings once, at registration, so a dispatch never fails
     /// on something the user could have been told then.
-    pub fn validate(&self, runner_type: RunnerType) -> Result<()> {
+    pub fn validate(&self, runner_type: RunnerType, allowed: &AllowedHosts) -> Result<()> {
+        self.validate_fields(runner_type)?;
+        self.secret().check_namespace(self.secret_field())?;
+        self.check_hosts(allowed)
+    }
+
+    /// The field that names the secret, as users write it.
+    fn secret_field(&self) -> &'static str {
+        match self {
+            DispatchTarget::GithubActions { .. } => "dispatch.token_secret",
+            DispatchTarget::Gitlab { .. } => "dispatch.trigger_token_secret",
+            DispatchTarget::Jenkins { .. } => "dispatch.api_token_secret",
+            DispatchTarget::AzureDevops { .. } => "dispatch.pat_secret",
+            DispatchTarget::Webhook { .. } => "dispatch.signing_secret",
+        }
+    }
+
+    /// The URL the credential goes to (with its field), and the platform's
+    /// own public host, which needs no allowing.
+    fn endpoint(&self) -> (&'static str, Option<&str>, Option<&'static str>) {
+        match self {
+            DispatchTarget::GithubActions { api_url, .. } => {
+                ("dispatch.api_url", api_url.as_deref(), Some(GITHUB_API))
+            }
+            DispatchTarget::Gitlab { base_url, .. } => {
+                ("dispatch.base_url", base_url.as_deref(), Some(GITLAB))
+            }
+            DispatchTarget::AzureDevops { base_url, .. } => {
+                ("dispatch.base_url", base_url.as_deref(), Some(AZURE_DEVOPS))
+            }
+            DispatchTarget::Jenkins { job_url, .. } => ("dispatch.job_url", Some(job_url), None),
+            DispatchTarget::Webhook { url, .. } => ("dispatch.url", Some(url), None),
+        }
+    }
+
+    /// Refuses a target whose credential would go to a host that is neither
+    /// the platform's own nor allowed by the operator. Checked at
+    /// registration and again before every dispatch (the allowed hosts may
+    /// have changed since).
+    pub fn check_hosts(&self, allowed: &AllowedHosts) -> Result<()> {
+        let (field, url, public) = self.endpoint();
+        let Some(url) = url else {
+            // The platform's public API, the default.
+            return Ok(());
+        };
+        let parsed = url::Url::parse(url)
+            .map_err(|e| Error::validation(field, format!("not a URL: {e}")))?;
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        if public == Some(host.as_str()) && parsed.scheme() == "https" {
+            return Ok(());
+        }
+        if allowed.allows(&parsed) {
+            return Ok(());
+        }
+        let named = match parsed.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        };
+        Err(Error::validation(
+            field,
+            format!(
+                "TMS sends credentials only to a platform's own host or to hosts its \
+                 operator allowed, and {named} is not one; an operator allows it with \
+                 `tms serve --dispatch-allow-host {named}` (on AWS: the template's \
+                 DispatchAllowedHosts parameter)"
+            ),
+        ))
+    }
+
+    fn validate_fields(&self, runner_type: RunnerType) -> Result<()> {
         let fits = match self {
             DispatchTarget::Webhook { .. } => true,
             DispatchTarget::GithubActions { .. } => runner_type == RunnerType::GithubActions,
@@ -228,6 +328,67 @@ impl DispatchTarget {
             }
             DispatchTarget::Webhook { url, .. } => base_url("dispatch.url", url),
         }
+    }
+}
+
+/// GitHub's public REST API host (the default `api_url`).
+const GITHUB_API: &str = "api.github.com";
+/// GitLab.com (the default `base_url`).
+const GITLAB: &str = "gitlab.com";
+/// Azure DevOps Services (the default `base_url`).
+const AZURE_DEVOPS: &str = "dev.azure.com";
+
+/// The hosts, besides each platform's own public one, that a dispatch may
+/// send a credential to: a GitHub Enterprise Server, a self-managed GitLab,
+/// Jenkins, an Azure DevOps Server, a webhook receiver. Only the operator
+/// names them (`tms serve --dispatch-allow-host`, the template's
+/// `DispatchAllowedHosts`). An entry `host` allows every port of that host,
+/// `host:port` that port only; hosts compare without case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedHosts(BTreeSet<String>);
+
+impl AllowedHosts {
+    /// Reads operator entries (`ghe.example.com`, `127.0.0.1:8080`,
+    /// `[::1]:9000`); blanks are skipped, anything else that is not a bare
+    /// host with an optional port is refused.
+    pub fn parse<'a>(entries: impl IntoIterator<Item = &'a str>) -> Result<AllowedHosts> {
+        let mut hosts = BTreeSet::new();
+        for entry in entries.into_iter().map(str::trim).filter(|e| !e.is_empty()) {
+            let entry = entry.to_ascii_lowercase();
+            let bad = || {
+                Error::validation(
+                    "dispatch_allow_host",
+                    format!("{entry:?} is not a host or host:port (no scheme, no path)"),
+                )
+            };
+            let url = url::Url::parse(&format!("https://{entry}/")).map_err(|_| bad())?;
+            let host = url.host_str().ok_or_else(bad)?;
+            let canonical = match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            };
+            // Anything that did not survive as itself (a path, user info, a
+            // default port written out) is not what the operator meant.
+            if canonical != entry && format!("{host}:443") != entry {
+                return Err(bad());
+            }
+            hosts.insert(entry);
+        }
+        Ok(AllowedHosts(hosts))
+    }
+
+    /// Whether a credential may go to `url`.
+    pub fn allows(&self, url: &url::Url) -> bool {
+        let Some(host) = url.host_str().map(str::to_ascii_lowercase) else {
+            return false;
+        };
+        let port = url.port_or_known_default();
+        self.0.contains(&host) || port.is_some_and(|p| self.0.contains(&format!("{host}:{p}")))
+    }
+
+    /// The entries, as the operator gave them (lowercased).
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
     }
 }
 
@@ -300,8 +461,8 @@ mod tests {
         .unwrap();
         assert_eq!(t.platform(), "github-actions");
         assert_eq!(t.secret().as_str(), "GH_TOKEN");
-        t.validate(RunnerType::GithubActions).unwrap();
-        assert!(t.validate(RunnerType::Jenkins).is_err());
+        t.validate(RunnerType::GithubActions, &none()).unwrap();
+        assert!(t.validate(RunnerType::Jenkins, &none()).is_err());
     }
 
     #[test]
@@ -319,16 +480,25 @@ mod tests {
         }
     }
 
+    fn none() -> AllowedHosts {
+        AllowedHosts::default()
+    }
+
+    fn allowing(hosts: &[&str]) -> AllowedHosts {
+        AllowedHosts::parse(hosts.iter().copied()).unwrap()
+    }
+
     #[test]
     fn credentials_only_go_to_https_or_this_machine() {
+        let allowed = allowing(&["hooks.example.com", "127.0.0.1", "localhost"]);
         webhook("https://hooks.example.com/tms")
-            .validate(RunnerType::Custom)
+            .validate(RunnerType::Custom, &allowed)
             .unwrap();
         webhook("http://127.0.0.1:9000/hook")
-            .validate(RunnerType::Docker)
+            .validate(RunnerType::Docker, &allowed)
             .unwrap();
         webhook("http://localhost/hook")
-            .validate(RunnerType::Custom)
+            .validate(RunnerType::Custom, &allowed)
             .unwrap();
         for bad in [
             "http://hooks.example.com/tms",
@@ -337,7 +507,10 @@ mod tests {
             "https://example.com/?token=1",
             "not a url",
         ] {
-            assert!(webhook(bad).validate(RunnerType::Custom).is_err(), "{bad}");
+            assert!(
+                webhook(bad).validate(RunnerType::Custom, &allowed).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -351,6 +524,92 @@ mod tests {
             token_secret: SecretName::parse("T").unwrap(),
             api_url: None,
         };
-        assert!(t.validate(RunnerType::GithubActions).is_err());
+        assert!(t.validate(RunnerType::GithubActions, &none()).is_err());
+    }
+
+    fn github(api_url: Option<&str>, secret: &str) -> DispatchTarget {
+        DispatchTarget::GithubActions {
+            owner: "o".into(),
+            repo: "r".into(),
+            workflow: "w.yml".into(),
+            git_ref: "main".into(),
+            token_secret: SecretName::parse(secret).unwrap(),
+            api_url: api_url.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_caller_cannot_point_a_credential_at_a_host_the_operator_did_not_allow() {
+        let gh = RunnerType::GithubActions;
+        // The platforms' own hosts need no allowing.
+        github(None, "GH").validate(gh, &none()).unwrap();
+        github(Some("https://api.github.com"), "GH")
+            .validate(gh, &none())
+            .unwrap();
+        for url in [
+            "http://127.0.0.1:4000",
+            "https://attacker.example",
+            "https://api.github.com.attacker.example",
+        ] {
+            let err = github(Some(url), "GH").validate(gh, &none()).unwrap_err();
+            assert!(
+                err.to_string().contains("--dispatch-allow-host"),
+                "{url}: {err}"
+            );
+        }
+        // The public host over plain HTTP is no exception.
+        assert!(github(Some("http://api.github.com"), "GH")
+            .validate(gh, &none())
+            .is_err());
+        // A GitHub Enterprise host once allowed; a port-bound entry allows that port only.
+        github(Some("https://GHE.corp.example/api/v3"), "GH")
+            .validate(gh, &allowing(&["ghe.corp.example"]))
+            .unwrap();
+        let one_port = allowing(&["127.0.0.1:4000"]);
+        github(Some("http://127.0.0.1:4000"), "GH")
+            .validate(gh, &one_port)
+            .unwrap();
+        assert!(github(Some("http://127.0.0.1:4001"), "GH")
+            .validate(gh, &one_port)
+            .is_err());
+        // Jenkins and webhooks have no public host: always an allowed one.
+        assert!(webhook("https://hooks.example.com/x")
+            .validate(RunnerType::Custom, &none())
+            .is_err());
+    }
+
+    #[test]
+    fn a_secret_named_like_a_server_setting_is_refused() {
+        for name in ["TMS_ADMIN_TOKEN", "tms_secret_GH", "TMS_SECRET_GH"] {
+            let err = github(None, name)
+                .validate(RunnerType::GithubActions, &none())
+                .unwrap_err();
+            assert!(err.to_string().contains("TMS_SECRET_<NAME>"), "{err}");
+        }
+        github(None, "GH_TOKEN")
+            .validate(RunnerType::GithubActions, &none())
+            .unwrap();
+    }
+
+    #[test]
+    fn allowed_hosts_are_bare_hosts_with_an_optional_port() {
+        let hosts = allowing(&[" Jenkins.Corp ", "", "[::1]:9000", "ghe.example:443"]);
+        assert_eq!(
+            hosts.iter().collect::<Vec<_>>(),
+            ["[::1]:9000", "ghe.example:443", "jenkins.corp"]
+        );
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        assert!(hosts.allows(&url("https://jenkins.corp:8443/job/x")));
+        assert!(hosts.allows(&url("https://ghe.example/api/v3")));
+        assert!(hosts.allows(&url("http://[::1]:9000/")));
+        assert!(!hosts.allows(&url("http://[::1]:9001/")));
+        for bad in [
+            "https://x.example",
+            "x.example/path",
+            "user@x.example",
+            "a b",
+        ] {
+            assert!(AllowedHosts::parse([bad]).is_err(), "{bad}");
+        }
     }
 }

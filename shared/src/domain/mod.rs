@@ -17,7 +17,7 @@ pub mod timing;
 
 pub use alert::{AlertMetric, AlertRule, AlertState, AlertTransition, AlertWebhook};
 pub use allocation::Allocation;
-pub use dispatch::{DispatchTarget, SecretName};
+pub use dispatch::{AllowedHosts, DispatchTarget, SecretName, SECRET_ENV_PREFIX};
 pub use execution::{
     CiMetadata, Execution, ExecutionStatus, Mode, Requirements, RetryPolicy, TestSpec, TestType,
     Totals,

@@ -81,13 +81,22 @@ pub struct HeartbeatBody {
 }
 
 #[utoipa::path(post, path = "/runners/register", tag = "runners", request_body = NewRunner,
-    responses((status = 201, body = RegisteredRunnerView), (status = 400, body = super::Problem)), security(("bearer" = [])))]
+    responses((status = 201, body = RegisteredRunnerView), (status = 400, body = super::Problem),
+        (status = 403, body = super::Problem, description = "a ci token registering a runner with `dispatch`"),
+        (status = 422, body = super::Problem)), security(("bearer" = [])))]
 pub async fn register_runner<P: Ports>(
     State(app): State<AppState<P>>,
     Caller(caller): Caller,
     ApiJson(body): ApiJson<NewRunner>,
 ) -> Result<(StatusCode, Json<RegisteredRunnerView>)> {
     require_api(&caller)?;
+    // A push-mode runner makes TMS send a credential somewhere on every
+    // assignment: only an admin decides that. CI tokens register pull runners.
+    if body.dispatch.is_some() && caller != Principal::Admin {
+        return Err(Error::Forbidden(
+            "register a push-mode runner (one with `dispatch`); that needs an admin token",
+        ));
+    }
     let registered = app.register_runner(body).await?;
     Ok((
         StatusCode::CREATED,

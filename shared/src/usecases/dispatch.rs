@@ -73,6 +73,11 @@ impl<P: Ports> Orchestrator<P> {
                 "TMS has no public URL for dispatched jobs to report to (set TMS_PUBLIC_URL)";
             return self.refused(order, &runner, reason.into()).await;
         };
+        // Checked again here: the operator may have narrowed the allowed
+        // hosts since the runner registered.
+        if let Err(e) = target.check_hosts(&self.config.dispatch_allowed_hosts) {
+            return self.refused(order, &runner, e.to_string()).await;
+        }
         let secret = match self.secrets.secret(target.secret()).await {
             Ok(Some(secret)) => secret,
             Ok(None) => {

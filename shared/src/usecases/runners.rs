@@ -76,7 +76,7 @@ pub(crate) fn validate_labels(labels: &BTreeSet<String>, field: &str) -> Result<
 }
 
 impl NewRunner {
-    fn validate(&self) -> Result<()> {
+    fn validate(&self, allowed_hosts: &crate::domain::AllowedHosts) -> Result<()> {
         let name = self.name.trim();
         if name.is_empty() || name.len() > 128 {
             return Err(Error::validation("name", "must be 1 to 128 characters"));
@@ -89,7 +89,7 @@ impl NewRunner {
             ));
         }
         if let Some(target) = &self.dispatch {
-            target.validate(self.runner_type)?;
+            target.validate(self.runner_type, allowed_hosts)?;
         }
         Ok(())
     }
@@ -122,7 +122,7 @@ impl std::fmt::Debug for RegisteredRunner {
 
 impl<P: Ports> Orchestrator<P> {
     pub async fn register_runner(&self, new: NewRunner) -> Result<RegisteredRunner> {
-        new.validate()?;
+        new.validate(&self.config.dispatch_allowed_hosts)?;
         let now = self.clock.now();
         let id = RunnerId::generate();
         let issued = auth::issue(Some(id.as_str()));

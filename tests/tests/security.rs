@@ -1,0 +1,247 @@
+//! What a hostile caller can reach through `tms serve`: a `ci` token must
+//! not turn a push-mode runner's dispatch into a way to read the server's
+//! secrets (its admin token, cloud credentials, any other variable), and no
+//! caller may send a credential to a host the operator did not allow.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tms_tests::recorder::{Answer, Recorder};
+use tms_tests::{client, Server, ADMIN_TOKEN};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tms-under-test");
+
+async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = client()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn github_runner(secret: &str, api_url: &str) -> Value {
+    json!({"name": "gh", "type": "github-actions", "labels": ["push"],
+        "capacity": {"slots": 1, "cpu_millis": 8000, "memory_mb": 8192},
+        "dispatch": {"platform": "github-actions", "owner": "o", "repo": "r", "workflow": "w.yml",
+            "ref": "main", "token_secret": secret, "api_url": api_url}})
+}
+
+async fn ci_token(base: &str) -> String {
+    let (status, v) = call(
+        base,
+        Method::POST,
+        "/tokens",
+        ADMIN_TOKEN,
+        Some(json!({"name": "pipeline", "scope": "ci"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// Waits (bounded) until `check` gives a value.
+async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The escalation as it was reported: a ci token registers a GitHub
+/// dispatch target naming `TMS_ADMIN_TOKEN` as its secret and its own
+/// listener as the API, then queues matching work.
+#[tokio::test]
+async fn a_ci_token_cannot_make_dispatch_send_a_server_secret_to_its_own_host() {
+    let listener = Recorder::start(Answer::status(204)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with_env(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &[],
+        &[("AWS_SECRET_ACCESS_KEY", "aws-secret-value")],
+    );
+    let base = server.base.clone();
+    let ci = ci_token(&base).await;
+
+    // A ci token registers no push-mode runner at all...
+    let (status, v) = call(
+        &base,
+        Method::POST,
+        "/runners/register",
+        &ci,
+        Some(github_runner("TMS_ADMIN_TOKEN", &listener.url)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("admin token"), "{v}");
+    // ...but still registers pull runners.
+    let (status, v) = call(
+        &base,
+        Method::POST,
+        "/runners/register",
+        &ci,
+        Some(json!({"name": "puller", "type": "custom",
+            "capacity": {"slots": 1, "cpu_millis": 1000, "memory_mb": 1024}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+
+    // Even an admin cannot name a server setting as the secret...
+    let (status, v) = call(
+        &base,
+        Method::POST,
+        "/runners/register",
+        ADMIN_TOKEN,
+        Some(github_runner("TMS_ADMIN_TOKEN", "https://api.github.com")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("TMS_SECRET_<NAME>"),
+        "{v}"
+    );
+    // ...nor point a credential at a host this server's operator did not allow.
+    let (status, v) = call(
+        &base,
+        Method::POST,
+        "/runners/register",
+        ADMIN_TOKEN,
+        Some(github_runner("GH_TOKEN", &listener.url)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--dispatch-allow-host 127.0.0.1:"),
+        "{v}"
+    );
+
+    assert!(listener.requests().is_empty(), "nothing was sent anywhere");
+}
+
+/// With the listener's host allowed, a secret name still resolves only
+/// inside `TMS_SECRET_*`: `ADMIN_TOKEN` is `TMS_SECRET_ADMIN_TOKEN` (unset),
+/// never `TMS_ADMIN_TOKEN`, and `AWS_SECRET_ACCESS_KEY` is
+/// `TMS_SECRET_AWS_SECRET_ACCESS_KEY`; a dispatch that names one is refused
+/// without a request. A secret inside the namespace is sent as it should be.
+#[tokio::test]
+async fn a_secret_name_resolves_only_inside_the_secrets_namespace() {
+    let listener = Recorder::start(Answer::status(204)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with_env(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--dispatch-allow-host", "127.0.0.1"],
+        &[
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret-value"),
+            ("ADMIN_TOKEN", "plain-variable"),
+            ("TMS_SECRET_GH_TOKEN", "ghp_dispatch"),
+        ],
+    );
+    let base = server.base.clone();
+    for secret in ["ADMIN_TOKEN", "AWS_SECRET_ACCESS_KEY"] {
+        let (status, runner) = call(
+            &base,
+            Method::POST,
+            "/runners/register",
+            ADMIN_TOKEN,
+            Some(github_runner(secret, &listener.url)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{runner}");
+        let id = runner["id"].as_str().unwrap().to_owned();
+        let (status, v) = call(
+            &base,
+            Method::POST,
+            "/executions/queue",
+            ADMIN_TOKEN,
+            Some(json!({"suite": "s", "tests": ["a"], "requirements": {"labels": ["push"]}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        let runner = eventually("the dispatch refusal", || {
+            let (base, id) = (base.clone(), id.clone());
+            async move {
+                let (_, r) = call(
+                    &base,
+                    Method::GET,
+                    &format!("/runners/{id}"),
+                    ADMIN_TOKEN,
+                    None,
+                )
+                .await;
+                (r["status"] == "paused").then_some(r)
+            }
+        })
+        .await;
+        let reason = runner["status_reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains(&format!("secret {secret} is not set")),
+            "{runner}"
+        );
+        // The runner's view names the secret, never a value.
+        assert_eq!(runner["dispatch"]["token_secret"], secret);
+        let (_, v) = call(
+            &base,
+            Method::POST,
+            &format!("/runners/{id}/deregister"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
+        assert_eq!(v["status"], "deregistered", "{v}");
+    }
+    assert!(
+        listener.requests().is_empty(),
+        "no request carried any value"
+    );
+
+    let (status, runner) = call(
+        &base,
+        Method::POST,
+        "/runners/register",
+        ADMIN_TOKEN,
+        Some(github_runner("GH_TOKEN", &listener.url)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{runner}");
+    let sent = eventually("the dispatch", || async {
+        listener.requests().into_iter().next()
+    })
+    .await;
+    assert_eq!(sent.header("authorization"), Some("Bearer ghp_dispatch"));
+    for leaked in [ADMIN_TOKEN, "aws-secret-value", "plain-variable"] {
+        assert!(
+            !format!("{sent:?}").contains(leaked),
+            "{leaked} left the server"
+        );
+    }
+}
