@@ -2,6 +2,7 @@
 //! DynamoDB on moto) with a manual clock, and a real `tms serve` process on a
 //! free port.
 
+pub mod iam;
 pub mod meter;
 pub mod moto;
 pub mod recorder;

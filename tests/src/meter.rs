@@ -179,28 +179,51 @@ impl Meter {
 
     /// Clients for `sdk` that report to this meter.
     pub fn clients(&self, sdk: &aws_config::SdkConfig) -> AwsClients {
+        self.clients_with(sdk, Nothing)
+    }
+
+    /// Clients that report to this meter and to a second interceptor.
+    pub fn clients_with<I: Intercept + Clone + 'static>(
+        &self,
+        sdk: &aws_config::SdkConfig,
+        also: I,
+    ) -> AwsClients {
         AwsClients {
             dynamodb: aws_sdk_dynamodb::Client::from_conf(
                 aws_sdk_dynamodb::config::Builder::from(sdk)
                     .interceptor(self.clone())
+                    .interceptor(also.clone())
                     .build(),
             ),
             sqs: aws_sdk_sqs::Client::from_conf(
                 aws_sdk_sqs::config::Builder::from(sdk)
                     .interceptor(self.clone())
+                    .interceptor(also.clone())
                     .build(),
             ),
             eventbridge: aws_sdk_eventbridge::Client::from_conf(
                 aws_sdk_eventbridge::config::Builder::from(sdk)
                     .interceptor(self.clone())
+                    .interceptor(also.clone())
                     .build(),
             ),
             secrets: aws_sdk_secretsmanager::Client::from_conf(
                 aws_sdk_secretsmanager::config::Builder::from(sdk)
                     .interceptor(self.clone())
+                    .interceptor(also)
                     .build(),
             ),
         }
+    }
+}
+
+/// An interceptor that does nothing, for clients with the meter alone.
+#[derive(Debug, Clone)]
+struct Nothing;
+
+impl Intercept for Nothing {
+    fn name(&self) -> &'static str {
+        "nothing"
     }
 }
 
@@ -386,7 +409,8 @@ impl State {
     }
 }
 
-fn operation(target: &str) -> String {
+/// `Service.Operation` of a request's `x-amz-target` header.
+pub(crate) fn operation(target: &str) -> String {
     let (service, op) = target.split_once('.').unwrap_or(("", target));
     let service = match service {
         s if s.starts_with("DynamoDB") => "DynamoDB",

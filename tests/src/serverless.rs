@@ -5,7 +5,14 @@
 //! events, SQS batches read from the real queues, scheduled events — to the
 //! functions' handlers. Payload shapes are in `tests/events/`. All functions
 //! share one manual clock.
+//!
+//! Each function's AWS requests are recorded as that function's, and when a
+//! deployment is dropped every one of them is checked against the function's
+//! IAM role in the template ([`crate::iam`]): a test that made a function do
+//! something its role would refuse on AWS fails, naming the function, the
+//! action and the resource.
 
+use crate::iam::CallLog;
 use crate::meter::Meter;
 use crate::moto;
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
@@ -15,7 +22,7 @@ use lambda_http::{Adapter, Context, LambdaEvent, Service};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tms::adapters::aws::AwsPorts;
+use tms::adapters::aws::{AwsClients, AwsPorts};
 use tms::adapters::stack::{Stack, Template};
 use tms::http::Routes;
 use tms::time::{ManualClock, Timestamp};
@@ -31,13 +38,16 @@ pub const BASE: &str = "/api/enhanced-orchestration";
 
 /// The deployed stack on moto, with one orchestrator per function.
 pub struct Deployment {
+    pub template: Template,
     pub stack: Stack,
     pub sdk: aws_config::SdkConfig,
     pub clock: ManualClock,
-    functions: BTreeMap<String, App>,
+    functions: BTreeMap<String, (App, AwsClients)>,
     pub admin_token: String,
     /// Every AWS request the functions make.
     pub meter: Meter,
+    /// The same requests, each with the function that made it.
+    pub calls: CallLog,
 }
 
 impl Deployment {
@@ -45,10 +55,12 @@ impl Deployment {
         let (template, stack, sdk) = moto::stack().await;
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
         let meter = Meter::default();
+        let calls = CallLog::default();
         let mut functions = BTreeMap::new();
         for id in template.functions() {
-            let app = Self::function(&template, &stack, &meter, &sdk, &clock, &id).await;
-            functions.insert(id, app);
+            let clients = meter.clients_with(&sdk, calls.caller(&id));
+            let app = Self::function(&template, &stack, &clients, &clock, &id).await;
+            functions.insert(id, (app, clients));
         }
         let secret = stack
             .physical("AdminTokenSecret")
@@ -62,12 +74,14 @@ impl Deployment {
             .secret_string
             .unwrap();
         Deployment {
+            template,
             stack,
             sdk,
             clock,
             functions,
             admin_token,
             meter,
+            calls,
         }
     }
 
@@ -75,8 +89,7 @@ impl Deployment {
     async fn function(
         template: &Template,
         stack: &Stack,
-        meter: &Meter,
-        sdk: &aws_config::SdkConfig,
+        clients: &AwsClients,
         clock: &ManualClock,
         id: &str,
     ) -> App {
@@ -84,13 +97,26 @@ impl Deployment {
         let is_api = env.contains_key(tms_functions::env::ADMIN_TOKEN_SECRET_ARN);
         FunctionEnv::from_lookup(is_api, |k| env.get(k).cloned())
             .unwrap_or_else(|e| panic!("{id}: {e}"))
-            .orchestrator(&meter.clients(sdk), clock.clone())
+            .orchestrator(clients, clock.clone())
             .await
             .unwrap_or_else(|e| panic!("{id}: {e}"))
     }
 
     pub fn app(&self, function: &str) -> &App {
-        &self.functions[function]
+        &self.functions[function].0
+    }
+
+    /// The AWS clients of `function` (metered, and recorded as its calls).
+    pub fn clients(&self, function: &str) -> &AwsClients {
+        &self.functions[function].1
+    }
+
+    /// The requests so far that the functions' roles would refuse, one line each.
+    pub fn role_violations(&self) -> Vec<String> {
+        match crate::iam::violations(&self.template, &self.stack, &self.calls.calls()) {
+            Ok(v) => v.iter().map(ToString::to_string).collect(),
+            Err(e) => vec![e],
+        }
     }
 
     /// An HTTP request through API Gateway to `function`'s handler.
@@ -225,7 +251,7 @@ impl Deployment {
             );
         }
         let queue = tms_functions::DispatchQueue {
-            sqs: aws_sdk_sqs::Client::new(&self.sdk),
+            sqs: self.clients("DispatcherFunction").sqs.clone(),
             url: self.stack.physical("DispatchQueue").unwrap().into(),
         };
         let response = tms_functions::dispatch(
@@ -384,5 +410,21 @@ impl Deployment {
             .await;
         assert_eq!(status, 200, "{body}");
         body
+    }
+}
+
+impl Drop for Deployment {
+    /// Holds every request the test made the functions send against their
+    /// roles (unless the test already failed).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let violations = self.role_violations();
+        assert!(
+            violations.is_empty(),
+            "requests outside the functions' IAM roles:\n{}",
+            violations.join("\n")
+        );
     }
 }

@@ -360,3 +360,103 @@ async fn the_last_failed_dispatch_attempt_requeues_the_shard_and_fails_the_messa
             == 1
     );
 }
+
+/// A failed report through the webhook function plans the automatic retry
+/// of its failed test there (reading the execution's shards and the rules
+/// by Query), and the retry then runs and passes: the execution is flaky
+/// and green. Each function stays within its role while doing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_test_is_retried_automatically_through_the_webhook_function() {
+    let d = Deployment::start().await;
+    // The retry policy comes from a rule, as a platform team would set it.
+    let (status, rule) = d
+        .http(
+            "ApiRulesFunction",
+            Routes::Rules,
+            "POST",
+            &format!("{BASE}/load-balancing-rules"),
+            Some(&d.admin_token),
+            Some(
+                json!({"name": "retry-api", "suite_pattern": "api", "strategy": "round_robin",
+                "test_retries": {"per_test": 1, "total": 5}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{rule}");
+    let runner = d.register("retrier").await;
+    let (execution, webhook_token) = d.queue(json!({"suite": "api", "tests": ["a", "b"]})).await;
+    d.run_scheduler().await;
+    let work = d.heartbeat(&runner).await;
+    assert_eq!(work.len(), 1, "{work:?}");
+    let a = &work[0];
+    let (status, body) = d
+        .http(
+            "ApiWebhooksFunction",
+            Routes::Webhooks,
+            "POST",
+            &format!("{BASE}/webhooks/parallel-execution/{execution}"),
+            Some(&webhook_token),
+            Some(
+                json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"],
+                "status": "failed", "results": {"passed": 1, "failed": 1, "skipped": 0, "tests": [
+                    {"name": "a", "status": "passed", "duration_ms": 10},
+                    {"name": "b", "status": "failed", "duration_ms": 10, "message": "boom"}]}}),
+            ),
+        )
+        .await;
+    assert!(status < 300, "{status} {body}");
+    d.run_aggregator().await;
+    d.run_scheduler().await;
+    let retry = d.heartbeat(&runner).await;
+    let retry: Vec<_> = retry
+        .into_iter()
+        .filter(|r| r["shard_index"] != a["shard_index"])
+        .collect();
+    assert_eq!(
+        retry.len(),
+        1,
+        "the failed test was queued again: {retry:?}"
+    );
+    assert_eq!(retry[0]["tests"], json!(["b"]));
+    d.report_passed(&execution, &webhook_token, &retry[0]).await;
+    d.run_aggregator().await;
+    let done = d.status(&execution).await;
+    assert_eq!(done["status"], "passed", "{done}");
+    assert!(d.role_violations().is_empty(), "{:?}", d.role_violations());
+}
+
+/// The role check bites: with one grant taken out of a copy of the
+/// template, the same run is refused, naming the function, the action and
+/// the resource; with the template as written it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_outside_a_functions_role_is_caught_when_a_grant_is_removed() {
+    let d = Deployment::start().await;
+    let runner = d.register("r").await;
+    let (execution, webhook_token) = d.queue(json!({"suite": "api", "tests": ["a"]})).await;
+    d.run_scheduler().await;
+    for a in d.heartbeat(&runner).await {
+        d.report_passed(&execution, &webhook_token, &a).await;
+    }
+    d.run_aggregator().await;
+    assert!(d.role_violations().is_empty(), "{:?}", d.role_violations());
+
+    let yaml = include_str!("../../template.yaml");
+    let scheduler = yaml.find("  SchedulerFunction:").unwrap();
+    let grant = scheduler + yaml[scheduler..].find("dynamodb:BatchGetItem, ").unwrap();
+    let without = format!(
+        "{}{}",
+        &yaml[..grant],
+        &yaml[grant + "dynamodb:BatchGetItem, ".len()..]
+    );
+    let narrowed = tms::adapters::stack::Template::parse(&without).unwrap();
+    let found = tms_tests::iam::violations(&narrowed, &d.stack, &d.calls.calls()).unwrap();
+    let found: Vec<String> = found.iter().map(ToString::to_string).collect();
+    let table = d.stack.get_att("Table", "Arn").unwrap();
+    assert_eq!(
+        found,
+        [format!(
+            "SchedulerFunction: DynamoDB.BatchGetItem needs dynamodb:BatchGetItem on {table}, \
+             which its role in template.yaml does not grant"
+        )]
+    );
+}

@@ -292,6 +292,22 @@ impl Stack {
         Ok(env)
     }
 
+    /// A function's `Properties.<name>` (its `Policies`, say) evaluated to
+    /// plain JSON; `Null` when the function does not set it.
+    pub fn function_property(
+        &self,
+        template: &Template,
+        function: &str,
+        name: &str,
+    ) -> Result<serde_json::Value> {
+        let properties =
+            get(template.resource(function)?, "Properties").and_then(Value::as_mapping);
+        match properties.and_then(|p| get(p, name)) {
+            Some(value) => self.resolve(value),
+            None => Ok(serde_json::Value::Null),
+        }
+    }
+
     /// The `Ref` of a created resource (a table name, a queue URL, a bus name).
     pub fn physical(&self, logical_id: &str) -> Option<&str> {
         self.refs.get(logical_id).map(String::as_str)
