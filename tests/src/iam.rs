@@ -69,19 +69,10 @@ impl Intercept for Caller {
         _components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let request = context.request();
-        let target = request
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or("unknown.Unknown");
-        let body = request
-            .body()
-            .bytes()
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or(Value::Null);
+        let (operation, body) = crate::meter::sent(context);
         self.log.0.lock().unwrap().push(Call {
             function: self.function.clone(),
-            operation: crate::meter::operation(target),
+            operation,
             body,
         });
         Ok(())

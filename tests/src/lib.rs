@@ -326,6 +326,27 @@ impl Drop for Server {
     }
 }
 
+/// Polls `check` every 100 ms until it gives a value; fails the test,
+/// naming `what`, after 20 s (work that arrives through a server's own
+/// queues and timers, not in the test's process).
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// An HTTP client with a bounded timeout, so a hung server fails the test.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

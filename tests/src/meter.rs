@@ -410,7 +410,7 @@ impl State {
 }
 
 /// `Service.Operation` of a request's `x-amz-target` header.
-pub(crate) fn operation(target: &str) -> String {
+fn operation(target: &str) -> String {
     let (service, op) = target.split_once('.').unwrap_or(("", target));
     let service = match service {
         s if s.starts_with("DynamoDB") => "DynamoDB",
@@ -433,6 +433,16 @@ impl Storable for InFlight {
     type Storer = StoreReplace<Self>;
 }
 
+/// A request's `Service.Operation` and its JSON body (`Null` if none).
+pub(crate) fn sent(context: &BeforeTransmitInterceptorContextRef<'_>) -> (String, Value) {
+    let request = context.request();
+    let target = request
+        .headers()
+        .get("x-amz-target")
+        .unwrap_or("unknown.Unknown");
+    (operation(target), json_of(request.body().bytes()))
+}
+
 fn json_of(bytes: Option<&[u8]>) -> Value {
     bytes
         .and_then(|b| serde_json::from_slice::<Value>(b).ok())
@@ -450,15 +460,9 @@ impl Intercept for Meter {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let request = context.request();
-        let target = request
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or("unknown.Unknown");
-        cfg.interceptor_state().store_put(InFlight {
-            operation: operation(target),
-            body: json_of(request.body().bytes()),
-        });
+        let (operation, body) = sent(context);
+        cfg.interceptor_state()
+            .store_put(InFlight { operation, body });
         Ok(())
     }
 

@@ -5,9 +5,8 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
 use tms_tests::recorder::{Answer, Recorder};
-use tms_tests::{client, Server, ADMIN_TOKEN};
+use tms_tests::{client, eventually, Server, ADMIN_TOKEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tms-under-test");
 
@@ -51,24 +50,6 @@ async fn ci_token(base: &str) -> String {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     v["token"].as_str().unwrap().to_owned()
-}
-
-/// Waits (bounded) until `check` gives a value.
-async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> Fut,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The escalation as it was reported: a ci token registers a GitHub

@@ -5,8 +5,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::process::Command;
-use std::time::{Duration, Instant};
-use tms_tests::{client, moto, Server, ADMIN_TOKEN};
+use tms_tests::{client, eventually, moto, Server, ADMIN_TOKEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tms-under-test");
 const AWS_ENV: [(&str, &str); 3] = [
@@ -27,25 +26,6 @@ async fn call(base: &str, method: Method, path: &str, token: &str, body: Option<
     let value: Value = response.json().await.unwrap_or(Value::Null);
     assert!(status.is_success(), "{path}: {status} {value}");
     value
-}
-
-/// Polls until `check` passes; the work arrives through SQS, not in-process.
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Value
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<Value>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
