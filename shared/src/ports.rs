@@ -10,6 +10,7 @@ use crate::domain::{
     RunnerWithLoad, Shard, ShardStatus, Violation,
 };
 use crate::error::Result;
+use crate::scheduling::FreeCapacity;
 use crate::ids::{AlertRuleId, ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
 use crate::time::{Clock, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -228,13 +229,14 @@ pub trait Store: Send + Sync + 'static {
         since: Timestamp,
         until: Timestamp,
     ) -> impl Future<Output = Result<Vec<crate::domain::Rollup>>> + Send;
-    /// Unfinished executions that have queued shards, with their queued
-    /// shards: the highest priority ones and, for aging, the oldest ones —
-    /// each list stopping once it holds `max_shards` queued shards or
-    /// `max_executions` executions.
+    /// Unfinished executions that have queued shards some free runner can
+    /// run, with their queued shards: the highest priority ones and, for
+    /// aging, the oldest ones. Each order is walked with its own copy of
+    /// `free`, skipping (without counting) work no free runner fits, until
+    /// every free slot is reserved or `max_executions` executions are found.
     fn pending_executions(
         &self,
-        max_shards: u32,
+        free: &FreeCapacity,
         max_executions: u32,
     ) -> impl Future<Output = Result<Vec<(Execution, Vec<Shard>)>>> + Send;
     /// Unfinished executions, earliest deadline first.

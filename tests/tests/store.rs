@@ -2,10 +2,13 @@
 //! functions on the embedded store and on DynamoDB (moto).
 
 use std::sync::Arc;
-use tms::domain::{Allocation, Execution, Requirements, Resources, Runner, Shard};
+use tms::domain::{
+    Allocation, Execution, Requirements, Resources, Runner, RunnerWithLoad, Shard,
+};
 use tms::fixtures;
 use tms::ids::LeaseId;
 use tms::ports::{AssignmentWrite, Release, ShardUpdate, Store};
+use tms::scheduling::FreeCapacity;
 use tms::time::Timestamp;
 use tms::Error;
 use tms_tests::Backend;
@@ -286,7 +289,14 @@ async fn the_queued_shard_count_follows_every_transition<B: Backend>() {
         .await
         .unwrap();
     queued(1).await;
-    let pending = store.pending_executions(10, 10).await.unwrap();
+    let free = FreeCapacity::new(
+        &[RunnerWithLoad {
+            runner: runner(10),
+            allocated: Resources::default(),
+        }],
+        &[],
+    );
+    let pending = store.pending_executions(&free, 10).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(
         pending[0].1.iter().map(|s| s.index).collect::<Vec<_>>(),

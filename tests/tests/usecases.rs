@@ -505,6 +505,34 @@ async fn low_priority_work_is_not_starved_by_a_stream_of_high_priority_work<B: B
     );
 }
 
+async fn work_no_runner_can_take_at_the_head_of_the_queue_does_not_block_runnable_work<
+    B: Backend,
+>() {
+    let h = Harness::<B>::start().await;
+    let mut a = runner("a", 2);
+    a.labels.insert("a".into());
+    let a = h.app.register_runner(a).await.unwrap().runner.runner.id;
+    let needing = |label: &str, priority: i32| {
+        let mut e = execution(label, 2, 2);
+        e.priority = Some(priority);
+        e.requirements = Some(tms::usecases::RequirementsInput {
+            labels: BTreeSet::from([label.to_owned()]),
+            ..Default::default()
+        });
+        e
+    };
+    // Ahead in priority and in age, and between them exactly as many
+    // shards as the runner has free slots.
+    queue(&h, needing("nobody", 90)).await;
+    queue(&h, needing("nobody", 80)).await;
+    let runnable = queue(&h, needing("a", 10)).await;
+    assert_eq!(h.app.schedule_pass().await.unwrap(), 2);
+    let work = assignments(&h, &a).await;
+    assert_eq!(work.len(), 2);
+    assert!(work.iter().all(|w| w.execution_id == runnable));
+    assert_eq!(status(&h, &runnable).await, ExecutionStatus::Running);
+}
+
 async fn usage_above_the_allocation_is_recorded_as_a_limit_violation<B: Backend>() {
     let h = Harness::<B>::start().await;
     let r = register(&h, "r", 2).await;
@@ -812,6 +840,7 @@ tms_tests::conformance!(
     an_execution_whose_shards_ran_zero_tests_is_errored_not_passed,
     a_lost_completion_event_is_folded_by_the_timeout_sweep,
     low_priority_work_is_not_starved_by_a_stream_of_high_priority_work,
+    work_no_runner_can_take_at_the_head_of_the_queue_does_not_block_runnable_work,
     usage_above_the_allocation_is_recorded_as_a_limit_violation,
     resource_needs_default_by_test_type_and_block_runners_too_small,
     retry_runs_failed_shards_again_on_another_runner,

@@ -6,7 +6,7 @@ use crate::domain::Allocation;
 use crate::error::Result;
 use crate::ids::LeaseId;
 use crate::ports::{AssignmentWrite, DispatchOrder, Nudges, Ports, Store};
-use crate::scheduling::{plan, SchedulingPass};
+use crate::scheduling::{plan, FreeCapacity, SchedulingPass};
 use crate::time::Clock;
 
 impl<P: Ports> Orchestrator<P> {
@@ -15,14 +15,17 @@ impl<P: Ports> Orchestrator<P> {
     /// for the next pass.
     pub async fn schedule_pass(&self) -> Result<usize> {
         let runners = self.store.schedulable_runners().await?;
-        // Reading more queued shards than there are free slots cannot assign more.
-        let free_slots: u32 = runners.iter().map(|r| r.free().slots).sum();
-        if free_slots == 0 {
+        let rules = self.store.list_rules().await?;
+        // The store reads only work some free runner can take, and no more
+        // of it than the free runners can hold: a pass is bounded by free
+        // capacity, and unrunnable work ahead in the queue blocks nothing.
+        let free = FreeCapacity::new(&runners, &rules);
+        if free.is_exhausted() {
             return Ok(0);
         }
         let mut pending = self
             .store
-            .pending_executions(free_slots, self.config.sweep_batch)
+            .pending_executions(&free, self.config.sweep_batch)
             .await?;
         // CI jobs and runners claim the shards of by_index and dynamic
         // executions themselves (the stores keep them out of the pending
@@ -31,7 +34,6 @@ impl<P: Ports> Orchestrator<P> {
         if pending.is_empty() {
             return Ok(0);
         }
-        let rules = self.store.list_rules().await?;
         let cursors = self.store.round_robin_cursors().await?;
         let now = self.clock.now();
         let planned = plan(&SchedulingPass {

@@ -22,6 +22,7 @@ use crate::ports::{
     AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate,
     Store,
 };
+use crate::scheduling::FreeCapacity;
 use crate::time::Timestamp;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
@@ -32,6 +33,7 @@ use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 pub use table::TableSpec;
 
@@ -544,12 +546,14 @@ impl DynamoStore {
         items.into_iter().map(doc_of).collect()
     }
 
-    /// Pending executions from one GSI, in its order, until they hold
-    /// `max_shards` queued shards or `max_executions` executions.
+    /// Pending executions from one GSI, in its order, that some runner of
+    /// `free` can run, until their queued shards use up `free` or they
+    /// number `max_executions`. Work no free runner fits is read past
+    /// without counting.
     async fn pending_in(
         &self,
         index: usize,
-        max_shards: u32,
+        free: &FreeCapacity,
         max_executions: u32,
     ) -> Result<Vec<Execution>> {
         let (name, pk, _) = keys::GSI[index];
@@ -560,21 +564,24 @@ impl DynamoStore {
             .expression_attribute_names("#pk", pk)
             .expression_attribute_values(":pending", s(keys::PENDING))
             .limit(max_executions.clamp(1, 100) as i32);
-        let enough = |items: &[Item]| {
-            let shards: u64 = items.iter().map(|i| num(i, "queued_shards")).sum();
-            shards >= u64::from(max_shards) || items.len() >= max_executions as usize
+        // Both closures see the reservations: `keep` makes them, `enough`
+        // stops the walk once nothing is left to reserve. (A mutex only
+        // because the future must be Send; nothing contends for it.)
+        let free = Mutex::new(free.clone());
+        let reserve = |item: &Item| {
+            let waiting = u32::try_from(num(item, "queued_shards")).unwrap_or(u32::MAX);
+            let mut free = free.lock().unwrap_or_else(|e| e.into_inner());
+            !free.is_exhausted()
+                && execution_of(item.clone()).is_ok_and(|e| free.reserve(&e, waiting))
         };
-        let items = self.index_items(query, is_pending, enough).await?;
-        let mut out = Vec::new();
-        let mut shards = 0u64;
-        for item in items {
-            if shards >= u64::from(max_shards) || out.len() >= max_executions as usize {
-                break;
-            }
-            shards += num(&item, "queued_shards");
-            out.push(execution_of(item)?);
-        }
-        Ok(out)
+        let keep = |item: &Item| is_pending(item) && reserve(item);
+        let enough = |items: &[Item]| {
+            let free = free.lock().unwrap_or_else(|e| e.into_inner());
+            free.is_exhausted() || items.len() >= max_executions as usize
+        };
+        let mut items = self.index_items(query, keep, enough).await?;
+        items.truncate(max_executions as usize);
+        items.into_iter().map(execution_of).collect()
     }
 }
 
@@ -1296,11 +1303,11 @@ impl Store for DynamoStore {
 
     async fn pending_executions(
         &self,
-        max_shards: u32,
+        free: &FreeCapacity,
         max_executions: u32,
     ) -> Result<Vec<(Execution, Vec<Shard>)>> {
-        let by_priority = self.pending_in(0, max_shards, max_executions).await?;
-        let by_age = self.pending_in(1, max_shards, max_executions).await?;
+        let by_priority = self.pending_in(0, free, max_executions).await?;
+        let by_age = self.pending_in(1, free, max_executions).await?;
         let mut found = by_priority;
         for e in by_age {
             if !found.iter().any(|f| f.id == e.id) {

@@ -30,6 +30,7 @@ use crate::domain::{Execution, LoadBalancingRule, Resources, Runner, RunnerWithL
 use crate::domain::{ExecutionStatus, RunnerStatus, ShardStatus};
 use crate::ids::{ExecutionId, LeaseId, RunnerId};
 use crate::ports::QueueStats;
+use crate::scheduling::FreeCapacity;
 use crate::time::Timestamp;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -400,21 +401,18 @@ impl Mirror {
         })
     }
 
-    /// The executions with shards waiting for the scheduler, walked in
-    /// priority order and in age order (each until `max_shards` waiting
-    /// shards or `max_executions` executions), each with its queued shards.
-    pub fn pending(&self, max_shards: u32, max_executions: u32) -> Vec<(Execution, Vec<Shard>)> {
-        let mut found = self.head(
-            self.by_priority.iter().map(|(_, _, id)| id),
-            max_shards,
-            max_executions,
-        );
+    /// The executions with shards waiting for the scheduler that some free
+    /// runner can run, walked in priority order and in age order (each with
+    /// its own copy of `free`, until it is used up or `max_executions` are
+    /// found), each with its queued shards.
+    pub fn pending(&self, free: &FreeCapacity, max_executions: u32) -> Vec<(Execution, Vec<Shard>)> {
+        let max = max_executions as usize;
+        let of = |id: &&ExecutionId| self.active.get(*id).map(|a| (&a.execution, a.waiting));
+        let mut found = free
+            .clone()
+            .walk(self.by_priority.iter().map(|(_, _, id)| id), max, of);
         let mut seen: HashSet<&ExecutionId> = found.iter().copied().collect();
-        for id in self.head(
-            self.by_age.iter().map(|(_, id)| id),
-            max_shards,
-            max_executions,
-        ) {
+        for id in free.clone().walk(self.by_age.iter().map(|(_, id)| id), max, of) {
             if seen.insert(id) {
                 found.push(id);
             }
@@ -432,28 +430,6 @@ impl Mirror {
                 (a.execution.clone(), queued)
             })
             .collect()
-    }
-
-    /// The first executions of `order` until they hold `max_shards` waiting
-    /// shards or number `max_executions`.
-    fn head<'a>(
-        &'a self,
-        order: impl Iterator<Item = &'a ExecutionId>,
-        max_shards: u32,
-        max_executions: u32,
-    ) -> Vec<&'a ExecutionId> {
-        let (mut shards, mut out) = (0u32, Vec::new());
-        for id in order {
-            if shards >= max_shards || out.len() >= max_executions as usize {
-                break;
-            }
-            let Some(a) = self.active.get(id) else {
-                continue;
-            };
-            shards = shards.saturating_add(a.waiting);
-            out.push(id);
-        }
-        out
     }
 
     /// Shards waiting for the scheduler, unfinished executions and the

@@ -23,6 +23,7 @@ use crate::ports::{
     AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate,
     Store,
 };
+use crate::scheduling::FreeCapacity;
 use crate::time::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
@@ -1075,10 +1076,10 @@ impl Store for SqliteStore {
 
     async fn pending_executions(
         &self,
-        max_shards: u32,
+        free: &FreeCapacity,
         max_executions: u32,
     ) -> Result<Vec<(Execution, Vec<Shard>)>> {
-        Ok(self.mirrored(|m| m.pending(max_shards, max_executions)))
+        Ok(self.mirrored(|m| m.pending(free, max_executions)))
     }
 
     async fn active_executions(&self, limit: u32) -> Result<Vec<Execution>> {
