@@ -281,6 +281,12 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
     for pattern in &args.globs {
         tests.extend(glob_tests(pattern)?.into_iter().map(|t| json!(t)));
     }
+    if tests.is_empty() {
+        // The server refuses it too; saying so here names the options.
+        return Err("nothing to queue: give test names, --tests-file or --glob \
+                    (an execution needs at least one test)"
+            .into());
+    }
     let mut body = json!({
         "suite": args.suite,
         "tests": tests,

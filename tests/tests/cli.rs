@@ -182,6 +182,38 @@ async fn queue_wait_exits_0_for_a_passing_suite_and_1_for_a_failing_one() {
 }
 
 #[tokio::test]
+async fn queue_with_no_tests_is_refused_and_queues_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    // A pipeline whose test discovery found nothing must not run the
+    // whole suite or pass green: no names, and an empty tests file.
+    let empty = dir.path().join("tests.txt");
+    std::fs::write(&empty, "# nothing selected\n\n").unwrap();
+    let empty = empty.to_string_lossy().into_owned();
+    for args in [
+        vec!["queue", "--suite", "x"],
+        vec!["queue", "--suite", "x", "--tests-file", &empty],
+    ] {
+        let out = tms(&server, ADMIN_TOKEN, &args).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("nothing to queue"), "{err}");
+        assert!(err.contains("--tests-file"), "{err}");
+    }
+    let listed = client()
+        .get(format!("{}/executions", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"], json!([]), "{listed}");
+}
+
+#[tokio::test]
 async fn a_cancelled_run_exits_2_and_errors_are_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));

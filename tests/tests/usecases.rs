@@ -436,29 +436,65 @@ async fn a_webhook_token_only_reports_for_its_own_execution<B: Backend>() {
     ));
 }
 
-async fn an_execution_whose_shards_ran_zero_tests_is_errored_not_passed<B: Backend>() {
+async fn an_execution_whose_shards_reported_no_tests_is_errored_not_passed<B: Backend>() {
     let h = Harness::<B>::start().await;
     let r = register(&h, "r", 1).await;
     let e = queue(&h, execution("api", 2, 1)).await;
     h.app.schedule_pass().await.unwrap();
     let a = assignments(&h, &r).await.remove(0);
-    let judged = report(
-        &h,
-        &r,
-        &a,
-        ReportStatus::Passed,
-        Some(ShardResult {
-            skipped: 2,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap();
+    let judged = report(&h, &r, &a, ReportStatus::Passed, Some(ShardResult::default()))
+        .await
+        .unwrap();
     assert_eq!(judged, ShardStatus::Errored);
     h.deliver_events().await;
     let (exec, _) = h.app.execution_status(&e).await.unwrap();
     assert_eq!(exec.status, ExecutionStatus::Errored);
     assert!(exec.status_reason.unwrap().contains("zero tests"));
+}
+
+async fn an_execution_whose_every_test_was_skipped_passes_and_says_so<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let r = register(&h, "r", 2).await;
+    let e = queue(&h, execution("api", 4, 2)).await;
+    h.app.schedule_pass().await.unwrap();
+    for a in assignments(&h, &r).await {
+        let skipped = Some(ShardResult {
+            skipped: a.tests.len() as u32,
+            ..Default::default()
+        });
+        let judged = report(&h, &r, &a, ReportStatus::Passed, skipped)
+            .await
+            .unwrap();
+        assert_eq!(judged, ShardStatus::Passed);
+    }
+    h.deliver_events().await;
+    let (exec, _) = h.app.execution_status(&e).await.unwrap();
+    assert_eq!(exec.status, ExecutionStatus::Passed);
+    assert_eq!(exec.totals.skipped, 4);
+    assert_eq!(exec.status_reason.as_deref(), Some("all 4 tests skipped"));
+}
+
+async fn a_skip_only_shard_beside_passing_ones_leaves_the_execution_passed<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let r = register(&h, "r", 2).await;
+    let e = queue(&h, execution("api", 4, 2)).await;
+    h.app.schedule_pass().await.unwrap();
+    let work = assignments(&h, &r).await;
+    let n = |a: &Assignment| a.tests.len() as u32;
+    let skipped = Some(ShardResult {
+        skipped: n(&work[0]),
+        ..Default::default()
+    });
+    report(&h, &r, &work[0], ReportStatus::Passed, skipped)
+        .await
+        .unwrap();
+    report(&h, &r, &work[1], ReportStatus::Passed, passed(n(&work[1])))
+        .await
+        .unwrap();
+    h.deliver_events().await;
+    let (exec, _) = h.app.execution_status(&e).await.unwrap();
+    assert_eq!(exec.status, ExecutionStatus::Passed);
+    assert_eq!((exec.totals.passed, exec.totals.skipped), (2, 2));
 }
 
 async fn a_lost_completion_event_is_folded_by_the_timeout_sweep<B: Backend>() {
@@ -837,7 +873,9 @@ tms_tests::conformance!(
     the_same_idempotency_key_with_another_body_is_refused,
     a_duplicate_final_report_counts_once,
     a_webhook_token_only_reports_for_its_own_execution,
-    an_execution_whose_shards_ran_zero_tests_is_errored_not_passed,
+    an_execution_whose_shards_reported_no_tests_is_errored_not_passed,
+    an_execution_whose_every_test_was_skipped_passes_and_says_so,
+    a_skip_only_shard_beside_passing_ones_leaves_the_execution_passed,
     a_lost_completion_event_is_folded_by_the_timeout_sweep,
     low_priority_work_is_not_starved_by_a_stream_of_high_priority_work,
     work_no_runner_can_take_at_the_head_of_the_queue_does_not_block_runnable_work,

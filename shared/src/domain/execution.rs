@@ -445,7 +445,8 @@ fn fold_totals(shards: &[Shard]) -> Totals {
 }
 
 /// No silent pass: an execution is `passed` only when every shard passed and
-/// at least one test actually ran.
+/// it reported at least one test; one whose every test was skipped passes,
+/// as the test tool's own run would, and says so in its reason.
 fn derive_status(
     current: ExecutionStatus,
     shards: &[Shard],
@@ -485,10 +486,17 @@ fn derive_status(
             Some(format!("{} tests failed", totals.failed)),
         );
     }
-    if totals.passed == 0 {
+    if totals.passed == 0 && totals.skipped == 0 {
         return (
             ExecutionStatus::Errored,
             Some("no tests were executed".into()),
+        );
+    }
+    if totals.passed == 0 {
+        // What the test tool itself says of such a run: nothing failed.
+        return (
+            ExecutionStatus::Passed,
+            Some(format!("all {} tests skipped", totals.skipped)),
         );
     }
     if totals.flaky > 0 {

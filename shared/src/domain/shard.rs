@@ -557,9 +557,12 @@ fn judge(
                 result.failed
             )),
         ),
-        ShardOutcome::Passed if result.executed() == 0 => {
-            (ShardStatus::Errored, Some("shard ran zero tests".into()))
-        }
+        // Skips are a result (the tool decided not to run them); a pass
+        // that reports nothing at all is not.
+        ShardOutcome::Passed if result.executed() == 0 && result.skipped == 0 => (
+            ShardStatus::Errored,
+            Some("shard reported zero tests".into()),
+        ),
         ShardOutcome::Passed if gap.is_some() => (ShardStatus::Errored, gap),
         ShardOutcome::Passed => (ShardStatus::Passed, None),
     }
@@ -623,20 +626,31 @@ mod tests {
     }
 
     #[test]
-    fn a_pass_that_ran_zero_tests_is_recorded_as_errored() {
+    fn a_pass_where_every_test_was_skipped_passes_with_the_skips_counted() {
+        let (mut s, lease) = assigned();
+        let skipped = ShardResult {
+            skipped: 3,
+            ..Default::default()
+        };
+        s.complete(&lease, ShardOutcome::Passed, &skipped, 0, Timestamp(5))
+            .unwrap();
+        assert_eq!(s.status, ShardStatus::Passed);
+        assert_eq!(s.result.as_ref().map(|r| r.skipped), Some(3));
+    }
+
+    #[test]
+    fn a_pass_that_reported_no_tests_at_all_is_recorded_as_errored() {
         let (mut s, lease) = assigned();
         s.complete(
             &lease,
             ShardOutcome::Passed,
-            &ShardResult {
-                skipped: 3,
-                ..Default::default()
-            },
+            &ShardResult::default(),
             0,
             Timestamp(5),
         )
         .unwrap();
         assert_eq!(s.status, ShardStatus::Errored);
+        assert_eq!(s.error.as_deref(), Some("shard reported zero tests"));
     }
 
     #[test]

@@ -256,16 +256,13 @@ impl<P: Ports> Orchestrator<P> {
                 format!("must be between 1 and {}", cfg.max_parallelism),
             ));
         }
-        if new.tests.is_empty() && new.mode == Mode::Dynamic {
+        if new.tests.is_empty() {
+            // A runner handed an empty list would run nothing (a verdict
+            // with no tests) or, substituting nothing into its command, the
+            // whole suite: neither is what the caller asked for.
             return Err(Error::validation(
                 "tests",
-                "a dynamic execution needs the list of tests to hand out",
-            ));
-        }
-        if new.tests.is_empty() && new.parallelism > 1 {
-            return Err(Error::validation(
-                "tests",
-                "a parallel execution needs the list of tests to split",
+                "at least one test is needed: name the tests, files or globs to run",
             ));
         }
         let priority = new.priority.unwrap_or(cfg.default_priority);
