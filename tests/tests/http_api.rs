@@ -269,6 +269,10 @@ async fn bad_input_gets_a_problem_document_with_a_stable_code() {
             json!({"suite": "x", "tests": [{"name": "a", "weight": 3}]}),
             "invalid_json",
         ),
+        // Nothing to run: refused rather than handed to a runner whose
+        // command, with nothing substituted, would run the whole suite.
+        (json!({"suite": "x", "tests": []}), "validation_failed"),
+        (json!({"suite": "x"}), "validation_failed"),
     ];
     for (body, code) in cases {
         let resp = api
@@ -279,11 +283,16 @@ async fn bad_input_gets_a_problem_document_with_a_stable_code() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+        // A body that does not parse is 400; a parsed one refused is 422.
+        let expected = match code {
+            "invalid_json" => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        assert_eq!(resp.status(), expected, "{body}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
         let problem: Value = resp.json().await.unwrap();
         assert_eq!(problem["code"], code, "{body}: {problem}");
-        assert_eq!(problem["status"], 400);
+        assert_eq!(problem["status"], expected.as_u16());
     }
     // Names and timed tests mix in one list; a wrong kind of entry is
     // named in the problem's detail.
@@ -634,7 +643,7 @@ async fn executions_and_runners_are_listed_in_cursor_pages_with_filters() {
         .await;
     assert_eq!(
         (status, problem["field"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("status"))
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("status"))
     );
     let first = api
         .ok(Method::GET, "/runners?limit=2", ADMIN_TOKEN, None)
@@ -793,7 +802,7 @@ async fn imported_pytest_split_durations_balance_the_first_execution() {
             Some(json!({"tests/test_x.py::test_a": -3})),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
 }
 
 /// `tms import-timings` sends a durations file (here the real Knapsack
@@ -941,7 +950,7 @@ async fn a_pytest_junit_report_imports_durations_under_pytest_node_ids() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 #[tokio::test]
@@ -970,7 +979,7 @@ async fn a_shard_reports_its_junit_file_and_the_execution_report_is_one_valid_ju
     };
     // A JUnit file needs the shard and lease in the query.
     let missing = upload(String::new(), "application/xml").await.unwrap();
-    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(missing.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let query = format!(
         "?shard_index={}&lease_id={}&names=pytest",
         shard["shard_index"],
@@ -1033,7 +1042,7 @@ async fn a_shard_reports_its_junit_file_and_the_execution_report_is_one_valid_ju
             None,
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
 }
 
 #[tokio::test]

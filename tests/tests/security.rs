@@ -101,7 +101,7 @@ async fn a_ci_token_cannot_make_dispatch_send_a_server_secret_to_its_own_host() 
         Some(github_runner("TMS_ADMIN_TOKEN", "https://api.github.com")),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert!(
         v["detail"].as_str().unwrap().contains("TMS_SECRET_<NAME>"),
         "{v}"
@@ -115,7 +115,7 @@ async fn a_ci_token_cannot_make_dispatch_send_a_server_secret_to_its_own_host() 
         Some(github_runner("GH_TOKEN", &listener.url)),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert!(
         v["detail"]
             .as_str()

@@ -145,7 +145,7 @@ pub async fn get_runner<P: Ports>(
 /// may come back.
 #[utoipa::path(post, path = "/executions/{id}/claims", tag = "runners",
     responses((status = 200, body = ClaimOutcome),
-        (status = 400, body = super::Problem, description = "not a dynamic execution, or the runner cannot take a batch now")),
+        (status = 422, body = super::Problem, description = "not a dynamic execution, or the runner cannot take a batch now")),
     security(("bearer" = [])))]
 pub async fn claim_batch<P: Ports>(
     State(app): State<AppState<P>>,
@@ -605,7 +605,7 @@ pub async fn shard_assignment<P: Ports>(
 /// token.
 #[utoipa::path(post, path = "/webhooks/parallel-execution/{id}/shards/{index}/claim", tag = "webhooks",
     responses((status = 200, body = Assignment),
-        (status = 400, body = super::Problem, description = "not a by_index execution"),
+        (status = 422, body = super::Problem, description = "not a by_index execution"),
         (status = 404, body = super::Problem, description = "no such shard"),
         (status = 409, body = super::Problem, description = "the execution or shard was cancelled")),
     security(("bearer" = [])))]

@@ -28,10 +28,7 @@ pub struct ApiDoc;
 struct ProblemResponses;
 
 const PROBLEM_STATUSES: [(&str, &str); 8] = [
-    (
-        "400",
-        "invalid request or body (`validation_failed`, `invalid_json`)",
-    ),
+    ("400", "the body does not parse (`invalid_json`)"),
     ("401", "missing or invalid bearer token"),
     ("403", "the token may not do this"),
     ("404", "no such resource"),
@@ -40,7 +37,11 @@ const PROBLEM_STATUSES: [(&str, &str); 8] = [
         "invalid state change, stale lease or concurrent change",
     ),
     ("413", "request body too large"),
-    ("422", "Idempotency-Key reused with another body"),
+    (
+        "422",
+        "a field or parameter is not acceptable (`validation_failed`, with `field`), \
+         or an Idempotency-Key reused with another body",
+    ),
     ("500", "internal error"),
 ];
 

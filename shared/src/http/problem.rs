@@ -26,8 +26,10 @@ impl Error {
     /// Status, stable code and title of this error.
     pub fn classify(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
+            // Well-formed but not acceptable: 422, as GitHub's and most
+            // CI platforms' APIs answer; 400 is for bodies that do not parse.
             Error::Validation { .. } => (
-                StatusCode::BAD_REQUEST,
+                StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_failed",
                 "Invalid request",
             ),
