@@ -161,9 +161,35 @@ fn describe(attr: Option<String>, text: &str) -> Option<String> {
     }
 }
 
-/// Every test case of a JUnit XML report, in document order.
+/// How deep a report's elements may nest. Real reports nest a few levels
+/// (`testsuites` > `testsuite` > `testsuite` > `testcase` > `failure`);
+/// the bound keeps a hostile body from costing memory per level.
+const MAX_DEPTH: usize = 64;
+
+/// Refuses what cannot be a JUnit report before reading it as one, with a
+/// reason a CI user can act on: an empty body, JSON sent as XML, text.
+fn looks_like_xml(xml: &str) -> Result<()> {
+    match xml.trim_start_matches('\u{feff}').trim_start().chars().next() {
+        None => Err(bad("the report is empty: send the JUnit XML file the tests wrote")),
+        Some('<') => Ok(()),
+        Some('{' | '[') => Err(bad(
+            "this is JSON, not JUnit XML: send a JSON report as application/json",
+        )),
+        Some(_) => Err(bad("not XML: a JUnit report starts with <testsuites> or <testsuite>")),
+    }
+}
+
+/// Every test case of a JUnit XML report, in document order. The report
+/// must be one complete `<testsuites>` or `<testsuite>` document: quick-xml
+/// reads a stream and says nothing of elements left open at its end, so
+/// the nesting is tracked here and a truncated file is refused rather
+/// than read as partial results.
 pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
+    looks_like_xml(xml)?;
     let mut reader = Reader::from_str(xml);
+    // The elements open around the reader's position, outermost first.
+    let mut path: Vec<String> = Vec::new();
+    let mut root_seen = false;
     let mut cases = Vec::new();
     let mut open: Option<JunitCase> = None;
     // Inside a case's failure or error: its message attribute and text so far.
@@ -175,7 +201,48 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
         ))
     };
     loop {
-        match reader.read_event() {
+        let event = reader.read_event();
+        match &event {
+            Ok(Event::Start(e) | Event::Empty(e)) => {
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if path.is_empty() {
+                    if root_seen {
+                        return Err(bad(format!(
+                            "more than one root element: <{name}> follows the report's end"
+                        )));
+                    }
+                    if name != "testsuites" && name != "testsuite" {
+                        return Err(bad(format!(
+                            "the root element is <{name}>, not <testsuites> or <testsuite>"
+                        )));
+                    }
+                    root_seen = true;
+                }
+                if matches!(event, Ok(Event::Start(_))) {
+                    if path.len() == MAX_DEPTH {
+                        return Err(bad(format!(
+                            "elements nest deeper than {MAX_DEPTH} levels"
+                        )));
+                    }
+                    path.push(name);
+                }
+            }
+            Ok(Event::End(_)) => {
+                path.pop();
+            }
+            Ok(Event::DocType(_)) => {
+                return Err(bad(
+                    "a report may not have a DOCTYPE (entity declarations are not read)",
+                ));
+            }
+            Ok(Event::Text(t)) if path.is_empty() && root_seen => {
+                if !t.iter().all(u8::is_ascii_whitespace) {
+                    return Err(bad("text follows the report's root element"));
+                }
+            }
+            _ => {}
+        }
+        match event {
             Ok(Event::Start(e)) if e.local_name().as_ref() == b"testcase" => {
                 open = Some(case_from(&e)?);
             }
@@ -244,8 +311,14 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
             Err(e) => return Err(broken(&reader, &e)),
         }
     }
-    if open.is_some() {
-        return Err(bad("the report ends inside a testcase"));
+    if let Some(innermost) = path.last() {
+        return Err(bad(format!(
+            "the report is truncated: it ends inside <{innermost}> ({} elements left open)",
+            path.len()
+        )));
+    }
+    if !root_seen {
+        return Err(bad("no <testsuites> or <testsuite> element"));
     }
     Ok(cases)
 }
@@ -569,10 +642,79 @@ mod tests {
     fn broken_reports_are_refused_with_a_reason() {
         for bad in [
             "<testsuite><testcase name='a'>",
-            "<testcase time='soon' name='a'/>",
+            "<testsuite><testcase time='soon' name='a'/></testsuite>",
             "<a><b></a>",
         ] {
             assert!(matches!(parse(bad), Err(Error::Validation { .. })), "{bad}");
         }
+    }
+
+    /// The reason a refused report gives, for the assertions below.
+    fn refusal(xml: &str) -> String {
+        match parse(xml) {
+            Err(Error::Validation { field, reason }) => {
+                assert_eq!(field, "junit");
+                reason
+            }
+            other => panic!("{xml:?} was not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_junit_report_is_refused_saying_what_it_is() {
+        assert!(refusal("").contains("empty"));
+        assert!(refusal(" \n\t").contains("empty"));
+        assert!(refusal("\u{feff}").contains("empty"));
+        assert!(refusal(r#"{"status": "passed"}"#).contains("application/json"));
+        assert!(refusal("[1, 2]").contains("JSON"));
+        assert!(refusal("PASSED 3 tests").contains("not XML"));
+        assert!(refusal("<?xml version='1.0'?><!-- nothing -->").contains("no <testsuites>"));
+        assert!(refusal("<html><body>502 Bad Gateway</body></html>").contains("<html>"));
+        assert!(refusal("<testsuite/><testsuite/>").contains("more than one root"));
+        assert!(refusal("<testsuite></testsuite>trailing").contains("follows"));
+    }
+
+    #[test]
+    fn a_truncated_report_is_refused_not_read_as_partial_results() {
+        let whole = "<testsuites><testsuite name='s'>\
+            <testcase name='a'/><testcase name='b'><failure message='x'/></testcase>\
+            </testsuite></testsuites>";
+        assert_eq!(parse(whole).unwrap().len(), 2);
+        // Cut after a complete case, mid-suite and mid-root: each refused.
+        for cut in ["<testcase name='a'/>", "</testcase>", "</testsuite>"] {
+            let end = whole.find(cut).unwrap() + cut.len();
+            let reason = refusal(&whole[..end]);
+            assert!(reason.contains("truncated"), "{reason}");
+        }
+        assert!(refusal(&whole[..whole.len() - 3]).contains("not well-formed"));
+    }
+
+    #[test]
+    fn a_doctype_or_deep_nesting_is_refused() {
+        let entities = "<?xml version='1.0'?><!DOCTYPE r [<!ENTITY a 'aaaa'>]>\
+            <testsuite><testcase name='&a;'/></testsuite>";
+        assert!(refusal(entities).contains("DOCTYPE"));
+        let deep = format!(
+            "<testsuites>{}{}</testsuites>",
+            "<testsuite>".repeat(100_000),
+            "</testsuite>".repeat(100_000)
+        );
+        assert!(refusal(&deep).contains("deeper than 64"));
+        let fine = format!(
+            "<testsuites>{}<testcase name='a'/>{}</testsuites>",
+            "<testsuite>".repeat(10),
+            "</testsuite>".repeat(10)
+        );
+        assert_eq!(parse(&fine).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_report_with_no_cases_is_still_a_report() {
+        // The tool ran nothing: the shard's judge, not the parser, errs it.
+        assert_eq!(parse("<testsuite name='s' tests='0'/>").unwrap(), vec![]);
+        assert_eq!(
+            parse("\u{feff}<?xml version='1.0'?>\n<testsuites></testsuites>\n").unwrap(),
+            vec![]
+        );
     }
 }

@@ -954,6 +954,89 @@ async fn a_pytest_junit_report_imports_durations_under_pytest_node_ids() {
 }
 
 #[tokio::test]
+async fn a_body_that_is_not_a_report_is_refused_and_the_shard_still_takes_its_real_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let api = Api::new(&server);
+    let (runner, runner_token) = api.register("agent-1", 2).await;
+    let body = json!({"suite": "shop", "tests": ["tests/test_shop.py"], "parallelism": 1});
+    let queued = api
+        .ok(Method::POST, "/executions/queue", ADMIN_TOKEN, Some(body))
+        .await;
+    let (exec, webhook) = (
+        queued["id"].as_str().unwrap(),
+        queued["webhook_token"].as_str().unwrap(),
+    );
+    let shard = api.wait_for_assignments(&runner, &runner_token, 1).await[0].clone();
+    let url = format!(
+        "{}/webhooks/parallel-execution/{exec}?shard_index={}&lease_id={}&names=pytest",
+        api.base,
+        shard["shard_index"],
+        shard["lease_id"].as_str().unwrap()
+    );
+    let real = include_str!("../fixtures/junit/pytest-xunit2.xml");
+    // What a broken CI step really sends: nothing, a JSON summary under the
+    // XML type, a proxy's error page, the file cut off by a full disk after
+    // a complete case, an entity-laden DOCTYPE, nesting 100,000 deep.
+    let cut = real.find("</testcase>").unwrap() + "</testcase>".len();
+    let deep = format!(
+        "<testsuites>{}</testsuites>",
+        "<testsuite>".repeat(100_000)
+    );
+    let refused = [
+        ("", "empty"),
+        (r#"{"status": "passed", "tests": []}"#, "application/json"),
+        ("<html><body>502 Bad Gateway</body></html>", "<html>"),
+        (&real[..cut], "truncated"),
+        (
+            "<!DOCTYPE r [<!ENTITY a 'x'>]><testsuite><testcase name='&a;'/></testsuite>",
+            "DOCTYPE",
+        ),
+        (&deep, "deeper than"),
+    ];
+    for (body, says) in refused {
+        let reply = api
+            .http
+            .post(&url)
+            .bearer_auth(webhook)
+            .header("content-type", "application/xml")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), StatusCode::UNPROCESSABLE_ENTITY, "{says}");
+        assert!(reply.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/problem+json"));
+        let problem: Value = reply.json().await.unwrap();
+        assert_eq!(problem["code"], "validation_failed", "{problem}");
+        assert_eq!(problem["field"], "junit", "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(says),
+            "{says}: {problem}"
+        );
+    }
+    // Nothing was recorded and the lease is still the shard's.
+    let running = api.status(exec).await;
+    assert_eq!(running["status"], "running", "{running}");
+    let reply = api
+        .http
+        .post(&url)
+        .bearer_auth(webhook)
+        .header("content-type", "application/xml")
+        .body(real)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    let done = api.wait_for_status(exec, "failed").await;
+    assert_eq!(done["totals"]["passed"], 2, "{done}");
+    assert_eq!(done["totals"]["failed"], 2, "{done}");
+    assert_eq!(done["totals"]["skipped"], 1, "{done}");
+}
+
+#[tokio::test]
 async fn a_shard_reports_its_junit_file_and_the_execution_report_is_one_valid_junit_file() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
