@@ -2,7 +2,7 @@
 //! checking it is one key lookup; only a SHA-256 hash of it is ever stored,
 //! and hashes are compared in constant time.
 
-use crate::ids::{ExecutionId, RunnerId, TokenId};
+use crate::ids::{ExecutionId, LeaseId, RunnerId, TokenId};
 use crate::time::Timestamp;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,16 @@ pub enum Principal {
     Admin,
     Ci,
     Runner(RunnerId),
+    /// The execution's webhook token: every shard of that one execution.
     Webhook(ExecutionId),
+    /// A dispatched CI job: the one shard it was started for, under the
+    /// lease it was dispatched with. Another shard of the same execution,
+    /// or its own shard once the lease moved on, is out of its reach.
+    Job {
+        execution: ExecutionId,
+        shard: u32,
+        lease: LeaseId,
+    },
 }
 
 impl Principal {

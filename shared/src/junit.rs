@@ -169,13 +169,22 @@ const MAX_DEPTH: usize = 64;
 /// Refuses what cannot be a JUnit report before reading it as one, with a
 /// reason a CI user can act on: an empty body, JSON sent as XML, text.
 fn looks_like_xml(xml: &str) -> Result<()> {
-    match xml.trim_start_matches('\u{feff}').trim_start().chars().next() {
-        None => Err(bad("the report is empty: send the JUnit XML file the tests wrote")),
+    match xml
+        .trim_start_matches('\u{feff}')
+        .trim_start()
+        .chars()
+        .next()
+    {
+        None => Err(bad(
+            "the report is empty: send the JUnit XML file the tests wrote",
+        )),
         Some('<') => Ok(()),
         Some('{' | '[') => Err(bad(
             "this is JSON, not JUnit XML: send a JSON report as application/json",
         )),
-        Some(_) => Err(bad("not XML: a JUnit report starts with <testsuites> or <testsuite>")),
+        Some(_) => Err(bad(
+            "not XML: a JUnit report starts with <testsuites> or <testsuite>",
+        )),
     }
 }
 
@@ -220,9 +229,7 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
                 }
                 if matches!(event, Ok(Event::Start(_))) {
                     if path.len() == MAX_DEPTH {
-                        return Err(bad(format!(
-                            "elements nest deeper than {MAX_DEPTH} levels"
-                        )));
+                        return Err(bad(format!("elements nest deeper than {MAX_DEPTH} levels")));
                     }
                     path.push(name);
                 }
@@ -235,10 +242,10 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
                     "a report may not have a DOCTYPE (entity declarations are not read)",
                 ));
             }
-            Ok(Event::Text(t)) if path.is_empty() && root_seen => {
-                if !t.iter().all(u8::is_ascii_whitespace) {
-                    return Err(bad("text follows the report's root element"));
-                }
+            Ok(Event::Text(t))
+                if path.is_empty() && root_seen && !t.iter().all(u8::is_ascii_whitespace) =>
+            {
+                return Err(bad("text follows the report's root element"));
             }
             _ => {}
         }

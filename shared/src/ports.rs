@@ -10,8 +10,8 @@ use crate::domain::{
     RunnerWithLoad, Shard, ShardStatus, Violation,
 };
 use crate::error::Result;
-use crate::scheduling::FreeCapacity;
 use crate::ids::{AlertRuleId, ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
+use crate::scheduling::FreeCapacity;
 use crate::time::{Clock, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -346,7 +346,14 @@ async fn a_dispatched_job_reads_its_shard_and_reports_with_its_token<B: Backend>
         .to_owned();
 
     let caller = h.app.authenticate(&token).await.unwrap();
-    assert_eq!(caller, Principal::Webhook(e.clone()));
+    assert_eq!(
+        caller,
+        Principal::Job {
+            execution: e.clone(),
+            shard: 0,
+            lease: order.lease_id.clone(),
+        }
+    );
     let work = h.app.shard_assignment(&caller, &e, 0).await.unwrap();
     assert_eq!(work.lease_id, order.lease_id);
     assert_eq!(*work.tests, ["a", "b", "c"]);
@@ -385,6 +392,119 @@ async fn a_dispatched_job_reads_its_shard_and_reports_with_its_token<B: Backend>
         DispatchOutcome::Stale
     );
     assert_eq!(platform.requests().len(), 1);
+}
+
+/// Two shards of one execution dispatched to two jobs: each job's token
+/// reads and reports its own shard only, cannot claim, and stops working
+/// once its shard's lease moves on (the shard timed out and was requeued).
+async fn a_job_token_reaches_only_its_own_shard_and_only_under_its_lease<B: Backend>() {
+    let platform = Recorder::start(Answer::status(204)).await;
+    let h = operator::<B>().await;
+    h.secrets.set("HOOK_KEY", "k");
+    let mut hook = runner("hook", RunnerType::Custom, Some(webhook(&platform.url)));
+    hook.capacity = Resources::new(2, 16_000, 32_768);
+    register(&h, hook).await;
+    let new = tms_tests::new_execution("api", ["a", "b"].map(String::from), 2);
+    let e = h.app.queue_execution(new, None).await.unwrap().execution.id;
+    assert_eq!(h.app.schedule_pass().await.unwrap(), 2);
+    let mut orders = h.nudges.take_orders();
+    orders.sort_by_key(|o| o.shard_index);
+    assert_eq!(orders.len(), 2);
+    for order in &orders {
+        h.app.dispatch_shard(order, 1).await.unwrap();
+    }
+    let token_of = |index: u32| {
+        platform
+            .requests()
+            .iter()
+            .map(|r| r.json())
+            .find(|b| b["shard_index"] == index)
+            .unwrap()["webhook_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let job0 = h.app.authenticate(&token_of(0)).await.unwrap();
+    let report = |index: u32, lease: &tms::ids::LeaseId, status| ShardReport {
+        shard_index: index,
+        lease_id: lease.clone(),
+        status,
+        results: None,
+    };
+
+    // Its own shard: readable, reportable.
+    let own = h.app.shard_assignment(&job0, &e, 0).await.unwrap();
+    assert_eq!(own.lease_id, orders[0].lease_id);
+    h.app
+        .report_shard(
+            &job0,
+            &e,
+            report(0, &orders[0].lease_id, ReportStatus::Started),
+        )
+        .await
+        .unwrap();
+    // The other shard of the same execution: neither its lease nor a report.
+    assert!(matches!(
+        h.app.shard_assignment(&job0, &e, 1).await,
+        Err(Error::Forbidden(_))
+    ));
+    for status in [ReportStatus::Started, ReportStatus::Passed] {
+        assert!(matches!(
+            h.app
+                .report_shard(&job0, &e, report(1, &orders[1].lease_id, status))
+                .await,
+            Err(Error::Forbidden(_))
+        ));
+    }
+    // Nor its own shard under a lease it was not dispatched with.
+    assert!(matches!(
+        h.app
+            .report_shard(
+                &job0,
+                &e,
+                report(0, &orders[1].lease_id, ReportStatus::Passed)
+            )
+            .await,
+        Err(Error::Forbidden(_))
+    ));
+    assert!(matches!(
+        h.app.claim_shard(&job0, &e, 0).await,
+        Err(Error::Forbidden(_))
+    ));
+    assert_eq!(
+        h.app.execution_status(&e).await.unwrap().1[1].status,
+        ShardStatus::Assigned,
+        "shard 1 untouched"
+    );
+
+    // Past the shard timeout both shards are requeued under new leases.
+    let job1 = h.app.authenticate(&token_of(1)).await.unwrap();
+    h.clock.advance_secs(4 * 3600);
+    h.app.timeout_sweep().await.unwrap();
+    let shards = h.app.execution_status(&e).await.unwrap().1;
+    assert!(shards
+        .iter()
+        .all(|s| s.lease_id.as_ref() != Some(&orders[s.index as usize].lease_id)));
+    // The old tokens are refused; a principal verified before (still in
+    // the token cache on another instance) cannot read or report either.
+    assert!(matches!(
+        h.app.authenticate(&token_of(0)).await,
+        Err(Error::Unauthorized)
+    ));
+    assert!(matches!(
+        h.app.shard_assignment(&job1, &e, 1).await,
+        Err(Error::StaleLease { .. })
+    ));
+    assert!(matches!(
+        h.app
+            .report_shard(
+                &job1,
+                &e,
+                report(1, &orders[1].lease_id, ReportStatus::Passed)
+            )
+            .await,
+        Err(Error::StaleLease { .. })
+    ));
 }
 
 /// 5xx and 429 are retried with backoff (longer when the platform says
@@ -511,6 +631,7 @@ async fn a_push_mode_runner_is_never_marked_unhealthy_for_silence<B: Backend>() 
 
 tms_tests::conformance!(
     a_dispatched_job_reads_its_shard_and_reports_with_its_token,
+    a_job_token_reaches_only_its_own_shard_and_only_under_its_lease,
     a_failing_platform_is_retried_then_the_shard_goes_to_another_runner,
     a_refused_dispatch_pauses_the_runner_and_requeues_the_shard,
     a_push_mode_runner_is_never_marked_unhealthy_for_silence,

@@ -979,10 +979,7 @@ async fn a_body_that_is_not_a_report_is_refused_and_the_shard_still_takes_its_re
     // XML type, a proxy's error page, the file cut off by a full disk after
     // a complete case, an entity-laden DOCTYPE, nesting 100,000 deep.
     let cut = real.find("</testcase>").unwrap() + "</testcase>".len();
-    let deep = format!(
-        "<testsuites>{}</testsuites>",
-        "<testsuite>".repeat(100_000)
-    );
+    let deep = format!("<testsuites>{}</testsuites>", "<testsuite>".repeat(100_000));
     let refused = [
         ("", "empty"),
         (r#"{"status": "passed", "tests": []}"#, "application/json"),

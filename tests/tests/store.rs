@@ -2,9 +2,7 @@
 //! functions on the embedded store and on DynamoDB (moto).
 
 use std::sync::Arc;
-use tms::domain::{
-    Allocation, Execution, Requirements, Resources, Runner, RunnerWithLoad, Shard,
-};
+use tms::domain::{Allocation, Execution, Requirements, Resources, Runner, RunnerWithLoad, Shard};
 use tms::fixtures;
 use tms::ids::LeaseId;
 use tms::ports::{AssignmentWrite, Release, ShardUpdate, Store};

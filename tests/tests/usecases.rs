@@ -442,9 +442,15 @@ async fn an_execution_whose_shards_reported_no_tests_is_errored_not_passed<B: Ba
     let e = queue(&h, execution("api", 2, 1)).await;
     h.app.schedule_pass().await.unwrap();
     let a = assignments(&h, &r).await.remove(0);
-    let judged = report(&h, &r, &a, ReportStatus::Passed, Some(ShardResult::default()))
-        .await
-        .unwrap();
+    let judged = report(
+        &h,
+        &r,
+        &a,
+        ReportStatus::Passed,
+        Some(ShardResult::default()),
+    )
+    .await
+    .unwrap();
     assert_eq!(judged, ShardStatus::Errored);
     h.deliver_events().await;
     let (exec, _) = h.app.execution_status(&e).await.unwrap();

@@ -141,7 +141,10 @@ mod tests {
             let free = FreeCapacity::new(runners, &[]);
             let waiting = |i: &usize| {
                 let (e, shards) = &queue[*i];
-                let n = shards.iter().filter(|s| s.status == ShardStatus::Queued).count();
+                let n = shards
+                    .iter()
+                    .filter(|s| s.status == ShardStatus::Queued)
+                    .count();
                 (n > 0).then_some((e, n as u32))
             };
             let mut by_priority: Vec<usize> = (0..queue.len()).collect();
@@ -166,9 +169,15 @@ mod tests {
                 return;
             }
             for p in planned {
-                let r = runners.iter_mut().find(|r| r.runner.id == p.runner_id).unwrap();
+                let r = runners
+                    .iter_mut()
+                    .find(|r| r.runner.id == p.runner_id)
+                    .unwrap();
                 r.allocated = r.allocated.plus(&p.resources);
-                let (_, shards) = queue.iter_mut().find(|(e, _)| e.id == p.execution_id).unwrap();
+                let (_, shards) = queue
+                    .iter_mut()
+                    .find(|(e, _)| e.id == p.execution_id)
+                    .unwrap();
                 shards[p.shard_index as usize].status = ShardStatus::Assigned;
             }
         }
@@ -176,7 +185,12 @@ mod tests {
     }
 
     fn labels(bits: u8) -> Vec<&'static str> {
-        ["x", "y"].into_iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, l)| l).collect()
+        ["x", "y"]
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| bits & (1 << i) != 0)
+            .map(|(_, l)| l)
+            .collect()
     }
 
     proptest! {

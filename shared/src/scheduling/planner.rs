@@ -142,7 +142,11 @@ pub fn may_join(r: &RunnerWithLoad, e: &Execution) -> bool {
 }
 
 /// Labels, types and pool — everything but current free capacity.
-pub(super) fn eligible_for(r: &RunnerWithLoad, e: &Execution, rule: Option<&LoadBalancingRule>) -> bool {
+pub(super) fn eligible_for(
+    r: &RunnerWithLoad,
+    e: &Execution,
+    rule: Option<&LoadBalancingRule>,
+) -> bool {
     let req = &e.requirements;
     r.runner.labels.is_superset(&req.labels)
         && (req.runner_types.is_empty() || req.runner_types.contains(&r.runner.runner_type))

@@ -68,17 +68,26 @@ impl<P: Ports> Orchestrator<P> {
                 .await?
                 .filter(|e| e.webhook_token_hashes.iter().any(|h| matches(h)))
                 .map(|_| Principal::Webhook(id)),
-            TokenOwner::Shard(id, index) => self
-                .store
-                .load_shard(&id, index)
-                .await?
-                .filter(|(_, shard)| {
-                    shard
-                        .dispatch
-                        .as_ref()
-                        .is_some_and(|d| matches(&d.token_hash))
-                })
-                .map(|_| Principal::Webhook(id)),
+            // A shard's dispatch record goes with its lease (a new lease
+            // clears it), so a job token matches only while its lease is
+            // current; the principal keeps that lease for the calls to check.
+            TokenOwner::Shard(id, index) => {
+                self.store
+                    .load_shard(&id, index)
+                    .await?
+                    .and_then(|(_, shard)| {
+                        let dispatched = shard
+                            .dispatch
+                            .as_ref()
+                            .is_some_and(|d| matches(&d.token_hash));
+                        let lease = shard.lease_id.filter(|_| dispatched)?;
+                        Some(Principal::Job {
+                            execution: id,
+                            shard: index,
+                            lease,
+                        })
+                    })
+            }
             TokenOwner::Other => None,
         })
     }

@@ -173,10 +173,22 @@ impl<P: Ports> Orchestrator<P> {
     ) -> Result<super::Assignment> {
         match caller {
             Principal::Webhook(exec) if exec == id => {}
+            Principal::Job {
+                execution, shard, ..
+            } if execution == id && *shard == index => {}
             Principal::Admin | Principal::Ci => {}
-            _ => return Err(Error::Forbidden("read this execution's shards")),
+            _ => return Err(Error::Forbidden("read this shard")),
         }
         let (_, shard) = self.load_shard(id, index).await?;
+        if let Principal::Job { lease, .. } = caller {
+            // Requeued since the job started: it is to drop the work.
+            if shard.lease_id.as_ref() != Some(lease) {
+                return Err(Error::StaleLease {
+                    shard: shard.index,
+                    presented: lease.to_string(),
+                });
+            }
+        }
         // No current assignment: nothing to work on, as if there were no such shard.
         super::Assignment::of(shard).ok_or_else(|| {
             Error::not_found(crate::Entity::Shard, format!("{id}/{index} assignment"))
@@ -192,8 +204,18 @@ impl<P: Ports> Orchestrator<P> {
         report.validate()?;
         match caller {
             Principal::Webhook(exec) if exec == id => {}
+            Principal::Job {
+                execution,
+                shard,
+                lease,
+            } if execution == id && *shard == report.shard_index => {
+                // Its own lease only: one read elsewhere is not its to use.
+                if *lease != report.lease_id {
+                    return Err(Error::Forbidden("report under another job's lease"));
+                }
+            }
             Principal::Runner(_) | Principal::Admin => {}
-            _ => return Err(Error::Forbidden("report for this execution")),
+            _ => return Err(Error::Forbidden("report for this shard")),
         }
         let now = self.clock.now();
         let chunks = match &report.results {

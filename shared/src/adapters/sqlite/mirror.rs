@@ -405,14 +405,21 @@ impl Mirror {
     /// runner can run, walked in priority order and in age order (each with
     /// its own copy of `free`, until it is used up or `max_executions` are
     /// found), each with its queued shards.
-    pub fn pending(&self, free: &FreeCapacity, max_executions: u32) -> Vec<(Execution, Vec<Shard>)> {
+    pub fn pending(
+        &self,
+        free: &FreeCapacity,
+        max_executions: u32,
+    ) -> Vec<(Execution, Vec<Shard>)> {
         let max = max_executions as usize;
         let of = |id: &&ExecutionId| self.active.get(*id).map(|a| (&a.execution, a.waiting));
         let mut found = free
             .clone()
             .walk(self.by_priority.iter().map(|(_, _, id)| id), max, of);
         let mut seen: HashSet<&ExecutionId> = found.iter().copied().collect();
-        for id in free.clone().walk(self.by_age.iter().map(|(_, id)| id), max, of) {
+        for id in free
+            .clone()
+            .walk(self.by_age.iter().map(|(_, id)| id), max, of)
+        {
             if seen.insert(id) {
                 found.push(id);
             }
