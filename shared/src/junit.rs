@@ -374,10 +374,13 @@ fn text_element(w: &mut XmlWriter, tag: &str, attrs: &[(&str, &str)], text: &str
         .map_err(xml_err)
 }
 
-/// XML 1.0 cannot carry most control characters, even escaped; test output
-/// has them (ANSI colours). They become U+FFFD.
+/// XML 1.0 cannot carry most control characters, nor U+FFFE and U+FFFF,
+/// even escaped (its `Char` production); test output has them (ANSI
+/// colours, binary garbage in a message). They become U+FFFD.
 fn xml_safe(text: &str) -> std::borrow::Cow<'_, str> {
-    let bad = |c: char| c < ' ' && !matches!(c, '\t' | '\n' | '\r');
+    let bad = |c: char| {
+        (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{FFFE}' | '\u{FFFF}')
+    };
     if text.contains(bad) {
         text.chars()
             .map(|c| if bad(c) { '\u{FFFD}' } else { c })
@@ -406,7 +409,8 @@ pub fn merged_report(
     tests: &[crate::domain::MergedTest],
 ) -> Result<String> {
     use crate::domain::{ShardStatus, TestStatus};
-    let suite = execution.suite.as_str();
+    let suite = xml_safe(&execution.suite);
+    let suite = suite.as_ref();
     let count = |pred: &dyn Fn(&crate::domain::MergedTest) -> bool,
                  of: &[&crate::domain::MergedTest]| {
         of.iter().filter(|t| pred(t)).count()

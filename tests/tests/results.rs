@@ -381,3 +381,65 @@ tms_tests::conformance!(
     a_test_that_failed_then_passed_on_another_runner_is_flaky_and_both_attempts_are_kept,
     a_lost_run_is_an_attempt_of_its_own_in_the_report,
 );
+
+/// Text as test tools really emit it and worse: any Unicode scalar, with
+/// the characters XML 1.0 cannot carry even escaped (controls, U+FFFE,
+/// U+FFFF) made frequent.
+fn hostile_text(max: usize) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let char = prop_oneof![
+        4 => any::<char>(),
+        1 => Just('\u{FFFE}'),
+        1 => Just('\u{FFFF}'),
+        1 => Just('\u{1B}'),
+        1 => Just('\u{0}'),
+        1 => Just('<'),
+        1 => Just('&'),
+        1 => Just('"'),
+        1 => Just(']'),
+    ];
+    proptest::collection::vec(char, 1..max).prop_map(|cs| cs.into_iter().collect())
+}
+
+/// Whatever a suite, test name or failure message holds, the merged JUnit
+/// report is well-formed XML that lxml reads and the JUnit schema accepts,
+/// with every test in it. Sampled from a deterministic proptest runner,
+/// since each case runs an execution through the orchestrator.
+#[tokio::test]
+async fn the_merged_junit_is_well_formed_whatever_characters_names_and_messages_hold() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let h = Harness::<tms_tests::Sqlite>::start().await;
+    let runner = register(&h, "a").await;
+    let case = (
+        hostile_text(40),
+        proptest::collection::vec((hostile_text(60), hostile_text(200)), 1..6),
+    );
+    let mut sampler = proptest::test_runner::TestRunner::deterministic();
+    for _ in 0..24 {
+        let (suite, tests) = case.new_tree(&mut sampler).unwrap().current();
+        // Distinct, non-blank names, as a queue call must give them.
+        let suite = format!("s{suite}");
+        let tests: Vec<(String, String)> = tests
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, message))| (format!("t{i}{name}"), message))
+            .collect();
+        let new = tms_tests::new_execution(&suite, tests.iter().map(|(n, _)| n.clone()), 1);
+        let id = h.app.queue_execution(new, None).await.unwrap().execution.id;
+        h.app.schedule_pass().await.unwrap();
+        let work = h.app.heartbeat(&runner, None).await.unwrap();
+        assert_eq!(work.len(), 1);
+        let reported = results(
+            tests
+                .iter()
+                .map(|(n, m)| result(n, TestStatus::Failed, Some(m)))
+                .collect(),
+        );
+        send(&h, &runner, &work[0], ReportStatus::Failed, reported).await;
+        assert_eq!(finished(&h, &id).await.0, ExecutionStatus::Failed);
+        let (e, shards, merged) = h.app.execution_report(&id).await.unwrap();
+        let xml = tms::junit::merged_report(&e, &shards, &merged).unwrap();
+        tms_tests::assert_valid_junit(&xml);
+        assert_eq!(tms::junit::parse(&xml).unwrap().len(), tests.len());
+    }
+}
