@@ -79,6 +79,16 @@ enum Command {
             value_delimiter = ','
         )]
         dispatch_allow_hosts: Vec<String>,
+        /// A browser origin (`https://ci.example.com`) whose pages may call
+        /// the API. None by default: the dashboard is same-origin. Repeat,
+        /// or separate with commas in the variable.
+        #[arg(
+            long = "cors-origin",
+            value_name = "ORIGIN",
+            env = "TMS_CORS_ORIGINS",
+            value_delimiter = ','
+        )]
+        cors_origins: Vec<String>,
     },
     /// Create the table, queues, bus, rule and admin token secret of
     /// template.yaml on an AWS endpoint (moto, LocalStack, an account) where
@@ -309,6 +319,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             default_strategy,
             resources,
             dispatch_allow_hosts,
+            cors_origins,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -316,10 +327,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let dispatch_allowed_hosts =
                 AllowedHosts::parse(dispatch_allow_hosts.iter().map(String::as_str))
                     .map_err(|e| format!("--dispatch-allow-host: {e}"))?;
+            let cors_origins = cors_origins
+                .iter()
+                .map(|o| tms::http::parse_origin(o.trim()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("--cors-origin: {e}"))?;
             let mut config = Config {
                 heartbeat_interval_secs: heartbeat_interval.max(1),
                 default_strategy: default_strategy.into(),
                 dispatch_allowed_hosts,
+                cors_origins,
                 ..Config::default()
             };
             for (test_type, defaults) in resources {

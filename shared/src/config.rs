@@ -40,6 +40,11 @@ pub struct Config {
     /// Hosts besides the platforms' own that dispatch credentials may go
     /// to (GitHub Enterprise, self-managed GitLab, Jenkins, webhooks).
     pub dispatch_allowed_hosts: AllowedHosts,
+    /// Browser origins (`https://ci.example.com`) allowed to call the API
+    /// from their pages. None by default: the dashboard is served from the
+    /// API's own origin and needs no CORS, and a token in a page of another
+    /// origin is that origin's to leak.
+    pub cors_origins: Vec<String>,
     /// Attempts at dispatching one lease before the shard goes to another
     /// runner (on AWS: the dispatch queue's `maxReceiveCount`).
     pub dispatch_max_attempts: u32,
@@ -102,6 +107,7 @@ impl Default for Config {
             sweep_batch: 100,
             public_url: None,
             dispatch_allowed_hosts: AllowedHosts::default(),
+            cors_origins: Vec::new(),
             dispatch_max_attempts: 5,
             dispatch_backoff_ms: 5_000,
             unit: ResourceDefaults {

@@ -1,7 +1,8 @@
 //! What a hostile caller can reach through `tms serve`: a `ci` token must
 //! not turn a push-mode runner's dispatch into a way to read the server's
 //! secrets (its admin token, cloud credentials, any other variable), and no
-//! caller may send a credential to a host the operator did not allow.
+//! caller may send a credential to a host the operator did not allow. Pages
+//! of other origins reach the API only when the operator names them.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -225,4 +226,91 @@ async fn a_secret_name_resolves_only_inside_the_secrets_namespace() {
             "{leaked} left the server"
         );
     }
+}
+
+/// A preflight from `origin` for an authenticated GET of the executions.
+async fn preflight(base: &str, origin: &str) -> reqwest::Response {
+    client()
+        .request(Method::OPTIONS, format!("{base}/executions"))
+        .header("origin", origin)
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap()
+}
+
+fn allowed_origin(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// Without `--cors-origin` no page of another origin may call the API (the
+/// dashboard is same-origin); with it, exactly the named origins may.
+#[tokio::test]
+async fn cross_origin_calls_are_allowed_only_from_the_origins_the_operator_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let answer = preflight(&closed.base, "https://evil.example").await;
+    assert_eq!(allowed_origin(&answer), None);
+    drop(closed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (open, _) = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--cors-origin", "https://ci.example.com"],
+    );
+    let answer = preflight(&open.base, "https://ci.example.com").await;
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(
+        allowed_origin(&answer).as_deref(),
+        Some("https://ci.example.com")
+    );
+    let headers = answer.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(headers.contains("authorization"), "{headers}");
+    for other in [
+        "https://evil.example",
+        "https://ci.example.com.evil.example",
+        "null",
+    ] {
+        assert_eq!(
+            allowed_origin(&preflight(&open.base, other).await),
+            None,
+            "{other}"
+        );
+    }
+    let real = client()
+        .get(format!("{}/executions", open.base))
+        .header("origin", "https://ci.example.com")
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(real.status(), StatusCode::OK);
+    assert_eq!(
+        allowed_origin(&real).as_deref(),
+        Some("https://ci.example.com")
+    );
+}
+
+#[tokio::test]
+async fn a_wildcard_or_malformed_cors_origin_stops_the_server_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--cors-origin", "*"])
+        .env("TMS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--cors-origin"), "{err}");
 }

@@ -2,6 +2,7 @@
 //! auth, strict JSON bodies and problem+json errors. The same router serves
 //! `tms serve` and, one route group each, the API Lambda functions.
 
+mod cors;
 pub mod dashboard;
 mod extract;
 mod handlers;
@@ -9,6 +10,7 @@ mod openapi;
 mod problem;
 pub mod views;
 
+pub use cors::parse_origin;
 pub use extract::{parse_json, ApiJson, ApiQuery, Caller, RawBody, BODY_LIMIT};
 pub use openapi::ApiDoc;
 pub use problem::Problem;
@@ -101,6 +103,7 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
                 post(claim_shard::<P>),
             );
     }
+    let cors = cors::layer(&app.config.cors_origins);
     let mut root = Router::new();
     if wanted(Routes::System) {
         api = api
@@ -116,8 +119,13 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
                 get(dashboard::asset),
             );
     }
-    root.nest(BASE_PATH, api.fallback(not_found))
+    let router = root
+        .nest(BASE_PATH, api.fallback(not_found))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(app)
+        .with_state(app);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
