@@ -50,6 +50,10 @@ impl Client {
         Client {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
+                // Below `tms serve`'s idle cut-off (15 s by default), so a
+                // pooled connection is dropped here before the server
+                // closes it under a request.
+                .pool_idle_timeout(std::time::Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
             api,

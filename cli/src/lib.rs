@@ -89,6 +89,10 @@ enum Command {
             value_delimiter = ','
         )]
         cors_origins: Vec<String>,
+        /// Seconds a connection may take to send a request's headers, and
+        /// may sit idle between requests, before it is closed.
+        #[arg(long, value_name = "SECS", default_value_t = 15)]
+        header_read_timeout: u64,
     },
     /// Create the table, queues, bus, rule and admin token secret of
     /// template.yaml on an AWS endpoint (moto, LocalStack, an account) where
@@ -320,6 +324,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             resources,
             dispatch_allow_hosts,
             cors_origins,
+            header_read_timeout,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -355,6 +360,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 admin_token: admin_token.filter(|t| !t.is_empty()),
                 sweep_interval: Duration::from_secs(sweep_interval.max(1)),
                 config,
+                connections: tms::http::listener::ConnectionLimits {
+                    header_read_timeout: Duration::from_secs(header_read_timeout.max(1)),
+                },
             };
             serve(listener, options, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)

@@ -58,6 +58,8 @@ pub struct ServeOptions {
     /// How often the timeout sweep (and the schedule sweep backstop) run.
     pub sweep_interval: Duration,
     pub config: Config,
+    /// Timeouts of the API's connections.
+    pub connections: http::listener::ConnectionLimits,
 }
 
 /// How long the scheduler waits after a nudge before it runs a pass.
@@ -191,7 +193,7 @@ async fn serve_embedded(
         }
     });
     spawn_sweeps(&mut tasks, &app, &options);
-    run_http(listener, app, tasks, shutdown).await
+    run_http(listener, app, tasks, options.connections, shutdown).await
 }
 
 /// The settings, with the public URL dispatched jobs report to defaulting
@@ -303,7 +305,7 @@ async fn serve_aws(
         async move { app.schedule_sweep().await }
     }));
     spawn_sweeps(&mut tasks, &app, &options);
-    run_http(listener, app, tasks, shutdown).await
+    run_http(listener, app, tasks, options.connections, shutdown).await
 }
 
 /// Long-polls an SQS queue like a Lambda event source mapping: hands each
@@ -409,17 +411,16 @@ async fn run_http<P: Ports>(
     listener: TcpListener,
     app: Arc<Orchestrator<P>>,
     mut tasks: JoinSet<()>,
+    connections: http::listener::ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("cannot read the listening address: {e}")))?;
     println!("listening on http://{addr}");
-    let served = axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    http::listener::serve(listener, http::router(app), connections, shutdown).await;
     tasks.shutdown().await;
-    served.map_err(|e| Error::Internal(format!("server stopped: {e}")))
+    Ok(())
 }
 
 /// Runs a sweep on an interval forever, logging what it did and any failure

@@ -314,3 +314,86 @@ async fn a_wildcard_or_malformed_cors_origin_stops_the_server_from_starting() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--cors-origin"), "{err}");
 }
+
+/// Holds a connection open the slowloris way: a request line, then one
+/// header byte every 200 ms. Returns once the server closes it (or after
+/// `give_up`, with `false`).
+async fn trickle(addr: std::net::SocketAddr, give_up: std::time::Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let deadline = tokio::time::Instant::now() + give_up;
+    let _ = stream
+        .write_all(b"GET /api/enhanced-orchestration/system/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await;
+    let mut buf = [0u8; 512];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return true,
+                // Anything the server says before closing (a 408) is fine.
+                Ok(_) => {}
+            },
+            () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                if stream.write_all(b"a").await.is_err() {
+                    return true;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => return false,
+        }
+    }
+}
+
+/// 100 connections trickling their headers, and one that sends nothing,
+/// are all closed once the header-read timeout passes, while a normal
+/// request beside them is answered.
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed_after_the_header_read_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--header-read-timeout", "1"],
+    );
+    let addr: std::net::SocketAddr = server
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let give_up = std::time::Duration::from_secs(15);
+    let slow: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(trickle(addr, give_up)))
+        .collect();
+    let idle = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(give_up, stream.read(&mut buf))
+            .await
+            .is_ok()
+    });
+    let (status, health) = call(
+        &server.base,
+        Method::GET,
+        "/system/health",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{health}");
+    for connection in slow {
+        assert!(connection.await.unwrap(), "a slow connection stayed open");
+    }
+    assert!(idle.await.unwrap(), "an idle connection stayed open");
+    // The server still serves after shedding them.
+    let (status, _) = call(
+        &server.base,
+        Method::GET,
+        "/system/health",
+        ADMIN_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}

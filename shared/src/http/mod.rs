@@ -6,6 +6,7 @@ mod cors;
 pub mod dashboard;
 mod extract;
 mod handlers;
+pub mod listener;
 mod openapi;
 mod problem;
 pub mod views;
