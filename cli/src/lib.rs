@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tms::config::{Config, ResourceDefaults};
 use tms::domain::{AllowedHosts, Strategy, TestType};
+use tms::http::guard::Rate;
 use tms::server::{serve, Backend, ServeOptions};
 
 #[derive(Parser)]
@@ -93,6 +94,28 @@ enum Command {
         /// may sit idle between requests, before it is closed.
         #[arg(long, value_name = "SECS", default_value_t = 15)]
         header_read_timeout: u64,
+        /// Failed authentications a client address may make per minute;
+        /// past it every request from there is answered 429 until the
+        /// allowance refills. 0: no limit.
+        #[arg(long, value_name = "N", default_value_t = 600)]
+        auth_failure_limit: u32,
+        /// Requests per second one token may make (twice that in a burst);
+        /// past it, 429 with Retry-After. 0: no limit.
+        #[arg(
+            long,
+            value_name = "N",
+            env = "TMS_TOKEN_RATE_LIMIT",
+            default_value_t = 1000
+        )]
+        token_rate_limit: u32,
+        /// Requests handled at once; more are answered 503 with Retry-After.
+        #[arg(long, value_name = "N", default_value_t = 512)]
+        max_in_flight: usize,
+        /// Megabytes of request bodies held at once (each body counted by
+        /// its Content-Length, or the 8 MB body limit without one); more
+        /// are answered 503 before they are read.
+        #[arg(long, value_name = "MB", default_value_t = 32)]
+        body_budget_mb: usize,
     },
     /// Create the table, queues, bus, rule and admin token secret of
     /// template.yaml on an AWS endpoint (moto, LocalStack, an account) where
@@ -325,6 +348,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             dispatch_allow_hosts,
             cors_origins,
             header_read_timeout,
+            auth_failure_limit,
+            token_rate_limit,
+            max_in_flight,
+            body_budget_mb,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -362,6 +389,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 config,
                 connections: tms::http::listener::ConnectionLimits {
                     header_read_timeout: Duration::from_secs(header_read_timeout.max(1)),
+                },
+                limits: tms::http::guard::Limits {
+                    failed_auth_per_client: Rate::per_minute(auth_failure_limit),
+                    per_token: Rate::per_second(token_rate_limit),
+                    max_in_flight: max_in_flight.max(1),
+                    body_bytes_in_flight: body_budget_mb.saturating_mul(1024 * 1024),
                 },
             };
             serve(listener, options, shutdown_signal()).await?;

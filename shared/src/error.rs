@@ -57,6 +57,18 @@ pub enum Error {
     Conflict { entity: Entity, id: String },
     #[error("Idempotency-Key was already used with a different request body")]
     IdempotencyMismatch,
+    /// Too many requests from this client or token (`tms serve`'s limits).
+    #[error("too many {what}; retry after {retry_after_secs} s")]
+    RateLimited {
+        what: &'static str,
+        retry_after_secs: u64,
+    },
+    /// The server is at its limit of requests or request bytes in flight.
+    #[error("the server is busy ({what}); retry after {retry_after_secs} s")]
+    Overloaded {
+        what: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("storage failure: {0}")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("internal error: {0}")]

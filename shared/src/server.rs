@@ -60,6 +60,8 @@ pub struct ServeOptions {
     pub config: Config,
     /// Timeouts of the API's connections.
     pub connections: http::listener::ConnectionLimits,
+    /// Rate, concurrency and body-memory limits of the API.
+    pub limits: http::guard::Limits,
 }
 
 /// How long the scheduler waits after a nudge before it runs a pass.
@@ -193,7 +195,15 @@ async fn serve_embedded(
         }
     });
     spawn_sweeps(&mut tasks, &app, &options);
-    run_http(listener, app, tasks, options.connections, shutdown).await
+    run_http(
+        listener,
+        app,
+        tasks,
+        options.connections,
+        options.limits,
+        shutdown,
+    )
+    .await
 }
 
 /// The settings, with the public URL dispatched jobs report to defaulting
@@ -305,7 +315,15 @@ async fn serve_aws(
         async move { app.schedule_sweep().await }
     }));
     spawn_sweeps(&mut tasks, &app, &options);
-    run_http(listener, app, tasks, options.connections, shutdown).await
+    run_http(
+        listener,
+        app,
+        tasks,
+        options.connections,
+        options.limits,
+        shutdown,
+    )
+    .await
 }
 
 /// Long-polls an SQS queue like a Lambda event source mapping: hands each
@@ -412,13 +430,15 @@ async fn run_http<P: Ports>(
     app: Arc<Orchestrator<P>>,
     mut tasks: JoinSet<()>,
     connections: http::listener::ConnectionLimits,
+    limits: http::guard::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("cannot read the listening address: {e}")))?;
     println!("listening on http://{addr}");
-    http::listener::serve(listener, http::router(app), connections, shutdown).await;
+    let router = http::guarded_router(app, http::guard::Guard::new(limits));
+    http::listener::serve(listener, router, connections, shutdown).await;
     tasks.shutdown().await;
     Ok(())
 }

@@ -397,3 +397,162 @@ async fn slow_and_idle_connections_are_closed_after_the_header_read_timeout() {
     .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn get_health(base: &str, token: &str) -> reqwest::Response {
+    client()
+        .get(format!("{base}/resources/utilization"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Guessing tokens: a client address that used up its failed
+/// authentications is answered 429 with Retry-After for every request,
+/// the right token included (else a right guess would stand out).
+#[tokio::test]
+async fn an_address_that_keeps_failing_authentication_is_told_to_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--auth-failure-limit", "5"],
+    );
+    for i in 0..5 {
+        let answer = get_health(&server.base, &format!("tms_guess{i}")).await;
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    }
+    for token in ["tms_guess5", ADMIN_TOKEN] {
+        let answer = get_health(&server.base, token).await;
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS, "{token}");
+        assert!(retry_after(&answer) >= 1);
+        assert!(answer.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/problem+json"));
+        let problem: Value = answer.json().await.unwrap();
+        assert_eq!(problem["code"], "rate_limited", "{problem}");
+    }
+}
+
+/// One token's requests past its rate are refused with 429; another
+/// token is not held back by it.
+#[tokio::test]
+async fn a_token_past_its_request_rate_gets_429_and_other_tokens_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--token-rate-limit", "2"],
+    );
+    let ci = ci_token(&server.base).await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(get_health(&server.base, ADMIN_TOKEN).await.status());
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[0], StatusCode::OK);
+    let answer = get_health(&server.base, &ci).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+}
+
+/// Starts a POST that declares `length` body bytes and sends only a few,
+/// so the request holds its place in the server until the stream drops.
+async fn hold_a_request(addr: std::net::SocketAddr, length: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/enhanced-orchestration/executions/queue HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n{{\"suite\""
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+fn addr_of(server: &Server) -> std::net::SocketAddr {
+    server.url.trim_start_matches("http://").parse().unwrap()
+}
+
+/// With every request slot taken, or every byte of the body budget held
+/// by bodies still arriving, a new request is answered 503 with
+/// Retry-After at once (its body unread); once they finish, it is served.
+#[tokio::test]
+async fn a_server_at_its_in_flight_limits_sheds_new_requests_with_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--max-in-flight", "2"],
+    );
+    let held: Vec<_> =
+        futures::future::join_all((0..2).map(|_| hold_a_request(addr_of(&server), 100))).await;
+    let answer = eventually("the slots to be taken", || async {
+        let answer = get_health(&server.base, ADMIN_TOKEN).await;
+        (answer.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(answer)
+    })
+    .await;
+    assert_eq!(retry_after(&answer), 1);
+    let problem: Value = answer.json().await.unwrap();
+    assert_eq!(problem["code"], "overloaded", "{problem}");
+    drop(held);
+    eventually("the slots to be given back", || async {
+        (get_health(&server.base, ADMIN_TOKEN).await.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+
+    // The body budget (at least one largest body: 8 MB) held by one
+    // 8 MB upload still arriving: a 1 MB body waits its turn.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--body-budget-mb", "8"],
+    );
+    let big = hold_a_request(addr_of(&server), 8 * 1024 * 1024).await;
+    let small = || {
+        client()
+            .post(format!("{}/executions/queue", server.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"suite": "s", "tests": ["a"], "metadata": {"pad": "x".repeat(1024 * 1024)}}))
+            .send()
+    };
+    let answer = eventually("the budget to be held", || async {
+        let answer = small().await.unwrap();
+        (answer.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(answer)
+    })
+    .await;
+    let problem: Value = answer.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("bytes in flight"),
+        "{problem}"
+    );
+    // Small requests without a body still go through.
+    assert_eq!(
+        get_health(&server.base, ADMIN_TOKEN).await.status(),
+        StatusCode::OK
+    );
+    drop(big);
+    eventually("the budget to be given back", || async {
+        (small().await.unwrap().status() != StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+}

@@ -1,15 +1,19 @@
 //! Request extractors whose failures are domain errors (so they render as
 //! problem+json like everything else).
 
+use super::guard::Guard;
 use super::AppState;
 use crate::auth::Principal;
 use crate::error::Error;
 use crate::ports::Ports;
 use axum::body::Bytes;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 8 * 1024 * 1024;
@@ -21,6 +25,16 @@ impl<P: Ports> FromRequestParts<AppState<P>> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState<P>) -> Result<Self, Error> {
+        // `tms serve` adds its guard and each request's peer; a Lambda
+        // has neither (API Gateway throttles there).
+        let guard = parts.extensions.get::<Arc<Guard>>().cloned();
+        let client = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(guard) = &guard {
+            guard.before_auth(client)?;
+        }
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -30,9 +44,19 @@ impl<P: Ports> FromRequestParts<AppState<P>> for Caller {
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or(Error::Unauthorized)?;
-        state.authenticate(token).await.map(Caller)
+            .filter(|t| !t.is_empty() && t.len() <= 256);
+        let outcome = match token {
+            Some(token) => state.authenticate(token).await,
+            None => Err(Error::Unauthorized),
+        };
+        if let Some(guard) = &guard {
+            match (&outcome, token) {
+                (Ok(_), Some(token)) => guard.authenticated(crate::auth::hash(token))?,
+                (Err(Error::Unauthorized), _) => guard.failed_auth(client),
+                _ => {}
+            }
+        }
+        outcome.map(Caller)
     }
 }
 

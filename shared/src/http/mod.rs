@@ -5,6 +5,7 @@
 mod cors;
 pub mod dashboard;
 mod extract;
+pub mod guard;
 mod handlers;
 pub mod listener;
 mod openapi;
@@ -45,6 +46,16 @@ pub enum Routes {
 /// The whole API.
 pub fn router<P: Ports>(app: AppState<P>) -> Router {
     router_for(app, Routes::All)
+}
+
+/// The whole API behind `guard`'s limits, as `tms serve` runs it.
+pub fn guarded_router<P: Ports>(app: AppState<P>, guard: Arc<guard::Guard>) -> Router {
+    router(app)
+        .layer(axum::middleware::from_fn_with_state(
+            guard.clone(),
+            guard::admit,
+        ))
+        .layer(axum::Extension(guard))
 }
 
 /// The routes of one group; any other path is a problem+json 404.

@@ -27,7 +27,7 @@ pub struct ApiDoc;
 /// responses that content type too.
 struct ProblemResponses;
 
-const PROBLEM_STATUSES: [(&str, &str); 8] = [
+const PROBLEM_STATUSES: [(&str, &str); 10] = [
     ("400", "the body does not parse (`invalid_json`)"),
     ("401", "missing or invalid bearer token"),
     ("403", "the token may not do this"),
@@ -42,7 +42,15 @@ const PROBLEM_STATUSES: [(&str, &str); 8] = [
         "a field or parameter is not acceptable (`validation_failed`, with `field`), \
          or an Idempotency-Key reused with another body",
     ),
+    (
+        "429",
+        "too many requests from this client or token (`rate_limited`, with `Retry-After`)",
+    ),
     ("500", "internal error"),
+    (
+        "503",
+        "busy: too many requests or request bytes in flight (`overloaded`, with `Retry-After`)",
+    ),
 ];
 
 impl Modify for ProblemResponses {

@@ -62,6 +62,14 @@ impl Error {
                 "idempotency_key_reused",
                 "Idempotency-Key reused",
             ),
+            Error::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+            ),
+            Error::Overloaded { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded", "Server busy")
+            }
             Error::Storage(_) | Error::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -74,7 +82,16 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code, title) = self.classify();
-        let detail = if status.is_server_error() {
+        let retry_after = match &self {
+            Error::RateLimited {
+                retry_after_secs, ..
+            }
+            | Error::Overloaded {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let detail = if status.is_server_error() && retry_after.is_none() {
             // Log the whole cause chain here; never send internals to the client.
             let mut chain = self.to_string();
             let mut source = std::error::Error::source(&self);
@@ -108,6 +125,9 @@ impl IntoResponse for Error {
         );
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

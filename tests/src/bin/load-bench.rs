@@ -233,7 +233,16 @@ const BASE_PATH: &str = "/api/enhanced-orchestration";
 /// until the returned guard drops) and the address it listens on.
 fn start_server(server_bin: &str) -> (tempfile::TempDir, Server, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(server_bin, dir.path(), Some(TOKEN));
+    // The request-rate limit per token would measure itself, not TMS:
+    // the benchmark's one admin token queues faster than a CI fleet. (A
+    // variable, which builds without the limit ignore.)
+    let (server, _) = Server::start_with_env(
+        server_bin,
+        dir.path(),
+        Some(TOKEN),
+        &[],
+        &[("TMS_TOKEN_RATE_LIMIT", "0")],
+    );
     let addr = server
         .url
         .trim_start_matches("http://")
