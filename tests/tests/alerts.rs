@@ -6,14 +6,14 @@
 
 use tms::auth::Principal;
 use tms::dispatch::{verify, DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use tms::domain::{AlertMetric, AlertWebhook, SecretName, ShardResult};
+use tms::domain::{AlertMetric, AlertWebhook, Bounded, SecretName, ShardResult};
 use tms::usecases::NewAlertRule;
 use tms_tests::recorder::{Answer, Recorder};
 use tms_tests::{final_report, Backend, Harness};
 
 fn rule(name: &str, metric: AlertMetric, threshold: f64) -> NewAlertRule {
     NewAlertRule {
-        name: name.into(),
+        name: Bounded::new(name).unwrap(),
         metric,
         threshold,
         window_hours: None,
@@ -116,7 +116,7 @@ async fn the_failure_rate_counts_finished_runs_in_its_window<B: Backend>() {
     let h = Harness::<B>::start().await;
     let mut new = rule("api failing", AlertMetric::FailureRate, 0.4);
     new.min_runs = Some(2);
-    new.suite = Some("api".into());
+    new.suite = Some(Bounded::new("api").unwrap());
     h.app.create_alert_rule(new).await.unwrap();
     let r = h.runner("r", 4).await;
     for failed in [1, 0, 1] {

@@ -7,11 +7,11 @@
 use std::collections::BTreeSet;
 use tms::auth::Principal;
 use tms::domain::{
-    CiMetadata, ExecutionStatus, Mode, Resources, RunnerType, ShardResult, ShardStatus, TestResult,
+    Bounded, ExecutionStatus, Mode, Resources, RunnerType, ShardResult, ShardStatus, TestResult,
     TestStatus,
 };
 use tms::ids::ExecutionId;
-use tms::usecases::{Assignment, NewExecution, NewRunner, ReportStatus, ShardReport};
+use tms::usecases::{Assignment, CiInput, NewExecution, NewRunner, ReportStatus, ShardReport};
 use tms::Error;
 use tms_tests::{Backend, Harness};
 
@@ -23,13 +23,13 @@ fn job_queue(build: &str, job: u32, tests: &[&str]) -> NewExecution {
     new.mode = Mode::ByIndex;
     new.timeout_seconds = Some(3600);
     new.shard_timeout_seconds = Some(600);
-    new.ci = Some(CiMetadata {
-        provider: Some("github-actions".into()),
-        build_id: Some(build.into()),
-        job: Some(format!("test ({job})")),
-        commit: Some("4f1c2e9".into()),
-        branch: Some("main".into()),
-        url: Some(format!(
+    new.ci = Some(CiInput {
+        provider: Bounded::new("github-actions"),
+        build_id: Bounded::new(build),
+        job: Bounded::new(format!("test ({job})")),
+        commit: Bounded::new("4f1c2e9"),
+        branch: Bounded::new("main"),
+        url: Bounded::new(format!(
             "https://github.com/acme/shop/actions/runs/{build}/job/{job}"
         )),
     });

@@ -556,3 +556,142 @@ async fn a_server_at_its_in_flight_limits_sheds_new_requests_with_503() {
     })
     .await;
 }
+
+/// Every string a request carries has a bound, refused as the body is
+/// parsed with 422 naming the field; nothing is stored.
+#[tokio::test]
+async fn oversized_fields_are_refused_with_422_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let ci = ci_token(&server.base).await;
+    let megabyte = "x".repeat(1024 * 1024);
+    let cases = [
+        (
+            "/executions/queue",
+            json!({"suite": "s", "tests": ["a"], "ci": {"url": megabyte}}),
+            "ci.url",
+        ),
+        (
+            "/executions/queue",
+            json!({"suite": "s", "tests": ["a"], "ci": {"commit": "f".repeat(129)}}),
+            "ci.commit",
+        ),
+        (
+            "/executions/queue",
+            json!({"suite": "s".repeat(257), "tests": ["a"]}),
+            "suite",
+        ),
+        (
+            "/executions/queue",
+            json!({"suite": "s", "tests": ["t".repeat(1025)]}),
+            "tests[].name",
+        ),
+        (
+            "/executions/queue",
+            json!({"suite": "s", "tests": ["a"], "metadata": {"m": "x".repeat(17 * 1024)}}),
+            "metadata",
+        ),
+        (
+            "/executions/queue",
+            json!({"suite": "s", "tests": ["a"],
+                "requirements": {"labels": (0..33).map(|i| format!("l{i}")).collect::<Vec<_>>()}}),
+            "requirements.labels",
+        ),
+        (
+            "/alert-rules",
+            json!({"name": "r", "metric": "failure_rate", "threshold": 0.2, "suite": megabyte}),
+            "suite",
+        ),
+        (
+            "/alert-rules",
+            json!({"name": "n".repeat(101), "metric": "failure_rate", "threshold": 0.2}),
+            "name",
+        ),
+        (
+            "/runners/register",
+            json!({"name": "r".repeat(129), "type": "custom",
+                "capacity": {"slots": 1, "cpu_millis": 1000, "memory_mb": 1024}}),
+            "name",
+        ),
+        (
+            "/load-balancing-rules",
+            json!({"name": "r", "suite_pattern": "p".repeat(257), "strategy": "priority"}),
+            "suite_pattern",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let token = if path == "/executions/queue" || path == "/runners/register" {
+            &ci
+        } else {
+            ADMIN_TOKEN
+        };
+        let (status, problem) = call(&server.base, Method::POST, path, token, Some(body)).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {field}: {problem}"
+        );
+        assert_eq!(problem["code"], "validation_failed", "{problem}");
+        assert_eq!(problem["field"], field, "{path}: {problem}");
+    }
+    let (_, listed) = call(&server.base, Method::GET, "/executions", ADMIN_TOKEN, None).await;
+    assert_eq!(listed["items"], json!([]), "{listed}");
+}
+
+/// The server process's peak resident memory so far, in MB (Linux).
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap()
+}
+
+/// Eight clients at once sending 7 MB bodies (a CI URL of 7 MB): each is
+/// refused, by the body budget before it is read or by the field's bound
+/// as it is parsed, and the server's peak memory grows by tens of MB, not
+/// by the bodies times their parsing.
+#[tokio::test]
+async fn concurrent_huge_bodies_cost_the_server_tens_of_megabytes_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let (status, _) = call(&server.base, Method::GET, "/executions", ADMIN_TOKEN, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let before = peak_rss_mb(server.pid());
+    let body = json!({"suite": "s", "tests": ["a"], "ci": {"url": "u".repeat(7 * 1024 * 1024)}})
+        .to_string();
+    for _round in 0..3 {
+        let answers = futures::future::join_all((0..8).map(|_| {
+            client()
+                .post(format!("{}/executions/queue", server.base))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+        }))
+        .await;
+        for answer in answers {
+            match answer {
+                Ok(answer) => {
+                    let status = answer.status();
+                    assert!(
+                        status == StatusCode::UNPROCESSABLE_ENTITY
+                            || status == StatusCode::SERVICE_UNAVAILABLE,
+                        "{status}"
+                    );
+                }
+                // Refused before its body was read: the server answered 503
+                // and closed while this client was still writing.
+                Err(e) => assert!(e.is_request(), "{e}"),
+            }
+        }
+    }
+    let grown = peak_rss_mb(server.pid()) - before;
+    println!("peak RSS grew by {grown:.0} MB (from {before:.0} MB)");
+    assert!(grown < 100.0, "peak RSS grew by {grown:.0} MB");
+    let (_, listed) = call(&server.base, Method::GET, "/executions", ADMIN_TOKEN, None).await;
+    assert_eq!(listed["items"], json!([]));
+}

@@ -333,6 +333,47 @@ async fn the_same_idempotency_key_and_body_return_the_same_execution<B: Backend>
     assert_eq!(listed.items.len(), 1);
 }
 
+async fn a_listing_page_is_bounded_in_bytes_and_its_cursor_leads_to_the_rest<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    // Each execution carries about 15 KiB of metadata: 150 of them are
+    // over a page's byte bound, though under its 200 items.
+    let mut queued = BTreeSet::new();
+    for i in 0..150 {
+        let mut new = execution("api", 1, 1);
+        new.metadata
+            .insert("notes".into(), serde_json::json!("n".repeat(15 * 1024)));
+        new.metadata.insert("i".into(), serde_json::json!(i));
+        queued.insert(queue(&h, new).await);
+    }
+    let mut seen = BTreeSet::new();
+    let mut pages = 0;
+    let mut cursor = None;
+    loop {
+        let filter = tms::ports::ExecutionFilter {
+            limit: 200,
+            cursor: cursor.take(),
+            ..Default::default()
+        };
+        let page = h.app.list_executions(filter).await.unwrap();
+        pages += 1;
+        let bytes: usize = page
+            .items
+            .iter()
+            .map(|e| serde_json::to_vec(e).unwrap().len())
+            .sum();
+        assert!(bytes <= tms::usecases::MAX_PAGE_BYTES, "{bytes} bytes");
+        for e in &page.items {
+            assert!(seen.insert(e.id.clone()), "listed twice: {}", e.id);
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert!(pages >= 2, "one page held all of it");
+    assert_eq!(seen, queued);
+}
+
 async fn the_same_idempotency_key_with_another_body_is_refused<B: Backend>() {
     let h = Harness::<B>::start().await;
     h.app
@@ -877,6 +918,7 @@ tms_tests::conformance!(
     deregistering_a_runner_requeues_its_work_and_revokes_its_token,
     the_same_idempotency_key_and_body_return_the_same_execution,
     the_same_idempotency_key_with_another_body_is_refused,
+    a_listing_page_is_bounded_in_bytes_and_its_cursor_leads_to_the_rest,
     a_duplicate_final_report_counts_once,
     a_webhook_token_only_reports_for_its_own_execution,
     an_execution_whose_shards_reported_no_tests_is_errored_not_passed,

@@ -101,6 +101,9 @@ impl AlertRule {
         if self.name.trim().is_empty() || self.name.len() > 100 {
             return Err(Error::validation("name", "1 to 100 characters"));
         }
+        if self.suite.as_ref().is_some_and(|s| s.len() > 256) {
+            return Err(Error::validation("suite", "at most 256 characters"));
+        }
         if !self.threshold.is_finite() || self.threshold < 0.0 {
             return Err(Error::validation("threshold", "a number of at least 0"));
         }

@@ -4,6 +4,7 @@
 
 pub mod alert;
 pub mod allocation;
+pub mod bounded;
 pub mod dispatch;
 pub mod execution;
 pub mod health;
@@ -17,6 +18,7 @@ pub mod timing;
 
 pub use alert::{AlertMetric, AlertRule, AlertState, AlertTransition, AlertWebhook};
 pub use allocation::Allocation;
+pub use bounded::Bounded;
 pub use dispatch::{AllowedHosts, DispatchTarget, SecretName, SECRET_ENV_PREFIX};
 pub use execution::{
     CiMetadata, Execution, ExecutionStatus, Mode, Requirements, RetryPolicy, TestSpec, TestType,

@@ -112,5 +112,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     } else {
         bytes
     };
-    serde_json::from_slice(bytes).map_err(|e| Error::InvalidJson(e.to_string()))
+    let mut parser = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut parser).map_err(|e| {
+        // A bounded field over its bound is well-formed JSON with a value
+        // out of bounds: a validation failure on that field.
+        let message = e.inner().to_string();
+        match message.find(crate::domain::bounded::OVER_BOUND) {
+            Some(at) => {
+                let reason = message[at + crate::domain::bounded::OVER_BOUND.len()..]
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default();
+                Error::validation(e.path().to_string(), format!("must be at most {reason}"))
+            }
+            None => Error::InvalidJson(e.to_string()),
+        }
+    })
 }

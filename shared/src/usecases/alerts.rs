@@ -10,7 +10,7 @@ use crate::dispatch::{
 };
 use crate::domain::metrics::{hour_of, HOUR_MS};
 use crate::domain::{
-    AlertMetric, AlertRule, AlertState, AlertTransition, AlertWebhook, Metrics, Rollup,
+    AlertMetric, AlertRule, AlertState, AlertTransition, AlertWebhook, Bounded, Metrics, Rollup,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::AlertRuleId;
@@ -23,7 +23,8 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAlertRule {
-    pub name: String,
+    #[schema(value_type = String, max_length = 100)]
+    pub name: Bounded<100>,
     pub metric: AlertMetric,
     /// Fires when the value is above this (a share for `failure_rate`).
     pub threshold: f64,
@@ -32,7 +33,8 @@ pub struct NewAlertRule {
     /// `failure_rate`: fewer finished runs is no signal (default 5).
     pub min_runs: Option<u32>,
     /// `failure_rate`: one suite (all suites by default).
-    pub suite: Option<String>,
+    #[schema(value_type = Option<String>, max_length = 256)]
+    pub suite: Option<Bounded<256>>,
     pub webhook: Option<AlertWebhook>,
 }
 
@@ -78,12 +80,12 @@ impl<P: Ports> Orchestrator<P> {
     pub async fn create_alert_rule(&self, new: NewAlertRule) -> Result<AlertRule> {
         let rule = AlertRule {
             id: AlertRuleId::generate(),
-            name: new.name,
+            name: new.name.into(),
             metric: new.metric,
             threshold: new.threshold,
             window_hours: new.window_hours.unwrap_or(1),
             min_runs: new.min_runs.unwrap_or(5),
-            suite: new.suite,
+            suite: new.suite.map(Into::into),
             webhook: new.webhook,
             // Nothing to announce before the first episode.
             state: AlertState {

@@ -5,8 +5,8 @@ use super::{retry_on_conflict, Orchestrator};
 use crate::auth;
 use crate::domain::shard::Released;
 use crate::domain::{
-    CiMetadata, Execution, ExecutionStatus, Mode, Requirements, RetryPolicy, RunnerType, Shard,
-    ShardStatus, TestSpec, TestType, Totals,
+    Bounded, CiMetadata, Execution, ExecutionStatus, Mode, Requirements, RetryPolicy, RunnerType,
+    Shard, ShardStatus, TestSpec, TestType, Totals,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::ExecutionId;
@@ -80,6 +80,33 @@ pub struct RequirementsInput {
     pub memory_mb: Option<u32>,
 }
 
+/// A queue call's CI provenance, each field bounded as it is parsed (a
+/// commit is a hash, a URL a link: megabytes there are abuse, and every
+/// listing would carry them).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CiInput {
+    pub provider: Option<Bounded<64>>,
+    pub build_id: Option<Bounded<256>>,
+    pub job: Option<Bounded<256>>,
+    pub commit: Option<Bounded<128>>,
+    pub branch: Option<Bounded<256>>,
+    pub url: Option<Bounded<2048>>,
+}
+
+impl From<CiInput> for CiMetadata {
+    fn from(ci: CiInput) -> CiMetadata {
+        CiMetadata {
+            provider: ci.provider.map(Into::into),
+            build_id: ci.build_id.map(Into::into),
+            job: ci.job.map(Into::into),
+            commit: ci.commit.map(Into::into),
+            branch: ci.branch.map(Into::into),
+            url: ci.url.map(Into::into),
+        }
+    }
+}
+
 /// Body of `POST /executions/queue`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -108,7 +135,7 @@ pub struct NewExecution {
     /// CI provenance. With `provider` and `build_id`, the execution is keyed
     /// by (provider, build id, suite): every job of the build, and every
     /// retry of a job, that queues the same tests gets the same execution.
-    pub ci: Option<CiMetadata>,
+    pub ci: Option<CiInput>,
     /// `static` (default): TMS assigns shards to registered runners.
     /// `by_index`: the CI's own parallel jobs each claim the shard of their
     /// index (`POST /webhooks/parallel-execution/{id}/shards/{index}/claim`).
@@ -187,6 +214,10 @@ impl std::fmt::Debug for QueuedExecution {
             .finish()
     }
 }
+
+/// Most bytes of executions one listing page holds (as stored, about what
+/// the response carries); at least one execution is always returned.
+pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
     if value.trim().is_empty() || value.len() > max {
@@ -365,7 +396,7 @@ impl<P: Ports> Orchestrator<P> {
             timeout_seconds: timeout,
             shard_timeout_seconds: shard_timeout,
             max_attempts,
-            ci: new.ci,
+            ci: new.ci.map(Into::into),
             mode: new.mode,
             retries: new.retries,
             retries_used: 0,
@@ -511,7 +542,24 @@ impl<P: Ports> Orchestrator<P> {
         if !(1..=200).contains(&filter.limit) {
             return Err(Error::validation("limit", "must be between 1 and 200"));
         }
-        self.store.list_executions(&filter).await
+        let mut page = self.store.list_executions(&filter).await?;
+        // Bounded in bytes as well as items: the dashboard polls this page,
+        // and a page of large executions is cut short with a cursor to the
+        // rest rather than sent whole.
+        let mut bytes = 0;
+        let keep = page
+            .items
+            .iter()
+            .position(|e| {
+                bytes += serde_json::to_vec(e).map_or(0, |v| v.len());
+                bytes > MAX_PAGE_BYTES
+            })
+            .map(|over| over.max(1));
+        if let Some(keep) = keep.filter(|&k| k < page.items.len()) {
+            page.items.truncate(keep);
+            page.next_cursor = page.items.last().map(|e| e.id.to_string());
+        }
+        Ok(page)
     }
 
     /// Cancels an unfinished execution, stops its shards and frees their capacity.

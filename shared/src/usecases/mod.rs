@@ -24,7 +24,9 @@ pub use alerts::NewAlertRule;
 pub use claims::{ClaimOutcome, Claimable};
 pub use completion::{ReportOutcome, ReportStatus, ShardReport};
 pub use dispatch::DispatchOutcome;
-pub use executions::{NewExecution, QueuedExecution, RequirementsInput, TestInput, TimedTest};
+pub use executions::{
+    CiInput, NewExecution, QueuedExecution, RequirementsInput, TestInput, TimedTest, MAX_PAGE_BYTES,
+};
 pub use rules::NewRule;
 pub use runners::{Assignment, NewRunner, RegisteredRunner};
 pub use sweeps::SweepReport;
