@@ -127,6 +127,24 @@ async fn a_shard_that_reports_fewer_tests_than_it_was_given_leaves_the_execution
     );
 }
 
+async fn a_missing_test_is_not_hidden_behind_a_failure_beside_it<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let (id, runner, work) = start(&h, &["test_a", "test_b", "test_c"], 1).await;
+    let reported = results(vec![
+        result("test_a", TestStatus::Failed, Some("AssertionError")),
+        result("test_c", TestStatus::Passed, None),
+    ]);
+    let shard = send(&h, &runner, &work[0], ReportStatus::Failed, reported).await;
+    assert_eq!(shard, ShardStatus::Errored);
+    let (status, why) = finished(&h, &id).await;
+    assert_eq!(status, ExecutionStatus::Errored);
+    let missing = why.find("test_b").unwrap_or_else(|| panic!("{why}"));
+    let failed = why
+        .find("1 reported tests failed")
+        .unwrap_or_else(|| panic!("{why}"));
+    assert!(missing < failed, "the missing test first: {why}");
+}
+
 async fn counts_alone_must_account_for_every_test_of_the_shard<B: Backend>() {
     let h = Harness::<B>::start().await;
     let (id, runner, work) = start(&h, &["test_a", "test_b", "test_c"], 1).await;
@@ -374,6 +392,7 @@ async fn a_lost_run_is_an_attempt_of_its_own_in_the_report<B: Backend>() {
 
 tms_tests::conformance!(
     a_shard_that_reports_fewer_tests_than_it_was_given_leaves_the_execution_errored_saying_which,
+    a_missing_test_is_not_hidden_behind_a_failure_beside_it,
     counts_alone_must_account_for_every_test_of_the_shard,
     tests_nobody_asked_for_keep_the_execution_from_passing,
     each_producers_junit_report_is_accepted_as_a_shards_results,

@@ -549,7 +549,24 @@ fn judge(
             ShardStatus::Errored,
             Some("runner reported an error".into()),
         ),
-        ShardOutcome::Failed => (ShardStatus::Failed, gap),
+        // Skips are a result (the tool decided not to run them); a pass
+        // that reports nothing at all is not.
+        ShardOutcome::Passed if result.executed() == 0 && result.skipped == 0 => (
+            ShardStatus::Errored,
+            Some("shard reported zero tests".into()),
+        ),
+        // A report that does not account for the shard's tests is no
+        // verdict on them, whether or not others failed: the ones missing
+        // may be the ones that broke. The missing tests are named first.
+        _ if gap.is_some() => {
+            let gap = gap.unwrap_or_default();
+            let why = match result.failed {
+                0 => gap,
+                failed => format!("{gap}; {failed} reported tests failed"),
+            };
+            (ShardStatus::Errored, Some(why))
+        }
+        ShardOutcome::Failed => (ShardStatus::Failed, None),
         ShardOutcome::Passed if result.failed > 0 => (
             ShardStatus::Failed,
             Some(format!(
@@ -557,13 +574,6 @@ fn judge(
                 result.failed
             )),
         ),
-        // Skips are a result (the tool decided not to run them); a pass
-        // that reports nothing at all is not.
-        ShardOutcome::Passed if result.executed() == 0 && result.skipped == 0 => (
-            ShardStatus::Errored,
-            Some("shard reported zero tests".into()),
-        ),
-        ShardOutcome::Passed if gap.is_some() => (ShardStatus::Errored, gap),
         ShardOutcome::Passed => (ShardStatus::Passed, None),
     }
 }
@@ -669,6 +679,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.status, ShardStatus::Failed);
+    }
+
+    #[test]
+    fn a_report_missing_given_tests_is_errored_even_when_others_failed() {
+        let mut s = Shard::new(
+            ExecutionId::generate(),
+            "s",
+            0,
+            vec!["t1".into(), "t2".into()],
+            None,
+        );
+        let lease = LeaseId::generate();
+        s.assign(
+            RunnerId::generate(),
+            lease.clone(),
+            Timestamp(0),
+            Timestamp(1000),
+        )
+        .unwrap();
+        let failing_t1 = ShardResult {
+            failed: 1,
+            tests: vec![TestResult {
+                name: "t1".into(),
+                status: TestStatus::Failed,
+                duration_ms: 3,
+                message: None,
+            }],
+            ..Default::default()
+        };
+        s.complete(&lease, ShardOutcome::Failed, &failing_t1, 0, Timestamp(5))
+            .unwrap();
+        assert_eq!(s.status, ShardStatus::Errored);
+        let why = s.error.clone().unwrap();
+        assert!(why.contains("t2"), "{why}");
+        assert!(
+            why.find("t2") < why.find("failed"),
+            "missing tests first: {why}"
+        );
     }
 
     #[test]
