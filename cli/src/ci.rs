@@ -81,6 +81,11 @@ pub struct QueueArgs {
     /// Fail the run when a test is flaky (failed, then passed on a retry).
     #[arg(long)]
     pub strict: bool,
+    /// Refuse to queue when no registered runner could run the execution
+    /// (its labels, runner type or size); without it, it is queued with a
+    /// warning and waits for such a runner.
+    #[arg(long)]
+    pub require_runner: bool,
     /// Wait for the verdict: exit 0 passed, 1 tests failed, 2 errored,
     /// timed out or cancelled.
     #[arg(long)]
@@ -293,6 +298,7 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
         "parallelism": args.parallelism,
         "mode": args.mode.as_str(),
         "strict": args.strict,
+        "require_runner": args.require_runner,
     });
     if let Some(p) = args.priority {
         body["priority"] = json!(p);
@@ -315,6 +321,9 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
         .as_str()
         .ok_or("the server's answer has no id")?
         .to_owned();
+    for warning in queued["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", warning.as_str().unwrap_or_default());
+    }
     if !args.wait {
         if args.quiet {
             println!("{id}");

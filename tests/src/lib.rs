@@ -240,6 +240,7 @@ pub fn new_execution(
         retries: None,
         strict: false,
         metadata: Default::default(),
+        require_runner: false,
     }
 }
 

@@ -123,6 +123,7 @@ impl World {
                     retries: None,
                     strict: false,
                     metadata: Default::default(),
+                    require_runner: false,
                 };
                 app.queue_execution(new, None)
                     .await

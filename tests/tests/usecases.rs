@@ -616,6 +616,66 @@ async fn work_no_runner_can_take_at_the_head_of_the_queue_does_not_block_runnabl
     assert_eq!(status(&h, &runnable).await, ExecutionStatus::Running);
 }
 
+async fn work_no_registered_runner_could_run_is_told_at_queue_time_and_while_it_waits<
+    B: Backend,
+>() {
+    let h = Harness::<B>::start().await;
+    let mut linux = runner("linux", 2);
+    linux.labels.insert("linux".into());
+    h.app.register_runner(linux).await.unwrap();
+    let needing_gpu = |require_runner: bool| {
+        let mut e = execution("ml", 2, 1);
+        e.requirements = Some(tms::usecases::RequirementsInput {
+            labels: BTreeSet::from(["gpu".to_owned()]),
+            ..Default::default()
+        });
+        e.require_runner = require_runner;
+        e
+    };
+    let refused = h.app.queue_execution(needing_gpu(true), None).await;
+    assert!(
+        matches!(&refused, Err(Error::Validation { field, reason })
+            if field == "requirements" && reason.contains("labels [gpu]")),
+        "{refused:?}"
+    );
+    let listed = h.app.list_executions(Default::default()).await.unwrap();
+    assert!(
+        listed.items.is_empty(),
+        "a refused queue call stores nothing"
+    );
+
+    let queued = h
+        .app
+        .queue_execution(needing_gpu(false), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        queued.warnings,
+        ["no registered runner has labels [gpu]".to_owned()]
+    );
+    let id = queued.execution.id;
+    let (waiting, _) = h.app.execution_status(&id).await.unwrap();
+    assert_eq!(waiting.status, ExecutionStatus::Queued);
+    assert_eq!(
+        waiting.status_reason.as_deref(),
+        Some("no registered runner has labels [gpu]")
+    );
+    // A runner that fits registers: the reason goes, the work runs.
+    let mut gpu = runner("gpu", 2);
+    gpu.labels.insert("gpu".into());
+    h.app.register_runner(gpu).await.unwrap();
+    let (waiting, _) = h.app.execution_status(&id).await.unwrap();
+    assert_eq!(waiting.status_reason, None);
+    assert_eq!(h.app.schedule_pass().await.unwrap(), 1);
+    // Runnable work queues without a warning.
+    let plain = h
+        .app
+        .queue_execution(execution("api", 2, 1), None)
+        .await
+        .unwrap();
+    assert!(plain.warnings.is_empty(), "{:?}", plain.warnings);
+}
+
 async fn usage_above_the_allocation_is_recorded_as_a_limit_violation<B: Backend>() {
     let h = Harness::<B>::start().await;
     let r = register(&h, "r", 2).await;
@@ -927,6 +987,7 @@ tms_tests::conformance!(
     a_lost_completion_event_is_folded_by_the_timeout_sweep,
     low_priority_work_is_not_starved_by_a_stream_of_high_priority_work,
     work_no_runner_can_take_at_the_head_of_the_queue_does_not_block_runnable_work,
+    work_no_registered_runner_could_run_is_told_at_queue_time_and_while_it_waits,
     usage_above_the_allocation_is_recorded_as_a_limit_violation,
     resource_needs_default_by_test_type_and_block_runners_too_small,
     retry_runs_failed_shards_again_on_another_runner,

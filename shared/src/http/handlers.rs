@@ -300,6 +300,7 @@ pub async fn queue_execution<P: Ports>(
             execution: ExecutionView::new(&queued.execution, &queued.shards),
             webhook_token: queued.webhook_token,
             replayed: queued.replayed,
+            warnings: queued.warnings,
         }),
     ))
 }

@@ -233,6 +233,10 @@ pub struct QueuedView {
     pub webhook_token: String,
     /// True when this answer replays an earlier call with the same Idempotency-Key.
     pub replayed: bool,
+    /// E.g. that no registered runner could run it (it waits until one
+    /// registers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

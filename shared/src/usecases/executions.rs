@@ -154,6 +154,10 @@ pub struct NewExecution {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Refuse (422) instead of queueing when no registered runner could
+    /// ever run it. Default false: it is queued, with a warning.
+    #[serde(default)]
+    pub require_runner: bool,
 }
 
 impl NewExecution {
@@ -202,6 +206,9 @@ pub struct QueuedExecution {
     pub webhook_token: String,
     /// True when an earlier call with the same `Idempotency-Key` created it.
     pub replayed: bool,
+    /// What the caller should know, e.g. that no registered runner could
+    /// run it.
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for QueuedExecution {
@@ -439,7 +446,15 @@ impl<P: Ports> Orchestrator<P> {
             }
         }
         let learned = self.learned_estimates(&new).await;
+        let require_runner = new.require_runner;
         let (mut execution, shards) = self.build_execution(new, &learned)?;
+        let unrunnable = self.unrunnable_reason(&execution).await?;
+        if let (true, Some(why)) = (require_runner, &unrunnable) {
+            return Err(Error::validation(
+                "requirements",
+                format!("{why} (require_runner is set)"),
+            ));
+        }
         let issued = auth::issue(Some(execution.id.as_str()));
         // A new record: its first token, not a change to it.
         execution.webhook_token_hashes = vec![issued.hash];
@@ -472,6 +487,7 @@ impl<P: Ports> Orchestrator<P> {
             shards,
             webhook_token: issued.token,
             replayed: false,
+            warnings: unrunnable.into_iter().collect(),
         })
     }
 
@@ -497,6 +513,7 @@ impl<P: Ports> Orchestrator<P> {
             shards,
             webhook_token: issued.token,
             replayed: true,
+            warnings: Vec::new(),
         }))
     }
 
@@ -523,8 +540,26 @@ impl<P: Ports> Orchestrator<P> {
     }
 
     /// The execution with its shards, as the status endpoint shows it.
+    /// The execution and its shards. While it waits with no shard ever
+    /// assigned, `status_reason` says why when no registered runner could
+    /// run it (worked out on read; nothing is stored).
     pub async fn execution_status(&self, id: &ExecutionId) -> Result<(Execution, Vec<Shard>)> {
-        self.load(id).await
+        let (mut execution, shards) = self.load(id).await?;
+        if execution.status == ExecutionStatus::Queued && execution.status_reason.is_none() {
+            execution.status_reason = self.unrunnable_reason(&execution).await?;
+        }
+        Ok((execution, shards))
+    }
+
+    /// Why no registered runner could ever run `e`, for work runners take
+    /// (a `by_index` execution is claimed by the CI's own jobs).
+    async fn unrunnable_reason(&self, e: &Execution) -> Result<Option<String>> {
+        if e.mode == Mode::ByIndex {
+            return Ok(None);
+        }
+        let runners = self.all_runners().await?;
+        let rules = self.store.list_rules().await?;
+        Ok(crate::scheduling::unrunnable_reason(e, &runners, &rules))
     }
 
     /// The execution, its shards and every test's merged result.
