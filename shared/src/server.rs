@@ -195,15 +195,7 @@ async fn serve_embedded(
         }
     });
     spawn_sweeps(&mut tasks, &app, &options);
-    run_http(
-        listener,
-        app,
-        tasks,
-        options.connections,
-        options.limits,
-        shutdown,
-    )
-    .await
+    run_http(listener, app, tasks, &options, shutdown).await
 }
 
 /// The settings, with the public URL dispatched jobs report to defaulting
@@ -315,15 +307,7 @@ async fn serve_aws(
         async move { app.schedule_sweep().await }
     }));
     spawn_sweeps(&mut tasks, &app, &options);
-    run_http(
-        listener,
-        app,
-        tasks,
-        options.connections,
-        options.limits,
-        shutdown,
-    )
-    .await
+    run_http(listener, app, tasks, &options, shutdown).await
 }
 
 /// Long-polls an SQS queue like a Lambda event source mapping: hands each
@@ -429,16 +413,15 @@ async fn run_http<P: Ports>(
     listener: TcpListener,
     app: Arc<Orchestrator<P>>,
     mut tasks: JoinSet<()>,
-    connections: http::listener::ConnectionLimits,
-    limits: http::guard::Limits,
+    options: &ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("cannot read the listening address: {e}")))?;
     println!("listening on http://{addr}");
-    let router = http::guarded_router(app, http::guard::Guard::new(limits));
-    http::listener::serve(listener, router, connections, shutdown).await;
+    let router = http::guarded_router(app, http::guard::Guard::new(options.limits));
+    http::listener::serve(listener, router, options.connections, shutdown).await;
     tasks.shutdown().await;
     Ok(())
 }

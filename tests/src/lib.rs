@@ -438,3 +438,15 @@ pub fn final_report(shard_index: u32, lease_id: LeaseId, results: ShardResult) -
         results: Some(results),
     }
 }
+
+/// A process's peak resident memory so far (`VmHWM`), in MB; 0 where
+/// `/proc` does not say (not Linux, or the process is gone).
+pub fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -100,6 +100,20 @@ impl Api {
         .await
     }
 
+    /// A runner holding the one shard of suite `shop`'s test file
+    /// `tests/test_shop.py` (what `fixtures/junit/pytest-xunit2.xml`
+    /// reports): the execution, its webhook token and the assignment.
+    async fn shop_file_assigned(&self) -> (String, String, Value) {
+        let (runner, runner_token) = self.register("agent-1", 2).await;
+        let body = json!({"suite": "shop", "tests": ["tests/test_shop.py"], "parallelism": 1});
+        let queued = self
+            .ok(Method::POST, "/executions/queue", ADMIN_TOKEN, Some(body))
+            .await;
+        let shard = self.wait_for_assignments(&runner, &runner_token, 1).await[0].clone();
+        let text = |key: &str| queued[key].as_str().unwrap().to_owned();
+        (text("id"), text("webhook_token"), shard)
+    }
+
     async fn wait_for_status(&self, id: &str, want: &str) -> Value {
         eventually(|| async {
             let s = self.status(id).await;
@@ -958,16 +972,8 @@ async fn a_body_that_is_not_a_report_is_refused_and_the_shard_still_takes_its_re
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
     let api = Api::new(&server);
-    let (runner, runner_token) = api.register("agent-1", 2).await;
-    let body = json!({"suite": "shop", "tests": ["tests/test_shop.py"], "parallelism": 1});
-    let queued = api
-        .ok(Method::POST, "/executions/queue", ADMIN_TOKEN, Some(body))
-        .await;
-    let (exec, webhook) = (
-        queued["id"].as_str().unwrap(),
-        queued["webhook_token"].as_str().unwrap(),
-    );
-    let shard = api.wait_for_assignments(&runner, &runner_token, 1).await[0].clone();
+    let (exec, webhook, shard) = api.shop_file_assigned().await;
+    let (exec, webhook) = (exec.as_str(), webhook.as_str());
     let url = format!(
         "{}/webhooks/parallel-execution/{exec}?shard_index={}&lease_id={}&names=pytest",
         api.base,
@@ -1038,16 +1044,8 @@ async fn a_shard_reports_its_junit_file_and_the_execution_report_is_one_valid_ju
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
     let api = Api::new(&server);
-    let (runner, runner_token) = api.register("agent-1", 2).await;
-    let body = json!({"suite": "shop", "tests": ["tests/test_shop.py"], "parallelism": 1});
-    let queued = api
-        .ok(Method::POST, "/executions/queue", ADMIN_TOKEN, Some(body))
-        .await;
-    let (exec, webhook) = (
-        queued["id"].as_str().unwrap(),
-        queued["webhook_token"].as_str().unwrap(),
-    );
-    let shard = api.wait_for_assignments(&runner, &runner_token, 1).await[0].clone();
+    let (exec, webhook, shard) = api.shop_file_assigned().await;
+    let (exec, webhook) = (exec.as_str(), webhook.as_str());
     let url = format!("{}/webhooks/parallel-execution/{exec}", api.base);
     let upload = |query: String, content_type: &'static str| {
         api.http

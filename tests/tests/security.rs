@@ -40,6 +40,14 @@ fn github_runner(secret: &str, api_url: &str) -> Value {
             "ref": "main", "token_secret": secret, "api_url": api_url}})
 }
 
+/// `tms serve` with `args` on a data directory of its own (kept while the
+/// returned guard lives).
+fn serve(args: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = Server::start_with(BIN, dir.path(), Some(ADMIN_TOKEN), args);
+    (dir, server)
+}
+
 async fn ci_token(base: &str) -> String {
     let (status, v) = call(
         base,
@@ -257,13 +265,7 @@ async fn cross_origin_calls_are_allowed_only_from_the_origins_the_operator_names
     assert_eq!(allowed_origin(&answer), None);
     drop(closed);
 
-    let dir = tempfile::tempdir().unwrap();
-    let (open, _) = Server::start_with(
-        BIN,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["--cors-origin", "https://ci.example.com"],
-    );
+    let (_dir, open) = serve(&["--cors-origin", "https://ci.example.com"]);
     let answer = preflight(&open.base, "https://ci.example.com").await;
     assert!(answer.status().is_success(), "{}", answer.status());
     assert_eq!(
@@ -348,13 +350,7 @@ async fn trickle(addr: std::net::SocketAddr, give_up: std::time::Duration) -> bo
 /// request beside them is answered.
 #[tokio::test]
 async fn slow_and_idle_connections_are_closed_after_the_header_read_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, _) = Server::start_with(
-        BIN,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["--header-read-timeout", "1"],
-    );
+    let (_dir, server) = serve(&["--header-read-timeout", "1"]);
     let addr: std::net::SocketAddr = server
         .url
         .trim_start_matches("http://")
@@ -420,13 +416,7 @@ async fn get_health(base: &str, token: &str) -> reqwest::Response {
 /// the right token included (else a right guess would stand out).
 #[tokio::test]
 async fn an_address_that_keeps_failing_authentication_is_told_to_wait() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, _) = Server::start_with(
-        BIN,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["--auth-failure-limit", "5"],
-    );
+    let (_dir, server) = serve(&["--auth-failure-limit", "5"]);
     for i in 0..5 {
         let answer = get_health(&server.base, &format!("tms_guess{i}")).await;
         assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
@@ -448,13 +438,7 @@ async fn an_address_that_keeps_failing_authentication_is_told_to_wait() {
 /// token is not held back by it.
 #[tokio::test]
 async fn a_token_past_its_request_rate_gets_429_and_other_tokens_do_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, _) = Server::start_with(
-        BIN,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["--token-rate-limit", "2"],
-    );
+    let (_dir, server) = serve(&["--token-rate-limit", "2"]);
     let ci = ci_token(&server.base).await;
     let mut statuses = Vec::new();
     for _ in 0..12 {
@@ -492,23 +476,22 @@ fn addr_of(server: &Server) -> std::net::SocketAddr {
 /// Retry-After at once (its body unread); once they finish, it is served.
 #[tokio::test]
 async fn a_server_at_its_in_flight_limits_sheds_new_requests_with_503() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server, _) = Server::start_with(
-        BIN,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["--max-in-flight", "2"],
-    );
-    let held: Vec<_> =
-        futures::future::join_all((0..2).map(|_| hold_a_request(addr_of(&server), 100))).await;
-    let answer = eventually("the slots to be taken", || async {
-        let answer = get_health(&server.base, ADMIN_TOKEN).await;
-        (answer.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(answer)
-    })
+    let (_dir, server) = serve(&["--max-in-flight", "2"]);
+    let (held, answer) = shed_while_held(
+        || futures::future::join_all((0..2).map(|_| hold_a_request(addr_of(&server), 100))),
+        || get_health(&server.base, ADMIN_TOKEN),
+    )
     .await;
     assert_eq!(retry_after(&answer), 1);
     let problem: Value = answer.json().await.unwrap();
     assert_eq!(problem["code"], "overloaded", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("requests in flight"),
+        "{problem}"
+    );
     drop(held);
     eventually("the slots to be given back", || async {
         (get_health(&server.base, ADMIN_TOKEN).await.status() == StatusCode::OK).then_some(())
@@ -516,27 +499,21 @@ async fn a_server_at_its_in_flight_limits_sheds_new_requests_with_503() {
     .await;
 
     // The body budget (at least one largest body: 8 MB) held by one
-    // 8 MB upload still arriving: a 1 MB body waits its turn.
-    let dir = tempfile::tempdir().unwrap();
-    let (server, _) = Server::start_with(
-        BIN,
-        dir.path(),
-        Some(ADMIN_TOKEN),
-        &["--body-budget-mb", "8"],
-    );
-    let big = hold_a_request(addr_of(&server), 8 * 1024 * 1024).await;
-    let small = || {
+    // 8 MB upload still arriving: any other body, even of two bytes, waits
+    // its turn.
+    let (_dir, server) = serve(&["--body-budget-mb", "8"]);
+    let small = || async {
         client()
             .post(format!("{}/executions/queue", server.base))
             .bearer_auth(ADMIN_TOKEN)
-            .json(&json!({"suite": "s", "tests": ["a"], "metadata": {"pad": "x".repeat(1024 * 1024)}}))
+            .header("content-type", "application/json")
+            .body("{}")
             .send()
+            .await
+            .unwrap()
     };
-    let answer = eventually("the budget to be held", || async {
-        let answer = small().await.unwrap();
-        (answer.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(answer)
-    })
-    .await;
+    let (big, answer) =
+        shed_while_held(|| hold_a_request(addr_of(&server), 8 * 1024 * 1024), small).await;
     let problem: Value = answer.json().await.unwrap();
     assert!(
         problem["detail"]
@@ -545,16 +522,41 @@ async fn a_server_at_its_in_flight_limits_sheds_new_requests_with_503() {
             .contains("bytes in flight"),
         "{problem}"
     );
-    // Small requests without a body still go through.
+    // Requests without a body still go through.
     assert_eq!(
         get_health(&server.base, ADMIN_TOKEN).await.status(),
         StatusCode::OK
     );
     drop(big);
     eventually("the budget to be given back", || async {
-        (small().await.unwrap().status() != StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        (small().await.status() != StatusCode::SERVICE_UNAVAILABLE).then_some(())
     })
     .await;
+}
+
+/// Holds requests open with `hold` and probes with `probe` until a probe
+/// is shed (503). A probe that reaches the server before the held requests
+/// do takes their room and gets them shed instead; then they are opened
+/// again.
+async fn shed_while_held<H, HF, P, PF>(hold: H, probe: P) -> (HF::Output, reqwest::Response)
+where
+    H: Fn() -> HF,
+    HF: std::future::Future,
+    P: Fn() -> PF,
+    PF: std::future::Future<Output = reqwest::Response>,
+{
+    for _ in 0..50 {
+        let held = hold().await;
+        for _ in 0..3 {
+            let answer = probe().await;
+            if answer.status() == StatusCode::SERVICE_UNAVAILABLE {
+                return (held, answer);
+            }
+        }
+        drop(held);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no request was shed while others held the server's room");
 }
 
 /// Every string a request carries has a bound, refused as the body is
@@ -638,18 +640,6 @@ async fn oversized_fields_are_refused_with_422_naming_the_field() {
     assert_eq!(listed["items"], json!([]), "{listed}");
 }
 
-/// The server process's peak resident memory so far, in MB (Linux).
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap()
-}
-
 /// Eight clients at once sending 7 MB bodies (a CI URL of 7 MB): each is
 /// refused, by the body budget before it is read or by the field's bound
 /// as it is parsed, and the server's peak memory grows by tens of MB, not
@@ -660,7 +650,8 @@ async fn concurrent_huge_bodies_cost_the_server_tens_of_megabytes_at_most() {
     let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
     let (status, _) = call(&server.base, Method::GET, "/executions", ADMIN_TOKEN, None).await;
     assert_eq!(status, StatusCode::OK);
-    let before = peak_rss_mb(server.pid());
+    let before = tms_tests::peak_rss_mb(server.pid());
+    assert!(before > 0.0, "/proc reports the server's memory");
     let body = json!({"suite": "s", "tests": ["a"], "ci": {"url": "u".repeat(7 * 1024 * 1024)}})
         .to_string();
     for _round in 0..3 {
@@ -689,7 +680,7 @@ async fn concurrent_huge_bodies_cost_the_server_tens_of_megabytes_at_most() {
             }
         }
     }
-    let grown = peak_rss_mb(server.pid()) - before;
+    let grown = tms_tests::peak_rss_mb(server.pid()) - before;
     println!("peak RSS grew by {grown:.0} MB (from {before:.0} MB)");
     assert!(grown < 100.0, "peak RSS grew by {grown:.0} MB");
     let (_, listed) = call(&server.base, Method::GET, "/executions", ADMIN_TOKEN, None).await;

@@ -583,7 +583,12 @@ mod tests {
     use super::*;
 
     fn assigned() -> (Shard, LeaseId) {
-        let mut s = Shard::new(ExecutionId::generate(), "s", 0, vec!["t1".into()], None);
+        assigned_with(&["t1"])
+    }
+
+    fn assigned_with(tests: &[&str]) -> (Shard, LeaseId) {
+        let tests = tests.iter().map(|t| t.to_string()).collect();
+        let mut s = Shard::new(ExecutionId::generate(), "s", 0, tests, None);
         let lease = LeaseId::generate();
         s.assign(
             RunnerId::generate(),
@@ -683,21 +688,7 @@ mod tests {
 
     #[test]
     fn a_report_missing_given_tests_is_errored_even_when_others_failed() {
-        let mut s = Shard::new(
-            ExecutionId::generate(),
-            "s",
-            0,
-            vec!["t1".into(), "t2".into()],
-            None,
-        );
-        let lease = LeaseId::generate();
-        s.assign(
-            RunnerId::generate(),
-            lease.clone(),
-            Timestamp(0),
-            Timestamp(1000),
-        )
-        .unwrap();
+        let (mut s, lease) = assigned_with(&["t1", "t2"]);
         let failing_t1 = ShardResult {
             failed: 1,
             tests: vec![TestResult {

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tms_tests::Server;
+use tms_tests::{peak_rss_mb, Server};
 
 #[derive(Parser)]
 struct Args {
@@ -215,16 +215,6 @@ fn cpu_seconds(pid: &str) -> f64 {
     };
     let ticks_per_second = 100.0; // USER_HZ on Linux
     (ticks(11) + ticks(12)) / ticks_per_second
-}
-
-fn peak_rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 const BASE_PATH: &str = "/api/enhanced-orchestration";
