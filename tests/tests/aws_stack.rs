@@ -207,3 +207,50 @@ async fn an_execution_too_large_for_one_dynamodb_item_is_refused_as_invalid_inpu
         "nothing of the refused execution was stored"
     );
 }
+
+/// On AWS a dispatch secret's name resolves only under the stage's
+/// `tms/<stage>/dispatch/` prefix: a secret of the same name elsewhere (the
+/// admin token's secret, anything else in the account) is never read, and
+/// names that could address a server setting are refused before a read.
+#[tokio::test]
+async fn a_dispatch_secret_name_reaches_only_the_stages_dispatch_prefix() {
+    use tms::adapters::SecretsManagerSecrets;
+    use tms::domain::SecretName;
+    use tms::ports::Secrets;
+    let sdk = moto::sdk_config().await;
+    let client = aws_sdk_secretsmanager::Client::new(&sdk);
+    let stage = moto::unique_name("s");
+    let name = moto::unique_name("GH").replace('-', "_");
+    for (id, value) in [
+        (name.clone(), "outside-the-prefix"),
+        (format!("tms/{stage}/admin-token"), "the-admin-token"),
+        (format!("tms/{stage}/dispatch/{name}"), "ghp_dispatch"),
+    ] {
+        client
+            .create_secret()
+            .name(id)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap();
+    }
+    let secrets = SecretsManagerSecrets::new(client, SecretsManagerSecrets::stage_prefix(&stage));
+    let read = |n: &str| {
+        let secrets = secrets.clone();
+        let n = SecretName::parse(n);
+        async move { secrets.secret(&n.unwrap()).await.unwrap() }
+    };
+    assert_eq!(read(&name).await.as_deref(), Some("ghp_dispatch"));
+    // `admin-token` is looked up as tms/<stage>/dispatch/admin-token.
+    for other in ["admin-token", "ADMIN_TOKEN"] {
+        if SecretName::parse(other).is_ok() {
+            assert_eq!(read(other).await, None, "{other}");
+        }
+    }
+    for refused in ["../admin-token", "tms/dev/admin-token", ""] {
+        assert!(SecretName::parse(refused).is_err(), "{refused}");
+    }
+    // A server setting's name is refused at registration, before any read.
+    let setting = SecretName::parse("TMS_ADMIN_TOKEN").unwrap();
+    assert!(setting.check_namespace("dispatch.token_secret").is_err());
+}
