@@ -202,10 +202,33 @@ async fn a_runner_going_silent_fires_the_unhealthy_runners_rule_in_the_same_swee
     assert!(!h.app.alert_rules().await.unwrap()[0].state.firing);
 }
 
+async fn work_no_runner_could_run_fires_the_unrunnable_rule_and_shows_in_health<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    h.app
+        .create_alert_rule(rule("stuck", AlertMetric::UnrunnableExecutions, 0.0))
+        .await
+        .unwrap();
+    h.runner("linux", 1).await;
+    let mut gpu = tms_tests::new_execution("ml", ["t".to_owned()], 1);
+    gpu.requirements = Some(tms::usecases::RequirementsInput {
+        labels: ["gpu".to_owned()].into(),
+        ..Default::default()
+    });
+    h.app.queue_execution(gpu, None).await.unwrap();
+    let runnable = tms_tests::new_execution("api", ["t".to_owned()], 1);
+    h.app.queue_execution(runnable, None).await.unwrap();
+    let health = h.app.system_health().await;
+    assert_eq!(health.queue.unwrap().unrunnable_executions, 1);
+    assert_eq!(h.app.health_sweep().await.unwrap().alerts_changed, 1);
+    let state = h.app.alert_rules().await.unwrap()[0].state.clone();
+    assert_eq!((state.firing, state.value), (true, Some(1.0)));
+}
+
 tms_tests::conformance!(
     a_runner_going_silent_fires_the_unhealthy_runners_rule_in_the_same_sweep,
     queue_depth_fires_once_per_episode_with_a_signed_notice,
     a_refused_notice_is_sent_again_until_taken,
     the_failure_rate_counts_finished_runs_in_its_window,
     rules_are_validated_listed_and_deleted,
+    work_no_runner_could_run_fires_the_unrunnable_rule_and_shows_in_health,
 );

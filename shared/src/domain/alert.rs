@@ -21,6 +21,9 @@ pub enum AlertMetric {
     OldestQueuedAgeSeconds,
     /// Runners that stopped heartbeating.
     UnhealthyRunners,
+    /// Queued executions no registered runner could ever run (labels,
+    /// runner type or size no runner has).
+    UnrunnableExecutions,
     /// Share (0 to 1) of finished executions that did not pass, over
     /// `window_hours` (of one suite, or all); none below `min_runs` runs.
     FailureRate,

@@ -44,6 +44,7 @@ struct Readings {
     queued_shards: u64,
     oldest_queued_age_ms: Option<i64>,
     unhealthy_runners: u64,
+    unrunnable_executions: u64,
     rollups: Vec<Rollup>,
 }
 
@@ -55,6 +56,7 @@ impl Readings {
                 Some(self.oldest_queued_age_ms.unwrap_or(0) as f64 / 1000.0)
             }
             AlertMetric::UnhealthyRunners => Some(self.unhealthy_runners as f64),
+            AlertMetric::UnrunnableExecutions => Some(self.unrunnable_executions as f64),
             AlertMetric::FailureRate => {
                 // The current hour and the whole hours before it.
                 let first =
@@ -170,8 +172,19 @@ impl<P: Ports> Orchestrator<P> {
             }
             None => Vec::new(),
         };
+        // Read only when a rule asks: it lists runners and queued work.
+        let unrunnable_executions = if rules
+            .iter()
+            .any(|r| r.metric == AlertMetric::UnrunnableExecutions)
+        {
+            let runners = self.all_runners().await?;
+            self.unrunnable_executions(&runners).await?
+        } else {
+            0
+        };
         Ok(Readings {
             now,
+            unrunnable_executions,
             queued_shards: stats.queued_shards,
             oldest_queued_age_ms: stats.oldest_queued_at.map(|t| now.since(t)),
             unhealthy_runners: unhealthy,

@@ -3,9 +3,9 @@
 use super::Orchestrator;
 use crate::domain::metrics::{hour_of, parse_since, MAX_RANGE_MS};
 use crate::domain::Metrics;
-use crate::domain::{Resources, RunnerStatus, RunnerWithLoad, Violation};
+use crate::domain::{ExecutionStatus, Mode, Resources, RunnerStatus, RunnerWithLoad, Violation};
 use crate::error::{Error, Result};
-use crate::ports::{Ports, Store};
+use crate::ports::{ExecutionFilter, Ports, Store};
 use crate::time::Clock;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -25,6 +25,9 @@ pub struct QueueHealth {
     pub active_executions: u64,
     /// Age of the oldest execution still waiting for a runner, in ms.
     pub oldest_queued_age_ms: Option<i64>,
+    /// Queued executions no registered runner could ever run (their
+    /// status says why), counted over the newest 1,000 queued.
+    pub unrunnable_executions: u64,
 }
 
 /// `GET /system/health`.
@@ -75,7 +78,38 @@ fn pct(used: u32, cap: u32) -> f64 {
     }
 }
 
+/// Queued executions looked at when counting unrunnable ones.
+const UNRUNNABLE_SCAN: u32 = 1_000;
+
 impl<P: Ports> Orchestrator<P> {
+    /// How many queued executions no registered runner in `runners` could
+    /// ever run (by_index ones are the CI's own jobs' to claim).
+    pub(crate) async fn unrunnable_executions(&self, runners: &[RunnerWithLoad]) -> Result<u64> {
+        let rules = self.store.list_rules().await?;
+        let mut count = 0;
+        let mut cursor: Option<String> = None;
+        for _ in 0..UNRUNNABLE_SCAN / 200 {
+            let filter = ExecutionFilter {
+                status: Some(ExecutionStatus::Queued),
+                suite: None,
+                limit: 200,
+                cursor: cursor.take(),
+            };
+            let page = self.store.list_executions(&filter).await?;
+            count += page
+                .items
+                .iter()
+                .filter(|e| e.mode != Mode::ByIndex)
+                .filter(|e| crate::scheduling::unrunnable_reason(e, runners, &rules).is_some())
+                .count() as u64;
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        Ok(count)
+    }
+
     pub(crate) async fn all_runners(&self) -> Result<Vec<RunnerWithLoad>> {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
@@ -96,7 +130,9 @@ impl<P: Ports> Orchestrator<P> {
             self.store.ping().await?;
             let stats = self.store.queue_stats().await?;
             let mut counts = RunnerCounts::default();
-            for r in self.all_runners().await? {
+            let runners = self.all_runners().await?;
+            let unrunnable = self.unrunnable_executions(&runners).await?;
+            for r in runners {
                 match r.runner.status {
                     RunnerStatus::Active => counts.active += 1,
                     RunnerStatus::Paused => counts.paused += 1,
@@ -104,11 +140,11 @@ impl<P: Ports> Orchestrator<P> {
                     RunnerStatus::Deregistered => counts.deregistered += 1,
                 }
             }
-            Ok::<_, crate::Error>((stats, counts))
+            Ok::<_, crate::Error>((stats, counts, unrunnable))
         }
         .await;
         match checked {
-            Ok((stats, counts)) => {
+            Ok((stats, counts, unrunnable)) => {
                 let starving = stats.queued_shards > 0 && counts.active == 0;
                 SystemHealth {
                     status: if starving { "degraded" } else { "ok" }.into(),
@@ -118,6 +154,7 @@ impl<P: Ports> Orchestrator<P> {
                         in_flight_shards: stats.in_flight_shards,
                         active_executions: stats.active_executions,
                         oldest_queued_age_ms: stats.oldest_queued_at.map(|t| now.since(t)),
+                        unrunnable_executions: unrunnable,
                     }),
                     runners: Some(counts),
                 }
