@@ -600,6 +600,12 @@ async fn oversized_fields_are_refused_with_422_naming_the_field() {
             "requirements.labels",
         ),
         (
+            "/executions/queue",
+            json!({"suite": "s", "tests": ["a"],
+                "requirements": {"runner_types": vec!["docker"; 100_000]}}),
+            "requirements.runner_types",
+        ),
+        (
             "/alert-rules",
             json!({"name": "r", "metric": "failure_rate", "threshold": 0.2, "suite": megabyte}),
             "suite",

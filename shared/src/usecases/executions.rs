@@ -1,6 +1,6 @@
 //! Queueing executions (with idempotency), reading them, cancel and retry.
 
-use super::runners::validate_labels;
+use super::runners::{validate_labels, validate_runner_types};
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth;
 use crate::domain::shard::Released;
@@ -360,6 +360,7 @@ impl<P: Ports> Orchestrator<P> {
         }
         let req = new.requirements.unwrap_or_default();
         validate_labels(&req.labels, "requirements.labels")?;
+        validate_runner_types(&req.runner_types, "requirements.runner_types")?;
         let defaults = cfg.resource_defaults(new.test_type);
         let requirements = Requirements {
             labels: req.labels,

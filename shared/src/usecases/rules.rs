@@ -1,6 +1,6 @@
 //! Load-balancing rules.
 
-use super::runners::validate_labels;
+use super::runners::{validate_labels, validate_runner_types};
 use super::Orchestrator;
 use crate::domain::{LoadBalancingRule, RunnerPool, Strategy};
 use crate::error::{Entity, Error, Result};
@@ -56,6 +56,7 @@ impl<P: Ports> Orchestrator<P> {
         }
         validate_labels(&new.labels, "labels")?;
         validate_labels(&new.pool.labels, "pool.labels")?;
+        validate_runner_types(&new.pool.types, "pool.types")?;
         if let (Some(min), Some(max)) = (new.min_priority, new.max_priority) {
             if min > max {
                 return Err(Error::validation(

@@ -59,6 +59,18 @@ pub struct Assignment {
     pub deadline: Option<Timestamp>,
 }
 
+/// A list of runner types names each at most once: there are six.
+pub(crate) fn validate_runner_types(
+    types: &[crate::domain::RunnerType],
+    field: &str,
+) -> Result<()> {
+    let distinct: BTreeSet<_> = types.iter().collect();
+    if distinct.len() != types.len() {
+        return Err(Error::validation(field, "a runner type is listed twice"));
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_labels(labels: &BTreeSet<String>, field: &str) -> Result<()> {
     if labels.len() > 32 {
         return Err(Error::validation(field, "at most 32 labels"));
