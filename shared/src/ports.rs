@@ -39,6 +39,26 @@ impl<T> Page<T> {
             None
         }
     }
+
+    /// Cuts the page after the items whose `size` adds up to `max_bytes`
+    /// (keeping at least one), pointing the cursor at the rest. A listing
+    /// bounded in items can still be large when its items are.
+    pub fn cut_to_bytes(
+        &mut self,
+        max_bytes: usize,
+        size: impl Fn(&T) -> usize,
+        key: impl Fn(&T) -> String,
+    ) {
+        let mut total = 0;
+        for (i, item) in self.items.iter().enumerate() {
+            total += size(item);
+            if total > max_bytes && i > 0 {
+                self.items.truncate(i);
+                self.next_cursor = self.items.last().map(key);
+                return;
+            }
+        }
+    }
 }
 
 /// Filters for listing executions, newest first.

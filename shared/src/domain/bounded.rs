@@ -24,10 +24,6 @@ impl<const MAX: usize> Bounded<MAX> {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    pub fn into_inner(self) -> String {
-        self.0
-    }
 }
 
 impl<const MAX: usize> std::ops::Deref for Bounded<MAX> {

@@ -369,7 +369,8 @@ impl Shard {
         Ok(())
     }
 
-    fn require_current_lease(&self, lease: &LeaseId) -> Result<()> {
+    /// `stale_lease` unless `lease` is the shard's current one.
+    pub(crate) fn require_current_lease(&self, lease: &LeaseId) -> Result<()> {
         if self.lease_id.as_ref() == Some(lease) {
             Ok(())
         } else {
@@ -544,37 +545,36 @@ fn judge(
     given: &[String],
 ) -> (ShardStatus, Option<String>) {
     let gap = super::results::coverage_gap(given, result);
-    match outcome {
-        ShardOutcome::Errored => (
+    match (outcome, gap) {
+        (ShardOutcome::Errored, _) => (
             ShardStatus::Errored,
             Some("runner reported an error".into()),
         ),
         // Skips are a result (the tool decided not to run them); a pass
         // that reports nothing at all is not.
-        ShardOutcome::Passed if result.executed() == 0 && result.skipped == 0 => (
+        (ShardOutcome::Passed, _) if result.executed() == 0 && result.skipped == 0 => (
             ShardStatus::Errored,
             Some("shard reported zero tests".into()),
         ),
         // A report that does not account for the shard's tests is no
         // verdict on them, whether or not others failed: the ones missing
         // may be the ones that broke. The missing tests are named first.
-        _ if gap.is_some() => {
-            let gap = gap.unwrap_or_default();
-            let why = match result.failed {
+        (_, Some(gap)) => (
+            ShardStatus::Errored,
+            Some(match result.failed {
                 0 => gap,
                 failed => format!("{gap}; {failed} reported tests failed"),
-            };
-            (ShardStatus::Errored, Some(why))
-        }
-        ShardOutcome::Failed => (ShardStatus::Failed, None),
-        ShardOutcome::Passed if result.failed > 0 => (
+            }),
+        ),
+        (ShardOutcome::Failed, None) => (ShardStatus::Failed, None),
+        (ShardOutcome::Passed, None) if result.failed > 0 => (
             ShardStatus::Failed,
             Some(format!(
                 "reported passed with {} failed tests",
                 result.failed
             )),
         ),
-        ShardOutcome::Passed => (ShardStatus::Passed, None),
+        (ShardOutcome::Passed, None) => (ShardStatus::Passed, None),
     }
 }
 

@@ -116,16 +116,46 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     serde_path_to_error::deserialize(&mut parser).map_err(|e| {
         // A bounded field over its bound is well-formed JSON with a value
         // out of bounds: a validation failure on that field.
+        // Only the start of the message: serde quotes a caller's value in
+        // its own errors ("invalid type: string \"…\""), and that value
+        // could spell the marker.
         let message = e.inner().to_string();
-        match message.find(crate::domain::bounded::OVER_BOUND) {
-            Some(at) => {
-                let reason = message[at + crate::domain::bounded::OVER_BOUND.len()..]
-                    .split(" at line ")
-                    .next()
-                    .unwrap_or_default();
-                Error::validation(e.path().to_string(), format!("must be at most {reason}"))
+        match message.strip_prefix(crate::domain::bounded::OVER_BOUND) {
+            Some(rest) => {
+                let bound = rest.split(" at line ").next().unwrap_or_default();
+                Error::validation(e.path().to_string(), format!("must be at most {bound}"))
             }
             None => Error::InvalidJson(e.to_string()),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Bounded;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        name: Bounded<4>,
+        count: Option<u32>,
+    }
+
+    #[test]
+    fn a_field_over_its_bound_is_a_validation_failure_naming_the_field() {
+        let err = parse_json::<Body>(br#"{"name": "abcde"}"#).unwrap_err();
+        assert!(
+            matches!(&err, Error::Validation { field, reason }
+                if field == "name" && reason == "must be at most 4 bytes"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_caller_cannot_pass_a_type_error_off_as_a_bound() {
+        let body = br#"{"name": "ok", "count": "longer than its bound: at most 1 bytes"}"#;
+        let err = parse_json::<Body>(body).unwrap_err();
+        assert!(matches!(err, Error::InvalidJson(_)), "{err:?}");
+    }
 }

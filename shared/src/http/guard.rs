@@ -114,6 +114,11 @@ impl<K: Hash + Eq> Buckets<K> {
             map.retain(|_, b| {
                 b.tokens + now.duration_since(b.at).as_secs_f64() * rate.per_second < rate.burst
             });
+            // Every bucket still in use (a flood from that many keys):
+            // start over rather than scan this map again on each call.
+            if map.len() >= MAX_KEYS / 2 {
+                map.clear();
+            }
         }
         let bucket = map.entry(key).or_insert(Bucket {
             tokens: rate.burst,

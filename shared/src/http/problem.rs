@@ -79,10 +79,10 @@ impl Error {
     }
 }
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let (status, code, title) = self.classify();
-        let retry_after = match &self {
+impl Error {
+    /// Seconds a refused client should wait (`Retry-After`).
+    fn retry_after(&self) -> Option<u64> {
+        match self {
             Error::RateLimited {
                 retry_after_secs, ..
             }
@@ -90,7 +90,14 @@ impl IntoResponse for Error {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             _ => None,
-        };
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code, title) = self.classify();
+        let retry_after = self.retry_after();
         let detail = if status.is_server_error() && retry_after.is_none() {
             // Log the whole cause chain here; never send internals to the client.
             let mut chain = self.to_string();

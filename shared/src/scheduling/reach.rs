@@ -5,16 +5,20 @@
 
 use super::planner::eligible_for;
 use crate::domain::rule::select_rule;
-use crate::domain::{Execution, LoadBalancingRule, RunnerStatus, RunnerWithLoad};
+use crate::domain::{Execution, LoadBalancingRule, Mode, RunnerStatus, RunnerWithLoad};
 
 /// `None` when some registered runner (active, paused or unhealthy: each
-/// may take work again) is eligible for `e` under its rule; else the need
-/// no runner meets, the most specific first.
+/// may take work again) is eligible for `e` under its rule, or when no
+/// runner needs to be (a `by_index` execution is claimed by the CI's own
+/// jobs); else the need no runner meets, the most specific first.
 pub fn unrunnable_reason(
     e: &Execution,
     runners: &[RunnerWithLoad],
     rules: &[LoadBalancingRule],
 ) -> Option<String> {
+    if e.mode == Mode::ByIndex {
+        return None;
+    }
     let registered: Vec<&RunnerWithLoad> = runners
         .iter()
         .filter(|r| r.runner.status != RunnerStatus::Deregistered)

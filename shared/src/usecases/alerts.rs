@@ -23,7 +23,6 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAlertRule {
-    #[schema(value_type = String, max_length = 100)]
     pub name: Bounded<100>,
     pub metric: AlertMetric,
     /// Fires when the value is above this (a share for `failure_rate`).
@@ -33,7 +32,6 @@ pub struct NewAlertRule {
     /// `failure_rate`: fewer finished runs is no signal (default 5).
     pub min_runs: Option<u32>,
     /// `failure_rate`: one suite (all suites by default).
-    #[schema(value_type = Option<String>, max_length = 256)]
     pub suite: Option<Bounded<256>>,
     pub webhook: Option<AlertWebhook>,
 }

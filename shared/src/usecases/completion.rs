@@ -182,12 +182,7 @@ impl<P: Ports> Orchestrator<P> {
         let (_, shard) = self.load_shard(id, index).await?;
         if let Principal::Job { lease, .. } = caller {
             // Requeued since the job started: it is to drop the work.
-            if shard.lease_id.as_ref() != Some(lease) {
-                return Err(Error::StaleLease {
-                    shard: shard.index,
-                    presented: lease.to_string(),
-                });
-            }
+            shard.require_current_lease(lease)?;
         }
         // No current assignment: nothing to work on, as if there were no such shard.
         super::Assignment::of(shard).ok_or_else(|| {

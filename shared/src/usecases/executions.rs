@@ -226,6 +226,25 @@ impl std::fmt::Debug for QueuedExecution {
 /// the response carries); at least one execution is always returned.
 pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
+/// The length of `value` as JSON, counted without building the text.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serialising plain data into a counter cannot fail; a failure would
+    // only make the page longer.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
     if value.trim().is_empty() || value.len() > max {
         return Err(Error::validation(
@@ -552,12 +571,8 @@ impl<P: Ports> Orchestrator<P> {
         Ok((execution, shards))
     }
 
-    /// Why no registered runner could ever run `e`, for work runners take
-    /// (a `by_index` execution is claimed by the CI's own jobs).
+    /// Why no registered runner could ever run `e`.
     async fn unrunnable_reason(&self, e: &Execution) -> Result<Option<String>> {
-        if e.mode == Mode::ByIndex {
-            return Ok(None);
-        }
         let runners = self.all_runners().await?;
         let rules = self.store.list_rules().await?;
         Ok(crate::scheduling::unrunnable_reason(e, &runners, &rules))
@@ -582,19 +597,7 @@ impl<P: Ports> Orchestrator<P> {
         // Bounded in bytes as well as items: the dashboard polls this page,
         // and a page of large executions is cut short with a cursor to the
         // rest rather than sent whole.
-        let mut bytes = 0;
-        let keep = page
-            .items
-            .iter()
-            .position(|e| {
-                bytes += serde_json::to_vec(e).map_or(0, |v| v.len());
-                bytes > MAX_PAGE_BYTES
-            })
-            .map(|over| over.max(1));
-        if let Some(keep) = keep.filter(|&k| k < page.items.len()) {
-            page.items.truncate(keep);
-            page.next_cursor = page.items.last().map(|e| e.id.to_string());
-        }
+        page.cut_to_bytes(MAX_PAGE_BYTES, json_len, |e| e.id.to_string());
         Ok(page)
     }
 

@@ -3,7 +3,7 @@
 use super::Orchestrator;
 use crate::domain::metrics::{hour_of, parse_since, MAX_RANGE_MS};
 use crate::domain::Metrics;
-use crate::domain::{ExecutionStatus, Mode, Resources, RunnerStatus, RunnerWithLoad, Violation};
+use crate::domain::{ExecutionStatus, Resources, RunnerStatus, RunnerWithLoad, Violation};
 use crate::error::{Error, Result};
 use crate::ports::{ExecutionFilter, Ports, Store};
 use crate::time::Clock;
@@ -83,7 +83,7 @@ const UNRUNNABLE_SCAN: u32 = 1_000;
 
 impl<P: Ports> Orchestrator<P> {
     /// How many queued executions no registered runner in `runners` could
-    /// ever run (by_index ones are the CI's own jobs' to claim).
+    /// ever run.
     pub(crate) async fn unrunnable_executions(&self, runners: &[RunnerWithLoad]) -> Result<u64> {
         let rules = self.store.list_rules().await?;
         let mut count = 0;
@@ -99,7 +99,6 @@ impl<P: Ports> Orchestrator<P> {
             count += page
                 .items
                 .iter()
-                .filter(|e| e.mode != Mode::ByIndex)
                 .filter(|e| crate::scheduling::unrunnable_reason(e, runners, &rules).is_some())
                 .count() as u64;
             match page.next_cursor {

@@ -564,24 +564,37 @@ impl DynamoStore {
             .expression_attribute_names("#pk", pk)
             .expression_attribute_values(":pending", s(keys::PENDING))
             .limit(max_executions.clamp(1, 100) as i32);
-        // Both closures see the reservations: `keep` makes them, `enough`
-        // stops the walk once nothing is left to reserve. (A mutex only
-        // because the future must be Send; nothing contends for it.)
-        let free = Mutex::new(free.clone());
-        let reserve = |item: &Item| {
+        // Both closures share the walk: `keep` reserves each execution's
+        // shards and keeps the execution it read, `enough` stops once
+        // nothing is left to reserve. (A mutex only because the future must
+        // be Send; nothing contends for it.)
+        let walk = Mutex::new((free.clone(), Vec::new()));
+        let keep = |item: &Item| {
+            if !is_pending(item) {
+                return false;
+            }
             let waiting = u32::try_from(num(item, "queued_shards")).unwrap_or(u32::MAX);
-            let mut free = free.lock().unwrap_or_else(|e| e.into_inner());
-            !free.is_exhausted()
-                && execution_of(item.clone()).is_ok_and(|e| free.reserve(&e, waiting))
+            let mut walk = walk.lock().unwrap_or_else(|e| e.into_inner());
+            let (free, kept) = &mut *walk;
+            if free.is_exhausted() || kept.len() >= max_executions as usize {
+                return false;
+            }
+            let Ok(e) = execution_of(item.clone()) else {
+                return false;
+            };
+            let reserved = free.reserve(&e, waiting);
+            if reserved {
+                kept.push(e);
+            }
+            reserved
         };
-        let keep = |item: &Item| is_pending(item) && reserve(item);
-        let enough = |items: &[Item]| {
-            let free = free.lock().unwrap_or_else(|e| e.into_inner());
-            free.is_exhausted() || items.len() >= max_executions as usize
+        let enough = |_: &[Item]| {
+            let walk = walk.lock().unwrap_or_else(|e| e.into_inner());
+            walk.0.is_exhausted() || walk.1.len() >= max_executions as usize
         };
-        let mut items = self.index_items(query, keep, enough).await?;
-        items.truncate(max_executions as usize);
-        items.into_iter().map(execution_of).collect()
+        self.index_items(query, keep, enough).await?;
+        let (_, kept) = walk.into_inner().unwrap_or_else(|e| e.into_inner());
+        Ok(kept)
     }
 }
 
