@@ -2,6 +2,7 @@
 //! DynamoDB on moto) with a manual clock, and a real `tms serve` process on a
 //! free port.
 
+pub mod faults;
 pub mod iam;
 pub mod meter;
 pub mod moto;
@@ -110,6 +111,21 @@ impl Backend for Dynamo {
     }
 }
 
+/// DynamoDB on moto behind a [`faults::FaultProxy`] that answers 5 % of
+/// requests with one of DynamoDB's retryable faults (throttling, 500s,
+/// transaction conflicts, unprocessed batch keys and items).
+pub struct FaultyDynamo;
+
+/// The share of requests that get a fault in [`FaultyDynamo`].
+pub const SUSTAINED_FAULT_RATE: f64 = 0.05;
+
+impl Backend for FaultyDynamo {
+    type Store = DynamoStore;
+    async fn store() -> DynamoStore {
+        moto::faulty_store(faults::FaultPlan::sustained(SUSTAINED_FAULT_RATE)).await
+    }
+}
+
 pub struct TestPorts<B>(PhantomData<B>);
 
 impl<B: Backend> Ports for TestPorts<B> {
@@ -154,7 +170,8 @@ impl<B: Backend> Harness<B> {
         Self::on(B::store().await, config)
     }
 
-    fn on(store: B::Store, mut config: Config) -> Self {
+    /// A harness on a store the test made (a store behind a fault proxy).
+    pub fn on(store: B::Store, mut config: Config) -> Self {
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
         let events = RecordedEvents::default();
         let nudges = CountingNudges::default();
@@ -357,7 +374,8 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Runs each named generic test function (`async fn name<B: Backend>()`)
-/// once per store: `sqlite::name` and `dynamo::name`.
+/// once per store: `sqlite::name`, `dynamo::name`, and `dynamo_faults::name`
+/// (DynamoDB under a sustained fault rate).
 #[macro_export]
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -374,6 +392,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name::<$crate::Dynamo>().await
+                }
+            )*
+        }
+        mod dynamo_faults {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name::<$crate::FaultyDynamo>().await
                 }
             )*
         }

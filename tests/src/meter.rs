@@ -190,7 +190,7 @@ impl Meter {
     ) -> AwsClients {
         AwsClients {
             dynamodb: aws_sdk_dynamodb::Client::from_conf(
-                aws_sdk_dynamodb::config::Builder::from(sdk)
+                tms::adapters::dynamo::retry::config(sdk)
                     .interceptor(self.clone())
                     .interceptor(also.clone())
                     .build(),
@@ -246,7 +246,8 @@ fn value_size(v: &Value) -> usize {
     }
 }
 
-fn item_size(item: &Map<String, Value>) -> usize {
+/// DynamoDB's size of an item (attribute names plus values).
+pub(crate) fn item_size(item: &Map<String, Value>) -> usize {
     item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
 }
 

@@ -2,6 +2,7 @@
 //! command (`scripts/test`, via `scripts/moto`) starts on a free 127.0.0.1
 //! port and names in `TMS_TEST_AWS_ENDPOINT`.
 
+use crate::faults::{FaultPlan, FaultProxy};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
 use tms::adapters::dynamo::{DynamoStore, TableSpec};
@@ -21,10 +22,15 @@ pub fn endpoint() -> String {
 
 /// SDK settings for moto: fixed test credentials, us-east-1, the local endpoint.
 pub async fn sdk_config() -> SdkConfig {
+    sdk_config_at(&endpoint()).await
+}
+
+/// [`sdk_config`] with another endpoint (a proxy in front of moto).
+pub async fn sdk_config_at(url: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
-        .endpoint_url(endpoint())
+        .endpoint_url(url)
         .load()
         .await
 }
@@ -36,13 +42,29 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// A store on a new table, created from `template.yaml`'s definition.
 pub async fn store() -> DynamoStore {
-    let client = aws_sdk_dynamodb::Client::new(&sdk_config().await);
+    let client = tms::adapters::dynamo::retry::client(&sdk_config().await);
     let table = unique_name("tms-test");
     TableSpec::from_template()
         .expect("template table")
         .create(&client, &table)
         .await
         .expect("create the table on moto");
+    DynamoStore::new(client, table)
+}
+
+/// A store on a new table whose requests go through a [`FaultProxy`] with
+/// `plan`; the proxy runs until the test's runtime ends.
+pub async fn faulty_store(plan: FaultPlan) -> DynamoStore {
+    let proxy = FaultProxy::start(&endpoint(), plan).await;
+    let store = store_behind(&proxy).await;
+    proxy.keep_running();
+    store
+}
+
+/// A store on a new table whose requests go through `proxy`.
+pub async fn store_behind(proxy: &FaultProxy) -> DynamoStore {
+    let table = store().await.table().to_owned();
+    let client = tms::adapters::dynamo::retry::client(&sdk_config_at(&proxy.url).await);
     DynamoStore::new(client, table)
 }
 

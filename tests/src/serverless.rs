@@ -12,6 +12,7 @@
 //! something its role would refuse on AWS fails, naming the function, the
 //! action and the resource.
 
+use crate::faults::{FaultPlan, FaultProxy};
 use crate::iam::CallLog;
 use crate::meter::Meter;
 use crate::moto;
@@ -48,17 +49,37 @@ pub struct Deployment {
     pub meter: Meter,
     /// The same requests, each with the function that made it.
     pub calls: CallLog,
+    /// The proxy the functions' requests go through, when faults are injected.
+    pub faults: Option<FaultProxy>,
 }
 
 impl Deployment {
     pub async fn start() -> Deployment {
+        Self::start_with(None).await
+    }
+
+    /// A deployment whose functions reach AWS through a [`FaultProxy`] with
+    /// `plan` (the test itself still reads moto directly through `sdk`).
+    pub async fn with_faults(plan: FaultPlan) -> Deployment {
+        Self::start_with(Some(plan)).await
+    }
+
+    async fn start_with(plan: Option<FaultPlan>) -> Deployment {
         let (template, stack, sdk) = moto::stack().await;
         let clock = ManualClock::new(Timestamp(1_800_000_000_000));
         let meter = Meter::default();
         let calls = CallLog::default();
+        let faults = match plan {
+            Some(plan) => Some(FaultProxy::start(&moto::endpoint(), plan).await),
+            None => None,
+        };
+        let functions_sdk = match &faults {
+            Some(proxy) => moto::sdk_config_at(&proxy.url).await,
+            None => sdk.clone(),
+        };
         let mut functions = BTreeMap::new();
         for id in template.functions() {
-            let clients = meter.clients_with(&sdk, calls.caller(&id));
+            let clients = meter.clients_with(&functions_sdk, calls.caller(&id));
             let app = Self::function(&template, &stack, &clients, &clock, &id).await;
             functions.insert(id, (app, clients));
         }
@@ -82,6 +103,7 @@ impl Deployment {
             admin_token,
             meter,
             calls,
+            faults,
         }
     }
 

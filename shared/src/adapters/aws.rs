@@ -244,7 +244,7 @@ pub struct AwsClients {
 impl AwsClients {
     pub fn new(sdk: &SdkConfig) -> Self {
         AwsClients {
-            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
+            dynamodb: crate::adapters::dynamo::retry::client(sdk),
             sqs: aws_sdk_sqs::Client::new(sdk),
             eventbridge: aws_sdk_eventbridge::Client::new(sdk),
             secrets: aws_sdk_secretsmanager::Client::new(sdk),

@@ -464,7 +464,7 @@ async fn create_one(
     let (reference, attributes): (String, Vec<(&str, String)>) = match Template::kind(resource) {
         "AWS::DynamoDB::Table" => {
             let table = name("TableName")?;
-            let client = aws_sdk_dynamodb::Client::new(sdk);
+            let client = crate::adapters::dynamo::retry::client(sdk);
             let exists = client
                 .describe_table()
                 .table_name(&table)

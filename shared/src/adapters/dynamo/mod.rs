@@ -9,6 +9,7 @@
 //! top-level attributes and are laid over the document when it is read.
 
 mod keys;
+pub mod retry;
 pub mod table;
 
 use crate::auth::ApiToken;
@@ -121,8 +122,7 @@ impl DynamoStore {
                             "BatchWriteItem kept leaving items unprocessed".into(),
                         ));
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(10 << attempts.min(6)))
-                        .await;
+                    backoff(attempts).await;
                 }
             }
         }
@@ -169,8 +169,7 @@ impl DynamoStore {
                             "BatchGetItem kept leaving keys unprocessed".into(),
                         ));
                     }
-                    tokio::time::sleep(std::time::Duration::from_millis(10 << attempts.min(6)))
-                        .await;
+                    backoff(attempts).await;
                 }
             }
         }
@@ -353,11 +352,11 @@ impl DynamoStore {
         Ok(out.attributes.is_some_and(|a| !a.is_empty()))
     }
 
-    /// Runs a transaction; on a cancellation, tells which items' conditions failed.
+    /// Runs a transaction; on a cancellation, tells why (see [`Cancelled`]).
     async fn transact(
         &self,
         mut items: Vec<TransactWriteItem>,
-    ) -> Result<std::result::Result<(), Vec<bool>>> {
+    ) -> Result<std::result::Result<(), Cancelled>> {
         // A transaction of one conditional put is the same as the put alone,
         // at half the write units (transactions bill every item twice).
         if let [only] = items.as_mut_slice() {
@@ -385,7 +384,18 @@ impl DynamoStore {
                         .map(|r| r.code() == Some("ConditionalCheckFailed"))
                         .collect();
                     if failed.iter().any(|f| *f) {
-                        return Ok(Err(failed));
+                        return Ok(Err(Cancelled::Conditions(failed)));
+                    }
+                    // Still held by other transactions after the client's
+                    // retries: the same as losing the race.
+                    if retry::only_conflicts(c.cancellation_reasons()) {
+                        return Ok(Err(Cancelled::Conflict));
+                    }
+                    if c.cancellation_reasons().iter().any(|r| {
+                        r.code() == Some("ValidationError")
+                            && r.message().is_some_and(|m| m.contains("Item size"))
+                    }) {
+                        return Err(too_large_for_the_store());
                     }
                 }
                 Err(sdk(e))
@@ -394,7 +404,7 @@ impl DynamoStore {
     }
 
     /// One conditional `PutItem`, answering like [`Self::transact`].
-    async fn put_alone(&self, put: Put) -> Result<std::result::Result<(), Vec<bool>>> {
+    async fn put_alone(&self, put: Put) -> Result<std::result::Result<(), Cancelled>> {
         match self
             .client
             .put_item()
@@ -411,8 +421,9 @@ impl DynamoStore {
                 if e.as_service_error()
                     .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
             {
-                Ok(Err(vec![true]))
+                Ok(Err(Cancelled::Conditions(vec![true])))
             }
+            Err(e) if is_transaction_conflict(&e) => Ok(Err(Cancelled::Conflict)),
             Err(e) => Err(sdk(e)),
         }
     }
@@ -496,7 +507,7 @@ impl DynamoStore {
             .await;
         match out {
             Ok(_) => Ok(true),
-            Err(e) if is_condition_failure(&e) => Ok(false),
+            Err(e) if is_condition_failure(&e) || is_transaction_conflict(&e) => Ok(false),
             Err(e) => Err(sdk(e)),
         }
     }
@@ -678,13 +689,45 @@ where
             m.contains("Item size has exceeded") || m.contains("cannot exceed 4 MB")
         });
     if too_large {
-        return Error::validation(
-            "tests",
-            "too many or too long test names for the store: each shard's list must stay \
-             under 400 KB (raise parallelism or shorten the names)",
-        );
+        return too_large_for_the_store();
     }
     Error::storage(e)
+}
+
+/// DynamoDB refused an item over 400 KB (or a transaction over 4 MB): the
+/// caller's input is too large for one execution — a 422 that says what to
+/// change. In a transaction the refusal is a cancellation with a
+/// `ValidationError` reason rather than a `ValidationException`.
+fn too_large_for_the_store() -> Error {
+    Error::validation(
+        "tests",
+        "too many or too long test names for the store: each shard's list must stay \
+         under 400 KB (raise parallelism or shorten the names)",
+    )
+}
+
+/// A single-item write that another transaction kept losing to, after the
+/// client's retries ([`retry`]).
+fn is_transaction_conflict<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    e.as_service_error()
+        .and_then(|s| s.code())
+        .is_some_and(|c| c == "TransactionConflictException")
+}
+
+/// Waits before the next attempt of a batch request that DynamoDB left
+/// partly undone: exponential from 25 ms, capped at 1 s, full jitter.
+async fn backoff(attempts: u32) {
+    let cap = (25u64 << attempts.min(6)).min(1_000);
+    let wait = rand::random::<f64>() * cap as f64;
+    tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+}
+
+/// Why DynamoDB cancelled a write.
+enum Cancelled {
+    /// These items' conditions failed (by position in the transaction).
+    Conditions(Vec<bool>),
+    /// Other transactions held its items through every retry.
+    Conflict,
 }
 
 fn is_condition_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
@@ -1129,10 +1172,14 @@ impl Store for DynamoStore {
         }
         match self.transact(items).await? {
             Ok(()) => Ok(()),
-            Err(failed) if failed.last() == Some(&true) && idem.is_some() => Err(Error::conflict(
-                Entity::Execution,
-                idem.map_or("", |r| r.key.as_str()),
-            )),
+            Err(Cancelled::Conditions(failed))
+                if failed.last() == Some(&true) && idem.is_some() =>
+            {
+                Err(Error::conflict(
+                    Entity::Execution,
+                    idem.map_or("", |r| r.key.as_str()),
+                ))
+            }
             Err(_) => Err(Error::conflict(Entity::Execution, &execution.id)),
         }
     }
@@ -1463,11 +1510,12 @@ impl Store for DynamoStore {
         }
         match self.transact(items).await? {
             Ok(()) => Ok(()),
-            Err(failed) => Err(match failed.iter().position(|f| *f) {
+            Err(Cancelled::Conditions(failed)) => Err(match failed.iter().position(|f| *f) {
                 Some(1) => Error::conflict(Entity::Runner, &alloc.runner_id),
                 Some(3) => Error::conflict(Entity::Execution, &shard.execution_id),
                 _ => shard_conflict(shard),
             }),
+            Err(Cancelled::Conflict) => Err(shard_conflict(shard)),
         }
     }
 
@@ -1510,7 +1558,9 @@ impl Store for DynamoStore {
             Ok(()) => Ok(()),
             // Only the allocation was gone: this lease's capacity was already
             // given back, so the shard changes without a second release.
-            Err(failed) if !failed[0] && u.release.is_some() && failed.get(1) == Some(&true) => {
+            Err(Cancelled::Conditions(failed))
+                if !failed[0] && u.release.is_some() && failed.get(1) == Some(&true) =>
+            {
                 let mut items = vec![shard_put()?];
                 items.extend(counter()?);
                 match self.transact(items).await? {
