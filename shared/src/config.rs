@@ -9,6 +9,10 @@ pub struct ResourceDefaults {
     pub memory_mb: u32,
 }
 
+/// [`Config::dispatch_attempt_budget_ms`]'s default: 20 s, inside the
+/// dispatcher function's 30 s timeout with room for its reads and writes.
+pub const DISPATCH_ATTEMPT_BUDGET_MS: u64 = 20_000;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// How often runners are expected to heartbeat.
@@ -50,6 +54,11 @@ pub struct Config {
     pub dispatch_max_attempts: u32,
     /// The first retry's delay; each next one doubles, up to 5 minutes.
     pub dispatch_backoff_ms: u64,
+    /// The most one dispatch attempt spends asking the platform, all its
+    /// requests together; it must end well inside the dispatcher
+    /// function's timeout (template.yaml), or Lambda stops the attempt with
+    /// no record of how far it got.
+    pub dispatch_attempt_budget_ms: u64,
     pub unit: ResourceDefaults,
     pub integration: ResourceDefaults,
     pub e2e: ResourceDefaults,
@@ -110,6 +119,7 @@ impl Default for Config {
             cors_origins: Vec::new(),
             dispatch_max_attempts: 5,
             dispatch_backoff_ms: 5_000,
+            dispatch_attempt_budget_ms: DISPATCH_ATTEMPT_BUDGET_MS,
             unit: ResourceDefaults {
                 cpu_millis: 500,
                 memory_mb: 512,

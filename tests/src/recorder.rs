@@ -43,6 +43,8 @@ pub struct Answer {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    /// How long the platform takes to answer (after recording the request).
+    pub delay: std::time::Duration,
 }
 
 impl Answer {
@@ -51,7 +53,14 @@ impl Answer {
             status,
             headers: Vec::new(),
             body: String::new(),
+            delay: std::time::Duration::ZERO,
         }
+    }
+
+    /// The same answer, sent only after `delay`.
+    pub fn after(mut self, delay: std::time::Duration) -> Answer {
+        self.delay = delay;
+        self
     }
 
     pub fn with_body(mut self, body: &str) -> Answer {
@@ -92,7 +101,11 @@ impl Recorder {
         let app = axum::Router::new().fallback(
             move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
                 let state = shared.clone();
-                async move { answer(&state, method, uri, headers, body) }
+                async move {
+                    let (delay, response) = answer(&state, method, uri, headers, body);
+                    tokio::time::sleep(delay).await;
+                    response
+                }
             },
         );
         let task = tokio::spawn(async move {
@@ -123,7 +136,7 @@ fn answer(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> (std::time::Duration, Response) {
     let mut state = state.lock().unwrap();
     state.requests.push(Recorded {
         method: method.to_string(),
@@ -146,5 +159,5 @@ fn answer(
             .headers_mut()
             .append(name, value.parse().expect("a header value"));
     }
-    response
+    (a.delay, response)
 }

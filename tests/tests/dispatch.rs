@@ -629,7 +629,114 @@ async fn a_push_mode_runner_is_never_marked_unhealthy_for_silence<B: Backend>() 
     );
 }
 
+/// Lambda stops a dispatcher at its timeout wherever it is; SQS then
+/// delivers the same order again. The platform already has the job, so the
+/// redelivery must not start a second one.
+async fn a_dispatch_redelivered_after_the_dispatcher_was_stopped_mid_call_starts_no_second_job<
+    B: Backend,
+>() {
+    let platform = Recorder::start(Answer::status(204).after(Duration::from_secs(5))).await;
+    let h = operator::<B>().await;
+    h.secrets.set("HOOK_KEY", "k");
+    register(
+        &h,
+        runner("hook", RunnerType::Custom, Some(webhook(&platform.url))),
+    )
+    .await;
+    let (e, order) = queue_and_schedule(&h).await;
+    // The platform has the request; the dispatcher is stopped before it answers.
+    let stopped = tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::join!(h.app.dispatch_shard(&order, 1), async {
+            tms_tests::eventually("the platform got the job", || async {
+                (!platform.requests().is_empty()).then_some(())
+            })
+            .await
+        })
+    })
+    .await;
+    assert!(stopped.is_err(), "the first attempt was still waiting");
+
+    assert_eq!(
+        h.app.dispatch_shard(&order, 2).await.unwrap(),
+        DispatchOutcome::AlreadyDispatched
+    );
+    assert_eq!(platform.requests().len(), 1, "one job for one lease");
+    assert_eq!(shard(&h, &e).await.status, ShardStatus::Assigned);
+}
+
+/// An attempt that outlasts its budget gives up on the platform's answer
+/// but not on the job it may have started: no later attempt asks again,
+/// and the lease's deadline sends the shard elsewhere if nothing reports.
+async fn a_dispatch_over_its_budget_is_unconfirmed_and_never_repeated<B: Backend>() {
+    let platform = Recorder::start(Answer::status(204).after(Duration::from_secs(5))).await;
+    let config = tms::config::Config {
+        dispatch_allowed_hosts: tms::domain::AllowedHosts::parse(["127.0.0.1"]).unwrap(),
+        dispatch_attempt_budget_ms: 300,
+        ..Default::default()
+    };
+    let h = Harness::<B>::start_with(config).await;
+    h.secrets.set("HOOK_KEY", "k");
+    register(
+        &h,
+        runner("hook", RunnerType::Custom, Some(webhook(&platform.url))),
+    )
+    .await;
+    let mut new = tms_tests::new_execution("api", ["a"].map(String::from), 1);
+    new.shard_timeout_seconds = Some(600);
+    let e = h.app.queue_execution(new, None).await.unwrap().execution.id;
+    assert_eq!(h.app.schedule_pass().await.unwrap(), 1);
+    let order = h.nudges.take_orders().remove(0);
+    let DispatchOutcome::Unconfirmed { reason } = h.app.dispatch_shard(&order, 1).await.unwrap()
+    else {
+        panic!("the attempt ran out of its budget")
+    };
+    assert!(reason.contains("300 ms"), "{reason}");
+    assert_eq!(
+        h.app.dispatch_shard(&order, 2).await.unwrap(),
+        DispatchOutcome::AlreadyDispatched
+    );
+    assert_eq!(platform.requests().len(), 1);
+
+    let deadline = shard(&h, &e).await.deadline.unwrap();
+    h.clock
+        .advance_ms(deadline.since(tms::time::Clock::now(&h.clock)) + 1);
+    let swept = h.app.timeout_sweep().await.unwrap();
+    assert_eq!(swept.shards_requeued, 1, "{swept:?}");
+    assert_eq!(shard(&h, &e).await.status, ShardStatus::Queued);
+}
+
+/// A platform that answered "not now" did not start the job: the next
+/// attempt dispatches the same lease.
+async fn a_platform_that_answered_busy_gets_the_lease_again_on_the_next_attempt<B: Backend>() {
+    let platform = Recorder::start(Answer::status(204)).await;
+    platform.script([Answer::status(503)]);
+    let h = operator::<B>().await;
+    h.secrets.set("HOOK_KEY", "k");
+    register(
+        &h,
+        runner("hook", RunnerType::Custom, Some(webhook(&platform.url))),
+    )
+    .await;
+    let (_, order) = queue_and_schedule(&h).await;
+    assert!(matches!(
+        h.app.dispatch_shard(&order, 1).await.unwrap(),
+        DispatchOutcome::Retry { .. }
+    ));
+    assert!(matches!(
+        h.app.dispatch_shard(&order, 2).await.unwrap(),
+        DispatchOutcome::Dispatched { status: 204, .. }
+    ));
+    assert_eq!(
+        h.app.dispatch_shard(&order, 3).await.unwrap(),
+        DispatchOutcome::AlreadyDispatched
+    );
+    assert_eq!(platform.requests().len(), 2);
+}
+
 tms_tests::conformance!(
+    a_dispatch_redelivered_after_the_dispatcher_was_stopped_mid_call_starts_no_second_job,
+    a_dispatch_over_its_budget_is_unconfirmed_and_never_repeated,
+    a_platform_that_answered_busy_gets_the_lease_again_on_the_next_attempt,
     a_dispatched_job_reads_its_shard_and_reports_with_its_token,
     a_job_token_reaches_only_its_own_shard_and_only_under_its_lease,
     a_failing_platform_is_retried_then_the_shard_goes_to_another_runner,
@@ -735,4 +842,28 @@ async fn registration_refuses_a_dispatch_target_that_cannot_work() {
             Err(Error::Validation { .. })
         ));
     }
+}
+
+/// One attempt asks the platform for at most its budget, and the budget
+/// leaves the dispatcher function time for its reads and writes before
+/// Lambda stops it.
+#[test]
+fn the_dispatch_attempt_budget_fits_inside_the_dispatcher_functions_timeout() {
+    let template = tms::adapters::stack::Template::builtin().unwrap();
+    let stack = tms::adapters::stack::Stack::default();
+    let timeout = stack
+        .function_property(&template, "DispatcherFunction", "Timeout")
+        .unwrap()
+        .as_u64()
+        .expect("DispatcherFunction sets its Timeout");
+    let budget_secs = tms::config::DISPATCH_ATTEMPT_BUDGET_MS / 1000;
+    assert_eq!(
+        tms::config::Config::default().dispatch_attempt_budget_ms,
+        tms::config::DISPATCH_ATTEMPT_BUDGET_MS
+    );
+    assert!(
+        budget_secs + 5 <= timeout,
+        "a {budget_secs} s attempt budget needs a timeout of at least {} s, not {timeout} s",
+        budget_secs + 5
+    );
 }

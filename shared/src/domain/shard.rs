@@ -348,25 +348,48 @@ impl Shard {
         Ok(())
     }
 
-    /// The assigned lease is being handed to the runner's CI platform; the
-    /// job will report with a token of this hash. Dispatching the same lease
-    /// again (a retried dispatch) replaces the token.
+    /// The assigned lease is about to be handed to the runner's CI platform;
+    /// the job will report with a token of this hash. `false` when a
+    /// dispatch of this lease already began: it may have started a job (an
+    /// attempt that died mid-call leaves no answer), so a lease is handed
+    /// to the platform at most once unless [`Self::undo_dispatch`] says
+    /// the platform refused it.
     pub fn mark_dispatched(
         &mut self,
         lease: &LeaseId,
         token_hash: String,
         now: Timestamp,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.require_current_lease(lease)?;
         if self.status != ShardStatus::Assigned {
             return Err(self.refuse(ShardStatus::Assigned));
+        }
+        if self.dispatch.is_some() {
+            return Ok(false);
         }
         self.dispatch = Some(ShardDispatch {
             token_hash,
             at: now,
         });
         self.version += 1;
-        Ok(())
+        Ok(true)
+    }
+
+    /// The platform answered that it did not start the job (busy, down):
+    /// the lease may be dispatched again. `false` when there is nothing of
+    /// this dispatch to undo (the lease moved on, the job already began, or
+    /// another attempt's token is in place).
+    pub fn undo_dispatch(&mut self, lease: &LeaseId, token_hash: &str) -> bool {
+        let ours = self
+            .dispatch
+            .as_ref()
+            .is_some_and(|d| d.token_hash == token_hash);
+        if self.lease_id.as_ref() != Some(lease) || self.status != ShardStatus::Assigned || !ours {
+            return false;
+        }
+        self.dispatch = None;
+        self.version += 1;
+        true
     }
 
     /// `stale_lease` unless `lease` is the shard's current one.

@@ -8,6 +8,14 @@
 //! platform's exchange from [`crate::dispatch`]. One call is one attempt:
 //! the caller owns the waiting between attempts (SQS visibility on AWS, a
 //! timer locally), so nothing here sleeps.
+//!
+//! A lease starts at most one CI job. The shard is marked (a conditional
+//! write) before the platform is asked; a later attempt for the same lease
+//! finds the mark and asks no more, unless the platform answered that it
+//! did not start the job, which removes the mark. So a redelivered message
+//! after the dispatcher was stopped mid-call (its timeout) does not start a
+//! second job; the attempt's budget ([`crate::config::Config`]'s
+//! `dispatch_attempt_budget_ms`) keeps an attempt inside that timeout.
 
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth;
@@ -26,6 +34,13 @@ pub enum DispatchOutcome {
     /// The order is out of date (the lease moved on, the shard started or
     /// ended, the runner no longer dispatches): nothing to do.
     Stale,
+    /// An earlier attempt already handed this lease to the platform (or
+    /// died while doing so): a lease starts at most one job.
+    AlreadyDispatched,
+    /// The attempt ran out of its budget while the platform was being
+    /// asked. The job may have started, so the lease is not dispatched
+    /// again; if no job reports, the lease's deadline requeues the shard.
+    Unconfirmed { reason: String },
     /// The platform is busy or down: attempt again after `after`.
     Retry { after: Duration, reason: String },
     /// Out of dispatch attempts: the shard went back to the queue for
@@ -39,6 +54,13 @@ pub enum DispatchOutcome {
 
 /// Most HTTP requests one attempt may send (Jenkins' crumb dance is three).
 const MAX_EXCHANGES: usize = 4;
+
+/// Whether this attempt may hand the lease to the platform.
+enum Marked {
+    Now(Box<crate::domain::Shard>),
+    Stale,
+    Already,
+}
 
 impl<P: Ports> Orchestrator<P> {
     /// Attempt number `attempt` (1-based) at dispatching `order`.
@@ -106,18 +128,26 @@ impl<P: Ports> Orchestrator<P> {
                     }
                 };
                 if !holds(&shard, order) {
-                    return Ok(None);
+                    return Ok(Marked::Stale);
                 }
                 let read_as = (shard.version, shard.status);
-                shard.mark_dispatched(&order.lease_id, issued.hash.clone(), now)?;
+                if !shard.mark_dispatched(&order.lease_id, issued.hash.clone(), now)? {
+                    return Ok(Marked::Already);
+                }
                 self.save_shard(&execution, shard.clone(), read_as, None)
                     .await?;
-                Ok(Some(shard))
+                Ok(Marked::Now(Box::new(shard)))
             }
         })
         .await?;
-        let Some(shard) = marked else {
-            return Ok(DispatchOutcome::Stale);
+        let shard = match marked {
+            Marked::Now(shard) => shard,
+            Marked::Stale => return Ok(DispatchOutcome::Stale),
+            Marked::Already => {
+                tracing::warn!(execution = %order.execution_id, shard = order.shard_index,
+                    "this lease was already handed to the platform; not starting a second job");
+                return Ok(DispatchOutcome::AlreadyDispatched);
+            }
         };
 
         let webhook_url = format!(
@@ -137,28 +167,58 @@ impl<P: Ports> Orchestrator<P> {
             webhook_url,
             webhook_token: issued.token,
         };
-        let mut exchanges = Vec::new();
-        let verdict = loop {
-            let step = next_step(&target, &job, &secret, now, &exchanges);
-            match step {
-                Step::Done(verdict) => break verdict,
-                Step::Send(_) if exchanges.len() >= MAX_EXCHANGES => {
-                    break Verdict::Rejected {
-                        reason: "the platform kept asking for more requests".into(),
-                    }
-                }
-                Step::Send(request) => match self.http.send(&request).await {
-                    Ok(response) => exchanges.push((request, response)),
-                    Err(e) => {
-                        break Verdict::Retry {
-                            after: None,
-                            reason: format!("no answer: {e}"),
+        let exchange = async {
+            let mut exchanges = Vec::new();
+            loop {
+                let step = next_step(&target, &job, &secret, now, &exchanges);
+                match step {
+                    Step::Done(verdict) => break verdict,
+                    Step::Send(_) if exchanges.len() >= MAX_EXCHANGES => {
+                        break Verdict::Rejected {
+                            reason: "the platform kept asking for more requests".into(),
                         }
                     }
-                },
+                    Step::Send(request) => match self.http.send(&request).await {
+                        Ok(response) => exchanges.push((request, response)),
+                        Err(e) => {
+                            break Verdict::Retry {
+                                after: None,
+                                reason: format!("no answer: {e}"),
+                            }
+                        }
+                    },
+                }
             }
         };
+        let budget = Duration::from_millis(self.config.dispatch_attempt_budget_ms);
         let platform = target.platform();
+        let Ok(verdict) = tokio::time::timeout(budget, exchange).await else {
+            // The platform may have started the job before the attempt gave
+            // up: the mark stays, so no retry starts a second one. A job
+            // that never began is found by the lease's deadline.
+            let reason = format!(
+                "{platform} did not answer within the dispatch attempt's {} ms",
+                budget.as_millis()
+            );
+            tracing::warn!(execution = %order.execution_id, shard = order.shard_index, %reason,
+                "dispatch unconfirmed; the lease's deadline requeues the shard if no job reports");
+            return Ok(DispatchOutcome::Unconfirmed { reason });
+        };
+        if matches!(verdict, Verdict::Retry { .. }) {
+            // The platform answered that it did not start the job: the next
+            // attempt may hand the lease over again.
+            retry_on_conflict(|| async {
+                let (execution, mut shard) = self
+                    .load_shard(&order.execution_id, order.shard_index)
+                    .await?;
+                let read_as = (shard.version, shard.status);
+                if shard.undo_dispatch(&order.lease_id, &issued.hash) {
+                    self.save_shard(&execution, shard, read_as, None).await?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
         match verdict {
             Verdict::Dispatched { status } => {
                 tracing::info!(execution = %order.execution_id, shard = order.shard_index,
