@@ -344,10 +344,12 @@ pub trait Store: Send + Sync + 'static {
         execution: &ExecutionId,
         chunks: &[crate::domain::ResultChunk],
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Every stored chunk of the execution's results.
+    /// The stored chunks of the execution's results: every run's, or only
+    /// the run of `run` (a shard index and its lease), in order.
     fn results(
         &self,
         execution: &ExecutionId,
+        run: Option<(u32, &LeaseId)>,
     ) -> impl Future<Output = Result<Vec<crate::domain::ResultChunk>>> + Send;
 
     // Tokens and settings

@@ -143,7 +143,12 @@ async fn a_failed_test_passing_on_another_runner_is_flaky_and_the_execution_pass
     let xml = tms::junit::merged_report(&e, &shards, &tests).unwrap();
     tms_tests::assert_valid_junit(&xml);
     assert!(xml.contains("<flakyFailure"), "{xml}");
-    // The suite's flaky history remembers it.
+    // The suite's flaky history remembers it, once the aggregator has the
+    // completions (delivered twice, as events may be).
+    let completions = h.events.take();
+    for event in completions.iter().chain(&completions) {
+        h.app.handle_event(event).await.unwrap();
+    }
     let history = h.app.flaky_tests("shop").await.unwrap();
     let names: Vec<(&str, u32)> = history
         .items

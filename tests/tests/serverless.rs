@@ -550,3 +550,67 @@ async fn under_sustained_dynamodb_faults_every_execution_finishes_with_each_test
         "the proxy injected too few faults to prove anything: {injected:?}"
     );
 }
+
+/// A report of 20,000 test cases (a shard of 200 files) stays a handful of
+/// DynamoDB requests for the webhook function, whose timeout is 10 s: the
+/// results go into a few large items and the shard is written. Learning
+/// the durations (a read and a write per 100 and 25 tests) is the
+/// aggregator's, once per completion even when it is delivered twice.
+/// Wall times are in docs/performance.md (`report-bench`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twenty_thousand_test_report_is_a_few_requests_and_its_timings_are_learned_once() {
+    use tms::ports::Store;
+    let d = Deployment::start().await;
+    let runner = d.register_with_slots("big", 1).await;
+    let files: Vec<String> = (0..200).map(|f| format!("tests/test_m{f:03}.py")).collect();
+    let (execution, token) = d
+        .queue(json!({"suite": "big", "tests": files, "parallelism": 1}))
+        .await;
+    d.run_scheduler().await;
+    let a = d.heartbeat(&runner).await.remove(0);
+    let cases: Vec<_> = (0..20_000)
+        .map(|i| json!({"name": format!("{}::test_{i}", files[i % 200]), "status": "passed", "duration_ms": 10 + i % 50}))
+        .collect();
+    let mark = d.meter.usage();
+    let (status, body) = d
+        .http(
+            "ApiWebhooksFunction",
+            Routes::Webhooks,
+            "POST",
+            &format!("{BASE}/webhooks/parallel-execution/{execution}"),
+            Some(&token),
+            Some(json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"], "status": "passed",
+                "results": {"passed": 20_000, "failed": 0, "skipped": 0, "tests": cases}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let webhook = d.meter.usage().minus(&mark);
+    assert!(
+        webhook.count("DynamoDB.") <= 5,
+        "the report's own requests: {webhook:?}"
+    );
+
+    // The completion, delivered twice.
+    let batch = d.batch("AggregateQueue").await;
+    assert_eq!(batch.records.len(), 1);
+    for _ in 0..2 {
+        let response = tms_functions::aggregate(
+            d.app("AggregatorFunction"),
+            lambda_http::LambdaEvent::new(batch.clone(), lambda_http::Context::default()),
+        )
+        .await
+        .unwrap();
+        assert!(response.batch_item_failures.is_empty());
+    }
+    assert_eq!(d.status(&execution).await["totals"]["passed"], 20_000);
+    let store = tms::adapters::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&d.sdk),
+        d.stack.physical("Table").unwrap(),
+    );
+    let timings = store.suite_timings("big").await.unwrap();
+    assert_eq!(timings.len(), 20_000);
+    assert!(
+        timings.iter().all(|t| t.samples.len() == 1),
+        "each run is learned once"
+    );
+}

@@ -21,6 +21,10 @@ pub struct TestTiming {
     pub flaky_runs: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_flaky_at: Option<Timestamp>,
+    /// The lease of the last run learned from a completion, so the same
+    /// completion delivered again (events are at least once) adds nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<String>,
 }
 
 impl TestTiming {
@@ -32,7 +36,18 @@ impl TestTiming {
             updated_at: Timestamp(0),
             flaky_runs: 0,
             last_flaky_at: None,
+            last_run: None,
         }
+    }
+
+    /// Whether the run of `lease` is news to this history, and from now on
+    /// it is not: the same completion delivered twice is learned once.
+    pub fn learns_from(&mut self, lease: &str) -> bool {
+        if self.last_run.as_deref() == Some(lease) {
+            return false;
+        }
+        self.last_run = Some(lease.to_owned());
+        true
     }
 
     /// Adds a run's duration, forgetting the oldest beyond [`SAMPLES_KEPT`].

@@ -153,8 +153,6 @@ impl ShardReport {
 
 /// A report that finished its shard, as the steps after its write need it.
 struct Finished {
-    /// The shard was an automatic retry (its timings are not learned as usual).
-    retry: bool,
     /// The shard, if it failed (its failed tests may be retried).
     failed: Option<crate::domain::Shard>,
 }
@@ -278,7 +276,6 @@ impl<P: Ports> Orchestrator<P> {
             // whole shard only to retry its failed tests): the write takes
             // the shard itself, a copy of which was a share of every report.
             let after = finished.then(|| Finished {
-                retry: shard.retry_of.is_some(),
                 failed: (shard.status == ShardStatus::Failed).then(|| shard.clone()),
             });
             if applied == Applied::Changed {
@@ -286,14 +283,12 @@ impl<P: Ports> Orchestrator<P> {
                 self.save_shard(&execution, shard, read_as, released)
                     .await?;
             }
-            Ok((outcome, after.map(|a| (a, execution.suite))))
+            Ok((outcome, after))
         })
         .await?;
         let finished = match finished {
-            Some((after, suite)) => {
+            Some(after) => {
                 if let Some(results) = &report.results {
-                    self.learn_timings(&suite, &results.tests, after.retry)
-                        .await;
                     if let Some(shard) = &after.failed {
                         // Before the completion is published, so the fold
                         // sees the retry open rather than a failed run.
@@ -369,27 +364,54 @@ impl<P: Ports> Orchestrator<P> {
         Ok(())
     }
 
-    /// Adds each test's duration from a finished shard to its suite's
-    /// history. Skipped tests (no real duration) are left out. Timings are
-    /// statistics: a failure here is logged and the report stands.
-    /// In an automatic retry, the tests that passed are flaky: that goes
-    /// into their history too.
-    async fn learn_timings(&self, suite: &str, tests: &[TestResult], retry: bool) {
-        let ran: Vec<(String, u64)> = tests
-            .iter()
-            .filter(|t| t.status != TestStatus::Skipped && t.duration_ms > 0)
-            .map(|t| (t.name.clone(), t.duration_ms))
-            .collect();
-        let flaky: Vec<String> = tests
-            .iter()
-            .filter(|t| retry && t.status == TestStatus::Passed)
-            .map(|t| t.name.clone())
-            .collect();
-        if ran.is_empty() && flaky.is_empty() {
-            return;
-        }
-        if let Err(e) = self.record_timings(suite, &ran, &flaky).await {
-            tracing::warn!(error = %e, suite, "test durations not recorded");
+    /// Adds each test's duration from one finished run (`lease` of shard
+    /// `index`) to its suite's history, from the results the report stored.
+    /// The aggregator does it, not the report: a report of 20,000 tests
+    /// would otherwise spend its request on a thousand timing writes.
+    /// Skipped tests (no real duration) are left out; in an automatic
+    /// retry, the tests that passed are flaky, which goes into their history
+    /// too. Timings are statistics: a failure here is logged and the fold
+    /// stands. A completion delivered twice learns nothing the second time
+    /// ([`TestTiming::learns_from`](crate::domain::TestTiming::learns_from)).
+    async fn learn_timings(&self, id: &ExecutionId, index: u32, lease: &crate::ids::LeaseId) {
+        let learned = async {
+            let (execution, shards) = self.load(id).await?;
+            let Some(shard) = shards.iter().find(|s| s.index == index) else {
+                return Ok(());
+            };
+            let Some(run) = shard
+                .attempts
+                .iter()
+                .find(|a| &a.lease_id == lease && a.result_chunks > 0)
+            else {
+                return Ok(());
+            };
+            let retry = shard.retry_of.is_some();
+            let mut ran = Vec::new();
+            let mut flaky = Vec::new();
+            for chunk in self.store.results(id, Some((index, lease))).await? {
+                for t in chunk.tests()? {
+                    if retry && t.status == TestStatus::Passed {
+                        flaky.push(t.name.clone());
+                    }
+                    if t.status != TestStatus::Skipped && t.duration_ms > 0 {
+                        ran.push((t.name, t.duration_ms));
+                    }
+                }
+            }
+            if ran.is_empty() && flaky.is_empty() {
+                return Ok(());
+            }
+            self.record_timings(
+                &execution.suite,
+                &ran,
+                &flaky,
+                Some((lease, run.finished_at)),
+            )
+            .await
+        };
+        if let Err(e) = learned.await {
+            tracing::warn!(error = %e, execution = %id, shard = index, "test durations not recorded");
         }
     }
 
@@ -443,8 +465,17 @@ impl<P: Ports> Orchestrator<P> {
     /// Handles one event from the bus (the aggregator function's body).
     pub async fn handle_event(&self, event: &Event) -> Result<()> {
         match event {
-            Event::ShardCompleted { execution_id, .. } => {
-                self.aggregate(execution_id).await.map(|_| ())
+            Event::ShardCompleted {
+                execution_id,
+                shard_index,
+                lease_id,
+                ..
+            } => {
+                self.aggregate(execution_id).await?;
+                if let Some(lease) = lease_id {
+                    self.learn_timings(execution_id, *shard_index, lease).await;
+                }
+                Ok(())
             }
         }
     }

@@ -584,7 +584,7 @@ impl<P: Ports> Orchestrator<P> {
         id: &ExecutionId,
     ) -> Result<(Execution, Vec<Shard>, Vec<crate::domain::MergedTest>)> {
         let (execution, shards) = self.load(id).await?;
-        let chunks = self.store.results(id).await?;
+        let chunks = self.store.results(id, None).await?;
         let tests = crate::domain::results::merge(&shards, &chunks)?;
         Ok((execution, shards, tests))
     }

@@ -32,14 +32,60 @@ pub struct ImportedTimings {
 
 impl<P: Ports> Orchestrator<P> {
     /// Adds one run's duration to each test's history in `suite`: the
-    /// stored histories are read, extended and written back.
+    /// stored histories are read, extended and written back, a few
+    /// hundred tests per request and several requests at once. `run` is the
+    /// lease and finish time of a run learned from a completion (a history
+    /// takes each run once); imports pass `None` and count as now.
     pub(crate) async fn record_timings(
         &self,
         suite: &str,
         samples: &[(String, u64)],
         flaky: &[String],
+        run: Option<(&crate::ids::LeaseId, crate::time::Timestamp)>,
     ) -> Result<()> {
-        let now = self.clock.now();
+        use futures::stream::{StreamExt, TryStreamExt};
+        if samples.len() + flaky.len() <= LEARN_CHUNK {
+            return self.record_some(suite, samples, flaky, run).await;
+        }
+        // Each test's samples and flaky mark stay in one group.
+        let mut by_test: std::collections::BTreeMap<&str, (Vec<u64>, bool)> =
+            std::collections::BTreeMap::new();
+        for (name, ms) in samples {
+            by_test.entry(name).or_default().0.push(*ms);
+        }
+        for name in flaky {
+            by_test.entry(name).or_default().1 = true;
+        }
+        let mut groups: Vec<LearnGroup> = Vec::new();
+        for (i, (name, (durations, is_flaky))) in by_test.into_iter().enumerate() {
+            if i % LEARN_CHUNK == 0 {
+                groups.push(Default::default());
+            }
+            if let Some((samples, flaky)) = groups.last_mut() {
+                samples.extend(durations.into_iter().map(|ms| (name.to_owned(), ms)));
+                if is_flaky {
+                    flaky.push(name.to_owned());
+                }
+            }
+        }
+        let writes = groups.into_iter().map(|(samples, flaky)| async move {
+            self.record_some(suite, &samples, &flaky, run).await
+        });
+        futures::stream::iter(writes)
+            .buffer_unordered(LEARN_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn record_some(
+        &self,
+        suite: &str,
+        samples: &[(String, u64)],
+        flaky: &[String],
+        run: Option<(&crate::ids::LeaseId, crate::time::Timestamp)>,
+    ) -> Result<()> {
+        let now = run.map_or_else(|| self.clock.now(), |(_, at)| at);
         // A name may come twice (a test run twice in one shard); a batch
         // read must not ask for the same key twice.
         let names: Vec<String> = samples
@@ -56,25 +102,51 @@ impl<P: Ports> Orchestrator<P> {
             .into_iter()
             .map(|t| (t.test.clone(), t))
             .collect();
-        for (name, ms) in samples {
-            known
-                .entry(name.clone())
-                .or_insert_with(|| TestTiming::new(suite, name))
-                .record(*ms, now);
+        // The tests this run changes; a history that already has the run
+        // (`run` given) is left as it is.
+        let mut changed: HashMap<String, TestTiming> = HashMap::new();
+        let mut skipped: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let names = samples
+            .iter()
+            .map(|(n, ms)| (n, Some(*ms)))
+            .chain(flaky.iter().map(|n| (n, None)));
+        for (name, ms) in names {
+            if skipped.contains(name.as_str()) {
+                continue;
+            }
+            if !changed.contains_key(name) {
+                let mut timing = known
+                    .remove(name)
+                    .unwrap_or_else(|| TestTiming::new(suite, name));
+                if run.is_some_and(|(lease, _)| !timing.learns_from(lease.as_str())) {
+                    skipped.insert(name);
+                    continue;
+                }
+                changed.insert(name.clone(), timing);
+            }
+            if let Some(t) = changed.get_mut(name) {
+                match ms {
+                    Some(ms) => t.record(ms, now),
+                    None => t.record_flaky(now),
+                }
+            }
         }
-        for name in flaky {
-            known
-                .entry(name.clone())
-                .or_insert_with(|| TestTiming::new(suite, name))
-                .record_flaky(now);
+        let timings: Vec<TestTiming> = changed.into_values().collect();
+        if timings.is_empty() {
+            return Ok(());
         }
-        let timings: Vec<TestTiming> = known.into_values().collect();
         self.store.put_test_timings(&timings).await
     }
 }
 
 /// Tests read and written per store round trip.
 const IMPORT_CHUNK: usize = 500;
+/// One group of a run's tests: their samples and which of them were flaky.
+type LearnGroup = (Vec<(String, u64)>, Vec<String>);
+
+/// Tests of one run learned together, and how many such groups at once.
+const LEARN_CHUNK: usize = 500;
+const LEARN_CONCURRENCY: usize = 8;
 
 impl<P: Ports> Orchestrator<P> {
     /// Adds each test's duration from a tool's durations file to `suite`'s
@@ -143,7 +215,7 @@ impl<P: Ports> Orchestrator<P> {
             ));
         }
         for chunk in samples.chunks(IMPORT_CHUNK) {
-            self.record_timings(suite, chunk, &[]).await?;
+            self.record_timings(suite, chunk, &[], None).await?;
         }
         Ok(ImportedTimings {
             suite: suite.to_owned(),

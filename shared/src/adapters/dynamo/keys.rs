@@ -127,7 +127,12 @@ pub fn results(execution: &str) -> String {
 
 /// One chunk of one run's results: shard, then lease, then chunk order.
 pub fn result_chunk(index: u32, lease: &str, chunk: u32) -> String {
-    format!("{index:04}#{lease}#{chunk:04}")
+    format!("{}{chunk:04}", result_run(index, lease))
+}
+
+/// The prefix of every chunk of one run's results.
+pub fn result_run(index: u32, lease: &str) -> String {
+    format!("{index:04}#{lease}#")
 }
 
 /// The partition of the metrics rollups: one item per hour and suite,

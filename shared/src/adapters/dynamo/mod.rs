@@ -1882,15 +1882,22 @@ impl Store for DynamoStore {
         self.batch_put(items).await
     }
 
-    async fn results(&self, execution: &ExecutionId) -> Result<Vec<ResultChunk>> {
-        let items = self
-            .query_all(
-                self.query()
-                    .key_condition_expression("pk = :pk")
-                    .expression_attribute_values(":pk", s(keys::results(execution.as_str())))
-                    .consistent_read(true),
-            )
-            .await?;
+    async fn results(
+        &self,
+        execution: &ExecutionId,
+        run: Option<(u32, &LeaseId)>,
+    ) -> Result<Vec<ResultChunk>> {
+        let query = self
+            .query()
+            .expression_attribute_values(":pk", s(keys::results(execution.as_str())))
+            .consistent_read(true);
+        let query = match run {
+            None => query.key_condition_expression("pk = :pk"),
+            Some((index, lease)) => query
+                .key_condition_expression("pk = :pk AND begins_with(sk, :run)")
+                .expression_attribute_values(":run", s(keys::result_run(index, lease.as_str()))),
+        };
+        let items = self.query_all(query).await?;
         items
             .into_iter()
             .map(|it| {

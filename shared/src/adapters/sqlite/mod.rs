@@ -1490,14 +1490,25 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn results(&self, execution: &ExecutionId) -> Result<Vec<ResultChunk>> {
+    async fn results(
+        &self,
+        execution: &ExecutionId,
+        run: Option<(u32, &LeaseId)>,
+    ) -> Result<Vec<ResultChunk>> {
         let execution = execution.clone();
+        let run = run.map(|(index, lease)| (index, lease.to_string()));
         self.read(move |c| {
+            // NULLs match every run.
             let mut stmt = c.prepare_cached(
                 "SELECT shard_index, lease_id, chunk, body FROM results WHERE execution_id = ?1
+                 AND (?2 IS NULL OR (shard_index = ?2 AND lease_id = ?3))
                  ORDER BY shard_index, lease_id, chunk",
             )?;
-            let rows = stmt.query_map([execution.as_str()], |r| {
+            let (index, lease) = match &run {
+                Some((index, lease)) => (Some(*index), Some(lease.as_str())),
+                None => (None, None),
+            };
+            let rows = stmt.query_map(params![execution.as_str(), index, lease], |r| {
                 Ok((
                     r.get::<_, u32>(0)?,
                     r.get::<_, String>(1)?,
