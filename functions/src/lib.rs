@@ -213,9 +213,30 @@ pub async fn sweep<P: Ports>(
     Ok(report)
 }
 
-/// Runs an API function: the routes of `routes`, behind API Gateway.
-pub async fn run_api(routes: tms::http::Routes) -> Result<(), HandlerError> {
+/// Each API function's binary (template.yaml's `BuildProperties.Binary`)
+/// and the group of routes it serves.
+pub const API_FUNCTIONS: [(&str, tms::http::Routes); 6] = [
+    ("tms-api-runners", tms::http::Routes::Runners),
+    ("tms-api-runner-polls", tms::http::Routes::RunnerPolls),
+    ("tms-api-executions", tms::http::Routes::Executions),
+    ("tms-api-webhooks", tms::http::Routes::Webhooks),
+    ("tms-api-rules", tms::http::Routes::Rules),
+    ("tms-api-system", tms::http::Routes::System),
+];
+
+/// The routes the API function built as `binary` serves.
+pub fn api_routes(binary: &str) -> Option<tms::http::Routes> {
+    API_FUNCTIONS
+        .iter()
+        .find(|(name, _)| *name == binary)
+        .map(|(_, routes)| *routes)
+}
+
+/// Runs the API function built as `binary`, behind API Gateway.
+pub async fn run_api(binary: &str) -> Result<(), HandlerError> {
     init_logging();
+    let routes =
+        api_routes(binary).ok_or_else(|| format!("{binary} is not one of the API functions"))?;
     let app = cold_start(true).await?;
     lambda_http::run(tms::http::router_for(app, routes)).await
 }

@@ -386,8 +386,8 @@ impl Deployment {
     pub async fn heartbeat(&self, runner: &(String, String)) -> Vec<Value> {
         let (status, body) = self
             .http(
-                "ApiRunnersFunction",
-                Routes::Runners,
+                "ApiRunnerPollsFunction",
+                Routes::RunnerPolls,
                 "POST",
                 &format!("{BASE}/runners/{}/heartbeat", runner.0),
                 Some(&runner.1),

@@ -614,3 +614,89 @@ async fn a_twenty_thousand_test_report_is_a_few_requests_and_its_timings_are_lea
         "each run is learned once"
     );
 }
+
+/// Every route in template.yaml reaches a handler in the function that
+/// API Gateway sends it to (that function's binary serves the route's
+/// group), and every operation of the OpenAPI document has exactly one
+/// function's route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_of_the_api_is_served_by_the_one_function_the_template_sends_it_to() {
+    let d = Deployment::start().await;
+    let mut routed: std::collections::BTreeMap<(String, String), String> = Default::default();
+    for function in d.template.functions() {
+        let events = d.template.http_routes(&function);
+        if events.is_empty() {
+            continue;
+        }
+        let binary = d.template.function_binary(&function).unwrap();
+        let routes = tms_functions::api_routes(&binary)
+            .unwrap_or_else(|| panic!("{function}'s binary {binary} is not an API function"));
+        for (method, path) in events {
+            let concrete = path.replace("{index}", "0").replace(
+                "{asset}",
+                "dashboard.js",
+            );
+            let concrete = with_unknown_ids(&concrete);
+            let body = (method == "POST").then(|| json!({}));
+            let (status, answer) = d
+                .http(&function, routes, &method, &concrete, Some(&d.admin_token), body)
+                .await;
+            let unrouted = status == 404
+                && answer["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("route "));
+            assert!(
+                !unrouted,
+                "{method} {path} goes to {function}, whose routes ({routes:?}) do not serve it"
+            );
+            if let Some(other) = routed.insert((method.clone(), path.clone()), function.clone()) {
+                panic!("{method} {path} is routed to both {other} and {function}");
+            }
+        }
+    }
+    let (status, doc) = d
+        .http(
+            "ApiSystemFunction",
+            Routes::System,
+            "GET",
+            "/openapi.json",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    for (path, operations) in doc["paths"].as_object().unwrap() {
+        let path = if path.starts_with(BASE) {
+            path.clone()
+        } else {
+            format!("{BASE}{path}")
+        };
+        for method in operations.as_object().unwrap().keys() {
+            let key = (method.to_uppercase(), path.clone());
+            let key = if routed.contains_key(&key) {
+                key
+            } else {
+                (key.0, path.trim_start_matches(BASE).to_owned())
+            };
+            assert!(
+                routed.contains_key(&key),
+                "{} {path} is in the OpenAPI document but no function's route",
+                key.0
+            );
+        }
+    }
+}
+
+/// `{id}`-style parameters as a value no stored thing has.
+fn with_unknown_ids(path: &str) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').map_or(rest.len(), |e| start + e + 1);
+        out.push_str("01JZZZZZZZZZZZZZZZZZZZZZZZ");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}

@@ -2,5 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), tms_functions::HandlerError> {
-    tms_functions::run_api(tms::http::Routes::Rules).await
+    tms_functions::run_api(env!("CARGO_BIN_NAME")).await
 }

@@ -90,9 +90,51 @@ impl Template {
 
     /// Logical ids of the functions, in template order.
     pub fn functions(&self) -> Vec<String> {
+        self.of_type("AWS::Serverless::Function")
+    }
+
+    /// Logical ids of the resources of one type, in template order.
+    pub fn of_type(&self, kind: &str) -> Vec<String> {
         self.resources()
-            .filter(|(_, r)| Self::kind(r) == "AWS::Serverless::Function")
+            .filter(|(_, r)| Self::kind(r) == kind)
             .map(|(id, _)| id.to_owned())
+            .collect()
+    }
+
+    /// A resource as written (intrinsics are tagged values: `!Ref X`), for
+    /// checks of the template itself.
+    pub fn resource_yaml(&self, id: &str) -> Result<&Mapping> {
+        self.resource(id)
+    }
+
+    /// The binary a function runs (`Metadata.BuildProperties.Binary`).
+    pub fn function_binary(&self, id: &str) -> Option<String> {
+        let metadata = get(self.resource(id).ok()?, "Metadata")?.as_mapping()?;
+        let build = get(metadata, "BuildProperties")?.as_mapping()?;
+        Some(get(build, "Binary")?.as_str()?.to_owned())
+    }
+
+    /// The `(method, path)` of each of a function's HttpApi events.
+    pub fn http_routes(&self, id: &str) -> Vec<(String, String)> {
+        let events = self
+            .resource(id)
+            .ok()
+            .and_then(|r| get(r, "Properties"))
+            .and_then(Value::as_mapping)
+            .and_then(|p| get(p, "Events"))
+            .and_then(Value::as_mapping);
+        events
+            .into_iter()
+            .flat_map(|e| e.values())
+            .filter_map(Value::as_mapping)
+            .filter(|e| get(e, "Type").and_then(Value::as_str) == Some("HttpApi"))
+            .filter_map(|e| {
+                let p = get(e, "Properties")?.as_mapping()?;
+                Some((
+                    get(p, "Method")?.as_str()?.to_owned(),
+                    get(p, "Path")?.as_str()?.to_owned(),
+                ))
+            })
             .collect()
     }
 }

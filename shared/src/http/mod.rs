@@ -35,7 +35,12 @@ pub type AppState<P> = Arc<Orchestrator<P>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Routes {
     All,
+    /// Registration, listing and the operator's controls of runners.
     Runners,
+    /// The runners' hot path: heartbeats, claimable listings and claims of
+    /// dynamic batches — most of the API's traffic, in a function of its
+    /// own so its concurrency is reserved and capped apart from the rest.
+    RunnerPolls,
     Executions,
     Webhooks,
     Rules,
@@ -68,12 +73,15 @@ pub fn router_for<P: Ports>(app: AppState<P>, routes: Routes) -> Router {
             .route("/runners/register", post(register_runner::<P>))
             .route("/runners", get(list_runners::<P>))
             .route("/runners/{id}", get(get_runner::<P>))
-            .route("/runners/{id}/heartbeat", post(heartbeat::<P>))
-            .route("/runners/{id}/claimable", get(claimable::<P>))
             .route("/runners/{id}/pause", post(pause_runner::<P>))
             .route("/runners/{id}/resume", post(resume_runner::<P>))
             .route("/runners/{id}/deregister", post(deregister_runner::<P>))
-            .route("/runners/{id}/health", get(runner_health::<P>))
+            .route("/runners/{id}/health", get(runner_health::<P>));
+    }
+    if wanted(Routes::RunnerPolls) {
+        api = api
+            .route("/runners/{id}/heartbeat", post(heartbeat::<P>))
+            .route("/runners/{id}/claimable", get(claimable::<P>))
             .route("/executions/{id}/claims", post(claim_batch::<P>));
     }
     if wanted(Routes::Executions) {

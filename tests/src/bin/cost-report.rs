@@ -106,7 +106,7 @@ async fn run(shards: usize) -> Run {
     let heartbeats = 1;
     step(
         "heartbeats that bring the work (API)",
-        &[("ApiRunnersFunction", heartbeats)],
+        &[("ApiRunnerPollsFunction", heartbeats)],
         heartbeats,
         &mut mark,
     );
@@ -255,7 +255,7 @@ async fn idle_heartbeat() -> Step {
     d.heartbeat(&runner).await;
     Step {
         usage: d.meter.usage().minus(&mark),
-        invocations: [("ApiRunnersFunction", 1)].into_iter().collect(),
+        invocations: [("ApiRunnerPollsFunction", 1)].into_iter().collect(),
         http_requests: 1,
     }
 }
