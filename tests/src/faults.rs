@@ -19,7 +19,10 @@
 //!   only the first half of the request reaches moto, the rest comes back.
 //!
 //! Limits, always enforced: an item over 400 KB in a put (alone, batched or
-//! transacted), a transaction of more than 100 actions or over 4 MB.
+//! transacted; in a transaction DynamoDB cancels it with a `ValidationError`
+//! reason), a transaction of more than 100 actions or over 4 MB. The
+//! wording of the 4 MB refusal is the proxy's own (a `ValidationException`
+//! naming the limit).
 //!
 //! SQS, EventBridge and Secrets Manager requests pass through unchanged.
 

@@ -419,6 +419,52 @@ impl Deployment {
         status
     }
 
+    /// Posts a shard report body to the execution's webhook, through the
+    /// webhook function.
+    pub async fn report(&self, execution: &str, webhook_token: &str, body: Value) -> (u16, Value) {
+        self.http(
+            "ApiWebhooksFunction",
+            Routes::Webhooks,
+            "POST",
+            &format!("{BASE}/webhooks/parallel-execution/{execution}"),
+            Some(webhook_token),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /metrics` through the system function.
+    pub async fn metrics(&self) -> Value {
+        let (status, body) = self
+            .http(
+                "ApiSystemFunction",
+                Routes::System,
+                "GET",
+                &format!("{BASE}/metrics"),
+                Some(&self.admin_token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// `GET /runners/{id}` through the runners function.
+    pub async fn runner(&self, id: &str) -> Value {
+        let (status, body) = self
+            .http(
+                "ApiRunnersFunction",
+                Routes::Runners,
+                "GET",
+                &format!("{BASE}/runners/{id}"),
+                Some(&self.admin_token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     pub async fn status(&self, execution: &str) -> Value {
         let (status, body) = self
             .http(

@@ -53,6 +53,19 @@ async fn operator<B: Backend>() -> Harness<B> {
     Harness::<B>::start_with(config).await
 }
 
+/// An operator with one push-mode runner, a webhook to `platform` signed
+/// with the secret `HOOK_KEY`.
+async fn with_webhook_runner<B: Backend>(platform: &Recorder) -> Harness<B> {
+    let h = operator::<B>().await;
+    h.secrets.set("HOOK_KEY", "k");
+    register(
+        &h,
+        runner("hook", RunnerType::Custom, Some(webhook(&platform.url))),
+    )
+    .await;
+    h
+}
+
 async fn register<B: Backend>(h: &Harness<B>, new: NewRunner) -> RunnerId {
     h.app.register_runner(new).await.unwrap().runner.runner.id
 }
@@ -331,13 +344,7 @@ async fn a_custom_webhook_gets_the_whole_shard_signed_with_hmac_sha256() {
 /// token stops working once the lease moves on.
 async fn a_dispatched_job_reads_its_shard_and_reports_with_its_token<B: Backend>() {
     let platform = Recorder::start(Answer::status(204)).await;
-    let h = operator::<B>().await;
-    h.secrets.set("HOOK_KEY", "k");
-    register(
-        &h,
-        runner("hook", RunnerType::Custom, Some(webhook(&platform.url))),
-    )
-    .await;
+    let h = with_webhook_runner::<B>(&platform).await;
     let (e, order) = queue_and_schedule(&h).await;
     h.app.dispatch_shard(&order, 1).await.unwrap();
     let token = platform.requests()[0].json()["webhook_token"]
@@ -636,13 +643,7 @@ async fn a_dispatch_redelivered_after_the_dispatcher_was_stopped_mid_call_starts
     B: Backend,
 >() {
     let platform = Recorder::start(Answer::status(204).after(Duration::from_secs(5))).await;
-    let h = operator::<B>().await;
-    h.secrets.set("HOOK_KEY", "k");
-    register(
-        &h,
-        runner("hook", RunnerType::Custom, Some(webhook(&platform.url))),
-    )
-    .await;
+    let h = with_webhook_runner::<B>(&platform).await;
     let (e, order) = queue_and_schedule(&h).await;
     // The platform has the request; the dispatcher is stopped before it answers.
     let stopped = tokio::time::timeout(Duration::from_secs(2), async {
@@ -710,13 +711,7 @@ async fn a_dispatch_over_its_budget_is_unconfirmed_and_never_repeated<B: Backend
 async fn a_platform_that_answered_busy_gets_the_lease_again_on_the_next_attempt<B: Backend>() {
     let platform = Recorder::start(Answer::status(204)).await;
     platform.script([Answer::status(503)]);
-    let h = operator::<B>().await;
-    h.secrets.set("HOOK_KEY", "k");
-    register(
-        &h,
-        runner("hook", RunnerType::Custom, Some(webhook(&platform.url))),
-    )
-    .await;
+    let h = with_webhook_runner::<B>(&platform).await;
     let (_, order) = queue_and_schedule(&h).await;
     assert!(matches!(
         h.app.dispatch_shard(&order, 1).await.unwrap(),

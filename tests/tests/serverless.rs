@@ -59,17 +59,7 @@ async fn an_execution_runs_from_queue_to_passed_through_the_functions_queues_and
 
     // Its finish is in the metrics, and the system function serves them
     // and the dashboard.
-    let (status, metrics) = d
-        .http(
-            "ApiSystemFunction",
-            Routes::System,
-            "GET",
-            &format!("{BASE}/metrics"),
-            Some(&d.admin_token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{metrics}");
+    let metrics = d.metrics().await;
     assert_eq!(metrics["total"]["finished"], 1, "{metrics}");
     assert_eq!(metrics["total"]["passed"], 1, "{metrics}");
     let (status, page) = d
@@ -514,31 +504,11 @@ async fn under_sustained_dynamodb_faults_every_execution_finishes_with_each_test
         assert_eq!(done["totals"]["passed"], *tests as u64, "{done}");
         assert_eq!(done["totals"]["failed"], 0, "{done}");
     }
-    let (status, metrics) = d
-        .http(
-            "ApiSystemFunction",
-            Routes::System,
-            "GET",
-            &format!("{BASE}/metrics"),
-            Some(&d.admin_token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{metrics}");
+    let metrics = d.metrics().await;
     assert_eq!(metrics["total"]["finished"], 20, "{metrics}");
     assert_eq!(metrics["total"]["passed"], 20, "{metrics}");
     for runner in &runners {
-        let (status, body) = d
-            .http(
-                "ApiRunnersFunction",
-                Routes::Runners,
-                "GET",
-                &format!("{BASE}/runners/{}", runner.0),
-                Some(&d.admin_token),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        let body = d.runner(&runner.0).await;
         assert_eq!(
             body["allocated"]["slots"], 0,
             "every slot is given back: {body}"
@@ -573,14 +543,11 @@ async fn a_twenty_thousand_test_report_is_a_few_requests_and_its_timings_are_lea
         .collect();
     let mark = d.meter.usage();
     let (status, body) = d
-        .http(
-            "ApiWebhooksFunction",
-            Routes::Webhooks,
-            "POST",
-            &format!("{BASE}/webhooks/parallel-execution/{execution}"),
-            Some(&token),
-            Some(json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"], "status": "passed",
-                "results": {"passed": 20_000, "failed": 0, "skipped": 0, "tests": cases}})),
+        .report(
+            &execution,
+            &token,
+            json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"], "status": "passed",
+                "results": {"passed": 20_000, "failed": 0, "skipped": 0, "tests": cases}}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -632,14 +599,20 @@ async fn every_route_of_the_api_is_served_by_the_one_function_the_template_sends
         let routes = tms_functions::api_routes(&binary)
             .unwrap_or_else(|| panic!("{function}'s binary {binary} is not an API function"));
         for (method, path) in events {
-            let concrete = path.replace("{index}", "0").replace(
-                "{asset}",
-                "dashboard.js",
-            );
+            let concrete = path
+                .replace("{index}", "0")
+                .replace("{asset}", "dashboard.js");
             let concrete = with_unknown_ids(&concrete);
             let body = (method == "POST").then(|| json!({}));
             let (status, answer) = d
-                .http(&function, routes, &method, &concrete, Some(&d.admin_token), body)
+                .http(
+                    &function,
+                    routes,
+                    &method,
+                    &concrete,
+                    Some(&d.admin_token),
+                    body,
+                )
                 .await;
             let unrouted = status == 404
                 && answer["detail"]
@@ -693,7 +666,9 @@ fn with_unknown_ids(path: &str) -> String {
     let mut rest = path;
     while let Some(start) = rest.find('{') {
         out.push_str(&rest[..start]);
-        let end = rest[start..].find('}').map_or(rest.len(), |e| start + e + 1);
+        let end = rest[start..]
+            .find('}')
+            .map_or(rest.len(), |e| start + e + 1);
         out.push_str("01JZZZZZZZZZZZZZZZZZZZZZZZ");
         rest = &rest[end..];
     }

@@ -945,6 +945,13 @@ async fn a_completed_shard_teaches_the_next_split_its_test_durations<B: Backend>
             .await
             .unwrap();
     }
+    // The aggregator learns them from the completions, both in one batch
+    // (folded once, each learned).
+    let completions = h.events.take();
+    assert_eq!(completions.len(), 2);
+    for result in h.app.handle_events(&completions).await {
+        result.unwrap();
+    }
 
     let second = queue(&h, execution("learn", 4, 2)).await;
     let (_, shards) = h.app.execution_status(&second).await.unwrap();

@@ -151,6 +151,9 @@ impl ShardReport {
     }
 }
 
+/// An execution as the aggregator folded it, with the shards it read.
+type Folded = (Execution, Vec<crate::domain::Shard>);
+
 /// A report that finished its shard, as the steps after its write need it.
 struct Finished {
     /// The shard, if it failed (its failed tests may be retried).
@@ -373,9 +376,15 @@ impl<P: Ports> Orchestrator<P> {
     /// too. Timings are statistics: a failure here is logged and the fold
     /// stands. A completion delivered twice learns nothing the second time
     /// ([`TestTiming::learns_from`](crate::domain::TestTiming::learns_from)).
-    async fn learn_timings(&self, id: &ExecutionId, index: u32, lease: &crate::ids::LeaseId) {
+    async fn learn_timings(
+        &self,
+        execution: &Execution,
+        shards: &[crate::domain::Shard],
+        index: u32,
+        lease: &crate::ids::LeaseId,
+    ) {
+        let id = &execution.id;
         let learned = async {
-            let (execution, shards) = self.load(id).await?;
             let Some(shard) = shards.iter().find(|s| s.index == index) else {
                 return Ok(());
             };
@@ -418,45 +427,62 @@ impl<P: Ports> Orchestrator<P> {
     /// The aggregator: folds the shards into the execution's totals and final
     /// status. Idempotent — it derives from the shards every time.
     pub async fn aggregate(&self, id: &ExecutionId) -> Result<Execution> {
+        self.fold(id).await.map(|(execution, _)| execution)
+    }
+
+    /// [`Self::aggregate`], answering the shards it folded too.
+    async fn fold(&self, id: &ExecutionId) -> Result<Folded> {
         retry_on_conflict(|| async {
             let (mut execution, shards) = self.load(id).await?;
             let version = execution.version;
             if execution.aggregate(&shards, self.clock.now()) {
                 self.write_execution(&mut execution, version).await?;
             }
-            Ok(execution)
+            Ok((execution, shards))
         })
         .await
     }
 
     /// Handles a batch of events (an SQS batch on AWS, a channel drain
     /// locally). Events about the same execution are folded once, since the
-    /// fold reads the shards anyway. Results line up with `events`.
+    /// fold reads the shards anyway; each completion's timings are learned
+    /// from those shards. Results line up with `events`.
     pub async fn handle_events(&self, events: &[Event]) -> Vec<Result<()>> {
-        let mut outcomes: Vec<(ExecutionId, bool)> = Vec::new();
+        let mut folded: Vec<(ExecutionId, Option<Folded>)> = Vec::new();
         let mut results = Vec::with_capacity(events.len());
         for event in events {
-            let Event::ShardCompleted { execution_id, .. } = event;
-            let ok = match outcomes.iter().find(|(id, _)| id == execution_id) {
-                Some((_, ok)) => *ok,
+            let Event::ShardCompleted {
+                execution_id,
+                shard_index,
+                lease_id,
+                ..
+            } = event;
+            let known = folded.iter().position(|(id, _)| id == execution_id);
+            let at = match known {
+                Some(at) => at,
                 None => {
-                    let ok = match self.handle_event(event).await {
-                        Ok(()) => true,
+                    let outcome = match self.fold(execution_id).await {
+                        Ok(done) => Some(done),
                         Err(e) => {
                             tracing::error!(error = %e, execution = %execution_id, "aggregation failed");
-                            false
+                            None
                         }
                     };
-                    outcomes.push((execution_id.clone(), ok));
-                    ok
+                    folded.push((execution_id.clone(), outcome));
+                    folded.len() - 1
                 }
             };
-            results.push(if ok {
-                Ok(())
-            } else {
-                Err(Error::Internal(format!(
+            results.push(match &folded[at].1 {
+                Some((execution, shards)) => {
+                    if let Some(lease) = lease_id {
+                        self.learn_timings(execution, shards, *shard_index, lease)
+                            .await;
+                    }
+                    Ok(())
+                }
+                None => Err(Error::Internal(format!(
                     "aggregation of {execution_id} failed"
-                )))
+                ))),
             });
         }
         results
@@ -464,19 +490,17 @@ impl<P: Ports> Orchestrator<P> {
 
     /// Handles one event from the bus (the aggregator function's body).
     pub async fn handle_event(&self, event: &Event) -> Result<()> {
-        match event {
-            Event::ShardCompleted {
-                execution_id,
-                shard_index,
-                lease_id,
-                ..
-            } => {
-                self.aggregate(execution_id).await?;
-                if let Some(lease) = lease_id {
-                    self.learn_timings(execution_id, *shard_index, lease).await;
-                }
-                Ok(())
-            }
+        let Event::ShardCompleted {
+            execution_id,
+            shard_index,
+            lease_id,
+            ..
+        } = event;
+        let (execution, shards) = self.fold(execution_id).await?;
+        if let Some(lease) = lease_id {
+            self.learn_timings(&execution, &shards, *shard_index, lease)
+                .await;
         }
+        Ok(())
     }
 }

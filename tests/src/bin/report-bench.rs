@@ -8,8 +8,7 @@
 
 use serde_json::json;
 use std::time::Instant;
-use tms::http::Routes;
-use tms_tests::serverless::{Deployment, BASE};
+use tms_tests::serverless::Deployment;
 
 struct Row {
     tests: usize,
@@ -48,16 +47,7 @@ async fn measure(tests: usize) -> Row {
 
     let before = d.meter.usage();
     let started = Instant::now();
-    let (status, answer) = d
-        .http(
-            "ApiWebhooksFunction",
-            Routes::Webhooks,
-            "POST",
-            &format!("{BASE}/webhooks/parallel-execution/{execution}"),
-            Some(&token),
-            Some(body),
-        )
-        .await;
+    let (status, answer) = d.report(&execution, &token, body).await;
     let webhook_ms = started.elapsed().as_millis();
     assert!(status < 300, "{status} {answer}");
     let after_webhook = d.meter.usage();

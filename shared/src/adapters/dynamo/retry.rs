@@ -11,10 +11,11 @@
 //!   inside the shortest function timeout;
 //! - a transaction that DynamoDB cancelled only because another transaction
 //!   held one of its items (`TransactionConflict`, and
-//!   `TransactionConflictException` on a single-item write) is retried the
-//!   same way: nothing was written, and the same request may succeed a few
-//!   milliseconds later. A cancellation for a failed condition is an answer,
-//!   not a fault, and is never retried here.
+//!   `TransactionConflictException` on a single-item write) or because an
+//!   item was throttled is retried the same way: nothing was written, and
+//!   the same request may succeed a few milliseconds later. A cancellation
+//!   for a failed condition is an answer, not a fault, and is never retried
+//!   here.
 //!
 //! `TransactWriteItems` carries a `ClientRequestToken` (the SDK fills it,
 //! once per call), so retrying after an ambiguous 500 does not apply the
@@ -53,12 +54,34 @@ pub fn config(sdk: &SdkConfig) -> aws_sdk_dynamodb::config::Builder {
 /// Whether DynamoDB cancelled a transaction only for items another
 /// transaction held (no condition failed, nothing was invalid).
 pub fn only_conflicts(reasons: &[aws_sdk_dynamodb::types::CancellationReason]) -> bool {
-    reasons
-        .iter()
-        .any(|r| r.code() == Some("TransactionConflict"))
+    cancelled_only_for(reasons, &["TransactionConflict"])
+}
+
+/// Whether every reason DynamoDB gave for cancelling a transaction passes
+/// with time: a conflict, or throttling of one of its items.
+fn retryable_cancellation(reasons: &[aws_sdk_dynamodb::types::CancellationReason]) -> bool {
+    cancelled_only_for(
+        reasons,
+        &[
+            "TransactionConflict",
+            "ThrottlingError",
+            "ProvisionedThroughputExceeded",
+        ],
+    )
+}
+
+/// At least one item was cancelled, each for one of `codes` (the rest: `None`).
+fn cancelled_only_for(
+    reasons: &[aws_sdk_dynamodb::types::CancellationReason],
+    codes: &[&str],
+) -> bool {
+    fn code(r: &aws_sdk_dynamodb::types::CancellationReason) -> &str {
+        r.code().unwrap_or("None")
+    }
+    reasons.iter().any(|r| codes.contains(&code(r)))
         && reasons
             .iter()
-            .all(|r| matches!(r.code(), None | Some("None" | "TransactionConflict")))
+            .all(|r| code(r) == "None" || codes.contains(&code(r)))
 }
 
 /// Retries writes that lost to a concurrent transaction.
@@ -76,7 +99,7 @@ impl ClassifyRetry for TransactionConflicts {
         if let Some(TransactWriteItemsError::TransactionCanceledException(c)) =
             e.downcast_ref::<TransactWriteItemsError>()
         {
-            if only_conflicts(c.cancellation_reasons()) {
+            if retryable_cancellation(c.cancellation_reasons()) {
                 return RetryAction::transient_error();
             }
         }
