@@ -26,6 +26,24 @@ pub struct JunitCase {
     pub outcome: CaseOutcome,
     /// A failure's or error's message, then its text (the stack trace).
     pub message: Option<String>,
+    /// Earlier attempts of this test within the same report, oldest first,
+    /// each failed or errored: the tool retried it (see [`parse`]).
+    pub earlier: Vec<CaseAttempt>,
+}
+
+/// An earlier, failed attempt of a test that the tool retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaseAttempt {
+    /// `Failed` or `Errored`.
+    pub outcome: CaseOutcome,
+    pub message: Option<String>,
+}
+
+impl JunitCase {
+    /// Passed after failing within the report: flaky.
+    pub fn is_flaky(&self) -> bool {
+        self.outcome == CaseOutcome::Passed && !self.earlier.is_empty()
+    }
 }
 
 /// Which test id a case stands for: tools name the same test differently.
@@ -97,6 +115,7 @@ fn case_from(start: &BytesStart) -> Result<JunitCase> {
         time_ms: None,
         outcome: CaseOutcome::Passed,
         message: None,
+        earlier: Vec::new(),
     };
     for attr in start.attributes() {
         let attr = attr.map_err(|e| bad(format!("bad attribute: {e}")))?;
@@ -128,11 +147,26 @@ fn case_from(start: &BytesStart) -> Result<JunitCase> {
     Ok(case)
 }
 
-fn outcome_of(element: &[u8]) -> Option<CaseOutcome> {
+/// What an element inside a `<testcase>` says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// How this attempt ended (`failure`, `error`, `skipped`). vitest writes
+    /// one `failure` per attempt of a retried test: all but the last are
+    /// earlier attempts.
+    Outcome(CaseOutcome),
+    /// An earlier attempt that failed or errored: `flakyFailure` /
+    /// `flakyError` in a passed case, `rerunFailure` / `rerunError` beside
+    /// a final failure (cargo-nextest and Maven Surefire).
+    Earlier(CaseOutcome),
+}
+
+fn mark_of(element: &[u8]) -> Option<Mark> {
     match element {
-        b"failure" => Some(CaseOutcome::Failed),
-        b"error" => Some(CaseOutcome::Errored),
-        b"skipped" => Some(CaseOutcome::Skipped),
+        b"failure" => Some(Mark::Outcome(CaseOutcome::Failed)),
+        b"error" => Some(Mark::Outcome(CaseOutcome::Errored)),
+        b"skipped" => Some(Mark::Outcome(CaseOutcome::Skipped)),
+        b"flakyFailure" | b"rerunFailure" => Some(Mark::Earlier(CaseOutcome::Failed)),
+        b"flakyError" | b"rerunError" => Some(Mark::Earlier(CaseOutcome::Errored)),
         _ => None,
     }
 }
@@ -201,8 +235,14 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     let mut root_seen = false;
     let mut cases = Vec::new();
     let mut open: Option<JunitCase> = None;
-    // Inside a case's failure or error: its message attribute and text so far.
-    let mut failure: Option<(Option<String>, String)> = None;
+    // What the open case's children said, in order, each with its message.
+    let mut marks: Vec<(Mark, Option<String>)> = Vec::new();
+    // Inside a case's failure, error or earlier attempt: which, its message
+    // attribute and its text so far.
+    let mut failure: Option<(Mark, Option<String>, String)> = None;
+    // The report's own name (`<testsuites name>`, else the first suite's):
+    // pytest's tells how its reruns are written.
+    let mut report_name: Option<String> = None;
     let broken = |reader: &Reader<&[u8]>, e: &dyn std::fmt::Display| {
         bad(format!(
             "not well-formed XML at byte {}: {e}",
@@ -250,8 +290,22 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
             _ => {}
         }
         match event {
+            Ok(Event::Start(e) | Event::Empty(e))
+                if report_name.is_none()
+                    && matches!(e.local_name().as_ref(), b"testsuites" | b"testsuite") =>
+            {
+                report_name = Some(
+                    e.try_get_attribute("name")
+                        .ok()
+                        .flatten()
+                        .and_then(|a| a.unescape_value().ok())
+                        .map(|v| v.into_owned())
+                        .unwrap_or_default(),
+                );
+            }
             Ok(Event::Start(e)) if e.local_name().as_ref() == b"testcase" => {
                 open = Some(case_from(&e)?);
+                marks.clear();
             }
             Ok(Event::Empty(e)) if e.local_name().as_ref() == b"testcase" => {
                 cases.push(case_from(&e)?);
@@ -260,36 +314,34 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
                 let (Event::Start(e) | Event::Empty(e)) = &event else {
                     continue;
                 };
-                let Some(case) = open.as_mut() else { continue };
-                let Some(outcome) = outcome_of(e.local_name().as_ref()) else {
+                if open.is_none() || failure.is_some() {
+                    continue;
+                }
+                let Some(mark) = mark_of(e.local_name().as_ref()) else {
                     continue;
                 };
-                // An error outranks a failure, and either a skip.
-                if case.outcome == CaseOutcome::Passed || outcome == CaseOutcome::Errored {
-                    case.outcome = outcome;
-                }
-                if outcome != CaseOutcome::Skipped {
-                    let attr = message_attr(e);
-                    if matches!(event, Event::Start(_)) {
-                        failure = Some((attr, String::new()));
-                    } else if case.message.is_none() {
-                        case.message = describe(attr, "");
-                    }
+                let attr = message_attr(e);
+                if mark == Mark::Outcome(CaseOutcome::Skipped) {
+                    marks.push((mark, None));
+                } else if matches!(event, Event::Start(_)) {
+                    failure = Some((mark, attr, String::new()));
+                } else {
+                    marks.push((mark, describe(attr, "")));
                 }
             }
             Ok(Event::Text(t)) => {
-                if let Some((_, text)) = failure.as_mut() {
+                if let Some((_, _, text)) = failure.as_mut() {
                     let t = t.xml_content().map_err(|e| broken(&reader, &e))?;
                     text.push_str(&t);
                 }
             }
             Ok(Event::CData(t)) => {
-                if let Some((_, text)) = failure.as_mut() {
+                if let Some((_, _, text)) = failure.as_mut() {
                     text.push_str(&String::from_utf8_lossy(&t));
                 }
             }
             Ok(Event::GeneralRef(r)) => {
-                if let Some((_, text)) = failure.as_mut() {
+                if let Some((_, _, text)) = failure.as_mut() {
                     let name = String::from_utf8_lossy(&r);
                     let resolved = match name.as_ref() {
                         "lt" => Some('<'),
@@ -303,14 +355,19 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
                 }
             }
             Ok(Event::End(e)) if e.local_name().as_ref() == b"testcase" => {
-                cases.extend(open.take());
+                if let Some(mut case) = open.take() {
+                    settle(&mut case, std::mem::take(&mut marks));
+                    cases.push(case);
+                }
                 failure = None;
             }
-            Ok(Event::End(e)) if outcome_of(e.local_name().as_ref()).is_some() => {
-                if let (Some(case), Some((attr, text))) = (open.as_mut(), failure.take()) {
-                    if case.message.is_none() {
-                        case.message = describe(attr, &text);
-                    }
+            Ok(Event::End(e))
+                if failure.as_ref().is_some_and(|(mark, _, _)| {
+                    mark_of(e.local_name().as_ref()) == Some(*mark)
+                }) =>
+            {
+                if let Some((mark, attr, text)) = failure.take() {
+                    marks.push((mark, describe(attr, &text)));
                 }
             }
             Ok(Event::Eof) => break,
@@ -327,7 +384,81 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     if !root_seen {
         return Err(bad("no <testsuites> or <testsuite> element"));
     }
+    if matches!(report_name.as_deref(), Some("pytest tests" | "pytest")) {
+        cases = fold_pytest_reruns(cases);
+    }
     Ok(cases)
+}
+
+/// A case's outcome and earlier attempts from what its children said.
+/// Several failures (or errors) of one kind are one per attempt, the last
+/// being the result (vitest); otherwise an error outranks a failure, and
+/// either a skip, and the first message is kept. `flaky*` / `rerun*`
+/// elements are earlier attempts.
+fn settle(case: &mut JunitCase, marks: Vec<(Mark, Option<String>)>) {
+    let mut ended: Vec<(CaseOutcome, Option<String>)> = Vec::new();
+    let mut skipped = false;
+    for (mark, message) in marks {
+        match mark {
+            Mark::Outcome(CaseOutcome::Skipped) => skipped = true,
+            Mark::Outcome(outcome) => ended.push((outcome, message)),
+            Mark::Earlier(outcome) => case.earlier.push(CaseAttempt { outcome, message }),
+        }
+    }
+    let one_kind = ended.windows(2).all(|w| w[0].0 == w[1].0);
+    if ended.len() > 1 && one_kind {
+        let (outcome, message) = ended.pop().unwrap_or((CaseOutcome::Failed, None));
+        let retried = ended
+            .into_iter()
+            .map(|(outcome, message)| CaseAttempt { outcome, message });
+        // The repeated failures came before any rerun element.
+        case.earlier.splice(0..0, retried);
+        case.outcome = outcome;
+        case.message = message;
+        return;
+    }
+    if let Some((_, message)) = ended.first() {
+        case.message = message.clone();
+    }
+    case.outcome = if ended.iter().any(|(o, _)| *o == CaseOutcome::Errored) {
+        CaseOutcome::Errored
+    } else if !ended.is_empty() {
+        CaseOutcome::Failed
+    } else if skipped {
+        CaseOutcome::Skipped
+    } else {
+        CaseOutcome::Passed
+    };
+}
+
+/// pytest-rerunfailures writes each earlier attempt of a rerun test as a
+/// case of its own, empty, just before the next: consecutive cases of one
+/// test in a pytest report are one test, the last case its result and the
+/// ones before it failed attempts (the plugin reruns only failures and
+/// keeps no detail of them).
+fn fold_pytest_reruns(cases: Vec<JunitCase>) -> Vec<JunitCase> {
+    let mut folded: Vec<JunitCase> = Vec::with_capacity(cases.len());
+    for mut case in cases {
+        let same = folded.last().is_some_and(|last| {
+            last.classname == case.classname && last.name == case.name && last.file == case.file
+        });
+        if same {
+            if let Some(mut earlier) = folded.pop() {
+                let mut attempts = std::mem::take(&mut earlier.earlier);
+                attempts.push(CaseAttempt {
+                    outcome: match earlier.outcome {
+                        CaseOutcome::Errored => CaseOutcome::Errored,
+                        _ => CaseOutcome::Failed,
+                    },
+                    message: earlier.message,
+                });
+                attempts.append(&mut case.earlier);
+                case.earlier = attempts;
+            }
+        }
+        folded.push(case);
+    }
+    folded
 }
 
 /// Splits a test id into JUnit's `classname` and `name`: at the last `::`

@@ -219,6 +219,35 @@ const PRODUCERS: &[Producer] = &[
         given: &["cart.spec.js"],
         counts: (2, 1, 1),
     },
+    // Retries inside the report count once: 4 cases, not 7.
+    Producer {
+        file: "pytest-rerunfailures-16.7.xml",
+        names: NameFormat::Pytest,
+        given: &["tests/test_flaky.py"],
+        counts: (2, 1, 1),
+    },
+    Producer {
+        file: "nextest-0.9.143-retries.xml",
+        names: NameFormat::Name,
+        given: &[
+            "tests::payment_is_flaky",
+            "tests::total_adds_prices",
+            "tests::refund_always_fails",
+        ],
+        counts: (2, 1, 0),
+    },
+    Producer {
+        file: "vitest-3.2.7-retry.xml",
+        names: NameFormat::Name,
+        given: &["Cart"],
+        counts: (2, 1, 1),
+    },
+    Producer {
+        file: "mocha-junit-reporter-2.2.1.xml",
+        names: NameFormat::Name,
+        given: &["Cart"],
+        counts: (1, 1, 2),
+    },
     Producer {
         file: "TEST-com.example.shop.CartTest.xml",
         names: NameFormat::Classname,
@@ -460,5 +489,161 @@ async fn the_merged_junit_is_well_formed_whatever_characters_names_and_messages_
         let xml = tms::junit::merged_report(&e, &shards, &merged).unwrap();
         tms_tests::assert_valid_junit(&xml);
         assert_eq!(tms::junit::parse(&xml).unwrap().len(), tests.len());
+    }
+}
+
+/// One real tool's report of a run with retries, and what the tool itself
+/// printed: each test's final verdict and its earlier failed attempts, and
+/// lines of the tool's console output (kept beside the report) that say so.
+struct ToolRun {
+    report: &'static str,
+    console: &'static str,
+    names: NameFormat,
+    /// (test id, final outcome, earlier failed attempts in the report).
+    verdicts: &'static [(&'static str, tms::junit::CaseOutcome, usize)],
+    printed: &'static [&'static str],
+}
+
+const TOOL_RUNS: &[ToolRun] = {
+    use tms::junit::CaseOutcome::{Failed, Passed, Skipped};
+    &[
+        ToolRun {
+            report: "pytest-rerunfailures-16.7.xml",
+            console: "pytest-rerunfailures-16.7.console.txt",
+            names: NameFormat::Pytest,
+            verdicts: &[
+                ("tests/test_flaky.py::test_checkout_passes", Passed, 0),
+                ("tests/test_flaky.py::test_payment_is_flaky", Passed, 1),
+                ("tests/test_flaky.py::test_refund_always_fails", Failed, 2),
+                ("tests/test_flaky.py::test_tax_is_skipped", Skipped, 0),
+            ],
+            printed: &[
+                "PASSED tests/test_flaky.py::test_checkout_passes",
+                "PASSED tests/test_flaky.py::test_payment_is_flaky",
+                "FAILED tests/test_flaky.py::test_refund_always_fails",
+                "SKIPPED [1] tests/test_flaky.py:24: needs the tax service",
+                "1 failed, 2 passed, 1 skipped, 3 rerun",
+            ],
+        },
+        ToolRun {
+            report: "nextest-0.9.143-retries.xml",
+            console: "nextest-0.9.143-retries.console.txt",
+            names: NameFormat::Name,
+            verdicts: &[
+                ("tests::payment_is_flaky", Passed, 1),
+                ("tests::total_adds_prices", Passed, 0),
+                ("tests::refund_always_fails", Failed, 2),
+            ],
+            printed: &[
+                "FLAKY 2/3",
+                "TRY 3 FAIL",
+                "3 tests run: 2 passed (1 flaky), 1 failed, 0 skipped",
+            ],
+        },
+        // jest-junit keeps no trace of jest.retryTimes: the flaky test is a
+        // pass and the failing one a single failure. Two tests of one title
+        // are two cases.
+        ToolRun {
+            report: "jest-junit-16.0.0-retries-file.xml",
+            console: "jest-junit-16.0.0-retries-file.console.txt",
+            names: NameFormat::Name,
+            verdicts: &[
+                ("Cart adds items", Passed, 0),
+                ("Cart adds items", Passed, 0),
+                ("Cart charges the card", Passed, 0),
+                ("Cart refunds the total", Failed, 0),
+                ("Cart applies tax", Skipped, 0),
+            ],
+            printed: &[
+                "✓ adds items",
+                "✓ charges the card",
+                "✕ refunds the total",
+                "○ skipped applies tax",
+                "Tests:       1 failed, 1 skipped, 3 passed, 5 total",
+            ],
+        },
+        // vitest writes one failure per attempt of a test that kept
+        // failing, and nothing of the failed attempt of one that passed.
+        ToolRun {
+            report: "vitest-3.2.7-retry.xml",
+            console: "vitest-3.2.7-retry.console.txt",
+            names: NameFormat::Name,
+            verdicts: &[
+                ("Cart > adds items", Passed, 0),
+                ("Cart > charges the card", Passed, 0),
+                ("Cart > refunds the total", Failed, 2),
+                ("Cart > applies tax", Skipped, 0),
+            ],
+            printed: &[
+                "✓ cart.test.js > Cart > adds items",
+                "✓ cart.test.js > Cart > charges the card",
+                "× cart.test.js > Cart > refunds the total",
+                "↓ cart.test.js > Cart > applies tax",
+                "Tests  1 failed | 2 passed | 1 skipped (4)",
+            ],
+        },
+        ToolRun {
+            report: "mocha-junit-reporter-2.2.1.xml",
+            console: "mocha-junit-reporter-2.2.1.console.txt",
+            names: NameFormat::Name,
+            verdicts: &[
+                ("Cart adds items", Passed, 0),
+                ("Cart refunds the total", Failed, 0),
+                ("Cart applies tax", Skipped, 0),
+                ("Cart applies coupons", Skipped, 0),
+            ],
+            printed: &["1 passing", "2 pending", "1 failing"],
+        },
+        // Playwright's junit reporter writes a flaky test as a pass and a
+        // retried failure as one failure whose text holds every retry.
+        ToolRun {
+            report: "playwright-1.57.0-retries.xml",
+            console: "playwright-1.57.0-retries.console.txt",
+            names: NameFormat::Name,
+            verdicts: &[
+                ("cart › adds items", Passed, 0),
+                ("cart › charges the card", Passed, 0),
+                ("cart › refunds the total", Failed, 0),
+                ("cart › applies tax", Skipped, 0),
+            ],
+            printed: &["1 failed", "1 flaky", "1 skipped", "1 passed"],
+        },
+    ]
+};
+
+#[test]
+fn each_tools_report_gives_the_verdicts_the_tool_printed_retries_counted_once() {
+    for run in TOOL_RUNS {
+        let console = fixture(run.console);
+        for line in run.printed {
+            assert!(
+                console.contains(line),
+                "{}: the tool did not print {line:?}",
+                run.console
+            );
+        }
+        let cases = tms::junit::parse(&fixture(run.report))
+            .unwrap_or_else(|e| panic!("{}: {e}", run.report));
+        let read: Vec<(String, tms::junit::CaseOutcome, usize)> = cases
+            .iter()
+            .map(|c| (c.test_id(run.names), c.outcome, c.earlier.len()))
+            .collect();
+        let expected: Vec<(String, tms::junit::CaseOutcome, usize)> = run
+            .verdicts
+            .iter()
+            .map(|(id, outcome, earlier)| (id.to_string(), *outcome, *earlier))
+            .collect();
+        assert_eq!(read, expected, "{}", run.report);
+        // A retried test's earlier attempts are failures, with the tool's
+        // message where it kept one.
+        for case in cases.iter().filter(|c| !c.earlier.is_empty()) {
+            assert!(
+                case.earlier
+                    .iter()
+                    .all(|a| a.outcome == tms::junit::CaseOutcome::Failed),
+                "{}: {case:?}",
+                run.report
+            );
+        }
     }
 }
