@@ -31,9 +31,12 @@ pub struct AgentArgs {
     pub cpu_millis: u32,
     #[arg(long, default_value_t = 8192)]
     pub memory_mb: u32,
-    /// The JUnit XML file the command writes; `{shard}` expands to the run's
-    /// unique name. Without it, the exit status decides: 0 passes every test
-    /// of the shard, anything else fails them.
+    /// The JUnit XML file the command writes, or a glob of the files it
+    /// writes (`target/surefire-reports/TEST-*.xml`: Surefire writes one
+    /// per class, Playwright one per project), which are sent as one
+    /// report; `{shard}` expands to the run's unique name. Files that match
+    /// are removed before the command runs. Without it, the exit status
+    /// decides: 0 passes every test of the shard, anything else fails them.
     #[arg(long)]
     pub junit: Option<String>,
     /// How the test tool names tests in its JUnit file (classname, pytest, name).
@@ -445,7 +448,9 @@ async fn run_shard(client: &Client, args: &AgentArgs, a: &Value) -> Result<()> {
         .as_ref()
         .map(|p| PathBuf::from(p.replace("{shard}", &shard)));
     if let Some(j) = &junit {
-        let _ = std::fs::remove_file(j);
+        for stale in junit_files(j)? {
+            let _ = std::fs::remove_file(stale);
+        }
     }
     let mut argv = expand(&args.command, &tests, &tests_file, &shard);
     // In a container, killing the `docker` client would leave the
@@ -486,9 +491,17 @@ async fn run_shard(client: &Client, args: &AgentArgs, a: &Value) -> Result<()> {
     let budget = Duration::from_millis(deadline_ms.saturating_sub(now_ms).max(0) as u64);
     let outcome = run_command(&argv, &shard, budget, stop_container.as_deref()).await;
     let _ = std::fs::remove_file(&tests_file);
-    let report = match (&outcome, junit.as_ref().filter(|j| j.exists())) {
-        (Ok(_), Some(file)) => {
-            let xml = std::fs::read_to_string(file)?;
+    let written = match &junit {
+        Some(j) => junit_files(j)?,
+        None => Vec::new(),
+    };
+    let report = match (&outcome, (!written.is_empty()).then_some(&written)) {
+        (Ok(_), Some(files)) => {
+            let reports = files
+                .iter()
+                .map(std::fs::read_to_string)
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let xml = tms::junit::combine(&reports);
             let path = format!(
                 "{hook}?shard_index={index}&lease_id={}&names={}",
                 segment(lease.as_str().unwrap_or("")),
@@ -524,6 +537,26 @@ async fn run_shard(client: &Client, args: &AgentArgs, a: &Value) -> Result<()> {
     }
     client.post(&hook, &body).await?;
     Ok(())
+}
+
+/// The files `--junit` names: the one path, or the glob's matches in
+/// name order.
+fn junit_files(pattern: &Path) -> Result<Vec<PathBuf>> {
+    let text = pattern.to_string_lossy();
+    if !text.contains(['*', '?', '[']) {
+        return Ok(if pattern.exists() {
+            vec![pattern.to_path_buf()]
+        } else {
+            Vec::new()
+        });
+    }
+    let mut files: Vec<PathBuf> = glob::glob(&text)
+        .map_err(|e| format!("--junit {text:?}: {e}"))?
+        .filter_map(std::result::Result::ok)
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 fn tempfile_dir() -> Result<PathBuf> {

@@ -390,6 +390,57 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     Ok(cases)
 }
 
+/// Several JUnit files of one run (Surefire writes one per class,
+/// Playwright one per project) as one report: each file's root inside one
+/// `<testsuites>`, named as the first file's root is (a tool's own name
+/// tells how it writes retries). One file is returned as it is; what a file
+/// holds is checked when the report is parsed.
+pub fn combine(files: &[String]) -> String {
+    if let [only] = files {
+        return only.clone();
+    }
+    let body = |xml: &str| -> String {
+        let xml = xml.trim_start_matches('\u{feff}').trim_start();
+        match xml.strip_prefix("<?xml") {
+            Some(rest) => rest
+                .split_once("?>")
+                .map_or(rest, |(_, after)| after)
+                .to_owned(),
+            None => xml.to_owned(),
+        }
+    };
+    let name = files.first().and_then(|first| {
+        let mut reader = Reader::from_str(first);
+        loop {
+            match reader.read_event() {
+                Ok(Event::Start(e) | Event::Empty(e)) => {
+                    break e
+                        .try_get_attribute("name")
+                        .ok()
+                        .flatten()
+                        .and_then(|a| a.unescape_value().ok())
+                        .map(|v| v.into_owned());
+                }
+                Ok(Event::Eof) | Err(_) => break None,
+                Ok(_) => {}
+            }
+        }
+    });
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites");
+    if let Some(name) = name {
+        out.push_str(" name=\"");
+        out.push_str(&quick_xml::escape::escape(name.as_str()));
+        out.push('"');
+    }
+    out.push_str(">\n");
+    for file in files {
+        out.push_str(&body(file));
+        out.push('\n');
+    }
+    out.push_str("</testsuites>\n");
+    out
+}
+
 /// A case's outcome and earlier attempts from what its children said.
 /// Several failures (or errors) of one kind are one per attempt, the last
 /// being the result (vitest); otherwise an error outranks a failure, and
@@ -848,6 +899,23 @@ mod tests {
             "</testsuite>".repeat(10)
         );
         assert_eq!(parse(&fine).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn several_files_are_one_report_with_every_case() {
+        let a = r#"<?xml version="1.0"?><testsuite name="pytest"><testcase classname="m" name="t"/><testcase classname="m" name="t"><failure message="x"/></testcase></testsuite>"#;
+        let b = "\u{feff}<testsuites><testsuite name=\"b\"><testcase name=\"u\"/></testsuite></testsuites>";
+        let one = combine(&[a.to_owned(), b.to_owned()]);
+        let cases = parse(&one).unwrap();
+        let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["t", "u"], "{one}");
+        assert_eq!(cases[0].outcome, CaseOutcome::Failed);
+        assert_eq!(
+            cases[0].earlier.len(),
+            1,
+            "the first file's pytest name is kept"
+        );
+        assert_eq!(combine(&[a.to_owned()]), a);
     }
 
     #[test]

@@ -467,3 +467,58 @@ async fn on_sigterm_an_agent_finishes_its_running_shard_takes_no_more_and_exits(
         "the same runner: {done}"
     );
 }
+
+/// A tool that writes a JUnit file per class (Surefire) or per project
+/// (Playwright): `--junit` takes a glob, and the shard's report is every
+/// file it matches, stale ones from an earlier run removed first.
+#[tokio::test]
+async fn an_agent_sends_every_junit_file_its_glob_matches_as_one_report() {
+    let (_data, server, work) = start();
+    let dir = work.path();
+    let prefix = dir.join("{shard}");
+    let child = Command::new(BIN)
+        .env("FAKE_SPLIT", "1")
+        .args([
+            "agent",
+            "--name",
+            "split",
+            "--slots",
+            "1",
+            "--poll-ms",
+            "100",
+        ])
+        .args(["--names", "name", "--junit"])
+        .arg(format!("{}-*.xml", prefix.to_str().unwrap()))
+        .arg("--state-file")
+        .arg(dir.join("split.json"))
+        .args(["--", "python3", SUITE])
+        .arg(prefix.to_str().unwrap())
+        .arg("{tests}")
+        .env("TMS_URL", &server.url)
+        .env("TMS_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("split.log")).unwrap())
+        .spawn()
+        .expect("start tms agent");
+    let _agent = Agent(child);
+    let out = queue(
+        &server,
+        &[
+            "--suite",
+            "split",
+            "--parallelism",
+            "1",
+            "test_a",
+            "test_b",
+            "test_bad",
+            "test_c",
+        ],
+    )
+    .await;
+    let done: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{done}");
+    assert_eq!(done["totals"]["passed"], 3, "{done}");
+    assert_eq!(done["totals"]["failed"], 1, "{done}");
+    assert_eq!(done["status"], "failed", "every test accounted for: {done}");
+}
