@@ -67,6 +67,7 @@ fn results(tests: &[String], status: TestStatus) -> ShardResult {
                 status,
                 duration_ms: 10,
                 message: failed.then(|| "assertion failed".into()),
+                earlier: Vec::new(),
             })
             .collect(),
     }

@@ -83,6 +83,7 @@ fn result(name: &str, status: TestStatus, message: Option<&str>) -> TestResult {
         status,
         duration_ms: 40,
         message: message.map(Into::into),
+        earlier: Vec::new(),
     }
 }
 
@@ -419,7 +420,71 @@ async fn a_lost_run_is_an_attempt_of_its_own_in_the_report<B: Backend>() {
     assert!(!tests[0].flaky);
 }
 
+/// cargo-nextest retried two tests within the shard's run: the one that
+/// passed on its retry is flaky, with both attempts in the report, a
+/// `flakyFailure` in the merged JUnit and a place in the suite's flaky
+/// history; the one that failed every time keeps all three attempts, as
+/// `rerunFailure`s.
+async fn a_tools_own_retries_show_as_attempts_in_the_report_and_the_merged_junit<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let runner = register(&h, "a").await;
+    let given = [
+        "tests::payment_is_flaky",
+        "tests::total_adds_prices",
+        "tests::refund_always_fails",
+    ];
+    let (id, work) = start_on(&h, &runner, &given, 1).await;
+    let a = &work[0];
+    let report = ShardReport::from_junit(
+        a.shard_index,
+        a.lease_id.clone(),
+        None,
+        &fixture("nextest-0.9.143-retries.xml"),
+        NameFormat::Name,
+    )
+    .unwrap();
+    h.app
+        .report_shard(&Principal::Runner(runner.clone()), &id, report)
+        .await
+        .unwrap();
+    let (status, _) = finished(&h, &id).await;
+    assert_eq!(status, ExecutionStatus::Failed);
+    let (e, shards, tests) = h.app.execution_report(&id).await.unwrap();
+    assert_eq!(
+        (e.totals.passed, e.totals.failed),
+        (2, 1),
+        "each test counted once"
+    );
+    let of = |name: &str| tests.iter().find(|t| t.name == name).unwrap();
+    let flaky = of("tests::payment_is_flaky");
+    assert!(flaky.flaky);
+    let statuses = |t: &tms::domain::MergedTest| -> Vec<TestStatus> {
+        t.attempts.iter().map(|a| a.status).collect()
+    };
+    assert_eq!(statuses(flaky), [TestStatus::Failed, TestStatus::Passed]);
+    assert!(flaky.attempts[0]
+        .message
+        .as_deref()
+        .is_some_and(|m| m.contains("payment sandbox timed out")));
+    let failing = of("tests::refund_always_fails");
+    assert!(!failing.flaky);
+    assert_eq!(statuses(failing), [TestStatus::Failed; 3]);
+    assert_eq!(
+        statuses(of("tests::total_adds_prices")),
+        [TestStatus::Passed]
+    );
+
+    let xml = tms::junit::merged_report(&e, &shards, &tests).unwrap();
+    tms_tests::assert_valid_junit(&xml);
+    assert_eq!(xml.matches("<flakyFailure").count(), 1, "{xml}");
+    assert_eq!(xml.matches("<rerunFailure").count(), 2, "{xml}");
+    let history = h.app.flaky_tests("shop").await.unwrap();
+    let names: Vec<&str> = history.items.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["tests::payment_is_flaky"]);
+}
+
 tms_tests::conformance!(
+    a_tools_own_retries_show_as_attempts_in_the_report_and_the_merged_junit,
     a_shard_that_reports_fewer_tests_than_it_was_given_leaves_the_execution_errored_saying_which,
     a_missing_test_is_not_hidden_behind_a_failure_beside_it,
     counts_alone_must_account_for_every_test_of_the_shard,

@@ -59,6 +59,7 @@ async fn report<B: Backend>(h: &Harness<B>, r: &RunnerId, a: &Assignment, failin
             message: failing
                 .contains(&t.as_str())
                 .then(|| "AssertionError: timeout talking to the payment sandbox".into()),
+            earlier: Vec::new(),
         })
         .collect();
     let failed = tests

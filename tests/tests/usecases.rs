@@ -929,6 +929,7 @@ async fn a_completed_shard_teaches_the_next_split_its_test_durations<B: Backend>
                 status: TestStatus::Passed,
                 duration_ms: if t == "test_0" { 9_000 } else { 100 },
                 message: None,
+                earlier: Vec::new(),
             })
             .collect();
         // A test reported twice in one shard (run again by the runner) is

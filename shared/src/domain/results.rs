@@ -113,6 +113,9 @@ pub fn chunk(tests: &[TestResult], max_bytes: usize) -> Result<Vec<String>> {
     for test in tests {
         let mut test = test.clone();
         test.message = test.message.as_deref().map(trimmed);
+        for earlier in &mut test.earlier {
+            earlier.message = earlier.message.as_deref().map(trimmed);
+        }
         let json = serde_json::to_string(&test)
             .map_err(|e| Error::Internal(format!("test result not serialisable: {e}")))?;
         // +2: the separating comma and the closing bracket.
@@ -224,18 +227,28 @@ pub fn merge(shards: &[Shard], chunks: &[ResultChunk]) -> Result<Vec<MergedTest>
             for chunk in stored.iter().take(run.result_chunks as usize) {
                 for test in chunk.tests()? {
                     let planned_in = root(shards, shard.index);
-                    let attempt = TestAttempt {
-                        attempt: run.attempt,
-                        shard_index: shard.index,
-                        finished_at: run.finished_at,
-                        runner_id: run.runner_id.clone(),
-                        status: test.status,
-                        duration_ms: test.duration_ms,
-                        message: test.message.clone(),
+                    let in_run = |status: TestStatus, duration_ms: u64, message: Option<String>| {
+                        TestAttempt {
+                            attempt: run.attempt,
+                            shard_index: shard.index,
+                            finished_at: run.finished_at,
+                            runner_id: run.runner_id.clone(),
+                            status,
+                            duration_ms,
+                            message,
+                        }
                     };
+                    // The tool's own retries in this run come first (the
+                    // sort below is stable), then the run's result.
+                    let mut attempts: Vec<TestAttempt> = test
+                        .earlier
+                        .iter()
+                        .map(|e| in_run(e.status, 0, e.message.clone()))
+                        .collect();
+                    attempts.push(in_run(test.status, test.duration_ms, test.message.clone()));
                     let key = (planned_in, test.name.clone());
                     match position.get(&key) {
-                        Some(&i) => merged[i].attempts.push(attempt),
+                        Some(&i) => merged[i].attempts.extend(attempts),
                         None => {
                             position.insert(key, merged.len());
                             merged.push(MergedTest {
@@ -245,7 +258,7 @@ pub fn merge(shards: &[Shard], chunks: &[ResultChunk]) -> Result<Vec<MergedTest>
                                 duration_ms: test.duration_ms,
                                 message: None,
                                 flaky: false,
-                                attempts: vec![attempt],
+                                attempts,
                             });
                         }
                     }
@@ -290,6 +303,7 @@ mod tests {
                     status: TestStatus::Passed,
                     duration_ms: 1,
                     message: None,
+                    earlier: Vec::new(),
                 })
                 .collect(),
         }
@@ -345,6 +359,7 @@ mod tests {
             status: TestStatus::Failed,
             duration_ms: 0,
             message: Some("é".repeat(MAX_MESSAGE_BYTES)),
+            earlier: Vec::new(),
         };
         let chunks = chunk(&[t], MAX_CHUNK_BYTES).unwrap();
         let back: Vec<TestResult> = serde_json::from_str(&chunks[0]).unwrap();
@@ -396,6 +411,7 @@ mod tests {
                 status,
                 duration_ms,
                 message,
+                earlier: Vec::new(),
             })
     }
 

@@ -85,6 +85,21 @@ pub struct TestResult {
     pub duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Failed attempts before this result, oldest first, when the test tool
+    /// retried the test within the run (pytest-rerunfailures, nextest,
+    /// Surefire, vitest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<EarlierAttempt>,
+}
+
+/// A failed attempt of a test that its own tool retried within one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EarlierAttempt {
+    /// `failed` or `errored`.
+    pub status: TestStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Counts (and optionally per-test results) of one shard run.
@@ -719,6 +734,7 @@ mod tests {
                 status: TestStatus::Failed,
                 duration_ms: 3,
                 message: None,
+                earlier: Vec::new(),
             }],
             ..Default::default()
         };

@@ -4,7 +4,7 @@
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth::Principal;
 use crate::domain::results;
-use crate::domain::shard::Applied;
+use crate::domain::shard::{Applied, EarlierAttempt};
 use crate::domain::{
     Execution, ResultChunk, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus,
 };
@@ -47,6 +47,8 @@ pub struct ReportOutcome {
 }
 
 const MAX_RESULTS: usize = 20_000;
+/// Earlier attempts kept of one test retried by its own tool.
+const MAX_EARLIER_ATTEMPTS: usize = 16;
 /// Longest test name accepted in a report (the queue's limit too).
 const MAX_TEST_NAME: usize = 1024;
 
@@ -79,6 +81,18 @@ impl ShardReport {
                 },
                 duration_ms: c.time_ms.unwrap_or(0),
                 message: c.message,
+                earlier: c
+                    .earlier
+                    .into_iter()
+                    .take(MAX_EARLIER_ATTEMPTS)
+                    .map(|a| EarlierAttempt {
+                        status: match a.outcome {
+                            CaseOutcome::Errored => TestStatus::Errored,
+                            _ => TestStatus::Failed,
+                        },
+                        message: a.message,
+                    })
+                    .collect(),
             })
             .collect();
         let count =
@@ -116,6 +130,20 @@ impl ShardReport {
             return Err(Error::validation(
                 "results.tests",
                 format!("at most {MAX_RESULTS} results"),
+            ));
+        }
+        if let Some(t) = r.tests.iter().find(|t| {
+            t.earlier.len() > MAX_EARLIER_ATTEMPTS
+                || t.earlier
+                    .iter()
+                    .any(|a| !matches!(a.status, TestStatus::Failed | TestStatus::Errored))
+        }) {
+            return Err(Error::validation(
+                "results.tests.earlier",
+                format!(
+                    "{}: at most {MAX_EARLIER_ATTEMPTS} earlier attempts, each failed or errored",
+                    t.name
+                ),
             ));
         }
         if let Some(t) = r
@@ -400,7 +428,9 @@ impl<P: Ports> Orchestrator<P> {
             let mut flaky = Vec::new();
             for chunk in self.store.results(id, Some((index, lease))).await? {
                 for t in chunk.tests()? {
-                    if retry && t.status == TestStatus::Passed {
+                    // Passed on an automatic retry, or after its own tool's
+                    // retries failed first: flaky.
+                    if t.status == TestStatus::Passed && (retry || !t.earlier.is_empty()) {
                         flaky.push(t.name.clone());
                     }
                     if t.status != TestStatus::Skipped && t.duration_ms > 0 {

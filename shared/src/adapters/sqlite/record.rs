@@ -175,11 +175,15 @@ pub(super) fn encode(shard: &Shard) -> Result<Vec<u8>> {
             tests: tests
                 .iter()
                 .map(|t| {
+                    // A shard keeps its run's counts (`ShardResult::counts`);
+                    // per-test results, earlier attempts included, are the
+                    // execution's result chunks.
                     let TestResult {
                         name,
                         status,
                         duration_ms,
                         message,
+                        earlier: _,
                     } = t;
                     Ok(TestRow {
                         name: borrowed(name),
@@ -271,6 +275,7 @@ pub(super) fn decode(columns: Columns, doc: &[u8], tests: Arc<[String]>) -> Resu
                         name: owned(t.name),
                         duration_ms: t.duration_ms,
                         message: t.message.map(owned),
+                        earlier: Vec::new(),
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -377,6 +382,7 @@ mod tests {
                 status: TestStatus::Failed,
                 duration_ms: 7,
                 message: Some("boom".into()),
+                earlier: Vec::new(),
             }],
         });
         s.error = Some("lost its runner once".into());
