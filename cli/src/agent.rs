@@ -39,9 +39,11 @@ pub struct AgentArgs {
     /// decides: 0 passes every test of the shard, anything else fails them.
     #[arg(long)]
     pub junit: Option<String>,
-    /// How the test tool names tests in its JUnit file (classname, pytest, name).
-    #[arg(long, default_value = "classname")]
-    pub names: String,
+    /// Name every JUnit case one way (classname, pytest, name) instead of
+    /// letting the server match each case to the shard's tests under every
+    /// convention tools use (README, "How report names are matched").
+    #[arg(long)]
+    pub names: Option<String>,
     /// Where the agent keeps its runner id and token between starts.
     #[arg(long, default_value = ".tms-agent.json")]
     pub state_file: PathBuf,
@@ -502,11 +504,13 @@ async fn run_shard(client: &Client, args: &AgentArgs, a: &Value) -> Result<()> {
                 .map(std::fs::read_to_string)
                 .collect::<std::io::Result<Vec<_>>>()?;
             let xml = tms::junit::combine(&reports);
-            let path = format!(
-                "{hook}?shard_index={index}&lease_id={}&names={}",
-                segment(lease.as_str().unwrap_or("")),
-                segment(&args.names)
+            let mut path = format!(
+                "{hook}?shard_index={index}&lease_id={}",
+                segment(lease.as_str().unwrap_or(""))
             );
+            if let Some(names) = &args.names {
+                path.push_str(&format!("&names={}", segment(names)));
+            }
             return client
                 .post_raw(&path, "application/xml", xml)
                 .await

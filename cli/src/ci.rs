@@ -58,9 +58,11 @@ pub struct QueueArgs {
     /// matches nothing is an error: it is almost always a typo.
     #[arg(long = "glob", value_name = "PATTERN")]
     pub globs: Vec<String>,
-    /// JUnit files only: how the tool names tests (classname, pytest, name).
-    #[arg(long, default_value = "classname")]
-    pub names: String,
+    /// JUnit files only: name every case one way (classname, pytest,
+    /// name) instead of by the id its tool knows it by (a node id for
+    /// pytest, `classname.name` for others).
+    #[arg(long)]
+    pub names: Option<String>,
     /// Shards (static, by-index) or expected runners (dynamic).
     #[arg(long, default_value_t = 1)]
     pub parallelism: u32,
@@ -180,16 +182,20 @@ pub fn detect_ci(var: impl Fn(&str) -> Option<String>) -> Option<Value> {
 /// The tests of a tests file: plain lines, a durations file (JSON: names
 /// to seconds, possibly under `"durations"`) or a JUnit XML report; with
 /// durations, each test carries its `duration_hint_ms`.
-pub fn parse_tests_file(text: &str, names: &str) -> Result<Vec<Value>> {
+pub fn parse_tests_file(text: &str, names: Option<&str>) -> Result<Vec<Value>> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('<') {
-        let format: tms::junit::NameFormat = serde_json::from_value(json!(names))
-            .map_err(|_| format!("--names {names:?}: classname, pytest or name"))?;
+        let format: Option<tms::junit::NameFormat> = names
+            .map(|n| {
+                serde_json::from_value(json!(n))
+                    .map_err(|_| format!("--names {n:?}: classname, pytest or name"))
+            })
+            .transpose()?;
         let mut seen = std::collections::BTreeSet::new();
         return Ok(tms::junit::parse(text)?
             .into_iter()
             .filter_map(|c| {
-                let name = c.test_id(format);
+                let name = format.map_or_else(|| c.natural_id(), |f| c.test_id(f));
                 seen.insert(name.clone())
                     .then(|| json!({"name": name, "duration_hint_ms": c.time_ms.map(|t| t.max(1))}))
             })
@@ -281,7 +287,7 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
     if let Some(file) = &args.tests_file {
         let text = std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        tests.extend(parse_tests_file(&text, &args.names)?);
+        tests.extend(parse_tests_file(&text, args.names.as_deref())?);
     }
     for pattern in &args.globs {
         tests.extend(glob_tests(pattern)?.into_iter().map(|t| json!(t)));
@@ -610,10 +616,10 @@ mod tests {
 
     #[test]
     fn a_tests_file_may_be_lines_durations_or_junit() {
-        let lines = parse_tests_file("# smoke\ntests/a.py\n\n  tests/b.py  \n", "name").unwrap();
+        let lines = parse_tests_file("# smoke\ntests/a.py\n\n  tests/b.py  \n", None).unwrap();
         assert_eq!(lines, vec![json!("tests/a.py"), json!("tests/b.py")]);
         let durations =
-            parse_tests_file(r#"{"durations": {"t1": 1.5, "t2": 0.0001}}"#, "name").unwrap();
+            parse_tests_file(r#"{"durations": {"t1": 1.5, "t2": 0.0001}}"#, None).unwrap();
         assert_eq!(
             durations[0],
             json!({"name": "t1", "duration_hint_ms": 1500})
@@ -621,11 +627,23 @@ mod tests {
         assert_eq!(durations[1]["duration_hint_ms"], 1);
         let junit = parse_tests_file(
             r#"<testsuite><testcase classname="C" name="a" time="0.2"/><testcase classname="C" name="a" time="0.3"/></testsuite>"#,
-            "classname",
+            None,
         )
         .unwrap();
         assert_eq!(junit, vec![json!({"name": "C.a", "duration_hint_ms": 200})]);
-        assert!(parse_tests_file("<x", "nonsense").is_err());
+        let pytest = parse_tests_file(
+            r#"<testsuite name="pytest"><testcase classname="tests.test_a" name="t" time="0.2"/></testsuite>"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(pytest[0]["name"], "tests/test_a.py::t");
+        let by_name = parse_tests_file(
+            r#"<testsuite><testcase classname="C" name="a"/></testsuite>"#,
+            Some("name"),
+        )
+        .unwrap();
+        assert_eq!(by_name[0]["name"], "a");
+        assert!(parse_tests_file("<x", Some("nonsense")).is_err());
     }
 
     #[test]

@@ -143,9 +143,10 @@ enum Command {
         /// The durations file or JUnit report.
         file: PathBuf,
         /// JUnit only: how the tool names tests (`classname`: Class.test,
-        /// `pytest`: node ids, `name`: the bare name).
-        #[arg(long, default_value = "classname")]
-        names: String,
+        /// `pytest`: node ids, `name`: the bare name); by default the id
+        /// its tool knows it by (a node id for pytest, else Class.test).
+        #[arg(long)]
+        names: Option<String>,
         #[command(flatten)]
         server: client::ServerArgs,
     },
@@ -405,7 +406,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             file,
             names,
             server,
-        } => import_timings(&suite, &file, &names, &server)
+        } => import_timings(&suite, &file, names.as_deref(), &server)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::CreateResources {
@@ -445,7 +446,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 async fn import_timings(
     suite: &str,
     file: &std::path::Path,
-    names: &str,
+    names: Option<&str>,
     server: &client::ServerArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(file)
@@ -453,7 +454,10 @@ async fn import_timings(
     let path = format!("/suites/{}/timings", client::segment(suite));
     let client = client::Client::new(server);
     let answer = if text.trim_start().starts_with('<') {
-        let path = format!("{path}?names={}", client::segment(names));
+        let path = match names {
+            Some(names) => format!("{path}?names={}", client::segment(names)),
+            None => path,
+        };
         client.post_raw(&path, "application/xml", text).await?
     } else {
         let mut body: serde_json::Value = serde_json::from_str(&text)

@@ -22,6 +22,12 @@ pub struct JunitCase {
     pub name: String,
     /// pytest's xunit1 family (and some other tools) say which file.
     pub file: Option<String>,
+    /// The enclosing `<testsuite>`'s `file` (mocha-junit-reporter's one
+    /// place for the spec file).
+    pub suite_file: Option<String>,
+    /// The report is pytest's (its root is named as pytest names it): its
+    /// tests are known by pytest node ids.
+    pub from_pytest: bool,
     pub time_ms: Option<u64>,
     pub outcome: CaseOutcome,
     /// A failure's or error's message, then its text (the stack trace).
@@ -60,6 +66,7 @@ pub enum NameFormat {
 }
 
 impl JunitCase {
+    /// The id under the naming `format`.
     pub fn test_id(&self, format: NameFormat) -> String {
         match format {
             NameFormat::Classname if self.classname.is_empty() => self.name.clone(),
@@ -69,10 +76,22 @@ impl JunitCase {
         }
     }
 
+    /// The id its tool knows it by when no given test matches it: a node
+    /// id for pytest's cases (or any case in a `.py` file), else
+    /// `classname.name` (Surefire, Gradle and most others).
+    pub fn natural_id(&self) -> String {
+        let python = self.file.as_deref().is_some_and(|f| f.ends_with(".py"));
+        self.test_id(if self.from_pytest || python {
+            NameFormat::Pytest
+        } else {
+            NameFormat::Classname
+        })
+    }
+
     /// A pytest node id. The module is the file (xunit1's `file`, or the
     /// classname's lower-case leading segments); the classname's remaining
     /// segments are classes.
-    fn pytest_id(&self) -> String {
+    pub(crate) fn pytest_id(&self) -> String {
         let segments: Vec<&str> = self.classname.split('.').collect();
         let (module, classes): (Vec<&str>, Vec<&str>) = match &self.file {
             Some(file) => {
@@ -112,6 +131,8 @@ fn case_from(start: &BytesStart) -> Result<JunitCase> {
         classname: String::new(),
         name: String::new(),
         file: None,
+        suite_file: None,
+        from_pytest: false,
         time_ms: None,
         outcome: CaseOutcome::Passed,
         message: None,
@@ -171,13 +192,19 @@ fn mark_of(element: &[u8]) -> Option<Mark> {
     }
 }
 
-/// The `message` attribute of a failure or error element.
-fn message_attr(start: &BytesStart) -> Option<String> {
+/// An attribute's unescaped value, if the element has it.
+fn attr_of(start: &BytesStart, name: &str) -> Option<String> {
     start
-        .try_get_attribute("message")
+        .try_get_attribute(name)
         .ok()
         .flatten()
         .and_then(|a| a.unescape_value().ok())
+        .map(|v| v.into_owned())
+}
+
+/// The `message` attribute of a failure or error element.
+fn message_attr(start: &BytesStart) -> Option<String> {
+    attr_of(start, "message")
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
 }
@@ -243,6 +270,10 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     // The report's own name (`<testsuites name>`, else the first suite's):
     // pytest's tells how its reruns are written.
     let mut report_name: Option<String> = None;
+    // The open `<testsuite>`s, each with its depth and `file`.
+    let mut suite_files: Vec<(usize, Option<String>)> = Vec::new();
+    let suite_file =
+        |suites: &[(usize, Option<String>)]| suites.iter().rev().find_map(|(_, file)| file.clone());
     let broken = |reader: &Reader<&[u8]>, e: &dyn std::fmt::Display| {
         bad(format!(
             "not well-formed XML at byte {}: {e}",
@@ -271,11 +302,20 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
                     if path.len() == MAX_DEPTH {
                         return Err(bad(format!("elements nest deeper than {MAX_DEPTH} levels")));
                     }
+                    if name == "testsuite" {
+                        suite_files.push((path.len(), attr_of(e, "file")));
+                    }
                     path.push(name);
                 }
             }
             Ok(Event::End(_)) => {
                 path.pop();
+                if suite_files
+                    .last()
+                    .is_some_and(|(depth, _)| *depth == path.len())
+                {
+                    suite_files.pop();
+                }
             }
             Ok(Event::DocType(_)) => {
                 return Err(bad(
@@ -294,21 +334,18 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
                 if report_name.is_none()
                     && matches!(e.local_name().as_ref(), b"testsuites" | b"testsuite") =>
             {
-                report_name = Some(
-                    e.try_get_attribute("name")
-                        .ok()
-                        .flatten()
-                        .and_then(|a| a.unescape_value().ok())
-                        .map(|v| v.into_owned())
-                        .unwrap_or_default(),
-                );
+                report_name = Some(attr_of(&e, "name").unwrap_or_default());
             }
             Ok(Event::Start(e)) if e.local_name().as_ref() == b"testcase" => {
-                open = Some(case_from(&e)?);
+                let mut case = case_from(&e)?;
+                case.suite_file = suite_file(&suite_files);
+                open = Some(case);
                 marks.clear();
             }
             Ok(Event::Empty(e)) if e.local_name().as_ref() == b"testcase" => {
-                cases.push(case_from(&e)?);
+                let mut case = case_from(&e)?;
+                case.suite_file = suite_file(&suite_files);
+                cases.push(case);
             }
             Ok(event @ (Event::Start(_) | Event::Empty(_))) => {
                 let (Event::Start(e) | Event::Empty(e)) = &event else {
@@ -386,6 +423,9 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     }
     if matches!(report_name.as_deref(), Some("pytest tests" | "pytest")) {
         cases = fold_pytest_reruns(cases);
+        for case in &mut cases {
+            case.from_pytest = true;
+        }
     }
     Ok(cases)
 }
@@ -413,14 +453,7 @@ pub fn combine(files: &[String]) -> String {
         let mut reader = Reader::from_str(first);
         loop {
             match reader.read_event() {
-                Ok(Event::Start(e) | Event::Empty(e)) => {
-                    break e
-                        .try_get_attribute("name")
-                        .ok()
-                        .flatten()
-                        .and_then(|a| a.unescape_value().ok())
-                        .map(|v| v.into_owned());
-                }
+                Ok(Event::Start(e) | Event::Empty(e)) => break attr_of(&e, "name"),
                 Ok(Event::Eof) | Err(_) => break None,
                 Ok(_) => {}
             }

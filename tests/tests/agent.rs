@@ -50,17 +50,7 @@ fn agent_with(
     let junit = dir.join("{shard}.xml");
     let mut command = Command::new(BIN);
     command.env("FAKE_MARKER", dir.join("once.marker"));
-    command.args([
-        "agent",
-        "--name",
-        name,
-        "--slots",
-        "1",
-        "--poll-ms",
-        "100",
-        "--names",
-        "name",
-    ]);
+    command.args(["agent", "--name", name, "--slots", "1", "--poll-ms", "100"]);
     let child = more(&mut command)
         .arg("--junit")
         .arg(&junit)
@@ -487,7 +477,7 @@ async fn an_agent_sends_every_junit_file_its_glob_matches_as_one_report() {
             "--poll-ms",
             "100",
         ])
-        .args(["--names", "name", "--junit"])
+        .arg("--junit")
         .arg(format!("{}-*.xml", prefix.to_str().unwrap()))
         .arg("--state-file")
         .arg(dir.join("split.json"))

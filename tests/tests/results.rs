@@ -12,7 +12,7 @@ use tms::domain::{
 };
 use tms::ids::{ExecutionId, RunnerId};
 use tms::junit::NameFormat;
-use tms::usecases::{Assignment, NewRunner, ReportStatus, ShardReport};
+use tms::usecases::{Assignment, JunitReport, NewRunner, ReportStatus, ShardReport};
 use tms_tests::{Backend, Harness};
 
 async fn register<B: Backend>(h: &Harness<B>, name: &str) -> RunnerId {
@@ -175,139 +175,232 @@ async fn tests_nobody_asked_for_keep_the_execution_from_passing<B: Backend>() {
     assert!(why.contains("not given: test_other"), "{why}");
 }
 
-/// A producer's report, the tests as the CI job would queue them (files,
-/// classes or describe blocks, whose cases the report names), how the tool
-/// names tests, and the expected (passed, failed, skipped).
+/// A producer's report, the ways a CI job might queue the tests it ran
+/// (files, classes, describe blocks, modules, test ids: each way a shard's
+/// given tests), and the expected (passed, failed, skipped). No way says
+/// how the tool names tests: each case is matched to the given tests.
 struct Producer {
     file: &'static str,
-    names: NameFormat,
-    given: &'static [&'static str],
+    ways: &'static [&'static [&'static str]],
     counts: (u32, u32, u32),
 }
 
 const PRODUCERS: &[Producer] = &[
     Producer {
         file: "pytest-xunit2.xml",
-        names: NameFormat::Pytest,
-        given: &["tests/test_shop.py"],
+        ways: &[
+            &["tests/test_shop.py"],
+            &["tests"],
+            &[
+                "tests/test_shop.py::test_checkout_total",
+                "tests/test_shop.py::test_refund_rounding",
+                "tests/test_shop.py::test_card_declined",
+                "tests/test_shop.py::TestCart",
+            ],
+        ],
         counts: (2, 2, 1),
     },
     Producer {
         file: "pytest-xunit1.xml",
-        names: NameFormat::Pytest,
-        given: &["tests/test_shop.py"],
+        ways: &[
+            &["tests/test_shop.py"],
+            &[
+                "tests/test_shop.py::test_checkout_total",
+                "tests/test_shop.py::test_refund_rounding",
+                "tests/test_shop.py::test_card_declined",
+                "tests/test_shop.py::TestCart::test_add_item",
+                "tests/test_shop.py::TestCart::test_remove_item",
+            ],
+        ],
         counts: (2, 2, 1),
     },
+    // nextest's classname is the crate ("shop"): `shop.tests::…` is no
+    // test a job queues.
     Producer {
         file: "nextest-0.9.143.xml",
-        names: NameFormat::Name,
-        given: &[
-            "tests::total_of_nothing_is_zero",
-            "tests::total_adds_prices",
-            "tests::total_applies_discount",
+        ways: &[
+            &[
+                "tests::total_of_nothing_is_zero",
+                "tests::total_adds_prices",
+                "tests::total_applies_discount",
+            ],
+            &["tests"],
         ],
         counts: (2, 1, 0),
     },
     Producer {
         file: "jest-junit-16.0.0.xml",
-        names: NameFormat::Name,
-        given: &["Cart"],
+        ways: &[
+            &["Cart"],
+            &["Cart total", "Cart checkout"],
+            &[
+                "Cart total of nothing is zero",
+                "Cart total adds prices",
+                "Cart total applies discount",
+                "Cart checkout charges card",
+            ],
+        ],
         counts: (2, 1, 1),
     },
     Producer {
+        file: "jest-junit-16.0.0-retries-file.xml",
+        ways: &[&["jest/cart.test.js"], &["web/jest/cart.test.js"]],
+        counts: (3, 1, 1),
+    },
+    Producer {
         file: "playwright-1.57.0.xml",
-        names: NameFormat::Classname,
-        given: &["cart.spec.js"],
+        ways: &[&["cart.spec.js"], &["tests/cart.spec.js"], &["cart"]],
         counts: (2, 1, 1),
     },
     // Retries inside the report count once: 4 cases, not 7.
     Producer {
         file: "pytest-rerunfailures-16.7.xml",
-        names: NameFormat::Pytest,
-        given: &["tests/test_flaky.py"],
+        ways: &[&["tests/test_flaky.py"]],
         counts: (2, 1, 1),
     },
     Producer {
         file: "nextest-0.9.143-retries.xml",
-        names: NameFormat::Name,
-        given: &[
+        ways: &[&[
             "tests::payment_is_flaky",
             "tests::total_adds_prices",
             "tests::refund_always_fails",
-        ],
+        ]],
         counts: (2, 1, 0),
     },
     Producer {
         file: "vitest-3.2.7-retry.xml",
-        names: NameFormat::Name,
-        given: &["Cart"],
+        ways: &[&["Cart"], &["cart.test.js"], &["vitest/cart.test.js"]],
         counts: (2, 1, 1),
     },
+    // The spec file is only in the suite's `file`, as an absolute path.
     Producer {
         file: "mocha-junit-reporter-2.2.1.xml",
-        names: NameFormat::Name,
-        given: &["Cart"],
+        ways: &[&["Cart"], &["mocha/cart.spec.js"]],
         counts: (1, 1, 2),
     },
     Producer {
         file: "TEST-com.example.shop.CartTest.xml",
-        names: NameFormat::Classname,
-        given: &["com.example.shop.CartTest"],
+        ways: &[
+            &["com.example.shop.CartTest"],
+            &["com.example.shop"],
+            &[
+                "totalOfNothingIsZero",
+                "totalAddsPrices",
+                "totalAppliesDiscount",
+                "checkoutChargesCard",
+            ],
+        ],
         counts: (2, 1, 1),
     },
 ];
+
+/// A JUnit report of the runner's shard, its cases named as `names` says or
+/// matched to the shard's tests.
+async fn send_junit<B: Backend>(
+    h: &Harness<B>,
+    runner: &RunnerId,
+    id: &ExecutionId,
+    a: &Assignment,
+    xml: &str,
+    names: Option<NameFormat>,
+) -> tms::error::Result<tms::usecases::ReportOutcome> {
+    let report = JunitReport::parse(a.shard_index, a.lease_id.clone(), None, xml, names)?;
+    h.app
+        .report_junit(&Principal::Runner(runner.clone()), id, report)
+        .await
+}
 
 async fn each_producers_junit_report_is_accepted_as_a_shards_results<B: Backend>() {
     let h = Harness::<B>::start().await;
     let runner = register(&h, "a").await;
     for Producer {
         file,
-        names,
-        given,
+        ways,
         counts: (passed, failed, skipped),
     } in PRODUCERS
     {
-        let (id, work) = start_on(&h, &runner, given, 1).await;
-        let a = &work[0];
-        let report = ShardReport::from_junit(
-            a.shard_index,
-            a.lease_id.clone(),
-            None,
-            &fixture(file),
-            *names,
-        )
-        .unwrap();
-        assert_eq!(report.status, ReportStatus::Failed, "{file}");
-        let caller = Principal::Runner(runner.clone());
-        let outcome = h.app.report_shard(&caller, &id, report).await.unwrap();
-        // Failed, not errored: every given test is accounted for.
-        assert_eq!(outcome.shard_status, ShardStatus::Failed, "{file}");
-        let (status, why) = finished(&h, &id).await;
-        assert_eq!(status, ExecutionStatus::Failed, "{file}: {why}");
-        let (e, shards, tests) = h.app.execution_report(&id).await.unwrap();
-        let t = e.totals;
-        assert_eq!(
-            (t.passed, t.failed, t.skipped),
-            (*passed, *failed, *skipped),
-            "{file}"
-        );
-        let failures: Vec<_> = tests
-            .iter()
-            .filter(|t| t.status == TestStatus::Failed)
-            .collect();
-        assert!(!failures.is_empty(), "{file}");
-        assert!(
-            failures
+        for given in *ways {
+            let (id, work) = start_on(&h, &runner, given, 1).await;
+            let outcome = send_junit(&h, &runner, &id, &work[0], &fixture(file), None)
+                .await
+                .unwrap();
+            let (status, why) = finished(&h, &id).await;
+            // Failed, not errored: every given test is accounted for and
+            // every case is one of them.
+            assert_eq!(
+                outcome.shard_status,
+                ShardStatus::Failed,
+                "{file} queued as {given:?}: {why}"
+            );
+            assert_eq!(status, ExecutionStatus::Failed, "{file}: {why}");
+            let (e, shards, tests) = h.app.execution_report(&id).await.unwrap();
+            let t = e.totals;
+            assert_eq!(
+                (t.passed, t.failed, t.skipped),
+                (*passed, *failed, *skipped),
+                "{file}"
+            );
+            let failures: Vec<_> = tests
                 .iter()
-                .all(|t| t.message.as_deref().is_some_and(|m| !m.is_empty())),
-            "{file}: every failure keeps its message: {failures:?}"
-        );
-        let xml = tms::junit::merged_report(&e, &shards, &tests).unwrap();
-        tms_tests::assert_valid_junit(&xml);
-        // The merged report reads back as the same results.
-        let again = tms::junit::parse(&xml).unwrap();
-        assert_eq!(again.len(), tests.len(), "{file}");
+                .filter(|t| t.status == TestStatus::Failed)
+                .collect();
+            assert!(!failures.is_empty(), "{file}");
+            assert!(
+                failures
+                    .iter()
+                    .all(|t| t.message.as_deref().is_some_and(|m| !m.is_empty())),
+                "{file}: every failure keeps its message: {failures:?}"
+            );
+            let xml = tms::junit::merged_report(&e, &shards, &tests).unwrap();
+            tms_tests::assert_valid_junit(&xml);
+            // The merged report reads back as the same results.
+            let again = tms::junit::parse(&xml).unwrap();
+            assert_eq!(again.len(), tests.len(), "{file}");
+        }
     }
+}
+
+/// A tool that writes a classname the CI job never used (`fake`) for a
+/// test queued as `t0`: the case is still `t0`, and a green suite passes.
+/// A case that is no given test under any convention is unexpected; the
+/// `names=` override names cases one way and is taken at its word.
+async fn report_names_are_matched_to_the_given_tests_without_a_flag<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let runner = register(&h, "a").await;
+    let xml = r#"<testsuite name="s"><testcase classname="fake" name="t0" time="0.1"/><testcase classname="fake" name="t1" time="0.2"/></testsuite>"#;
+    let (id, work) = start_on(&h, &runner, &["t0", "t1"], 1).await;
+    let outcome = send_junit(&h, &runner, &id, &work[0], xml, None)
+        .await
+        .unwrap();
+    assert_eq!(outcome.shard_status, ShardStatus::Passed);
+    let (status, why) = finished(&h, &id).await;
+    assert_eq!(status, ExecutionStatus::Passed, "{why}");
+    let (_, _, tests) = h.app.execution_report(&id).await.unwrap();
+    let names: BTreeSet<&str> = tests.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["t0", "t1"]));
+
+    let (id, work) = start_on(&h, &runner, &["t0", "t2"], 1).await;
+    send_junit(&h, &runner, &id, &work[0], xml, None)
+        .await
+        .unwrap();
+    let (status, why) = finished(&h, &id).await;
+    assert_eq!(status, ExecutionStatus::Errored);
+    assert!(why.contains("were not reported: t2"), "{why}");
+
+    let (id, work) = start_on(&h, &runner, &["t0", "t1"], 1).await;
+    send_junit(&h, &runner, &id, &work[0], xml, Some(NameFormat::Classname))
+        .await
+        .unwrap();
+    let (status, why) = finished(&h, &id).await;
+    assert_eq!(
+        status,
+        ExecutionStatus::Errored,
+        "the override is taken as said"
+    );
+    assert!(
+        why.contains("2 of the 2 tests it was given were not reported"),
+        "{why}"
+    );
 }
 
 async fn results_larger_than_one_dynamodb_item_are_chunked_and_read_back_whole<B: Backend>() {
@@ -434,17 +527,8 @@ async fn a_tools_own_retries_show_as_attempts_in_the_report_and_the_merged_junit
         "tests::refund_always_fails",
     ];
     let (id, work) = start_on(&h, &runner, &given, 1).await;
-    let a = &work[0];
-    let report = ShardReport::from_junit(
-        a.shard_index,
-        a.lease_id.clone(),
-        None,
-        &fixture("nextest-0.9.143-retries.xml"),
-        NameFormat::Name,
-    )
-    .unwrap();
-    h.app
-        .report_shard(&Principal::Runner(runner.clone()), &id, report)
+    let xml = fixture("nextest-0.9.143-retries.xml");
+    send_junit(&h, &runner, &id, &work[0], &xml, None)
         .await
         .unwrap();
     let (status, _) = finished(&h, &id).await;
@@ -490,6 +574,7 @@ tms_tests::conformance!(
     counts_alone_must_account_for_every_test_of_the_shard,
     tests_nobody_asked_for_keep_the_execution_from_passing,
     each_producers_junit_report_is_accepted_as_a_shards_results,
+    report_names_are_matched_to_the_given_tests_without_a_flag,
     results_larger_than_one_dynamodb_item_are_chunked_and_read_back_whole,
     a_test_that_failed_then_passed_on_another_runner_is_flaky_and_both_attempts_are_kept,
     a_lost_run_is_an_attempt_of_its_own_in_the_report,

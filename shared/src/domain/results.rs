@@ -39,11 +39,11 @@ pub fn coverage_gap(given: &[String], result: &ShardResult) -> Option<String> {
             )
         });
     }
-    let wanted: HashSet<&str> = given.iter().map(String::as_str).collect();
+    let wanted = crate::naming::Given::new(given);
     let mut covered: HashSet<&str> = HashSet::new();
     let mut unexpected: Vec<&str> = Vec::new();
     for test in &result.tests {
-        match owner(&wanted, &test.name) {
+        match wanted.owner(&test.name) {
             Some(given) => {
                 covered.insert(given);
             }
@@ -70,18 +70,6 @@ pub fn coverage_gap(given: &[String], result: &ShardResult) -> Option<String> {
             listing(&unexpected)
         )
     })
-}
-
-/// The given test a reported name belongs to: itself, or the longest given
-/// prefix that ends where a word ends.
-fn owner<'a>(wanted: &HashSet<&'a str>, name: &str) -> Option<&'a str> {
-    if let Some(found) = wanted.get(name) {
-        return Some(found);
-    }
-    name.char_indices()
-        .rev()
-        .filter(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
-        .find_map(|(i, _)| wanted.get(&name[..i]).copied())
 }
 
 fn listing(names: &[&str]) -> String {

@@ -114,6 +114,29 @@ pub struct ShardResult {
 }
 
 impl ShardResult {
+    /// Per-test results with their counts.
+    pub fn of(tests: Vec<TestResult>) -> ShardResult {
+        let (passed, failed, skipped) = ShardResult::tally(&tests);
+        ShardResult {
+            passed,
+            failed,
+            skipped,
+            tests,
+        }
+    }
+
+    /// The (passed, failed, skipped) counts of per-test results; failed
+    /// counts errored tests too.
+    pub fn tally(tests: &[TestResult]) -> (u32, u32, u32) {
+        let count =
+            |s: &[TestStatus]| tests.iter().filter(|t| s.contains(&t.status)).count() as u32;
+        (
+            count(&[TestStatus::Passed]),
+            count(&[TestStatus::Failed, TestStatus::Errored]),
+            count(&[TestStatus::Skipped]),
+        )
+    }
+
     /// Tests that actually ran (skipped ones did not).
     pub fn executed(&self) -> u32 {
         self.passed + self.failed

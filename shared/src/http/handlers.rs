@@ -9,8 +9,9 @@ use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId};
 use crate::ports::{ExecutionFilter, Ports};
 use crate::usecases::{
-    Assignment, ClaimOutcome, DurationsFile, FlakyTests, ImportedTimings, NewExecution, NewRule,
-    NewRunner, NewToken, ReportOutcome, ReportStatus, ShardReport, SystemHealth, Utilization,
+    Assignment, ClaimOutcome, DurationsFile, FlakyTests, ImportedTimings, JunitReport,
+    NewExecution, NewRule, NewRunner, NewToken, ReportOutcome, ReportStatus, ShardReport,
+    SystemHealth, Utilization,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -509,7 +510,8 @@ pub struct WebhookQuery {
     /// case failed or errored, else passed.
     #[param(inline)]
     pub status: Option<ReportStatus>,
-    /// JUnit body: how the tool names tests (`classname`, `pytest`, `name`).
+    /// JUnit body: name every case one way (`classname`, `pytest`, `name`)
+    /// instead of matching it to the shard's tests under every convention.
     #[param(inline)]
     pub names: Option<crate::junit::NameFormat>,
 }
@@ -544,21 +546,23 @@ pub async fn shard_webhook<P: Ports>(
     RawBody(body): RawBody,
 ) -> Result<Json<ReportOutcome>> {
     let id = ExecutionId::parse(&id)?;
-    let report = if is_xml(&headers) {
+    if is_xml(&headers) {
         let shard_index = q.shard_index.ok_or_else(|| {
             Error::validation("shard_index", "a JUnit report needs ?shard_index=")
         })?;
         let lease = q
             .lease_id
             .ok_or_else(|| Error::validation("lease_id", "a JUnit report needs ?lease_id="))?;
-        ShardReport::from_junit(
+        let report = JunitReport::parse(
             shard_index,
             LeaseId::parse(&lease)?,
             q.status,
             utf8(&body)?,
-            q.names.unwrap_or_default(),
-        )?
-    } else {
+            q.names,
+        )?;
+        return Ok(Json(app.report_junit(&caller, &id, report).await?));
+    }
+    let report = {
         if q.shard_index.is_some()
             || q.lease_id.is_some()
             || q.status.is_some()
@@ -646,8 +650,7 @@ pub async fn import_timings<P: Ports>(
 ) -> Result<Json<ImportedTimings>> {
     require_api(&caller)?;
     let imported = if is_xml(&headers) {
-        app.import_junit(&suite, utf8(&body)?, q.names.unwrap_or_default())
-            .await?
+        app.import_junit(&suite, utf8(&body)?, q.names).await?
     } else {
         app.import_timings(&suite, parse_json(&body)?).await?
     };

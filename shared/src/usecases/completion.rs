@@ -52,16 +52,29 @@ const MAX_EARLIER_ATTEMPTS: usize = 16;
 /// Longest test name accepted in a report (the queue's limit too).
 const MAX_TEST_NAME: usize = 1024;
 
-impl ShardReport {
-    /// A final report from a JUnit XML file: every case becomes a test
-    /// result under the tool's test ids. Without an explicit status the
-    /// shard failed if any case failed or errored, else passed.
-    pub fn from_junit(
+/// A shard's JUnit XML report, read but its cases not yet named: which
+/// test id a case is depends on the tests its shard was given
+/// ([`crate::naming`]), unless `names` says how the tool names tests.
+#[derive(Debug, Clone)]
+pub struct JunitReport {
+    pub shard_index: u32,
+    pub lease_id: LeaseId,
+    /// Without one, the shard failed if any case failed or errored, else
+    /// passed.
+    pub status: Option<ReportStatus>,
+    pub names: Option<NameFormat>,
+    cases: Vec<junit::JunitCase>,
+}
+
+impl JunitReport {
+    /// Reads the report; a body that is not a whole JUnit report is
+    /// refused here, before any shard is touched.
+    pub fn parse(
         shard_index: u32,
         lease_id: LeaseId,
         status: Option<ReportStatus>,
         xml: &str,
-        names: NameFormat,
+        names: Option<NameFormat>,
     ) -> Result<Self> {
         if status == Some(ReportStatus::Started) {
             return Err(Error::validation(
@@ -69,16 +82,25 @@ impl ShardReport {
                 "a JUnit report is a final report: passed, failed or errored",
             ));
         }
-        let tests: Vec<TestResult> = junit::parse(xml)?
+        Ok(JunitReport {
+            shard_index,
+            lease_id,
+            status,
+            names,
+            cases: junit::parse(xml)?,
+        })
+    }
+
+    /// The report of a shard given `given`: every case a test result under
+    /// the id it matches.
+    pub fn for_tests(self, given: &[String]) -> ShardReport {
+        let given = crate::naming::Given::new(given);
+        let tests: Vec<TestResult> = self
+            .cases
             .into_iter()
             .map(|c| TestResult {
-                name: c.test_id(names),
-                status: match c.outcome {
-                    CaseOutcome::Passed => TestStatus::Passed,
-                    CaseOutcome::Failed => TestStatus::Failed,
-                    CaseOutcome::Errored => TestStatus::Errored,
-                    CaseOutcome::Skipped => TestStatus::Skipped,
-                },
+                name: crate::naming::resolve(&c, &given, self.names),
+                status: test_status(c.outcome),
                 duration_ms: c.time_ms.unwrap_or(0),
                 message: c.message,
                 earlier: c
@@ -95,27 +117,31 @@ impl ShardReport {
                     .collect(),
             })
             .collect();
-        let count =
-            |s: &[TestStatus]| tests.iter().filter(|t| s.contains(&t.status)).count() as u32;
-        let failed = count(&[TestStatus::Failed, TestStatus::Errored]);
-        let status = status.unwrap_or(if failed > 0 {
+        let results = ShardResult::of(tests);
+        let status = self.status.unwrap_or(if results.failed > 0 {
             ReportStatus::Failed
         } else {
             ReportStatus::Passed
         });
-        Ok(ShardReport {
-            shard_index,
-            lease_id,
+        ShardReport {
+            shard_index: self.shard_index,
+            lease_id: self.lease_id,
             status,
-            results: Some(ShardResult {
-                passed: count(&[TestStatus::Passed]),
-                failed,
-                skipped: count(&[TestStatus::Skipped]),
-                tests,
-            }),
-        })
+            results: Some(results),
+        }
     }
+}
 
+fn test_status(outcome: CaseOutcome) -> TestStatus {
+    match outcome {
+        CaseOutcome::Passed => TestStatus::Passed,
+        CaseOutcome::Failed => TestStatus::Failed,
+        CaseOutcome::Errored => TestStatus::Errored,
+        CaseOutcome::Skipped => TestStatus::Skipped,
+    }
+}
+
+impl ShardReport {
     fn validate(&self) -> Result<()> {
         let Some(r) = &self.results else {
             return Ok(());
@@ -159,23 +185,35 @@ impl ShardReport {
                 ),
             ));
         }
-        if !r.tests.is_empty() {
-            let count = |s: TestStatus| r.tests.iter().filter(|t| t.status == s).count() as u32;
-            let failed = count(TestStatus::Failed) + count(TestStatus::Errored);
-            if (r.passed, r.failed, r.skipped)
-                != (
-                    count(TestStatus::Passed),
-                    failed,
-                    count(TestStatus::Skipped),
-                )
-            {
-                return Err(Error::validation(
-                    "results",
-                    "passed/failed/skipped do not match the per-test results",
-                ));
-            }
+        if !r.tests.is_empty() && (r.passed, r.failed, r.skipped) != ShardResult::tally(&r.tests) {
+            return Err(Error::validation(
+                "results",
+                "passed/failed/skipped do not match the per-test results",
+            ));
         }
         Ok(())
+    }
+}
+
+/// Whether `caller` may report on shard `index` of `id` under `lease`
+/// (a runner's hold on the shard is checked against the shard itself).
+fn may_report(caller: &Principal, id: &ExecutionId, index: u32, lease: &LeaseId) -> Result<()> {
+    match caller {
+        Principal::Webhook(exec) if exec == id => Ok(()),
+        Principal::Job {
+            execution,
+            shard,
+            lease: own,
+        } if execution == id && *shard == index => {
+            // Its own lease only: one read elsewhere is not its to use.
+            if own == lease {
+                Ok(())
+            } else {
+                Err(Error::Forbidden("report under another job's lease"))
+            }
+        }
+        Principal::Runner(_) | Principal::Admin => Ok(()),
+        _ => Err(Error::Forbidden("report for this shard")),
     }
 }
 
@@ -189,8 +227,6 @@ struct Finished {
 }
 
 impl<P: Ports> Orchestrator<P> {
-    /// Applies a runner's report to its shard. Only the current lease counts;
-    /// the same final report twice is acknowledged once.
     /// A shard's current assignment (its lease and tests), for the CI job a
     /// dispatch started: it knows the execution, the shard and the token,
     /// and reads its work here.
@@ -219,6 +255,26 @@ impl<P: Ports> Orchestrator<P> {
         })
     }
 
+    /// Applies a shard's JUnit report, each case named after the test of
+    /// the shard's it matches (one read of the shard to learn its tests,
+    /// unless the report says how its tool names them).
+    pub async fn report_junit(
+        &self,
+        caller: &Principal,
+        id: &ExecutionId,
+        report: JunitReport,
+    ) -> Result<ReportOutcome> {
+        may_report(caller, id, report.shard_index, &report.lease_id)?;
+        let given = match report.names {
+            Some(_) => None,
+            None => Some(self.load_shard(id, report.shard_index).await?.1.tests),
+        };
+        let report = report.for_tests(given.as_deref().unwrap_or_default());
+        self.report_shard(caller, id, report).await
+    }
+
+    /// Applies a runner's report to its shard. Only the current lease counts;
+    /// the same final report twice is acknowledged once.
     pub async fn report_shard(
         &self,
         caller: &Principal,
@@ -226,21 +282,7 @@ impl<P: Ports> Orchestrator<P> {
         report: ShardReport,
     ) -> Result<ReportOutcome> {
         report.validate()?;
-        match caller {
-            Principal::Webhook(exec) if exec == id => {}
-            Principal::Job {
-                execution,
-                shard,
-                lease,
-            } if execution == id && *shard == report.shard_index => {
-                // Its own lease only: one read elsewhere is not its to use.
-                if *lease != report.lease_id {
-                    return Err(Error::Forbidden("report under another job's lease"));
-                }
-            }
-            Principal::Runner(_) | Principal::Admin => {}
-            _ => return Err(Error::Forbidden("report for this shard")),
-        }
+        may_report(caller, id, report.shard_index, &report.lease_id)?;
         let now = self.clock.now();
         let chunks = match &report.results {
             Some(r) if report.status != ReportStatus::Started => {

@@ -175,17 +175,19 @@ impl<P: Ports> Orchestrator<P> {
 
     /// Adds the durations of a JUnit XML report's test cases (skipped ones
     /// and ones without a time left out) to `suite`'s history, each case
-    /// named the way `names` says its tool names tests.
+    /// named the way `names` says its tool names tests, by default by the
+    /// id its tool knows it by ([`junit::JunitCase::natural_id`]).
     pub async fn import_junit(
         &self,
         suite: &str,
         xml: &str,
-        names: NameFormat,
+        names: Option<NameFormat>,
     ) -> Result<ImportedTimings> {
+        let given = crate::naming::Given::new(&[]);
         let samples = junit::parse(xml)?
             .into_iter()
             .filter(|c| c.outcome != CaseOutcome::Skipped)
-            .filter_map(|c| Some((c.test_id(names), c.time_ms?.max(1))))
+            .filter_map(|c| Some((crate::naming::resolve(&c, &given, names), c.time_ms?.max(1))))
             .collect();
         self.import_samples(suite, samples).await
     }
