@@ -60,6 +60,7 @@ fn results(tests: &[String], status: TestStatus) -> ShardResult {
         passed: if failed { 0 } else { n },
         failed: if failed { n } else { 0 },
         skipped: 0,
+        flaky: 0,
         tests: tests
             .iter()
             .map(|t| TestResult {

@@ -94,6 +94,7 @@ fn results(tests: Vec<TestResult>) -> ShardResult {
         passed: count(&[TestStatus::Passed]),
         failed: count(&[TestStatus::Failed, TestStatus::Errored]),
         skipped: count(&[TestStatus::Skipped]),
+        flaky: 0,
         tests,
     }
 }
@@ -535,8 +536,8 @@ async fn a_tools_own_retries_show_as_attempts_in_the_report_and_the_merged_junit
     assert_eq!(status, ExecutionStatus::Failed);
     let (e, shards, tests) = h.app.execution_report(&id).await.unwrap();
     assert_eq!(
-        (e.totals.passed, e.totals.failed),
-        (2, 1),
+        (e.totals.passed, e.totals.failed, e.totals.flaky),
+        (2, 1, 1),
         "each test counted once"
     );
     let of = |name: &str| tests.iter().find(|t| t.name == name).unwrap();
@@ -567,7 +568,36 @@ async fn a_tools_own_retries_show_as_attempts_in_the_report_and_the_merged_junit
     assert_eq!(names, ["tests::payment_is_flaky"]);
 }
 
+/// A test its tool retried to a pass is flaky in the totals: a passing
+/// execution says so, a strict one fails, as with automatic retries.
+async fn a_test_its_tool_retried_to_a_pass_is_flaky_and_fails_a_strict_execution<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let runner = register(&h, "a").await;
+    let xml = r#"<testsuites name="nextest-run"><testsuite name="shop"><testcase classname="shop" name="pay"><flakyFailure message="timed out" type="test failure"/></testcase><testcase classname="shop" name="total"/></testsuite></testsuites>"#;
+    for strict in [false, true] {
+        let mut new = tms_tests::new_execution("shop", ["pay".into(), "total".into()], 1);
+        new.strict = strict;
+        let id = h.app.queue_execution(new, None).await.unwrap().execution.id;
+        h.app.schedule_pass().await.unwrap();
+        let work = h.app.heartbeat(&runner, None).await.unwrap();
+        send_junit(&h, &runner, &id, &work[0], xml, None)
+            .await
+            .unwrap();
+        let (status, why) = finished(&h, &id).await;
+        let (e, _, _) = h.app.execution_report(&id).await.unwrap();
+        assert_eq!((e.totals.passed, e.totals.flaky), (2, 1));
+        if strict {
+            assert_eq!(status, ExecutionStatus::Failed);
+            assert!(why.contains("1 flaky") && why.contains("strict"), "{why}");
+        } else {
+            assert_eq!(status, ExecutionStatus::Passed);
+            assert!(why.contains("1 flaky tests passed on a retry"), "{why}");
+        }
+    }
+}
+
 tms_tests::conformance!(
+    a_test_its_tool_retried_to_a_pass_is_flaky_and_fails_a_strict_execution,
     a_tools_own_retries_show_as_attempts_in_the_report_and_the_merged_junit,
     a_shard_that_reports_fewer_tests_than_it_was_given_leaves_the_execution_errored_saying_which,
     a_missing_test_is_not_hidden_behind_a_failure_beside_it,

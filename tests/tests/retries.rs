@@ -73,6 +73,7 @@ async fn report<B: Backend>(h: &Harness<B>, r: &RunnerId, a: &Assignment, failin
             passed: tests.len() as u32 - failed,
             failed,
             skipped: 0,
+            flaky: 0,
             tests,
         },
     );

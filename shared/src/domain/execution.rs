@@ -163,7 +163,8 @@ pub struct Totals {
     /// Failures not superseded by a passing retry.
     pub failed: u32,
     pub skipped: u32,
-    /// Tests that failed and then passed on an automatic retry.
+    /// Tests that failed and then passed: on an automatic retry, or on a
+    /// retry of the test tool's own within the shard's run.
     #[serde(default)]
     pub flaky: u32,
     pub shards_done: u32,
@@ -428,9 +429,13 @@ fn fold_totals(shards: &[Shard]) -> Totals {
             if !retried {
                 t.failed += r.failed;
             }
-            if s.retry_of.is_some() {
-                t.flaky += r.passed;
-            }
+            // A retry's passes are flaky (they failed in the shard it
+            // retries); elsewhere, tests the tool itself retried to a pass.
+            t.flaky += if s.retry_of.is_some() {
+                r.passed
+            } else {
+                r.flaky
+            };
         }
         if s.status.is_terminal() {
             t.shards_done += 1;
@@ -623,7 +628,7 @@ mod tests {
         ) {
             let mut e = execution(outcomes.len() as u32);
             let shards: Vec<Shard> = outcomes.iter().enumerate().map(|(i, (o, p, f, s))| {
-                finished(&e, i as u32, *o, ShardResult { passed: *p, failed: *f, skipped: *s, tests: vec![] })
+                finished(&e, i as u32, *o, ShardResult { passed: *p, failed: *f, skipped: *s, flaky: 0, tests: vec![] })
             }).collect();
             e.aggregate(&shards, Timestamp(9));
             let all_passed = shards.iter().all(|s| s.status == ShardStatus::Passed);

@@ -284,6 +284,7 @@ mod tests {
             passed: names.len() as u32,
             failed: 0,
             skipped: 0,
+            flaky: 0,
             tests: names
                 .iter()
                 .map(|n| TestResult {

@@ -109,6 +109,11 @@ pub struct ShardResult {
     pub passed: u32,
     pub failed: u32,
     pub skipped: u32,
+    /// Of the passed, those that failed first and passed on a retry of the
+    /// test tool's own (`earlier` attempts in their results). Derived from
+    /// the per-test results when they are given.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub flaky: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestResult>,
 }
@@ -116,25 +121,35 @@ pub struct ShardResult {
 impl ShardResult {
     /// Per-test results with their counts.
     pub fn of(tests: Vec<TestResult>) -> ShardResult {
-        let (passed, failed, skipped) = ShardResult::tally(&tests);
+        let counts = ShardResult::tally(&tests);
+        ShardResult { tests, ..counts }
+    }
+
+    /// The counts of per-test results (failed counts errored tests too),
+    /// without the results.
+    fn tally(tests: &[TestResult]) -> ShardResult {
+        let count =
+            |s: &[TestStatus]| tests.iter().filter(|t| s.contains(&t.status)).count() as u32;
         ShardResult {
-            passed,
-            failed,
-            skipped,
-            tests,
+            passed: count(&[TestStatus::Passed]),
+            failed: count(&[TestStatus::Failed, TestStatus::Errored]),
+            skipped: count(&[TestStatus::Skipped]),
+            flaky: tests
+                .iter()
+                .filter(|t| t.status == TestStatus::Passed && !t.earlier.is_empty())
+                .count() as u32,
+            tests: Vec::new(),
         }
     }
 
-    /// The (passed, failed, skipped) counts of per-test results; failed
-    /// counts errored tests too.
-    pub fn tally(tests: &[TestResult]) -> (u32, u32, u32) {
-        let count =
-            |s: &[TestStatus]| tests.iter().filter(|t| s.contains(&t.status)).count() as u32;
-        (
-            count(&[TestStatus::Passed]),
-            count(&[TestStatus::Failed, TestStatus::Errored]),
-            count(&[TestStatus::Skipped]),
-        )
+    /// Whether the counts are those the per-test results give (always, with
+    /// none), and no more tests are flaky than passed.
+    pub fn is_consistent(&self) -> bool {
+        if self.tests.is_empty() {
+            return self.flaky <= self.passed;
+        }
+        let counts = self.counts();
+        (self.passed, self.failed, self.skipped) == (counts.passed, counts.failed, counts.skipped)
     }
 
     /// Tests that actually ran (skipped ones did not).
@@ -145,11 +160,10 @@ impl ShardResult {
     /// The counts alone: what the shard record keeps (per-test results are
     /// stored apart, in chunks, see `domain::results`).
     pub fn counts(&self) -> ShardResult {
-        ShardResult {
-            passed: self.passed,
-            failed: self.failed,
-            skipped: self.skipped,
-            tests: Vec::new(),
+        if self.tests.is_empty() {
+            self.clone()
+        } else {
+            ShardResult::tally(&self.tests)
         }
     }
 }

@@ -45,11 +45,16 @@ pub(super) struct Columns {
 }
 
 /// Version of the record's layout, its first byte: a later layout can be
-/// told apart from this one instead of being misread.
-const LAYOUT: u8 = 1;
+/// told apart from this one instead of being misread. Layout 2 added the
+/// result's flaky count; rows of layout 1 are still read (as none flaky)
+/// and take layout 2 at their next change.
+const LAYOUT: u8 = 2;
+const LAYOUT_1: u8 = 1;
 
+/// A shard's record, `R` its result's record (the one part that differs
+/// between layouts).
 #[derive(Serialize, Deserialize)]
-struct Record<'a> {
+struct Record<'a, R> {
     #[serde(borrow)]
     suite: Cow<'a, str>,
     estimated_ms: Option<u64>,
@@ -59,8 +64,7 @@ struct Record<'a> {
     finished_at: Option<i64>,
     #[serde(borrow)]
     avoid_runners: Vec<Cow<'a, str>>,
-    #[serde(borrow)]
-    result: Option<ResultRecord<'a>>,
+    result: Option<R>,
     #[serde(borrow)]
     error: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -75,6 +79,46 @@ struct Record<'a> {
     attempts: Vec<AttemptRow<'a>>,
 }
 
+impl<'a, R> Record<'a, R> {
+    /// The same record, its result in another layout's form.
+    fn with_result<S>(self, f: impl FnOnce(R) -> S) -> Record<'a, S> {
+        let Record {
+            suite,
+            estimated_ms,
+            attempt,
+            assigned_at,
+            started_at,
+            finished_at,
+            avoid_runners,
+            result,
+            error,
+            dispatch,
+            mode,
+            max_deadline,
+            retry_of,
+            test_attempt,
+            attempts,
+        } = self;
+        Record {
+            suite,
+            estimated_ms,
+            attempt,
+            assigned_at,
+            started_at,
+            finished_at,
+            avoid_runners,
+            result: result.map(f),
+            error,
+            dispatch,
+            mode,
+            max_deadline,
+            retry_of,
+            test_attempt,
+            attempts,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct ResultRecord<'a> {
     passed: u32,
@@ -82,6 +126,29 @@ struct ResultRecord<'a> {
     skipped: u32,
     #[serde(borrow)]
     tests: Vec<TestRow<'a>>,
+    flaky: u32,
+}
+
+/// A result as layout 1 stored it: no flaky count.
+#[derive(Serialize, Deserialize)]
+struct ResultRecord1<'a> {
+    passed: u32,
+    failed: u32,
+    skipped: u32,
+    #[serde(borrow)]
+    tests: Vec<TestRow<'a>>,
+}
+
+impl<'a> From<ResultRecord1<'a>> for ResultRecord<'a> {
+    fn from(r: ResultRecord1<'a>) -> Self {
+        ResultRecord {
+            passed: r.passed,
+            failed: r.failed,
+            skipped: r.skipped,
+            tests: r.tests,
+            flaky: 0,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,11 +234,13 @@ pub(super) fn encode(shard: &Shard) -> Result<Vec<u8>> {
             passed,
             failed,
             skipped,
+            flaky,
             tests,
         }) => Some(ResultRecord {
             passed: *passed,
             failed: *failed,
             skipped: *skipped,
+            flaky: *flaky,
             tests: tests
                 .iter()
                 .map(|t| {
@@ -253,19 +322,27 @@ pub(super) fn encode(shard: &Shard) -> Result<Vec<u8>> {
 
 /// The shard of a row: its columns, its record and its test list.
 pub(super) fn decode(columns: Columns, doc: &[u8], tests: Arc<[String]>) -> Result<Shard> {
-    let Some((&LAYOUT, body)) = doc.split_first() else {
-        return Err(Error::Internal(format!(
-            "a shard record of an unknown layout ({:?})",
-            doc.first()
-        )));
+    let r: Record<'_, ResultRecord<'_>> = match doc.split_first() {
+        Some((&LAYOUT, body)) => postcard::from_bytes(body).map_err(Error::storage)?,
+        Some((&LAYOUT_1, body)) => {
+            let r: Record<'_, ResultRecord1<'_>> =
+                postcard::from_bytes(body).map_err(Error::storage)?;
+            r.with_result(ResultRecord::from)
+        }
+        _ => {
+            return Err(Error::Internal(format!(
+                "a shard record of an unknown layout ({:?})",
+                doc.first()
+            )))
+        }
     };
-    let r: Record<'_> = postcard::from_bytes(body).map_err(Error::storage)?;
     let result = match r.result {
         None => None,
         Some(res) => Some(ShardResult {
             passed: res.passed,
             failed: res.failed,
             skipped: res.skipped,
+            flaky: res.flaky,
             tests: res
                 .tests
                 .into_iter()
@@ -377,6 +454,7 @@ mod tests {
             passed: 3,
             failed: 1,
             skipped: 2,
+            flaky: 1,
             tests: vec![TestResult {
                 name: "a::b".into(),
                 status: TestStatus::Failed,
@@ -432,6 +510,27 @@ mod tests {
             serde_json::to_vec(&s).expect("json").len(),
         );
         assert!(record * 3 < json, "record {record} bytes, JSON {json}");
+    }
+
+    #[test]
+    fn a_record_of_the_layout_before_reads_back_with_no_flaky_tests() {
+        let s = eventful();
+        let doc = encode(&s).expect("encoded");
+        let current: Record<'_, ResultRecord<'_>> = postcard::from_bytes(&doc[1..]).unwrap();
+        let before = current.with_result(|r| ResultRecord1 {
+            passed: r.passed,
+            failed: r.failed,
+            skipped: r.skipped,
+            tests: r.tests,
+        });
+        let mut old = vec![LAYOUT_1];
+        postcard::to_io(&before, &mut old).unwrap();
+        let read = decode(columns(&s), &old, s.tests.clone()).expect("decoded");
+        let mut expected = s.clone();
+        if let Some(r) = expected.result.as_mut() {
+            r.flaky = 0;
+        }
+        assert_eq!(read, expected);
     }
 
     #[test]
