@@ -73,8 +73,8 @@ fn each_tools_command_lines_parse_and_are_the_ones_run_with_the_real_tool() {
         "pytest, nextest, jest, vitest, mocha, Playwright"
     );
     for line in &lines {
-        if line.starts_with("# ") {
-            assert!(run.contains(&format!("=== {}", &line[2..])), "{line}");
+        if let Some(tool) = line.strip_prefix("# ") {
+            assert!(run.contains(&format!("=== {tool}")), "{line}");
             continue;
         }
         assert!(
