@@ -270,6 +270,9 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     // The report's own name (`<testsuites name>`, else the first suite's):
     // pytest's tells how its reruns are written.
     let mut report_name: Option<String> = None;
+    // gotestsum names the Go version in a suite's properties: its reruns
+    // are repeated cases.
+    let mut go = false;
     // The open `<testsuite>`s, each with its depth and `file`.
     let mut suite_files: Vec<(usize, Option<String>)> = Vec::new();
     let suite_file =
@@ -335,6 +338,12 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
                     && matches!(e.local_name().as_ref(), b"testsuites" | b"testsuite") =>
             {
                 report_name = Some(attr_of(&e, "name").unwrap_or_default());
+            }
+            Ok(Event::Start(e) | Event::Empty(e))
+                if e.local_name().as_ref() == b"property"
+                    && attr_of(&e, "name").as_deref() == Some("go.version") =>
+            {
+                go = true;
             }
             Ok(Event::Start(e)) if e.local_name().as_ref() == b"testcase" => {
                 let mut case = case_from(&e)?;
@@ -421,8 +430,11 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     if !root_seen {
         return Err(bad("no <testsuites> or <testsuite> element"));
     }
-    if matches!(report_name.as_deref(), Some("pytest tests" | "pytest")) {
-        cases = fold_pytest_reruns(cases);
+    let pytest = matches!(report_name.as_deref(), Some("pytest tests" | "pytest"));
+    if pytest || go {
+        cases = fold_repeats(cases);
+    }
+    if pytest {
         for case in &mut cases {
             case.from_pytest = true;
         }
@@ -515,20 +527,24 @@ fn settle(case: &mut JunitCase, marks: Vec<(Mark, Option<String>)>) {
     };
 }
 
-/// pytest-rerunfailures writes each earlier attempt of a rerun test as a
-/// case of its own, empty, just before the next: consecutive cases of one
-/// test in a pytest report are one test, the last case its result and the
-/// ones before it failed attempts (the plugin reruns only failures and
-/// keeps no detail of them).
-fn fold_pytest_reruns(cases: Vec<JunitCase>) -> Vec<JunitCase> {
+/// Folds the cases of one test into one, in a report whose tool gives each
+/// test a unique id and writes every attempt of a test it reran as a case
+/// of its own: pytest-rerunfailures (each earlier attempt an empty case
+/// just before the next) and gotestsum's `--rerun-fails` (each attempt
+/// with its failure, the rerun's cases after the first run's). The last
+/// case of a test is its result, those before it failed (or errored)
+/// attempts in document order; the test keeps its first case's place.
+fn fold_repeats(cases: Vec<JunitCase>) -> Vec<JunitCase> {
     let mut folded: Vec<JunitCase> = Vec::with_capacity(cases.len());
-    for mut case in cases {
-        let same = folded.last().is_some_and(|last| {
-            last.classname == case.classname && last.name == case.name && last.file == case.file
-        });
-        if same {
-            if let Some(mut earlier) = folded.pop() {
-                let mut attempts = std::mem::take(&mut earlier.earlier);
+    let mut at: std::collections::HashMap<(String, String, Option<String>), usize> =
+        std::collections::HashMap::new();
+    for case in cases {
+        let key = (case.classname.clone(), case.name.clone(), case.file.clone());
+        match at.get(&key) {
+            Some(&i) => {
+                let earlier = std::mem::replace(&mut folded[i], case);
+                let case = &mut folded[i];
+                let mut attempts = earlier.earlier;
                 attempts.push(CaseAttempt {
                     outcome: match earlier.outcome {
                         CaseOutcome::Errored => CaseOutcome::Errored,
@@ -539,8 +555,11 @@ fn fold_pytest_reruns(cases: Vec<JunitCase>) -> Vec<JunitCase> {
                 attempts.append(&mut case.earlier);
                 case.earlier = attempts;
             }
+            None => {
+                at.insert(key, folded.len());
+                folded.push(case);
+            }
         }
-        folded.push(case);
     }
     folded
 }

@@ -8,9 +8,10 @@
 //! The rules, in order (the first that matches decides):
 //!
 //! 1. **Exact**: the first of the case's ids that is a given test, tried
-//!    as the pytest node id (for pytest's cases), `file::name` for each file the case names (its
-//!    `file`, its suite's `file`, a `classname` that is a file), the bare
-//!    `name`, then `classname.name`.
+//!    as the pytest node id (for pytest's cases), `file::name` for each
+//!    file the case names (its `file`, its suite's `file`, a `classname`
+//!    that is a file), the bare `name`, `classname.name`, then
+//!    `classname::name` (PHPUnit's `CartTest::testTotal`).
 //! 2. **Under a given test**: an id that starts with a given test where a
 //!    word ends (`tests/test_cart.py` covers `tests/test_cart.py::test_total[1]`,
 //!    `Cart` covers `Cart adds items`, `com.example.CartTest` covers
@@ -143,6 +144,9 @@ fn candidates(case: &JunitCase, files: &[&str]) -> Vec<String> {
     ids.extend(files.iter().map(|f| format!("{f}::{}", case.name)));
     ids.push(case.name.clone());
     ids.push(case.test_id(NameFormat::Classname));
+    if !case.classname.is_empty() {
+        ids.push(format!("{}::{}", case.classname, case.name));
+    }
     ids
 }
 
@@ -223,6 +227,14 @@ mod tests {
         assert_eq!(
             resolved(&pytest, &["tests/test_cart.py::TestCart::test_add"]),
             "tests/test_cart.py::TestCart::test_add"
+        );
+    }
+
+    #[test]
+    fn phpunits_class_and_method_is_a_test_id() {
+        assert_eq!(
+            resolved(&case("CartTest", "testTotal"), &["CartTest::testTotal"]),
+            "CartTest::testTotal"
         );
     }
 

@@ -69,8 +69,8 @@ fn each_tools_command_lines_parse_and_are_the_ones_run_with_the_real_tool() {
     let tools: Vec<&String> = lines.iter().filter(|l| l.starts_with("# ")).collect();
     assert_eq!(
         tools.len(),
-        6,
-        "pytest, nextest, jest, vitest, mocha, Playwright"
+        8,
+        "pytest, nextest, jest, vitest, mocha, Playwright, gotestsum, PHPUnit"
     );
     for line in &lines {
         if let Some(tool) = line.strip_prefix("# ") {
@@ -95,19 +95,22 @@ fn each_tools_command_lines_parse_and_are_the_ones_run_with_the_real_tool() {
     }
     // The verdicts the tools printed for the fixtures' sources (their
     // console output is in tests/fixtures/junit/), a flaky test counted
-    // where the tool's report records it (pytest-rerunfailures, nextest).
+    // where the tool's report records it (pytest-rerunfailures, nextest,
+    // gotestsum).
     for verdict in [
         "failed — 2/2 shards, 4 passed, 3 failed, 2 skipped, 1 flaky",
         "failed — 1/1 shards, 2 passed, 1 failed, 0 skipped, 1 flaky",
         "failed — 1/1 shards, 3 passed, 1 failed, 1 skipped",
         "failed — 1/1 shards, 2 passed, 1 failed, 1 skipped",
         "failed — 1/1 shards, 1 passed, 1 failed, 2 skipped",
+        "failed — 1/1 shards, 2 passed, 1 failed, 1 skipped, 1 flaky",
+        "failed — 1/1 shards, 1 passed, 2 failed, 1 skipped",
     ] {
         assert!(run.contains(verdict), "{verdict}");
     }
     assert_eq!(
         run.matches("\nexit 1\n").count(),
-        6,
+        8,
         "each suite has failing tests, exit 1"
     );
     assert!(

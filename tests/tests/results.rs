@@ -279,6 +279,36 @@ const PRODUCERS: &[Producer] = &[
         ways: &[&["Cart"], &["mocha/cart.spec.js"]],
         counts: (1, 1, 2),
     },
+    // gotestsum --rerun-fails: every attempt a case, reruns after the
+    // first run's cases.
+    Producer {
+        file: "gotestsum-1.8.2-rerun.xml",
+        ways: &[
+            &[
+                "TestTotalAddsPrices",
+                "TestPaymentIsFlaky",
+                "TestRefundAlwaysFails",
+                "TestTaxIsSkipped",
+            ],
+            &["example.com/shop"],
+        ],
+        counts: (2, 1, 1),
+    },
+    // An error counts as failed; the file is an absolute path.
+    Producer {
+        file: "phpunit-9.6.7.xml",
+        ways: &[
+            &["tests/CartTest.php"],
+            &["CartTest"],
+            &[
+                "CartTest::testTotalAddsPrices",
+                "CartTest::testRefundAlwaysFails",
+                "CartTest::testPaymentThrows",
+                "CartTest::testTaxIsSkipped",
+            ],
+        ],
+        counts: (1, 2, 1),
+    },
     Producer {
         file: "TEST-com.example.shop.CartTest.xml",
         ways: &[
@@ -773,6 +803,43 @@ const TOOL_RUNS: &[ToolRun] = {
                 ("Cart applies coupons", Skipped, 0),
             ],
             printed: &["1 passing", "2 pending", "1 failing"],
+        },
+        // gotestsum writes each attempt of a rerun test as a case of its
+        // own, the reruns after the first run's cases.
+        ToolRun {
+            report: "gotestsum-1.8.2-rerun.xml",
+            console: "gotestsum-1.8.2-rerun.console.txt",
+            names: NameFormat::Name,
+            verdicts: &[
+                ("TestPaymentIsFlaky", Passed, 1),
+                ("TestRefundAlwaysFails", Failed, 2),
+                ("TestTaxIsSkipped", Skipped, 0),
+                ("TestTotalAddsPrices", Passed, 0),
+            ],
+            printed: &[
+                "PASS TestTotalAddsPrices",
+                "PASS TestPaymentIsFlaky (re-run 1)",
+                "FAIL TestRefundAlwaysFails (re-run 2)",
+                "=== SKIP: . TestTaxIsSkipped",
+                "DONE 3 runs, 7 tests, 1 skipped, 4 failures",
+            ],
+        },
+        ToolRun {
+            report: "phpunit-9.6.7.xml",
+            console: "phpunit-9.6.7.console.txt",
+            names: NameFormat::Name,
+            verdicts: &[
+                ("testTotalAddsPrices", Passed, 0),
+                ("testRefundAlwaysFails", Failed, 0),
+                ("testPaymentThrows", tms::junit::CaseOutcome::Errored, 0),
+                ("testTaxIsSkipped", Skipped, 0),
+            ],
+            printed: &[
+                ".FES",
+                "1) CartTest::testPaymentThrows",
+                "1) CartTest::testRefundAlwaysFails",
+                "Tests: 4, Assertions: 2, Errors: 1, Failures: 1, Skipped: 1.",
+            ],
         },
         // Playwright's junit reporter writes a flaky test as a pass and a
         // retried failure as one failure whose text holds every retry.
