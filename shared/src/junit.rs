@@ -46,6 +46,21 @@ pub struct CaseAttempt {
 }
 
 impl JunitCase {
+    /// A passed case of that classname and name, nothing else said of it.
+    pub fn new(classname: &str, name: &str) -> JunitCase {
+        JunitCase {
+            classname: classname.to_owned(),
+            name: name.to_owned(),
+            file: None,
+            suite_file: None,
+            from_pytest: false,
+            time_ms: None,
+            outcome: CaseOutcome::Passed,
+            message: None,
+            earlier: Vec::new(),
+        }
+    }
+
     /// Passed after failing within the report: flaky.
     pub fn is_flaky(&self) -> bool {
         self.outcome == CaseOutcome::Passed && !self.earlier.is_empty()
@@ -127,17 +142,7 @@ fn bad(reason: impl Into<String>) -> Error {
 }
 
 fn case_from(start: &BytesStart) -> Result<JunitCase> {
-    let mut case = JunitCase {
-        classname: String::new(),
-        name: String::new(),
-        file: None,
-        suite_file: None,
-        from_pytest: false,
-        time_ms: None,
-        outcome: CaseOutcome::Passed,
-        message: None,
-        earlier: Vec::new(),
-    };
+    let mut case = JunitCase::new("", "");
     for attr in start.attributes() {
         let attr = attr.map_err(|e| bad(format!("bad attribute: {e}")))?;
         let value = attr

@@ -184,20 +184,9 @@ pub fn resolve(case: &JunitCase, given: &Given, format: Option<NameFormat>) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::junit::CaseOutcome;
 
     fn case(classname: &str, name: &str) -> JunitCase {
-        JunitCase {
-            classname: classname.into(),
-            name: name.into(),
-            file: None,
-            suite_file: None,
-            from_pytest: false,
-            time_ms: None,
-            outcome: CaseOutcome::Passed,
-            message: None,
-            earlier: Vec::new(),
-        }
+        JunitCase::new(classname, name)
     }
 
     fn given(tests: &[&str]) -> Vec<String> {

@@ -254,7 +254,50 @@ async fn a_runner_finds_the_dynamic_executions_it_fits_highest_priority_first<B:
     assert!(h.app.claimable(&a).await.unwrap().is_empty());
 }
 
+/// Sixteen claimers race for one execution's batches, all at once, round
+/// after round: one that loses a batch takes the next, so no claim fails
+/// (no 409 "changed concurrently") while batches remain, each batch goes
+/// to one claimer, and a round that hands out nothing finds every batch
+/// claimed.
+async fn racing_claimers_each_take_a_batch_and_none_hears_of_the_race<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let id = dynamic(&h, 128, 16).await;
+    let mut runners = Vec::new();
+    for i in 0..16 {
+        runners.push(runner(&h, &format!("racer-{i}"), 16).await);
+    }
+    let mut claimed = std::collections::BTreeSet::new();
+    loop {
+        let outcomes =
+            futures::future::join_all(runners.iter().map(|r| h.app.claim_batch(r, &id))).await;
+        let mut taken = 0;
+        for outcome in outcomes {
+            let outcome = outcome.expect("a claim never fails while batches remain");
+            if let Some(a) = outcome.assignment {
+                assert!(
+                    claimed.insert(a.shard_index),
+                    "batch {} twice",
+                    a.shard_index
+                );
+                taken += 1;
+            }
+        }
+        if taken == 0 {
+            break;
+        }
+    }
+    let (_, shards) = h.app.execution_status(&id).await.unwrap();
+    assert!(
+        shards.len() > 16,
+        "more batches than claimers: {}",
+        shards.len()
+    );
+    assert_eq!(claimed.len(), shards.len(), "every batch claimed, once");
+    assert!(shards.iter().all(|s| s.status == ShardStatus::Assigned));
+}
+
 tms_tests::conformance!(
+    racing_claimers_each_take_a_batch_and_none_hears_of_the_race,
     a_runner_finds_the_dynamic_executions_it_fits_highest_priority_first,
     an_execution_of_more_batches_than_one_transaction_holds_is_created_whole,
     runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinking,

@@ -143,9 +143,12 @@ pub async fn get_runner<P: Ports>(
 /// A runner claims the next batch of a dynamic execution (runner token
 /// only). Nothing left to claim gives `assignment: null`; `finished` says
 /// the execution is over, `held_batches` that others still hold work that
-/// may come back.
+/// may come back. A claim that loses a race for a batch takes the next:
+/// never a 409.
 #[utoipa::path(post, path = "/executions/{id}/claims", tag = "runners",
     responses((status = 200, body = ClaimOutcome),
+        (status = 403, body = super::Problem, description = "not a runner's token"),
+        (status = 404, body = super::Problem, description = "no such execution or runner"),
         (status = 422, body = super::Problem, description = "not a dynamic execution, or the runner cannot take a batch now")),
     security(("bearer" = [])))]
 pub async fn claim_batch<P: Ports>(

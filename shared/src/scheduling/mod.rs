@@ -12,6 +12,6 @@ pub mod sharding;
 pub mod strategy;
 
 pub use capacity::FreeCapacity;
-pub use planner::{may_claim, may_join, next_batch, plan, PlannedAssignment, SchedulingPass};
+pub use planner::{claim_order, may_claim, may_join, plan, PlannedAssignment, SchedulingPass};
 pub use reach::unrunnable_reason;
 pub use sharding::{plan_batches, split_tests, PlannedShard, MAX_BATCHES};

@@ -125,14 +125,17 @@ pub fn may_claim(r: &RunnerWithLoad, e: &Execution) -> std::result::Result<(), &
     Ok(())
 }
 
-/// The batch a runner claims next: the first queued one in claim order
-/// (requeued batches keep their place, so a lost large batch goes out
-/// again first) that did not slip from this runner before; failing that,
-/// one that did (avoidance is a preference: better than leaving it).
-pub fn next_batch<'a>(shards: &'a [Shard], runner: &RunnerId) -> Option<&'a Shard> {
-    let mut queued = shards.iter().filter(|s| s.status == ShardStatus::Queued);
-    let first = queued.clone().next();
-    queued.find(|s| !s.avoid_runners.contains(runner)).or(first)
+/// The batches a runner may claim, the one to take first first: queued
+/// ones in claim order (requeued batches keep their place, so a lost large
+/// batch goes out again first), those that did not slip from this runner
+/// before ahead of those that did (avoidance is a preference: better than
+/// leaving a batch). A claimer that loses the race for one takes the next.
+pub fn claim_order<'a>(shards: &'a [Shard], runner: &RunnerId) -> Vec<&'a Shard> {
+    let (fresh, slipped): (Vec<&Shard>, Vec<&Shard>) = shards
+        .iter()
+        .filter(|s| s.status == ShardStatus::Queued)
+        .partition(|s| !s.avoid_runners.contains(runner));
+    fresh.into_iter().chain(slipped).collect()
 }
 
 /// Whether the runner could ever take a batch of the execution: its

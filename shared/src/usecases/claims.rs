@@ -14,7 +14,7 @@ use crate::domain::{Allocation, Mode, ShardStatus};
 use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RunnerId};
 use crate::ports::{AssignmentWrite, Ports, Store};
-use crate::scheduling::{may_claim, may_join, next_batch};
+use crate::scheduling::{claim_order, may_claim, may_join};
 use crate::time::Clock;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -80,6 +80,15 @@ pub struct ClaimOutcome {
     pub finished: bool,
 }
 
+/// What one read's claims came to.
+enum Claimed {
+    /// A batch, or none left to claim: the answer.
+    Done(ClaimOutcome),
+    /// Others took what this read saw (or the runner or execution changed
+    /// under it): worth reading again.
+    Raced(ClaimOutcome),
+}
+
 /// A dynamic execution a runner may claim batches of.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Claimable {
@@ -133,46 +142,72 @@ impl<P: Ports> Orchestrator<P> {
     /// assignment, taken in one conditional step with the runner's capacity;
     /// heartbeats extend it, and when it lapses the timeout sweep hands the
     /// batch to the queue again.
+    ///
+    /// Claimers race for the same next batch. One that loses it (the batch
+    /// changed since it was read) takes the next one read, without reading
+    /// again; when every batch it read went to others, it reads again. Each
+    /// lost race is another claimer's win, so this ends: with a batch, or
+    /// with none left to claim. A lost race is never the answer.
     pub async fn claim_batch(
         &self,
         runner_id: &RunnerId,
         id: &ExecutionId,
     ) -> Result<ClaimOutcome> {
-        retry_on_conflict(|| async {
-            let now = self.clock.now();
-            let (execution, shards) = self.load(id).await?;
-            if execution.mode != Mode::Dynamic {
-                return Err(Error::validation(
-                    "mode",
-                    "only a dynamic execution's batches are claimed by runners",
-                ));
+        // A read is repeated only when others took every batch it saw, or
+        // the runner's load or the execution changed under the claim;
+        // bounded all the same.
+        const MAX_READS: u32 = 64;
+        let mut last = None;
+        for _ in 0..MAX_READS {
+            match self.claim_from_one_read(runner_id, id).await? {
+                Claimed::Done(outcome) => return Ok(outcome),
+                Claimed::Raced(outcome) => last = Some(outcome),
             }
-            let count = |f: &dyn Fn(&crate::domain::Shard) -> bool| {
-                shards.iter().filter(|s| f(s)).count() as u32
-            };
-            let queued = count(&|s| s.status == ShardStatus::Queued);
-            let held = count(&|s| s.status.is_in_flight());
-            let nothing = |finished| ClaimOutcome {
-                assignment: None,
-                queued_batches: queued,
-                held_batches: held,
-                finished,
-            };
-            if execution.status.is_terminal() {
-                return Ok(nothing(true));
-            }
-            let Some(batch) = next_batch(&shards, runner_id) else {
-                return Ok(nothing(false));
-            };
-            let runner = self
-                .store
-                .get_runner(runner_id)
-                .await?
-                .ok_or_else(|| Error::not_found(crate::Entity::Runner, runner_id))?;
-            may_claim(&runner, &execution).map_err(|why| Error::validation("runner", why))?;
+        }
+        // Still racing after every read: nothing claimed this time, and
+        // the counts say batches remain.
+        last.ok_or_else(|| Error::conflict(crate::Entity::Execution, id))
+    }
+
+    /// One read of the execution, and a claim of each batch it shows in
+    /// claim order until one is taken.
+    async fn claim_from_one_read(&self, runner_id: &RunnerId, id: &ExecutionId) -> Result<Claimed> {
+        let now = self.clock.now();
+        let (execution, shards) = self.load(id).await?;
+        if execution.mode != Mode::Dynamic {
+            return Err(Error::validation(
+                "mode",
+                "only a dynamic execution's batches are claimed by runners",
+            ));
+        }
+        let count = |f: &dyn Fn(&crate::domain::Shard) -> bool| {
+            shards.iter().filter(|s| f(s)).count() as u32
+        };
+        let queued = count(&|s| s.status == ShardStatus::Queued);
+        let held = count(&|s| s.status.is_in_flight());
+        let nothing = |finished| ClaimOutcome {
+            assignment: None,
+            queued_batches: queued,
+            held_batches: held,
+            finished,
+        };
+        if execution.status.is_terminal() {
+            return Ok(Claimed::Done(nothing(true)));
+        }
+        let batches = claim_order(&shards, runner_id);
+        if batches.is_empty() {
+            return Ok(Claimed::Done(nothing(false)));
+        }
+        let runner = self
+            .store
+            .get_runner(runner_id)
+            .await?
+            .ok_or_else(|| Error::not_found(crate::Entity::Runner, runner_id))?;
+        may_claim(&runner, &execution).map_err(|why| Error::validation("runner", why))?;
+        let cap = now.plus_secs(execution.shard_timeout_seconds);
+        let deadline = now.plus_ms(self.config.silence_limit_ms()).min(cap);
+        for (taken, batch) in batches.into_iter().enumerate() {
             let lease = LeaseId::generate();
-            let cap = now.plus_secs(execution.shard_timeout_seconds);
-            let deadline = now.plus_ms(self.config.silence_limit_ms()).min(cap);
             let mut shard = batch.clone();
             let version = shard.version;
             shard.assign(runner_id.clone(), lease.clone(), now, deadline)?;
@@ -193,15 +228,27 @@ impl<P: Ports> Orchestrator<P> {
                 now,
             };
             let assignment = Assignment::of(write.shard.clone());
-            self.store.assign(write).await?;
-            Ok(ClaimOutcome {
-                assignment,
-                queued_batches: queued - 1,
-                held_batches: held,
-                finished: false,
-            })
-        })
-        .await
+            match self.store.assign(write).await {
+                Ok(()) => {
+                    return Ok(Claimed::Done(ClaimOutcome {
+                        assignment,
+                        // The batches lost to others are gone too.
+                        queued_batches: queued.saturating_sub(taken as u32 + 1),
+                        held_batches: held + taken as u32,
+                        finished: false,
+                    }));
+                }
+                // Another claimer took it: the next one.
+                Err(Error::Conflict {
+                    entity: crate::Entity::Shard,
+                    ..
+                }) => continue,
+                // The runner's load or the execution changed: read again.
+                Err(e) if e.is_conflict() => return Ok(Claimed::Raced(nothing(false))),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Claimed::Raced(nothing(false)))
     }
 
     /// Extends the leases of the dynamic batches a heartbeating runner
