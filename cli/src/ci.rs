@@ -195,7 +195,7 @@ pub fn parse_tests_file(text: &str, names: Option<&str>) -> Result<Vec<Value>> {
         return Ok(tms::junit::parse(text)?
             .into_iter()
             .filter_map(|c| {
-                let name = format.map_or_else(|| c.natural_id(), |f| c.test_id(f));
+                let name = tms::naming::own_id(&c, format);
                 seen.insert(name.clone())
                     .then(|| json!({"name": name, "duration_hint_ms": c.time_ms.map(|t| t.max(1))}))
             })

@@ -95,12 +95,20 @@ impl JunitCase {
     /// id for pytest's cases (or any case in a `.py` file), else
     /// `classname.name` (Surefire, Gradle and most others).
     pub fn natural_id(&self) -> String {
-        let python = self.file.as_deref().is_some_and(|f| f.ends_with(".py"));
-        self.test_id(if self.from_pytest || python {
+        self.test_id(if self.is_python() {
             NameFormat::Pytest
         } else {
             NameFormat::Classname
         })
+    }
+
+    /// A pytest case: in a pytest report, or in a `.py` file.
+    pub fn is_python(&self) -> bool {
+        self.from_pytest
+            || [&self.file, &self.suite_file]
+                .into_iter()
+                .flatten()
+                .any(|f| f.ends_with(".py"))
     }
 
     /// A pytest node id. The module is the file (xunit1's `file`, or the

@@ -139,8 +139,11 @@ fn files_of(case: &JunitCase) -> Vec<&str> {
 /// id only for pytest's cases (in a pytest report or a `.py` file): the
 /// dotted classnames of other tools would read as made-up module paths.
 fn candidates(case: &JunitCase, files: &[&str]) -> Vec<String> {
-    let python = case.from_pytest || files.iter().any(|f| f.ends_with(".py"));
-    let mut ids: Vec<String> = python.then(|| case.pytest_id()).into_iter().collect();
+    let mut ids: Vec<String> = case
+        .is_python()
+        .then(|| case.pytest_id())
+        .into_iter()
+        .collect();
     ids.extend(files.iter().map(|f| format!("{f}::{}", case.name)));
     ids.push(case.name.clone());
     ids.push(case.test_id(NameFormat::Classname));
@@ -150,14 +153,18 @@ fn candidates(case: &JunitCase, files: &[&str]) -> Vec<String> {
     ids
 }
 
+/// The id of a case matched to no given tests (an imported report, a
+/// shard given the whole suite): under `format`, else the id its tool
+/// knows it by.
+pub fn own_id(case: &JunitCase, format: Option<NameFormat>) -> String {
+    format.map_or_else(|| case.natural_id(), |f| case.test_id(f))
+}
+
 /// The test id of `case` in a shard given `given` (see the module's rules),
 /// or under `format` when the report says how its tool names tests.
 pub fn resolve(case: &JunitCase, given: &Given, format: Option<NameFormat>) -> String {
-    if let Some(format) = format {
-        return case.test_id(format);
-    }
-    if given.is_empty() {
-        return case.natural_id();
+    if format.is_some() || given.is_empty() {
+        return own_id(case, format);
     }
     let files = files_of(case);
     let ids = candidates(case, &files);

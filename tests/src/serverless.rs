@@ -151,18 +151,37 @@ impl Deployment {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
+        let body = body.map(|b| ("application/json", b.to_string()));
+        self.http_raw(function, routes, method, path, token, body)
+            .await
+    }
+
+    /// An HTTP API request with a body of its own content type (a JUnit
+    /// report), `path` with its query string.
+    pub async fn http_raw(
+        &self,
+        function: &str,
+        routes: Routes,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, String)>,
+    ) -> (u16, Value) {
         let mut event: Value = serde_json::from_str(HTTP_REQUEST).unwrap();
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
         let route = format!("{method} {path}");
         event["routeKey"] = json!(route);
         event["rawPath"] = json!(path);
+        event["rawQueryString"] = json!(query);
         event["requestContext"]["routeKey"] = json!(route);
         event["requestContext"]["http"]["method"] = json!(method);
         event["requestContext"]["http"]["path"] = json!(path);
         if let Some(token) = token {
             event["headers"]["authorization"] = json!(format!("Bearer {token}"));
         }
-        if let Some(body) = body {
-            event["body"] = json!(body.to_string());
+        if let Some((content_type, body)) = body {
+            event["headers"]["content-type"] = json!(content_type);
+            event["body"] = json!(body);
         }
         let request: LambdaRequest = serde_json::from_value(event).unwrap();
         let router = tms::http::router_for(self.app(function).clone(), routes);

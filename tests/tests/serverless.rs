@@ -157,7 +157,7 @@ async fn the_health_sweep_marks_a_silent_runner_unhealthy_and_requeues_its_work(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_hot_path_makes_the_requests_the_data_model_promises() {
     let d = Deployment::start().await;
-    let runner = d.register_with_slots("r", 2).await;
+    let runner = d.register_with_slots("r", 3).await;
     d.heartbeat(&runner).await;
 
     let mark = d.meter.usage();
@@ -172,7 +172,7 @@ async fn each_hot_path_makes_the_requests_the_data_model_promises() {
 
     let mark = d.meter.usage();
     let (execution, webhook) = d
-        .queue(json!({"suite": "s", "tests": ["a", "b"], "parallelism": 2}))
+        .queue(json!({"suite": "s", "tests": ["a", "b", "c"], "parallelism": 3}))
         .await;
     let queued = d.meter.usage().minus(&mark);
     assert_eq!(queued.count("DynamoDB.TransactWriteItems"), 1, "{queued:?}");
@@ -223,6 +223,37 @@ async fn each_hot_path_makes_the_requests_the_data_model_promises() {
     assert_eq!(reported.count("DynamoDB."), 2, "{reported:?}");
     assert_eq!(reported.events, 1, "one ShardCompleted");
     assert_eq!(reported.count("SQS.SendMessage"), 1, "one nudge");
+
+    // A JUnit report reads the shard once too: its cases are named from
+    // the shard's tests in the read that applies it. Its per-test results
+    // are one more write (BatchWriteItem).
+    let a = &work[2];
+    let junit = format!(
+        "{path}?shard_index={}&lease_id={}",
+        a["shard_index"],
+        a["lease_id"].as_str().unwrap()
+    );
+    let xml = format!(
+        r#"<testsuite name="s"><testcase classname="tool" name={}/></testsuite>"#,
+        a["tests"][0]
+    );
+    let mark = d.meter.usage();
+    let (status, body) = d
+        .http_raw(
+            "ApiWebhooksFunction",
+            Routes::Webhooks,
+            "POST",
+            &junit,
+            Some(&webhook),
+            Some(("application/xml", xml)),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["shard_status"], "passed", "the case matched its test");
+    let reported = d.meter.usage().minus(&mark);
+    assert_eq!(reported.count("DynamoDB.BatchGetItem"), 1, "{reported:?}");
+    assert_eq!(reported.count("DynamoDB.BatchWriteItem"), 1, "{reported:?}");
+    assert_eq!(reported.count("DynamoDB."), 3, "{reported:?}");
 
     // With every test hinted there are no durations to look up: the
     // write and the three reads of whether a runner could run it.

@@ -157,16 +157,16 @@ impl<P: Ports> Orchestrator<P> {
         // the runner's load or the execution changed under the claim;
         // bounded all the same.
         const MAX_READS: u32 = 64;
-        let mut last = None;
-        for _ in 0..MAX_READS {
-            match self.claim_from_one_read(runner_id, id).await? {
-                Claimed::Done(outcome) => return Ok(outcome),
-                Claimed::Raced(outcome) => last = Some(outcome),
+        for _ in 1..MAX_READS {
+            if let Claimed::Done(outcome) = self.claim_from_one_read(runner_id, id).await? {
+                return Ok(outcome);
             }
         }
-        // Still racing after every read: nothing claimed this time, and
+        // Still racing at the last read: nothing claimed this time, and
         // the counts say batches remain.
-        last.ok_or_else(|| Error::conflict(crate::Entity::Execution, id))
+        match self.claim_from_one_read(runner_id, id).await? {
+            Claimed::Done(outcome) | Claimed::Raced(outcome) => Ok(outcome),
+        }
     }
 
     /// One read of the execution, and a claim of each batch it shows in

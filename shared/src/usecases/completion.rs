@@ -93,26 +93,26 @@ impl JunitReport {
 
     /// The report of a shard given `given`: every case a test result under
     /// the id it matches.
-    pub fn for_tests(self, given: &[String]) -> ShardReport {
+    pub fn for_tests(&self, given: &[String]) -> ShardReport {
         let given = crate::naming::Given::new(given);
         let tests: Vec<TestResult> = self
             .cases
-            .into_iter()
+            .iter()
             .map(|c| TestResult {
-                name: crate::naming::resolve(&c, &given, self.names),
+                name: crate::naming::resolve(c, &given, self.names),
                 status: test_status(c.outcome),
                 duration_ms: c.time_ms.unwrap_or(0),
-                message: c.message,
+                message: c.message.clone(),
                 earlier: c
                     .earlier
-                    .into_iter()
+                    .iter()
                     .take(MAX_EARLIER_ATTEMPTS)
                     .map(|a| EarlierAttempt {
                         status: match a.outcome {
                             CaseOutcome::Errored => TestStatus::Errored,
                             _ => TestStatus::Failed,
                         },
-                        message: a.message,
+                        message: a.message.clone(),
                     })
                     .collect(),
             })
@@ -125,7 +125,7 @@ impl JunitReport {
         });
         ShardReport {
             shard_index: self.shard_index,
-            lease_id: self.lease_id,
+            lease_id: self.lease_id.clone(),
             status,
             results: Some(results),
         }
@@ -196,6 +196,33 @@ impl ShardReport {
     }
 }
 
+/// A report ready to apply: valid, its per-test results cut into the
+/// chunks they are stored in.
+struct Prepared {
+    report: ShardReport,
+    chunks: Vec<String>,
+}
+
+impl Prepared {
+    fn of(report: ShardReport) -> Result<Self> {
+        report.validate()?;
+        let chunks = match &report.results {
+            Some(r) if report.status != ReportStatus::Started => {
+                results::chunk(&r.tests, results::MAX_CHUNK_BYTES)?
+            }
+            _ => Vec::new(),
+        };
+        Ok(Prepared { report, chunks })
+    }
+}
+
+/// A report as it arrives: ready (JSON names its tests), or a JUnit
+/// report whose cases are named once the shard's tests are read.
+enum Incoming {
+    Ready(Prepared),
+    Junit(JunitReport),
+}
+
 /// Whether `caller` may report on shard `index` of `id` under `lease`
 /// (a runner's hold on the shard is checked against the shard itself).
 fn may_report(caller: &Principal, id: &ExecutionId, index: u32, lease: &LeaseId) -> Result<()> {
@@ -257,8 +284,8 @@ impl<P: Ports> Orchestrator<P> {
     }
 
     /// Applies a shard's JUnit report, each case named after the test of
-    /// the shard's it matches (one read of the shard to learn its tests,
-    /// unless the report says how its tool names them).
+    /// the shard's it matches ([`crate::naming`]), from the same read of
+    /// the shard that applies it.
     pub async fn report_junit(
         &self,
         caller: &Principal,
@@ -266,12 +293,9 @@ impl<P: Ports> Orchestrator<P> {
         report: JunitReport,
     ) -> Result<ReportOutcome> {
         may_report(caller, id, report.shard_index, &report.lease_id)?;
-        let given = match report.names {
-            Some(_) => None,
-            None => Some(self.load_shard(id, report.shard_index).await?.1.tests),
-        };
-        let report = report.for_tests(given.as_deref().unwrap_or_default());
-        self.report_shard(caller, id, report).await
+        let (index, lease) = (report.shard_index, report.lease_id.clone());
+        self.apply_report(caller, id, index, lease, Incoming::Junit(report))
+            .await
     }
 
     /// Applies a runner's report to its shard. Only the current lease counts;
@@ -282,30 +306,54 @@ impl<P: Ports> Orchestrator<P> {
         id: &ExecutionId,
         report: ShardReport,
     ) -> Result<ReportOutcome> {
-        report.validate()?;
-        may_report(caller, id, report.shard_index, &report.lease_id)?;
+        let prepared = Prepared::of(report)?;
+        let (index, lease) = (
+            prepared.report.shard_index,
+            prepared.report.lease_id.clone(),
+        );
+        may_report(caller, id, index, &lease)?;
+        self.apply_report(caller, id, index, lease, Incoming::Ready(prepared))
+            .await
+    }
+
+    async fn apply_report(
+        &self,
+        caller: &Principal,
+        id: &ExecutionId,
+        index: u32,
+        lease: LeaseId,
+        incoming: Incoming,
+    ) -> Result<ReportOutcome> {
         let now = self.clock.now();
-        let chunks = match &report.results {
-            Some(r) if report.status != ReportStatus::Started => {
-                results::chunk(&r.tests, results::MAX_CHUNK_BYTES)?
-            }
-            _ => Vec::new(),
+        // A JUnit report's cases are named from the shard's tests, known at
+        // the first read; the conflict retries reuse it.
+        let (ready, junit) = match incoming {
+            Incoming::Ready(p) => (std::sync::OnceLock::from(p), None),
+            Incoming::Junit(j) => (std::sync::OnceLock::new(), Some(j)),
         };
         let (outcome, finished) = retry_on_conflict(|| async {
-            let (execution, mut shard) = self.load_shard(id, report.shard_index).await?;
+            let (execution, mut shard) = self.load_shard(id, index).await?;
             if let Principal::Runner(runner) = caller {
                 // A runner that lost the shard hears that its lease is stale
                 // (409, drop the work), not that it may not report (403).
-                if shard.lease_id.as_ref() != Some(&report.lease_id) {
+                if shard.lease_id.as_ref() != Some(&lease) {
                     return Err(Error::StaleLease {
                         shard: shard.index,
-                        presented: report.lease_id.to_string(),
+                        presented: lease.to_string(),
                     });
                 }
                 if shard.runner_id.as_ref() != Some(runner) {
                     return Err(Error::Forbidden("report on a shard held by another runner"));
                 }
             }
+            let Prepared { report, chunks } = match (ready.get(), &junit) {
+                (Some(ready), _) => ready,
+                (None, Some(junit)) => {
+                    let named = Prepared::of(junit.for_tests(&shard.tests))?;
+                    ready.get_or_init(|| named)
+                }
+                (None, None) => return Err(Error::Internal("a report with no results".into())),
+            };
             let read_as = (shard.version, shard.status);
             let held = shard.holder();
             let applied = match report.status {
@@ -360,9 +408,10 @@ impl<P: Ports> Orchestrator<P> {
             Ok((outcome, after))
         })
         .await?;
+        let results = ready.into_inner().and_then(|p| p.report.results);
         let finished = match finished {
             Some(after) => {
-                if let Some(results) = &report.results {
+                if let Some(results) = &results {
                     if let Some(shard) = &after.failed {
                         // Before the completion is published, so the fold
                         // sees the retry open rather than a failed run.
@@ -379,7 +428,7 @@ impl<P: Ports> Orchestrator<P> {
             let event = Event::ShardCompleted {
                 execution_id: id.clone(),
                 shard_index: outcome.shard_index,
-                lease_id: Some(report.lease_id.clone()),
+                lease_id: Some(lease.clone()),
                 status: outcome.shard_status.as_str().to_owned(),
             };
             // The store already holds the result; a lost event only delays the

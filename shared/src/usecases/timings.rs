@@ -183,11 +183,10 @@ impl<P: Ports> Orchestrator<P> {
         xml: &str,
         names: Option<NameFormat>,
     ) -> Result<ImportedTimings> {
-        let given = crate::naming::Given::new(&[]);
         let samples = junit::parse(xml)?
             .into_iter()
             .filter(|c| c.outcome != CaseOutcome::Skipped)
-            .filter_map(|c| Some((crate::naming::resolve(&c, &given, names), c.time_ms?.max(1))))
+            .filter_map(|c| Some((crate::naming::own_id(&c, names), c.time_ms?.max(1))))
             .collect();
         self.import_samples(suite, samples).await
     }
