@@ -269,8 +269,10 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
     let beat = format!("/runners/{}/heartbeat", segment(&me.id));
     let claimable = format!("/runners/{}/claimable", segment(&me.id));
     // Starts a shard unless it already runs here (a claimed batch shows up
-    // in later heartbeats too): the lease is the key.
-    let start = |a: Value, tasks: &mut tokio::task::JoinSet<()>| {
+    // in later heartbeats too): the lease is the key. A batch this agent
+    // claimed is reported with `?next=true`, and the next batch that the
+    // answer carries runs in the same slot at once.
+    let start = |a: Value, claimed: bool, tasks: &mut tokio::task::JoinSet<()>| {
         let lease = a["lease_id"].as_str().unwrap_or("").to_owned();
         if a["status"] != "assigned"
             || !running
@@ -282,11 +284,30 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
         }
         let (client, args, running) = (client.clone(), args.clone(), running.clone());
         tasks.spawn(async move {
-            if let Err(e) = run_shard(&client, &args, &a).await {
-                eprintln!("tms agent: shard {}: {e}", shard_name(&a));
-            }
-            if let Ok(mut r) = running.lock() {
-                r.remove(&lease);
+            let (mut current, mut lease) = (a, lease);
+            loop {
+                let next = match run_shard(&client, &args, &current, claimed).await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        eprintln!("tms agent: shard {}: {e}", shard_name(&current));
+                        None
+                    }
+                };
+                let taken = next.filter(|n| n["status"] == "assigned").and_then(|n| {
+                    let l = n["lease_id"].as_str().unwrap_or("").to_owned();
+                    let fresh = running
+                        .lock()
+                        .map(|mut r| r.insert(l.clone()))
+                        .unwrap_or(false);
+                    fresh.then_some((n, l))
+                });
+                if let Ok(mut r) = running.lock() {
+                    r.remove(&lease);
+                }
+                match taken {
+                    Some((n, l)) => (current, lease) = (n, l),
+                    None => break,
+                }
             }
         });
     };
@@ -298,7 +319,7 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
                     .cloned()
                     .unwrap_or_default()
                 {
-                    start(a, &mut tasks);
+                    start(a, false, &mut tasks);
                 }
             }
             Err(e) => eprintln!("tms agent: heartbeat: {e}"),
@@ -311,13 +332,7 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
         if free(&running) > 0 {
             let open = match &args.execution {
                 Some(id) => vec![json!({ "execution_id": id })],
-                None => match client.get(&claimable).await {
-                    Ok(list) => list["items"].as_array().cloned().unwrap_or_default(),
-                    Err(e) => {
-                        eprintln!("tms agent: claimable work: {e}");
-                        Vec::new()
-                    }
-                },
+                None => claimable_work(&client, &claimable).await,
             };
             for e in open {
                 let Some(exec) = e["execution_id"].as_str() else {
@@ -331,7 +346,7 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
                         break;
                     };
                     match outcome.get("assignment").filter(|a| !a.is_null()) {
-                        Some(a) => start(a.clone(), &mut tasks),
+                        Some(a) => start(a.clone(), true, &mut tasks),
                         None => break,
                     }
                 }
@@ -385,7 +400,7 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
             .cloned()
             .unwrap_or_default()
         {
-            start(a, &mut tasks);
+            start(a, false, &mut tasks);
         }
     }
     // Keep the leases alive while the running shards finish.
@@ -400,6 +415,34 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
         _ = keepalive => {}
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The dynamic executions this runner may claim batches of, highest
+/// priority first: the listing's pages until one has some (a page may be
+/// empty while executions the runner does not fit are passed over), at
+/// most a few pages a poll.
+async fn claimable_work(client: &Client, path: &str) -> Vec<Value> {
+    const MAX_PAGES: usize = 10;
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let page = match &cursor {
+            Some(c) => format!("{path}?cursor={}", segment(c)),
+            None => path.to_owned(),
+        };
+        let list = match client.get(&page).await {
+            Ok(list) => list,
+            Err(e) => {
+                eprintln!("tms agent: claimable work: {e}");
+                return Vec::new();
+            }
+        };
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        cursor = list["next_cursor"].as_str().map(str::to_owned);
+        if !items.is_empty() || cursor.is_none() {
+            return items;
+        }
+    }
+    Vec::new()
 }
 
 /// The verdict's exit code once the execution is finished (its summary
@@ -422,8 +465,14 @@ async fn finished(server: &ServerArgs, id: &str) -> Option<u8> {
 }
 
 /// Runs one shard: started, the command (killed with its process group at
-/// the lease's deadline), then the report.
-async fn run_shard(client: &Client, args: &AgentArgs, a: &Value) -> Result<()> {
+/// the lease's deadline), then the report. A batch the agent `claimed` is
+/// reported asking for the next one, which the answer may carry.
+async fn run_shard(
+    client: &Client,
+    args: &AgentArgs,
+    a: &Value,
+    claimed: bool,
+) -> Result<Option<Value>> {
     let exec = a["execution_id"]
         .as_str()
         .ok_or("assignment without execution")?;
@@ -511,11 +560,11 @@ async fn run_shard(client: &Client, args: &AgentArgs, a: &Value) -> Result<()> {
             if let Some(names) = &args.names {
                 path.push_str(&format!("&names={}", segment(names)));
             }
-            return client
-                .post_raw(&path, "application/xml", xml)
-                .await
-                .map(|_| ())
-                .map_err(Into::into);
+            if claimed {
+                path.push_str("&next=true");
+            }
+            let answer = client.post_raw(&path, "application/xml", xml).await?;
+            return Ok(next_assignment(&answer));
         }
         (Ok(0), None) if args.junit.is_none() => {
             json!({"passed": tests.len(), "failed": 0, "skipped": 0})
@@ -539,8 +588,22 @@ async fn run_shard(client: &Client, args: &AgentArgs, a: &Value) -> Result<()> {
     if let Err(why) = &outcome {
         eprintln!("tms agent: shard {shard}: {why}");
     }
-    client.post(&hook, &body).await?;
-    Ok(())
+    let path = if claimed {
+        format!("{hook}?next=true")
+    } else {
+        hook
+    };
+    let answer = client.post(&path, &body).await?;
+    Ok(next_assignment(&answer))
+}
+
+/// The next batch a report's answer carries, if any.
+fn next_assignment(answer: &Value) -> Option<Value> {
+    answer
+        .get("next")
+        .and_then(|n| n.get("assignment"))
+        .filter(|a| !a.is_null())
+        .cloned()
 }
 
 /// The files `--junit` names: the one path, or the glob's matches in

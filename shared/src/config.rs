@@ -33,9 +33,11 @@ pub struct Config {
     /// execution the build queued (CI platforms let a run be re-run for
     /// weeks: GitHub Actions for 30 days).
     pub ci_key_ttl_secs: u64,
-    /// Dynamic mode: the least expected work in one batch (each batch
-    /// costs a claim and a test-process start; see `plan_batches`).
-    pub dynamic_min_batch_ms: u64,
+    /// Dynamic mode: what a batch is taken to cost besides its tests (a
+    /// claim and a test-process start) until an execution's reports have
+    /// measured it; batches hold at least ten times that
+    /// ([`crate::scheduling::dynamic`]).
+    pub dynamic_batch_overhead_ms: u64,
     /// Batch size of each sweep query.
     pub sweep_batch: u32,
     /// The API's public base URL (`https://tms.example.com`), which
@@ -112,7 +114,7 @@ impl Default for Config {
             max_tests: 20_000,
             idempotency_ttl_secs: 24 * 3600,
             ci_key_ttl_secs: 30 * 24 * 3600,
-            dynamic_min_batch_ms: 5_000,
+            dynamic_batch_overhead_ms: 500,
             sweep_batch: 100,
             public_url: None,
             dispatch_allowed_hosts: AllowedHosts::default(),

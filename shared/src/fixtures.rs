@@ -57,6 +57,8 @@ pub fn execution(shards: u32) -> Execution {
         totals: Totals::default(),
         webhook_token_hashes: vec![],
         counted: false,
+        dispenser: None,
+        returned: Vec::new(),
         version: 1,
     }
 }

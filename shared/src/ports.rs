@@ -7,7 +7,7 @@ use crate::auth::ApiToken;
 use crate::domain::AlertRule;
 use crate::domain::{
     Allocation, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, Runner,
-    RunnerWithLoad, Shard, ShardStatus, Violation,
+    RunnerWithLoad, Shard, ShardStatus, TestSpec, Violation,
 };
 use crate::error::Result;
 use crate::ids::{AlertRuleId, ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
@@ -124,6 +124,27 @@ pub struct AssignmentWrite {
     pub now: Timestamp,
 }
 
+/// A claim of a dynamic execution's batch, all or nothing: the
+/// execution's record moves on (its dispenser: where the next batch starts,
+/// the work left, the claimer's expected free time; running) if it is still
+/// at `expected_execution_version`; the batch goes to the runner, whose
+/// capacity is taken (if it is active and has room, as for an
+/// assignment), and the allocation is written. The batch is either cut now
+/// (a new shard: `expected_shard_version` is `None` and no shard of that
+/// index may exist) or one waiting to be claimed again (still queued at
+/// `expected_shard_version`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimWrite {
+    pub execution: Execution,
+    pub expected_execution_version: u64,
+    pub shard: Shard,
+    pub expected_shard_version: Option<u64>,
+    /// The runner's capacity as the claim saw it (see [`AssignmentWrite`]).
+    pub runner_capacity: Resources,
+    pub allocation: Allocation,
+    pub now: Timestamp,
+}
+
 /// A versioned shard change, optionally giving back the capacity it held
 /// (deleting the allocation if it still carries `release.lease_id`).
 /// `expected_status` is the status read at `expected_version`: it tells the
@@ -198,14 +219,35 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<(RunnerWithLoad, Vec<Shard>)>>> + Send;
 
     // Executions and shards
-    /// Writes the execution, its shards and the idempotency record at once;
+    /// Writes the execution, its shards (or, for a dynamic execution, its
+    /// tests in claim order, `queue`) and the idempotency record at once;
     /// `Conflict` if the idempotency key was taken meanwhile.
     fn create_execution(
         &self,
         execution: &Execution,
         shards: &[Shard],
+        queue: &[TestSpec],
         idempotency: Option<&IdempotencyRecord>,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// A dynamic execution's tests in claim order from position `from`, at
+    /// most `limit` of them (fewer at the end): where its next batch is
+    /// cut from. Costs what it reads, not the execution's size.
+    fn queued_tests(
+        &self,
+        id: &ExecutionId,
+        from: u32,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<TestSpec>>> + Send;
+    /// The claim of a dynamic execution's batch ([`ClaimWrite`]).
+    fn claim(&self, write: ClaimWrite) -> impl Future<Output = Result<()>> + Send;
+    /// Unfinished dynamic executions, highest priority first, then oldest,
+    /// after `cursor` (a previous page's `next_cursor`): where runners look
+    /// for batches to claim.
+    fn dynamic_executions(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Page<Execution>>> + Send;
     fn get_idempotency(
         &self,
         key: &str,
@@ -259,8 +301,13 @@ pub trait Store: Send + Sync + 'static {
         free: &FreeCapacity,
         max_executions: u32,
     ) -> impl Future<Output = Result<Vec<(Execution, Vec<Shard>)>>> + Send;
-    /// Unfinished executions, earliest deadline first.
-    fn active_executions(&self, limit: u32) -> impl Future<Output = Result<Vec<Execution>>> + Send;
+    /// Unfinished executions, earliest deadline first, after `cursor` (a
+    /// previous page's `next_cursor`).
+    fn active_executions(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Page<Execution>>> + Send;
     /// In-flight shards whose lease deadline is before `now`.
     fn expired_shards(
         &self,
@@ -356,6 +403,9 @@ pub trait Store: Send + Sync + 'static {
     fn put_token(&self, token: &ApiToken) -> impl Future<Output = Result<()>> + Send;
     fn get_token(&self, id: &TokenId) -> impl Future<Output = Result<Option<ApiToken>>> + Send;
     fn get_setting(&self, key: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Sets a setting, whatever it was (for bookkeeping such as a sweep's
+    /// cursor, where the last writer may win).
+    fn put_setting(&self, key: &str, value: &str) -> impl Future<Output = Result<()>> + Send;
     /// Sets a setting only if it is not set; returns the value now stored.
     fn init_setting(&self, key: &str, value: &str) -> impl Future<Output = Result<String>> + Send;
 }
@@ -405,6 +455,11 @@ pub enum Event {
         shard_index: u32,
         lease_id: Option<LeaseId>,
         status: String,
+        /// A dynamic execution's tests were still being handed out: it
+        /// cannot finish by this completion, so the aggregator need not
+        /// fold it (a later completion, or the timeout sweep, does).
+        #[serde(default)]
+        tests_waiting: bool,
     },
 }
 
@@ -420,4 +475,61 @@ pub trait Ports: Send + Sync + 'static {
     type Events: Events;
     type Secrets: Secrets;
     type Http: HttpClient;
+}
+
+/// Cursors of the listings that walk an index order, in one form for every
+/// store: the sort keys of the DynamoDB indexes that serve them.
+pub mod cursors {
+    use crate::domain::Execution;
+    use crate::time::Timestamp;
+
+    /// Earliest deadline first: `<deadline:013>#<id>`.
+    pub fn deadline_key(deadline: Timestamp, id: &str) -> String {
+        format!("{:013}#{id}", deadline.0.max(0))
+    }
+
+    /// Highest priority first, then oldest: `<100 - priority:03>#<created:013>#<id>`.
+    pub fn priority_key(priority: i32, created: Timestamp, id: &str) -> String {
+        format!(
+            "{:03}#{:013}#{id}",
+            100 - priority.clamp(0, 100),
+            created.0.max(0)
+        )
+    }
+
+    pub fn by_deadline(e: &Execution) -> String {
+        deadline_key(e.deadline, e.id.as_str())
+    }
+
+    pub fn by_priority(e: &Execution) -> String {
+        priority_key(e.priority, e.created_at, e.id.as_str())
+    }
+
+    /// The deadline and id of a [`by_deadline`] cursor.
+    pub fn parse_by_deadline(cursor: &str) -> Option<(i64, String)> {
+        let (deadline, id) = cursor.split_once('#')?;
+        Some((deadline.parse().ok()?, id.to_owned()))
+    }
+
+    /// The priority, creation time and id of a [`by_priority`] cursor.
+    pub fn parse_by_priority(cursor: &str) -> Option<(i32, i64, String)> {
+        let mut parts = cursor.splitn(3, '#');
+        let inverted: i32 = parts.next()?.parse().ok()?;
+        let created: i64 = parts.next()?.parse().ok()?;
+        Some((100 - inverted, created, parts.next()?.to_owned()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_cursor_reads_back_as_what_it_was_made_of() {
+            let c = priority_key(90, Timestamp(12), "exe_a");
+            assert_eq!(parse_by_priority(&c), Some((90, 12, "exe_a".into())));
+            let c = deadline_key(Timestamp(99), "exe_b");
+            assert_eq!(parse_by_deadline(&c), Some((99, "exe_b".into())));
+            assert_eq!(parse_by_priority("nonsense"), None);
+        }
+    }
 }

@@ -254,6 +254,7 @@ pub fn new_execution(
         max_attempts: None,
         ci: None,
         mode: Default::default(),
+        max_batch_tests: None,
         retries: None,
         strict: false,
         metadata: Default::default(),

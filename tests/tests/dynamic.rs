@@ -1,8 +1,9 @@
 //! Dynamic mode with a manual clock: runners claim batches until the tests
-//! run out, longest first and shrinking; each claim is a lease that
-//! heartbeats extend; a lapsed lease is reclaimed by another runner and the
-//! batch avoids the runner that lost it; a stale lease's report is fenced
-//! off. A conformance suite: the embedded store and DynamoDB (moto).
+//! run out, longest first and shrinking, each batch cut when it is claimed;
+//! each claim is a lease that heartbeats extend; a lapsed lease is
+//! reclaimed by another runner and the batch avoids the runner that lost
+//! it; a stale lease's report is fenced off; a report can bring the next
+//! batch. A conformance suite: the embedded store and DynamoDB (moto).
 
 use tms::auth::Principal;
 use tms::domain::{ExecutionStatus, Mode, ShardResult, ShardStatus};
@@ -78,7 +79,7 @@ async fn runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinki
         }
     }
     let last = claim(&h, &a, &id).await;
-    assert!(last.assignment.is_none() && last.queued_batches == 0 && last.held_batches == 0);
+    assert!(last.assignment.is_none() && last.queued_tests == 0 && !last.finished);
     assert_eq!(
         claimed[0].tests[0], "spec_000",
         "the longest test goes first"
@@ -196,28 +197,99 @@ async fn only_a_runner_with_room_and_the_required_labels_claims<B: Backend>() {
     ));
 }
 
-async fn an_execution_of_more_batches_than_one_transaction_holds_is_created_whole<B: Backend>() {
+/// Batches are cut from the execution's tests in claim order as runners
+/// claim, reading only as far as each batch reaches: 1,000 tests (several
+/// of the stores' chunks) go out once each, in order, in batches of at
+/// most `max_batch_tests` that cross chunk boundaries.
+async fn a_large_execution_is_handed_out_in_claim_order_a_batch_at_a_time<B: Backend>() {
     let h = Harness::<B>::start().await;
     let a = runner(&h, "a", 1).await;
-    let mut new = tms_tests::new_execution("e2e", std::iter::empty(), 32);
+    // One runner expected: half of what is left a batch, capped.
+    let mut new = tms_tests::new_execution("e2e", std::iter::empty(), 1);
     new.mode = Mode::Dynamic;
-    new.tests = (0..300)
+    new.max_batch_tests = Some(300);
+    new.tests = (0..1000)
         .map(|i| {
             TestInput::Timed(TimedTest {
-                name: format!("spec_{i:03}"),
-                duration_hint_ms: Some(60_000),
+                name: format!("spec_{i:04}"),
+                // Longest first is the order of the names.
+                duration_hint_ms: Some(3_600_000 - i as u64),
             })
         })
         .collect();
-    let id = h.app.queue_execution(new, None).await.unwrap().execution.id;
+    let queued = h.app.queue_execution(new, None).await.unwrap();
+    assert!(queued.shards.is_empty(), "no batch is cut before a claim");
+    let id = queued.execution.id;
+    let mut handed = Vec::new();
+    let mut sizes = Vec::new();
+    while let Some(batch) = claim(&h, &a, &id).await.assignment {
+        sizes.push(batch.tests.len());
+        handed.extend(batch.tests.iter().cloned());
+        assert_eq!(pass(&h, &a, &batch).await.unwrap(), ShardStatus::Passed);
+    }
+    let expected: Vec<String> = (0..1000).map(|i| format!("spec_{i:04}")).collect();
+    assert_eq!(handed, expected, "every test once, in claim order");
+    assert!(sizes.iter().all(|n| *n <= 300), "{sizes:?}");
+    assert!(sizes.contains(&300), "{sizes:?}");
+    h.deliver_events().await;
     let (e, shards) = h.app.execution_status(&id).await.unwrap();
-    assert!(shards.len() > 100, "{} batches", shards.len());
-    assert_eq!(e.shard_count as usize, shards.len());
-    let tests: usize = shards.iter().map(|s| s.tests.len()).sum();
-    assert_eq!(tests, 300);
-    let first = claim(&h, &a, &id).await;
-    assert_eq!(first.assignment.unwrap().shard_index, 0);
-    assert_eq!(first.queued_batches as usize, shards.len() - 1);
+    assert_eq!(e.status, ExecutionStatus::Passed);
+    assert_eq!(e.totals.passed, 1000);
+    assert_eq!(shards.len(), sizes.len());
+}
+
+/// A report that asks for the next batch gets it with its answer, and the
+/// time the batch took beyond its tests sizes the batches after it: with a
+/// batch costing almost nothing but its tests, the tail is cut finer than
+/// the default assumption (half a second a batch) would.
+async fn a_report_brings_the_next_batch_and_teaches_the_batch_cost<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    let id = dynamic(&h, 40, 1).await;
+    let caller = Principal::Runner(a.clone());
+    let mut batch = claim(&h, &a, &id).await.assignment.unwrap();
+    let mut batches = 1;
+    let last = loop {
+        // The batch ran exactly as long as its tests.
+        let ran: Vec<tms::domain::TestResult> = batch
+            .tests
+            .iter()
+            .map(|t| tms::domain::TestResult {
+                name: t.clone(),
+                status: tms::domain::TestStatus::Passed,
+                duration_ms: 1_000,
+                message: None,
+                earlier: Vec::new(),
+            })
+            .collect();
+        h.clock.advance_ms(1_000 * ran.len() as i64);
+        let report = ShardReport {
+            shard_index: batch.shard_index,
+            lease_id: batch.lease_id.clone(),
+            status: ReportStatus::Passed,
+            results: Some(ShardResult::of(ran)),
+        };
+        let outcome = h.app.report_shard(&caller, &id, report).await.unwrap();
+        assert_eq!(outcome.shard_status, ShardStatus::Passed);
+        let next = h.app.next_batch_after(&caller, &id, &outcome).await;
+        match next.and_then(|n| n.assignment) {
+            Some(n) => {
+                batch = n;
+                batches += 1;
+            }
+            None => break outcome,
+        }
+    };
+    h.deliver_events().await;
+    let (e, _) = h.app.execution_status(&id).await.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Passed);
+    assert_eq!(e.totals.passed, 40);
+    // One runner alone: halving what is left, down to single tests once
+    // the batch cost is known to be nothing, rather than 5 s batches.
+    assert!(batches >= 8, "{batches} batches");
+    // Only a runner claims: the same answer for a webhook token brings nothing.
+    let hook = Principal::Webhook(id.clone());
+    assert!(h.app.next_batch_after(&hook, &id, &last).await.is_none());
 }
 
 async fn a_runner_finds_the_dynamic_executions_it_fits_highest_priority_first<B: Backend>() {
@@ -240,25 +312,70 @@ async fn a_runner_finds_the_dynamic_executions_it_fits_highest_priority_first<B:
     h.app.queue_execution(plain, None).await.unwrap();
     let found: Vec<ExecutionId> = h
         .app
-        .claimable(&a)
+        .claimable(&a, None, 100)
         .await
         .unwrap()
+        .items
         .into_iter()
         .map(|c| c.execution_id)
         .collect();
     assert_eq!(found, vec![high.clone(), low]);
     // A finished execution is no longer listed; a paused runner gets none.
     h.app.cancel_execution(&high).await.unwrap();
-    assert_eq!(h.app.claimable(&a).await.unwrap().len(), 1);
+    assert_eq!(h.app.claimable(&a, None, 100).await.unwrap().items.len(), 1);
     h.app.pause_runner(&a).await.unwrap();
-    assert!(h.app.claimable(&a).await.unwrap().is_empty());
+    assert!(h
+        .app
+        .claimable(&a, None, 100)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
+
+/// However many dynamic executions wait ahead of it, the one a runner fits
+/// is found by walking the listing's pages: 120 of other labels and higher
+/// priority fill the first pages, and the runner's own comes after them.
+async fn claimable_work_behind_many_others_is_found_on_a_later_page<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    for i in 0..120 {
+        let mut new = tms_tests::new_execution("e2e", [format!("t{i}")], 1);
+        new.mode = Mode::Dynamic;
+        new.priority = Some(90);
+        new.requirements = Some(tms::usecases::RequirementsInput {
+            labels: ["gpu".to_string()].into_iter().collect(),
+            ..Default::default()
+        });
+        h.app.queue_execution(new, None).await.unwrap();
+    }
+    let mine = dynamic(&h, 2, 1).await;
+    let mut cursor: Option<String> = None;
+    let mut found = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = h.app.claimable(&a, cursor.as_deref(), 50).await.unwrap();
+        pages += 1;
+        found.extend(page.items.into_iter().map(|c| c.execution_id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(found, vec![mine]);
+    assert!(pages >= 3, "{pages} pages");
+    // A cursor that is not the listing's is refused, not misread.
+    assert!(matches!(
+        h.app.claimable(&a, Some("not-a-cursor"), 50).await,
+        Err(Error::Validation { .. })
+    ));
 }
 
 /// Sixteen claimers race for one execution's batches, all at once, round
-/// after round: one that loses a batch takes the next, so no claim fails
-/// (no 409 "changed concurrently") while batches remain, each batch goes
-/// to one claimer, and a round that hands out nothing finds every batch
-/// claimed.
+/// after round: one that loses the race reads again and cuts the next
+/// batch, so no claim fails (no 409 "changed concurrently") while tests
+/// remain, each batch goes to one claimer, and a round that hands out
+/// nothing finds every test claimed.
 async fn racing_claimers_each_take_a_batch_and_none_hears_of_the_race<B: Backend>() {
     let h = Harness::<B>::start().await;
     let id = dynamic(&h, 128, 16).await;
@@ -294,12 +411,16 @@ async fn racing_claimers_each_take_a_batch_and_none_hears_of_the_race<B: Backend
     );
     assert_eq!(claimed.len(), shards.len(), "every batch claimed, once");
     assert!(shards.iter().all(|s| s.status == ShardStatus::Assigned));
+    let tests: usize = shards.iter().map(|s| s.tests.len()).sum();
+    assert_eq!(tests, 128, "every test in one batch");
 }
 
 tms_tests::conformance!(
     racing_claimers_each_take_a_batch_and_none_hears_of_the_race,
     a_runner_finds_the_dynamic_executions_it_fits_highest_priority_first,
-    an_execution_of_more_batches_than_one_transaction_holds_is_created_whole,
+    claimable_work_behind_many_others_is_found_on_a_later_page,
+    a_large_execution_is_handed_out_in_claim_order_a_batch_at_a_time,
+    a_report_brings_the_next_batch_and_teaches_the_batch_cost,
     runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinking,
     a_lapsed_lease_is_reclaimed_by_another_runner_and_its_stale_report_is_fenced,
     heartbeats_extend_a_held_lease_and_silence_lets_it_lapse,

@@ -1143,28 +1143,46 @@ async fn dynamic_batches_and_ci_jobs_claims_work_over_http() {
         )
         .await;
     let exec = queued["id"].as_str().unwrap().to_owned();
-    let mut ran = 0;
+    assert_eq!(queued["shards"], json!([]), "batches are cut when claimed");
+    let (mut ran, mut claims, mut brought) = (0, 0, 0);
+    let mut next: Option<Value> = None;
     loop {
-        let claim = api
-            .ok(
-                Method::POST,
-                &format!("/executions/{exec}/claims"),
-                &runner_token,
-                None,
-            )
-            .await;
+        // The first batch is claimed; each report asks for the next one.
+        let claim = match next.take() {
+            Some(claim) => {
+                brought += 1;
+                claim
+            }
+            None => {
+                claims += 1;
+                api.ok(
+                    Method::POST,
+                    &format!("/executions/{exec}/claims"),
+                    &runner_token,
+                    None,
+                )
+                .await
+            }
+        };
         let Some(batch) = claim["assignment"].as_object() else {
-            assert_eq!(claim["queued_batches"], 0);
+            assert_eq!(claim["queued_tests"], 0);
             break;
         };
         let n = batch["tests"].as_array().unwrap().len();
         ran += n;
-        api.ok(Method::POST, &format!("/webhooks/parallel-execution/{exec}"), &runner_token,
+        let answer = api.ok(Method::POST, &format!("/webhooks/parallel-execution/{exec}?next=true"), &runner_token,
             Some(json!({"shard_index": batch["shard_index"], "lease_id": batch["lease_id"], "status": "passed",
                 "results": {"passed": n, "failed": 0, "skipped": 0}})))
             .await;
+        assert_eq!(answer["shard_status"], "passed");
+        next = Some(answer["next"].clone()).filter(|n| !n.is_null());
+        if next.is_none() {
+            break;
+        }
     }
     assert_eq!(ran, 12);
+    assert_eq!(claims, 1, "one claim; every later batch came with a report");
+    assert!(brought >= 2, "{brought} batches brought by reports");
     let done = api.wait_for_status(&exec, "passed").await;
     assert_eq!(done["mode"], "dynamic");
     let (status, problem) = api

@@ -120,6 +120,7 @@ impl World {
                     max_attempts: Some(2),
                     ci: None,
                     mode: Default::default(),
+                    max_batch_tests: None,
                     retries: None,
                     strict: false,
                     metadata: Default::default(),

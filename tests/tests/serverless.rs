@@ -267,6 +267,142 @@ async fn each_hot_path_makes_the_requests_the_data_model_promises() {
     assert_eq!(hinted.count("DynamoDB."), 4, "{hinted:?}");
 }
 
+/// A dynamic claim reads the execution's record, the runner and the tests
+/// its batch is cut from, and writes one transaction; a report that
+/// brings the next batch adds the same claim to the report's requests.
+/// Neither grows with the execution: the same requests for 50 tests and
+/// for 5,000 (twenty chunks of the stored test queue). The runner's
+/// `claimable` listing is one index query and one read of the items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_claim_costs_the_same_requests_whatever_the_executions_size() {
+    let d = Deployment::start().await;
+    let runner = d.register_with_slots("r", 2).await;
+    // Each function checks the runner's token once, then trusts it a while.
+    d.heartbeat(&runner).await;
+    let warm = format!("{BASE}/webhooks/parallel-execution/exe_none/shards/0");
+    d.http(
+        "ApiWebhooksFunction",
+        Routes::Webhooks,
+        "GET",
+        &warm,
+        Some(&runner.1),
+        None,
+    )
+    .await;
+    let mut costs = Vec::new();
+    for size in [50usize, 5_000] {
+        let tests: Vec<serde_json::Value> = (0..size)
+            .map(|i| json!({"name": format!("spec_{i:05}"), "duration_hint_ms": 1_000}))
+            .collect();
+        let (execution, _) = d
+            .queue(json!({"suite": "dyn", "tests": tests, "parallelism": 4,
+                "mode": "dynamic", "max_batch_tests": 1}))
+            .await;
+        let claims = format!("{BASE}/executions/{execution}/claims");
+        let claim = || {
+            d.http(
+                "ApiRunnerPollsFunction",
+                Routes::RunnerPolls,
+                "POST",
+                &claims,
+                Some(&runner.1),
+                Some(json!({})),
+            )
+        };
+        // The first claim of this size, far into the queue at 5,000: the
+        // batch of the middle chunks is cut from one read of its chunk.
+        let mark = d.meter.usage();
+        let (status, first) = claim().await;
+        assert_eq!(status, 200, "{first}");
+        let claimed = d.meter.usage().minus(&mark);
+        let batch = &first["assignment"];
+        assert_eq!(batch["tests"], json!(["spec_00000"]));
+        let path = format!("{BASE}/webhooks/parallel-execution/{execution}?next=true");
+        let mark = d.meter.usage();
+        let (status, reported) = d
+            .http(
+                "ApiWebhooksFunction",
+                Routes::Webhooks,
+                "POST",
+                &path,
+                Some(&runner.1),
+                Some(
+                    json!({"shard_index": batch["shard_index"], "lease_id": batch["lease_id"],
+                    "status": "passed", "results": {"passed": 1, "failed": 0, "skipped": 0}}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 200, "{reported}");
+        let with_next = d.meter.usage().minus(&mark);
+        assert_eq!(
+            reported["next"]["assignment"]["tests"],
+            json!(["spec_00001"])
+        );
+        costs.push((claimed.requests.clone(), with_next.requests.clone()));
+
+        assert_eq!(
+            claimed.count("DynamoDB.GetItem"),
+            2,
+            "execution, runner: {claimed:?}"
+        );
+        assert_eq!(
+            claimed.count("DynamoDB.BatchGetItem"),
+            1,
+            "the tests: {claimed:?}"
+        );
+        assert_eq!(
+            claimed.count("DynamoDB.TransactWriteItems"),
+            1,
+            "{claimed:?}"
+        );
+        assert_eq!(claimed.count("DynamoDB."), 4, "{claimed:?}");
+        // The report: its shard read and write; then the claim as above.
+        assert_eq!(with_next.count("DynamoDB.BatchGetItem"), 2, "{with_next:?}");
+        assert_eq!(
+            with_next.count("DynamoDB.TransactWriteItems"),
+            2,
+            "{with_next:?}"
+        );
+        assert_eq!(with_next.count("DynamoDB."), 6, "{with_next:?}");
+        assert_eq!(with_next.events, 1, "one ShardCompleted");
+    }
+    assert_eq!(
+        costs[0], costs[1],
+        "the same requests for 50 and 5,000 tests"
+    );
+    // The aggregator learns from the completion without folding the
+    // execution, which cannot finish while tests wait to be handed out.
+    let mark = d.meter.usage();
+    assert_eq!(d.run_aggregator().await, 2);
+    let folded = d.meter.usage().minus(&mark);
+    assert_eq!(
+        folded.count("DynamoDB.Query"),
+        0,
+        "no read of the batches: {folded:?}"
+    );
+    let listing = format!("{BASE}/runners/{}/claimable", runner.0);
+    let mark = d.meter.usage();
+    let (status, list) = d
+        .http(
+            "ApiRunnerPollsFunction",
+            Routes::RunnerPolls,
+            "GET",
+            &listing,
+            Some(&runner.1),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
+    let listed = d.meter.usage().minus(&mark);
+    assert_eq!(listed.count("DynamoDB.Query"), 1, "{listed:?}");
+    assert_eq!(
+        listed.count("DynamoDB."),
+        3,
+        "index, items, runner: {listed:?}"
+    );
+}
+
 /// A push-mode runner on the serverless stack: the scheduler sends a
 /// dispatch order to the dispatch queue, the dispatcher function reads the
 /// signing secret from Secrets Manager (under the stage's prefix the

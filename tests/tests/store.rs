@@ -32,7 +32,10 @@ async fn stored<B: Backend>(slots: u32, shards: u32) -> (B::Store, Runner, Execu
     let r = runner(slots);
     store.insert_runner(&r).await.unwrap();
     let (e, shards) = execution(shards);
-    store.create_execution(&e, &shards, None).await.unwrap();
+    store
+        .create_execution(&e, &shards, &[], None)
+        .await
+        .unwrap();
     (store, r, e, shards)
 }
 
@@ -123,7 +126,10 @@ async fn writes_from_a_stale_version_are_refused<B: Backend>() {
     assert!(store.update_runner(&r, 1).await.unwrap_err().is_conflict());
 
     let (mut e, shards) = execution(1);
-    store.create_execution(&e, &shards, None).await.unwrap();
+    store
+        .create_execution(&e, &shards, &[], None)
+        .await
+        .unwrap();
     e.cancel("test".into(), Timestamp(5)).unwrap();
     assert!(store
         .update_execution(&e, 7, None)
@@ -227,12 +233,12 @@ async fn an_idempotency_key_is_taken_once_while_it_lives<B: Backend>() {
     };
     let (a, sa) = execution(1);
     store
-        .create_execution(&a, &sa, Some(&record(&a)))
+        .create_execution(&a, &sa, &[], Some(&record(&a)))
         .await
         .unwrap();
     let (b, sb) = execution(1);
     assert!(store
-        .create_execution(&b, &sb, Some(&record(&b)))
+        .create_execution(&b, &sb, &[], Some(&record(&b)))
         .await
         .unwrap_err()
         .is_conflict());
@@ -372,7 +378,10 @@ async fn written_to(dir: &std::path::Path, shards: u32) -> (Runner, Execution, V
     let r = runner(4);
     store.insert_runner(&r).await.unwrap();
     let (e, shards) = execution(shards);
-    store.create_execution(&e, &shards, None).await.unwrap();
+    store
+        .create_execution(&e, &shards, &[], None)
+        .await
+        .unwrap();
     (r, e, shards)
 }
 

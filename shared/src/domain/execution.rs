@@ -214,7 +214,98 @@ pub struct Execution {
     /// reopened execution that finishes again is not counted twice.
     #[serde(default)]
     pub counted: bool,
+    /// Dynamic mode: where the next batch starts and what is known of the
+    /// runners taking them. Batches are cut when they are claimed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispenser: Option<Dispenser>,
+    /// Dynamic mode: batches waiting to be claimed again (lost by their
+    /// runner, or an automatic retry of failed tests), lowest index first.
+    /// Kept by the store from the shards' states, not written with the
+    /// record.
+    #[serde(skip)]
+    pub returned: Vec<u32>,
     pub version: u64,
+}
+
+/// A dynamic execution's claims: its tests are handed out in claim order
+/// (longest first) from `next` on, each batch sized when it is claimed
+/// ([`crate::scheduling::dynamic`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Dispenser {
+    /// Tests handed out so far: the next batch starts at this position.
+    pub next: u32,
+    /// Estimated work of the tests not handed out yet (ms; test counts
+    /// when none had a duration).
+    pub left_ms: u64,
+    /// Runners expected to claim (the queue call's parallelism).
+    pub runners: u32,
+    /// Whether the weights are durations (else test counts).
+    pub hinted: bool,
+    /// The most tests in one batch, if the queue call set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_tests: Option<u32>,
+    /// What a batch costs besides its tests (the claim's round trip,
+    /// starting the test process, collecting), as this execution's reports
+    /// measured it: smoothed over the batches reported so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overhead_ms: Option<u64>,
+    /// When each runner that claimed is expected to be free: its last
+    /// claim's time plus that batch's estimate. At most [`MAX_BUSY`], the
+    /// most recent.
+    #[serde(default)]
+    pub busy: Vec<Busy>,
+}
+
+/// Runners remembered in a dispenser: more than any execution's parallelism.
+pub const MAX_BUSY: usize = 128;
+
+/// A runner's expected free time, as its last claim left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Busy {
+    pub runner: crate::ids::RunnerId,
+    pub until: Timestamp,
+}
+
+impl Dispenser {
+    /// Tests of `total` not handed out yet.
+    pub fn undispensed(&self, total: u32) -> u32 {
+        total.saturating_sub(self.next)
+    }
+
+    /// Hands out `count` tests of `weight` to `runner`, claiming at `now`
+    /// and expected free at `until`.
+    pub fn hand_out(
+        &mut self,
+        count: u32,
+        weight: u64,
+        runner: &crate::ids::RunnerId,
+        until: Timestamp,
+    ) {
+        self.next += count;
+        self.left_ms = self.left_ms.saturating_sub(weight);
+        self.expect(runner, until);
+    }
+
+    /// Learns from one batch's overhead: the time from its claim to its
+    /// report less the time its tests took.
+    pub fn observe_overhead(&mut self, sample_ms: u64) {
+        self.overhead_ms = Some(match self.overhead_ms {
+            Some(known) => (3 * known + sample_ms).div_ceil(4),
+            None => sample_ms,
+        });
+    }
+
+    /// Remembers when `runner` is expected to be free.
+    pub fn expect(&mut self, runner: &crate::ids::RunnerId, until: Timestamp) {
+        self.busy.retain(|b| &b.runner != runner);
+        if self.busy.len() >= MAX_BUSY {
+            self.busy.remove(0);
+        }
+        self.busy.push(Busy {
+            runner: runner.clone(),
+            until,
+        });
+    }
 }
 
 impl Execution {
@@ -268,6 +359,36 @@ impl Execution {
             ExecutionStatus::Running => Ok(false),
             _ => Err(self.refuse(ExecutionStatus::Running)),
         }
+    }
+
+    /// A runner claimed a batch of this dynamic execution: the dispenser
+    /// as the claim left it (none for an execution whose batches were all
+    /// cut when it was queued), one more batch when it was cut now (not
+    /// taken back out), and running from the first claim on.
+    pub fn record_claim(
+        &mut self,
+        dispenser: Option<Dispenser>,
+        new_batch: bool,
+        now: Timestamp,
+    ) -> Result<()> {
+        if self.status.is_terminal() {
+            return Err(self.refuse(ExecutionStatus::Running));
+        }
+        if self.status == ExecutionStatus::Queued {
+            self.status = ExecutionStatus::Running;
+            self.started_at.get_or_insert(now);
+        }
+        self.dispenser = dispenser;
+        self.shard_count += u32::from(new_batch);
+        self.touch(now);
+        Ok(())
+    }
+
+    /// Tests of a dynamic execution not handed out to any runner yet.
+    pub fn undispensed(&self) -> u32 {
+        self.dispenser
+            .as_ref()
+            .map_or(0, |d| d.undispensed(self.test_count))
     }
 
     pub fn cancel(&mut self, reason: String, now: Timestamp) -> Result<()> {
@@ -380,7 +501,8 @@ impl Execution {
             }
             return changed;
         }
-        let (status, reason) = derive_status(self.status, shards, &totals, self.strict);
+        let waiting = self.undispensed() > 0;
+        let (status, reason) = derive_status(self.status, shards, waiting, &totals, self.strict);
         if status == self.status
             && reason == self.status_reason
             && (!status.is_terminal() || totals == self.totals)
@@ -451,15 +573,17 @@ fn fold_totals(shards: &[Shard]) -> Totals {
 
 /// No silent pass: an execution is `passed` only when every shard passed and
 /// it reported at least one test; one whose every test was skipped passes,
-/// as the test tool's own run would, and says so in its reason.
+/// as the test tool's own run would, and says so in its reason. Tests not
+/// handed out yet (`waiting`, dynamic mode) keep it open like open shards.
 fn derive_status(
     current: ExecutionStatus,
     shards: &[Shard],
+    waiting: bool,
     totals: &Totals,
     strict: bool,
 ) -> (ExecutionStatus, Option<String>) {
     let open = shards.iter().filter(|s| !s.status.is_terminal()).count();
-    if open > 0 {
+    if open > 0 || waiting {
         let started = current != ExecutionStatus::Queued || shards.iter().any(|s| s.attempt > 0);
         let status = if started {
             ExecutionStatus::Running

@@ -21,8 +21,8 @@ pub use allocation::Allocation;
 pub use bounded::Bounded;
 pub use dispatch::{AllowedHosts, DispatchTarget, SecretName, SECRET_ENV_PREFIX};
 pub use execution::{
-    CiMetadata, Execution, ExecutionStatus, Mode, Requirements, RetryPolicy, TestSpec, TestType,
-    Totals,
+    Busy, CiMetadata, Dispenser, Execution, ExecutionStatus, Mode, Requirements, RetryPolicy,
+    TestSpec, TestType, Totals,
 };
 pub use health::{HealthRecord, Usage, Violation};
 pub use metrics::{Metrics, Rollup};

@@ -9,9 +9,9 @@ use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId};
 use crate::ports::{ExecutionFilter, Ports};
 use crate::usecases::{
-    Assignment, ClaimOutcome, DurationsFile, FlakyTests, ImportedTimings, JunitReport,
-    NewExecution, NewRule, NewRunner, NewToken, ReportOutcome, ReportStatus, ShardReport,
-    SystemHealth, Utilization,
+    Assignment, ClaimOutcome, ClaimablePage, DurationsFile, FlakyTests, ImportedTimings,
+    JunitReport, NewExecution, NewRule, NewRunner, NewToken, ReportOutcome, ReportStatus,
+    ShardReport, SystemHealth, Utilization, MAX_CLAIMABLE_PAGE,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -142,9 +142,9 @@ pub async fn get_runner<P: Ports>(
 
 /// A runner claims the next batch of a dynamic execution (runner token
 /// only). Nothing left to claim gives `assignment: null`; `finished` says
-/// the execution is over, `held_batches` that others still hold work that
-/// may come back. A claim that loses a race for a batch takes the next:
-/// never a 409.
+/// the execution is over, `queued_tests` what still waits for a claim
+/// (work other runners hold may come back). A claim that loses a race
+/// reads again and takes the next batch: never a 409.
 #[utoipa::path(post, path = "/executions/{id}/claims", tag = "runners",
     responses((status = 200, body = ClaimOutcome),
         (status = 403, body = super::Problem, description = "not a runner's token"),
@@ -164,23 +164,36 @@ pub async fn claim_batch<P: Ports>(
 }
 
 /// The dynamic executions this runner may claim batches of (its own token
-/// only): where an agent with a free slot goes next.
-#[utoipa::path(get, path = "/runners/{id}/claimable", tag = "runners",
-    responses((status = 200, body = ClaimableList)), security(("bearer" = [])))]
+/// only), highest priority first, then oldest: where an agent with a free
+/// slot goes next. Paged: a page may hold fewer than `limit` (even none)
+/// while `next_cursor` is given, since executions the runner does not fit
+/// are passed over.
+#[utoipa::path(get, path = "/runners/{id}/claimable", tag = "runners", params(PageQuery),
+    responses((status = 200, body = ClaimablePage),
+        (status = 403, body = super::Problem, description = "not this runner's token"),
+        (status = 404, body = super::Problem, description = "no such runner"),
+        (status = 422, body = super::Problem, description = "a cursor not of this listing, or a limit out of range")),
+    security(("bearer" = [])))]
 pub async fn claimable<P: Ports>(
     State(app): State<AppState<P>>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-) -> Result<Json<ClaimableList>> {
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Json<ClaimablePage>> {
     let id = RunnerId::parse(&id)?;
     if caller != Principal::Runner(id.clone()) {
         return Err(Error::Forbidden(
             "list claimable work for a runner other than the token's own",
         ));
     }
-    Ok(Json(ClaimableList {
-        items: app.claimable(&id).await?,
-    }))
+    let limit = q.limit.unwrap_or(MAX_CLAIMABLE_PAGE);
+    if !(1..=MAX_CLAIMABLE_PAGE).contains(&limit) {
+        return Err(Error::validation(
+            "limit",
+            format!("must be between 1 and {MAX_CLAIMABLE_PAGE}"),
+        ));
+    }
+    Ok(Json(app.claimable(&id, q.cursor.as_deref(), limit).await?))
 }
 
 #[utoipa::path(post, path = "/runners/{id}/heartbeat", tag = "runners", request_body = HeartbeatBody,
@@ -517,6 +530,9 @@ pub struct WebhookQuery {
     /// instead of matching it to the shard's tests under every convention.
     #[param(inline)]
     pub names: Option<crate::junit::NameFormat>,
+    /// A runner's final report on a dynamic batch: claim its next batch of
+    /// the same execution too; the answer carries it as `next`.
+    pub next: Option<bool>,
 }
 
 /// Whether the body is XML by its `Content-Type`.
@@ -563,7 +579,11 @@ pub async fn shard_webhook<P: Ports>(
             utf8(&body)?,
             q.names,
         )?;
-        return Ok(Json(app.report_junit(&caller, &id, report).await?));
+        let mut outcome = app.report_junit(&caller, &id, report).await?;
+        if q.next == Some(true) {
+            outcome.next = app.next_batch_after(&caller, &id, &outcome).await;
+        }
+        return Ok(Json(outcome));
     }
     let report = {
         if q.shard_index.is_some()
@@ -578,7 +598,11 @@ pub async fn shard_webhook<P: Ports>(
         }
         parse_json(&body)?
     };
-    Ok(Json(app.report_shard(&caller, &id, report).await?))
+    let mut outcome = app.report_shard(&caller, &id, report).await?;
+    if q.next == Some(true) {
+        outcome.next = app.next_batch_after(&caller, &id, &outcome).await;
+    }
+    Ok(Json(outcome))
 }
 
 /// The execution id and shard index of a `…/{id}/shards/{index}` path; an

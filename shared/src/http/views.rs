@@ -284,11 +284,6 @@ pub struct AlertRuleList {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ClaimableList {
-    pub items: Vec<crate::usecases::Claimable>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct HeartbeatView {
     pub assignments: Vec<crate::usecases::Assignment>,
     pub heartbeat_interval_seconds: u64,

@@ -5,6 +5,7 @@
 //! and shard planning (splitting tests into balanced shards).
 
 pub mod capacity;
+pub mod dynamic;
 pub mod planner;
 pub mod queue;
 pub mod reach;
@@ -14,4 +15,4 @@ pub mod strategy;
 pub use capacity::FreeCapacity;
 pub use planner::{claim_order, may_claim, may_join, plan, PlannedAssignment, SchedulingPass};
 pub use reach::unrunnable_reason;
-pub use sharding::{plan_batches, split_tests, PlannedShard, MAX_BATCHES};
+pub use sharding::{split_tests, PlannedShard};

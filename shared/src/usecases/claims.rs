@@ -8,13 +8,28 @@
 //!   (Knapsack's queue mode, sorry-cypress), each claim a lease that
 //!   heartbeats extend and the timeout sweep reclaims.
 
+/// Most claimable executions on one page.
+pub const MAX_CLAIMABLE_PAGE: u32 = 100;
+
+/// Tests of a dynamic execution waiting to be claimed: not handed out yet,
+/// or in a batch waiting to be claimed again (counted as one test each when
+/// only the batch is known).
+fn waiting_tests(e: &crate::domain::Execution) -> u32 {
+    let fresh = e
+        .dispenser
+        .as_ref()
+        .map_or(0, |d| d.undispensed(e.test_count));
+    fresh + e.returned.len() as u32
+}
+
 use super::{retry_on_conflict, Assignment, Orchestrator};
 use crate::auth::Principal;
-use crate::domain::{Allocation, Mode, ShardStatus};
+use crate::domain::{Allocation, Mode, Shard, ShardStatus};
 use crate::error::{Error, Result};
 use crate::ids::{ExecutionId, LeaseId, RunnerId};
-use crate::ports::{AssignmentWrite, Ports, Store};
-use crate::scheduling::{claim_order, may_claim, may_join};
+use crate::ports::{ClaimWrite, Ports, Store};
+use crate::scheduling::dynamic::{batch_len, batch_target, busy_until};
+use crate::scheduling::{may_claim, may_join};
 use crate::time::Clock;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -69,24 +84,15 @@ impl<P: Ports> Orchestrator<P> {
 /// The answer to a runner's claim on a dynamic execution.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ClaimOutcome {
-    /// The batch to run now, or none: nothing is left to claim.
+    /// The batch to run now, or none: nothing is left to claim now.
     pub assignment: Option<Assignment>,
-    /// Batches waiting to be claimed after this one.
-    pub queued_batches: u32,
-    /// Batches other runners hold now. A runner that got nothing while some
-    /// are held may claim again later: a lost one comes back to the queue.
-    pub held_batches: u32,
+    /// Tests waiting to be claimed after this batch: those not handed out
+    /// yet and those of batches waiting to be claimed again. A runner that
+    /// got nothing while batches are held elsewhere may claim again later:
+    /// a lost one comes back.
+    pub queued_tests: u32,
     /// True when the execution is finished: stop claiming.
     pub finished: bool,
-}
-
-/// What one read's claims came to.
-enum Claimed {
-    /// A batch, or none left to claim: the answer.
-    Done(ClaimOutcome),
-    /// Others took what this read saw (or the runner or execution changed
-    /// under it): worth reading again.
-    Raced(ClaimOutcome),
 }
 
 /// A dynamic execution a runner may claim batches of.
@@ -98,105 +104,170 @@ pub struct Claimable {
     pub priority: i32,
 }
 
+/// One page of [`Claimable`] executions.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct ClaimablePage {
+    pub items: Vec<Claimable>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// Tests read at a time when a batch is cut: a batch that needs more reads
+/// again from where the last read ended.
+const TESTS_PER_READ: u32 = 256;
+
 impl<P: Ports> Orchestrator<P> {
     /// The unfinished dynamic executions whose labels, type and size the
     /// runner fits, highest priority first, then oldest: where an agent
     /// with a free slot goes claiming. A runner that is not active gets
-    /// none. Looks at the `sweep_batch` unfinished executions nearest their
-    /// deadline, as the timeout sweep does.
-    pub async fn claimable(&self, runner_id: &RunnerId) -> Result<Vec<Claimable>> {
+    /// none. Paged: `cursor` is a previous page's `next_cursor`; a page
+    /// holds at most `limit` executions and may hold fewer (even none)
+    /// while a next cursor remains, since the executions the runner does
+    /// not fit are read and passed over.
+    pub async fn claimable(
+        &self,
+        runner_id: &RunnerId,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<ClaimablePage> {
         let runner = self
             .store
             .get_runner(runner_id)
             .await?
             .ok_or_else(|| Error::not_found(crate::Entity::Runner, runner_id))?;
-        if runner.runner.status != crate::domain::RunnerStatus::Active {
-            return Ok(Vec::new());
+        if cursor.is_some_and(|c| crate::ports::cursors::parse_by_priority(c).is_none()) {
+            return Err(Error::validation("cursor", "not a cursor of this listing"));
         }
-        let mut found: Vec<_> = self
+        if runner.runner.status != crate::domain::RunnerStatus::Active {
+            return Ok(ClaimablePage {
+                items: Vec::new(),
+                next_cursor: None,
+            });
+        }
+        let page = self
             .store
-            .active_executions(self.config.sweep_batch)
-            .await?
-            .into_iter()
-            .filter(|e| e.mode == Mode::Dynamic && !e.status.is_terminal())
-            .filter(|e| may_join(&runner, e))
-            .collect();
-        found.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.created_at.cmp(&b.created_at))
-        });
-        Ok(found
-            .into_iter()
-            .map(|e| Claimable {
-                execution_id: e.id,
-                suite: e.suite,
-                priority: e.priority,
-            })
-            .collect())
+            .dynamic_executions(cursor, limit.clamp(1, MAX_CLAIMABLE_PAGE))
+            .await?;
+        Ok(ClaimablePage {
+            items: page
+                .items
+                .into_iter()
+                .filter(|e| e.mode == Mode::Dynamic && !e.status.is_terminal())
+                .filter(|e| may_join(&runner, e))
+                .map(|e| Claimable {
+                    execution_id: e.id,
+                    suite: e.suite,
+                    priority: e.priority,
+                })
+                .collect(),
+            next_cursor: page.next_cursor,
+        })
     }
 
-    /// A runner claims the next batch of a dynamic execution: the first in
-    /// claim order (longest tests first, batches shrinking) that did not
-    /// slip from this runner before. The claim is a lease like any
-    /// assignment, taken in one conditional step with the runner's capacity;
-    /// heartbeats extend it, and when it lapses the timeout sweep hands the
-    /// batch to the queue again.
+    /// A runner claims the next batch of a dynamic execution. A batch lost
+    /// by its runner (or an automatic retry of failed tests) goes out again
+    /// first, to a runner that did not lose it when one can take it;
+    /// otherwise the batch is cut now from the tests not yet handed out,
+    /// sized from the work left and the other runners' expected free times
+    /// ([`crate::scheduling::dynamic`]). The claim is a lease like any
+    /// assignment, taken in one conditional step with the runner's
+    /// capacity and the execution's record; heartbeats extend it, and when
+    /// it lapses the timeout sweep hands the batch to the queue again.
     ///
-    /// Claimers race for the same next batch. One that loses it (the batch
-    /// changed since it was read) takes the next one read, without reading
-    /// again; when every batch it read went to others, it reads again. Each
-    /// lost race is another claimer's win, so this ends: with a batch, or
-    /// with none left to claim. A lost race is never the answer.
+    /// What a claim reads does not grow with the execution: its record, the
+    /// runner and the tests the batch is cut from. Claimers that race all
+    /// change the execution's record, so one wins and the others read again
+    /// and cut the next batch; each lost race is another claimer's win, so
+    /// this ends, and a lost race is never the answer.
     pub async fn claim_batch(
         &self,
         runner_id: &RunnerId,
         id: &ExecutionId,
     ) -> Result<ClaimOutcome> {
-        // A read is repeated only when others took every batch it saw, or
-        // the runner's load or the execution changed under the claim;
-        // bounded all the same.
-        const MAX_READS: u32 = 64;
-        for _ in 1..MAX_READS {
-            if let Claimed::Done(outcome) = self.claim_from_one_read(runner_id, id).await? {
-                return Ok(outcome);
-            }
-        }
-        // Still racing at the last read: nothing claimed this time, and
-        // the counts say batches remain.
-        match self.claim_from_one_read(runner_id, id).await? {
-            Claimed::Done(outcome) | Claimed::Raced(outcome) => Ok(outcome),
-        }
+        self.claim_measured(runner_id, id, None).await
     }
 
-    /// One read of the execution, and a claim of each batch it shows in
-    /// claim order until one is taken.
-    async fn claim_from_one_read(&self, runner_id: &RunnerId, id: &ExecutionId) -> Result<Claimed> {
+    /// [`Self::claim_batch`], learning from `overhead_ms` what a batch of
+    /// the execution costs besides its tests (measured by the report of
+    /// the runner's last batch).
+    pub(crate) async fn claim_measured(
+        &self,
+        runner_id: &RunnerId,
+        id: &ExecutionId,
+        overhead_ms: Option<u64>,
+    ) -> Result<ClaimOutcome> {
+        // Bounded all the same; past it the answer is "nothing this time".
+        const MAX_TRIES: u32 = 64;
+        let mut last = None;
+        for _ in 0..MAX_TRIES {
+            match self.try_claim(runner_id, id, overhead_ms).await {
+                Err(e) if e.is_conflict() => last = Some(e),
+                other => return other,
+            }
+        }
+        tracing::warn!(error = ?last, execution = %id, "a claim kept losing races");
+        let execution = self
+            .store
+            .get_execution(id)
+            .await?
+            .ok_or_else(|| Error::not_found(crate::Entity::Execution, id))?;
+        Ok(ClaimOutcome {
+            assignment: None,
+            queued_tests: waiting_tests(&execution),
+            finished: execution.status.is_terminal(),
+        })
+    }
+
+    /// One read of the execution and one conditional claim.
+    async fn try_claim(
+        &self,
+        runner_id: &RunnerId,
+        id: &ExecutionId,
+        overhead_ms: Option<u64>,
+    ) -> Result<ClaimOutcome> {
         let now = self.clock.now();
-        let (execution, shards) = self.load(id).await?;
+        let mut execution = self
+            .store
+            .get_execution(id)
+            .await?
+            .ok_or_else(|| Error::not_found(crate::Entity::Execution, id))?;
         if execution.mode != Mode::Dynamic {
             return Err(Error::validation(
                 "mode",
                 "only a dynamic execution's batches are claimed by runners",
             ));
         }
-        let count = |f: &dyn Fn(&crate::domain::Shard) -> bool| {
-            shards.iter().filter(|s| f(s)).count() as u32
-        };
-        let queued = count(&|s| s.status == ShardStatus::Queued);
-        let held = count(&|s| s.status.is_in_flight());
-        let nothing = |finished| ClaimOutcome {
+        let nothing = |e: &crate::domain::Execution| ClaimOutcome {
             assignment: None,
-            queued_batches: queued,
-            held_batches: held,
-            finished,
+            queued_tests: waiting_tests(e),
+            finished: e.status.is_terminal(),
         };
-        if execution.status.is_terminal() {
-            return Ok(Claimed::Done(nothing(true)));
+        // Queued before batches were cut at claim time: all its batches
+        // were cut then, and are found among its shards.
+        let legacy = execution.dispenser.is_none();
+        if legacy && execution.returned.is_empty() && !execution.status.is_terminal() {
+            let (_, shards) = self.load(id).await?;
+            execution.returned = shards
+                .iter()
+                .filter(|s| s.status == ShardStatus::Queued)
+                .map(|s| s.index)
+                .collect();
         }
-        let batches = claim_order(&shards, runner_id);
-        if batches.is_empty() {
-            return Ok(Claimed::Done(nothing(false)));
+        let mut dispenser = execution
+            .dispenser
+            .clone()
+            .unwrap_or(crate::domain::Dispenser {
+                next: execution.test_count,
+                runners: 1,
+                hinted: true,
+                ..Default::default()
+            });
+        if let Some(sample) = overhead_ms {
+            dispenser.observe_overhead(sample);
+        }
+        let fresh = dispenser.undispensed(execution.test_count);
+        if execution.status.is_terminal() || (fresh == 0 && execution.returned.is_empty()) {
+            return Ok(nothing(&execution));
         }
         let runner = self
             .store
@@ -206,49 +277,132 @@ impl<P: Ports> Orchestrator<P> {
         may_claim(&runner, &execution).map_err(|why| Error::validation("runner", why))?;
         let cap = now.plus_secs(execution.shard_timeout_seconds);
         let deadline = now.plus_ms(self.config.silence_limit_ms()).min(cap);
-        for (taken, batch) in batches.into_iter().enumerate() {
-            let lease = LeaseId::generate();
-            let mut shard = batch.clone();
-            let version = shard.version;
-            shard.assign(runner_id.clone(), lease.clone(), now, deadline)?;
-            shard.max_deadline = Some(cap);
-            let write = AssignmentWrite {
-                runner_capacity: runner.runner.capacity,
-                allocation: Allocation {
-                    runner_id: runner_id.clone(),
-                    execution_id: id.clone(),
-                    shard_index: shard.index,
-                    lease_id: lease,
-                    resources: execution.requirements.per_shard(),
-                    allocated_at: now,
-                },
-                shard,
-                expected_shard_version: version,
-                cursor: None,
-                now,
-            };
-            let assignment = Assignment::of(write.shard.clone());
-            match self.store.assign(write).await {
-                Ok(()) => {
-                    return Ok(Claimed::Done(ClaimOutcome {
-                        assignment,
-                        // The batches lost to others are gone too.
-                        queued_batches: queued.saturating_sub(taken as u32 + 1),
-                        held_batches: held + taken as u32,
-                        finished: false,
-                    }));
-                }
-                // Another claimer took it: the next one.
-                Err(Error::Conflict {
-                    entity: crate::Entity::Shard,
-                    ..
-                }) => continue,
-                // The runner's load or the execution changed: read again.
-                Err(e) if e.is_conflict() => return Ok(Claimed::Raced(nothing(false))),
-                Err(e) => return Err(e),
+        let lease = LeaseId::generate();
+        let (mut shard, expected_shard_version) = match self
+            .returned_batch(&execution, runner_id, fresh > 0)
+            .await?
+        {
+            Some(back) => {
+                let version = back.version;
+                let until = busy_until(now, back.estimated_ms.unwrap_or(0), dispenser.hinted);
+                dispenser.expect(runner_id, until);
+                (back, Some(version))
+            }
+            None => {
+                let target = batch_target(
+                    &dispenser,
+                    runner_id,
+                    now,
+                    self.config.dynamic_batch_overhead_ms,
+                    self.config.silence_limit_ms(),
+                );
+                let (tests, weight) = self.cut(id, dispenser.next, target, &dispenser).await?;
+                let until = busy_until(now, weight, dispenser.hinted);
+                dispenser.hand_out(tests.len() as u32, weight, runner_id, until);
+                let mut batch = Shard::new(
+                    id.clone(),
+                    &execution.suite,
+                    execution.shard_count,
+                    tests,
+                    dispenser.hinted.then_some(weight),
+                );
+                batch.mode = Mode::Dynamic;
+                (batch, None)
+            }
+        };
+        shard.assign(runner_id.clone(), lease.clone(), now, deadline)?;
+        shard.max_deadline = Some(cap);
+        let expected_execution_version = execution.version;
+        execution.record_claim(
+            (!legacy).then_some(dispenser),
+            expected_shard_version.is_none(),
+            now,
+        )?;
+        let write = ClaimWrite {
+            runner_capacity: runner.runner.capacity,
+            allocation: Allocation {
+                runner_id: runner_id.clone(),
+                execution_id: id.clone(),
+                shard_index: shard.index,
+                lease_id: lease,
+                resources: execution.requirements.per_shard(),
+                allocated_at: now,
+            },
+            shard,
+            expected_shard_version,
+            expected_execution_version,
+            execution,
+            now,
+        };
+        let assignment = Assignment::of(write.shard.clone());
+        // The batch taken back out is no longer waiting.
+        let queued_tests =
+            waiting_tests(&write.execution) - u32::from(write.expected_shard_version.is_some());
+        self.store.claim(write).await?;
+        Ok(ClaimOutcome {
+            assignment,
+            queued_tests,
+            finished: false,
+        })
+    }
+
+    /// The batch waiting to be claimed again that this claim takes: the
+    /// first one this runner did not lose, or, when no fresh tests are
+    /// left, the first one at all (avoiding a runner is a preference,
+    /// better than leaving a batch).
+    async fn returned_batch(
+        &self,
+        execution: &crate::domain::Execution,
+        runner: &RunnerId,
+        fresh_left: bool,
+    ) -> Result<Option<Shard>> {
+        let mut first = None;
+        for &index in &execution.returned {
+            let (_, shard) = self.load_shard(&execution.id, index).await?;
+            if shard.status != ShardStatus::Queued {
+                // Claimed meanwhile: the claim's condition would fail.
+                return Err(Error::conflict(
+                    crate::Entity::Shard,
+                    format!("{}#{index}", execution.id),
+                ));
+            }
+            if !shard.avoid_runners.contains(runner) {
+                return Ok(Some(shard));
+            }
+            first.get_or_insert(shard);
+        }
+        Ok(if fresh_left { None } else { first })
+    }
+
+    /// The tests of the next batch, cut from position `from` up to `target`
+    /// ms of expected work, and their weight. Reads only as far as the
+    /// batch may reach.
+    async fn cut(
+        &self,
+        id: &ExecutionId,
+        from: u32,
+        target: u64,
+        dispenser: &crate::domain::Dispenser,
+    ) -> Result<(Vec<String>, u64)> {
+        let cap = dispenser.max_batch_tests.map_or(u32::MAX, |m| m.max(1));
+        let mut read: Vec<crate::domain::TestSpec> = Vec::new();
+        let mut weight = 0u64;
+        loop {
+            let at = from + read.len() as u32;
+            let page = self.store.queued_tests(id, at, TESTS_PER_READ).await?;
+            let end = (page.len() as u32) < TESTS_PER_READ;
+            weight += page
+                .iter()
+                .map(|t| t.duration_hint_ms.unwrap_or(1))
+                .sum::<u64>();
+            read.extend(page);
+            if end || weight >= target || read.len() as u32 >= cap {
+                break;
             }
         }
-        Ok(Claimed::Raced(nothing(false)))
+        let (count, weight) = batch_len(&read, target, dispenser.max_batch_tests);
+        read.truncate(count);
+        Ok((read.into_iter().map(|t| t.name).collect(), weight))
     }
 
     /// Extends the leases of the dynamic batches a heartbeating runner

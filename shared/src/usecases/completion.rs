@@ -44,6 +44,16 @@ pub struct ReportOutcome {
     pub shard_status: ShardStatus,
     /// True when this exact report had already been applied.
     pub duplicate: bool,
+    /// Asked for with `?next=true` by the runner that ran a dynamic batch:
+    /// its claim of the next batch of the same execution, made with the
+    /// report (one round trip a batch instead of two). Absent when not
+    /// asked for, or when the runner may not claim now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<super::ClaimOutcome>,
+    /// What the batch cost besides its tests: from its claim to this
+    /// report, less the time its tests took (with per-test results).
+    #[serde(skip)]
+    pub(crate) overhead_ms: Option<u64>,
 }
 
 const MAX_RESULTS: usize = 20_000;
@@ -252,6 +262,8 @@ type Folded = (Execution, Vec<crate::domain::Shard>);
 struct Finished {
     /// The shard, if it failed (its failed tests may be retried).
     failed: Option<crate::domain::Shard>,
+    /// The execution still had tests to hand out (dynamic mode).
+    tests_waiting: bool,
 }
 
 impl<P: Ports> Orchestrator<P> {
@@ -389,16 +401,26 @@ impl<P: Ports> Orchestrator<P> {
                     .collect();
                 self.store.put_results(id, &stored).await?;
             }
+            let overhead_ms = match (&report.results, shard.assigned_at) {
+                (Some(r), Some(claimed)) if finished && !r.tests.is_empty() => {
+                    let ran: u64 = r.tests.iter().map(|t| t.duration_ms).sum();
+                    Some((now.since(claimed).max(0) as u64).saturating_sub(ran))
+                }
+                _ => None,
+            };
             let outcome = ReportOutcome {
                 shard_index: shard.index,
                 shard_status: shard.status,
                 duplicate: applied == Applied::Duplicate,
+                next: None,
+                overhead_ms,
             };
             // What the steps after the write need of a finished shard (the
             // whole shard only to retry its failed tests): the write takes
             // the shard itself, a copy of which was a share of every report.
             let after = finished.then(|| Finished {
                 failed: (shard.status == ShardStatus::Failed).then(|| shard.clone()),
+                tests_waiting: execution.undispensed() > 0,
             });
             if applied == Applied::Changed {
                 let released = held.filter(|_| finished);
@@ -409,6 +431,7 @@ impl<P: Ports> Orchestrator<P> {
         })
         .await?;
         let results = ready.into_inner().and_then(|p| p.report.results);
+        let waiting = finished.as_ref().is_some_and(|f| f.tests_waiting);
         let finished = match finished {
             Some(after) => {
                 if let Some(results) = &results {
@@ -430,6 +453,7 @@ impl<P: Ports> Orchestrator<P> {
                 shard_index: outcome.shard_index,
                 lease_id: Some(lease.clone()),
                 status: outcome.shard_status.as_str().to_owned(),
+                tests_waiting: waiting,
             };
             // The store already holds the result; a lost event only delays the
             // fold until the timeout sweep re-aggregates open executions.
@@ -439,6 +463,34 @@ impl<P: Ports> Orchestrator<P> {
             self.nudges.schedule().await;
         }
         Ok(outcome)
+    }
+
+    /// The runner's next batch of the same dynamic execution, claimed right
+    /// after its report of the last one finished it: the report's answer
+    /// carries it, so a batch costs one round trip. The report measured
+    /// what a batch costs besides its tests, which sizes the batches of
+    /// the execution's tail. `None` when the caller is not a runner, the
+    /// shard is not finished, or the runner may not claim now (paused, not
+    /// a dynamic execution): it then claims as usual.
+    pub async fn next_batch_after(
+        &self,
+        caller: &Principal,
+        id: &ExecutionId,
+        report: &ReportOutcome,
+    ) -> Option<super::ClaimOutcome> {
+        let Principal::Runner(runner) = caller else {
+            return None;
+        };
+        if !report.shard_status.is_terminal() {
+            return None;
+        }
+        match self.claim_measured(runner, id, report.overhead_ms).await {
+            Ok(next) => Some(next),
+            Err(e) => {
+                tracing::debug!(error = %e, execution = %id, "no next batch with the report");
+                None
+            }
+        }
     }
 
     /// Runs a failed shard's failed tests again on another runner, if the
@@ -565,6 +617,20 @@ impl<P: Ports> Orchestrator<P> {
         .await
     }
 
+    /// A completion of a dynamic execution that still had tests to hand
+    /// out when its shard finished: the execution cannot finish by it
+    /// (its totals are derived whenever it is read), so only the run's
+    /// timings are learned, from its shard alone. A completion then costs
+    /// the same however many batches the execution has; the completions
+    /// after the last test went out fold it, and the timeout sweep is the
+    /// backstop as for any lost event.
+    async fn learn_only(&self, id: &ExecutionId, index: u32, lease: &LeaseId) -> Result<()> {
+        let (execution, shard) = self.load_shard(id, index).await?;
+        self.learn_timings(&execution, std::slice::from_ref(&shard), index, lease)
+            .await;
+        Ok(())
+    }
+
     /// Handles a batch of events (an SQS batch on AWS, a channel drain
     /// locally). Events about the same execution are folded once, since the
     /// fold reads the shards anyway; each completion's timings are learned
@@ -577,8 +643,13 @@ impl<P: Ports> Orchestrator<P> {
                 execution_id,
                 shard_index,
                 lease_id,
+                tests_waiting,
                 ..
             } = event;
+            if let (true, Some(lease)) = (tests_waiting, lease_id) {
+                results.push(self.learn_only(execution_id, *shard_index, lease).await);
+                continue;
+            }
             let known = folded.iter().position(|(id, _)| id == execution_id);
             let at = match known {
                 Some(at) => at,
@@ -616,8 +687,12 @@ impl<P: Ports> Orchestrator<P> {
             execution_id,
             shard_index,
             lease_id,
+            tests_waiting,
             ..
         } = event;
+        if let (true, Some(lease)) = (tests_waiting, lease_id) {
+            return self.learn_only(execution_id, *shard_index, lease).await;
+        }
         let (execution, shards) = self.fold(execution_id).await?;
         if let Some(lease) = lease_id {
             self.learn_timings(&execution, &shards, *shard_index, lease)

@@ -5,13 +5,13 @@ use super::{retry_on_conflict, Orchestrator};
 use crate::auth;
 use crate::domain::shard::Released;
 use crate::domain::{
-    Bounded, CiMetadata, Execution, ExecutionStatus, Mode, Requirements, RetryPolicy, RunnerType,
-    Shard, ShardStatus, TestSpec, TestType, Totals,
+    Bounded, CiMetadata, Dispenser, Execution, ExecutionStatus, Mode, Requirements, RetryPolicy,
+    RunnerType, Shard, ShardStatus, TestSpec, TestType, Totals,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::ExecutionId;
 use crate::ports::{ExecutionFilter, IdempotencyRecord, Nudges, Page, Ports, Store};
-use crate::scheduling::{plan_batches, split_tests};
+use crate::scheduling::split_tests;
 use crate::time::Clock;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -144,6 +144,11 @@ pub struct NewExecution {
     /// expected.
     #[serde(default)]
     pub mode: Mode,
+    /// `dynamic` only: the most tests one batch may hold (1 runs each test
+    /// in a batch of its own, as tools that start a process per spec
+    /// want). Default: batches are sized by expected work alone.
+    #[schema(minimum = 1, maximum = 20000)]
+    pub max_batch_tests: Option<u32>,
     /// Automatic retries of failed tests on another runner (default: the
     /// matching load-balancing rule's, else none).
     pub retries: Option<RetryPolicy>,
@@ -190,6 +195,9 @@ impl NewExecution {
         }
         work.update(self.parallelism.to_be_bytes());
         work.update([self.mode as u8]);
+        if let Some(max) = self.max_batch_tests {
+            work.update(max.to_be_bytes());
+        }
         Some((key, hex::encode(work.finalize())))
     }
 }
@@ -288,14 +296,15 @@ impl<P: Ports> Orchestrator<P> {
         }
     }
 
-    /// Builds the execution and its shards; tests without a hint take the
-    /// `learned` estimate when there is one (and the median of the others
-    /// when not, see [`split_tests`]).
+    /// Builds the execution and its shards (a dynamic execution: its tests
+    /// in claim order, cut into batches as runners claim); tests without a
+    /// hint take the `learned` estimate when there is one (and the median
+    /// of the others when not, see [`split_tests`]).
     fn build_execution(
         &self,
         new: NewExecution,
         learned: &HashMap<String, u64>,
-    ) -> Result<(Execution, Vec<Shard>)> {
+    ) -> Result<(Execution, Vec<Shard>, Vec<TestSpec>)> {
         let cfg = &self.config;
         check_len("suite", &new.suite, 256)?;
         if let Some(r) = &new.retries {
@@ -321,6 +330,21 @@ impl<P: Ports> Orchestrator<P> {
                 "tests",
                 "at least one test is needed: name the tests, files or globs to run",
             ));
+        }
+        match new.max_batch_tests {
+            Some(_) if new.mode != Mode::Dynamic => {
+                return Err(Error::validation(
+                    "max_batch_tests",
+                    "only a dynamic execution's batches are cut by runners' claims",
+                ))
+            }
+            Some(max) if max == 0 || max as usize > cfg.max_tests => {
+                return Err(Error::validation(
+                    "max_batch_tests",
+                    format!("must be between 1 and {}", cfg.max_tests),
+                ))
+            }
+            _ => {}
         }
         let priority = new.priority.unwrap_or(cfg.default_priority);
         if !(0..=100).contains(&priority) {
@@ -392,16 +416,26 @@ impl<P: Ports> Orchestrator<P> {
         let id = ExecutionId::generate();
         let suite = new.suite.trim().to_owned();
         // Static and by_index: one shard per runner or job, balanced by
-        // time. Dynamic: many batches, shrinking, claimed in order;
-        // `parallelism` is how many runners are expected to claim.
-        let plan = match new.mode {
-            Mode::Dynamic => plan_batches(
-                &tests,
-                new.parallelism,
-                crate::scheduling::MAX_BATCHES,
-                cfg.dynamic_min_batch_ms,
-            ),
-            Mode::Static | Mode::ByIndex => split_tests(&tests, new.parallelism),
+        // time. Dynamic: the tests in claim order (longest first), cut into
+        // batches when runners claim; `parallelism` is how many runners are
+        // expected to claim.
+        let (plan, queue, dispenser) = match new.mode {
+            Mode::Dynamic => {
+                let (hinted, queue) = crate::scheduling::dynamic::claim_order(&tests);
+                let dispenser = Dispenser {
+                    next: 0,
+                    left_ms: queue.iter().filter_map(|t| t.duration_hint_ms).sum(),
+                    runners: new.parallelism,
+                    hinted,
+                    max_batch_tests: new.max_batch_tests,
+                    overhead_ms: None,
+                    busy: Vec::new(),
+                };
+                (Vec::new(), queue, Some(dispenser))
+            }
+            Mode::Static | Mode::ByIndex => {
+                (split_tests(&tests, new.parallelism), Vec::new(), None)
+            }
         };
         let shards: Vec<Shard> = plan
             .into_iter()
@@ -439,9 +473,11 @@ impl<P: Ports> Orchestrator<P> {
             totals: Totals::default(),
             webhook_token_hashes: Vec::new(),
             counted: false,
+            dispenser,
+            returned: Vec::new(),
             version: 1,
         };
-        Ok((execution, shards))
+        Ok((execution, shards, queue))
     }
 
     /// Queues an execution. With an idempotency key, a repeat of the same
@@ -467,7 +503,7 @@ impl<P: Ports> Orchestrator<P> {
         }
         let learned = self.learned_estimates(&new).await;
         let require_runner = new.require_runner;
-        let (mut execution, shards) = self.build_execution(new, &learned)?;
+        let (mut execution, shards, queue) = self.build_execution(new, &learned)?;
         let unrunnable = self.unrunnable_reason(&execution).await?;
         if let (true, Some(why)) = (require_runner, &unrunnable) {
             return Err(Error::validation(
@@ -488,7 +524,7 @@ impl<P: Ports> Orchestrator<P> {
             });
         match self
             .store
-            .create_execution(&execution, &shards, record.as_ref())
+            .create_execution(&execution, &shards, &queue, record.as_ref())
             .await
         {
             Ok(()) => {}

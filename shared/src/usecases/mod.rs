@@ -21,7 +21,7 @@ pub use access::NewToken;
 /// first finish), for whatever turns them into metrics.
 pub const METRICS_TARGET: &str = "tms::metrics";
 pub use alerts::NewAlertRule;
-pub use claims::{ClaimOutcome, Claimable};
+pub use claims::{ClaimOutcome, Claimable, ClaimablePage, MAX_CLAIMABLE_PAGE};
 pub use completion::{JunitReport, ReportOutcome, ReportStatus, ShardReport};
 pub use dispatch::DispatchOutcome;
 pub use executions::{

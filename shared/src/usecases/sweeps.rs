@@ -10,6 +10,9 @@ use crate::time::Clock;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// The setting that keeps where the timeout sweep's re-fold goes on.
+const REFOLD_CURSOR: &str = "timeout_sweep.refold_cursor";
+
 /// What taking a shard back from its runner did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TakenBack {
@@ -122,11 +125,7 @@ impl<P: Ports> Orchestrator<P> {
                 TakenBack::NotHeld => {}
             }
         }
-        for execution in self
-            .store
-            .active_executions(self.config.sweep_batch)
-            .await?
-        {
+        for execution in self.executions_to_refold().await? {
             if execution.deadline < now {
                 if self.time_out_execution(&execution.id).await? {
                     report.executions_timed_out += 1;
@@ -139,6 +138,39 @@ impl<P: Ports> Orchestrator<P> {
             }
         }
         Ok(report)
+    }
+
+    /// The open executions one timeout sweep looks at: those nearest their
+    /// deadline (the ones to time out come first), and the page after the
+    /// cursor the last sweep left, so that over successive sweeps the
+    /// re-fold (a lost event's backstop) reaches every open execution
+    /// however many there are. The cursor goes back to the start after the
+    /// last page. Two sweeps at once may both move it: one page is then
+    /// looked at twice or a lap later, and nothing is lost.
+    async fn executions_to_refold(&self) -> Result<Vec<crate::domain::Execution>> {
+        let batch = self.config.sweep_batch;
+        let first = self.store.active_executions(None, batch).await?;
+        let kept = self.store.get_setting(REFOLD_CURSOR).await?;
+        let (more, next) = match kept.as_deref().filter(|c| !c.is_empty()) {
+            Some(cursor) => match self.store.active_executions(Some(cursor), batch).await {
+                Ok(page) => (page.items, page.next_cursor),
+                // A cursor no store would write: start over.
+                Err(crate::Error::Validation { .. }) => (Vec::new(), first.next_cursor.clone()),
+                Err(e) => return Err(e),
+            },
+            None => (Vec::new(), first.next_cursor.clone()),
+        };
+        let next = next.unwrap_or_default();
+        if kept.unwrap_or_default() != next {
+            self.store.put_setting(REFOLD_CURSOR, &next).await?;
+        }
+        let mut all = first.items;
+        for e in more {
+            if !all.iter().any(|a| a.id == e.id) {
+                all.push(e);
+            }
+        }
+        Ok(all)
     }
 
     async fn time_out_execution(&self, id: &ExecutionId) -> Result<bool> {

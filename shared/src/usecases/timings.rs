@@ -234,7 +234,8 @@ pub struct FlakyTest {
     /// Milliseconds since the Unix epoch.
     #[schema(value_type = Option<i64>)]
     pub last_flaky_at: Option<crate::time::Timestamp>,
-    /// Its expected duration (median of its recent runs).
+    /// Its expected duration (the mean of its recent runs within a factor
+    /// of 2.5 of their median).
     pub estimate_ms: Option<u64>,
 }
 

@@ -59,6 +59,20 @@ struct Args {
     /// Give up a run after this many seconds.
     #[arg(long, default_value_t = 300)]
     time_limit: u64,
+    /// Instead of the static workload, the dynamic one with this many
+    /// tests per execution (comma-separated for several): `--executions`
+    /// dynamic executions, each test a batch of its own
+    /// (`max_batch_tests: 1`, as sorry-cypress hands out one spec per
+    /// claim), claimed by `--clients` runners of one slot that send
+    /// `started` and a report with the test's result for each. Figures:
+    /// server CPU per 1,000 tests, for the whole run and for the claims
+    /// and reports alone (queueing apart).
+    #[arg(long, value_delimiter = ',')]
+    dynamic: Vec<usize>,
+    /// With `--dynamic`: claim each batch with its own request instead of
+    /// taking it from the previous report's answer (`?next=true`).
+    #[arg(long)]
+    claim_apart: bool,
     /// Instead of the workload, measure the floor: this many heartbeats of
     /// idle runners sent back to back (the cheapest authenticated call: no
     /// work to hand out, no write to wait for). What the HTTP stack, the
@@ -156,6 +170,33 @@ impl Conn {
             .header(AUTHORIZATION, auth.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(Full::new(body))
+            .unwrap();
+        let response = self.sender.send_request(request).await.expect("request");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert!(
+            status.is_success(),
+            "{status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        body
+    }
+}
+
+impl Conn {
+    /// GETs the API path; panics on anything but 2xx.
+    async fn get(&mut self, path: &str, auth: &HeaderValue, stats: &Stats) -> Bytes {
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.sender.ready().await.expect("connection ready");
+        let request = Request::get(format!("{BASE_PATH}{path}"))
+            .header(HOST, self.host.clone())
+            .header(AUTHORIZATION, auth.clone())
+            .body(Full::new(Bytes::new()))
             .unwrap();
         let response = self.sender.send_request(request).await.expect("request");
         let status = response.status();
@@ -406,6 +447,207 @@ async fn run(args: &Args, server_bin: &str, clients: usize) -> Row {
     ])
 }
 
+#[derive(Deserialize)]
+struct Claimed<'a> {
+    #[serde(borrow)]
+    assignment: Option<Batch<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Reported<'a> {
+    #[serde(default, borrow)]
+    next: Option<Claimed<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Batch<'a> {
+    shard_index: u32,
+    lease_id: &'a str,
+    #[serde(borrow)]
+    tests: Vec<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct ClaimableList<'a> {
+    #[serde(borrow)]
+    items: Vec<ClaimableItem<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ClaimableItem<'a> {
+    execution_id: &'a str,
+}
+
+/// A batch a runner holds: its execution, index, lease and tests.
+struct Held {
+    execution: String,
+    index: u32,
+    lease: String,
+    tests: Vec<String>,
+}
+
+impl Held {
+    fn of(execution: &str, b: &Batch<'_>) -> Held {
+        Held {
+            execution: execution.to_owned(),
+            index: b.shard_index,
+            lease: b.lease_id.to_owned(),
+            tests: b.tests.iter().map(|t| (*t).to_owned()).collect(),
+        }
+    }
+}
+
+/// The dynamic workload (see [`Args::dynamic`]).
+async fn dynamic_run(args: &Args, server_bin: &str, clients: usize, tests: usize) -> Row {
+    let (_dir, server, addr) = start_server(server_bin);
+    let pid = server_pid(&server).to_string();
+    let admin = bearer(TOKEN);
+    let stats = Arc::new(Stats::default());
+    let total_tests = (args.executions * tests) as u64;
+    let mut setup = Conn::open(addr).await;
+    let runners = register_runners_with(&mut setup, clients, 1, &stats).await;
+    let bodies: Vec<Bytes> = (0..10)
+        .map(|suite| {
+            let names: Vec<String> = (0..tests)
+                .map(|t| format!(r#"{{"name":"spec_{t}.cy.ts","duration_hint_ms":{}}}"#, 1000 + t))
+                .collect();
+            Bytes::from(format!(
+                r#"{{"suite":"bench-{suite}","mode":"dynamic","max_batch_tests":1,"tests":[{}],"parallelism":{clients}}}"#,
+                names.join(",")
+            ))
+        })
+        .collect();
+    let (_, runner_side) = open_clients(addr, &runners).await;
+    let start = Instant::now();
+    let cpu_start = cpu_seconds(&pid);
+    // CI side first: every execution queued before any runner claims, so
+    // the claims and reports are measured apart.
+    for i in 0..args.executions {
+        setup
+            .post("/executions/queue", &admin, bodies[i % 10].clone(), &stats)
+            .await;
+    }
+    let queued_in = start.elapsed().as_secs_f64();
+    let cpu_queued = cpu_seconds(&pid);
+    let deadline = Instant::now() + Duration::from_secs(args.time_limit);
+    let done = Arc::new(AtomicBool::new(false));
+    let claim_apart = args.claim_apart;
+    let mut tasks = Vec::new();
+    for ((id, token), (mut conn, mut lat)) in runners.into_iter().zip(runner_side) {
+        let (stats, done) = (stats.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let claimable = format!("/runners/{id}/claimable?limit=20");
+            // Executions this runner found nothing left in.
+            let mut spent: std::collections::HashSet<String> = Default::default();
+            let mut held: Option<Held> = None;
+            let mut body = String::with_capacity(512);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let batch = match held.take() {
+                    Some(b) => b,
+                    None => {
+                        let list = conn.get(&claimable, &token, &stats).await;
+                        let list: ClaimableList = serde_json::from_slice(&list).expect("claimable");
+                        let open = list.items.iter().find(|e| !spent.contains(e.execution_id));
+                        let Some(e) = open.map(|e| e.execution_id.to_owned()) else {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            continue;
+                        };
+                        let t0 = Instant::now();
+                        let answer = conn
+                            .post(&format!("/executions/{e}/claims"), &token, Bytes::from_static(b"{}"), &stats)
+                            .await;
+                        record(&mut lat.heartbeat, t0);
+                        let claimed: Claimed = serde_json::from_slice(&answer).expect("claim");
+                        match claimed.assignment {
+                            Some(b) => Held::of(&e, &b),
+                            None => {
+                                spent.insert(e);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                stats.assigned.fetch_add(1, Ordering::Relaxed);
+                let hook = format!("/webhooks/parallel-execution/{}", batch.execution);
+                body.clear();
+                write!(
+                    body,
+                    r#"{{"shard_index":{},"lease_id":"{}","status":"started"}}"#,
+                    batch.index, batch.lease
+                )
+                .unwrap();
+                conn.post(&hook, &token, Bytes::from(body.clone()), &stats).await;
+                body.clear();
+                let results: Vec<String> = batch
+                    .tests
+                    .iter()
+                    .map(|t| format!(r#"{{"name":"{t}","status":"passed","duration_ms":1000}}"#))
+                    .collect();
+                write!(
+                    body,
+                    r#"{{"shard_index":{},"lease_id":"{}","status":"passed","results":{{"passed":{},"failed":0,"skipped":0,"tests":[{}]}}}}"#,
+                    batch.index,
+                    batch.lease,
+                    batch.tests.len(),
+                    results.join(",")
+                )
+                .unwrap();
+                let path = if claim_apart { hook } else { format!("{hook}?next=true") };
+                let t0 = Instant::now();
+                let answer = conn.post(&path, &token, Bytes::from(body.clone()), &stats).await;
+                record(&mut lat.report, t0);
+                let done_now = stats.completed.fetch_add(batch.tests.len() as u64, Ordering::Relaxed)
+                    + batch.tests.len() as u64;
+                if done_now >= total_tests {
+                    done.store(true, Ordering::Relaxed);
+                }
+                let reported: Reported = serde_json::from_slice(&answer).expect("report");
+                match reported.next.and_then(|n| n.assignment) {
+                    Some(b) => held = Some(Held::of(&batch.execution, &b)),
+                    None if !claim_apart => {
+                        spent.insert(batch.execution);
+                    }
+                    None => {}
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Latencies::new();
+    for t in tasks {
+        lat.add(&t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu_end = cpu_seconds(&pid);
+    let rss = peak_rss_mb(server_pid(&server));
+    let completed = stats.completed.load(Ordering::Relaxed);
+    assert_eq!(completed, total_tests, "run hit the time limit");
+    let per_thousand = |cpu: f64| cpu * 1e3 / total_tests as f64 * 1e3;
+    Row(vec![
+        Cell::Text(clients.to_string()),
+        Cell::Text(format!("{} x {tests}", args.executions)),
+        Cell::Text(
+            if claim_apart {
+                "claim apart"
+            } else {
+                "with the report"
+            }
+            .into(),
+        ),
+        Cell::num(elapsed, 1),
+        Cell::num(queued_in, 1),
+        Cell::num(total_tests as f64 / (elapsed - queued_in), 0),
+        Cell::num(
+            stats.requests.load(Ordering::Relaxed) as f64 / total_tests as f64,
+            2,
+        ),
+        Cell::pair(q(&lat.report, 0.5), q(&lat.report, 0.99), 2),
+        Cell::num(rss, 1),
+        Cell::num(per_thousand(cpu_end - cpu_start), 0),
+        Cell::num(per_thousand(cpu_end - cpu_queued), 0),
+    ])
+}
+
 /// Registers `clients` runners (8 slots each) with the admin token and
 /// returns their ids and bearer headers.
 async fn register_runners(
@@ -413,11 +655,21 @@ async fn register_runners(
     clients: usize,
     stats: &Stats,
 ) -> Vec<(String, HeaderValue)> {
+    register_runners_with(setup, clients, 8, stats).await
+}
+
+/// [`register_runners`] with `slots` slots each.
+async fn register_runners_with(
+    setup: &mut Conn,
+    clients: usize,
+    slots: u32,
+    stats: &Stats,
+) -> Vec<(String, HeaderValue)> {
     let admin = bearer(TOKEN);
     let mut runners = Vec::new();
     for i in 0..clients {
         let body = format!(
-            r#"{{"name":"bench-{i}","type":"custom","capacity":{{"slots":8,"cpu_millis":64000,"memory_mb":65536}}}}"#
+            r#"{{"name":"bench-{i}","type":"custom","capacity":{{"slots":{slots},"cpu_millis":64000,"memory_mb":65536}}}}"#
         );
         let v = setup
             .post("/runners/register", &admin, body.into(), stats)
@@ -587,6 +839,8 @@ async fn main() {
     let args = Args::parse();
     let columns = if args.floor.is_some() {
         "clients | idle heartbeats | seconds | requests/s | heartbeat p50 / p99 ms | server CPU µs per request | load generator CPU µs per request | both, µs per request"
+    } else if !args.dynamic.is_empty() {
+        "runners | executions x tests | next batch | seconds | of which queueing | tests/s after queueing | requests per test | report p50 / p99 ms | server peak RSS MB | server CPU ms per 1,000 tests | of which claims and reports"
     } else {
         "clients | executions x shards | seconds | requests/s | assignments/s | completions/s | queue→assignment p50 / p99 ms | heartbeat p50 / p99 ms | heartbeat p99 after queueing ms | report p50 / p99 ms | server peak RSS MB | server CPU µs per request | load generator CPU µs per request"
     };
@@ -596,6 +850,15 @@ async fn main() {
     for _ in 0..args.repeat.max(1) {
         for bin in &args.server_bin {
             for &c in &args.clients {
+                if !args.dynamic.is_empty() {
+                    for &tests in &args.dynamic {
+                        let row = dynamic_run(&args, bin, c, tests).await;
+                        row.print(bin);
+                        // Apart per size: the medians are per row kind.
+                        runs.push((bin, c * 1_000_000 + tests, row));
+                    }
+                    continue;
+                }
                 let row = match args.floor {
                     Some(total) => floor(bin, c, total).await,
                     None => run(&args, bin, c).await,
@@ -606,14 +869,19 @@ async fn main() {
         }
     }
     if args.repeat > 1 {
+        let mut kinds: Vec<usize> = runs.iter().map(|(_, k, _)| *k).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
         for bin in &args.server_bin {
-            for &c in &args.clients {
+            for &kind in &kinds {
                 let mine: Vec<Row> = runs
                     .iter()
-                    .filter(|(b, n, _)| b == bin && *n == c)
+                    .filter(|(b, k, _)| b == bin && *k == kind)
                     .map(|(_, _, r)| r.clone())
                     .collect();
-                Row::median(&mine).print(&format!("{bin}, median of {}", mine.len()));
+                if !mine.is_empty() {
+                    Row::median(&mine).print(&format!("{bin}, median of {}", mine.len()));
+                }
             }
         }
     }

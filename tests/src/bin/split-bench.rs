@@ -11,9 +11,13 @@
 //! cargo run --release -p tms-tests --bin split-bench -- tests/fixtures/durations/*.json
 //! ```
 //!
-//! A second table runs each plan with ±30 % noise on every test's duration:
-//! the static LPT split beside dynamic mode's batches
-//! (`tms::scheduling::plan_batches`, claimed by whichever runner is free).
+//! Further tables: each plan run with ±30 % noise on every test's duration
+//! (and on every runner's speed), the static LPT split beside dynamic
+//! mode (batches cut when a runner claims, `tms::scheduling::dynamic`);
+//! dynamic mode's tails on real profiles with log-normal noise, batches
+//! cut at queue time against cut at claim time; and static plans made from
+//! a few recorded runs of each test with the median, the mean and TMS's
+//! estimator (`tms::domain::timing::robust_mean`).
 //!
 //! Each input file is `{"source": …, "unit": "seconds", "durations": {test: seconds}}`.
 //! Prints the markdown tables of `docs/performance.md`.
@@ -22,7 +26,9 @@ use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
-use tms::domain::TestSpec;
+use tms::domain::{Dispenser, TestSpec};
+use tms::ids::RunnerId;
+use tms::time::Timestamp;
 
 const SHARD_COUNTS: [usize; 5] = [2, 4, 8, 16, 32];
 
@@ -118,33 +124,14 @@ impl Suite {
         makespan / bound
     }
 
-    /// Dynamic mode planned on the recorded durations, run with the same
-    /// noise: `m` runners each claim the next batch
-    /// (`tms::scheduling::plan_batches`, in claim order) as soon as they
-    /// finish one, paying `overhead` per batch (the claim and starting the
-    /// test process); the makespan over the run's bound.
+    /// Dynamic mode run with the same noise: `m` runners each claim a
+    /// batch as soon as they finish one, paying `overhead` per batch (the
+    /// claim and starting the test process); the makespan over the run's
+    /// bound.
     fn dynamic_noisy(&self, m: usize, run: &Run) -> f64 {
         let (actual, speeds, bound) = self.noisy_run(m, run.noise, run.spread, run.seed);
-        let batches = tms::scheduling::plan_batches(
-            &self.specs(),
-            m as u32,
-            tms::scheduling::MAX_BATCHES,
-            tms::config::Config::default().dynamic_min_batch_ms,
-        );
-        // (time free in µs, runner): whichever is free first claims next.
-        let mut free: BinaryHeap<Reverse<(u64, usize)>> = (0..m).map(|r| Reverse((0, r))).collect();
-        let mut makespan = 0u64;
-        for batch in &batches {
-            let Some(Reverse((at, r))) = free.pop() else {
-                break;
-            };
-            let work: u64 = batch.tests.iter().map(|t| actual[t.as_str()]).sum();
-            let took = (run.overhead as f64 + work as f64 * speeds[r]) * 1000.0;
-            let done = at + took as u64;
-            makespan = makespan.max(done);
-            free.push(Reverse((done, r)));
-        }
-        makespan as f64 / 1000.0 / bound
+        let outcome = claim_time(&self.specs(), &actual, &speeds, run.overhead as f64);
+        outcome.makespan / bound
     }
 
     /// Equal counts in contiguous chunks of `order`.
@@ -260,6 +247,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let mut suites: Vec<Suite> = std::env::args().skip(1).map(|p| load(&p)).collect();
+    let real = suites.len();
     for (n, seed) in [(200, 1), (1000, 2), (5000, 3)] {
         suites.push(synthetic(
             &format!("log-normal, {n} tests"),
@@ -383,6 +371,377 @@ fn main() {
             .map(|[lpt, dynamic]| format!("{dynamic} of {}", lpt + dynamic))
             .collect();
         println!("| dynamic better in | {} |", tally.join(" | "));
+    }
+    tails_table(&suites[..real]);
+    estimator_tables(&profiles(&suites[..real]));
+}
+
+/// How one simulated dynamic run went (ms).
+struct Outcome {
+    /// Wall clock until the last runner is done, overheads included.
+    makespan: f64,
+    /// Test work of the runner that ran the most.
+    busiest: f64,
+}
+
+/// Dynamic mode as the server runs it: each runner claims as soon as it
+/// finishes a batch, and the batch is cut then
+/// (`tms::scheduling::dynamic`), from what is left and the other runners'
+/// expected free times (their claim time plus their batch's estimate).
+/// Runner `r` runs at `speeds[r]` (1 = as recorded); each batch costs
+/// `overhead_ms` besides its tests.
+fn claim_time(
+    specs: &[TestSpec],
+    actual: &HashMap<&str, u64>,
+    speeds: &[f64],
+    overhead_ms: f64,
+) -> Outcome {
+    use tms::scheduling::dynamic::{batch_len, batch_target, busy_until, claim_order};
+    let m = speeds.len();
+    let (hinted, ordered) = claim_order(specs);
+    let mut dispenser = Dispenser {
+        next: 0,
+        left_ms: ordered.iter().filter_map(|t| t.duration_hint_ms).sum(),
+        runners: m as u32,
+        hinted,
+        max_batch_tests: None,
+        overhead_ms: None,
+        busy: Vec::new(),
+    };
+    let assumed = tms::config::Config::default().dynamic_batch_overhead_ms;
+    let ids: Vec<RunnerId> = (0..m).map(|_| RunnerId::generate()).collect();
+    // (time free in µs, runner): whichever is free first claims next.
+    let mut free: BinaryHeap<Reverse<(u64, usize)>> = (0..m).map(|r| Reverse((0, r))).collect();
+    let mut work = vec![0.0f64; m];
+    let mut makespan = 0u64;
+    while let Some(Reverse((at, r))) = free.pop() {
+        let next = dispenser.next as usize;
+        if next >= ordered.len() {
+            makespan = makespan.max(at);
+            continue;
+        }
+        let now = Timestamp((at / 1000) as i64);
+        if at > 0 {
+            // The report of the batch this runner just finished measured
+            // what a batch costs besides its tests.
+            dispenser.observe_overhead(overhead_ms as u64);
+        }
+        let target = batch_target(&dispenser, &ids[r], now, assumed, 90_000);
+        let (n, weight) = batch_len(&ordered[next..], target, None);
+        dispenser.hand_out(n as u32, weight, &ids[r], busy_until(now, weight, hinted));
+        let ran: f64 = ordered[next..next + n]
+            .iter()
+            .map(|t| actual[t.name.as_str()] as f64 * speeds[r])
+            .sum();
+        work[r] += ran;
+        free.push(Reverse((at + ((overhead_ms + ran) * 1000.0) as u64, r)));
+    }
+    Outcome {
+        makespan: makespan as f64 / 1000.0,
+        busiest: work.iter().copied().fold(0.0, f64::max),
+    }
+}
+
+/// The baseline: dynamic batches cut once, when the execution is queued
+/// (guided self-scheduling, a share of `1 / (2 m)` of the work left when
+/// each is cut, at least 5 s, at most 512 batches), then claimed in order
+/// by whichever runner is free first.
+fn queue_time(
+    specs: &[TestSpec],
+    actual: &HashMap<&str, u64>,
+    speeds: &[f64],
+    overhead_ms: f64,
+) -> Outcome {
+    let m = speeds.len();
+    let (_, ordered) = tms::scheduling::dynamic::claim_order(specs);
+    let weights: Vec<u64> = ordered.iter().filter_map(|t| t.duration_hint_ms).collect();
+    let total: u64 = weights.iter().sum();
+    let mut floor = 5_000u64;
+    let batches = loop {
+        let mut batches: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut remaining, mut start) = (total, 0);
+        while start < weights.len() {
+            let target = remaining.div_ceil(2 * m as u64).max(floor);
+            let (mut end, mut load) = (start, 0);
+            while end < weights.len() && (end == start || load + weights[end] <= target) {
+                load += weights[end];
+                end += 1;
+            }
+            remaining -= load;
+            batches.push(start..end);
+            start = end;
+        }
+        if batches.len() <= 512 || floor >= total {
+            break batches;
+        }
+        floor *= 2;
+    };
+    let mut free: BinaryHeap<Reverse<(u64, usize)>> = (0..m).map(|r| Reverse((0, r))).collect();
+    let mut work = vec![0.0f64; m];
+    let mut makespan = 0u64;
+    for batch in batches {
+        let Some(Reverse((at, r))) = free.pop() else {
+            break;
+        };
+        let ran: f64 = ordered[batch]
+            .iter()
+            .map(|t| actual[t.name.as_str()] as f64 * speeds[r])
+            .sum();
+        work[r] += ran;
+        let done = at + ((overhead_ms + ran) * 1000.0) as u64;
+        makespan = makespan.max(done);
+        free.push(Reverse((done, r)));
+    }
+    Outcome {
+        makespan: makespan as f64 / 1000.0,
+        busiest: work.iter().copied().fold(0.0, f64::max),
+    }
+}
+
+/// What one batch costs beyond its tests in the tails table: the claim's
+/// round trip (the report that ends a batch brings the next one), with
+/// nothing for starting a test process.
+const CLAIM_OVERHEAD_MS: f64 = 50.0;
+
+/// The profiles of the tails table: the real recordings as they are, and
+/// each rolled up one level (pytest's tests into their files, RSpec's spec
+/// files into their directories).
+fn profiles(real: &[Suite]) -> Vec<Suite> {
+    let mut out = Vec::new();
+    for suite in real {
+        out.push(Suite {
+            name: suite.name.clone(),
+            tests: suite.tests.clone(),
+        });
+        let mut rolled: std::collections::BTreeMap<String, u64> = Default::default();
+        for (name, ms) in &suite.tests {
+            let unit = match name.split_once("::") {
+                Some((file, _)) => file.to_owned(),
+                None => name
+                    .rsplit_once('/')
+                    .map_or(name.as_str(), |(dir, _)| dir)
+                    .to_owned(),
+            };
+            *rolled.entry(unit).or_default() += ms;
+        }
+        let level = if suite.tests.iter().any(|(n, _)| n.contains("::")) {
+            "files"
+        } else {
+            "directories"
+        };
+        out.push(Suite {
+            name: format!("{}, by {level}", suite.name),
+            tests: rolled.into_iter().collect(),
+        });
+    }
+    out
+}
+
+/// Dynamic tails on real profiles: each run with log-normal noise (sigma
+/// 0.3) on every test, 8 and 16 runners, a claim round trip per batch;
+/// the busiest runner's test work and the wall-clock makespan over the
+/// run's bound, for batches cut at queue time and at claim time.
+fn tails_table(real: &[Suite]) {
+    println!(
+        "\nDynamic mode on real profiles, each test's duration with log-normal noise \
+         (sigma 0.3), {CLAIM_OVERHEAD_MS} ms per batch (the claim's round trip): the busiest \
+         runner's test work and the wall-clock makespan over the run's bound \
+         max(total / m, longest test), median (worst) of 20 draws; batches cut at queue \
+         time / at claim time.\n"
+    );
+    println!("| profile | tests | m | busiest runner's work | wall-clock makespan |");
+    println!("|---|---|---|---|---|");
+    let mut worst = [[0.0f64; 2]; 2];
+    for suite in profiles(real) {
+        for m in [8usize, 16] {
+            let mut cells = [[Vec::new(), Vec::new()], [Vec::new(), Vec::new()]];
+            for draw in 0..20 {
+                let mut rng = Rng(500 + draw);
+                let actual: HashMap<&str, u64> = suite
+                    .tests
+                    .iter()
+                    .map(|(name, ms)| (name.as_str(), observed(*ms, SIGMA, 0.0, &mut rng)))
+                    .collect();
+                let total: u64 = actual.values().sum();
+                let longest = actual.values().copied().max().unwrap_or(0);
+                let bound = (total as f64 / m as f64).max(longest as f64);
+                let speeds = vec![1.0; m];
+                for (k, sim) in [queue_time, claim_time].iter().enumerate() {
+                    let o = sim(&suite.specs(), &actual, &speeds, CLAIM_OVERHEAD_MS);
+                    cells[k][0].push(o.busiest / bound);
+                    cells[k][1].push(o.makespan / bound);
+                }
+            }
+            let show = |k: usize, what: usize| {
+                let v = &cells[k][what];
+                let w = v.iter().copied().fold(0.0, f64::max);
+                (format!("{:.3} ({:.3})", median(v.clone()), w), w)
+            };
+            let mut row = Vec::new();
+            for (what, worst) in worst.iter_mut().enumerate() {
+                let (before, worst_before) = show(0, what);
+                let (after, worst_after) = show(1, what);
+                worst[0] = worst[0].max(worst_before);
+                worst[1] = worst[1].max(worst_after);
+                row.push(format!("{before} / {after}"));
+            }
+            println!(
+                "| {} | {} | {m} | {} | {} |",
+                suite.name,
+                suite.tests.len(),
+                row[0],
+                row[1]
+            );
+        }
+    }
+    println!(
+        "| worst of all | | | {:.3} / {:.3} | {:.3} / {:.3} |",
+        worst[0][0], worst[0][1], worst[1][0], worst[1][1]
+    );
+}
+
+/// How a test's expected duration is made from its recorded runs.
+#[derive(Clone, Copy)]
+enum Estimator {
+    /// The upper median of the runs.
+    Median,
+    /// Their arithmetic mean.
+    Mean,
+    /// TMS's: the mean of the runs within a factor of 2.5 of their median
+    /// (`tms::domain::timing::robust_mean`).
+    Tms,
+}
+
+impl Estimator {
+    const ALL: [(Estimator, &'static str); 3] = [
+        (Estimator::Median, "median"),
+        (Estimator::Mean, "mean"),
+        (Estimator::Tms, "TMS (mean within 2.5x of the median)"),
+    ];
+
+    fn estimate(self, runs: &[u64]) -> u64 {
+        match self {
+            Estimator::Median => {
+                let mut sorted = runs.to_vec();
+                sorted.sort_unstable();
+                sorted[sorted.len() / 2]
+            }
+            Estimator::Mean => (runs.iter().sum::<u64>() as f64 / runs.len() as f64).round() as u64,
+            Estimator::Tms => tms::domain::timing::robust_mean(runs).unwrap_or(0),
+        }
+    }
+}
+
+/// A draw from the standard normal distribution (Box-Muller).
+fn normal(rng: &mut Rng) -> f64 {
+    let (u1, u2) = (rng.next(), rng.next());
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// One run of a test whose typical duration is `ms`: log-normal noise of
+/// `sigma`, and with probability `slow` a run on a bad machine, four times
+/// slower.
+fn observed(ms: u64, sigma: f64, slow: f64, rng: &mut Rng) -> u64 {
+    let bad = if rng.next() < slow { 4.0 } else { 1.0 };
+    ((ms as f64) * (sigma * normal(rng)).exp() * bad)
+        .ceil()
+        .max(1.0) as u64
+}
+
+impl Suite {
+    /// Static LPT planned on estimates made from `history` recorded runs of
+    /// every test: the plan's makespan on the tests' typical durations
+    /// (their recorded ones) over the bound on those, so that only the
+    /// estimates' errors show, not one more run's noise.
+    fn planned_from_history(
+        &self,
+        m: usize,
+        history: usize,
+        estimator: Estimator,
+        slow: f64,
+        seed: u64,
+    ) -> f64 {
+        let mut rng = Rng(seed);
+        let specs: Vec<TestSpec> = self
+            .tests
+            .iter()
+            .map(|(name, ms)| {
+                let runs: Vec<u64> = (0..history)
+                    .map(|_| observed(*ms, SIGMA, slow, &mut rng))
+                    .collect();
+                TestSpec {
+                    name: name.clone(),
+                    duration_hint_ms: Some(estimator.estimate(&runs)),
+                }
+            })
+            .collect();
+        let typical: HashMap<&str, u64> =
+            self.tests.iter().map(|(n, ms)| (n.as_str(), *ms)).collect();
+        let makespan = tms::scheduling::split_tests(&specs, m as u32)
+            .iter()
+            .map(|s| s.tests.iter().map(|t| typical[t.as_str()]).sum::<u64>())
+            .max()
+            .unwrap_or(0);
+        makespan as f64 / self.lower_bound(m)
+    }
+}
+
+/// Log-normal noise of a test's duration from run to run.
+const SIGMA: f64 = 0.3;
+
+/// Runs of history the estimator table looks at.
+const HISTORIES: [usize; 6] = [1, 2, 3, 4, 6, 10];
+
+/// Plans made from a few runs of history with each estimator: the real
+/// suites, 8 and 16 shards, clean runs and runs of which one in ten was on
+/// a machine four times slower.
+fn estimator_tables(suites: &[Suite]) {
+    for (title, slow) in [
+        ("every run with log-normal noise (sigma 0.3)", 0.0),
+        (
+            "log-normal noise (sigma 0.3), and one run in ten on a machine four times slower",
+            0.1,
+        ),
+    ] {
+        println!(
+            "\nStatic LPT planned on estimates from k recorded runs of each test, {title}: \
+             the plan's makespan on the tests' typical (recorded) durations over its bound, \
+             median of 20 draws of the history, over the real profiles and m = 8 and 16 \
+             (each cell: the median of those 2 x {} medians, then the worst of them).\n",
+            suites.len()
+        );
+        let header: Vec<String> = HISTORIES.iter().map(|k| format!("k={k}")).collect();
+        println!("| estimator | {} |", header.join(" | "));
+        println!("|---|{}", "---|".repeat(HISTORIES.len()));
+        for (estimator, label) in Estimator::ALL {
+            let cells: Vec<String> = HISTORIES
+                .iter()
+                .map(|&k| {
+                    let per_case: Vec<f64> = suites
+                        .iter()
+                        .flat_map(|suite| [8usize, 16].map(|m| (suite, m)))
+                        .map(|(suite, m)| {
+                            median(
+                                (0..20)
+                                    .map(|draw| {
+                                        suite.planned_from_history(
+                                            m,
+                                            k,
+                                            estimator,
+                                            slow,
+                                            1_000 + draw,
+                                        )
+                                    })
+                                    .collect(),
+                            )
+                        })
+                        .collect();
+                    let worst = per_case.iter().copied().fold(0.0, f64::max);
+                    format!("{:.3} ({:.3})", median(per_case), worst)
+                })
+                .collect();
+            println!("| {label} | {} |", cells.join(" | "));
+        }
     }
 }
 

@@ -25,6 +25,9 @@ pub const META: &str = "META";
 pub const PENDING: &str = "PENDING";
 pub const LEASE: &str = "LEASE";
 pub const ACTIVE: &str = "ACTIVE";
+/// GSI1 partition of the unfinished dynamic executions, where runners look
+/// for batches to claim.
+pub const DYNAMIC: &str = "DYNAMIC";
 pub const EXECS: &str = "EXECS";
 pub const RUNNERS: &str = "RUNNERS";
 pub const RULES: &str = "RULES";
@@ -75,9 +78,10 @@ pub fn suite(suite: &str) -> String {
     format!("SUITE#{suite}")
 }
 
-/// GSI1 `PENDING`: highest priority first, then oldest.
+/// GSI1 `PENDING` and `DYNAMIC`: highest priority first, then oldest
+/// (also the dynamic listing's cursor).
 pub fn pending_by_priority(priority: i32, created: Timestamp, id: &str) -> String {
-    format!("{:03}#{}#{id}", 100 - priority.clamp(0, 100), ts(created))
+    crate::ports::cursors::priority_key(priority, created, id)
 }
 
 /// GSI2 `PENDING`: oldest first (aging).
@@ -124,6 +128,21 @@ pub fn timing_test(test: &str) -> String {
 pub fn results(execution: &str) -> String {
     format!("RESULTS#{execution}")
 }
+
+/// A dynamic execution's tests in claim order, beside its item collection
+/// (loading the execution never reads them), in chunks of
+/// [`TESTS_PER_CHUNK`].
+pub fn test_queue(execution: &str) -> String {
+    format!("TESTQ#{execution}")
+}
+
+pub fn test_queue_chunk(chunk: u32) -> String {
+    format!("{chunk:06}")
+}
+
+/// Tests in one chunk of a test queue: at most 1 KB of name each, so a
+/// chunk stays well under DynamoDB's 400 KB item.
+pub const TESTS_PER_CHUNK: u32 = 256;
 
 /// One chunk of one run's results: shard, then lease, then chunk order.
 pub fn result_chunk(index: u32, lease: &str, chunk: u32) -> String {

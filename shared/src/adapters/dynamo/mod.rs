@@ -14,14 +14,15 @@ pub mod table;
 
 use crate::auth::ApiToken;
 use crate::domain::{
-    AlertRule, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, ResultChunk,
-    Rollup, Runner, RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
+    AlertRule, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Mode, Resources,
+    ResultChunk, Rollup, Runner, RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestSpec,
+    TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::{AlertRuleId, ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
 use crate::ports::{
-    AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate,
-    Store,
+    AssignmentWrite, ClaimWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release,
+    ShardUpdate, Store,
 };
 use crate::scheduling::FreeCapacity;
 use crate::time::Timestamp;
@@ -286,6 +287,98 @@ impl DynamoStore {
             .await?;
         items.truncate(limit as usize);
         Ok(items)
+    }
+
+    /// The runner's capacity taken by `need`, on the condition that it is
+    /// active, its capacity is still `cap` and it has room (no read of the
+    /// runner needed).
+    fn take_capacity(&self, runner: &RunnerId, cap: Resources, need: Resources) -> Result<Update> {
+        self.update(keys::runner(runner.as_str()), keys::META)
+            .update_expression("ADD used_slots :slots, used_cpu :cpu, used_memory :memory")
+            .condition_expression(
+                "#status = :active AND cap_slots = :cap_slots AND cap_cpu = :cap_cpu AND cap_memory = :cap_memory \
+                 AND used_slots <= :max_slots AND used_cpu <= :max_cpu AND used_memory <= :max_memory",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":active", s(RunnerStatus::Active.as_str()))
+            .expression_attribute_values(":slots", n(need.slots))
+            .expression_attribute_values(":cpu", n(need.cpu_millis))
+            .expression_attribute_values(":memory", n(need.memory_mb))
+            .expression_attribute_values(":cap_slots", n(cap.slots))
+            .expression_attribute_values(":cap_cpu", n(cap.cpu_millis))
+            .expression_attribute_values(":cap_memory", n(cap.memory_mb))
+            .expression_attribute_values(":max_slots", n(cap.slots - need.slots))
+            .expression_attribute_values(":max_cpu", n(cap.cpu_millis - need.cpu_millis))
+            .expression_attribute_values(":max_memory", n(cap.memory_mb - need.memory_mb))
+            .build()
+            .map_err(Error::storage)
+    }
+
+    /// A new allocation item (refused if one is there).
+    fn allocation_put(&self, alloc: &crate::domain::Allocation) -> Result<Put> {
+        self.put(with(
+            item(
+                keys::runner(alloc.runner_id.as_str()),
+                keys::allocation(alloc.execution_id.as_str(), alloc.shard_index),
+                to_av(alloc)?,
+            ),
+            "lease_id",
+            s(alloc.lease_id.as_str()),
+        ))
+        .condition_expression("attribute_not_exists(pk)")
+        .build()
+        .map_err(Error::storage)
+    }
+
+    /// Up to `limit` items of index `index` under `partition` whose sort
+    /// key follows `after`, in key order, that still pass `keep`, and the
+    /// cursor of the next page (the last sort key read) when the index
+    /// goes on.
+    async fn index_after(
+        &self,
+        index: usize,
+        partition: String,
+        after: Option<&str>,
+        limit: u32,
+        keep: impl Fn(&Item) -> bool,
+    ) -> Result<(Vec<Item>, Option<String>)> {
+        let (name, pk, sk) = keys::GSI[index];
+        let mut query = self
+            .query()
+            .index_name(name)
+            .expression_attribute_names("#pk", pk)
+            .expression_attribute_values(":pk", s(partition))
+            .limit(limit.clamp(1, 1000) as i32);
+        query = match after.filter(|a| !a.is_empty()) {
+            Some(after) => query
+                .key_condition_expression("#pk = :pk AND #sk > :after")
+                .expression_attribute_names("#sk", sk)
+                .expression_attribute_values(":after", s(after)),
+            None => query.key_condition_expression("#pk = :pk"),
+        };
+        // One page of keys: its items, then where the next page starts.
+        let out = query.send().await.map_err(sdk)?;
+        let keys_read = out.items.unwrap_or_default();
+        let next = out
+            .last_evaluated_key
+            .as_ref()
+            .and_then(|k| str_attr(k, sk).cloned());
+        let wanted = keys_read
+            .iter()
+            .filter_map(|k| {
+                Some((
+                    str_attr(k, keys::PK)?.clone(),
+                    str_attr(k, keys::SK)?.clone(),
+                ))
+            })
+            .collect();
+        let items = self
+            .batch_get(wanted)
+            .await?
+            .into_iter()
+            .filter(|i| keep(i))
+            .collect();
+        Ok((items, next))
     }
 
     /// Counts what a query matches, across pages.
@@ -790,6 +883,15 @@ fn execution_state(e: &Execution) -> Vec<(&'static str, Option<AttributeValue>)>
     let pending_by_priority = keys::pending_by_priority(e.priority, e.created_at, id);
     let pending_by_age = keys::pending_by_age(e.created_at, id);
     let when_open = |v: AttributeValue| open.then_some(v);
+    // Dynamic executions wait for runners' claims, not for the scheduler:
+    // they are listed under DYNAMIC in claim order, never under PENDING.
+    let dynamic = e.mode == Mode::Dynamic;
+    let scheduled = |v: AttributeValue| (open && !dynamic).then_some(v);
+    let gsi1pk = if dynamic {
+        keys::DYNAMIC
+    } else {
+        keys::PENDING
+    };
     vec![
         ("status", Some(s(e.status.as_str()))),
         ("version", Some(n(e.version))),
@@ -799,10 +901,10 @@ fn execution_state(e: &Execution) -> Vec<(&'static str, Option<AttributeValue>)>
         // without reading it (`SET gsi1sk = pending1`).
         ("pending1", Some(s(pending_by_priority.clone()))),
         ("pending2", Some(s(pending_by_age.clone()))),
-        ("gsi1pk", when_open(s(keys::PENDING))),
+        ("gsi1pk", when_open(s(gsi1pk))),
         ("gsi1sk", when_open(s(pending_by_priority))),
-        ("gsi2pk", when_open(s(keys::PENDING))),
-        ("gsi2sk", when_open(s(pending_by_age))),
+        ("gsi2pk", scheduled(s(keys::PENDING))),
+        ("gsi2sk", scheduled(s(pending_by_age))),
         ("gsi3pk", when_open(s(keys::ACTIVE))),
         (
             "gsi3sk",
@@ -843,7 +945,15 @@ fn execution_of(item: Item) -> Result<Execution> {
     let started_at = item
         .contains_key("started_at")
         .then(|| num(&item, "started_at") as i64);
+    let mut returned: Vec<u32> = match item.get("returned") {
+        Some(AttributeValue::Ns(numbers)) => {
+            numbers.iter().filter_map(|n| n.parse().ok()).collect()
+        }
+        _ => Vec::new(),
+    };
+    returned.sort_unstable();
     let mut e: Execution = doc_of(item)?;
+    e.returned = returned;
     if let Some(status) = status {
         e.status =
             serde_json::from_value(serde_json::Value::String(status)).map_err(Error::storage)?;
@@ -890,6 +1000,29 @@ fn count_queued(store: &DynamoStore, execution: &str, delta: i64) -> Result<Tran
     Ok(TransactWriteItem::builder()
         .update(update.build().map_err(Error::storage)?)
         .build())
+}
+
+/// Adds a dynamic batch to its execution's batches waiting to be claimed
+/// again (`add`), or takes it out: a number set on the execution item,
+/// moved in the same transaction as the shard's state.
+fn count_returned(
+    store: &DynamoStore,
+    execution: &str,
+    index: u32,
+    add: bool,
+) -> Result<TransactWriteItem> {
+    let update = store
+        .update(keys::execution(execution), keys::META)
+        .condition_expression("attribute_exists(pk)")
+        .update_expression(if add {
+            "ADD returned :index"
+        } else {
+            "DELETE returned :index"
+        })
+        .expression_attribute_values(":index", AttributeValue::Ns(vec![index.to_string()]))
+        .build()
+        .map_err(Error::storage)?;
+    Ok(TransactWriteItem::builder().update(update).build())
 }
 
 fn release_items(
@@ -1116,8 +1249,31 @@ impl Store for DynamoStore {
         &self,
         execution: &Execution,
         shards: &[Shard],
+        queue: &[TestSpec],
         idem: Option<&IdempotencyRecord>,
     ) -> Result<()> {
+        if !queue.is_empty() {
+            // A dynamic execution's tests go first, under an execution id
+            // nobody knows yet; the transaction below makes them reachable.
+            let pk = keys::test_queue(execution.id.as_str());
+            let chunks = queue
+                .chunks(keys::TESTS_PER_CHUNK as usize)
+                .enumerate()
+                .map(|(i, tests)| {
+                    let pairs: Vec<(&str, Option<u64>)> = tests
+                        .iter()
+                        .map(|t| (t.name.as_str(), t.duration_hint_ms))
+                        .collect();
+                    let body = serde_json::to_string(&pairs).map_err(Error::storage)?;
+                    Ok(with(
+                        key_of(pk.clone(), keys::test_queue_chunk(i as u32)),
+                        "tests",
+                        s(body),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.batch_put(chunks).await?;
+        }
         let queued = shards
             .iter()
             .filter(|s| s.status == ShardStatus::Queued && s.mode.is_static())
@@ -1384,17 +1540,20 @@ impl Store for DynamoStore {
         Ok(out)
     }
 
-    async fn active_executions(&self, limit: u32) -> Result<Vec<Execution>> {
+    async fn active_executions(&self, cursor: Option<&str>, limit: u32) -> Result<Page<Execution>> {
         let open = [
             ExecutionStatus::Queued.as_str(),
             ExecutionStatus::Running.as_str(),
         ];
-        let items = self
-            .index_head(2, keys::ACTIVE.into(), None, limit, |i| {
+        let (items, next_cursor) = self
+            .index_after(2, keys::ACTIVE.into(), cursor, limit, |i| {
                 has_status(i, &open)
             })
             .await?;
-        items.into_iter().map(execution_of).collect()
+        Ok(Page {
+            items: items.into_iter().map(execution_of).collect::<Result<_>>()?,
+            next_cursor,
+        })
     }
 
     async fn expired_shards(&self, now: Timestamp, limit: u32) -> Result<Vec<Shard>> {
@@ -1430,39 +1589,8 @@ impl Store for DynamoStore {
             .expression_attribute_values(":queued", s(ShardStatus::Queued.as_str()))
             .build()
             .map_err(Error::storage)?;
-        let take = self
-            .update(keys::runner(alloc.runner_id.as_str()), keys::META)
-            .update_expression("ADD used_slots :slots, used_cpu :cpu, used_memory :memory")
-            .condition_expression(
-                "#status = :active AND cap_slots = :cap_slots AND cap_cpu = :cap_cpu AND cap_memory = :cap_memory \
-                 AND used_slots <= :max_slots AND used_cpu <= :max_cpu AND used_memory <= :max_memory",
-            )
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":active", s(RunnerStatus::Active.as_str()))
-            .expression_attribute_values(":slots", n(need.slots))
-            .expression_attribute_values(":cpu", n(need.cpu_millis))
-            .expression_attribute_values(":memory", n(need.memory_mb))
-            .expression_attribute_values(":cap_slots", n(cap.slots))
-            .expression_attribute_values(":cap_cpu", n(cap.cpu_millis))
-            .expression_attribute_values(":cap_memory", n(cap.memory_mb))
-            .expression_attribute_values(":max_slots", n(cap.slots - need.slots))
-            .expression_attribute_values(":max_cpu", n(cap.cpu_millis - need.cpu_millis))
-            .expression_attribute_values(":max_memory", n(cap.memory_mb - need.memory_mb))
-            .build()
-            .map_err(Error::storage)?;
-        let alloc_put = self
-            .put(with(
-                item(
-                    keys::runner(alloc.runner_id.as_str()),
-                    keys::allocation(alloc.execution_id.as_str(), alloc.shard_index),
-                    to_av(alloc)?,
-                ),
-                "lease_id",
-                s(alloc.lease_id.as_str()),
-            ))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(Error::storage)?;
+        let take = self.take_capacity(&alloc.runner_id, cap, need)?;
+        let alloc_put = self.allocation_put(alloc)?;
         let running = ExecutionStatus::Running.as_str();
         let mark_running = self
             .update(keys::execution(shard.execution_id.as_str()), keys::META)
@@ -1519,6 +1647,124 @@ impl Store for DynamoStore {
         }
     }
 
+    async fn queued_tests(&self, id: &ExecutionId, from: u32, limit: u32) -> Result<Vec<TestSpec>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let per = keys::TESTS_PER_CHUNK;
+        let (first, last) = (from / per, from.saturating_add(limit - 1) / per);
+        let pk = keys::test_queue(id.as_str());
+        let wanted = (first..=last)
+            .map(|c| (pk.clone(), keys::test_queue_chunk(c)))
+            .collect();
+        let mut chunks: Vec<(u32, Vec<TestSpec>)> = Vec::new();
+        for item in self.batch_get(wanted).await? {
+            let chunk: u32 = str_attr(&item, keys::SK)
+                .and_then(|sk| sk.parse().ok())
+                .ok_or_else(|| Error::Internal("a test queue chunk without its number".into()))?;
+            let body = str_attr(&item, "tests")
+                .ok_or_else(|| Error::Internal("a test queue chunk without its tests".into()))?;
+            let pairs: Vec<(String, Option<u64>)> =
+                serde_json::from_str(body).map_err(Error::storage)?;
+            let tests = pairs
+                .into_iter()
+                .map(|(name, duration_hint_ms)| TestSpec {
+                    name,
+                    duration_hint_ms,
+                })
+                .collect();
+            chunks.push((chunk, tests));
+        }
+        chunks.sort_by_key(|(c, _)| *c);
+        Ok(chunks
+            .into_iter()
+            .flat_map(|(c, tests)| {
+                let start = c * per;
+                tests
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(i, t)| (start + i as u32, t))
+            })
+            .filter(|(at, _)| *at >= from && *at - from < limit)
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    async fn claim(&self, w: ClaimWrite) -> Result<()> {
+        let w = &w;
+        let (shard, alloc, execution) = (&w.shard, &w.allocation, &w.execution);
+        let need = alloc.resources;
+        let cap = w.runner_capacity;
+        if !cap.covers(&need) {
+            return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
+        }
+        // The execution's record, and the batch out of its waiting set when
+        // it is taken back out (one update: a transaction touches an item once).
+        let mut attrs = vec![("doc", Some(to_av(execution)?))];
+        attrs.extend(execution_state(execution));
+        let mut change = versioned(attrs, w.expected_execution_version);
+        if w.expected_shard_version.is_some() {
+            change.expression.push_str(" DELETE returned :batch");
+            change.values.insert(
+                ":batch".into(),
+                AttributeValue::Ns(vec![shard.index.to_string()]),
+            );
+        }
+        let record = self.meta_update(keys::execution(execution.id.as_str()), change)?;
+        let shard_put = match w.expected_shard_version {
+            None => self
+                .put(shard_item(shard)?)
+                .condition_expression("attribute_not_exists(pk)"),
+            Some(v) => self
+                .put(shard_item(shard)?)
+                .condition_expression("version = :expected AND #status = :queued")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":expected", n(v))
+                .expression_attribute_values(":queued", s(ShardStatus::Queued.as_str())),
+        }
+        .build()
+        .map_err(Error::storage)?;
+        let items = vec![
+            TransactWriteItem::builder().update(record).build(),
+            TransactWriteItem::builder().put(shard_put).build(),
+            TransactWriteItem::builder()
+                .update(self.take_capacity(&alloc.runner_id, cap, need)?)
+                .build(),
+            TransactWriteItem::builder()
+                .put(self.allocation_put(alloc)?)
+                .build(),
+        ];
+        match self.transact(items).await? {
+            Ok(()) => Ok(()),
+            Err(Cancelled::Conditions(failed)) => Err(match failed.iter().position(|f| *f) {
+                Some(1) => shard_conflict(shard),
+                Some(2) => Error::conflict(Entity::Runner, &alloc.runner_id),
+                _ => Error::conflict(Entity::Execution, &execution.id),
+            }),
+            Err(Cancelled::Conflict) => Err(Error::conflict(Entity::Execution, &execution.id)),
+        }
+    }
+
+    async fn dynamic_executions(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Execution>> {
+        let open = [
+            ExecutionStatus::Queued.as_str(),
+            ExecutionStatus::Running.as_str(),
+        ];
+        let (items, next_cursor) = self
+            .index_after(0, keys::DYNAMIC.into(), cursor, limit, |i| {
+                has_status(i, &open)
+            })
+            .await?;
+        Ok(Page {
+            items: items.into_iter().map(execution_of).collect::<Result<_>>()?,
+            next_cursor,
+        })
+    }
+
     async fn update_shard(&self, u: ShardUpdate) -> Result<()> {
         let u = &u;
         let shard = &u.shard;
@@ -1535,18 +1781,16 @@ impl Store for DynamoStore {
                 )
                 .build())
         };
-        // Shards claimed by CI jobs or runners never wait for the scheduler.
-        let delta = if !shard.mode.is_static() {
-            0
-        } else {
-            i64::from(shard.status == ShardStatus::Queued)
-                - i64::from(u.expected_status == ShardStatus::Queued)
-        };
+        // Shards claimed by CI jobs never wait for the scheduler; dynamic
+        // batches that come back wait for runners' claims.
+        let delta = i64::from(shard.status == ShardStatus::Queued)
+            - i64::from(u.expected_status == ShardStatus::Queued);
         let counter = || -> Result<Vec<TransactWriteItem>> {
-            Ok(if delta == 0 {
-                vec![]
-            } else {
-                vec![count_queued(self, shard.execution_id.as_str(), delta)?]
+            let exec = shard.execution_id.as_str();
+            Ok(match (shard.mode, delta) {
+                (_, 0) | (Mode::ByIndex, _) => vec![],
+                (Mode::Static, _) => vec![count_queued(self, exec, delta)?],
+                (Mode::Dynamic, _) => vec![count_returned(self, exec, shard.index, delta > 0)?],
             })
         };
         let mut items = vec![shard_put()?];
@@ -1850,6 +2094,14 @@ impl Store for DynamoStore {
         let queued = i64::from(shard.status == ShardStatus::Queued && shard.mode.is_static());
         change.expression.push_str(" ADD queued_shards :queued");
         change.values.insert(":queued".into(), n(queued));
+        if shard.status == ShardStatus::Queued && shard.mode == Mode::Dynamic {
+            // A retry of a dynamic batch's failed tests waits for a claim.
+            change.expression.push_str(", returned :batch");
+            change.values.insert(
+                ":batch".into(),
+                AttributeValue::Ns(vec![shard.index.to_string()]),
+            );
+        }
         let update = self.meta_update(keys::execution(execution.id.as_str()), change)?;
         let put = self
             .put(shard_item(shard)?)
@@ -1925,6 +2177,15 @@ impl Store for DynamoStore {
             .get(keys::setting(key), keys::META)
             .await?
             .and_then(|i| str_attr(&i, "value").cloned()))
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> Result<()> {
+        self.put_plain(with(
+            key_of(keys::setting(key), keys::META.to_owned()),
+            "value",
+            s(value),
+        ))
+        .await
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> Result<String> {

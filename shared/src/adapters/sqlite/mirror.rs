@@ -27,13 +27,14 @@
 //! fall back to the database thread.
 
 use crate::domain::{Execution, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard};
-use crate::domain::{ExecutionStatus, RunnerStatus, ShardStatus};
+use crate::domain::{ExecutionStatus, Mode, RunnerStatus, ShardStatus, TestSpec};
 use crate::ids::{ExecutionId, LeaseId, RunnerId};
 use crate::ports::QueueStats;
 use crate::scheduling::FreeCapacity;
 use crate::time::Timestamp;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 /// One committed change to a mirrored entity, in commit order.
 #[derive(Debug)]
@@ -54,6 +55,12 @@ pub(super) enum Change {
     Execution(Execution),
     /// A shard was written; kept only while its execution is.
     Shard(Shard),
+    /// A dynamic execution's tests in claim order (written once, with the
+    /// execution); kept while the execution is.
+    Queue {
+        execution: ExecutionId,
+        tests: Arc<[TestSpec]>,
+    },
     Allocated {
         runner: RunnerId,
         execution: ExecutionId,
@@ -81,6 +88,8 @@ struct Active {
     shards: BTreeMap<u32, Shard>,
     /// Shards waiting for the scheduler (queued, static mode).
     waiting: u32,
+    /// A dynamic execution's tests in claim order.
+    queue: Option<Arc<[TestSpec]>>,
 }
 
 impl Active {
@@ -126,6 +135,14 @@ fn waits(shard: &Shard) -> bool {
     shard.status == ShardStatus::Queued && shard.mode.is_static()
 }
 
+/// A dynamic batch waiting to be claimed again.
+fn returned(shard: &Shard) -> bool {
+    shard.status == ShardStatus::Queued && shard.mode == Mode::Dynamic
+}
+
+/// The key of the dynamic index: highest priority first, then oldest.
+type ClaimKey = (Reverse<i32>, i64, ExecutionId);
+
 /// The in-memory hot set (see the module docs).
 #[derive(Debug, Default)]
 pub(super) struct Mirror {
@@ -135,6 +152,8 @@ pub(super) struct Mirror {
     /// shards waiting, by priority then age, and by age alone.
     by_priority: BTreeSet<(Reverse<i32>, i64, ExecutionId)>,
     by_age: BTreeSet<(i64, ExecutionId)>,
+    /// Unfinished dynamic executions, where runners look for batches.
+    dynamic: BTreeSet<ClaimKey>,
     /// runner -> (execution, shard index) -> lease.
     allocations: HashMap<RunnerId, BTreeMap<(ExecutionId, u32), LeaseId>>,
     rules: BTreeMap<String, LoadBalancingRule>,
@@ -184,6 +203,11 @@ impl Mirror {
             }
             Change::Execution(execution) => self.put_execution(execution),
             Change::Shard(shard) => self.put_shard(shard),
+            Change::Queue { execution, tests } => {
+                if let Some(a) = self.active.get_mut(&execution) {
+                    a.queue = Some(tests);
+                }
+            }
             Change::Allocated {
                 runner,
                 execution,
@@ -222,25 +246,37 @@ impl Mirror {
         }
     }
 
-    fn put_execution(&mut self, execution: Execution) {
+    fn put_execution(&mut self, mut execution: Execution) {
         let id = execution.id.clone();
         let old = self.active.remove(&id);
         if let Some(old) = &old {
             index(&mut self.by_priority, &mut self.by_age, old, false);
+            self.dynamic.remove(&old.priority_key());
         }
         if execution.status.is_terminal() {
             return;
         }
         let active = match old {
             Some(mut a) => {
+                // Kept from the shards, whatever the writer read.
+                execution.returned = a
+                    .shards
+                    .values()
+                    .filter(|s| returned(s))
+                    .map(|s| s.index)
+                    .collect();
                 a.execution = execution;
                 a
             }
-            None => Active {
-                execution,
-                shards: BTreeMap::new(),
-                waiting: 0,
-            },
+            None => {
+                execution.returned.clear();
+                Active {
+                    execution,
+                    shards: BTreeMap::new(),
+                    waiting: 0,
+                    queue: None,
+                }
+            }
         };
         index(
             &mut self.by_priority,
@@ -248,6 +284,9 @@ impl Mirror {
             &active,
             active.waiting > 0,
         );
+        if active.execution.mode == Mode::Dynamic {
+            self.dynamic.insert(active.priority_key());
+        }
         self.active.insert(id, active);
     }
 
@@ -258,6 +297,14 @@ impl Mirror {
         let was = a.shards.get(&shard.index).is_some_and(waits);
         let before = a.waiting > 0;
         a.waiting = a.waiting + u32::from(waits(&shard)) - u32::from(was);
+        let back = &mut a.execution.returned;
+        match (returned(&shard), back.binary_search(&shard.index)) {
+            (true, Err(at)) => back.insert(at, shard.index),
+            (false, Ok(at)) => {
+                back.remove(at);
+            }
+            _ => {}
+        }
         a.shards.insert(shard.index, shard);
         // A shard write changes no key of the index, only whether the
         // execution is in it.
@@ -271,6 +318,7 @@ impl Mirror {
     /// code, so comparing two mirrors alone would not catch a bug here.)
     fn derived_state_error(&self) -> Option<String> {
         let (mut by_priority, mut by_age) = (BTreeSet::new(), BTreeSet::new());
+        let mut dynamic = BTreeSet::new();
         for (id, a) in &self.active {
             let waiting = a.shards.values().filter(|s| waits(s)).count() as u32;
             if waiting != a.waiting {
@@ -279,7 +327,28 @@ impl Mirror {
                     a.waiting
                 ));
             }
+            let back: Vec<u32> = a
+                .shards
+                .values()
+                .filter(|s| returned(s))
+                .map(|s| s.index)
+                .collect();
+            if back != a.execution.returned {
+                return Some(format!(
+                    "returned batches of {id:?}: {:?} kept, {back:?} counted",
+                    a.execution.returned
+                ));
+            }
             index(&mut by_priority, &mut by_age, a, waiting > 0);
+            if a.execution.mode == Mode::Dynamic {
+                dynamic.insert(a.priority_key());
+            }
+        }
+        if dynamic != self.dynamic {
+            return Some(format!(
+                "dynamic index: {:?} kept, {dynamic:?} derived",
+                self.dynamic
+            ));
         }
         (by_priority != self.by_priority || by_age != self.by_age).then(|| {
             format!(
@@ -328,6 +397,7 @@ impl Mirror {
                 )
             })
             .or_else(|| first("by age", keys(&self.by_age), keys(&other.by_age)))
+            .or_else(|| first("dynamic", keys(&self.dynamic), keys(&other.dynamic)))
     }
 
     pub fn runner(&self, id: &RunnerId) -> Option<RunnerWithLoad> {
@@ -390,6 +460,34 @@ impl Mirror {
         self.active
             .get(id)
             .map(|a| (a.execution.clone(), a.shards.values().cloned().collect()))
+    }
+
+    /// Tests `from..from + limit` of an unfinished dynamic execution's
+    /// claim order; `None`: not kept here, ask the database.
+    pub fn queued_tests(&self, id: &ExecutionId, from: u32, limit: u32) -> Option<Vec<TestSpec>> {
+        let queue = self.active.get(id)?.queue.as_ref()?;
+        let start = (from as usize).min(queue.len());
+        let end = start.saturating_add(limit as usize).min(queue.len());
+        Some(queue[start..end].to_vec())
+    }
+
+    /// Unfinished dynamic executions after `cursor` in claim order (highest
+    /// priority first, then oldest), at most `limit`, and whether more follow.
+    pub fn dynamic_after(&self, cursor: Option<&ClaimKey>, limit: usize) -> (Vec<Execution>, bool) {
+        let mut keys = match cursor {
+            Some(c) => self.dynamic.range((
+                std::ops::Bound::Excluded(c.clone()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.dynamic.range(..),
+        };
+        let items: Vec<Execution> = keys
+            .by_ref()
+            .take(limit)
+            .filter_map(|(_, _, id)| self.active.get(id))
+            .map(|a| a.execution.clone())
+            .collect();
+        (items, keys.next().is_some())
     }
 
     /// `Some(None)`: the execution is unfinished and has no such shard.
@@ -464,7 +562,7 @@ impl Mirror {
 /// mirror does not show them yet. Only what [`View`] answers is kept.
 #[derive(Debug, Default)]
 pub(super) struct Overlay {
-    executions: HashMap<ExecutionId, ExecutionStatus>,
+    executions: HashMap<ExecutionId, (ExecutionStatus, u64)>,
     /// execution -> shard index -> (version, status).
     shards: HashMap<ExecutionId, BTreeMap<u32, (u64, ShardStatus)>>,
     /// Runners written in this group: status and capacity.
@@ -514,7 +612,7 @@ impl Overlay {
                     self.allocations.insert(key, None);
                 }
                 Change::Execution(e) => {
-                    self.executions.insert(e.id.clone(), e.status);
+                    self.executions.insert(e.id.clone(), (e.status, e.version));
                 }
                 Change::Shard(s) => {
                     self.shards
@@ -522,7 +620,8 @@ impl Overlay {
                         .or_default()
                         .insert(s.index, (s.version, s.status));
                 }
-                Change::Rule(_)
+                Change::Queue { .. }
+                | Change::Rule(_)
                 | Change::RuleDeleted(_)
                 | Change::Cursor { .. }
                 | Change::CursorDeleted(_) => {}
@@ -542,9 +641,19 @@ pub(super) struct View<'a> {
 pub(super) enum Live<'a> {
     /// Not written in this group: the committed execution.
     Committed(&'a Execution),
-    /// Written earlier in this group, with this status; its document is
-    /// in the open transaction.
-    Written(ExecutionStatus),
+    /// Written earlier in this group, with this status and version; its
+    /// document is in the open transaction.
+    Written(ExecutionStatus, u64),
+}
+
+impl Live<'_> {
+    /// The execution's version as the view sees it.
+    pub fn version(&self) -> u64 {
+        match self {
+            Live::Committed(e) => e.version,
+            Live::Written(_, version) => *version,
+        }
+    }
 }
 
 impl<'a> View<'a> {
@@ -555,7 +664,9 @@ impl<'a> View<'a> {
     /// The execution if it is unfinished; `None` if it is finished or unknown.
     pub fn live_execution(&self, id: &ExecutionId) -> Option<Live<'a>> {
         match self.overlay.executions.get(id) {
-            Some(status) => (!status.is_terminal()).then_some(Live::Written(*status)),
+            Some((status, version)) => {
+                (!status.is_terminal()).then_some(Live::Written(*status, *version))
+            }
             None => self
                 .mirror
                 .active

@@ -15,13 +15,14 @@
 use crate::auth::ApiToken;
 use crate::domain::{
     AlertRule, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, ResultChunk,
-    Rollup, Runner, RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestTiming, Violation,
+    Rollup, Runner, RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestSpec, TestTiming,
+    Violation,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::{AlertRuleId, ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
 use crate::ports::{
-    AssignmentWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release, ShardUpdate,
-    Store,
+    AssignmentWrite, ClaimWrite, ExecutionFilter, IdempotencyRecord, Page, QueueStats, Release,
+    ShardUpdate, Store,
 };
 use crate::scheduling::FreeCapacity;
 use crate::time::Timestamp;
@@ -64,6 +65,9 @@ CREATE TABLE IF NOT EXISTS shards (
 CREATE TABLE IF NOT EXISTS shard_tests (
     execution_id TEXT NOT NULL, idx INTEGER NOT NULL, tests TEXT NOT NULL,
     PRIMARY KEY (execution_id, idx));
+-- A dynamic execution's tests in claim order, written once: its batches
+-- are cut from it as runners claim.
+CREATE TABLE IF NOT EXISTS test_queues (execution_id TEXT PRIMARY KEY, tests TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS shards_in_flight ON shards(deadline) WHERE status IN ('assigned', 'running');
 DROP INDEX IF EXISTS shards_queued;
 CREATE TABLE IF NOT EXISTS rules (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
@@ -138,8 +142,9 @@ impl From<rusqlite::Error> for Error {
 /// load derived from the shards' `held_*` columns. 3: a shard's test list
 /// in its own column. 4: no `queued_shards` counter on executions (the
 /// mirror counts them). 5: shard documents written as compact records
-/// (see [`record`]), test lists in their own table.
-const SCHEMA_VERSION: i64 = 5;
+/// (see [`record`]), test lists in their own table. 6: dynamic executions'
+/// tests in claim order (`test_queues`), their batches cut when claimed.
+const SCHEMA_VERSION: i64 = 6;
 
 /// Brings a version 1 data directory to version 2 in one transaction: each
 /// allocation's resources move onto its shard's row, and the allocations
@@ -195,6 +200,16 @@ PRAGMA user_version = 5;
 COMMIT;
 "#;
 
+/// Version 5 to 6: the table of dynamic executions' tests. Dynamic
+/// executions queued before it keep the batches cut at queue time, and
+/// claims take those.
+const MIGRATE_FROM_5: &str = r#"
+BEGIN;
+CREATE TABLE IF NOT EXISTS test_queues (execution_id TEXT PRIMARY KEY, tests TEXT NOT NULL);
+PRAGMA user_version = 6;
+COMMIT;
+"#;
+
 /// Migrates a data directory written by an earlier version, and refuses one
 /// written by a later or unknown version instead of failing later on a
 /// missing column.
@@ -210,6 +225,7 @@ fn check_schema_version(conn: &Connection) -> Result<()> {
         (2, MIGRATE_FROM_2),
         (3, MIGRATE_FROM_3),
         (4, MIGRATE_FROM_4),
+        (5, MIGRATE_FROM_5),
     ] {
         if has_tables && version == from {
             if let Err(e) = conn.execute_batch(migration) {
@@ -358,7 +374,15 @@ fn load_mirror(c: &Connection) -> Result<Mirror> {
     )?;
     for e in active {
         let shards = shards_of(c, e.id.as_str())?;
+        let queue = test_queue(c, &e.id)?;
+        let id = e.id.clone();
         mirror.apply(Change::Execution(e));
+        if let Some(tests) = queue {
+            mirror.apply(Change::Queue {
+                execution: id,
+                tests,
+            });
+        }
         for s in shards {
             mirror.apply(Change::Shard(s));
         }
@@ -385,6 +409,26 @@ fn load_mirror(c: &Connection) -> Result<Mirror> {
         }
     }
     Ok(mirror)
+}
+
+/// A dynamic execution's tests in claim order, if it has them.
+fn test_queue(c: &Connection, id: &ExecutionId) -> Result<Option<Arc<[TestSpec]>>> {
+    let doc: Option<String> = c
+        .prepare_cached("SELECT tests FROM test_queues WHERE execution_id = ?1")?
+        .query_row([id.as_str()], |r| r.get(0))
+        .optional()?;
+    doc.map(|d| {
+        from_doc::<Vec<(String, Option<u64>)>>(&d).map(|tests| {
+            tests
+                .into_iter()
+                .map(|(name, duration_hint_ms)| TestSpec {
+                    name,
+                    duration_hint_ms,
+                })
+                .collect()
+        })
+    })
+    .transpose()
 }
 
 /// One allocation as the shards table stores it.
@@ -616,11 +660,29 @@ fn execute_shard(
 
 /// Inserts a new shard (holding nothing).
 fn insert_shard(tx: &Connection, s: &Shard, docs: &ShardDocs) -> Result<()> {
+    insert_shard_holding(tx, s, docs, None)
+}
+
+/// Inserts a new shard whose lease holds `held` (a batch cut at its claim).
+fn insert_shard_holding(
+    tx: &Connection,
+    s: &Shard,
+    docs: &ShardDocs,
+    held: Option<Resources>,
+) -> Result<()> {
     let mut stmt = tx.prepare_cached(
-        "INSERT INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO shards (execution_id, idx, status, runner_id, lease_id, deadline, version, doc,
+           held_slots, held_cpu, held_memory)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
-    execute_shard(&mut stmt, s, &docs.state, &[])?;
+    let held = held.map(|r| [r.slots, r.cpu_millis, r.memory_mb]);
+    let columns: Vec<Option<u32>> = match held {
+        Some(h) => h.into_iter().map(Some).collect(),
+        None => vec![None; 3],
+    };
+    let extra: Vec<&dyn rusqlite::ToSql> =
+        columns.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+    execute_shard(&mut stmt, s, &docs.state, &extra)?;
     tx.prepare_cached("INSERT INTO shard_tests (execution_id, idx, tests) VALUES (?1, ?2, ?3)")?
         .execute(params![s.execution_id.as_str(), s.index, docs.tests])?;
     Ok(())
@@ -899,10 +961,20 @@ impl Store for SqliteStore {
         &self,
         execution: &Execution,
         shards: &[Shard],
+        queue: &[TestSpec],
         idem: Option<&IdempotencyRecord>,
     ) -> Result<()> {
         let (execution, shards, idem) = (execution.clone(), shards.to_vec(), idem.cloned());
         let doc = to_doc(&execution)?;
+        let queue: Option<(Arc<[TestSpec]>, String)> = if queue.is_empty() {
+            None
+        } else {
+            let pairs: Vec<(&str, Option<u64>)> = queue
+                .iter()
+                .map(|t| (t.name.as_str(), t.duration_hint_ms))
+                .collect();
+            Some((queue.into(), to_doc(&pairs)?))
+        };
         let shard_docs = shards
             .iter()
             .map(ShardDocs::of)
@@ -931,7 +1003,16 @@ impl Store for SqliteStore {
             for (s, docs) in shards.iter().zip(&shard_docs) {
                 insert_shard(tx, s, docs)?;
             }
+            let id = execution.id.clone();
             ch.push(Change::Execution(execution));
+            if let Some((tests, doc)) = queue {
+                tx.prepare_cached("INSERT INTO test_queues (execution_id, tests) VALUES (?1, ?2)")?
+                    .execute(params![id.as_str(), doc])?;
+                ch.push(Change::Queue {
+                    execution: id,
+                    tests,
+                });
+            }
             ch.extend(shards.into_iter().map(Change::Shard));
             Ok(())
         })
@@ -1082,13 +1163,64 @@ impl Store for SqliteStore {
         Ok(self.mirrored(|m| m.pending(free, max_executions)))
     }
 
-    async fn active_executions(&self, limit: u32) -> Result<Vec<Execution>> {
+    async fn active_executions(&self, cursor: Option<&str>, limit: u32) -> Result<Page<Execution>> {
+        let after = match cursor {
+            Some(c) => Some(
+                crate::ports::cursors::parse_by_deadline(c)
+                    .ok_or_else(|| Error::validation("cursor", "not a cursor of this listing"))?,
+            ),
+            None => None,
+        };
         self.read(move |c| {
-            docs(
+            let (deadline, id) = after.unwrap_or((i64::MIN, String::new()));
+            let mut items: Vec<Execution> = docs(
                 c,
-                "SELECT doc FROM executions WHERE status IN ('queued', 'running') ORDER BY deadline LIMIT ?1",
-                [limit],
-            )
+                "SELECT doc FROM executions WHERE status IN ('queued', 'running') AND (deadline, id) > (?1, ?2)
+                 ORDER BY deadline, id LIMIT ?3",
+                params![deadline, id, limit + 1],
+            )?;
+            let next_cursor =
+                Page::cursor_after(&mut items, limit, crate::ports::cursors::by_deadline);
+            Ok(Page { items, next_cursor })
+        })
+        .await
+    }
+
+    async fn dynamic_executions(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Execution>> {
+        let after = match cursor {
+            Some(c) => Some(
+                crate::ports::cursors::parse_by_priority(c)
+                    .and_then(|(priority, created, id)| {
+                        let id = ExecutionId::parse(&id).ok()?;
+                        Some((std::cmp::Reverse(priority), created, id))
+                    })
+                    .ok_or_else(|| Error::validation("cursor", "not a cursor of this listing"))?,
+            ),
+            None => None,
+        };
+        let (items, more) = self.mirrored(|m| m.dynamic_after(after.as_ref(), limit as usize));
+        let next_cursor = if more {
+            items.last().map(crate::ports::cursors::by_priority)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn queued_tests(&self, id: &ExecutionId, from: u32, limit: u32) -> Result<Vec<TestSpec>> {
+        if let Some(found) = self.mirrored(|m| m.queued_tests(id, from, limit)) {
+            return Ok(found);
+        }
+        let id = id.clone();
+        self.read(move |c| {
+            let queue = test_queue(c, &id)?.unwrap_or_else(|| Arc::from(Vec::new()));
+            let start = (from as usize).min(queue.len());
+            let end = start.saturating_add(limit as usize).min(queue.len());
+            Ok(queue[start..end].to_vec())
         })
         .await
     }
@@ -1128,7 +1260,7 @@ impl Store for SqliteStore {
                     Some(Live::Committed(e)) if e.status == ExecutionStatus::Queued => {
                         Some(e.clone())
                     }
-                    Some(Live::Written(ExecutionStatus::Queued)) => Some(
+                    Some(Live::Written(ExecutionStatus::Queued, _)) => Some(
                         load_execution_doc(tx, shard.execution_id.as_str())?.ok_or_else(|| {
                             Error::not_found(Entity::Execution, &shard.execution_id)
                         })?,
@@ -1184,6 +1316,78 @@ impl Store for SqliteStore {
                         runner: alloc.runner_id.clone(),
                     });
                 }
+                let alloc = w.allocation;
+                ch.push(Change::Allocated {
+                    runner: alloc.runner_id,
+                    execution: alloc.execution_id,
+                    index: alloc.shard_index,
+                    lease: alloc.lease_id,
+                });
+                ch.push(Change::Shard(w.shard));
+                Ok(())
+            })
+            .await
+    }
+
+    async fn claim(&self, w: ClaimWrite) -> Result<()> {
+        // Serialised on the caller's thread, as for an assignment.
+        let exec_doc = to_doc(&w.execution)?;
+        let shard_docs = match w.expected_shard_version {
+            None => ShardDocs::of(&w.shard)?,
+            Some(_) => ShardDocs {
+                state: ShardDocs::state(&w.shard)?,
+                tests: String::new(),
+            },
+        };
+        self.db
+            .write_viewed(move |tx, view, ch| {
+                let (shard, alloc, execution) = (&w.shard, &w.allocation, &w.execution);
+                // Every check before the first change (see `thread`).
+                // Condition 1: the execution is unfinished and as the claim read it.
+                match view.live_execution(&execution.id) {
+                    Some(live) if live.version() == w.expected_execution_version => {}
+                    _ => return Err(Error::conflict(Entity::Execution, &execution.id)),
+                }
+                // Condition 2: a batch cut now is new; one taken back out is
+                // still queued as it was read.
+                let stored = view.shard(&execution.id, shard.index);
+                let batch_ok = match w.expected_shard_version {
+                    None => stored.is_none(),
+                    Some(v) => stored == Some((v, ShardStatus::Queued)),
+                };
+                if !batch_ok {
+                    return Err(Error::conflict(
+                        Entity::Shard,
+                        format!("{}#{}", shard.execution_id, shard.index),
+                    ));
+                }
+                // Condition 3: the runner is active and has room.
+                let need = alloc.resources;
+                let room = view
+                    .runner(&alloc.runner_id)
+                    .is_some_and(|(status, capacity, load)| {
+                        status == RunnerStatus::Active && capacity.covers(&load.plus(&need))
+                    });
+                if !room {
+                    return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
+                }
+                write_execution(tx, execution, &exec_doc)?;
+                match w.expected_shard_version {
+                    None => insert_shard_holding(tx, shard, &shard_docs, Some(need))?,
+                    Some(v) => {
+                        if !put_shard(tx, shard, &shard_docs.state, v, Holds::Take(need))? {
+                            return Err(Error::Internal(
+                                "a shard's stored version differs from the mirror's".into(),
+                            ));
+                        }
+                    }
+                }
+                ch.push(Change::Load {
+                    runner: alloc.runner_id.clone(),
+                    resources: need,
+                    add: true,
+                });
+                ch.push(Change::Execution(w.execution));
                 let alloc = w.allocation;
                 ch.push(Change::Allocated {
                     runner: alloc.runner_id,
@@ -1544,6 +1748,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_setting(&self, key: &str, value: &str) -> Result<()> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.write(move |tx, _| {
+            tx.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)")?
+                .execute(params![key, value])?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
         let (key, value) = (key.to_owned(), value.to_owned());
         self.write(move |tx, _| {
@@ -1616,7 +1830,7 @@ mod tests {
         let execution = fixtures::execution(2);
         let shards = fixtures::shards(&execution);
         store
-            .create_execution(&execution, &shards, None)
+            .create_execution(&execution, &shards, &[], None)
             .await
             .expect("execution");
         (store, runner, execution, shards)
