@@ -327,6 +327,24 @@ pub trait Store: Send + Sync + 'static {
         shard: &Shard,
     ) -> impl Future<Output = Result<()>> + Send;
     fn update_shard(&self, update: ShardUpdate) -> impl Future<Output = Result<()>> + Send;
+    /// [`Store::update_shard`] of a shard that records a finished run, with
+    /// that run's result chunks, which must be stored no later than the
+    /// shard records the run (readers merge only recorded runs). By
+    /// default the chunks go first (on DynamoDB they may not fit one
+    /// transaction); the embedded store writes both in one transaction.
+    fn finish_shard(
+        &self,
+        update: ShardUpdate,
+        results: Vec<crate::domain::ResultChunk>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            if !results.is_empty() {
+                self.put_results(&update.shard.execution_id, &results)
+                    .await?;
+            }
+            self.update_shard(update).await
+        }
+    }
     fn queue_stats(&self) -> impl Future<Output = Result<QueueStats>> + Send;
 
     // Rules and round-robin cursors

@@ -296,7 +296,7 @@ impl<P: Ports> Orchestrator<P> {
                     self.config.dynamic_batch_overhead_ms,
                     self.config.silence_limit_ms(),
                 );
-                let (tests, weight) = self.cut(id, dispenser.next, target, &dispenser).await?;
+                let (tests, weight) = self.cut(id, fresh, target, &dispenser).await?;
                 let until = busy_until(now, weight, dispenser.hinted);
                 dispenser.hand_out(tests.len() as u32, weight, runner_id, until);
                 let mut batch = Shard::new(
@@ -374,23 +374,32 @@ impl<P: Ports> Orchestrator<P> {
         Ok(if fresh_left { None } else { first })
     }
 
-    /// The tests of the next batch, cut from position `from` up to `target`
-    /// ms of expected work, and their weight. Reads only as far as the
-    /// batch may reach.
+    /// The tests of the next batch, cut from position `from` (`fresh`
+    /// tests are left from there) up to `target` ms of expected work, and
+    /// their weight. Reads only as far as the batch may reach.
     async fn cut(
         &self,
         id: &ExecutionId,
-        from: u32,
+        fresh: u32,
         target: u64,
         dispenser: &crate::domain::Dispenser,
     ) -> Result<(Vec<String>, u64)> {
         let cap = dispenser.max_batch_tests.map_or(u32::MAX, |m| m.max(1));
+        // As many as the target needs at the average weight of what is
+        // left, twice over: the tests left are in longest-first order, so
+        // the next ones weigh at least the average. A tail's single test
+        // reads one, and a read is seldom repeated.
+        let average = (dispenser.left_ms / u64::from(fresh.max(1))).max(1);
+        let needed = (2 * target)
+            .div_ceil(average)
+            .clamp(1, u64::from(TESTS_PER_READ)) as u32;
+        let mut ask = needed.min(cap);
         let mut read: Vec<crate::domain::TestSpec> = Vec::new();
         let mut weight = 0u64;
         loop {
-            let at = from + read.len() as u32;
-            let page = self.store.queued_tests(id, at, TESTS_PER_READ).await?;
-            let end = (page.len() as u32) < TESTS_PER_READ;
+            let at = dispenser.next + read.len() as u32;
+            let page = self.store.queued_tests(id, at, ask).await?;
+            let end = (page.len() as u32) < ask;
             weight += page
                 .iter()
                 .map(|t| t.duration_hint_ms.unwrap_or(1))
@@ -399,6 +408,7 @@ impl<P: Ports> Orchestrator<P> {
             if end || weight >= target || read.len() as u32 >= cap {
                 break;
             }
+            ask = TESTS_PER_READ.min(cap - read.len() as u32);
         }
         let (count, weight) = batch_len(&read, target, dispenser.max_batch_tests);
         read.truncate(count);

@@ -1,6 +1,7 @@
 //! Shard reports from runners and the aggregator that folds them into the
 //! execution.
 
+use super::timings::LearnedRun;
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth::Principal;
 use crate::domain::results;
@@ -386,10 +387,10 @@ impl<P: Ports> Orchestrator<P> {
                 }
             };
             let finished = applied == Applied::Changed && shard.status.is_terminal();
-            if finished && !chunks.is_empty() {
-                // Before the shard records the run: a reader sees the run
-                // only once its results are all there.
-                let stored: Vec<ResultChunk> = chunks
+            // Stored with the shard's write, no later: a reader sees the
+            // run only once its results are all there.
+            let stored: Vec<ResultChunk> = if finished {
+                chunks
                     .iter()
                     .enumerate()
                     .map(|(i, body)| ResultChunk {
@@ -398,9 +399,10 @@ impl<P: Ports> Orchestrator<P> {
                         chunk: i as u32,
                         body: body.clone(),
                     })
-                    .collect();
-                self.store.put_results(id, &stored).await?;
-            }
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let overhead_ms = match (&report.results, shard.assigned_at) {
                 (Some(r), Some(claimed)) if finished && !r.tests.is_empty() => {
                     let ran: u64 = r.tests.iter().map(|t| t.duration_ms).sum();
@@ -424,8 +426,8 @@ impl<P: Ports> Orchestrator<P> {
             });
             if applied == Applied::Changed {
                 let released = held.filter(|_| finished);
-                self.save_shard(&execution, shard, read_as, released)
-                    .await?;
+                let update = self.shard_update(&execution, shard, read_as, released);
+                self.store.finish_shard(update, stored).await?;
             }
             Ok((outcome, after))
         })
@@ -539,62 +541,66 @@ impl<P: Ports> Orchestrator<P> {
         Ok(())
     }
 
-    /// Adds each test's duration from one finished run (`lease` of shard
-    /// `index`) to its suite's history, from the results the report stored.
-    /// The aggregator does it, not the report: a report of 20,000 tests
-    /// would otherwise spend its request on a thousand timing writes.
-    /// Skipped tests (no real duration) are left out; in an automatic
-    /// retry, the tests that passed are flaky, which goes into their history
-    /// too. Timings are statistics: a failure here is logged and the fold
-    /// stands. A completion delivered twice learns nothing the second time
+    /// What one finished run (`lease` of shard `index`) teaches its suite's
+    /// histories, from the results the report stored: each test's
+    /// duration, and the tests that were flaky (passed on an automatic
+    /// retry, or after their own tool's retries failed first). Skipped
+    /// tests (no real duration) are left out. The aggregator learns, not
+    /// the report: a report of 20,000 tests would otherwise spend its
+    /// request on a thousand timing writes. A completion delivered twice
+    /// learns nothing the second time
     /// ([`TestTiming::learns_from`](crate::domain::TestTiming::learns_from)).
-    async fn learn_timings(
+    async fn run_to_learn(
         &self,
         execution: &Execution,
         shards: &[crate::domain::Shard],
         index: u32,
-        lease: &crate::ids::LeaseId,
-    ) {
-        let id = &execution.id;
-        let learned = async {
-            let Some(shard) = shards.iter().find(|s| s.index == index) else {
-                return Ok(());
-            };
-            let Some(run) = shard
-                .attempts
-                .iter()
-                .find(|a| &a.lease_id == lease && a.result_chunks > 0)
-            else {
-                return Ok(());
-            };
-            let retry = shard.retry_of.is_some();
-            let mut ran = Vec::new();
-            let mut flaky = Vec::new();
-            for chunk in self.store.results(id, Some((index, lease))).await? {
-                for t in chunk.tests()? {
-                    // Passed on an automatic retry, or after its own tool's
-                    // retries failed first: flaky.
-                    if t.status == TestStatus::Passed && (retry || !t.earlier.is_empty()) {
-                        flaky.push(t.name.clone());
-                    }
-                    if t.status != TestStatus::Skipped && t.duration_ms > 0 {
-                        ran.push((t.name, t.duration_ms));
-                    }
+        lease: &LeaseId,
+    ) -> Result<Option<LearnedRun>> {
+        let Some(shard) = shards.iter().find(|s| s.index == index) else {
+            return Ok(None);
+        };
+        let Some(run) = shard
+            .attempts
+            .iter()
+            .find(|a| &a.lease_id == lease && a.result_chunks > 0)
+        else {
+            return Ok(None);
+        };
+        let retry = shard.retry_of.is_some();
+        let mut learned = LearnedRun {
+            suite: execution.suite.clone(),
+            lease: lease.clone(),
+            finished_at: run.finished_at,
+            ran: Vec::new(),
+            flaky: Vec::new(),
+        };
+        for chunk in self
+            .store
+            .results(&execution.id, Some((index, lease)))
+            .await?
+        {
+            for t in chunk.tests()? {
+                if t.status == TestStatus::Passed && (retry || !t.earlier.is_empty()) {
+                    learned.flaky.push(t.name.clone());
+                }
+                if t.status != TestStatus::Skipped && t.duration_ms > 0 {
+                    learned.ran.push((t.name, t.duration_ms));
                 }
             }
-            if ran.is_empty() && flaky.is_empty() {
-                return Ok(());
-            }
-            self.record_timings(
-                &execution.suite,
-                &ran,
-                &flaky,
-                Some((lease, run.finished_at)),
-            )
-            .await
-        };
-        if let Err(e) = learned.await {
-            tracing::warn!(error = %e, execution = %id, shard = index, "test durations not recorded");
+        }
+        Ok((!learned.ran.is_empty() || !learned.flaky.is_empty()).then_some(learned))
+    }
+
+    /// Learns the runs of a batch of completions together (each suite's
+    /// histories read and written once). Timings are statistics: a failure
+    /// is logged, and the folds stand.
+    async fn learn(&self, runs: Vec<LearnedRun>) {
+        if runs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.learn_runs(runs).await {
+            tracing::warn!(error = %e, "test durations not recorded");
         }
     }
 
@@ -624,11 +630,15 @@ impl<P: Ports> Orchestrator<P> {
     /// the same however many batches the execution has; the completions
     /// after the last test went out fold it, and the timeout sweep is the
     /// backstop as for any lost event.
-    async fn learn_only(&self, id: &ExecutionId, index: u32, lease: &LeaseId) -> Result<()> {
+    async fn learn_only(
+        &self,
+        id: &ExecutionId,
+        index: u32,
+        lease: &LeaseId,
+    ) -> Result<Option<LearnedRun>> {
         let (execution, shard) = self.load_shard(id, index).await?;
-        self.learn_timings(&execution, std::slice::from_ref(&shard), index, lease)
-            .await;
-        Ok(())
+        self.run_to_learn(&execution, std::slice::from_ref(&shard), index, lease)
+            .await
     }
 
     /// Handles a batch of events (an SQS batch on AWS, a channel drain
@@ -638,6 +648,7 @@ impl<P: Ports> Orchestrator<P> {
     pub async fn handle_events(&self, events: &[Event]) -> Vec<Result<()>> {
         let mut folded: Vec<(ExecutionId, Option<Folded>)> = Vec::new();
         let mut results = Vec::with_capacity(events.len());
+        let mut runs = Vec::new();
         for event in events {
             let Event::ShardCompleted {
                 execution_id,
@@ -647,7 +658,15 @@ impl<P: Ports> Orchestrator<P> {
                 ..
             } = event;
             if let (true, Some(lease)) = (tests_waiting, lease_id) {
-                results.push(self.learn_only(execution_id, *shard_index, lease).await);
+                results.push(
+                    match self.learn_only(execution_id, *shard_index, lease).await {
+                        Ok(run) => {
+                            runs.extend(run);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                );
                 continue;
             }
             let known = folded.iter().position(|(id, _)| id == execution_id);
@@ -668,8 +687,14 @@ impl<P: Ports> Orchestrator<P> {
             results.push(match &folded[at].1 {
                 Some((execution, shards)) => {
                     if let Some(lease) = lease_id {
-                        self.learn_timings(execution, shards, *shard_index, lease)
-                            .await;
+                        match self
+                            .run_to_learn(execution, shards, *shard_index, lease)
+                            .await
+                        {
+                            Ok(run) => runs.extend(run),
+                            Err(e) => tracing::warn!(error = %e, execution = %execution_id,
+                                "test durations not read"),
+                        }
                     }
                     Ok(())
                 }
@@ -678,26 +703,16 @@ impl<P: Ports> Orchestrator<P> {
                 ))),
             });
         }
+        self.learn(runs).await;
         results
     }
 
     /// Handles one event from the bus (the aggregator function's body).
     pub async fn handle_event(&self, event: &Event) -> Result<()> {
-        let Event::ShardCompleted {
-            execution_id,
-            shard_index,
-            lease_id,
-            tests_waiting,
-            ..
-        } = event;
-        if let (true, Some(lease)) = (tests_waiting, lease_id) {
-            return self.learn_only(execution_id, *shard_index, lease).await;
-        }
-        let (execution, shards) = self.fold(execution_id).await?;
-        if let Some(lease) = lease_id {
-            self.learn_timings(&execution, &shards, *shard_index, lease)
-                .await;
-        }
-        Ok(())
+        self.handle_events(std::slice::from_ref(event))
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or(Ok(()))
     }
 }

@@ -130,22 +130,32 @@ impl<P: Ports> Orchestrator<P> {
         &self,
         execution: &Execution,
         shard: Shard,
-        (expected_version, expected_status): (u64, ShardStatus),
+        read_as: (u64, ShardStatus),
         released: Option<Released>,
     ) -> Result<()> {
+        let update = self.shard_update(execution, shard, read_as, released);
+        self.store.update_shard(update).await
+    }
+
+    /// The store's write of a shard changed from what was read.
+    pub(crate) fn shard_update(
+        &self,
+        execution: &Execution,
+        shard: Shard,
+        (expected_version, expected_status): (u64, ShardStatus),
+        released: Option<Released>,
+    ) -> ShardUpdate {
         let release = released.map(|h| Release {
             runner_id: h.runner_id,
             lease_id: h.lease_id,
             resources: execution.requirements.per_shard(),
         });
-        self.store
-            .update_shard(ShardUpdate {
-                shard,
-                expected_version,
-                expected_status,
-                release,
-            })
-            .await
+        ShardUpdate {
+            shard,
+            expected_version,
+            expected_status,
+            release,
+        }
     }
 }
 

@@ -43,34 +43,52 @@ impl<P: Ports> Orchestrator<P> {
         flaky: &[String],
         run: Option<(&crate::ids::LeaseId, crate::time::Timestamp)>,
     ) -> Result<()> {
+        let run = run.map(|(lease, at)| (lease.clone(), at));
+        let entries: Vec<Sample> = samples
+            .iter()
+            .map(|(name, ms)| (name.clone(), Some(*ms), run.clone()))
+            .chain(flaky.iter().map(|name| (name.clone(), None, run.clone())))
+            .collect();
+        self.record_samples(suite, entries).await
+    }
+
+    /// Learns several finished runs at once (a batch of completions): each
+    /// suite's histories are read and written once for all of them.
+    pub(crate) async fn learn_runs(&self, runs: Vec<LearnedRun>) -> Result<()> {
+        let mut by_suite: HashMap<String, Vec<Sample>> = HashMap::new();
+        for run in runs {
+            let at = Some((run.lease, run.finished_at));
+            let entries = by_suite.entry(run.suite).or_default();
+            entries.extend(run.ran.into_iter().map(|(n, ms)| (n, Some(ms), at.clone())));
+            entries.extend(run.flaky.into_iter().map(|n| (n, None, at.clone())));
+        }
+        for (suite, entries) in by_suite {
+            self.record_samples(&suite, entries).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::record_timings`] of samples that may come from different
+    /// runs, in groups of [`LEARN_CHUNK`] tests (each test's samples in one
+    /// group), several groups at once.
+    async fn record_samples(&self, suite: &str, entries: Vec<Sample>) -> Result<()> {
         use futures::stream::{StreamExt, TryStreamExt};
-        if samples.len() + flaky.len() <= LEARN_CHUNK {
-            return self.record_some(suite, samples, flaky, run).await;
+        let mut by_test: std::collections::BTreeMap<String, Vec<Sample>> = Default::default();
+        for entry in entries {
+            by_test.entry(entry.0.clone()).or_default().push(entry);
         }
-        // Each test's samples and flaky mark stay in one group.
-        let mut by_test: std::collections::BTreeMap<&str, (Vec<u64>, bool)> =
-            std::collections::BTreeMap::new();
-        for (name, ms) in samples {
-            by_test.entry(name).or_default().0.push(*ms);
-        }
-        for name in flaky {
-            by_test.entry(name).or_default().1 = true;
-        }
-        let mut groups: Vec<LearnGroup> = Vec::new();
-        for (i, (name, (durations, is_flaky))) in by_test.into_iter().enumerate() {
+        let mut groups: Vec<Vec<Sample>> = Vec::new();
+        for (i, (_, samples)) in by_test.into_iter().enumerate() {
             if i % LEARN_CHUNK == 0 {
-                groups.push(Default::default());
+                groups.push(Vec::new());
             }
-            if let Some((samples, flaky)) = groups.last_mut() {
-                samples.extend(durations.into_iter().map(|ms| (name.to_owned(), ms)));
-                if is_flaky {
-                    flaky.push(name.to_owned());
-                }
+            if let Some(group) = groups.last_mut() {
+                group.extend(samples);
             }
         }
-        let writes = groups.into_iter().map(|(samples, flaky)| async move {
-            self.record_some(suite, &samples, &flaky, run).await
-        });
+        let writes = groups
+            .into_iter()
+            .map(|group| async move { self.record_some(suite, &group).await });
         futures::stream::iter(writes)
             .buffer_unordered(LEARN_CONCURRENCY)
             .try_collect::<Vec<()>>()
@@ -78,20 +96,12 @@ impl<P: Ports> Orchestrator<P> {
         Ok(())
     }
 
-    async fn record_some(
-        &self,
-        suite: &str,
-        samples: &[(String, u64)],
-        flaky: &[String],
-        run: Option<(&crate::ids::LeaseId, crate::time::Timestamp)>,
-    ) -> Result<()> {
-        let now = run.map_or_else(|| self.clock.now(), |(_, at)| at);
+    async fn record_some(&self, suite: &str, samples: &[Sample]) -> Result<()> {
         // A name may come twice (a test run twice in one shard); a batch
         // read must not ask for the same key twice.
         let names: Vec<String> = samples
             .iter()
-            .map(|(n, _)| n.clone())
-            .chain(flaky.iter().cloned())
+            .map(|(n, _, _)| n.clone())
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -102,36 +112,37 @@ impl<P: Ports> Orchestrator<P> {
             .into_iter()
             .map(|t| (t.test.clone(), t))
             .collect();
-        // The tests this run changes; a history that already has the run
-        // (`run` given) is left as it is.
+        // The tests these runs change. Whether a run is news to a test's
+        // history is decided at the test's first sample of that run: a
+        // history that has the run already takes none of its samples.
         let mut changed: HashMap<String, TestTiming> = HashMap::new();
-        let mut skipped: std::collections::HashSet<&str> = std::collections::HashSet::new();
-        let names = samples
-            .iter()
-            .map(|(n, ms)| (n, Some(*ms)))
-            .chain(flaky.iter().map(|n| (n, None)));
-        for (name, ms) in names {
-            if skipped.contains(name.as_str()) {
+        let mut news: HashMap<(&str, Option<&str>), bool> = HashMap::new();
+        let mut touched: std::collections::HashSet<&str> = Default::default();
+        for (name, ms, run) in samples {
+            let lease = run.as_ref().map(|(l, _)| l.as_str());
+            let timing = changed.entry(name.clone()).or_insert_with(|| {
+                known
+                    .remove(name)
+                    .unwrap_or_else(|| TestTiming::new(suite, name))
+            });
+            let fresh = *news
+                .entry((name.as_str(), lease))
+                .or_insert_with(|| lease.is_none_or(|l| timing.learns_from(l)));
+            if !fresh {
                 continue;
             }
-            if !changed.contains_key(name) {
-                let mut timing = known
-                    .remove(name)
-                    .unwrap_or_else(|| TestTiming::new(suite, name));
-                if run.is_some_and(|(lease, _)| !timing.learns_from(lease.as_str())) {
-                    skipped.insert(name);
-                    continue;
-                }
-                changed.insert(name.clone(), timing);
-            }
-            if let Some(t) = changed.get_mut(name) {
-                match ms {
-                    Some(ms) => t.record(ms, now),
-                    None => t.record_flaky(now),
-                }
+            touched.insert(name.as_str());
+            let now = run.as_ref().map_or_else(|| self.clock.now(), |(_, at)| *at);
+            match ms {
+                Some(ms) => timing.record(*ms, now),
+                None => timing.record_flaky(now),
             }
         }
-        let timings: Vec<TestTiming> = changed.into_values().collect();
+        let timings: Vec<TestTiming> = changed
+            .into_iter()
+            .filter(|(name, _)| touched.contains(name.as_str()))
+            .map(|(_, t)| t)
+            .collect();
         if timings.is_empty() {
             return Ok(());
         }
@@ -139,11 +150,27 @@ impl<P: Ports> Orchestrator<P> {
     }
 }
 
+/// One sample for a test's history: the test, its duration (none: a flaky
+/// run), and the run it comes from (lease and finish time; none: an import).
+type Sample = (
+    String,
+    Option<u64>,
+    Option<(crate::ids::LeaseId, crate::time::Timestamp)>,
+);
+
+/// What one finished run teaches its suite's histories.
+pub(crate) struct LearnedRun {
+    pub suite: String,
+    pub lease: crate::ids::LeaseId,
+    pub finished_at: crate::time::Timestamp,
+    /// Tests that ran, with their durations.
+    pub ran: Vec<(String, u64)>,
+    /// Tests that failed and then passed.
+    pub flaky: Vec<String>,
+}
+
 /// Tests read and written per store round trip.
 const IMPORT_CHUNK: usize = 500;
-/// One group of a run's tests: their samples and which of them were flaky.
-type LearnGroup = (Vec<(String, u64)>, Vec<String>);
-
 /// Tests of one run learned together, and how many such groups at once.
 const LEARN_CHUNK: usize = 500;
 const LEARN_CONCURRENCY: usize = 8;

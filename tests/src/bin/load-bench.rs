@@ -540,17 +540,28 @@ async fn dynamic_run(args: &Args, server_bin: &str, clients: usize, tests: usize
             // Executions this runner found nothing left in.
             let mut spent: std::collections::HashSet<String> = Default::default();
             let mut held: Option<Held> = None;
+            // The execution this runner claims from until it has nothing left.
+            let mut current: Option<String> = None;
             let mut body = String::with_capacity(512);
             while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let batch = match held.take() {
                     Some(b) => b,
                     None => {
-                        let list = conn.get(&claimable, &token, &stats).await;
-                        let list: ClaimableList = serde_json::from_slice(&list).expect("claimable");
-                        let open = list.items.iter().find(|e| !spent.contains(e.execution_id));
-                        let Some(e) = open.map(|e| e.execution_id.to_owned()) else {
-                            tokio::time::sleep(Duration::from_millis(2)).await;
-                            continue;
+                        let e = match current.clone() {
+                            Some(e) => e,
+                            None => {
+                                let list = conn.get(&claimable, &token, &stats).await;
+                                let list: ClaimableList =
+                                    serde_json::from_slice(&list).expect("claimable");
+                                let open =
+                                    list.items.iter().find(|e| !spent.contains(e.execution_id));
+                                let Some(e) = open.map(|e| e.execution_id.to_owned()) else {
+                                    tokio::time::sleep(Duration::from_millis(2)).await;
+                                    continue;
+                                };
+                                current = Some(e.clone());
+                                e
+                            }
                         };
                         let t0 = Instant::now();
                         let answer = conn
@@ -562,6 +573,7 @@ async fn dynamic_run(args: &Args, server_bin: &str, clients: usize, tests: usize
                             Some(b) => Held::of(&e, &b),
                             None => {
                                 spent.insert(e);
+                                current = None;
                                 continue;
                             }
                         }
@@ -606,6 +618,7 @@ async fn dynamic_run(args: &Args, server_bin: &str, clients: usize, tests: usize
                     Some(b) => held = Some(Held::of(&batch.execution, &b)),
                     None if !claim_apart => {
                         spent.insert(batch.execution);
+                        current = None;
                     }
                     None => {}
                 }

@@ -730,6 +730,27 @@ fn put_shard(
     Ok(execute_shard(&mut stmt, s, doc, &extra)? == 1)
 }
 
+/// Stores result chunks (a chunk written again replaces itself).
+fn insert_results(tx: &Connection, execution: &ExecutionId, chunks: &[ResultChunk]) -> Result<()> {
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO results (execution_id, shard_index, lease_id, chunk, body)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for c in chunks {
+        stmt.execute(params![
+            execution.as_str(),
+            c.shard_index,
+            c.lease_id.as_str(),
+            c.chunk,
+            c.body
+        ])?;
+    }
+    Ok(())
+}
+
 fn shard_exists(tx: &Connection, execution_id: &str, index: u32) -> Result<bool> {
     Ok(tx
         .prepare_cached("SELECT EXISTS(SELECT 1 FROM shards WHERE execution_id = ?1 AND idx = ?2)")?
@@ -1402,10 +1423,17 @@ impl Store for SqliteStore {
     }
 
     async fn update_shard(&self, u: ShardUpdate) -> Result<()> {
+        self.finish_shard(u, Vec::new()).await
+    }
+
+    async fn finish_shard(&self, u: ShardUpdate, results: Vec<ResultChunk>) -> Result<()> {
         let doc = ShardDocs::state(&u.shard)?;
         self.db
             .write_viewed(move |tx, view, ch| {
                 let shard = &u.shard;
+                // The run's results and the shard that records it, in one
+                // transaction: a reader sees both or neither.
+                insert_results(tx, &shard.execution_id, &results)?;
                 // The check and the first change in one: the version the caller
                 // read (with `expected_status`) or nothing.
                 let held = match &u.release {
@@ -1675,23 +1703,8 @@ impl Store for SqliteStore {
 
     async fn put_results(&self, execution: &ExecutionId, chunks: &[ResultChunk]) -> Result<()> {
         let (execution, chunks) = (execution.clone(), chunks.to_vec());
-        self.write(move |tx, _| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO results (execution_id, shard_index, lease_id, chunk, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for c in &chunks {
-                stmt.execute(params![
-                    execution.as_str(),
-                    c.shard_index,
-                    c.lease_id.as_str(),
-                    c.chunk,
-                    c.body
-                ])?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |tx, _| insert_results(tx, &execution, &chunks))
+            .await
     }
 
     async fn results(
@@ -1702,24 +1715,33 @@ impl Store for SqliteStore {
         let execution = execution.clone();
         let run = run.map(|(index, lease)| (index, lease.to_string()));
         self.read(move |c| {
-            // NULLs match every run.
-            let mut stmt = c.prepare_cached(
-                "SELECT shard_index, lease_id, chunk, body FROM results WHERE execution_id = ?1
-                 AND (?2 IS NULL OR (shard_index = ?2 AND lease_id = ?3))
-                 ORDER BY shard_index, lease_id, chunk",
-            )?;
-            let (index, lease) = match &run {
-                Some((index, lease)) => (Some(*index), Some(lease.as_str())),
-                None => (None, None),
+            // Two statements rather than one with `?2 IS NULL OR …`, which
+            // SQLite answers by scanning every chunk of the execution: one
+            // run's chunks are a seek on the primary key.
+            let mut stmt = match run {
+                Some(_) => c.prepare_cached(
+                    "SELECT shard_index, lease_id, chunk, body FROM results
+                     WHERE execution_id = ?1 AND shard_index = ?2 AND lease_id = ?3 ORDER BY chunk",
+                )?,
+                None => c.prepare_cached(
+                    "SELECT shard_index, lease_id, chunk, body FROM results WHERE execution_id = ?1
+                     ORDER BY shard_index, lease_id, chunk",
+                )?,
             };
-            let rows = stmt.query_map(params![execution.as_str(), index, lease], |r| {
+            let row = |r: &rusqlite::Row<'_>| {
                 Ok((
                     r.get::<_, u32>(0)?,
                     r.get::<_, String>(1)?,
                     r.get(2)?,
                     r.get(3)?,
                 ))
-            })?;
+            };
+            let rows = match &run {
+                Some((index, lease)) => {
+                    stmt.query_map(params![execution.as_str(), index, lease.as_str()], row)?
+                }
+                None => stmt.query_map(params![execution.as_str()], row)?,
+            };
             let mut chunks = Vec::new();
             for row in rows {
                 let (shard_index, lease, chunk, body) = row?;
