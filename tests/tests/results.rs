@@ -142,7 +142,7 @@ async fn a_missing_test_is_not_hidden_behind_a_failure_beside_it<B: Backend>() {
     assert_eq!(status, ExecutionStatus::Errored);
     let missing = why.find("test_b").unwrap_or_else(|| panic!("{why}"));
     let failed = why
-        .find("1 reported tests failed")
+        .find("1 reported test failed")
         .unwrap_or_else(|| panic!("{why}"));
     assert!(missing < failed, "the missing test first: {why}");
 }
@@ -621,7 +621,7 @@ async fn a_test_its_tool_retried_to_a_pass_is_flaky_and_fails_a_strict_execution
             assert!(why.contains("1 flaky") && why.contains("strict"), "{why}");
         } else {
             assert_eq!(status, ExecutionStatus::Passed);
-            assert!(why.contains("1 flaky tests passed on a retry"), "{why}");
+            assert!(why.contains("1 flaky test passed on a retry"), "{why}");
         }
     }
 }

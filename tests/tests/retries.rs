@@ -187,7 +187,7 @@ async fn retries_stop_at_the_per_test_and_the_execution_budget<B: Backend>() {
     report(&h, &retry_runner, &retry, &["test_pay"]).await;
     let (state, why) = status(&h, &id).await;
     assert_eq!(state, ExecutionStatus::Failed);
-    assert!(why.contains("1 tests failed"), "{why}");
+    assert!(why.contains("1 test failed"), "{why}");
     let (_, shards) = h.app.execution_status(&id).await.unwrap();
     assert_eq!(shards.len(), 2, "no second retry");
 

@@ -403,6 +403,48 @@ async fn a_dynamic_claim_costs_the_same_requests_whatever_the_executions_size() 
     );
 }
 
+/// A scheduling pass reads only the requirement classes some free runner
+/// fits: with a hundred executions queued that need a label no runner has,
+/// the runnable one behind them is assigned by a pass that makes exactly
+/// the requests it makes with none of them queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_reads_no_work_that_no_free_runner_fits() {
+    let d = Deployment::start().await;
+    let runner = d.register_with_slots("a", 1).await;
+    let runnable = || {
+        json!({"suite": "s", "tests": [{"name": "t", "duration_hint_ms": 5}],
+        "parallelism": 1, "requirements": {"labels": []}})
+    };
+    let mut costs = Vec::new();
+    for blockers in [0usize, 100] {
+        for i in 0..blockers {
+            d.queue(
+                json!({"suite": "s", "tests": [{"name": format!("b{i}"), "duration_hint_ms": 5}],
+                "parallelism": 1, "priority": 90, "requirements": {"labels": ["nobody"]}}),
+            )
+            .await;
+        }
+        let (execution, webhook) = d.queue(runnable()).await;
+        let mark = d.meter.usage();
+        d.run_sweep("ScheduleSweepFunction", Sweep::Schedule).await;
+        let pass = d.meter.usage().minus(&mark);
+        let work = d.heartbeat(&runner).await;
+        assert_eq!(work.len(), 1, "{blockers} blockers: {work:?}");
+        assert_eq!(work[0]["execution_id"], execution.as_str());
+        d.report_passed(&execution, &webhook, &work[0]).await;
+        d.run_aggregator().await;
+        // Reads only: the assignment's write is the same either way.
+        costs.push((
+            pass.count("DynamoDB.Query"),
+            pass.count("DynamoDB.BatchGetItem"),
+        ));
+    }
+    assert_eq!(
+        costs[0], costs[1],
+        "the same reads with 0 and 100 blockers queued"
+    );
+}
+
 /// A push-mode runner on the serverless stack: the scheduler sends a
 /// dispatch order to the dispatch queue, the dispatcher function reads the
 /// signing secret from Secrets Manager (under the stage's prefix the

@@ -142,6 +142,36 @@ impl Requirements {
     pub fn per_shard(&self) -> Resources {
         Resources::new(1, self.cpu_millis, self.memory_mb)
     }
+
+    /// The requirement class: executions of one class need the same of a
+    /// runner (labels, runner types, size), so the same runners can take
+    /// them. Queued work is indexed by class, and a scheduling pass reads
+    /// only the classes some free runner fits. A digest, to be a short key.
+    pub fn class(&self) -> String {
+        // Stored as index keys: the digest of the same requirements must
+        // stay the same from release to release.
+        use sha2::Digest;
+        // Each type by its name in the API, which never changes.
+        let mut types: Vec<String> = self
+            .runner_types
+            .iter()
+            .filter_map(|t| serde_json::to_string(t).ok())
+            .collect();
+        types.sort_unstable();
+        let mut digest = sha2::Sha256::new();
+        for label in &self.labels {
+            digest.update(label.as_bytes());
+            digest.update([0]);
+        }
+        digest.update([1]);
+        for t in types {
+            digest.update(t.as_bytes());
+            digest.update([0]);
+        }
+        digest.update(self.cpu_millis.to_be_bytes());
+        digest.update(self.memory_mb.to_be_bytes());
+        hex::encode(&digest.finalize()[..12])
+    }
 }
 
 /// Where an execution came from in CI.
@@ -571,6 +601,15 @@ fn fold_totals(shards: &[Shard]) -> Totals {
     t
 }
 
+/// "1 test", "3 tests": counts in reasons a person reads.
+fn counted(n: u32, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// No silent pass: an execution is `passed` only when every shard passed and
 /// it reported at least one test; one whose every test was skipped passes,
 /// as the test tool's own run would, and says so in its reason. Tests not
@@ -612,7 +651,7 @@ fn derive_status(
     if totals.failed > 0 || totals.shards_failed > 0 {
         return (
             ExecutionStatus::Failed,
-            Some(format!("{} tests failed", totals.failed)),
+            Some(format!("{} failed", counted(totals.failed, "test"))),
         );
     }
     if totals.passed == 0 && totals.skipped == 0 {
@@ -625,7 +664,10 @@ fn derive_status(
         // What the test tool itself says of such a run: nothing failed.
         return (
             ExecutionStatus::Passed,
-            Some(format!("all {} tests skipped", totals.skipped)),
+            Some(match totals.skipped {
+                1 => "its one test skipped".to_owned(),
+                n => format!("all {n} tests skipped"),
+            }),
         );
     }
     if totals.flaky > 0 {
@@ -633,14 +675,17 @@ fn derive_status(
             (
                 ExecutionStatus::Failed,
                 Some(format!(
-                    "{} flaky tests (failed, then passed on a retry); strict",
-                    totals.flaky
+                    "{} (failed, then passed on a retry); strict",
+                    counted(totals.flaky, "flaky test")
                 )),
             )
         } else {
             (
                 ExecutionStatus::Passed,
-                Some(format!("{} flaky tests passed on a retry", totals.flaky)),
+                Some(format!(
+                    "{} passed on a retry",
+                    counted(totals.flaky, "flaky test")
+                )),
             )
         };
     }
@@ -674,6 +719,47 @@ mod tests {
         s.complete(&lease, outcome, &result, 0, Timestamp(2))
             .unwrap();
         s
+    }
+
+    #[test]
+    fn a_requirement_class_names_what_work_needs_whatever_the_order_it_was_given_in() {
+        use crate::domain::RunnerType;
+        let need = |labels: &[&str], types: &[RunnerType], cpu| Requirements {
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+            runner_types: types.to_vec(),
+            cpu_millis: cpu,
+            memory_mb: 512,
+        };
+        let a = need(
+            &["linux", "gpu"],
+            &[RunnerType::Docker, RunnerType::Gitlab],
+            500,
+        );
+        let b = need(
+            &["gpu", "linux"],
+            &[RunnerType::Gitlab, RunnerType::Docker],
+            500,
+        );
+        assert_eq!(a.class(), b.class());
+        assert_ne!(
+            a.class(),
+            need(&["gpu", "linux"], &[RunnerType::Gitlab], 500).class()
+        );
+        assert_ne!(
+            a.class(),
+            need(
+                &["gpu", "linux"],
+                &[RunnerType::Docker, RunnerType::Gitlab],
+                1000
+            )
+            .class()
+        );
+        // A stored key (DynamoDB's PENDING partitions): the same
+        // requirements must keep the same class from release to release.
+        assert_eq!(
+            need(&["gpu"], &[RunnerType::GithubActions], 500).class(),
+            "5502de9dc7108b1d24fe3c34"
+        );
     }
 
     #[test]

@@ -638,6 +638,7 @@ fn judge(
             ShardStatus::Errored,
             Some(match result.failed {
                 0 => gap,
+                1 => format!("{gap}; 1 reported test failed"),
                 failed => format!("{gap}; {failed} reported tests failed"),
             }),
         ),

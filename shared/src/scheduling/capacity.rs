@@ -11,7 +11,9 @@
 
 use super::planner::eligible_for;
 use crate::domain::rule::select_rule;
-use crate::domain::{Execution, LoadBalancingRule, Resources, RunnerStatus, RunnerWithLoad};
+use crate::domain::{
+    Execution, LoadBalancingRule, Requirements, Resources, RunnerStatus, RunnerWithLoad,
+};
 
 /// The free capacity of the active runners, with the rules that restrict
 /// which of them an execution may use. Cloned once per queue order walked.
@@ -32,6 +34,20 @@ impl FreeCapacity {
                 .collect(),
             rules: rules.to_vec(),
         }
+    }
+
+    /// Whether some free runner has the labels, type and room that work of
+    /// requirement class `req` needs (rules aside): the classes a pass
+    /// reads. Work of any other class could not be assigned now, so it is
+    /// not read at all.
+    pub fn could_serve(&self, req: &Requirements) -> bool {
+        let need = req.per_shard();
+        self.runners.iter().any(|(r, left)| {
+            r.runner.labels.is_superset(&req.labels)
+                && (req.runner_types.is_empty() || req.runner_types.contains(&r.runner.runner_type))
+                && left.slots > 0
+                && left.covers(&need)
+        })
     }
 
     /// Free slots left to reserve, over every runner.
@@ -232,6 +248,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn only_classes_some_free_runner_fits_are_worth_reading() {
+        let mut busy = free("busy", 1, &["gpu"]);
+        busy.allocated = Resources::new(1, 0, 0);
+        let free = FreeCapacity::new(&[free("a", 2, &["a"]), busy], &[]);
+        assert!(free.could_serve(&needing(1, &["a"]).requirements));
+        assert!(free.could_serve(&needing(1, &[]).requirements));
+        assert!(
+            !free.could_serve(&needing(1, &["gpu"]).requirements),
+            "its runner is full"
+        );
+        assert!(!free.could_serve(&needing(1, &["nobody"]).requirements));
     }
 
     #[test]

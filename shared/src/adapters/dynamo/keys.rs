@@ -22,7 +22,11 @@ pub const GSI: [(&str, &str, &str); 6] = [
 pub const EXPIRES_AT: &str = "expires_at";
 
 pub const META: &str = "META";
+/// The pending index of executions queued before it was split by
+/// requirement class; still read, so none of them is left behind.
 pub const PENDING: &str = "PENDING";
+/// GSI2 partition of the requirement classes queued work has.
+pub const CLASSES: &str = "CLASSES";
 pub const LEASE: &str = "LEASE";
 pub const ACTIVE: &str = "ACTIVE";
 /// GSI1 partition of the unfinished dynamic executions, where runners look
@@ -78,13 +82,24 @@ pub fn suite(suite: &str) -> String {
     format!("SUITE#{suite}")
 }
 
-/// GSI1 `PENDING` and `DYNAMIC`: highest priority first, then oldest
+/// GSI1 and GSI2 partition of the executions of one requirement class
+/// with shards waiting for the scheduler.
+pub fn pending(class: &str) -> String {
+    format!("{PENDING}#{class}")
+}
+
+/// A requirement class's item: what its executions need of a runner.
+pub fn class(class: &str) -> String {
+    format!("CLASS#{class}")
+}
+
+/// GSI1 `PENDING#<class>` and `DYNAMIC`: highest priority first, then oldest
 /// (also the dynamic listing's cursor).
 pub fn pending_by_priority(priority: i32, created: Timestamp, id: &str) -> String {
     crate::ports::cursors::priority_key(priority, created, id)
 }
 
-/// GSI2 `PENDING`: oldest first (aging).
+/// GSI2 `PENDING#<class>`: oldest first (aging).
 pub fn pending_by_age(created: Timestamp, id: &str) -> String {
     format!("{}#{id}", ts(created))
 }

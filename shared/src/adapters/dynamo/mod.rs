@@ -650,13 +650,49 @@ impl DynamoStore {
         items.into_iter().map(doc_of).collect()
     }
 
-    /// Pending executions from one GSI, in its order, that some runner of
-    /// `free` can run, until their queued shards use up `free` or they
-    /// number `max_executions`. Work no free runner fits is read past
-    /// without counting.
+    /// The requirement classes queued work has (expired ones left out).
+    async fn classes(&self) -> Result<Vec<(String, crate::domain::Requirements)>> {
+        let now = now_seconds();
+        let items = self
+            .query_all(
+                self.query()
+                    .index_name(keys::GSI[1].0)
+                    .key_condition_expression("gsi2pk = :classes")
+                    .expression_attribute_values(":classes", s(keys::CLASSES)),
+            )
+            .await?;
+        // The index holds keys only: the items, for their requirements.
+        let wanted = items
+            .iter()
+            .filter_map(|k| {
+                Some((
+                    str_attr(k, keys::PK)?.clone(),
+                    str_attr(k, keys::SK)?.clone(),
+                ))
+            })
+            .collect();
+        let mut classes = Vec::new();
+        for it in self.batch_get(wanted).await? {
+            if num(&it, keys::EXPIRES_AT) as i64 <= now {
+                continue;
+            }
+            let Some(class) = str_attr(&it, "gsi2sk").cloned() else {
+                continue;
+            };
+            classes.push((class, doc_of(it)?));
+        }
+        Ok(classes)
+    }
+
+    /// Pending executions under `partition` of one GSI, in its order, that
+    /// some runner of `free` can run, until their queued shards use up
+    /// `free` or they number `max_executions`. Work no free runner fits
+    /// (a rule's pool may narrow a class's runners) is read past without
+    /// counting.
     async fn pending_in(
         &self,
         index: usize,
+        partition: &str,
         free: &FreeCapacity,
         max_executions: u32,
     ) -> Result<Vec<Execution>> {
@@ -666,7 +702,7 @@ impl DynamoStore {
             .index_name(name)
             .key_condition_expression("#pk = :pending")
             .expression_attribute_names("#pk", pk)
-            .expression_attribute_values(":pending", s(keys::PENDING))
+            .expression_attribute_values(":pending", s(partition))
             .limit(max_executions.clamp(1, 100) as i32);
         // Both closures share the walk: `keep` reserves each execution's
         // shards and keeps the execution it read, `enough` stops once
@@ -883,28 +919,33 @@ fn execution_state(e: &Execution) -> Vec<(&'static str, Option<AttributeValue>)>
     let pending_by_priority = keys::pending_by_priority(e.priority, e.created_at, id);
     let pending_by_age = keys::pending_by_age(e.created_at, id);
     let when_open = |v: AttributeValue| open.then_some(v);
-    // Dynamic executions wait for runners' claims, not for the scheduler:
-    // they are listed under DYNAMIC in claim order, never under PENDING.
-    let dynamic = e.mode == Mode::Dynamic;
-    let scheduled = |v: AttributeValue| (open && !dynamic).then_some(v);
-    let gsi1pk = if dynamic {
-        keys::DYNAMIC
-    } else {
-        keys::PENDING
+    // Static executions wait for the scheduler under their requirement
+    // class's PENDING partition; dynamic ones for runners' claims, under
+    // DYNAMIC in claim order; by_index ones for their CI jobs, under
+    // neither.
+    let pending_pk = keys::pending(&e.requirements.class());
+    let (gsi1pk, gsi2pk) = match e.mode {
+        Mode::Static => (Some(pending_pk.clone()), Some(pending_pk.clone())),
+        Mode::Dynamic => (Some(keys::DYNAMIC.to_owned()), None),
+        Mode::ByIndex => (None, None),
     };
+    let listed = |pk: Option<String>| pk.filter(|_| open).map(s);
+    let sorted = |pk: &Option<String>, sk: String| pk.as_ref().filter(|_| open).map(|_| s(sk));
     vec![
         ("status", Some(s(e.status.as_str()))),
         ("version", Some(n(e.version))),
         ("updated_at", Some(n(e.updated_at.0))),
         ("started_at", e.started_at.map(|t| n(t.0))),
-        // Kept so a requeue can put the execution back under PENDING
-        // without reading it (`SET gsi1sk = pending1`).
+        // Kept so a requeue can put the execution back under its PENDING
+        // partition without reading it (`SET gsi1pk = pending_pk, gsi1sk =
+        // pending1`).
+        ("pending_pk", Some(s(pending_pk))),
         ("pending1", Some(s(pending_by_priority.clone()))),
         ("pending2", Some(s(pending_by_age.clone()))),
-        ("gsi1pk", when_open(s(gsi1pk))),
-        ("gsi1sk", when_open(s(pending_by_priority))),
-        ("gsi2pk", scheduled(s(keys::PENDING))),
-        ("gsi2sk", scheduled(s(pending_by_age))),
+        ("gsi1sk", sorted(&gsi1pk, pending_by_priority)),
+        ("gsi2sk", sorted(&gsi2pk, pending_by_age)),
+        ("gsi1pk", listed(gsi1pk)),
+        ("gsi2pk", listed(gsi2pk)),
         ("gsi3pk", when_open(s(keys::ACTIVE))),
         (
             "gsi3sk",
@@ -916,6 +957,28 @@ fn execution_state(e: &Execution) -> Vec<(&'static str, Option<AttributeValue>)>
         ),
     ]
 }
+
+/// The item of the requirement class of a static execution: what its work
+/// needs of a runner, listed under `CLASSES` for the scheduler. Written with
+/// each queue call (unconditionally: the same class is the same item), it
+/// expires a day after the longest an execution may wait, so classes no
+/// longer queued stop costing a scheduling pass a query.
+fn class_item(e: &Execution) -> Result<Item> {
+    let class = e.requirements.class();
+    let it = item(keys::class(&class), keys::META, to_av(&e.requirements)?);
+    let it = with(it, "gsi2pk", s(keys::CLASSES));
+    let it = with(it, "gsi2sk", s(class));
+    // Wall-clock time, as DynamoDB's TTL reads it.
+    Ok(with(
+        it,
+        keys::EXPIRES_AT,
+        n(now_seconds() + CLASS_TTL_SECS),
+    ))
+}
+
+/// How long a requirement class is listed after its last queue call: the
+/// longest an execution may run (7 days), and a day.
+const CLASS_TTL_SECS: i64 = 8 * 24 * 3600;
 
 fn execution_item(e: &Execution) -> Result<Item> {
     let id = e.id.as_str();
@@ -989,9 +1052,12 @@ fn count_queued(store: &DynamoStore, execution: &str, delta: i64) -> Result<Tran
         .condition_expression("attribute_exists(pk)")
         .expression_attribute_values(":delta", n(delta));
     update = if delta > 0 {
+        // Executions stored before the index was split by class have no
+        // `pending_pk`: they go back under the one PENDING partition.
         update
             .update_expression(
-                "SET gsi1pk = :pending, gsi1sk = pending1, gsi2pk = :pending, gsi2sk = pending2 ADD queued_shards :delta",
+                "SET gsi1pk = if_not_exists(pending_pk, :pending), gsi1sk = pending1, \
+                 gsi2pk = if_not_exists(pending_pk, :pending), gsi2sk = pending2 ADD queued_shards :delta",
             )
             .expression_attribute_values(":pending", s(keys::PENDING))
     } else {
@@ -1288,6 +1354,17 @@ impl Store for DynamoStore {
                     .map_err(Error::storage)?,
             )
             .build()];
+        if execution.mode == Mode::Static {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(
+                        self.put(class_item(execution)?)
+                            .build()
+                            .map_err(Error::storage)?,
+                    )
+                    .build(),
+            );
+        }
         if shards.len() + 2 <= MAX_TRANSACTION_ITEMS {
             for sh in shards {
                 items.push(
@@ -1522,12 +1599,26 @@ impl Store for DynamoStore {
         free: &FreeCapacity,
         max_executions: u32,
     ) -> Result<Vec<(Execution, Vec<Shard>)>> {
-        let by_priority = self.pending_in(0, free, max_executions).await?;
-        let by_age = self.pending_in(1, free, max_executions).await?;
-        let mut found = by_priority;
-        for e in by_age {
-            if !found.iter().any(|f| f.id == e.id) {
-                found.push(e);
+        // Only the classes some free runner fits are read (and the one
+        // partition of executions queued before the split, if any).
+        let partitions: Vec<String> = self
+            .classes()
+            .await?
+            .into_iter()
+            .filter(|(_, req)| free.could_serve(req))
+            .map(|(class, _)| keys::pending(&class))
+            .collect();
+        // Executions queued before the split, in priority order only.
+        let mut found = self
+            .pending_in(0, keys::PENDING, free, max_executions)
+            .await?;
+        for partition in &partitions {
+            let by_priority = self.pending_in(0, partition, free, max_executions).await?;
+            let by_age = self.pending_in(1, partition, free, max_executions).await?;
+            for e in by_priority.into_iter().chain(by_age) {
+                if !found.iter().any(|f| f.id == e.id) {
+                    found.push(e);
+                }
             }
         }
         let mut out = Vec::with_capacity(found.len());
@@ -1817,22 +1908,34 @@ impl Store for DynamoStore {
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {
-        let pending = self
-            .index_items(
-                self.query()
-                    .index_name(keys::GSI[1].0)
-                    .key_condition_expression("gsi2pk = :pending")
-                    .expression_attribute_values(":pending", s(keys::PENDING)),
-                is_pending,
-                |_| false,
-            )
-            .await?;
+        let mut partitions: Vec<String> = self
+            .classes()
+            .await?
+            .into_iter()
+            .map(|(class, _)| keys::pending(&class))
+            .collect();
+        partitions.push(keys::PENDING.to_owned());
+        let mut pending = Vec::new();
+        for partition in partitions {
+            pending.extend(
+                self.index_items(
+                    self.query()
+                        .index_name(keys::GSI[1].0)
+                        .key_condition_expression("gsi2pk = :pending")
+                        .expression_attribute_values(":pending", s(partition)),
+                    is_pending,
+                    |_| false,
+                )
+                .await?,
+            );
+        }
         let queued_shards = pending.iter().map(|i| num(i, "queued_shards")).sum();
         let oldest_queued_at = pending
-            .first()
-            .and_then(|i| str_attr(i, "pending2"))
-            .and_then(|sk| sk.split('#').next())
-            .and_then(|t| t.parse().ok())
+            .iter()
+            .filter_map(|i| str_attr(i, "pending2"))
+            .filter_map(|sk| sk.split('#').next())
+            .filter_map(|t| t.parse().ok())
+            .min()
             .map(Timestamp);
         let in_flight_shards = self
             .count(

@@ -27,7 +27,7 @@
 //! fall back to the database thread.
 
 use crate::domain::{Execution, LoadBalancingRule, Resources, Runner, RunnerWithLoad, Shard};
-use crate::domain::{ExecutionStatus, Mode, RunnerStatus, ShardStatus, TestSpec};
+use crate::domain::{ExecutionStatus, Mode, Requirements, RunnerStatus, ShardStatus, TestSpec};
 use crate::ids::{ExecutionId, LeaseId, RunnerId};
 use crate::ports::QueueStats;
 use crate::scheduling::FreeCapacity;
@@ -84,6 +84,9 @@ pub(super) enum Change {
 /// An unfinished execution and its shards.
 #[derive(Debug, PartialEq)]
 struct Active {
+    /// Its requirement class ([`Requirements::class`]), the pending
+    /// index it is kept in.
+    class: String,
     execution: Execution,
     shards: BTreeMap<u32, Shard>,
     /// Shards waiting for the scheduler (queued, static mode).
@@ -106,20 +109,60 @@ impl Active {
     }
 }
 
+/// The keys of the scheduler's two orders: by priority then age, by age.
+type PriorityKey = (Reverse<i32>, i64, ExecutionId);
+type AgeKey = (i64, ExecutionId);
+
+/// The executions of one requirement class with shards waiting, in the
+/// scheduler's two orders.
+#[derive(Debug, Default, PartialEq)]
+struct ClassQueue {
+    requirements: Requirements,
+    by_priority: BTreeSet<PriorityKey>,
+    by_age: BTreeSet<AgeKey>,
+}
+
+/// The pending index: executions with shards waiting, by requirement
+/// class, so a scheduling pass reads only the classes some free runner
+/// fits and never walks work none could take.
+type Pending = BTreeMap<String, ClassQueue>;
+
 /// Adds `a` to the pending index (`waiting`) or takes it out.
-fn index(
-    by_priority: &mut BTreeSet<(Reverse<i32>, i64, ExecutionId)>,
-    by_age: &mut BTreeSet<(i64, ExecutionId)>,
-    a: &Active,
-    waiting: bool,
-) {
+fn index(pending: &mut Pending, a: &Active, waiting: bool) {
     if waiting {
-        by_priority.insert(a.priority_key());
-        by_age.insert(a.age_key());
-    } else {
-        by_priority.remove(&a.priority_key());
-        by_age.remove(&a.age_key());
+        let queue = pending
+            .entry(a.class.clone())
+            .or_insert_with(|| ClassQueue {
+                requirements: a.execution.requirements.clone(),
+                ..Default::default()
+            });
+        queue.by_priority.insert(a.priority_key());
+        queue.by_age.insert(a.age_key());
+    } else if let Some(queue) = pending.get_mut(&a.class) {
+        queue.by_priority.remove(&a.priority_key());
+        queue.by_age.remove(&a.age_key());
+        if queue.by_priority.is_empty() {
+            pending.remove(&a.class);
+        }
     }
+}
+
+/// The keys of several sorted sets in one ascending order (a k-way merge).
+fn merged<'a, K: Ord>(sets: Vec<&'a BTreeSet<K>>) -> impl Iterator<Item = &'a K> {
+    let mut iters: Vec<std::collections::btree_set::Iter<'a, K>> =
+        sets.into_iter().map(|s| s.iter()).collect();
+    let mut heads: std::collections::BinaryHeap<Reverse<(&'a K, usize)>> = iters
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, it)| it.next().map(|k| Reverse((k, i))))
+        .collect();
+    std::iter::from_fn(move || {
+        let Reverse((key, i)) = heads.pop()?;
+        if let Some(next) = iters[i].next() {
+            heads.push(Reverse((next, i)));
+        }
+        Some(key)
+    })
 }
 
 /// A runner's load after capacity is taken or given back (never below zero).
@@ -148,10 +191,8 @@ type ClaimKey = (Reverse<i32>, i64, ExecutionId);
 pub(super) struct Mirror {
     runners: BTreeMap<RunnerId, RunnerWithLoad>,
     active: HashMap<ExecutionId, Active>,
-    /// The pending index, in the scheduler's two orders: executions with
-    /// shards waiting, by priority then age, and by age alone.
-    by_priority: BTreeSet<(Reverse<i32>, i64, ExecutionId)>,
-    by_age: BTreeSet<(i64, ExecutionId)>,
+    /// The pending index (see [`Pending`]).
+    pending: Pending,
     /// Unfinished dynamic executions, where runners look for batches.
     dynamic: BTreeSet<ClaimKey>,
     /// runner -> (execution, shard index) -> lease.
@@ -250,7 +291,7 @@ impl Mirror {
         let id = execution.id.clone();
         let old = self.active.remove(&id);
         if let Some(old) = &old {
-            index(&mut self.by_priority, &mut self.by_age, old, false);
+            index(&mut self.pending, old, false);
             self.dynamic.remove(&old.priority_key());
         }
         if execution.status.is_terminal() {
@@ -271,6 +312,7 @@ impl Mirror {
             None => {
                 execution.returned.clear();
                 Active {
+                    class: execution.requirements.class(),
                     execution,
                     shards: BTreeMap::new(),
                     waiting: 0,
@@ -278,12 +320,7 @@ impl Mirror {
                 }
             }
         };
-        index(
-            &mut self.by_priority,
-            &mut self.by_age,
-            &active,
-            active.waiting > 0,
-        );
+        index(&mut self.pending, &active, active.waiting > 0);
         if active.execution.mode == Mode::Dynamic {
             self.dynamic.insert(active.priority_key());
         }
@@ -309,7 +346,7 @@ impl Mirror {
         // A shard write changes no key of the index, only whether the
         // execution is in it.
         if before != (a.waiting > 0) {
-            index(&mut self.by_priority, &mut self.by_age, a, !before);
+            index(&mut self.pending, a, !before);
         }
     }
 
@@ -317,7 +354,7 @@ impl Mirror {
     /// shards they are kept from. (A fresh load builds them with the same
     /// code, so comparing two mirrors alone would not catch a bug here.)
     fn derived_state_error(&self) -> Option<String> {
-        let (mut by_priority, mut by_age) = (BTreeSet::new(), BTreeSet::new());
+        let mut pending = Pending::new();
         let mut dynamic = BTreeSet::new();
         for (id, a) in &self.active {
             let waiting = a.shards.values().filter(|s| waits(s)).count() as u32;
@@ -339,7 +376,10 @@ impl Mirror {
                     a.execution.returned
                 ));
             }
-            index(&mut by_priority, &mut by_age, a, waiting > 0);
+            if a.class != a.execution.requirements.class() {
+                return Some(format!("class of {id:?}: {} kept", a.class));
+            }
+            index(&mut pending, a, waiting > 0);
             if a.execution.mode == Mode::Dynamic {
                 dynamic.insert(a.priority_key());
             }
@@ -350,10 +390,10 @@ impl Mirror {
                 self.dynamic
             ));
         }
-        (by_priority != self.by_priority || by_age != self.by_age).then(|| {
+        (pending != self.pending).then(|| {
             format!(
                 "pending index: {:?} kept, {:?} derived",
-                self.by_age, by_age
+                self.pending, pending
             )
         })
     }
@@ -389,14 +429,7 @@ impl Mirror {
             .or_else(|| first("allocations of", &self.allocations, &other.allocations))
             .or_else(|| first("rule", &self.rules, &other.rules))
             .or_else(|| first("cursor", &self.cursors, &other.cursors))
-            .or_else(|| {
-                first(
-                    "by priority",
-                    keys(&self.by_priority),
-                    keys(&other.by_priority),
-                )
-            })
-            .or_else(|| first("by age", keys(&self.by_age), keys(&other.by_age)))
+            .or_else(|| first("pending class", &self.pending, &other.pending))
             .or_else(|| first("dynamic", keys(&self.dynamic), keys(&other.dynamic)))
     }
 
@@ -502,22 +535,26 @@ impl Mirror {
     /// The executions with shards waiting for the scheduler that some free
     /// runner can run, walked in priority order and in age order (each with
     /// its own copy of `free`, until it is used up or `max_executions` are
-    /// found), each with its queued shards.
+    /// found), each with its queued shards. Only the requirement classes
+    /// some free runner fits are read: work nobody free could take is never
+    /// walked, however much of it waits.
     pub fn pending(
         &self,
         free: &FreeCapacity,
         max_executions: u32,
     ) -> Vec<(Execution, Vec<Shard>)> {
         let max = max_executions as usize;
+        let runnable: Vec<&ClassQueue> = self
+            .pending
+            .values()
+            .filter(|q| free.could_serve(&q.requirements))
+            .collect();
         let of = |id: &&ExecutionId| self.active.get(*id).map(|a| (&a.execution, a.waiting));
-        let mut found = free
-            .clone()
-            .walk(self.by_priority.iter().map(|(_, _, id)| id), max, of);
+        let by_priority = merged(runnable.iter().map(|q| &q.by_priority).collect());
+        let mut found = free.clone().walk(by_priority.map(|(_, _, id)| id), max, of);
         let mut seen: HashSet<&ExecutionId> = found.iter().copied().collect();
-        for id in free
-            .clone()
-            .walk(self.by_age.iter().map(|(_, id)| id), max, of)
-        {
+        let by_age = merged(runnable.iter().map(|q| &q.by_age).collect());
+        for id in free.clone().walk(by_age.map(|(_, id)| id), max, of) {
             if seen.insert(id) {
                 found.push(id);
             }
@@ -544,7 +581,12 @@ impl Mirror {
             queued_shards: self.active.values().map(|a| u64::from(a.waiting)).sum(),
             in_flight_shards: 0,
             active_executions: self.active.len() as u64,
-            oldest_queued_at: self.by_age.first().map(|(at, _)| Timestamp(*at)),
+            oldest_queued_at: self
+                .pending
+                .values()
+                .filter_map(|q| q.by_age.first())
+                .map(|(at, _)| Timestamp(*at))
+                .min(),
         }
     }
 
