@@ -62,7 +62,8 @@ pub struct AgentArgs {
     #[arg(long, allow_hyphen_values = true)]
     pub docker_arg: Vec<String>,
     /// Work for this execution only, then exit with its verdict (0 passed,
-    /// 1 tests failed, 2 errored, timed out or cancelled) and deregister:
+    /// 1 tests failed, 2 errored, timed out or cancelled; 3 no verdict
+    /// from TMS) and deregister:
     /// an agent that is one of a CI build's parallel jobs.
     #[arg(long)]
     pub execution: Option<String>,
@@ -251,8 +252,32 @@ async fn identity(args: &AgentArgs) -> Result<State> {
     Ok(state)
 }
 
+/// [`identity`], waiting for a server that does not answer yet (an agent
+/// started before the server, or during its restart) instead of exiting:
+/// asked again with backoff, up to 30 s apart, until it answers or the
+/// agent is stopped.
+async fn identity_when_reachable(args: &AgentArgs) -> Result<State> {
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        match identity(args).await {
+            Err(e)
+                if e.downcast_ref::<crate::client::ClientError>()
+                    .is_some_and(crate::client::ClientError::is_transient) =>
+            {
+                eprintln!("tms agent: {e}; trying again in {}s", pause.as_secs());
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = crate::shutdown_signal() => return Err("stopped before the server answered".into()),
+                }
+                pause = (pause * 2).min(std::time::Duration::from_secs(30));
+            }
+            other => return other,
+        }
+    }
+}
+
 pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
-    let mut me = identity(&args).await?;
+    let mut me = identity_when_reachable(&args).await?;
     eprintln!(
         "tms agent {}: runner {} on {}",
         args.name, me.id, args.server.url
@@ -264,7 +289,7 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
     let args = Arc::new(args);
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
-    let stop = shutdown();
+    let stop = crate::shutdown_signal();
     tokio::pin!(stop);
     let beat = format!("/runners/{}/heartbeat", segment(&me.id));
     let claimable = format!("/runners/{}/claimable", segment(&me.id));
@@ -690,24 +715,6 @@ async fn run_command(
             ))
         }
     }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

@@ -12,13 +12,19 @@ use std::time::{Duration, Instant};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-/// Exit codes of `tms queue --wait` (and `tms status`): what a CI step
-/// branches on.
+/// Exit codes of `tms queue --wait` (and `tms status`, `tms agent
+/// --execution`): what a CI step branches on. Only 1 says the tests
+/// failed; a step may retry on 3 and must not blame the tests for it.
 pub mod exit {
     pub const PASSED: u8 = 0;
     pub const TESTS_FAILED: u8 = 1;
     /// Errored, timed out or cancelled: the run itself went wrong.
     pub const NOT_RUN: u8 = 2;
+    /// No verdict from TMS: the server could not be reached (for longer
+    /// than `--wait` rides out), refused the token or the call.
+    pub const NO_VERDICT: u8 = 3;
+    /// The command line was wrong (sysexits' EX_USAGE).
+    pub const USAGE: u8 = 64;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -89,7 +95,8 @@ pub struct QueueArgs {
     #[arg(long)]
     pub require_runner: bool,
     /// Wait for the verdict: exit 0 passed, 1 tests failed, 2 errored,
-    /// timed out or cancelled.
+    /// timed out or cancelled, 3 no verdict from TMS. Stopping the wait
+    /// (SIGTERM, Ctrl-C) cancels the execution.
     #[arg(long)]
     pub wait: bool,
     /// Print the server's JSON instead of text.
@@ -105,8 +112,35 @@ pub struct QueueArgs {
     /// How often --wait polls, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub poll_ms: u64,
+    /// With --wait: how long the server may stay unreachable (a restart,
+    /// a network blip) before giving up with exit 3, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub patience: u64,
+    /// With --wait: a line at least this often (seconds) while nothing
+    /// moves, for CI systems that stop a step silent for too long
+    /// (CircleCI: 10 minutes).
+    #[arg(long, default_value_t = 60)]
+    pub keep_alive: u64,
+    /// With --wait: leave the execution running when this command is
+    /// stopped (SIGTERM, Ctrl-C), instead of cancelling it: for another
+    /// step or job that goes on waiting for the same execution.
+    #[arg(long, requires = "wait")]
+    pub leave_running: bool,
     #[command(flatten)]
     pub server: ServerArgs,
+}
+
+/// How `--wait` follows an execution.
+#[derive(Debug, Clone, Copy)]
+pub struct Follow {
+    /// Time between polls.
+    pub every: Duration,
+    /// How long the server may stay unreachable before giving up.
+    pub patience: Duration,
+    /// A line at least this often while nothing moves.
+    pub keep_alive: Duration,
+    /// Lines for a person or a CI log (not `--json`).
+    pub show: bool,
 }
 
 /// The CI run this process belongs to, from the environment the four big CI
@@ -322,6 +356,10 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
         body["ci"] = ci;
     }
     let client = Client::new(&args.server);
+    // Listened for before the execution exists: a job stopped at any
+    // point after the queue call does not leave it running. (With
+    // --leave-running the signals keep their default: they end the wait.)
+    let stopped = (args.wait && !args.leave_running).then(crate::stop_signals);
     let queued = client.post("/executions/queue", &body).await?;
     let id = queued["id"]
         .as_str()
@@ -352,17 +390,38 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
     if !args.json {
         eprintln!("queued {id}; waiting for the verdict");
     }
-    let done = wait(
-        &client,
-        &id,
-        Duration::from_millis(args.poll_ms.max(100)),
-        !args.json,
-    )
-    .await?;
+    let follow = Follow {
+        every: Duration::from_millis(args.poll_ms.max(100)),
+        patience: Duration::from_secs(args.patience),
+        keep_alive: Duration::from_secs(args.keep_alive.max(1)),
+        show: !args.json,
+    };
+    let stopped = async {
+        match stopped {
+            Some(stop) => stop.await,
+            None => std::future::pending().await,
+        }
+    };
+    let done = tokio::select! {
+        done = wait(&client, &id, follow) => done?,
+        () = stopped => {
+            // A cancelled CI job: the execution is not left holding runners.
+            eprintln!("stopped: cancelling {id} (--leave-running keeps it)");
+            let cancelled = client
+                .post(&format!("/executions/{}/cancel", segment(&id)), &json!({}))
+                .await;
+            match cancelled {
+                Ok(s) => eprintln!("{}", summary(&s)),
+                Err(e) => eprintln!("could not cancel {id}: {e}"),
+            }
+            return Ok(ExitCode::from(exit::NOT_RUN));
+        }
+    };
     if args.json {
         println!("{done}");
     } else {
         println!("{}", summary(&done));
+        print_failures(&client, &done).await;
     }
     if let Some(file) = &args.junit {
         write_junit(&client, &id, file).await?;
@@ -372,10 +431,14 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
 }
 
 /// Polls the status until the execution finishes: a progress bar on a
-/// terminal, a plain line whenever something moved otherwise (CI logs).
-async fn wait(client: &Client, id: &str, every: Duration, show: bool) -> Result<Value> {
+/// terminal, a plain line whenever something moved otherwise (CI logs),
+/// and a line at least every `keep_alive` while nothing moves, so a CI system's
+/// no-output timeout does not kill a long wait. The server may go away
+/// for a while (a restart, a network blip): the polls back off and go on
+/// for `patience`, and only then is it an error.
+async fn wait(client: &Client, id: &str, follow: Follow) -> Result<Value> {
     let path = format!("/executions/{}/status", segment(id));
-    let bar = (show && std::io::stderr().is_terminal()).then(|| {
+    let bar = (follow.show && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(
@@ -387,8 +450,38 @@ async fn wait(client: &Client, id: &str, every: Duration, show: bool) -> Result<
     });
     let started = Instant::now();
     let mut last = String::new();
+    let mut last_said = Instant::now();
+    let mut unreachable_since: Option<Instant> = None;
+    let mut pause = follow.every;
     loop {
-        let s = client.get(&path).await?;
+        let s = match client.get(&path).await {
+            Ok(s) => s,
+            Err(e) if e.is_transient() => {
+                let since = *unreachable_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= follow.patience {
+                    return Err(format!(
+                        "gave up after {}s without an answer: {e}",
+                        since.elapsed().as_secs()
+                    )
+                    .into());
+                }
+                if follow.show && pause == follow.every {
+                    eprintln!("[{:>4}s] {e}; trying again", started.elapsed().as_secs());
+                    last_said = Instant::now();
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if unreachable_since.take().is_some() && follow.show {
+            eprintln!(
+                "[{:>4}s] the server answers again",
+                started.elapsed().as_secs()
+            );
+        }
+        pause = follow.every;
         let status = s["status"].as_str().unwrap_or("?").to_owned();
         let line = format!(
             "{status}: {}/{} shards, {} passed, {} failed",
@@ -401,8 +494,9 @@ async fn wait(client: &Client, id: &str, every: Duration, show: bool) -> Result<
             bar.set_length(s["progress"]["shards_total"].as_u64().unwrap_or(0));
             bar.set_position(s["progress"]["shards_done"].as_u64().unwrap_or(0));
             bar.set_message(line.clone());
-        } else if show && line != last {
+        } else if follow.show && (line != last || last_said.elapsed() >= follow.keep_alive) {
             eprintln!("[{:>4}s] {line}", started.elapsed().as_secs());
+            last_said = Instant::now();
         }
         last = line;
         if verdict(&status).is_some() {
@@ -411,7 +505,93 @@ async fn wait(client: &Client, id: &str, every: Duration, show: bool) -> Result<
             }
             return Ok(s);
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(follow.every).await;
+    }
+}
+
+/// Failing tests named in the summary, at most.
+const FAILURES_SHOWN: usize = 10;
+
+/// After the summary line: the tests that failed (the first
+/// [`FAILURES_SHOWN`], each with the first line of its message) and the
+/// flaky ones, from the execution's report. Best effort: the verdict
+/// stands without it.
+async fn print_failures(client: &Client, status: &Value) {
+    let flaky = status["totals"]["flaky"].as_u64().unwrap_or(0);
+    if status["totals"]["failed"].as_u64().unwrap_or(0) == 0 && flaky == 0 {
+        return;
+    }
+    let Some(id) = status["id"].as_str() else {
+        return;
+    };
+    let report = match client
+        .get(&format!("/executions/{}/report", segment(id)))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("(the failing tests could not be read: {e})");
+            return;
+        }
+    };
+    for line in failure_lines(&report) {
+        println!("{line}");
+    }
+}
+
+/// The lines naming a report's failing and flaky tests.
+pub fn failure_lines(report: &Value) -> Vec<String> {
+    let tests = report["tests"].as_array().cloned().unwrap_or_default();
+    let failing: Vec<&Value> = tests
+        .iter()
+        .filter(|t| matches!(t["status"].as_str(), Some("failed" | "errored")))
+        .collect();
+    let mut lines = Vec::new();
+    if !failing.is_empty() {
+        lines.push(format!("{}:", plural(failing.len(), "failing test")));
+        for t in failing.iter().take(FAILURES_SHOWN) {
+            let message = t["message"]
+                .as_str()
+                .and_then(|m| m.lines().find(|l| !l.trim().is_empty()))
+                .map(|m| format!(": {}", m.trim()))
+                .unwrap_or_default();
+            let status = t["status"].as_str().unwrap_or("");
+            lines.push(format!(
+                "  {} ({status}){message}",
+                t["name"].as_str().unwrap_or("")
+            ));
+        }
+        if failing.len() > FAILURES_SHOWN {
+            lines.push(format!("  … and {} more", failing.len() - FAILURES_SHOWN));
+        }
+    }
+    let flaky: Vec<&str> = report["flaky"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !flaky.is_empty() {
+        lines.push(format!(
+            "{} (failed, then passed on a retry):",
+            plural(flaky.len(), "flaky test")
+        ));
+        for name in flaky.iter().take(FAILURES_SHOWN) {
+            lines.push(format!("  {name}"));
+        }
+        if flaky.len() > FAILURES_SHOWN {
+            lines.push(format!("  … and {} more", flaky.len() - FAILURES_SHOWN));
+        }
+    }
+    lines
+}
+
+/// "1 failing test", "3 failing tests".
+pub fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 
@@ -425,7 +605,15 @@ pub async fn status(
 ) -> Result<ExitCode> {
     let client = Client::new(server);
     let s = match wait_every {
-        Some(every) => wait(&client, id, every, !json_out).await?,
+        Some(every) => {
+            let follow = Follow {
+                every,
+                patience: Duration::from_secs(600),
+                keep_alive: Duration::from_secs(60),
+                show: !json_out,
+            };
+            wait(&client, id, follow).await?
+        }
         None => {
             client
                 .get(&format!("/executions/{}/status", segment(id)))

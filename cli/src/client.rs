@@ -31,6 +31,20 @@ pub enum ClientError {
     Unexpected { status: u16, body: String },
 }
 
+impl ClientError {
+    /// Worth asking again in a while: the server did not answer, was
+    /// restarting or busy (5xx, 429), rather than refusing the call.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Problem { status, .. } | ClientError::Unexpected { status, .. } => {
+                *status == 429 || *status >= 500
+            }
+            ClientError::Unauthorized => false,
+        }
+    }
+}
+
 /// A connection to one TMS API.
 pub struct Client {
     http: reqwest::Client,

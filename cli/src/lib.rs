@@ -151,7 +151,8 @@ enum Command {
         server: client::ServerArgs,
     },
     /// Queue a suite; with --wait, follow it and exit 0 passed, 1 tests
-    /// failed, 2 errored / timed out / cancelled. CI metadata (provider,
+    /// failed, 2 errored / timed out / cancelled, 3 no verdict from TMS
+    /// (unreachable, refused), 64 a wrong command line. CI metadata (provider,
     /// build, job, commit, branch, URL) is read from GitHub Actions, GitLab
     /// CI, Jenkins or Azure Pipelines variables.
     Queue(ci::QueueArgs),
@@ -294,19 +295,32 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and --version are answers, not errors.
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(ci::exit::USAGE),
+            };
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tms: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(ci::exit::NO_VERDICT);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tms: {e}");
-            ExitCode::FAILURE
+            // Not 1: nothing says a test failed.
+            ExitCode::from(ci::exit::NO_VERDICT)
         }
     }
 }
@@ -480,23 +494,44 @@ fn shell_quote(value: &str) -> String {
 }
 
 /// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+pub(crate) async fn shutdown_signal() {
+    stop_signals().await
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM, listened for from the moment this is
+/// called, not from the first poll: a signal that comes while the caller
+/// still does something else is not lost.
+pub(crate) fn stop_signals() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = term => {}
+                _ = int => {}
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -294,8 +294,26 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> (Server, Vec<String>) {
+        Self::spawn(bin, "127.0.0.1:0", data_dir, admin_token, extra, env)
+    }
+
+    /// Starts `bin serve` again over `data_dir` on the address `url` had
+    /// (a restart: clients that knew the old server find the new one).
+    pub fn restart_at(bin: &str, url: &str, data_dir: &Path, admin_token: Option<&str>) -> Server {
+        let listen = url.trim_start_matches("http://");
+        Self::spawn(bin, listen, data_dir, admin_token, &[], &[]).0
+    }
+
+    fn spawn(
+        bin: &str,
+        listen: &str,
+        data_dir: &Path,
+        admin_token: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Server, Vec<String>) {
         let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .envs(env.iter().copied())

@@ -47,6 +47,16 @@ fn agent_with(
     name: &str,
     more: impl FnOnce(&mut Command) -> &mut Command,
 ) -> Agent {
+    agent_at(&server.url, dir, name, more)
+}
+
+/// [`agent_with`] for the server at `url` (which may not be there yet).
+fn agent_at(
+    url: &str,
+    dir: &std::path::Path,
+    name: &str,
+    more: impl FnOnce(&mut Command) -> &mut Command,
+) -> Agent {
     let junit = dir.join("{shard}.xml");
     let mut command = Command::new(BIN);
     command.env("FAKE_MARKER", dir.join("once.marker"));
@@ -59,7 +69,7 @@ fn agent_with(
         .args(["--", "python3", SUITE])
         .arg(junit.to_str().unwrap())
         .arg("{tests}")
-        .env("TMS_URL", &server.url)
+        .env("TMS_URL", url)
         .env("TMS_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::null())
         // What the agent says goes to `<name>.log` beside its state file.
@@ -86,6 +96,34 @@ async fn queue_at(url: String, args: &[&str]) -> Output {
     })
     .await
     .unwrap()
+}
+
+/// An agent started before its server (or during a restart) waits for it,
+/// asking again with backoff, instead of exiting; once the server is up it
+/// registers and works.
+#[tokio::test]
+async fn an_agent_started_before_its_server_waits_for_it() {
+    let (data, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A free port with nothing listening on it yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _agent = agent_at(&url, work.path(), "early", |c| c);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let server = Server::restart_at(BIN, &url, data.path(), Some(ADMIN_TOKEN));
+    let out = queue(&server, &["--suite", "fake", "test_1"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(work.path().join("early.log")).unwrap();
+    assert!(log.contains("cannot reach the TMS server"), "{log}");
+    assert!(log.contains("trying again"), "{log}");
 }
 
 #[tokio::test]
@@ -168,8 +206,8 @@ async fn a_shard_past_its_deadline_is_killed_and_the_run_is_not_passed() {
         ],
     )
     .await;
-    // An unknown flag is a usage error, not a run.
-    assert_eq!(out.status.code(), Some(2));
+    // An unknown flag is a usage error (64), not a run.
+    assert_eq!(out.status.code(), Some(64));
     let out = queue(&server, &["--suite", "fake", "--timeout", "3", "test_slow"]).await;
     assert_eq!(
         out.status.code(),

@@ -1,8 +1,12 @@
 //! The `tms` CI commands end to end: a real `tms serve` on a free port, the
 //! `tms` binary as a CI step would run it, and a runner played by the test
 //! over HTTP. `tms queue --wait` exits 0 passed, 1 tests failed, 2 errored /
-//! timed out / cancelled; status, report (merged JUnit), cancel, retry,
-//! runners and token creation work and fail in one readable line.
+//! timed out / cancelled, 3 no verdict from TMS (unreachable past its
+//! patience, a refused call), 64 a wrong command line; it rides out a
+//! server restart, speaks at least once per keep-alive while it waits, and
+//! cancels its execution when it is stopped; status, report (merged
+//! JUnit), cancel, retry, runners and token creation work and fail in one
+//! readable line.
 
 use serde_json::{json, Value};
 use std::process::{Command, Output};
@@ -195,7 +199,7 @@ async fn queue_with_no_tests_is_refused_and_queues_nothing() {
         vec!["queue", "--suite", "x", "--tests-file", &empty],
     ] {
         let out = tms(&server, ADMIN_TOKEN, &args).await;
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
         let err = text(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(err.contains("nothing to queue"), "{err}");
@@ -247,7 +251,11 @@ async fn a_cancelled_run_exits_2_and_errors_are_one_line() {
     let with_ci = tms(&server, &ci_token, &["queue", "--suite", "x", "t1"]).await;
     assert!(with_ci.status.success(), "{}", text(&with_ci.stderr));
     let denied = tms(&server, &ci_token, &["token", "create"]).await;
-    assert_eq!(denied.status.code(), Some(1));
+    assert_eq!(
+        denied.status.code(),
+        Some(3),
+        "a refused call is not a test failure"
+    );
     let err = text(&denied.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("403"), "{err}");
@@ -261,7 +269,7 @@ async fn a_cancelled_run_exits_2_and_errors_are_one_line() {
         &["status", "exe01ARZ3NDEKTSV4RRFFQ69G5FAV"],
     )
     .await;
-    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(missing.status.code(), Some(3));
     assert!(
         text(&missing.stderr).contains("404"),
         "{}",
@@ -281,4 +289,158 @@ async fn a_cancelled_run_exits_2_and_errors_are_one_line() {
     let err = text(&gone.stderr);
     assert!(err.contains("cannot reach the TMS server"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(gone.status.code(), Some(3), "no verdict: {err}");
+    // A wrong command line is neither a verdict nor TMS's refusal.
+    let usage = Command::new(BIN).args(["queue", "t1"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(64), "{}", text(&usage.stderr));
+}
+
+/// SIGTERM, as a CI system stops a cancelled job's step.
+fn terminate(child: &std::process::Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// Starts `tms queue --wait ARGS` in the background against `url`.
+fn spawn_wait(url: &str, args: &[&str]) -> std::process::Child {
+    tms_tests::tms_command(BIN, url, ADMIN_TOKEN)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tms queue --wait")
+}
+
+/// The executions the server lists, newest first.
+async fn listed(base: &str) -> Vec<Value> {
+    let page: Value = client()
+        .get(format!("{base}/executions"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    page["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn queue_wait_rides_out_a_server_restart_and_cancels_its_execution_when_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let url = server.url.clone();
+    let waiter = spawn_wait(
+        &url,
+        &[
+            "queue",
+            "--suite",
+            "api",
+            "--wait",
+            "--poll-ms",
+            "100",
+            "--keep-alive",
+            "1",
+            "--patience",
+            "60",
+            "t1",
+            "t_bad",
+        ],
+    );
+    tms_tests::eventually("the execution queued", || async {
+        (!listed(&server.base).await.is_empty()).then_some(())
+    })
+    .await;
+    // Nothing moves for a while: the wait still says so every second.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // The server dies under the wait and comes back on the same address.
+    server.kill_hard();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let server = Server::restart_at(BIN, &url, dir.path(), Some(ADMIN_TOKEN));
+    let runner = tokio::spawn(play_runner(server.base.clone(), vec!["t_bad"], 200));
+    let out = tokio::task::spawn_blocking(move || waiter.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "the tests failed: {stderr}");
+    assert!(stderr.contains("trying again"), "{stderr}");
+    assert!(stderr.contains("the server answers again"), "{stderr}");
+    let waiting = stderr
+        .lines()
+        .filter(|l| l.contains("queued: 0/1 shards"))
+        .count();
+    assert!(
+        waiting >= 2,
+        "a keep-alive line while nothing moved: {stderr}"
+    );
+    // The summary names the failing test with its message's first line.
+    assert!(stdout.contains("1 failing test:"), "{stdout}");
+    assert!(stdout.contains("  t_bad (failed)"), "{stdout}");
+    runner.abort();
+
+    // A stopped wait (the CI job was cancelled) cancels its execution...
+    let waiter = spawn_wait(
+        &url,
+        &[
+            "queue",
+            "--suite",
+            "idle",
+            "--wait",
+            "--poll-ms",
+            "100",
+            "t9",
+        ],
+    );
+    let id = tms_tests::eventually("the second execution queued", || async {
+        listed(&server.base)
+            .await
+            .into_iter()
+            .find(|e| e["suite"] == "idle")
+            .and_then(|e| e["id"].as_str().map(str::to_owned))
+    })
+    .await;
+    terminate(&waiter);
+    let out = tokio::task::spawn_blocking(move || waiter.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let st = tms(&server, ADMIN_TOKEN, &["status", &id, "--json"]).await;
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["status"], "cancelled", "{st}");
+    // ...unless it was told to leave it running.
+    let waiter = spawn_wait(
+        &url,
+        &[
+            "queue",
+            "--suite",
+            "kept",
+            "--wait",
+            "--leave-running",
+            "--poll-ms",
+            "100",
+            "t8",
+        ],
+    );
+    let id = tms_tests::eventually("the third execution queued", || async {
+        listed(&server.base)
+            .await
+            .into_iter()
+            .find(|e| e["suite"] == "kept")
+            .and_then(|e| e["id"].as_str().map(str::to_owned))
+    })
+    .await;
+    terminate(&waiter);
+    tokio::task::spawn_blocking(move || waiter.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let st = tms(&server, ADMIN_TOKEN, &["status", &id, "--json"]).await;
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    // Queued, or already handed to the runner registered above.
+    assert!(
+        matches!(st["status"].as_str(), Some("queued" | "running")),
+        "{st}"
+    );
 }
