@@ -479,7 +479,7 @@ async fn finished(server: &ServerArgs, id: &str) -> Option<u8> {
     {
         Ok(s) => {
             let code = crate::ci::verdict(s["status"].as_str().unwrap_or(""))?;
-            println!("{}", crate::ci::summary(&s));
+            say!("{}", crate::ci::summary(&s));
             Some(code)
         }
         Err(e) => {

@@ -145,9 +145,16 @@ pub struct Follow {
 
 /// The CI run this process belongs to, from the environment the four big CI
 /// platforms set. The build id is the run's, not the attempt's: a retried
-/// job belongs to the same build (and gets its shard again).
+/// job belongs to the same build (and gets its shard again). The attempt,
+/// where the platform numbers them (GitHub's run attempt, Azure's job
+/// attempt), makes a re-run of a build that did not pass run its failed
+/// shards again; GitLab and Jenkins number no attempts (a Jenkins replay is
+/// a build of its own).
 pub fn detect_ci(var: impl Fn(&str) -> Option<String>) -> Option<Value> {
     let v = |name: &str| var(name).filter(|s| !s.is_empty());
+    let attempt = v("GITHUB_RUN_ATTEMPT")
+        .or_else(|| v("SYSTEM_JOBATTEMPT"))
+        .and_then(|a| a.trim().parse::<u32>().ok());
     let (provider, build, job, commit, branch, url) = if v("GITHUB_ACTIONS").is_some() {
         let url = match (
             v("GITHUB_SERVER_URL"),
@@ -209,7 +216,7 @@ pub fn detect_ci(var: impl Fn(&str) -> Option<String>) -> Option<Value> {
     };
     Some(json!({
         "provider": provider, "build_id": build, "job": job,
-        "commit": commit, "branch": branch, "url": url,
+        "commit": commit, "branch": branch, "url": url, "attempt": attempt,
     }))
 }
 
@@ -370,16 +377,16 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
     }
     if !args.wait {
         if args.quiet {
-            println!("{id}");
+            say!("{id}");
         } else if args.json {
-            println!("{queued}");
+            say!("{queued}");
         } else {
             let again = if queued["replayed"] == true {
                 " (already queued by this build)"
             } else {
                 ""
             };
-            println!(
+            say!(
                 "queued {id}: suite {}, {} shards{again}",
                 queued["suite"].as_str().unwrap_or(""),
                 queued["progress"]["shards_total"]
@@ -418,9 +425,9 @@ pub async fn queue(args: QueueArgs) -> Result<ExitCode> {
         }
     };
     if args.json {
-        println!("{done}");
+        say!("{done}");
     } else {
-        println!("{}", summary(&done));
+        say!("{}", summary(&done));
         print_failures(&client, &done).await;
     }
     if let Some(file) = &args.junit {
@@ -535,7 +542,7 @@ async fn print_failures(client: &Client, status: &Value) {
         }
     };
     for line in failure_lines(&report) {
-        println!("{line}");
+        say!("{line}");
     }
 }
 
@@ -621,16 +628,24 @@ pub async fn status(
         }
     };
     if json_out {
-        println!("{s}");
+        say!("{s}");
     } else {
-        println!("{}", summary(&s));
+        say!("{}", summary(&s));
+        // Runners by name, as people know them (the id if it is gone).
+        let names: std::collections::HashMap<String, String> = all_runners(&client)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| Some((r["id"].as_str()?.to_owned(), r["name"].as_str()?.to_owned())))
+            .collect();
         for shard in s["shards"].as_array().into_iter().flatten() {
-            println!(
+            let runner = shard["runner_id"].as_str().unwrap_or("-");
+            say!(
                 "  shard {:>3} {:<9} attempt {} {} {}",
                 shard["index"].as_u64().unwrap_or(0),
                 shard["status"].as_str().unwrap_or(""),
                 shard["attempt"],
-                shard["runner_id"].as_str().unwrap_or("-"),
+                names.get(runner).map_or(runner, String::as_str),
                 shard["error"].as_str().unwrap_or("")
             );
         }
@@ -646,7 +661,7 @@ pub async fn act(id: &str, action: &str, server: &ServerArgs) -> Result<ExitCode
     let s = Client::new(server)
         .post(&format!("/executions/{}/{action}", segment(id)), &json!({}))
         .await?;
-    println!("{}", summary(&s));
+    say!("{}", summary(&s));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -654,7 +669,7 @@ pub async fn report(id: &str, junit: Option<PathBuf>, server: &ServerArgs) -> Re
     let client = Client::new(server);
     match junit {
         Some(file) => write_junit(&client, id, &file).await?,
-        None => println!(
+        None => say!(
             "{}",
             client
                 .get(&format!("/executions/{}/report", segment(id)))
@@ -674,8 +689,8 @@ async fn write_junit(client: &Client, id: &str, file: &std::path::Path) -> Resul
     Ok(())
 }
 
-pub async fn runners(json_out: bool, server: &ServerArgs) -> Result<ExitCode> {
-    let client = Client::new(server);
+/// Every registered runner, page by page.
+async fn all_runners(client: &Client) -> Result<Vec<Value>> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -687,16 +702,25 @@ pub async fn runners(json_out: bool, server: &ServerArgs) -> Result<ExitCode> {
         items.extend(page["items"].as_array().cloned().unwrap_or_default());
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
-            None => break,
+            None => return Ok(items),
         }
     }
+}
+
+pub async fn runners(json_out: bool, server: &ServerArgs) -> Result<ExitCode> {
+    let client = Client::new(server);
+    let items = all_runners(&client).await?;
     if json_out {
-        println!("{}", Value::Array(items));
+        say!("{}", Value::Array(items));
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    say!(
         "{:<30} {:<20} {:<14} {:<11} {:>9} labels",
-        "id", "name", "type", "status", "slots"
+        "id",
+        "name",
+        "type",
+        "status",
+        "slots"
     );
     for r in &items {
         let labels: Vec<&str> = r["labels"]
@@ -705,7 +729,7 @@ pub async fn runners(json_out: bool, server: &ServerArgs) -> Result<ExitCode> {
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        println!(
+        say!(
             "{:<30} {:<20} {:<14} {:<11} {:>4}/{:<4} {}",
             r["id"].as_str().unwrap_or(""),
             r["name"].as_str().unwrap_or(""),
@@ -729,7 +753,7 @@ pub async fn create_token(name: &str, scope: &str, server: &ServerArgs) -> Resul
         t["name"].as_str().unwrap_or(name),
         t["id"].as_str().unwrap_or("")
     );
-    println!("{}", t["token"].as_str().unwrap_or(""));
+    say!("{}", t["token"].as_str().unwrap_or(""));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -761,6 +785,7 @@ mod tests {
         .unwrap();
         assert_eq!(ci["provider"], "github-actions");
         assert_eq!(ci["build_id"], "7001");
+        assert_eq!(ci["attempt"], 2, "a re-run's attempt goes with it");
         assert_eq!(ci["branch"], "main");
         assert_eq!(ci["url"], "https://github.com/acme/shop/actions/runs/7001");
     }

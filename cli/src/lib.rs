@@ -1,6 +1,16 @@
 //! The `tms` command as a library, so the binary and the end-to-end tests run
-//! exactly the same code. For now: `tms serve`, the whole orchestrator in one
-//! process, on an embedded store or on the AWS resources of the template.
+//! exactly the same code: `tms serve` (the whole orchestrator in one
+//! process, on an embedded store or on the AWS resources of the template),
+//! the CI client and the runner agent.
+
+/// `println!` for a command's output: when its reader has gone away
+/// (`tms status ID | head -1`) the command ends quietly, as command-line
+/// tools do, instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::emit(format_args!($($arg)*))
+    };
+}
 
 pub mod agent;
 pub mod ci;
@@ -177,7 +187,10 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
-    /// Run the failed, errored or cancelled shards of a finished execution again.
+    /// Run the failed, errored or cancelled shards of an execution that
+    /// finished without passing (failed, errored, timed out or cancelled)
+    /// again; its passed shards stand. (A CI re-run of the same build does
+    /// this by itself: see `tms queue`.)
     Retry {
         id: String,
         #[command(flatten)]
@@ -277,6 +290,21 @@ fn parse_resources(raw: &str) -> Result<(TestType, ResourceDefaults), String> {
     ))
 }
 
+/// Writes one line of a command's output (see `say!`).
+pub(crate) fn emit(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
 /// Parses the command line, runs the command and returns the process exit code.
 /// Whether `args` (starting with the program's name) is a valid `tms`
 /// command line: the check the example CI files are held to.
@@ -294,6 +322,8 @@ pub fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a redirected log stays text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -434,7 +464,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             // Every API function gets the globals plus the admin token secret.
             let env = stack.function_env(&template, "ApiSystemFunction")?;
             for (name, value) in &env {
-                println!("export {name}={}", shell_quote(value));
+                say!("export {name}={}", shell_quote(value));
             }
             if show_admin_token {
                 let secret = env
@@ -481,7 +511,7 @@ async fn import_timings(
         }
         client.post(&path, &body).await?
     };
-    println!(
+    say!(
         "imported {} test durations into suite {suite}",
         answer["imported"]
     );

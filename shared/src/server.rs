@@ -420,6 +420,8 @@ async fn run_http<P: Ports>(
         .local_addr()
         .map_err(|e| Error::Internal(format!("cannot read the listening address: {e}")))?;
     println!("listening on http://{addr}");
+    // The line above is for scripts; this one for the server's log.
+    tracing::info!(%addr, "serving the API and the dashboard");
     let router = http::guarded_router(app, http::guard::Guard::new(options.limits));
     http::listener::serve(listener, router, options.connections, shutdown).await;
     tasks.shutdown().await;

@@ -32,8 +32,120 @@ fn job_queue(build: &str, job: u32, tests: &[&str]) -> NewExecution {
         url: Bounded::new(format!(
             "https://github.com/acme/shop/actions/runs/{build}/job/{job}"
         )),
+        attempt: None,
     });
     new
+}
+
+/// A static `tms queue --wait` step of build `build`, attempt `attempt`
+/// (GitHub's `GITHUB_RUN_ATTEMPT`).
+fn attempt_queue(build: &str, attempt: u32) -> NewExecution {
+    let mut new = tms_tests::new_execution("shop", TESTS.iter().map(|t| t.to_string()), 2);
+    new.ci = Some(CiInput {
+        provider: Bounded::new("github-actions"),
+        build_id: Bounded::new(build),
+        job: Bounded::new("test"),
+        attempt: Some(attempt),
+        ..Default::default()
+    });
+    new
+}
+
+/// Reports every assignment of `runner`, failing the tests in `failing`.
+async fn run_assigned<B: Backend>(
+    h: &Harness<B>,
+    runner: &tms::ids::RunnerId,
+    failing: &[&str],
+) -> Vec<String> {
+    h.app.schedule_sweep().await.unwrap();
+    let mut ran = Vec::new();
+    for a in h.app.heartbeat(runner, None).await.unwrap() {
+        let tests: Vec<TestResult> = a
+            .tests
+            .iter()
+            .map(|t| TestResult {
+                name: t.clone(),
+                status: if failing.contains(&t.as_str()) {
+                    TestStatus::Failed
+                } else {
+                    TestStatus::Passed
+                },
+                duration_ms: 5,
+                message: None,
+                earlier: Vec::new(),
+            })
+            .collect();
+        ran.extend(a.tests.iter().cloned());
+        let report =
+            tms_tests::final_report(a.shard_index, a.lease_id.clone(), ShardResult::of(tests));
+        h.app
+            .report_shard(&Principal::Runner(runner.clone()), &a.execution_id, report)
+            .await
+            .unwrap();
+    }
+    h.deliver_events().await;
+    ran
+}
+
+/// A CI re-run ("re-run failed jobs": the same build, a later attempt)
+/// runs the failed shards of the build's execution again and gets a new
+/// verdict; passed shards are not run again. The same attempt again is a
+/// replay, and a passed execution is not run again by a later attempt.
+async fn a_later_attempt_of_the_build_reruns_only_what_failed<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let runner = h.runner("r", 4).await;
+    let first = h
+        .app
+        .queue_execution(attempt_queue("900", 1), None)
+        .await
+        .unwrap();
+    let id = first.execution.id.clone();
+    let ran = run_assigned(&h, &runner, &["t_b"]).await;
+    assert_eq!(ran.len(), TESTS.len());
+    let (e, shards) = h.app.execution_status(&id).await.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Failed);
+    let failed_shard = shards
+        .iter()
+        .find(|s| s.tests.iter().any(|t| t == "t_b"))
+        .unwrap();
+
+    // The same attempt again (another step of it) only finds the verdict.
+    let same = h
+        .app
+        .queue_execution(attempt_queue("900", 1), None)
+        .await
+        .unwrap();
+    assert!(same.replayed);
+    assert_eq!(same.execution.status, ExecutionStatus::Failed);
+
+    // Attempt 2: only the failed shard runs again; now it passes.
+    let rerun = h
+        .app
+        .queue_execution(attempt_queue("900", 2), None)
+        .await
+        .unwrap();
+    assert!(rerun.replayed);
+    assert_eq!(rerun.execution.id, id);
+    assert_eq!(rerun.execution.status, ExecutionStatus::Running);
+    let ran = run_assigned(&h, &runner, &[]).await;
+    let mut expected: Vec<String> = failed_shard.tests.to_vec();
+    let mut got = ran.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "only the failed shard's tests ran again");
+    let (e, _) = h.app.execution_status(&id).await.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Passed);
+    assert_eq!(e.totals.passed as usize, TESTS.len());
+    assert_eq!(e.ci.as_ref().and_then(|c| c.attempt), Some(2));
+
+    // A passed build's later attempt runs nothing.
+    let third = h
+        .app
+        .queue_execution(attempt_queue("900", 3), None)
+        .await
+        .unwrap();
+    assert_eq!(third.execution.status, ExecutionStatus::Passed);
+    assert!(run_assigned(&h, &runner, &[]).await.is_empty());
 }
 
 /// One job starting: queue (or find) the build's execution, claim its shard.
@@ -253,6 +365,7 @@ async fn shards_of_a_static_execution_cannot_be_claimed<B: Backend>() {
 }
 
 tms_tests::conformance!(
+    a_later_attempt_of_the_build_reruns_only_what_failed,
     the_jobs_of_one_build_share_one_execution_and_each_claims_its_own_shard,
     a_retried_ci_job_gets_the_same_shard_and_its_new_results_supersede_the_old,
     a_job_of_the_same_build_asking_for_other_tests_is_refused,

@@ -174,6 +174,11 @@ async fn queue_wait_exits_0_for_a_passing_suite_and_1_for_a_failing_one() {
         "{}",
         text(&st.stdout)
     );
+    assert!(
+        text(&st.stdout).contains("ci-runner"),
+        "runners by name: {}",
+        text(&st.stdout)
+    );
 
     // Runners are listed.
     let runners = tms(&server, ADMIN_TOKEN, &["runners"]).await;
@@ -293,6 +298,53 @@ async fn a_cancelled_run_exits_2_and_errors_are_one_line() {
     // A wrong command line is neither a verdict nor TMS's refusal.
     let usage = Command::new(BIN).args(["queue", "t1"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(64), "{}", text(&usage.stderr));
+}
+
+/// Output for a pipe or a file is plain text, and a reader that goes away
+/// early (`tms status ID | head -1`) ends the command quietly.
+#[tokio::test]
+async fn output_to_pipes_and_files_is_plain_and_a_closed_pipe_is_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "info")
+        .env("TMS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let logged = tms_tests::eventually("the server logs", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        (!text.is_empty()).then_some(text)
+    })
+    .await;
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(
+        !logged.contains('\u{1b}'),
+        "colour codes in a file: {logged:?}"
+    );
+
+    let server = Server::start(BIN, dir.path(), Some(ADMIN_TOKEN));
+    let mut reader = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
+        .args(["runners"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the command writes anything.
+    drop(reader.stdout.take());
+    let out = tokio::task::spawn_blocking(move || reader.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// SIGTERM, as a CI system stops a cancelled job's step.

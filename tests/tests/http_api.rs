@@ -491,6 +491,16 @@ async fn pause_resume_cancel_retry_and_rules_work_over_http() {
         (status, problem["code"].as_str()),
         (StatusCode::CONFLICT, Some("invalid_transition"))
     );
+    // What a cancel stopped runs again on retry, as `tms retry` says.
+    let again = api
+        .ok(
+            Method::POST,
+            &format!("/executions/{exec}/retry"),
+            ADMIN_TOKEN,
+            None,
+        )
+        .await;
+    assert_eq!(again["status"], "running", "{again}");
 
     let rule = api.ok(Method::POST, "/load-balancing-rules", ADMIN_TOKEN,
         Some(json!({"name": "gpu", "suite_pattern": "ml-*", "strategy": "priority", "pool": {"labels": ["gpu"]}}))).await;

@@ -1,7 +1,10 @@
 //! Random sequences of orchestrator operations (with time moving by hand),
 //! checking after every step the invariants everything else relies on:
 //! capacity accounting, one holder per shard, the queued-shard counter, and
-//! no silent pass. Bounded: a fixed number of cases and steps.
+//! no silent pass; and after every scheduling sweep, liveness: no free
+//! runner stays idle while queued work it can run exists (runners and work
+//! carry random labels, so some work fits only some runners and some none).
+//! Bounded: a fixed number of cases and steps.
 
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,11 +19,16 @@ use tms_tests::Harness;
 enum Op {
     Register {
         slots: u32,
+        /// Which of the labels `x` and `y` it has (bits).
+        labels: u8,
     },
     Queue {
         tests: usize,
         parallelism: u32,
         shard_timeout: u64,
+        /// Which of the labels `x`, `y` and `z` its shards need (bits);
+        /// no runner has `z`.
+        labels: u8,
     },
     Schedule,
     /// Runner `runner` reports on its `pick`-th assignment.
@@ -57,9 +65,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (1u32..4).prop_map(|slots| Op::Register { slots }),
-        3 => (1usize..6, 1u32..4, prop_oneof![Just(30u64), Just(120)])
-            .prop_map(|(tests, parallelism, shard_timeout)| Op::Queue { tests, parallelism, shard_timeout }),
+        2 => (1u32..4, 0u8..4).prop_map(|(slots, labels)| Op::Register { slots, labels }),
+        3 => (1usize..6, 1u32..4, prop_oneof![Just(30u64), Just(120)], prop_oneof![3 => Just(0u8), 3 => 1u8..4, 1 => 4u8..8])
+            .prop_map(|(tests, parallelism, shard_timeout, labels)| Op::Queue { tests, parallelism, shard_timeout, labels }),
         4 => Just(Op::Schedule),
         6 => (0usize..6, 0usize..4, 0u8..4).prop_map(|(runner, pick, outcome)| Op::Report { runner, pick, outcome }),
         2 => (0usize..6).prop_map(|runner| Op::Heartbeat { runner }),
@@ -79,6 +87,18 @@ struct World {
     h: Harness,
     runners: Vec<RunnerId>,
     executions: Vec<ExecutionId>,
+    /// The last operation was a scheduling sweep: liveness must hold.
+    just_scheduled: bool,
+}
+
+/// The labels of `bits` over `x`, `y`, `z`.
+fn labels(bits: u8) -> BTreeSet<String> {
+    ["x", "y", "z"]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .map(|(_, l)| (*l).to_owned())
+        .collect()
 }
 
 impl World {
@@ -87,12 +107,16 @@ impl World {
         // Operations may be refused (a paused runner cannot be paused, a
         // passed execution cannot be retried); refusals are part of the game,
         // but a refusal must never be an internal error.
+        self.just_scheduled = matches!(op, Op::Schedule);
         let outcome: tms::Result<()> = match op {
-            Op::Register { slots } => {
+            Op::Register {
+                slots,
+                labels: bits,
+            } => {
                 let new = NewRunner {
                     name: format!("r{}", self.runners.len()),
                     runner_type: RunnerType::Custom,
-                    labels: BTreeSet::new(),
+                    labels: labels(*bits),
                     capacity: Resources::new(*slots, 4000, 8192),
                     priority: 0,
                     dispatch: None,
@@ -105,6 +129,7 @@ impl World {
                 tests,
                 parallelism,
                 shard_timeout,
+                labels: bits,
             } => {
                 let new = NewExecution {
                     suite: "prop".into(),
@@ -113,7 +138,10 @@ impl World {
                         .collect(),
                     parallelism: *parallelism,
                     priority: None,
-                    requirements: None,
+                    requirements: Some(tms::usecases::RequirementsInput {
+                        labels: labels(*bits),
+                        ..Default::default()
+                    }),
                     test_type: Default::default(),
                     timeout_seconds: Some(600),
                     shard_timeout_seconds: Some(*shard_timeout),
@@ -130,7 +158,7 @@ impl World {
                     .await
                     .map(|q| self.executions.push(q.execution.id))
             }
-            Op::Schedule => app.schedule_pass().await.map(|_| ()),
+            Op::Schedule => app.schedule_sweep().await.map(|_| ()),
             Op::Report {
                 runner,
                 pick,
@@ -225,8 +253,27 @@ impl World {
             })
             .await
             .unwrap();
+        let runners: Vec<_> = app.store.schedulable_runners().await.unwrap();
         for e in &page.items {
             let (execution, shards) = app.execution_status(&e.id).await.unwrap();
+            if self.just_scheduled && !execution.status.is_terminal() {
+                // Liveness: a sweep leaves no free runner idle beside queued
+                // work it can run (a runner that lost a shard is offered it
+                // only when no other runner could take it: not counted).
+                let need = execution.requirements.per_shard();
+                for s in shards.iter().filter(|s| s.status == ShardStatus::Queued) {
+                    for r in &runners {
+                        let fits = r.runner.labels.is_superset(&execution.requirements.labels)
+                            && r.free().covers(&need)
+                            && !s.avoid_runners.contains(&r.runner.id);
+                        assert!(
+                            !fits,
+                            "runner {} sits idle beside queued shard {} of {}",
+                            r.runner.name, s.index, execution.id
+                        );
+                    }
+                }
+            }
             for s in &shards {
                 if s.status.is_in_flight() {
                     let runner = s
@@ -280,7 +327,7 @@ proptest! {
     fn any_sequence_of_operations_keeps_the_books_straight(ops in proptest::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let mut world = World { h: Harness::new(), runners: vec![], executions: vec![] };
+            let mut world = World { h: Harness::new(), runners: vec![], executions: vec![], just_scheduled: false };
             for op in &ops {
                 world.apply(op).await;
                 world.check().await;

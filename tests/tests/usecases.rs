@@ -559,6 +559,55 @@ async fn a_lost_completion_event_is_folded_by_the_timeout_sweep<B: Backend>() {
     assert_eq!(status(&h, &e).await, ExecutionStatus::Passed);
 }
 
+/// However many open executions sit nearer their deadline, each finished
+/// one whose completion event was lost is folded within a few timeout
+/// sweeps: the sweep reads the executions to time out first, then the
+/// page after a cursor it keeps, so its re-fold walks every open execution.
+async fn every_open_execution_is_refolded_over_successive_timeout_sweeps<B: Backend>() {
+    let h = Harness::<B>::start_with(tms::config::Config {
+        sweep_batch: 2,
+        ..Default::default()
+    })
+    .await;
+    // Three executions that stay open, nearest their deadline: no runner
+    // fits them.
+    for _ in 0..3 {
+        let mut open = execution("open", 1, 1);
+        open.timeout_seconds = Some(600);
+        open.requirements = Some(tms::usecases::RequirementsInput {
+            labels: ["nobody".to_string()].into_iter().collect(),
+            ..Default::default()
+        });
+        queue(&h, open).await;
+    }
+    // Four that finish, their completion events lost.
+    let r = register(&h, "r", 4).await;
+    let mut done = Vec::new();
+    for _ in 0..4 {
+        let mut later = execution("done", 1, 1);
+        later.timeout_seconds = Some(3600);
+        done.push(queue(&h, later).await);
+    }
+    // Passes of two executions each (the sweep batch), until all are out.
+    h.app.schedule_sweep().await.unwrap();
+    for a in assignments(&h, &r).await {
+        report(&h, &r, &a, ReportStatus::Passed, passed(1))
+            .await
+            .unwrap();
+    }
+    h.events.take(); // lost
+    for id in &done {
+        assert_eq!(status(&h, id).await, ExecutionStatus::Running);
+    }
+    // Two a sweep beyond the three that stay ahead of them: within five.
+    for _ in 0..5 {
+        h.app.timeout_sweep().await.unwrap();
+    }
+    for id in &done {
+        assert_eq!(status(&h, id).await, ExecutionStatus::Passed, "{id}");
+    }
+}
+
 async fn low_priority_work_is_not_starved_by_a_stream_of_high_priority_work<B: Backend>() {
     let h = Harness::<B>::start().await;
     let r = register(&h, "single", 1).await;
@@ -993,6 +1042,7 @@ tms_tests::conformance!(
     an_execution_whose_every_test_was_skipped_passes_and_says_so,
     a_skip_only_shard_beside_passing_ones_leaves_the_execution_passed,
     a_lost_completion_event_is_folded_by_the_timeout_sweep,
+    every_open_execution_is_refolded_over_successive_timeout_sweeps,
     low_priority_work_is_not_starved_by_a_stream_of_high_priority_work,
     work_no_runner_can_take_at_the_head_of_the_queue_does_not_block_runnable_work,
     work_no_registered_runner_could_run_is_told_at_queue_time_and_while_it_waits,

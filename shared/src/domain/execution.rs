@@ -184,6 +184,11 @@ pub struct CiMetadata {
     pub commit: Option<String>,
     pub branch: Option<String>,
     pub url: Option<String>,
+    /// The build's attempt (GitHub's run attempt, Azure's job attempt):
+    /// a later attempt of a build whose execution did not pass runs its
+    /// failed shards again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 /// Test and shard counts folded from the shards' reports.
@@ -441,6 +446,36 @@ impl Execution {
         Ok(())
     }
 
+    /// A queue call of the same CI build came with `attempt`: whether it
+    /// is a later attempt (a re-run) of a build whose execution did not
+    /// pass, which then runs its failed work again (a `by_index`
+    /// execution's jobs claim their shards themselves). The newest attempt
+    /// is recorded either way.
+    pub fn rerun_for_attempt(&mut self, attempt: Option<u32>, now: Timestamp) -> Result<bool> {
+        let Some(attempt) = attempt else {
+            return Ok(false);
+        };
+        let ci = self.ci.get_or_insert_with(Default::default);
+        if attempt <= ci.attempt.unwrap_or(1) {
+            return Ok(false);
+        }
+        ci.attempt = Some(attempt);
+        let failed = matches!(
+            self.status,
+            ExecutionStatus::Failed
+                | ExecutionStatus::Errored
+                | ExecutionStatus::TimedOut
+                | ExecutionStatus::Cancelled
+        );
+        if failed && self.mode != Mode::ByIndex {
+            self.reopen(now)?;
+            self.status_reason = Some(format!("CI attempt {attempt}: running failed work again"));
+            return Ok(true);
+        }
+        self.touch(now);
+        Ok(false)
+    }
+
     /// A CI job of a `by_index` execution claimed a shard: a finished
     /// execution runs again (its results will be re-derived from the
     /// shards, the claimed one's new run superseding its old).
@@ -497,11 +532,14 @@ impl Execution {
         Some(retry)
     }
 
-    /// Opens a finished execution again for a manual retry of its failed work,
-    /// with a fresh timeout.
+    /// Opens a finished execution that did not pass again, to run its
+    /// failed, errored or cancelled work once more, with a fresh timeout.
     pub fn reopen(&mut self, now: Timestamp) -> Result<()> {
         match self.status {
-            ExecutionStatus::Failed | ExecutionStatus::Errored | ExecutionStatus::TimedOut => {
+            ExecutionStatus::Failed
+            | ExecutionStatus::Errored
+            | ExecutionStatus::TimedOut
+            | ExecutionStatus::Cancelled => {
                 self.status = ExecutionStatus::Running;
                 self.status_reason = Some("retrying failed shards".into());
                 self.finished_at = None;

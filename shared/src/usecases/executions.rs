@@ -92,6 +92,12 @@ pub struct CiInput {
     pub commit: Option<Bounded<128>>,
     pub branch: Option<Bounded<256>>,
     pub url: Option<Bounded<2048>>,
+    /// The build's attempt: GitHub's `GITHUB_RUN_ATTEMPT`, Azure's
+    /// `SYSTEM_JOBATTEMPT`. A later attempt of a build whose execution did
+    /// not pass (a "re-run failed jobs") runs the failed shards again and
+    /// waits for the new verdict; passed shards are not run again.
+    #[schema(minimum = 1)]
+    pub attempt: Option<u32>,
 }
 
 impl From<CiInput> for CiMetadata {
@@ -103,6 +109,7 @@ impl From<CiInput> for CiMetadata {
             commit: ci.commit.map(Into::into),
             branch: ci.branch.map(Into::into),
             url: ci.url.map(Into::into),
+            attempt: ci.attempt,
         }
     }
 }
@@ -495,9 +502,10 @@ impl<P: Ports> Orchestrator<P> {
             Some(given) => (Some(given), self.config.idempotency_ttl_secs),
             None => (new.ci_key(), self.config.ci_key_ttl_secs),
         };
+        let attempt = new.ci.as_ref().and_then(|ci| ci.attempt);
         if let Some((key, body_hash)) = &idempotency {
             check_len("Idempotency-Key", key, 255)?;
-            if let Some(found) = self.replay(key, body_hash).await? {
+            if let Some(found) = self.replay(key, body_hash, attempt).await? {
                 return Ok(found);
             }
         }
@@ -531,7 +539,7 @@ impl<P: Ports> Orchestrator<P> {
             // Another request with the same key won the race: answer as its replay.
             Err(e) if e.is_conflict() => {
                 return match &idempotency {
-                    Some((key, body_hash)) => self.replay(key, body_hash).await?.ok_or(e),
+                    Some((key, body_hash)) => self.replay(key, body_hash, attempt).await?.ok_or(e),
                     None => Err(e),
                 };
             }
@@ -547,7 +555,15 @@ impl<P: Ports> Orchestrator<P> {
         })
     }
 
-    async fn replay(&self, key: &str, body_hash: &str) -> Result<Option<QueuedExecution>> {
+    /// The execution an earlier call with the same key created, with a
+    /// fresh webhook token for this caller. A later CI `attempt` of a
+    /// build whose execution did not pass runs its failed shards again.
+    async fn replay(
+        &self,
+        key: &str,
+        body_hash: &str,
+        attempt: Option<u32>,
+    ) -> Result<Option<QueuedExecution>> {
         let now = self.clock.now();
         let Some(record) = self.store.get_idempotency(key, now).await? else {
             return Ok(None);
@@ -556,14 +572,19 @@ impl<P: Ports> Orchestrator<P> {
             return Err(Error::IdempotencyMismatch);
         }
         let issued = auth::issue(Some(record.execution_id.as_str()));
-        let (execution, shards) = retry_on_conflict(|| async {
+        let (mut execution, mut shards, rerun) = retry_on_conflict(|| async {
             let (mut e, shards) = self.load(&record.execution_id).await?;
             let version = e.version;
+            let rerun = e.rerun_for_attempt(attempt, self.clock.now())?;
             e.add_webhook_token(issued.hash.clone(), self.clock.now());
             self.write_execution(&mut e, version).await?;
-            Ok((e, shards))
+            Ok((e, shards, rerun))
         })
         .await?;
+        if rerun {
+            self.run_failed_again(&execution.id).await?;
+            (execution, shards) = self.load(&execution.id).await?;
+        }
         Ok(Some(QueuedExecution {
             execution,
             shards,
@@ -685,7 +706,8 @@ impl<P: Ports> Orchestrator<P> {
         Ok(())
     }
 
-    /// Runs the failed, errored or cancelled shards of a finished execution again.
+    /// Runs the failed, errored or cancelled shards of a finished execution
+    /// (failed, errored, timed out or cancelled) again.
     pub async fn retry_execution(&self, id: &ExecutionId) -> Result<Execution> {
         let now = self.clock.now();
         retry_on_conflict(|| async {
@@ -695,6 +717,12 @@ impl<P: Ports> Orchestrator<P> {
             self.write_execution(&mut e, version).await
         })
         .await?;
+        self.run_failed_again(id).await
+    }
+
+    /// Queues the failed, errored and cancelled shards of a reopened
+    /// execution again; its passed shards and their results stand.
+    async fn run_failed_again(&self, id: &ExecutionId) -> Result<Execution> {
         let failed = |s: &Shard| {
             matches!(
                 s.status,
