@@ -50,6 +50,12 @@ pub struct AgentArgs {
     /// How often to heartbeat, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub poll_ms: u64,
+    /// How often the server is to expect a heartbeat, in seconds: it
+    /// judges this agent silent (and moves its work to others) after
+    /// three of them go missing. The agent heartbeats at every poll, more
+    /// often than this.
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat_interval: u64,
     /// Where the command runs: here (`local`), or in a fresh container of
     /// `--image` (`docker`) that sees the working directory, the tests file
     /// and the JUnit file's directory at the same paths.
@@ -233,7 +239,8 @@ async fn identity(args: &AgentArgs) -> Result<State> {
         .post(
             "/runners/register",
             &json!({"name": args.name, "type": runner_type(args), "labels": args.labels,
-                "capacity": {"slots": args.slots, "cpu_millis": args.cpu_millis, "memory_mb": args.memory_mb}}),
+                "capacity": {"slots": args.slots, "cpu_millis": args.cpu_millis, "memory_mb": args.memory_mb},
+                "heartbeat_interval_seconds": args.heartbeat_interval.clamp(1, 3600)}),
         )
         .await?;
     let state = State {

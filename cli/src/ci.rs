@@ -707,9 +707,27 @@ async fn all_runners(client: &Client) -> Result<Vec<Value>> {
     }
 }
 
-pub async fn runners(json_out: bool, server: &ServerArgs) -> Result<ExitCode> {
+/// `tms runners rm ID`.
+pub async fn remove_runner(id: &str, server: &ServerArgs) -> Result<ExitCode> {
+    let r = Client::new(server)
+        .post(&format!("/runners/{}/deregister", segment(id)), &json!({}))
+        .await?;
+    say!(
+        "removed runner {} ({})",
+        r["name"].as_str().unwrap_or(id),
+        r["id"].as_str().unwrap_or(id)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tms runners`: the registered runners; removed ones only with `all`.
+pub async fn runners(json_out: bool, all: bool, server: &ServerArgs) -> Result<ExitCode> {
     let client = Client::new(server);
-    let items = all_runners(&client).await?;
+    let items: Vec<Value> = all_runners(&client)
+        .await?
+        .into_iter()
+        .filter(|r| all || r["status"] != "deregistered")
+        .collect();
     if json_out {
         say!("{}", Value::Array(items));
         return Ok(ExitCode::SUCCESS);

@@ -65,9 +65,15 @@ enum Command {
         /// Admin bearer token; when unset one is created on first start and printed once.
         #[arg(long, env = "TMS_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
-        /// Seconds between runner heartbeats (a runner silent for 3 is unhealthy).
+        /// Seconds between runner heartbeats, for runners that do not say
+        /// their own (a runner silent for 3 of its intervals is unhealthy);
+        /// also how often the health sweep runs.
         #[arg(long, default_value_t = 30)]
         heartbeat_interval: u64,
+        /// Seconds a runner may stay unhealthy (silent) before it is
+        /// removed: deregistered, its history kept.
+        #[arg(long, default_value_t = 24 * 3600)]
+        runner_retention: u64,
         /// Seconds between timeout sweeps.
         #[arg(long, default_value_t = 5)]
         sweep_interval: u64,
@@ -206,9 +212,15 @@ enum Command {
         server: client::ServerArgs,
     },
     /// The registered runners.
+    #[command(args_conflicts_with_subcommands = true)]
     Runners {
+        #[command(subcommand)]
+        action: Option<RunnersCommand>,
         #[arg(long)]
         json: bool,
+        /// Removed (deregistered) runners too.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         server: client::ServerArgs,
     },
@@ -218,6 +230,18 @@ enum Command {
     /// Run as a pull-mode runner: register, heartbeat, run each assigned
     /// shard's tests with COMMAND, report its JUnit file.
     Agent(agent::AgentArgs),
+}
+
+#[derive(Subcommand)]
+enum RunnersCommand {
+    /// Remove a runner (admin, or the runner itself): its token stops
+    /// working, what it held goes to other runners, its history stays.
+    /// Runners silent for a day are removed by themselves.
+    Rm {
+        id: String,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -372,7 +396,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Cancel { id, server } => ci::act(&id, "cancel", &server).await,
         Command::Retry { id, server } => ci::act(&id, "retry", &server).await,
         Command::Report { id, junit, server } => ci::report(&id, junit, &server).await,
-        Command::Runners { json, server } => ci::runners(json, &server).await,
+        Command::Runners {
+            action: Some(RunnersCommand::Rm { id, server }),
+            ..
+        } => ci::remove_runner(&id, &server).await,
+        Command::Runners {
+            action: None,
+            json,
+            all,
+            server,
+        } => ci::runners(json, all, &server).await,
         Command::Token(TokenCommand::Create {
             scope,
             name,
@@ -387,6 +420,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             create_resources,
             admin_token,
             heartbeat_interval,
+            runner_retention,
             sweep_interval,
             default_strategy,
             resources,
@@ -411,6 +445,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .map_err(|e| format!("--cors-origin: {e}"))?;
             let mut config = Config {
                 heartbeat_interval_secs: heartbeat_interval.max(1),
+                runner_retention_secs: runner_retention,
                 default_strategy: default_strategy.into(),
                 dispatch_allowed_hosts,
                 cors_origins,

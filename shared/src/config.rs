@@ -17,8 +17,13 @@ pub const DISPATCH_ATTEMPT_BUDGET_MS: u64 = 20_000;
 pub struct Config {
     /// How often runners are expected to heartbeat.
     pub heartbeat_interval_secs: u64,
-    /// A runner silent for this many intervals is unhealthy.
+    /// A runner silent for this many of its heartbeat intervals is
+    /// unhealthy.
     pub missed_heartbeats: u32,
+    /// A runner unhealthy (silent) this long is removed (deregistered, its
+    /// history kept): stopped agents do not stay listed, or count in
+    /// capacity and the dashboard's banner, for ever.
+    pub runner_retention_secs: u64,
     /// One point of priority is added per this much waiting.
     pub aging_step_ms: i64,
     pub default_strategy: Strategy,
@@ -105,6 +110,7 @@ impl Default for Config {
         Config {
             heartbeat_interval_secs: 30,
             missed_heartbeats: 3,
+            runner_retention_secs: 24 * 3600,
             aging_step_ms: 30_000,
             default_strategy: Strategy::ResourceBased,
             default_priority: 50,

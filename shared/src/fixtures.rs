@@ -23,6 +23,7 @@ pub fn runner(name: &str, slots: u32) -> Runner {
         last_heartbeat: Timestamp(0),
         last_usage: None,
         dispatch: None,
+        silence_limit_ms: None,
         token_hash: String::new(),
         version: 1,
     }

@@ -203,9 +203,12 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Active runners, for a scheduling pass.
     fn schedulable_runners(&self) -> impl Future<Output = Result<Vec<RunnerWithLoad>>> + Send;
-    /// Active or paused runners whose last heartbeat is before `before`.
+    /// Runners in one of `statuses` that are silent at `before`: whose
+    /// last heartbeat plus their own silence limit
+    /// ([`Runner::silence_key`]) is before it, the longest silent first.
     fn silent_runners(
         &self,
+        statuses: &[crate::domain::RunnerStatus],
         before: Timestamp,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Runner>>> + Send;

@@ -215,6 +215,7 @@ impl<B: Backend> Harness<B> {
             capacity: tms::domain::Resources::new(slots, 16_000, 32_768),
             priority: 0,
             dispatch: None,
+            heartbeat_interval_seconds: None,
         };
         self.app
             .register_runner(new)

@@ -413,8 +413,15 @@ async fn agents_started_as_a_builds_parallel_jobs_work_one_execution_and_exit_wi
         };
         assert_eq!(code, Some(1));
     }
+    // Gone from the fleet; still in the record (`--all`).
     let runners = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
         .args(["runners", "--json"])
+        .output()
+        .unwrap();
+    let live: Value = serde_json::from_slice(&runners.stdout).unwrap();
+    assert_eq!(live, serde_json::json!([]), "{live}");
+    let runners = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
+        .args(["runners", "--json", "--all"])
         .output()
         .unwrap();
     let runners: Value = serde_json::from_slice(&runners.stdout).unwrap();

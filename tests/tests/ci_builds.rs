@@ -220,6 +220,7 @@ async fn the_jobs_of_one_build_share_one_execution_and_each_claims_its_own_shard
             capacity: Resources::new(8, 16_000, 32_768),
             priority: 0,
             dispatch: None,
+            heartbeat_interval_seconds: None,
         })
         .await
         .unwrap()

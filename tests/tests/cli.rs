@@ -180,14 +180,34 @@ async fn queue_wait_exits_0_for_a_passing_suite_and_1_for_a_failing_one() {
         text(&st.stdout)
     );
 
-    // Runners are listed.
+    // Runners are listed, and removed by name's id; removed ones only with --all.
+    let runners = tms(&server, ADMIN_TOKEN, &["runners", "--json"]).await;
+    let listed: Value = serde_json::from_slice(&runners.stdout).unwrap();
+    let ci_runner = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "ci-runner")
+        .unwrap_or_else(|| panic!("{listed}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    runner.abort();
+    let removed = tms(&server, ADMIN_TOKEN, &["runners", "rm", &ci_runner]).await;
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    assert!(text(&removed.stdout).contains("removed runner ci-runner"));
     let runners = tms(&server, ADMIN_TOKEN, &["runners"]).await;
     assert!(
-        text(&runners.stdout).contains("ci-runner"),
+        !text(&runners.stdout).contains("ci-runner"),
         "{}",
         text(&runners.stdout)
     );
-    runner.abort();
+    let all = tms(&server, ADMIN_TOKEN, &["runners", "--all"]).await;
+    assert!(
+        text(&all.stdout).contains("deregistered"),
+        "{}",
+        text(&all.stdout)
+    );
 }
 
 #[tokio::test]

@@ -490,6 +490,73 @@ async fn a_runner_paused_from_the_dashboard_is_skipped_by_the_scheduler() {
     .await;
 }
 
+/// A runner that stops heartbeating is named in the banner; the operator
+/// removes it from the dashboard, and the banner and its slots go with it.
+#[tokio::test]
+async fn a_silent_runner_is_named_in_the_banner_until_it_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Health sweeps every second.
+    let (server, _) = Server::start_with(
+        BIN,
+        dir.path(),
+        Some(ADMIN_TOKEN),
+        &["--heartbeat-interval", "1"],
+    );
+    let base = &server.base;
+    // A runner that heartbeats hourly: healthy all test long.
+    post(
+        base,
+        "/runners/register",
+        ADMIN_TOKEN,
+        json!({"name": "steady", "type": "custom", "labels": [],
+               "capacity": {"slots": 2, "cpu_millis": 4000, "memory_mb": 8192},
+               "heartbeat_interval_seconds": 3600}),
+    )
+    .await;
+    // An agent that said it heartbeats every second, and then never does.
+    let ghost = post(
+        base,
+        "/runners/register",
+        ADMIN_TOKEN,
+        json!({"name": "ghost-7", "type": "custom", "labels": [],
+               "capacity": {"slots": 4, "cpu_millis": 4000, "memory_mb": 8192},
+               "heartbeat_interval_seconds": 1}),
+    )
+    .await;
+    let ghost = ghost["id"].as_str().unwrap().to_owned();
+    let b = signed_in(&server).await;
+    until(
+        &b,
+        "return document.querySelector('#alerts').textContent.includes('1 runner is unhealthy: ghost-7');",
+        "the banner naming the silent runner",
+    )
+    .await;
+    // Only the live runner's slots count as capacity.
+    until(
+        &b,
+        "return document.querySelector('#t-util').textContent === '0/2';",
+        "capacity of live runners",
+    )
+    .await;
+    let remove = format!("#runners tr[data-key={ghost:?}] button[data-action=remove]");
+    until(
+        &b,
+        &format!("return !!document.querySelector({remove:?});"),
+        "the remove button",
+    )
+    .await;
+    click_and_answer(&b, &remove, "confirm-yes").await;
+    until(
+        &b,
+        &format!(
+            "return !document.querySelector('#runners tr[data-key={ghost:?}]') \
+             && !document.querySelector('#alerts').textContent.includes('unhealthy');"
+        ),
+        "the runner and the banner gone",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_suite_named_like_markup_is_shown_as_text() {
     let dir = tempfile::tempdir().unwrap();

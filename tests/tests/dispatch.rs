@@ -32,6 +32,7 @@ fn runner(name: &str, runner_type: RunnerType, dispatch: Option<DispatchTarget>)
         capacity: Resources::new(1, 16_000, 32_768),
         priority: 0,
         dispatch,
+        heartbeat_interval_seconds: None,
     }
 }
 

@@ -120,6 +120,7 @@ impl World {
                     capacity: Resources::new(*slots, 4000, 8192),
                     priority: 0,
                     dispatch: None,
+                    heartbeat_interval_seconds: None,
                 };
                 app.register_runner(new)
                     .await

@@ -23,6 +23,7 @@ async fn register<B: Backend>(h: &Harness<B>, name: &str) -> RunnerId {
         capacity: Resources::new(4, 16_000, 32_768),
         priority: 0,
         dispatch: None,
+        heartbeat_interval_seconds: None,
     };
     h.app.register_runner(new).await.unwrap().runner.runner.id
 }

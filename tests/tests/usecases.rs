@@ -23,6 +23,7 @@ fn runner(name: &str, slots: u32) -> NewRunner {
         capacity: Resources::new(slots, 16_000, 32_768),
         priority: 0,
         dispatch: None,
+        heartbeat_interval_seconds: None,
     }
 }
 
@@ -608,6 +609,59 @@ async fn every_open_execution_is_refolded_over_successive_timeout_sweeps<B: Back
     }
 }
 
+/// Silence is judged against each runner's own heartbeat interval: one that
+/// said it heartbeats every second is unhealthy after three silent seconds
+/// and its work moves at once, while a runner of the default interval (30
+/// s) is left alone. A day of silence later it is removed, its history
+/// kept, and it no longer counts as the fleet's.
+async fn a_runner_is_judged_by_its_own_interval_and_removed_after_a_day_of_silence<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let mut quick = runner("quick", 1);
+    quick.heartbeat_interval_seconds = Some(1);
+    let quick = h.app.register_runner(quick).await.unwrap().runner.runner.id;
+    let slow = register(&h, "slow", 1).await;
+    let e = queue(&h, execution("api", 2, 2)).await;
+    h.app.schedule_pass().await.unwrap();
+    assert_eq!(assignments(&h, &quick).await.len(), 1);
+    h.clock.advance_secs(4);
+    let swept = h.app.health_sweep().await.unwrap();
+    assert_eq!(swept.runners_marked_unhealthy, 1, "{swept:?}");
+    assert_eq!(swept.shards_requeued, 1, "{swept:?}");
+    assert_eq!(
+        h.app.runner(&quick).await.unwrap().runner.status,
+        RunnerStatus::Unhealthy
+    );
+    assert_eq!(
+        h.app.runner(&slow).await.unwrap().runner.status,
+        RunnerStatus::Active
+    );
+    // Not yet a day: still listed as unhealthy.
+    h.clock.advance_secs(12 * 3600);
+    assert_eq!(h.app.health_sweep().await.unwrap().runners_removed, 0);
+    h.clock.advance_secs(12 * 3600 + 5);
+    let swept = h.app.health_sweep().await.unwrap();
+    assert_eq!(swept.runners_removed, 1, "{swept:?}");
+    assert_eq!(
+        h.app.runner(&quick).await.unwrap().runner.status,
+        RunnerStatus::Deregistered
+    );
+    let history = h.app.store_health_history(&quick).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|r| r.reason.contains("removed after 24 h")),
+        "{history:?}"
+    );
+    let health = h.app.system_health().await;
+    let runners = health.runners.unwrap();
+    assert_eq!(
+        (runners.active, runners.deregistered),
+        (0, 1),
+        "{runners:?}"
+    );
+    let _ = e;
+}
+
 async fn low_priority_work_is_not_starved_by_a_stream_of_high_priority_work<B: Backend>() {
     let h = Harness::<B>::start().await;
     let r = register(&h, "single", 1).await;
@@ -1043,6 +1097,7 @@ tms_tests::conformance!(
     a_skip_only_shard_beside_passing_ones_leaves_the_execution_passed,
     a_lost_completion_event_is_folded_by_the_timeout_sweep,
     every_open_execution_is_refolded_over_successive_timeout_sweeps,
+    a_runner_is_judged_by_its_own_interval_and_removed_after_a_day_of_silence,
     low_priority_work_is_not_starved_by_a_stream_of_high_priority_work,
     work_no_runner_can_take_at_the_head_of_the_queue_does_not_block_runnable_work,
     work_no_registered_runner_could_run_is_told_at_queue_time_and_while_it_waits,

@@ -142,7 +142,16 @@ function renderHealth(health, rules) {
   if (!health) lines.push("TMS cannot be reached.");
   else if (health.store !== "ok") lines.push(`The store is ${health.store}: nothing can be scheduled.`);
   else if (health.status !== "ok") lines.push("Work is waiting and no runner is active.");
-  if (r.unhealthy) lines.push(`${r.unhealthy} runner(s) unhealthy: their work was sent elsewhere.`);
+  if (r.unhealthy) {
+    // Named, so the operator knows which machines to look at; the line
+    // clears when they heartbeat again or are removed.
+    const names = (state.runners || []).filter((x) => x.status === "unhealthy").map((x) => x.name);
+    const who = names.length ? `: ${names.join(", ")}` : "";
+    const one = r.unhealthy === 1;
+    lines.push(
+      `${r.unhealthy} runner${one ? " is" : "s are"} unhealthy${who} — ${one ? "its" : "their"} work was sent elsewhere.`,
+    );
+  }
   for (const rule of rules || []) {
     if (!rule.state.firing) continue;
     const value = rule.state.value == null ? "no data" : Math.round(rule.state.value * 100) / 100;
@@ -234,7 +243,9 @@ function renderShards(td, e, shards) {
   setText(td.children[1], `${e.progress.shards_done}/${e.progress.shards_total}`);
 }
 
-function renderRunners(runners, now) {
+function renderRunners(all, now) {
+  // Removed runners are history, not fleet.
+  const runners = all.filter((r) => r.status !== "deregistered");
   runners.sort((a, b) => a.name.localeCompare(b.name));
   syncRows(
     $("runners").tBodies[0],
@@ -259,8 +270,10 @@ function renderRunners(runners, now) {
       meter.firstElementChild.style.width = `${Math.min(100, (100 * used) / cap)}%`;
       setText(c[4].children[1], `${used}/${r.capacity.slots}`);
       setText(c[5], [...r.labels].join(", "));
-      const action = r.status === "active" || r.status === "unhealthy" ? "pause" : r.status === "paused" ? "resume" : null;
-      actionButton(c[6], action, action === "pause" ? "Pause" : "Resume");
+      // An unhealthy runner is usually gone: removing it is what to offer.
+      const action =
+        r.status === "active" ? "pause" : r.status === "paused" ? "resume" : r.status === "unhealthy" ? "remove" : null;
+      actionButton(c[6], action, { pause: "Pause", resume: "Resume", remove: "Remove" }[action]);
       c[6].dataset.id = r.id;
       c[6].dataset.name = r.name;
     },
@@ -313,7 +326,8 @@ function makeChart(id, series, data, scales) {
 
 function renderCharts(runners, metrics) {
   const now = Date.now() / 1000;
-  const active = runners.filter((r) => r.status !== "deregistered");
+  // Capacity is what live runners offer.
+  const active = runners.filter((r) => r.status === "active" || r.status === "paused");
   const used = active.reduce((n, r) => n + r.allocated.slots, 0);
   const cap = active.reduce((n, r) => n + r.capacity.slots, 0);
   setText($("t-util"), cap ? `${used}/${cap}` : "–");
@@ -391,20 +405,31 @@ async function refresh() {
       api("/metrics?since=24h").catch(() => null),
       api("/alert-rules").catch(() => null),
     ]);
+    state.runners = runners.items;
     renderHealth(health, rules && rules.items);
-    // Shards of the executions in progress, for their per-shard bars.
+    // The status of the executions in progress: their per-shard bars, and
+    // their progress and totals, which the list keeps only as of the last
+    // change of verdict (the status derives them from the shards now).
     const live = recent.items.filter((e) => e.status === "running" || e.status === "queued").slice(0, 10);
     const shardsOf = new Map();
+    const statusOf = new Map();
     await Promise.all(
       live.map((e) =>
         api(`/executions/${encodeURIComponent(e.id)}/status`)
-          .then((s) => shardsOf.set(e.id, s.shards))
+          .then((s) => {
+            shardsOf.set(e.id, s.shards);
+            statusOf.set(e.id, s);
+          })
           .catch(() => {}),
       ),
     );
+    const items = recent.items.map((e) => {
+      const s = statusOf.get(e.id);
+      return s ? { ...e, status: s.status, progress: s.progress, totals: s.totals } : e;
+    });
     const now = Date.now();
     renderQueue(queued.items, now);
-    renderExecutions(recent.items, shardsOf, now);
+    renderExecutions(items, shardsOf, now);
     renderRunners(runners.items, now);
     renderSuites(metrics);
     renderCharts(runners.items, metrics);
@@ -434,6 +459,10 @@ const ACTIONS = {
   retry: { what: (n) => `Retry the failed work of ${n}?`, path: (id) => `/executions/${id}/retry` },
   pause: { what: (n) => `Pause runner ${n}? It keeps its running shards but gets no new work.`, path: (id) => `/runners/${id}/pause` },
   resume: { what: (n) => `Resume runner ${n}?`, path: (id) => `/runners/${id}/resume` },
+  remove: {
+    what: (n) => `Remove runner ${n}? Its token stops working; whatever it held goes to other runners.`,
+    path: (id) => `/runners/${id}/deregister`,
+  },
 };
 
 document.addEventListener("click", async (event) => {

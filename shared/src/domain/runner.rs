@@ -68,9 +68,19 @@ pub struct Runner {
     /// CI jobs, not a machine, and sends no heartbeats.
     #[serde(default)]
     pub dispatch: Option<super::DispatchTarget>,
+    /// How long it may stay silent before it is unhealthy (ms): its own
+    /// heartbeat interval (the agent's poll) times the missed heartbeats
+    /// allowed, set when it registers. Runners registered before it was
+    /// kept have [`DEFAULT_SILENCE_LIMIT_MS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence_limit_ms: Option<i64>,
     pub token_hash: String,
     pub version: u64,
 }
+
+/// The silence limit of a runner that registered none: three heartbeats of
+/// the default interval (30 s).
+pub const DEFAULT_SILENCE_LIMIT_MS: i64 = 90_000;
 
 /// A runner together with what is currently allocated on it.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,15 +102,27 @@ impl Runner {
         self.dispatch.is_none()
     }
 
-    /// What silence is judged by: the last heartbeat, or for a runner that
-    /// sends none, a time that never comes (so stores can keep one index for
-    /// "silent since" and never list push-mode runners in it).
+    /// How long it may stay silent before it is unhealthy.
+    pub fn silence_limit_ms(&self) -> i64 {
+        self.silence_limit_ms.unwrap_or(DEFAULT_SILENCE_LIMIT_MS)
+    }
+
+    /// When it is silent for good if no heartbeat comes: its last
+    /// heartbeat plus its own silence limit (so one index, "silent at",
+    /// serves runners of every heartbeat interval), or for a runner that
+    /// sends none, a time that never comes (push-mode runners are never
+    /// listed as silent).
     pub fn silence_key(&self) -> Timestamp {
         if self.expects_heartbeats() {
-            self.last_heartbeat
+            self.last_heartbeat.plus_ms(self.silence_limit_ms())
         } else {
             Timestamp(i64::MAX)
         }
+    }
+
+    /// Whether it has been silent past its limit at `now`.
+    pub fn is_silent(&self, now: Timestamp) -> bool {
+        self.silence_key() < now
     }
 
     fn set_status(&mut self, to: RunnerStatus, reason: Option<String>) {

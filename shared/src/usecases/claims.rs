@@ -275,8 +275,10 @@ impl<P: Ports> Orchestrator<P> {
             .await?
             .ok_or_else(|| Error::not_found(crate::Entity::Runner, runner_id))?;
         may_claim(&runner, &execution).map_err(|why| Error::validation("runner", why))?;
+        // The lease lasts as long as the runner may be silent: its
+        // heartbeats extend it, and silence lets it lapse.
         let cap = now.plus_secs(execution.shard_timeout_seconds);
-        let deadline = now.plus_ms(self.config.silence_limit_ms()).min(cap);
+        let deadline = now.plus_ms(runner.runner.silence_limit_ms()).min(cap);
         let lease = LeaseId::generate();
         let (mut shard, expected_shard_version) = match self
             .returned_batch(&execution, runner_id, fresh > 0)
@@ -419,9 +421,13 @@ impl<P: Ports> Orchestrator<P> {
     /// holds, up to each batch's cap. Written only when the lease has run
     /// half its length, so a runner polling often costs no extra writes.
     /// A lost race (the batch was reported or taken back meanwhile) is fine.
-    pub(crate) async fn extend_leases(&self, shards: &mut [crate::domain::Shard]) {
+    pub(crate) async fn extend_leases(
+        &self,
+        runner: &crate::domain::Runner,
+        shards: &mut [crate::domain::Shard],
+    ) {
         let now = self.clock.now();
-        let length = self.config.silence_limit_ms();
+        let length = runner.silence_limit_ms();
         for shard in shards.iter_mut() {
             let (Some(deadline), Some(cap)) = (shard.deadline, shard.max_deadline) else {
                 continue;

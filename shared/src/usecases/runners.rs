@@ -32,6 +32,14 @@ pub struct NewRunner {
     /// platform. Without it the runner pulls work with heartbeats.
     #[serde(default)]
     pub dispatch: Option<crate::domain::DispatchTarget>,
+    /// How often it heartbeats (seconds, 1 to 3600; default the server's
+    /// interval). Silence is judged against it: a runner silent for the
+    /// server's number of missed heartbeats of its own interval is
+    /// unhealthy, so the work of an agent that polls every second moves
+    /// within seconds when it dies.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
+    pub heartbeat_interval_seconds: Option<u64>,
 }
 
 /// A newly registered runner and its token (shown only now).
@@ -94,6 +102,15 @@ impl NewRunner {
             return Err(Error::validation("name", "must be 1 to 128 characters"));
         }
         validate_labels(&self.labels, "labels")?;
+        if self
+            .heartbeat_interval_seconds
+            .is_some_and(|s| !(1..=3600).contains(&s))
+        {
+            return Err(Error::validation(
+                "heartbeat_interval_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
         if self.capacity.slots == 0 || self.capacity.slots > 1024 {
             return Err(Error::validation(
                 "capacity.slots",
@@ -151,6 +168,12 @@ impl<P: Ports> Orchestrator<P> {
             last_heartbeat: now,
             last_usage: None,
             dispatch: new.dispatch,
+            silence_limit_ms: Some(
+                (new.heartbeat_interval_seconds
+                    .unwrap_or(self.config.heartbeat_interval_secs)
+                    * u64::from(self.config.missed_heartbeats)
+                    * 1000) as i64,
+            ),
             token_hash: issued.hash,
             version: 1,
         };
@@ -187,7 +210,7 @@ impl<P: Ports> Orchestrator<P> {
     /// runner should be working on.
     pub async fn heartbeat(&self, id: &RunnerId, usage: Option<Usage>) -> Result<Vec<Assignment>> {
         let now = self.clock.now();
-        let (revived, allocated, shards) = retry_on_conflict(|| async {
+        let (revived, allocated, shards, runner) = retry_on_conflict(|| async {
             let (mut loaded, shards) = self
                 .store
                 .runner_with_shards(id)
@@ -196,16 +219,16 @@ impl<P: Ports> Orchestrator<P> {
             let version = loaded.runner.version;
             let previous = loaded.runner.last_heartbeat;
             let revived = loaded.runner.heartbeat(now, usage)?;
-            // Silence is judged over three intervals, so recording a heartbeat
-            // at most every tenth of an interval loses nothing and keeps a
+            // Silence is judged over the runner's own limit, so recording a
+            // heartbeat at most every tenth of it loses nothing and keeps a
             // busy agent's polling from turning into one write per call.
-            let stale = now.since(previous) >= self.heartbeat_write_gap_ms();
+            let stale = now.since(previous) >= loaded.runner.silence_limit_ms() / 10;
             if revived || usage.is_some() {
                 self.store.update_runner(&loaded.runner, version).await?;
             } else if stale {
                 self.store.record_heartbeat(&loaded.runner, version).await?;
             }
-            Ok((revived, loaded.allocated, shards))
+            Ok((revived, loaded.allocated, shards, loaded.runner))
         })
         .await?;
         if revived {
@@ -222,12 +245,8 @@ impl<P: Ports> Orchestrator<P> {
             self.store.add_violation(&v).await?;
         }
         let mut shards = shards;
-        self.extend_leases(&mut shards).await;
+        self.extend_leases(&runner, &mut shards).await;
         Ok(shards.into_iter().filter_map(Assignment::of).collect())
-    }
-
-    fn heartbeat_write_gap_ms(&self) -> i64 {
-        (self.config.heartbeat_interval_secs * 100) as i64
     }
 
     pub async fn pause_runner(&self, id: &RunnerId) -> Result<RunnerWithLoad> {
@@ -242,10 +261,44 @@ impl<P: Ports> Orchestrator<P> {
 
     /// Deregisters the runner and sends its in-flight shards to other runners.
     pub async fn deregister_runner(&self, id: &RunnerId) -> Result<RunnerWithLoad> {
-        let r = self.change_runner(id, Runner::deregister).await?;
+        self.remove_runner(id, Runner::deregister, "deregistered")
+            .await
+    }
+
+    /// Removes a runner unhealthy and silent since before `since` (the
+    /// health sweep's clean-up); `None` when it came back meanwhile.
+    pub(crate) async fn remove_silent_runner(
+        &self,
+        id: &RunnerId,
+        since: crate::time::Timestamp,
+        reason: &str,
+    ) -> Result<Option<RunnerWithLoad>> {
+        let still_gone = |r: &mut Runner| {
+            if r.status != RunnerStatus::Unhealthy || r.silence_key() >= since {
+                return Err(Error::conflict(crate::Entity::Runner, &r.id));
+            }
+            r.deregister()
+        };
+        match self.remove_runner(id, still_gone, reason).await {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.is_conflict() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deregisters a runner by `change`: its token stops working, the
+    /// removal goes into its health history with `reason`, and whatever it
+    /// held goes to other runners.
+    async fn remove_runner(
+        &self,
+        id: &RunnerId,
+        change: impl Fn(&mut Runner) -> Result<()>,
+        reason: &str,
+    ) -> Result<RunnerWithLoad> {
+        let r = self.change_runner(id, change).await?;
         self.tokens.forget(&Principal::Runner(id.clone()));
         let now = self.clock.now();
-        self.record_health(id, now, RunnerStatus::Deregistered, "deregistered".into())
+        self.record_health(id, now, RunnerStatus::Deregistered, reason.into())
             .await?;
         self.take_back_runner_work(id, "runner deregistered")
             .await?;

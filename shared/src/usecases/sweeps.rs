@@ -29,6 +29,9 @@ pub(crate) enum TakenBack {
 pub struct SweepReport {
     pub shards_assigned: u32,
     pub runners_marked_unhealthy: u32,
+    /// Runners removed after `runner_retention_secs` of silence.
+    #[serde(default)]
+    pub runners_removed: u32,
     pub shards_requeued: u32,
     pub shards_failed: u32,
     pub executions_timed_out: u32,
@@ -53,17 +56,25 @@ impl<P: Ports> Orchestrator<P> {
         }
     }
 
-    /// Runners silent for `missed_heartbeats` intervals become unhealthy and
-    /// their shards go to other runners; then the alert rules are evaluated.
+    /// Runners silent past their own limit (missed heartbeats of their own
+    /// interval) become unhealthy and their shards go to other runners;
+    /// runners unhealthy for `runner_retention_secs` are removed
+    /// (deregistered: their history stays); then the alert rules are
+    /// evaluated.
     pub async fn health_sweep(&self) -> Result<SweepReport> {
         let now = self.clock.now();
-        let before = now.plus_ms(-self.config.silence_limit_ms());
         let mut report = SweepReport::default();
+        let live = [RunnerStatus::Active, RunnerStatus::Paused];
         for mut runner in self
             .store
-            .silent_runners(before, self.config.sweep_batch)
+            .silent_runners(&live, now, self.config.sweep_batch)
             .await?
         {
+            // The index may hold a key written before runners kept their
+            // own limit: the runner itself decides.
+            if !runner.is_silent(now) {
+                continue;
+            }
             let version = runner.version;
             let silent_s = now.since(runner.last_heartbeat) / 1000;
             let reason = format!("no heartbeat for {silent_s}s");
@@ -82,16 +93,42 @@ impl<P: Ports> Orchestrator<P> {
                 .await?;
             report.shards_requeued += moved as u32;
         }
+        let retention = i64::try_from(self.config.runner_retention_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        let long_gone = now.plus_ms(-retention);
+        for runner in self
+            .store
+            .silent_runners(
+                &[RunnerStatus::Unhealthy],
+                long_gone,
+                self.config.sweep_batch,
+            )
+            .await?
+        {
+            let silent_h = now.since(runner.last_heartbeat) / 3_600_000;
+            let reason = format!("removed after {silent_h} h without a heartbeat");
+            if self
+                .remove_silent_runner(&runner.id, long_gone, &reason)
+                .await?
+                .is_some()
+            {
+                report.runners_removed += 1;
+            }
+        }
         // Health first, so the sample and the alerts see this sweep's count.
         let runners = self.all_runners().await?;
         let (mut used, mut capacity, mut unhealthy) = (0u64, 0u64, 0u64);
-        for r in runners
-            .iter()
-            .filter(|r| r.runner.status != RunnerStatus::Deregistered)
-        {
-            used += u64::from(r.allocated.slots);
-            capacity += u64::from(r.runner.capacity.slots);
-            unhealthy += u64::from(r.runner.status == RunnerStatus::Unhealthy);
+        // Capacity is what live runners offer: an unhealthy runner's slots
+        // are not there to be used.
+        for r in &runners {
+            match r.runner.status {
+                RunnerStatus::Active | RunnerStatus::Paused => {
+                    used += u64::from(r.allocated.slots);
+                    capacity += u64::from(r.runner.capacity.slots);
+                }
+                RunnerStatus::Unhealthy => unhealthy += 1,
+                RunnerStatus::Deregistered => {}
+            }
         }
         self.store
             .add_rollup(&Rollup::utilization_sample(now, used, capacity))

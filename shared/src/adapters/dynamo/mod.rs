@@ -1254,9 +1254,14 @@ impl Store for DynamoStore {
         items.into_iter().map(runner_of).collect()
     }
 
-    async fn silent_runners(&self, before: Timestamp, limit: u32) -> Result<Vec<Runner>> {
+    async fn silent_runners(
+        &self,
+        statuses: &[RunnerStatus],
+        before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Runner>> {
         let mut found = Vec::new();
-        for status in [RunnerStatus::Active, RunnerStatus::Paused] {
+        for &status in statuses {
             let still_silent = |i: &Item| {
                 has_status(i, &[status.as_str()]) && (num(i, "last_heartbeat") as i64) < before.0
             };
@@ -1269,7 +1274,7 @@ impl Store for DynamoStore {
                 found.push(runner_of(it)?.runner);
             }
         }
-        found.sort_by_key(|r| r.last_heartbeat);
+        found.sort_by_key(Runner::silence_key);
         found.truncate(limit as usize);
         Ok(found)
     }

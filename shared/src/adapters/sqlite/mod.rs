@@ -200,12 +200,15 @@ PRAGMA user_version = 5;
 COMMIT;
 "#;
 
-/// Version 5 to 6: the table of dynamic executions' tests. Dynamic
+/// Version 5 to 6: the table of dynamic executions' tests (dynamic
 /// executions queued before it keep the batches cut at queue time, and
-/// claims take those.
+/// claims take those); a runner's `last_heartbeat` column becomes the time
+/// it is silent at (its last heartbeat plus its silence limit, which those
+/// registered before it kept have as the default 90 s).
 const MIGRATE_FROM_5: &str = r#"
 BEGIN;
 CREATE TABLE IF NOT EXISTS test_queues (execution_id TEXT PRIMARY KEY, tests TEXT NOT NULL);
+UPDATE runners SET last_heartbeat = last_heartbeat + 90000 WHERE last_heartbeat < 9000000000000000000;
 PRAGMA user_version = 6;
 COMMIT;
 "#;
@@ -934,14 +937,27 @@ impl Store for SqliteStore {
         Ok(self.mirrored(Mirror::schedulable_runners))
     }
 
-    async fn silent_runners(&self, before: Timestamp, limit: u32) -> Result<Vec<Runner>> {
+    async fn silent_runners(
+        &self,
+        statuses: &[RunnerStatus],
+        before: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Runner>> {
+        let statuses: Vec<&'static str> = statuses.iter().map(RunnerStatus::as_str).collect();
         self.read(move |c| {
-            docs(
-                c,
-                "SELECT doc FROM runners WHERE status IN ('active', 'paused') AND last_heartbeat < ?1
-                 ORDER BY last_heartbeat LIMIT ?2",
-                params![before.0, limit],
-            )
+            // `last_heartbeat` holds the silence key (see `runner_update`).
+            let mut found = Vec::new();
+            for status in statuses {
+                found.extend(docs::<Runner>(
+                    c,
+                    "SELECT doc FROM runners WHERE status = ?1 AND last_heartbeat < ?2
+                     ORDER BY last_heartbeat LIMIT ?3",
+                    params![status, before.0, limit],
+                )?);
+            }
+            found.sort_by_key(Runner::silence_key);
+            found.truncate(limit as usize);
+            Ok(found)
         })
         .await
     }
