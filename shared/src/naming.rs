@@ -188,6 +188,65 @@ pub fn resolve(case: &JunitCase, given: &Given, format: Option<NameFormat>) -> S
     case.natural_id()
 }
 
+/// Expected durations of queued tests that have none of their own, rolled
+/// up from the known durations of the tests under them (rule 2's
+/// ownership: `tests/test_cart.py` owns `tests/test_cart.py::test_total`,
+/// `com.example.CartTest` owns `com.example.CartTest.adds`): a file, class
+/// or describe block queued whole is expected to take what its cases
+/// took. A queued test that owns none gets nothing.
+pub fn roll_up<'k>(
+    queued: &[String],
+    known: impl IntoIterator<Item = (&'k str, u64)>,
+) -> HashMap<String, u64> {
+    let given = Given::new(queued);
+    let mut sums: HashMap<String, u64> = HashMap::new();
+    for (name, ms) in known {
+        if given.get(name).is_some() {
+            continue;
+        }
+        if let Some(owner) = given.owner(name) {
+            *sums.entry(owner.to_owned()).or_default() += ms;
+        }
+    }
+    sums
+}
+
+#[cfg(test)]
+mod roll_up_tests {
+    use super::*;
+
+    #[test]
+    fn a_file_class_or_block_queued_whole_is_expected_to_take_what_its_cases_took() {
+        let queued: Vec<String> = [
+            "tests/test_cart.py",
+            "com.example.CartTest",
+            "Cart page",
+            "new",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let known = [
+            ("tests/test_cart.py::test_total", 300),
+            ("tests/test_cart.py::TestTax::test_vat[de]", 200),
+            ("tests/test_cart.py", 50_000),
+            ("tests/test_cart_extra.py::x", 7),
+            ("com.example.CartTest.adds", 40),
+            ("com.example.CartTestHelper.x", 9),
+            ("Cart page shows totals", 1_000),
+        ];
+        let sums = roll_up(&queued, known);
+        assert_eq!(
+            sums.get("tests/test_cart.py"),
+            Some(&500),
+            "its own timing is not a case"
+        );
+        assert_eq!(sums.get("com.example.CartTest"), Some(&40));
+        assert_eq!(sums.get("Cart page"), Some(&1_000));
+        assert_eq!(sums.get("new"), None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

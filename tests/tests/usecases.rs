@@ -1016,6 +1016,85 @@ async fn a_token_revoked_by_another_instance_stops_working_within_five_seconds<B
 /// history; the next execution of those tests, sent without hints, is split
 /// on it (a slow test gets a shard to itself) and shows each shard's
 /// expected duration.
+/// A suite queued by files (`tests/test_*.py`, a `--glob`) is split by
+/// time from its second run on: a file is expected to take what its cases
+/// took, whether they were learned from a run of the file or imported per
+/// test (a pytest-split `.test_durations`).
+async fn files_queued_whole_are_split_by_what_their_cases_took<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let r = register(&h, "r", 4).await;
+    let files = ["tests/test_a.py", "tests/test_b.py", "tests/test_c.py"];
+    let by_files = || tms_tests::new_execution("files", files.iter().map(|f| f.to_string()), 2);
+    queue(&h, by_files()).await;
+    h.app.schedule_pass().await.unwrap();
+    for a in &assignments(&h, &r).await {
+        // Each file's cases, under the ids pytest gives them.
+        let tests: Vec<TestResult> = a
+            .tests
+            .iter()
+            .flat_map(|file| {
+                let ms = if file.ends_with("test_a.py") {
+                    4_000
+                } else {
+                    500
+                };
+                ["test_one", "test_two"].map(|case| TestResult {
+                    name: format!("{file}::{case}"),
+                    status: TestStatus::Passed,
+                    duration_ms: ms,
+                    message: None,
+                    earlier: Vec::new(),
+                })
+            })
+            .collect();
+        let results = ShardResult {
+            passed: tests.len() as u32,
+            tests,
+            ..Default::default()
+        };
+        report(&h, &r, a, ReportStatus::Passed, Some(results))
+            .await
+            .unwrap();
+    }
+    h.deliver_events().await;
+    let second = h.app.queue_execution(by_files(), None).await.unwrap();
+    let heavy = second
+        .shards
+        .iter()
+        .find(|s| s.tests.iter().any(|t| t == "tests/test_a.py"))
+        .unwrap();
+    assert_eq!(*heavy.tests, ["tests/test_a.py"], "{:?}", second.shards);
+    assert_eq!(heavy.estimated_ms, Some(8_000));
+
+    // Imported per test, queued by file: rolled up at queue time.
+    let imported: std::collections::HashMap<String, f64> = [
+        ("tests/test_x.py::TestX::test_1", 30.0),
+        ("tests/test_x.py::TestX::test_2", 30.0),
+        ("tests/test_y.py::test_1", 1.0),
+        ("tests/test_z.py::test_1", 1.0),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_string(), s))
+    .collect();
+    h.app
+        .import_timings("imported", tms::usecases::DurationsFile::Map(imported))
+        .await
+        .unwrap();
+    let new = tms_tests::new_execution(
+        "imported",
+        ["tests/test_x.py", "tests/test_y.py", "tests/test_z.py"].map(String::from),
+        2,
+    );
+    let q = h.app.queue_execution(new, None).await.unwrap();
+    let x = q
+        .shards
+        .iter()
+        .find(|s| s.tests.iter().any(|t| t == "tests/test_x.py"))
+        .unwrap();
+    assert_eq!(*x.tests, ["tests/test_x.py"], "{:?}", q.shards);
+    assert_eq!(x.estimated_ms, Some(60_000));
+}
+
 async fn a_completed_shard_teaches_the_next_split_its_test_durations<B: Backend>() {
     let h = Harness::<B>::start().await;
     let r = register(&h, "r", 4).await;
@@ -1077,6 +1156,7 @@ async fn a_completed_shard_teaches_the_next_split_its_test_durations<B: Backend>
 
 tms_tests::conformance!(
     a_completed_shard_teaches_the_next_split_its_test_durations,
+    files_queued_whole_are_split_by_what_their_cases_took,
     two_aggregators_on_the_same_event_never_double_count,
     a_parallel_execution_runs_to_passed_and_gives_all_capacity_back,
     when_runner_misses_heartbeats_its_shards_are_requeued_to_another_runner,

@@ -291,16 +291,47 @@ impl<P: Ports> Orchestrator<P> {
         if unhinted.is_empty() {
             return HashMap::new();
         }
-        match self.store.test_timings(suite, &unhinted).await {
-            Ok(found) => found
-                .into_iter()
-                .filter_map(|t| Some((t.test.clone(), t.estimate()?)))
-                .collect(),
+        let found = match self.store.test_timings(suite, &unhinted).await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::warn!(error = %e, suite, "test timings unavailable; splitting without them");
-                HashMap::new()
+                return HashMap::new();
+            }
+        };
+        let mut learned: HashMap<String, u64> = found
+            .into_iter()
+            .filter_map(|t| Some((t.test.clone(), t.estimate()?)))
+            .collect();
+        // Files, classes or describe blocks queued whole with no history of
+        // their own: what their cases took. After a run of the files, the
+        // aggregator has learned each file whole, so this is needed only
+        // when nothing queued has history (the first run after durations
+        // were imported per test): one read of the suite's history then,
+        // and none when some tests are known (a few new tests among known
+        // ones weigh the median of the others).
+        let missing: Vec<String> = if learned.is_empty() {
+            unhinted
+        } else {
+            Vec::new()
+        };
+        if !missing.is_empty() {
+            match self.store.suite_timings(suite).await {
+                Ok(all) => {
+                    let known: Vec<(String, u64)> = all
+                        .into_iter()
+                        .filter_map(|t| Some((t.test.clone(), t.estimate()?)))
+                        .collect();
+                    learned.extend(crate::naming::roll_up(
+                        &missing,
+                        known.iter().map(|(n, ms)| (n.as_str(), *ms)),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, suite, "suite timings unavailable; no roll-up")
+                }
             }
         }
+        learned
     }
 
     /// Builds the execution and its shards (a dynamic execution: its tests

@@ -373,6 +373,7 @@ fn main() {
         println!("| dynamic better in | {} |", tally.join(" | "));
     }
     tails_table(&suites[..real]);
+    files_table(&suites[..real]);
     estimator_tables(&profiles(&suites[..real]));
 }
 
@@ -598,6 +599,70 @@ fn tails_table(real: &[Suite]) {
         "| worst of all | | | {:.3} / {:.3} | {:.3} / {:.3} |",
         worst[0][0], worst[0][1], worst[1][0], worst[1][1]
     );
+}
+
+/// A suite queued by files (`tests/test_*.py`): the scout recording's tests
+/// rolled up into their files, each file planned with no estimate (every
+/// file weighs the same: a split by count) and with its cases' learned
+/// durations rolled up (`tms::naming::roll_up`); static LPT's makespan over
+/// the bound on the files' durations.
+fn files_table(real: &[Suite]) {
+    println!(
+        "\nQueued by files: each file's tests learned per test case, the file's \
+         estimate rolled up from them (`naming::roll_up`) against no estimate \
+         (a split by count); static LPT, makespan over the bound.\n"
+    );
+    println!("| suite | files | estimates | m=2 | m=4 | m=8 | m=16 | m=32 |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for suite in real
+        .iter()
+        .filter(|s| s.tests.iter().any(|(n, _)| n.contains("::")))
+    {
+        let mut files: std::collections::BTreeMap<String, u64> = Default::default();
+        for (name, ms) in &suite.tests {
+            let file = name.split_once("::").map_or(name.as_str(), |(f, _)| f);
+            *files.entry(file.to_owned()).or_default() += ms;
+        }
+        let queued: Vec<String> = files.keys().cloned().collect();
+        let rolled =
+            tms::naming::roll_up(&queued, suite.tests.iter().map(|(n, ms)| (n.as_str(), *ms)));
+        let by_files = Suite {
+            name: suite.name.clone(),
+            tests: files.into_iter().collect(),
+        };
+        for (label, hints) in [("none (by count)", None), ("rolled up", Some(&rolled))] {
+            let specs: Vec<TestSpec> = by_files
+                .tests
+                .iter()
+                .map(|(name, _)| TestSpec {
+                    name: name.clone(),
+                    duration_hint_ms: hints.and_then(|h| h.get(name).copied()),
+                })
+                .collect();
+            let ratios: Vec<String> = SHARD_COUNTS
+                .iter()
+                .map(|&m| {
+                    let actual: HashMap<&str, u64> = by_files
+                        .tests
+                        .iter()
+                        .map(|(n, ms)| (n.as_str(), *ms))
+                        .collect();
+                    let makespan = tms::scheduling::split_tests(&specs, m as u32)
+                        .iter()
+                        .map(|s| s.tests.iter().map(|t| actual[t.as_str()]).sum::<u64>())
+                        .max()
+                        .unwrap_or(0);
+                    format!("{:.3}", makespan as f64 / by_files.lower_bound(m))
+                })
+                .collect();
+            println!(
+                "| {} | {} | {label} | {} |",
+                suite.name,
+                by_files.tests.len(),
+                ratios.join(" | ")
+            );
+        }
+    }
 }
 
 /// How a test's expected duration is made from its recorded runs.
