@@ -108,6 +108,11 @@ async fn finished_executions_roll_up_once_per_suite_and_hour<B: Backend>() {
     let first_hour = (start + 50_000).div_euclid(HOUR_MS) * HOUR_MS;
     let last_hour = (start + 50_000 + 2 * HOUR_MS).div_euclid(HOUR_MS) * HOUR_MS;
     assert_eq!(busy, vec![(first_hour, 2), (last_hour, 1)]);
+    // That run waited no time at all: read back through the store, its
+    // wait is milliseconds, not the half second of a 0–1 s bucket.
+    let last = h.app.metrics(Some("api"), Some("1h")).await.unwrap();
+    let wait = last.total.figures.p50_wait_ms.unwrap();
+    assert!(wait <= 10, "a wait of 0 ms reads as {wait} ms");
     assert!(
         m.hours.len() >= 4,
         "empty hours are kept: {}",

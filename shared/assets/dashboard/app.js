@@ -49,7 +49,9 @@ function ago(ms) {
   return `${Math.floor(h / 24)}d ${h % 24}h`;
 }
 
-const duration = (ms) => (ms == null ? "–" : ago(ms));
+// Durations under a second in milliseconds: a warm fleet's queue waits are.
+const duration = (ms) =>
+  ms == null ? "–" : ms < 1000 ? `${Math.max(0, Math.round(ms))}ms` : ago(ms);
 const percent = (x) => (x == null ? "–" : `${Math.round(x * 100)}%`);
 const clock = (ms) => (ms ? new Date(ms).toLocaleTimeString() : "–");
 

@@ -40,6 +40,17 @@ pub const BUCKET_BOUNDS_MS: [i64; 20] = [
     i64::MAX,
 ];
 
+/// Upper bounds (ms) of the sub-second buckets the first bucket is split
+/// into: most queue waits of a warm fleet, and many short runs, are well
+/// under a second, and interpolating within 0–1 s showed 5 ms waits as
+/// half a second.
+pub const SUB_SECOND_BOUNDS_MS: [i64; 7] = [10, 25, 50, 100, 250, 500, 1_000];
+
+/// The sub-second bucket a duration of at most a second falls in.
+pub fn sub_second_bucket_of(ms: i64) -> Option<usize> {
+    SUB_SECOND_BOUNDS_MS.iter().position(|&b| ms <= b)
+}
+
 /// The start of the hour `t` falls in.
 pub fn hour_of(t: Timestamp) -> Timestamp {
     Timestamp(t.0.div_euclid(HOUR_MS) * HOUR_MS)
@@ -53,9 +64,10 @@ pub fn bucket_of(ms: i64) -> usize {
         .unwrap_or(BUCKET_BOUNDS_MS.len() - 1)
 }
 
-/// The `q`-quantile (0..=1) of a bucketed distribution, interpolated
-/// linearly within its bucket; none when nothing was counted.
-pub fn quantile(hist: &[u64], q: f64) -> Option<i64> {
+/// The `q`-quantile (0..=1) of a distribution bucketed by `bounds` (upper
+/// bounds, ascending), interpolated linearly within its bucket; none when
+/// nothing was counted.
+pub fn quantile(hist: &[u64], bounds: &[i64], q: f64) -> Option<i64> {
     let total: u64 = hist.iter().sum();
     if total == 0 {
         return None;
@@ -67,8 +79,8 @@ pub fn quantile(hist: &[u64], q: f64) -> Option<i64> {
             continue;
         }
         if (seen + count) as f64 >= rank {
-            let lower = if i == 0 { 0 } else { BUCKET_BOUNDS_MS[i - 1] };
-            let upper = BUCKET_BOUNDS_MS[i];
+            let lower = if i == 0 { 0 } else { bounds[i - 1] };
+            let upper = bounds[i];
             if upper == i64::MAX {
                 return Some(lower);
             }
@@ -94,7 +106,8 @@ pub fn waited_and_ran(e: &Execution) -> (i64, Option<i64>) {
 /// Counter names and amounts. Names: `finished`, one per final status
 /// (`passed`, `failed`, `errored`, `timed_out`, `cancelled`), `tests_passed`,
 /// `tests_failed`, `tests_skipped`, `tests_flaky`, `run_ms` and `wait_ms`
-/// (sums), and the histogram buckets `run_b<i>` and `wait_b<i>`.
+/// (sums), the histogram buckets `run_b<i>` and `wait_b<i>`, and the
+/// sub-second buckets `run_s<i>` and `wait_s<i>` splitting the first.
 pub type Counters = BTreeMap<String, u64>;
 
 /// The rollups' pseudo-suite of system samples (a real suite is never
@@ -148,9 +161,15 @@ impl Rollup {
         let (wait, run) = waited_and_ran(e);
         add("wait_ms", wait as u64);
         add(&format!("wait_b{}", bucket_of(wait)), 1);
+        if let Some(i) = sub_second_bucket_of(wait) {
+            add(&format!("wait_s{i}"), 1);
+        }
         if let Some(run) = run {
             add("run_ms", run as u64);
             add(&format!("run_b{}", bucket_of(run)), 1);
+            if let Some(i) = sub_second_bucket_of(run) {
+                add(&format!("run_s{i}"), 1);
+            }
         }
         Some(Rollup {
             suite: e.suite.clone(),
@@ -194,12 +213,34 @@ impl Figures {
             }
         }
         let get = |k: &str| sum.get(k).copied().unwrap_or(0);
-        let hist = |prefix: &str| -> Vec<u64> {
-            (0..BUCKET_BOUNDS_MS.len())
-                .map(|i| get(&format!("{prefix}{i}")))
-                .collect()
+        // The buckets of one duration, the first split into its sub-second
+        // buckets when every value in it was counted in them too (rollups
+        // written before they existed were not), with the bounds to read
+        // them by.
+        let hist = |name: &str| -> (Vec<u64>, Vec<i64>) {
+            let coarse: Vec<u64> = (0..BUCKET_BOUNDS_MS.len())
+                .map(|i| get(&format!("{name}_b{i}")))
+                .collect();
+            let fine: Vec<u64> = (0..SUB_SECOND_BOUNDS_MS.len())
+                .map(|i| get(&format!("{name}_s{i}")))
+                .collect();
+            if coarse[0] > 0 && fine.iter().sum::<u64>() == coarse[0] {
+                let counts = fine
+                    .into_iter()
+                    .chain(coarse[1..].iter().copied())
+                    .collect();
+                let bounds = SUB_SECOND_BOUNDS_MS
+                    .iter()
+                    .chain(&BUCKET_BOUNDS_MS[1..])
+                    .copied()
+                    .collect();
+                (counts, bounds)
+            } else {
+                (coarse, BUCKET_BOUNDS_MS.to_vec())
+            }
         };
-        let (run, wait) = (hist("run_b"), hist("wait_b"));
+        let (run, wait) = (hist("run"), hist("wait"));
+        let q = |(counts, bounds): &(Vec<u64>, Vec<i64>), q: f64| quantile(counts, bounds, q);
         let judged = get("passed") + get("failed") + get("errored") + get("timed_out");
         Figures {
             finished: get("finished"),
@@ -213,10 +254,10 @@ impl Figures {
             tests_failed: get("tests_failed"),
             tests_skipped: get("tests_skipped"),
             tests_flaky: get("tests_flaky"),
-            p50_wait_ms: quantile(&wait, 0.5),
-            p95_wait_ms: quantile(&wait, 0.95),
-            p50_run_ms: quantile(&run, 0.5),
-            p95_run_ms: quantile(&run, 0.95),
+            p50_wait_ms: q(&wait, 0.5),
+            p95_wait_ms: q(&wait, 0.95),
+            p50_run_ms: q(&run, 0.5),
+            p95_run_ms: q(&run, 0.95),
         }
     }
 }
@@ -381,9 +422,40 @@ mod tests {
         let mut hist = vec![0u64; BUCKET_BOUNDS_MS.len()];
         // Ten runs between 10 s and 20 s.
         hist[bucket_of(15_000)] = 10;
-        assert_eq!(quantile(&hist, 0.5), Some(15_000));
-        assert_eq!(quantile(&hist, 1.0), Some(20_000));
-        assert_eq!(quantile(&[0; 3], 0.5), None);
+        assert_eq!(quantile(&hist, &BUCKET_BOUNDS_MS, 0.5), Some(15_000));
+        assert_eq!(quantile(&hist, &BUCKET_BOUNDS_MS, 1.0), Some(20_000));
+        assert_eq!(quantile(&[0; 3], &BUCKET_BOUNDS_MS, 0.5), None);
+    }
+
+    fn waits(ms: &[i64]) -> Counters {
+        let mut c = Counters::new();
+        for &w in ms {
+            *c.entry(format!("wait_b{}", bucket_of(w))).or_default() += 1;
+            if let Some(i) = sub_second_bucket_of(w) {
+                *c.entry(format!("wait_s{i}")).or_default() += 1;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn waits_of_a_few_milliseconds_read_as_milliseconds_not_half_a_second() {
+        let figures = Figures::of([&waits(&[3, 4, 5, 6, 7, 8, 9, 9, 9, 600])]);
+        let p50 = figures.p50_wait_ms.unwrap();
+        assert!(p50 <= 10, "p50 wait {p50} ms");
+        let p95 = figures.p95_wait_ms.unwrap();
+        assert!((500..=1_000).contains(&p95), "p95 wait {p95} ms");
+    }
+
+    #[test]
+    fn hours_counted_before_the_sub_second_buckets_still_read_by_the_coarse_ones() {
+        let mut old = waits(&[5, 5, 5, 5]);
+        old.retain(|k, _| !k.starts_with("wait_s"));
+        let mixed = Figures::of([&old, &waits(&[5, 5, 5, 5])]);
+        // Half the first bucket has no fine counts: reading it by the fine
+        // buckets would lose those, so the coarse bucket is read.
+        assert_eq!(mixed.p50_wait_ms, Some(500));
+        assert!(Figures::of([&waits(&[5; 8])]).p50_wait_ms.unwrap() <= 10);
     }
 
     proptest! {
@@ -396,7 +468,7 @@ mod tests {
             xs.sort();
             let rank = ((q * xs.len() as f64).max(1.0).ceil() as usize).min(xs.len());
             let truth = xs[rank - 1];
-            let got = quantile(&hist, q).unwrap();
+            let got = quantile(&hist, &BUCKET_BOUNDS_MS, q).unwrap();
             let b = bucket_of(truth);
             let lower = if b == 0 { 0 } else { BUCKET_BOUNDS_MS[b - 1] };
             prop_assert!(got >= lower && got <= BUCKET_BOUNDS_MS[b], "{got} vs {truth}");
