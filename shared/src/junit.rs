@@ -789,7 +789,10 @@ pub fn merged_report(
 
 fn write_case(w: &mut XmlWriter, suite: &str, t: &crate::domain::MergedTest) -> Result<()> {
     use crate::domain::TestStatus;
-    let (class, name) = class_and_name(&t.name, suite);
+    let (class, name) = match &t.junit {
+        Some(j) => (j.classname.as_str(), j.name.as_str()),
+        None => class_and_name(&t.name, suite),
+    };
     let mut start = BytesStart::new("testcase");
     start.push_attribute(("classname", xml_safe(class).as_ref()));
     start.push_attribute(("name", xml_safe(name).as_ref()));

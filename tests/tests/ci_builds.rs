@@ -73,6 +73,7 @@ async fn run_assigned<B: Backend>(
                 duration_ms: 5,
                 message: None,
                 earlier: Vec::new(),
+                junit: None,
             })
             .collect();
         ran.extend(a.tests.iter().cloned());
@@ -181,6 +182,7 @@ fn results(tests: &[String], status: TestStatus) -> ShardResult {
                 duration_ms: 10,
                 message: failed.then(|| "assertion failed".into()),
                 earlier: Vec::new(),
+                junit: None,
             })
             .collect(),
     }

@@ -260,6 +260,7 @@ async fn a_report_brings_the_next_batch_and_teaches_the_batch_cost<B: Backend>()
                 duration_ms: 1_000,
                 message: None,
                 earlier: Vec::new(),
+                junit: None,
             })
             .collect();
         h.clock.advance_ms(1_000 * ran.len() as i64);

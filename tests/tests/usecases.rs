@@ -1044,6 +1044,7 @@ async fn files_queued_whole_are_split_by_what_their_cases_took<B: Backend>() {
                     duration_ms: ms,
                     message: None,
                     earlier: Vec::new(),
+                    junit: None,
                 })
             })
             .collect();
@@ -1112,6 +1113,7 @@ async fn a_completed_shard_teaches_the_next_split_its_test_durations<B: Backend>
                 duration_ms: if t == "test_0" { 9_000 } else { 100 },
                 message: None,
                 earlier: Vec::new(),
+                junit: None,
             })
             .collect();
         // A test reported twice in one shard (run again by the runner) is

@@ -31,6 +31,6 @@ pub use results::{MergedTest, ResultChunk, TestAttempt};
 pub use rule::{LoadBalancingRule, RunnerPool, Strategy};
 pub use runner::{Runner, RunnerStatus, RunnerType, RunnerWithLoad};
 pub use shard::{
-    AttemptRecord, Shard, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus,
+    AttemptRecord, JunitName, Shard, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus,
 };
 pub use timing::TestTiming;

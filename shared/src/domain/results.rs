@@ -175,6 +175,10 @@ pub struct MergedTest {
     /// Failed or errored in an earlier attempt, passed in the last.
     pub flaky: bool,
     pub attempts: Vec<TestAttempt>,
+    /// The case's `classname` and `name` as its tool's JUnit report wrote
+    /// them (the newest run's that said).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub junit: Option<super::shard::JunitName>,
 }
 
 /// The shard a retry chain started from.
@@ -195,7 +199,11 @@ fn root(shards: &[Shard], mut index: u32) -> u32 {
 /// Merges the stored results of every recorded run of every shard. Chunks of
 /// runs a shard did not record (a report that lost its race) are ignored.
 /// A test's runs in automatic retries join its runs in the shard it was
-/// planned in.
+/// planned in. Results of the same name within one run are different
+/// cases (jest and mocha let titles repeat; the tools whose ids are unique
+/// write a retried test's attempts as repeats, and those are folded into
+/// one result when the report is read): the n-th of a name in one run is
+/// the n-th in another.
 pub fn merge(shards: &[Shard], chunks: &[ResultChunk]) -> Result<Vec<MergedTest>> {
     let mut by_run: HashMap<(u32, &LeaseId), Vec<&ResultChunk>> = HashMap::new();
     for c in chunks {
@@ -205,13 +213,15 @@ pub fn merge(shards: &[Shard], chunks: &[ResultChunk]) -> Result<Vec<MergedTest>
             .push(c);
     }
     let mut merged: Vec<MergedTest> = Vec::new();
-    let mut position: HashMap<(u32, String), usize> = HashMap::new();
+    let mut position: HashMap<(u32, String, u32), usize> = HashMap::new();
     for shard in shards {
         for run in &shard.attempts {
             let Some(stored) = by_run.get_mut(&(shard.index, &run.lease_id)) else {
                 continue;
             };
             stored.sort_by_key(|c| c.chunk);
+            // How many results of each name this run has had so far.
+            let mut seen: HashMap<String, u32> = HashMap::new();
             for chunk in stored.iter().take(run.result_chunks as usize) {
                 for test in chunk.tests()? {
                     let planned_in = root(shards, shard.index);
@@ -234,9 +244,16 @@ pub fn merge(shards: &[Shard], chunks: &[ResultChunk]) -> Result<Vec<MergedTest>
                         .map(|e| in_run(e.status, 0, e.message.clone()))
                         .collect();
                     attempts.push(in_run(test.status, test.duration_ms, test.message.clone()));
-                    let key = (planned_in, test.name.clone());
+                    let nth = seen.entry(test.name.clone()).or_default();
+                    let key = (planned_in, test.name.clone(), *nth);
+                    *nth += 1;
                     match position.get(&key) {
-                        Some(&i) => merged[i].attempts.extend(attempts),
+                        Some(&i) => {
+                            merged[i].attempts.extend(attempts);
+                            if test.junit.is_some() {
+                                merged[i].junit = test.junit;
+                            }
+                        }
                         None => {
                             position.insert(key, merged.len());
                             merged.push(MergedTest {
@@ -247,6 +264,7 @@ pub fn merge(shards: &[Shard], chunks: &[ResultChunk]) -> Result<Vec<MergedTest>
                                 message: None,
                                 flaky: false,
                                 attempts,
+                                junit: test.junit,
                             });
                         }
                     }
@@ -293,6 +311,7 @@ mod tests {
                     duration_ms: 1,
                     message: None,
                     earlier: Vec::new(),
+                    junit: None,
                 })
                 .collect(),
         }
@@ -349,6 +368,7 @@ mod tests {
             duration_ms: 0,
             message: Some("é".repeat(MAX_MESSAGE_BYTES)),
             earlier: Vec::new(),
+            junit: None,
         };
         let chunks = chunk(&[t], MAX_CHUNK_BYTES).unwrap();
         let back: Vec<TestResult> = serde_json::from_str(&chunks[0]).unwrap();
@@ -388,6 +408,58 @@ mod tests {
         assert_eq!(merged[0].attempts.len(), 1);
     }
 
+    #[test]
+    fn cases_of_the_same_name_in_a_run_stay_apart_and_a_rerun_matches_them_in_order() {
+        use crate::domain::shard::ShardOutcome;
+        use crate::ids::ExecutionId;
+        use crate::time::Timestamp;
+        let mut shard = Shard::new(ExecutionId::generate(), "s", 0, given(&["Cart"]), None);
+        let mut chunks = Vec::new();
+        // Two jest cases titled alike: the second fails, then passes when
+        // the shard is run again.
+        for (run, second) in [TestStatus::Failed, TestStatus::Passed]
+            .into_iter()
+            .enumerate()
+        {
+            let lease = LeaseId::generate();
+            shard
+                .assign(
+                    RunnerId::generate(),
+                    lease.clone(),
+                    Timestamp(run as i64 * 10),
+                    Timestamp(99),
+                )
+                .unwrap();
+            let mut r = result(&["Cart adds items", "Cart adds items"]);
+            r.tests[1].status = second;
+            r.tests[1].duration_ms = 7;
+            r = ShardResult::of(r.tests);
+            let outcome = if second == TestStatus::Passed {
+                ShardOutcome::Passed
+            } else {
+                ShardOutcome::Failed
+            };
+            shard
+                .complete(&lease, outcome, &r, 1, Timestamp(run as i64 * 10 + 5))
+                .unwrap();
+            chunks.push(ResultChunk {
+                shard_index: 0,
+                lease_id: lease,
+                chunk: 0,
+                body: chunk(&r.tests, MAX_CHUNK_BYTES).unwrap().remove(0),
+            });
+            if run == 0 {
+                shard.retry().unwrap();
+            }
+        }
+        let merged = merge(&[shard], &chunks).unwrap();
+        let seen: Vec<(u64, usize, bool)> = merged
+            .iter()
+            .map(|t| (t.duration_ms, t.attempts.len(), t.flaky))
+            .collect();
+        assert_eq!(seen, vec![(1, 2, false), (7, 2, true)]);
+    }
+
     fn arb_test() -> impl Strategy<Value = TestResult> {
         (
             "[a-z/:._\\[\\]0-9]{1,60}",
@@ -401,6 +473,7 @@ mod tests {
                 duration_ms,
                 message,
                 earlier: Vec::new(),
+                junit: None,
             })
     }
 

@@ -90,6 +90,20 @@ pub struct TestResult {
     /// Surefire, vitest).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier: Vec<EarlierAttempt>,
+    /// The case's `classname` and `name` as the tool's JUnit report wrote
+    /// them: the merged JUnit gives them back unchanged, so CI test-history
+    /// views (which key on them) see the same tests as in the tool's own
+    /// report. None for results reported as JSON without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junit: Option<JunitName>,
+}
+
+/// A test case's name in JUnit terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JunitName {
+    pub classname: String,
+    pub name: String,
 }
 
 /// A failed attempt of a test that its own tool retried within one run.
@@ -773,6 +787,7 @@ mod tests {
                 duration_ms: 3,
                 message: None,
                 earlier: Vec::new(),
+                junit: None,
             }],
             ..Default::default()
         };

@@ -5,7 +5,7 @@ use super::timings::LearnedRun;
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth::Principal;
 use crate::domain::results;
-use crate::domain::shard::{Applied, EarlierAttempt};
+use crate::domain::shard::{Applied, EarlierAttempt, JunitName};
 use crate::domain::{
     Execution, ResultChunk, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus,
 };
@@ -126,6 +126,10 @@ impl JunitReport {
                         message: a.message.clone(),
                     })
                     .collect(),
+                junit: Some(JunitName {
+                    classname: c.classname.clone(),
+                    name: c.name.clone(),
+                }),
             })
             .collect();
         let results = ShardResult::of(tests);
@@ -169,20 +173,6 @@ impl ShardReport {
                 format!("at most {MAX_RESULTS} results"),
             ));
         }
-        if let Some(t) = r.tests.iter().find(|t| {
-            t.earlier.len() > MAX_EARLIER_ATTEMPTS
-                || t.earlier
-                    .iter()
-                    .any(|a| !matches!(a.status, TestStatus::Failed | TestStatus::Errored))
-        }) {
-            return Err(Error::validation(
-                "results.tests.earlier",
-                format!(
-                    "{}: at most {MAX_EARLIER_ATTEMPTS} earlier attempts, each failed or errored",
-                    t.name
-                ),
-            ));
-        }
         if let Some(t) = r
             .tests
             .iter()
@@ -193,6 +183,19 @@ impl ShardReport {
                 format!(
                     "a test name must have 1 to {MAX_TEST_NAME} bytes (got {})",
                     t.name.len()
+                ),
+            ));
+        }
+        if let Some(t) = r.tests.iter().find(|t| {
+            t.junit
+                .as_ref()
+                .is_some_and(|j| j.classname.len().max(j.name.len()) > MAX_TEST_NAME)
+        }) {
+            return Err(Error::validation(
+                "results.tests.junit",
+                format!(
+                    "{}: a JUnit classname or name has at most {MAX_TEST_NAME} bytes",
+                    t.name
                 ),
             ));
         }

@@ -253,6 +253,7 @@ pub(super) fn encode(shard: &Shard) -> Result<Vec<u8>> {
                         duration_ms,
                         message,
                         earlier: _,
+                        junit: _,
                     } = t;
                     Ok(TestRow {
                         name: borrowed(name),
@@ -353,6 +354,7 @@ pub(super) fn decode(columns: Columns, doc: &[u8], tests: Arc<[String]>) -> Resu
                         duration_ms: t.duration_ms,
                         message: t.message.map(owned),
                         earlier: Vec::new(),
+                        junit: None,
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -461,6 +463,7 @@ mod tests {
                 duration_ms: 7,
                 message: Some("boom".into()),
                 earlier: Vec::new(),
+                junit: None,
             }],
         });
         s.error = Some("lost its runner once".into());
