@@ -57,13 +57,27 @@ fn agent_at(
     name: &str,
     more: impl FnOnce(&mut Command) -> &mut Command,
 ) -> Agent {
+    spawn_agent(url, dir, name, more, true)
+}
+
+/// An agent of the stand-in tool, told where its JUnit report is when
+/// `read_junit`; without, it has the tool's exit status alone.
+fn spawn_agent(
+    url: &str,
+    dir: &std::path::Path,
+    name: &str,
+    more: impl FnOnce(&mut Command) -> &mut Command,
+    read_junit: bool,
+) -> Agent {
     let junit = dir.join("{shard}.xml");
     let mut command = Command::new(BIN);
     command.env("FAKE_MARKER", dir.join("once.marker"));
     command.args(["agent", "--name", name, "--slots", "1", "--poll-ms", "100"]);
-    let child = more(&mut command)
-        .arg("--junit")
-        .arg(&junit)
+    more(&mut command);
+    if read_junit {
+        command.arg("--junit").arg(&junit);
+    }
+    let child = command
         .arg("--state-file")
         .arg(dir.join(format!("{name}.json")))
         .args(["--", "python3", SUITE])
@@ -556,4 +570,52 @@ async fn an_agent_sends_every_junit_file_its_glob_matches_as_one_report() {
     assert_eq!(done["totals"]["passed"], 3, "{done}");
     assert_eq!(done["totals"]["failed"], 1, "{done}");
     assert_eq!(done["status"], "failed", "every test accounted for: {done}");
+}
+
+/// An agent told of no JUnit report has its command's exit status alone:
+/// that is the batch's verdict, marked as such, and no test is counted as
+/// passed or failed on its strength.
+#[tokio::test]
+async fn an_agent_without_junit_reports_its_commands_exit_status_as_a_whole() {
+    let (_data, server, work) = start();
+    let _a = spawn_agent(&server.url, work.path(), "plain", |c| c, false);
+    let ok = queue(&server, &["--suite", "fake", "test_a", "test_b"]).await;
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let done: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(done["status"], "passed", "{done}");
+    assert_eq!(done["totals"]["passed"], 0, "no test counted: {done}");
+    assert_eq!(done["totals"]["shards_by_exit_status"], 1, "{done}");
+    assert_eq!(
+        done["status_reason"], "1 shard judged by exit status alone (no per-test results)",
+        "{done}"
+    );
+    assert_eq!(done["shards"][0]["results"]["exit_code"], 0, "{done}");
+
+    let bad = queue(&server, &["--suite", "fake", "test_ok", "test_bad"]).await;
+    assert_eq!(
+        bad.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let done: Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(
+        done["status_reason"],
+        "shard 0 failed: its command exited with status 1 (no per-test results)",
+        "{done}"
+    );
+    assert_eq!(
+        (
+            done["totals"]["passed"].as_u64(),
+            done["totals"]["failed"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{done}"
+    );
 }

@@ -174,6 +174,7 @@ fn results(tests: &[String], status: TestStatus) -> ShardResult {
         failed: if failed { n } else { 0 },
         skipped: 0,
         flaky: 0,
+        exit_code: None,
         tests: tests
             .iter()
             .map(|t| TestResult {

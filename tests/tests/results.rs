@@ -97,6 +97,7 @@ fn results(tests: Vec<TestResult>) -> ShardResult {
         failed: count(&[TestStatus::Failed, TestStatus::Errored]),
         skipped: count(&[TestStatus::Skipped]),
         flaky: 0,
+        exit_code: None,
         tests,
     }
 }
@@ -163,6 +164,67 @@ async fn counts_alone_must_account_for_every_test_of_the_shard<B: Backend>() {
     let (status, why) = finished(&h, &id).await;
     assert_eq!(status, ExecutionStatus::Errored);
     assert!(why.contains("reported 2 results for the 3 tests"), "{why}");
+}
+
+/// A runner with no per-test results reports its command's exit status:
+/// the shard is judged by it, no test is counted on its strength, and the
+/// execution says it was judged so. An exit code beside counts, or one
+/// that contradicts the status, is refused before anything is written.
+async fn an_exit_status_alone_judges_the_shard_and_counts_no_tests<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let (id, runner, work) = start(&h, &["test_a", "test_b"], 2).await;
+    let caller = Principal::Runner(runner.clone());
+    for (status, results) in [
+        (
+            ReportStatus::Passed,
+            ShardResult {
+                passed: 1,
+                ..ShardResult::exit_status(0)
+            },
+        ),
+        (ReportStatus::Passed, ShardResult::exit_status(1)),
+        (ReportStatus::Failed, ShardResult::exit_status(0)),
+    ] {
+        let report = ShardReport {
+            shard_index: 0,
+            lease_id: work[0].lease_id.clone(),
+            status,
+            results: Some(results),
+        };
+        let refused = h.app.report_shard(&caller, &id, report).await;
+        assert!(
+            matches!(refused, Err(tms::error::Error::Validation { .. })),
+            "{refused:?}"
+        );
+    }
+    let exit = |code| ShardResult::exit_status(code);
+    assert_eq!(
+        send(&h, &runner, &work[0], ReportStatus::Passed, exit(0)).await,
+        ShardStatus::Passed
+    );
+    let (e, _, _) = h.app.execution_report(&id).await.unwrap();
+    assert_eq!(e.totals.passed, 0);
+    assert_eq!(
+        send(&h, &runner, &work[1], ReportStatus::Failed, exit(3)).await,
+        ShardStatus::Failed
+    );
+    let (status, why) = finished(&h, &id).await;
+    assert_eq!(status, ExecutionStatus::Failed);
+    assert_eq!(
+        why,
+        "shard 1 failed: its command exited with status 3 (no per-test results)"
+    );
+    let (e, shards, _) = h.app.execution_report(&id).await.unwrap();
+    assert_eq!(
+        (
+            e.totals.passed,
+            e.totals.failed,
+            e.totals.shards_by_exit_status
+        ),
+        (0, 0, 2)
+    );
+    assert_eq!(shards[0].result.as_ref().unwrap().exit_code, Some(0));
+    assert_eq!(shards[1].result.as_ref().unwrap().exit_code, Some(3));
 }
 
 async fn tests_nobody_asked_for_keep_the_execution_from_passing<B: Backend>() {
@@ -651,6 +713,7 @@ tms_tests::conformance!(
     results_larger_than_one_dynamodb_item_are_chunked_and_read_back_whole,
     a_test_that_failed_then_passed_on_another_runner_is_flaky_and_both_attempts_are_kept,
     a_lost_run_is_an_attempt_of_its_own_in_the_report,
+    an_exit_status_alone_judges_the_shard_and_counts_no_tests,
 );
 
 /// Text as test tools really emit it and worse: any Unicode scalar, with

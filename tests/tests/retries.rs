@@ -75,6 +75,7 @@ async fn report<B: Backend>(h: &Harness<B>, r: &RunnerId, a: &Assignment, failin
             failed,
             skipped: 0,
             flaky: 0,
+            exit_code: None,
             tests,
         },
     );

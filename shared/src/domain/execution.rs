@@ -205,6 +205,11 @@ pub struct Totals {
     pub shards_done: u32,
     pub shards_failed: u32,
     pub shards_errored: u32,
+    /// Shards judged by their command's exit status alone: their runner
+    /// had no per-test results (an agent without `--junit`), so their
+    /// tests are in none of the counts above.
+    #[serde(default, skip_serializing_if = "super::shard::is_zero")]
+    pub shards_by_exit_status: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -614,6 +619,9 @@ fn fold_totals(shards: &[Shard]) -> Totals {
         // and skips stand.
         let retried = is_retried(s, shards);
         if let Some(r) = &s.result {
+            if r.exit_code.is_some() {
+                t.shards_by_exit_status += 1;
+            }
             t.passed += r.passed;
             t.skipped += r.skipped;
             if !retried {
@@ -687,10 +695,29 @@ fn derive_status(
         );
     }
     if totals.failed > 0 || totals.shards_failed > 0 {
-        return (
-            ExecutionStatus::Failed,
-            Some(format!("{} failed", counted(totals.failed, "test"))),
-        );
+        let why = if totals.failed > 0 {
+            format!("{} failed", counted(totals.failed, "test"))
+        } else {
+            // Failed shards with no failed test: their commands' exit
+            // status said so, or their runner did.
+            let failed = shards
+                .iter()
+                .find(|s| s.status == ShardStatus::Failed && !is_retried(s, shards));
+            match failed.and_then(|s| Some((s.index, s.error.clone()?))) {
+                Some((index, error)) => format!("shard {index} failed: {error}"),
+                None => format!("{} failed", counted(totals.shards_failed, "shard")),
+            }
+        };
+        return (ExecutionStatus::Failed, Some(why));
+    }
+    let by_exit_status = (totals.shards_by_exit_status > 0).then(|| {
+        format!(
+            "{} judged by exit status alone (no per-test results)",
+            counted(totals.shards_by_exit_status, "shard")
+        )
+    });
+    if totals.passed == 0 && totals.skipped == 0 && by_exit_status.is_some() {
+        return (ExecutionStatus::Passed, by_exit_status);
     }
     if totals.passed == 0 && totals.skipped == 0 {
         return (
@@ -727,7 +754,7 @@ fn derive_status(
             )
         };
     }
-    (ExecutionStatus::Passed, None)
+    (ExecutionStatus::Passed, by_exit_status)
 }
 
 #[cfg(test)]
@@ -876,7 +903,7 @@ mod tests {
         ) {
             let mut e = execution(outcomes.len() as u32);
             let shards: Vec<Shard> = outcomes.iter().enumerate().map(|(i, (o, p, f, s))| {
-                finished(&e, i as u32, *o, ShardResult { passed: *p, failed: *f, skipped: *s, flaky: 0, tests: vec![] })
+                finished(&e, i as u32, *o, ShardResult { passed: *p, failed: *f, skipped: *s, flaky: 0, tests: vec![], exit_code: None })
             }).collect();
             e.aggregate(&shards, Timestamp(9));
             let all_passed = shards.iter().all(|s| s.status == ShardStatus::Passed);

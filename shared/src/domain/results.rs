@@ -303,6 +303,7 @@ mod tests {
             failed: 0,
             skipped: 0,
             flaky: 0,
+            exit_code: None,
             tests: names
                 .iter()
                 .map(|n| TestResult {

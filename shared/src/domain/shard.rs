@@ -120,8 +120,11 @@ pub struct EarlierAttempt {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShardResult {
+    #[serde(default)]
     pub passed: u32,
+    #[serde(default)]
     pub failed: u32,
+    #[serde(default)]
     pub skipped: u32,
     /// Of the passed, those that failed first and passed on a retry of the
     /// test tool's own (`earlier` attempts in their results). Derived from
@@ -130,9 +133,22 @@ pub struct ShardResult {
     pub flaky: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tests: Vec<TestResult>,
+    /// The command's exit status, when that is all the runner knew of the
+    /// run (no JUnit report): the shard was judged by it, its tests not
+    /// counted one by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 impl ShardResult {
+    /// A run known only by its command's exit status.
+    pub fn exit_status(code: i32) -> ShardResult {
+        ShardResult {
+            exit_code: Some(code),
+            ..ShardResult::default()
+        }
+    }
+
     /// Per-test results with their counts.
     pub fn of(tests: Vec<TestResult>) -> ShardResult {
         let counts = ShardResult::tally(&tests);
@@ -153,6 +169,7 @@ impl ShardResult {
                 .filter(|t| t.status == TestStatus::Passed && !t.earlier.is_empty())
                 .count() as u32,
             tests: Vec::new(),
+            exit_code: None,
         }
     }
 
@@ -262,7 +279,7 @@ pub struct Shard {
     pub version: u64,
 }
 
-fn is_zero(n: &u32) -> bool {
+pub(crate) fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
@@ -633,6 +650,20 @@ fn judge(
     result: &ShardResult,
     given: &[String],
 ) -> (ShardStatus, Option<String>) {
+    if let (Some(code), false) = (result.exit_code, outcome == ShardOutcome::Errored) {
+        // The command's exit status is all that is known of the run: it
+        // is the verdict, and the given tests cannot be checked one by one.
+        return if code == 0 && outcome == ShardOutcome::Passed {
+            (ShardStatus::Passed, None)
+        } else {
+            (
+                ShardStatus::Failed,
+                Some(format!(
+                    "its command exited with status {code} (no per-test results)"
+                )),
+            )
+        };
+    }
     let gap = super::results::coverage_gap(given, result);
     match (outcome, gap) {
         (ShardOutcome::Errored, _) => (

@@ -74,6 +74,10 @@ pub struct ShardResultCounts {
     pub passed: u32,
     pub failed: u32,
     pub skipped: u32,
+    /// The command's exit status, when the shard was judged by it alone
+    /// (its runner had no per-test results, and counted none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -118,6 +122,7 @@ impl From<&Shard> for ShardView {
                 passed: r.passed,
                 failed: r.failed,
                 skipped: r.skipped,
+                exit_code: r.exit_code,
             }),
             attempts: s.attempts.clone(),
             retry_of: s.retry_of,

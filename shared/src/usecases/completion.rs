@@ -199,6 +199,28 @@ impl ShardReport {
                 ),
             ));
         }
+        if let Some(code) = r.exit_code {
+            if !r.tests.is_empty() || r.passed + r.failed + r.skipped + r.flaky > 0 {
+                return Err(Error::validation(
+                    "results.exit_code",
+                    "an exit code is reported alone, for a run without per-test results or counts",
+                ));
+            }
+            let agrees = match self.status {
+                ReportStatus::Passed => code == 0,
+                ReportStatus::Failed => code != 0,
+                _ => false,
+            };
+            if !agrees {
+                return Err(Error::validation(
+                    "results.exit_code",
+                    format!(
+                        "exit code {code} does not agree with the status: \
+                         0 is passed, any other code failed"
+                    ),
+                ));
+            }
+        }
         if !r.is_consistent() {
             return Err(Error::validation(
                 "results",

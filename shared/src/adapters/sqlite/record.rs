@@ -46,9 +46,11 @@ pub(super) struct Columns {
 
 /// Version of the record's layout, its first byte: a later layout can be
 /// told apart from this one instead of being misread. Layout 2 added the
-/// result's flaky count; rows of layout 1 are still read (as none flaky)
-/// and take layout 2 at their next change.
-const LAYOUT: u8 = 2;
+/// result's flaky count, layout 3 its exit code; rows of earlier layouts
+/// are still read (as none flaky, no exit code) and take the current
+/// layout at their next change.
+const LAYOUT: u8 = 3;
+const LAYOUT_2: u8 = 2;
 const LAYOUT_1: u8 = 1;
 
 /// A shard's record, `R` its result's record (the one part that differs
@@ -127,6 +129,31 @@ struct ResultRecord<'a> {
     #[serde(borrow)]
     tests: Vec<TestRow<'a>>,
     flaky: u32,
+    exit_code: Option<i32>,
+}
+
+/// A result as layout 2 stored it: no exit code.
+#[derive(Serialize, Deserialize)]
+struct ResultRecord2<'a> {
+    passed: u32,
+    failed: u32,
+    skipped: u32,
+    #[serde(borrow)]
+    tests: Vec<TestRow<'a>>,
+    flaky: u32,
+}
+
+impl<'a> From<ResultRecord2<'a>> for ResultRecord<'a> {
+    fn from(r: ResultRecord2<'a>) -> Self {
+        ResultRecord {
+            passed: r.passed,
+            failed: r.failed,
+            skipped: r.skipped,
+            tests: r.tests,
+            flaky: r.flaky,
+            exit_code: None,
+        }
+    }
 }
 
 /// A result as layout 1 stored it: no flaky count.
@@ -147,6 +174,7 @@ impl<'a> From<ResultRecord1<'a>> for ResultRecord<'a> {
             skipped: r.skipped,
             tests: r.tests,
             flaky: 0,
+            exit_code: None,
         }
     }
 }
@@ -236,11 +264,13 @@ pub(super) fn encode(shard: &Shard) -> Result<Vec<u8>> {
             skipped,
             flaky,
             tests,
+            exit_code,
         }) => Some(ResultRecord {
             passed: *passed,
             failed: *failed,
             skipped: *skipped,
             flaky: *flaky,
+            exit_code: *exit_code,
             tests: tests
                 .iter()
                 .map(|t| {
@@ -325,6 +355,11 @@ pub(super) fn encode(shard: &Shard) -> Result<Vec<u8>> {
 pub(super) fn decode(columns: Columns, doc: &[u8], tests: Arc<[String]>) -> Result<Shard> {
     let r: Record<'_, ResultRecord<'_>> = match doc.split_first() {
         Some((&LAYOUT, body)) => postcard::from_bytes(body).map_err(Error::storage)?,
+        Some((&LAYOUT_2, body)) => {
+            let r: Record<'_, ResultRecord2<'_>> =
+                postcard::from_bytes(body).map_err(Error::storage)?;
+            r.with_result(ResultRecord::from)
+        }
         Some((&LAYOUT_1, body)) => {
             let r: Record<'_, ResultRecord1<'_>> =
                 postcard::from_bytes(body).map_err(Error::storage)?;
@@ -344,6 +379,7 @@ pub(super) fn decode(columns: Columns, doc: &[u8], tests: Arc<[String]>) -> Resu
             failed: res.failed,
             skipped: res.skipped,
             flaky: res.flaky,
+            exit_code: res.exit_code,
             tests: res
                 .tests
                 .into_iter()
@@ -453,6 +489,7 @@ mod tests {
         s.deadline = Some(Timestamp(13));
         s.avoid_runners = vec![RunnerId::generate()];
         s.result = Some(ShardResult {
+            exit_code: Some(1),
             passed: 3,
             failed: 1,
             skipped: 2,
@@ -532,8 +569,31 @@ mod tests {
         let mut expected = s.clone();
         if let Some(r) = expected.result.as_mut() {
             r.flaky = 0;
+            r.exit_code = None;
         }
         assert_eq!(read, expected);
+    }
+
+    #[test]
+    fn a_record_of_layout_2_reads_back_with_no_exit_code() {
+        let mut s = eventful();
+        if let Some(r) = s.result.as_mut() {
+            r.exit_code = Some(3);
+        }
+        let doc = encode(&s).expect("encoded");
+        let current: Record<'_, ResultRecord<'_>> = postcard::from_bytes(&doc[1..]).unwrap();
+        let before = current.with_result(|r| ResultRecord2 {
+            passed: r.passed,
+            failed: r.failed,
+            skipped: r.skipped,
+            tests: r.tests,
+            flaky: r.flaky,
+        });
+        let mut old = vec![LAYOUT_2];
+        postcard::to_io(&before, &mut old).unwrap();
+        let read = decode(columns(&s), &old, s.tests.clone()).expect("decoded");
+        assert_eq!(read.result.as_ref().and_then(|r| r.exit_code), None);
+        assert_eq!(decode(columns(&s), &doc, s.tests.clone()).unwrap(), s);
     }
 
     #[test]
