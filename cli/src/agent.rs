@@ -9,7 +9,7 @@
 
 use crate::client::{segment, Client, ServerArgs};
 use serde_json::{json, Value};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,9 +21,26 @@ pub struct AgentArgs {
     /// The runner's name (shown in `tms runners` and the dashboard).
     #[arg(long)]
     pub name: String,
-    /// Labels executions may require, comma-separated.
+    /// Labels executions may require, comma-separated: it takes the
+    /// executions that require labels it has.
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Suites whose executions it takes when they require no label
+    /// (comma-separated or repeated). On a server several checkouts or
+    /// teams share, an agent so takes only the work it is meant for.
+    #[arg(long = "suite", value_delimiter = ',')]
+    pub suites: Vec<String>,
+    /// Repositories or projects whose unlabelled executions it takes (the
+    /// CI project `tms queue` sends: GITHUB_REPOSITORY, CI_PROJECT_PATH,
+    /// BUILD_REPOSITORY_NAME, GIT_URL). In a CI job the job's own is
+    /// declared without it.
+    #[arg(long = "project", value_delimiter = ',')]
+    pub projects: Vec<String>,
+    /// Take unlabelled executions of any suite and project: for a server
+    /// that serves one checkout. Without it (or --suite, --project, a CI
+    /// project or --execution) the agent takes only labelled work.
+    #[arg(long)]
+    pub any_suite: bool,
     /// Shards run at once.
     #[arg(long, default_value_t = 1)]
     pub slots: u32,
@@ -35,8 +52,9 @@ pub struct AgentArgs {
     /// writes (`target/surefire-reports/TEST-*.xml`: Surefire writes one
     /// per class, Playwright one per project), which are sent as one
     /// report; `{shard}` expands to the run's unique name. Files that match
-    /// are removed before the command runs. Without it, the exit status
-    /// decides: 0 passes every test of the shard, anything else fails them.
+    /// are removed before the command runs. Without it, the command's exit
+    /// status is the shard's verdict as a whole (0 passed, else failed),
+    /// marked as such; no test is counted passed or failed.
     #[arg(long)]
     pub junit: Option<String>,
     /// Name every JUnit case one way (classname, pytest, name) instead of
@@ -210,9 +228,44 @@ fn runner_type(args: &AgentArgs) -> String {
     }
 }
 
+/// Which unlabelled executions the agent takes (the runner's `scope`):
+/// the suites and projects it declares, its CI job's project, the suite
+/// of the execution it is bound to; or, told `--any-suite`, any. An agent
+/// that would take nothing at all is a mistake on its command line.
+async fn scope(args: &AgentArgs, admin: &Client) -> Result<Value> {
+    let mut suites: BTreeSet<String> = args.suites.iter().cloned().collect();
+    let mut projects: BTreeSet<String> = args.projects.iter().cloned().collect();
+    if let Some(project) = crate::ci::detect_ci(|k| std::env::var(k).ok())
+        .and_then(|ci| ci["project"].as_str().map(str::to_owned))
+    {
+        projects.insert(project);
+    }
+    if let Some(id) = &args.execution {
+        let status = admin
+            .get(&format!("/executions/{}/status", segment(id)))
+            .await?;
+        if let Some(suite) = status["suite"].as_str() {
+            suites.insert(suite.to_owned());
+        }
+    }
+    if !args.any_suite && suites.is_empty() && projects.is_empty() && args.labels.is_empty() {
+        return Err(Box::new(crate::UsageError(
+            "this agent would take no work: declare the suites it runs (--suite NAME), its \
+             project (--project KEY), its labels (--labels), or take any unlabelled work \
+             (--any-suite)"
+                .into(),
+        )));
+    }
+    Ok(json!({"any": args.any_suite, "suites": suites, "projects": projects}))
+}
+
 /// Registers, or reuses the runner in the state file if the server still
-/// knows it.
+/// knows it with the labels and scope asked for now (an agent started
+/// again with others registers anew, and its old runner goes).
 async fn identity(args: &AgentArgs) -> Result<State> {
+    let admin = Client::new(&args.server);
+    let scope = scope(args, &admin).await?;
+    let labels: BTreeSet<&str> = args.labels.iter().map(String::as_str).collect();
     if let Ok(text) = std::fs::read_to_string(&args.state_file) {
         if let Ok(mut state) = serde_json::from_str::<State>(&text) {
             if state.url == args.server.url {
@@ -222,7 +275,20 @@ async fn identity(args: &AgentArgs) -> Result<State> {
                 });
                 let runner = format!("/runners/{}", segment(&state.id));
                 if let Ok(found) = me.get(&runner).await {
-                    if found["status"] != "deregistered" {
+                    let had: BTreeSet<&str> = found["labels"]
+                        .as_array()
+                        .map(|l| l.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    if found["status"] != "deregistered"
+                        && (had != labels || found["scope"] != scope)
+                    {
+                        eprintln!(
+                            "tms agent: runner {} was registered with other labels or suites; \
+                             registering anew",
+                            state.id
+                        );
+                        let _ = me.post(&format!("{runner}/deregister"), &json!({})).await;
+                    } else if found["status"] != "deregistered" {
                         if state.drained {
                             me.post(&format!("{runner}/resume"), &json!({})).await?;
                             state.drained = false;
@@ -234,11 +300,11 @@ async fn identity(args: &AgentArgs) -> Result<State> {
             }
         }
     }
-    let admin = Client::new(&args.server);
     let reg = admin
         .post(
             "/runners/register",
             &json!({"name": args.name, "type": runner_type(args), "labels": args.labels,
+                "scope": scope,
                 "capacity": {"slots": args.slots, "cpu_millis": args.cpu_millis, "memory_mb": args.memory_mb},
                 "heartbeat_interval_seconds": args.heartbeat_interval.clamp(1, 3600)}),
         )

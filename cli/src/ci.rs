@@ -155,7 +155,7 @@ pub fn detect_ci(var: impl Fn(&str) -> Option<String>) -> Option<Value> {
     let attempt = v("GITHUB_RUN_ATTEMPT")
         .or_else(|| v("SYSTEM_JOBATTEMPT"))
         .and_then(|a| a.trim().parse::<u32>().ok());
-    let (provider, build, job, commit, branch, url) = if v("GITHUB_ACTIONS").is_some() {
+    let (provider, build, job, commit, branch, url, project) = if v("GITHUB_ACTIONS").is_some() {
         let url = match (
             v("GITHUB_SERVER_URL"),
             v("GITHUB_REPOSITORY"),
@@ -171,6 +171,7 @@ pub fn detect_ci(var: impl Fn(&str) -> Option<String>) -> Option<Value> {
             v("GITHUB_SHA"),
             v("GITHUB_HEAD_REF").or_else(|| v("GITHUB_REF_NAME")),
             url,
+            v("GITHUB_REPOSITORY"),
         )
     } else if v("GITLAB_CI").is_some() {
         (
@@ -180,6 +181,7 @@ pub fn detect_ci(var: impl Fn(&str) -> Option<String>) -> Option<Value> {
             v("CI_COMMIT_SHA"),
             v("CI_COMMIT_REF_NAME"),
             v("CI_PIPELINE_URL"),
+            v("CI_PROJECT_PATH"),
         )
     } else if v("TF_BUILD").is_some() {
         let url = match (
@@ -201,6 +203,7 @@ pub fn detect_ci(var: impl Fn(&str) -> Option<String>) -> Option<Value> {
             v("BUILD_SOURCEVERSION"),
             v("BUILD_SOURCEBRANCHNAME"),
             url,
+            v("BUILD_REPOSITORY_NAME"),
         )
     } else if v("JENKINS_URL").is_some() {
         (
@@ -210,6 +213,7 @@ pub fn detect_ci(var: impl Fn(&str) -> Option<String>) -> Option<Value> {
             v("GIT_COMMIT"),
             v("BRANCH_NAME").or_else(|| v("GIT_BRANCH")),
             v("BUILD_URL"),
+            v("GIT_URL"),
         )
     } else {
         return None;
@@ -217,6 +221,7 @@ pub fn detect_ci(var: impl Fn(&str) -> Option<String>) -> Option<Value> {
     Some(json!({
         "provider": provider, "build_id": build, "job": job,
         "commit": commit, "branch": branch, "url": url, "attempt": attempt,
+        "project": project,
     }))
 }
 
@@ -806,6 +811,7 @@ mod tests {
         assert_eq!(ci["attempt"], 2, "a re-run's attempt goes with it");
         assert_eq!(ci["branch"], "main");
         assert_eq!(ci["url"], "https://github.com/acme/shop/actions/runs/7001");
+        assert_eq!(ci["project"], "acme/shop", "the repository keys the agents");
     }
 
     #[test]
@@ -814,11 +820,16 @@ mod tests {
             ("GITLAB_CI", "true"),
             ("CI_PIPELINE_ID", "55"),
             ("CI_JOB_NAME", "rspec 1/4"),
+            ("CI_PROJECT_PATH", "acme/shop"),
         ]))
         .unwrap();
         assert_eq!(
-            (gl["provider"].as_str(), gl["build_id"].as_str()),
-            (Some("gitlab"), Some("55"))
+            (
+                gl["provider"].as_str(),
+                gl["build_id"].as_str(),
+                gl["project"].as_str()
+            ),
+            (Some("gitlab"), Some("55"), Some("acme/shop"))
         );
         let j = detect_ci(env(&[
             ("JENKINS_URL", "https://ci/"),

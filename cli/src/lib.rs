@@ -371,6 +371,10 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if e.is::<UsageError>() => {
+            eprintln!("tms: {e}");
+            ExitCode::from(ci::exit::USAGE)
+        }
         Err(e) => {
             eprintln!("tms: {e}");
             // Not 1: nothing says a test failed.
@@ -378,6 +382,19 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// A command line that parses but cannot work as given (exit 64, as a
+/// parse error): flags that leave an agent nothing to take.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 async fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {

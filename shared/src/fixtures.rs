@@ -24,6 +24,7 @@ pub fn runner(name: &str, slots: u32) -> Runner {
         last_usage: None,
         dispatch: None,
         silence_limit_ms: None,
+        scope: crate::domain::Scope::any(),
         token_hash: String::new(),
         version: 1,
     }

@@ -216,6 +216,7 @@ impl<B: Backend> Harness<B> {
             priority: 0,
             dispatch: None,
             heartbeat_interval_seconds: None,
+            scope: None,
         };
         self.app
             .register_runner(new)

@@ -60,8 +60,12 @@ fn agent_at(
     spawn_agent(url, dir, name, more, true)
 }
 
+/// The suites the tests here queue: what their agents declare.
+const SUITES: [&str; 2] = ["--suite", "fake,split"];
+
 /// An agent of the stand-in tool, told where its JUnit report is when
-/// `read_junit`; without, it has the tool's exit status alone.
+/// `read_junit`; without, it has the tool's exit status alone. It declares
+/// [`SUITES`] unless `more` declares what it takes.
 fn spawn_agent(
     url: &str,
     dir: &std::path::Path,
@@ -74,6 +78,20 @@ fn spawn_agent(
     command.env("FAKE_MARKER", dir.join("once.marker"));
     command.args(["agent", "--name", name, "--slots", "1", "--poll-ms", "100"]);
     more(&mut command);
+    let declared = command.get_args().any(|a| {
+        [
+            "--suite",
+            "--project",
+            "--any-suite",
+            "--labels",
+            "--execution",
+        ]
+        .iter()
+        .any(|flag| a.to_str().is_some_and(|a| a.starts_with(flag)))
+    });
+    if !declared {
+        command.args(SUITES);
+    }
     if read_junit {
         command.arg("--junit").arg(&junit);
     }
@@ -536,6 +554,7 @@ async fn an_agent_sends_every_junit_file_its_glob_matches_as_one_report() {
             "--poll-ms",
             "100",
         ])
+        .args(SUITES)
         .arg("--junit")
         .arg(format!("{}-*.xml", prefix.to_str().unwrap()))
         .arg("--state-file")
@@ -618,4 +637,189 @@ async fn an_agent_without_junit_reports_its_commands_exit_status_as_a_whole() {
         (Some(0), Some(0)),
         "{done}"
     );
+}
+
+/// `tms queue` with the environment a GitHub Actions job of `repository`
+/// has (no CI at all with `None`), waiting for the verdict unless `args`
+/// says otherwise.
+async fn queue_from(server: &Server, repository: Option<&str>, args: &[&str]) -> Output {
+    let mut command = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN);
+    command
+        .arg("queue")
+        .args(args)
+        .args(["--json", "--poll-ms", "100"]);
+    if let Some(repository) = repository {
+        // Each call a build of its own.
+        static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(4242);
+        let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        command.envs([
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_REPOSITORY", repository),
+            ("GITHUB_RUN_ID", &run.to_string()),
+        ]);
+    }
+    tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The agent names that ran an execution's shards.
+fn ran_by(server_runners: &Value, done: &Value) -> std::collections::BTreeSet<String> {
+    let names: std::collections::BTreeMap<&str, &str> = server_runners
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["name"].as_str().unwrap()))
+        .collect();
+    done["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["runner_id"].as_str())
+        .map(|id| names[id].to_owned())
+        .collect()
+}
+
+/// A server two checkouts share: an agent takes unlabelled work only of
+/// the suites it declares or of its CI job's repository; work nobody
+/// declared waits, saying so, instead of being run by whoever is free; an
+/// agent declaring nothing at all is refused at start (exit 64); taking
+/// any unlabelled work is `--any-suite`.
+#[tokio::test]
+async fn on_a_shared_server_each_agent_takes_only_the_work_it_is_meant_for() {
+    let (_data, server, work) = start();
+    let nothing = tokio::task::spawn_blocking({
+        let (url, dir) = (server.url.clone(), work.path().to_owned());
+        move || {
+            tms_tests::tms_command(BIN, &url, ADMIN_TOKEN)
+                .args(["agent", "--name", "idle", "--state-file"])
+                .arg(dir.join("idle.json"))
+                .args(["--", "true"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(nothing.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("would take no work"),
+        "{}",
+        String::from_utf8_lossy(&nothing.stderr)
+    );
+
+    // The shop's agent runs in its CI job (its repository declared by the
+    // job's environment); the shelf's serves the suite it names.
+    let _shop = agent_with(&server, work.path(), "shop-agent", |c| {
+        c.envs([
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_REPOSITORY", "acme/shop"),
+        ])
+    });
+    let _shelf = agent_with(&server, work.path(), "shelf-agent", |c| {
+        c.args(["--suite", "shelf-unit"])
+    });
+    let shop = queue_from(
+        &server,
+        Some("acme/shop"),
+        &[
+            "--suite",
+            "unit",
+            "--parallelism",
+            "2",
+            "--wait",
+            "test_1",
+            "test_2",
+        ],
+    )
+    .await;
+    let shelf = queue_from(
+        &server,
+        None,
+        &[
+            "--suite",
+            "shelf-unit",
+            "--parallelism",
+            "2",
+            "--wait",
+            "test_3",
+            "test_4",
+        ],
+    )
+    .await;
+    for out in [&shop, &shelf] {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let runners = runners_now(&server);
+    let shop: Value = serde_json::from_slice(&shop.stdout).unwrap();
+    let shelf: Value = serde_json::from_slice(&shelf.stdout).unwrap();
+    assert_eq!(ran_by(&runners, &shop), ["shop-agent".to_owned()].into());
+    assert_eq!(ran_by(&runners, &shelf), ["shelf-agent".to_owned()].into());
+
+    // Another repository's unlabelled work is nobody's here: it waits and
+    // says why, and --require-runner refuses it.
+    let other = queue_from(&server, Some("acme/other"), &["--suite", "unit", "test_5"]).await;
+    assert_eq!(
+        other.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let warned = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        warned.contains("no registered runner serves suite \"unit\" or project \"acme/other\""),
+        "{warned}"
+    );
+    let refused = queue_from(
+        &server,
+        None,
+        &["--suite", "web", "--require-runner", "test_6"],
+    )
+    .await;
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // An agent that takes any unlabelled work takes it.
+    let queued: Value = serde_json::from_slice(&other.stdout).unwrap();
+    let id = queued["id"].as_str().unwrap().to_owned();
+    let _any = agent_with(&server, work.path(), "any-agent", |c| c.arg("--any-suite"));
+    let done = tokio::task::spawn_blocking({
+        let url = server.url.clone();
+        move || {
+            tms_tests::tms_command(BIN, &url, ADMIN_TOKEN)
+                .args(["status", &id, "--wait", "--json", "--poll-ms", "100"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let done: Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(
+        ran_by(&runners_now(&server), &done),
+        ["any-agent".to_owned()].into()
+    );
+}
+
+fn runners_now(server: &Server) -> Value {
+    let out = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
+        .args(["runners", "--json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -33,6 +33,7 @@ fn job_queue(build: &str, job: u32, tests: &[&str]) -> NewExecution {
             "https://github.com/acme/shop/actions/runs/{build}/job/{job}"
         )),
         attempt: None,
+        project: Bounded::new("acme/shop"),
     });
     new
 }
@@ -224,6 +225,7 @@ async fn the_jobs_of_one_build_share_one_execution_and_each_claims_its_own_shard
             priority: 0,
             dispatch: None,
             heartbeat_interval_seconds: None,
+            scope: None,
         })
         .await
         .unwrap()

@@ -33,6 +33,7 @@ fn runner(name: &str, runner_type: RunnerType, dispatch: Option<DispatchTarget>)
         priority: 0,
         dispatch,
         heartbeat_interval_seconds: None,
+        scope: None,
     }
 }
 

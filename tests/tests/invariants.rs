@@ -3,13 +3,14 @@
 //! capacity accounting, one holder per shard, the queued-shard counter, and
 //! no silent pass; and after every scheduling sweep, liveness: no free
 //! runner stays idle while queued work it can run exists (runners and work
-//! carry random labels, so some work fits only some runners and some none).
+//! carry random labels and runners random scopes, so some work fits only
+//! some runners and some none).
 //! Bounded: a fixed number of cases and steps.
 
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use tms::auth::Principal;
-use tms::domain::{ExecutionStatus, Resources, RunnerType, ShardResult, ShardStatus};
+use tms::domain::{ExecutionStatus, Resources, RunnerType, Scope, ShardResult, ShardStatus};
 use tms::ids::{ExecutionId, RunnerId};
 use tms::ports::{ExecutionFilter, Store};
 use tms::usecases::{NewExecution, NewRunner, ReportStatus, ShardReport, TestInput};
@@ -21,6 +22,9 @@ enum Op {
         slots: u32,
         /// Which of the labels `x` and `y` it has (bits).
         labels: u8,
+        /// What unlabelled work it takes: 0 any (no scope given), 1 suite
+        /// `a`, 2 suite `b`, 3 none.
+        scope: u8,
     },
     Queue {
         tests: usize,
@@ -29,6 +33,8 @@ enum Op {
         /// Which of the labels `x`, `y` and `z` its shards need (bits);
         /// no runner has `z`.
         labels: u8,
+        /// Its suite: `a` or `b`.
+        suite_b: bool,
     },
     Schedule,
     /// Runner `runner` reports on its `pick`-th assignment.
@@ -65,9 +71,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (1u32..4, 0u8..4).prop_map(|(slots, labels)| Op::Register { slots, labels }),
-        3 => (1usize..6, 1u32..4, prop_oneof![Just(30u64), Just(120)], prop_oneof![3 => Just(0u8), 3 => 1u8..4, 1 => 4u8..8])
-            .prop_map(|(tests, parallelism, shard_timeout, labels)| Op::Queue { tests, parallelism, shard_timeout, labels }),
+        2 => (1u32..4, 0u8..4, 0u8..4).prop_map(|(slots, labels, scope)| Op::Register { slots, labels, scope }),
+        3 => (1usize..6, 1u32..4, prop_oneof![Just(30u64), Just(120)], prop_oneof![3 => Just(0u8), 3 => 1u8..4, 1 => 4u8..8], any::<bool>())
+            .prop_map(|(tests, parallelism, shard_timeout, labels, suite_b)| Op::Queue { tests, parallelism, shard_timeout, labels, suite_b }),
         4 => Just(Op::Schedule),
         6 => (0usize..6, 0usize..4, 0u8..4).prop_map(|(runner, pick, outcome)| Op::Report { runner, pick, outcome }),
         2 => (0usize..6).prop_map(|runner| Op::Heartbeat { runner }),
@@ -112,7 +118,21 @@ impl World {
             Op::Register {
                 slots,
                 labels: bits,
+                scope,
             } => {
+                let suites = |s: &[&str]| s.iter().map(|s| (*s).to_owned()).collect();
+                let scope = match scope {
+                    0 => None,
+                    1 => Some(Scope {
+                        suites: suites(&["a"]),
+                        ..Default::default()
+                    }),
+                    2 => Some(Scope {
+                        suites: suites(&["b"]),
+                        ..Default::default()
+                    }),
+                    _ => Some(Scope::default()),
+                };
                 let new = NewRunner {
                     name: format!("r{}", self.runners.len()),
                     runner_type: RunnerType::Custom,
@@ -121,6 +141,7 @@ impl World {
                     priority: 0,
                     dispatch: None,
                     heartbeat_interval_seconds: None,
+                    scope,
                 };
                 app.register_runner(new)
                     .await
@@ -131,9 +152,10 @@ impl World {
                 parallelism,
                 shard_timeout,
                 labels: bits,
+                suite_b,
             } => {
                 let new = NewExecution {
-                    suite: "prop".into(),
+                    suite: if *suite_b { "b" } else { "a" }.into(),
                     tests: (0..*tests)
                         .map(|i| TestInput::Name(format!("t{i}")))
                         .collect(),
@@ -264,7 +286,15 @@ impl World {
                 let need = execution.requirements.per_shard();
                 for s in shards.iter().filter(|s| s.status == ShardStatus::Queued) {
                     for r in &runners {
-                        let fits = r.runner.labels.is_superset(&execution.requirements.labels)
+                        // Labelled work goes by labels; unlabelled work
+                        // to runners taking any or declaring its suite.
+                        let req = &execution.requirements;
+                        let scope = &r.runner.scope;
+                        let serves = !req.labels.is_empty()
+                            || scope.any
+                            || scope.suites.contains(&execution.suite);
+                        let fits = r.runner.labels.is_superset(&req.labels)
+                            && serves
                             && r.free().covers(&need)
                             && !s.avoid_runners.contains(&r.runner.id);
                         assert!(

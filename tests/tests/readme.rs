@@ -113,8 +113,10 @@ fn each_tools_command_lines_parse_and_are_the_ones_run_with_the_real_tool() {
         8,
         "each suite has failing tests, exit 1"
     );
+    // An errored verdict (a report refused or unmatched) reads
+    // "<suite> <id>: errored — …"; an errored test in a summary is fine.
     assert!(
-        !run.contains("errored"),
+        !run.contains(": errored —"),
         "no shard's report was refused or unmatched"
     );
 }

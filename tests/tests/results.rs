@@ -24,6 +24,7 @@ async fn register<B: Backend>(h: &Harness<B>, name: &str) -> RunnerId {
         priority: 0,
         dispatch: None,
         heartbeat_interval_seconds: None,
+        scope: None,
     };
     h.app.register_runner(new).await.unwrap().runner.runner.id
 }

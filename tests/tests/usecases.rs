@@ -24,6 +24,7 @@ fn runner(name: &str, slots: u32) -> NewRunner {
         priority: 0,
         dispatch: None,
         heartbeat_interval_seconds: None,
+        scope: None,
     }
 }
 
@@ -779,6 +780,87 @@ async fn work_no_registered_runner_could_run_is_told_at_queue_time_and_while_it_
     assert!(plain.warnings.is_empty(), "{:?}", plain.warnings);
 }
 
+/// A runner that declares suites or projects takes the unlabelled work of
+/// those alone, statically assigned or claimed; work nobody declares waits
+/// saying who would take it, and a runner taking any takes it. The class
+/// index keeps a scope's work apart: a free runner of one suite does not
+/// stall behind the other suite's queue.
+async fn unlabelled_work_goes_only_to_runners_that_declare_its_suite_or_project<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let scoped = |name: &str, suites: &[&str], projects: &[&str]| {
+        let mut r = runner(name, 4);
+        r.scope = Some(tms::domain::Scope {
+            any: false,
+            suites: suites.iter().map(|s| (*s).to_owned()).collect(),
+            projects: projects.iter().map(|s| (*s).to_owned()).collect(),
+        });
+        r
+    };
+    let web = h
+        .app
+        .register_runner(scoped("web", &["web"], &[]))
+        .await
+        .unwrap();
+    let web = web.runner.runner.id;
+    let shop = h
+        .app
+        .register_runner(scoped("shop", &[], &["acme/shop"]))
+        .await
+        .unwrap()
+        .runner
+        .runner
+        .id;
+    // Four api executions ahead of the web one: not web's to take.
+    for _ in 0..4 {
+        queue(&h, execution("api", 2, 2)).await;
+    }
+    let w = queue(&h, execution("web", 2, 2)).await;
+    let mut from_shop = execution("api", 2, 1);
+    from_shop.ci = Some(tms::usecases::CiInput {
+        project: tms::domain::Bounded::new("acme/shop"),
+        ..Default::default()
+    });
+    let s = queue(&h, from_shop).await;
+    h.app.schedule_pass().await.unwrap();
+    let took = |work: Vec<Assignment>| -> BTreeSet<ExecutionId> {
+        work.into_iter().map(|a| a.execution_id).collect()
+    };
+    assert_eq!(took(assignments(&h, &web).await), [w.clone()].into());
+    assert_eq!(took(assignments(&h, &shop).await), [s].into());
+
+    let (waiting, _) = h
+        .app
+        .execution_status(&queue(&h, execution("api", 1, 1)).await)
+        .await
+        .unwrap();
+    assert_eq!(waiting.status, ExecutionStatus::Queued);
+    assert!(
+        waiting
+            .status_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("no registered runner serves suite \"api\"")),
+        "{:?}",
+        waiting.status_reason
+    );
+
+    // Dynamic work: listed and claimable only by the runner it is for.
+    let mut dynamic = execution("api", 4, 2);
+    dynamic.mode = tms::domain::Mode::Dynamic;
+    let d = queue(&h, dynamic).await;
+    let listed = h.app.claimable(&web, None, 100).await.unwrap();
+    assert!(
+        listed.items.iter().all(|c| c.execution_id != d),
+        "{listed:?}"
+    );
+    assert!(h.app.claim_batch(&web, &d).await.is_err());
+
+    // A runner taking any unlabelled work takes the api executions.
+    let any = register(&h, "any", 16).await;
+    h.app.schedule_pass().await.unwrap();
+    assert!(!assignments(&h, &any).await.is_empty());
+    assert!(h.app.claim_batch(&any, &d).await.is_ok());
+}
+
 async fn usage_above_the_allocation_is_recorded_as_a_limit_violation<B: Backend>() {
     let h = Harness::<B>::start().await;
     let r = register(&h, "r", 2).await;
@@ -1157,6 +1239,7 @@ async fn a_completed_shard_teaches_the_next_split_its_test_durations<B: Backend>
 }
 
 tms_tests::conformance!(
+    unlabelled_work_goes_only_to_runners_that_declare_its_suite_or_project,
     a_completed_shard_teaches_the_next_split_its_test_durations,
     files_queued_whole_are_split_by_what_their_cases_took,
     two_aggregators_on_the_same_event_never_double_count,

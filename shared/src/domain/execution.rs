@@ -135,6 +135,22 @@ pub struct Requirements {
     pub runner_types: Vec<RunnerType>,
     pub cpu_millis: u32,
     pub memory_mb: u32,
+    /// Whose work an execution that requires no label is: a runner takes
+    /// it only if it declares its suite or project, or takes any
+    /// unlabelled work ([`super::runner::Scope`]). None when labels are
+    /// required (they decide), and for executions queued before runners
+    /// declared what they serve (any runner takes them, as then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+/// The suite, and the repository or project of the CI build, an
+/// unlabelled execution belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Affinity {
+    pub suite: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 impl Requirements {
@@ -170,6 +186,16 @@ impl Requirements {
         }
         digest.update(self.cpu_millis.to_be_bytes());
         digest.update(self.memory_mb.to_be_bytes());
+        // Unlabelled work of different suites or projects is taken by
+        // different runners: a class each.
+        if let Some(a) = &self.affinity {
+            digest.update([2]);
+            digest.update(a.suite.as_bytes());
+            digest.update([0]);
+            if let Some(p) = &a.project {
+                digest.update(p.as_bytes());
+            }
+        }
         hex::encode(&digest.finalize()[..12])
     }
 }
@@ -189,6 +215,12 @@ pub struct CiMetadata {
     /// failed shards again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// The repository or project the build is of (GitHub's
+    /// `GITHUB_REPOSITORY`, GitLab's `CI_PROJECT_PATH`, Azure's
+    /// `BUILD_REPOSITORY_NAME`, Jenkins' `GIT_URL`): agents that declare it
+    /// take the build's unlabelled work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// Test and shard counts folded from the shards' reports.
@@ -794,6 +826,7 @@ mod tests {
             runner_types: types.to_vec(),
             cpu_millis: cpu,
             memory_mb: 512,
+            affinity: None,
         };
         let a = need(
             &["linux", "gpu"],
@@ -825,6 +858,26 @@ mod tests {
             need(&["gpu"], &[RunnerType::GithubActions], 500).class(),
             "5502de9dc7108b1d24fe3c34"
         );
+        // Unlabelled work of another suite or project is another class;
+        // without an affinity (queued before there was one) the key stays.
+        let of = |suite: &str, project: Option<&str>| Requirements {
+            affinity: Some(super::Affinity {
+                suite: suite.into(),
+                project: project.map(Into::into),
+            }),
+            ..need(&[], &[], 500)
+        };
+        let classes: std::collections::BTreeSet<String> = [
+            need(&[], &[], 500),
+            of("api", None),
+            of("web", None),
+            of("api", Some("acme/shop")),
+            of("api", Some("acme/shelf")),
+        ]
+        .iter()
+        .map(Requirements::class)
+        .collect();
+        assert_eq!(classes.len(), 5);
     }
 
     #[test]

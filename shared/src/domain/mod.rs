@@ -21,15 +21,15 @@ pub use allocation::Allocation;
 pub use bounded::Bounded;
 pub use dispatch::{AllowedHosts, DispatchTarget, SecretName, SECRET_ENV_PREFIX};
 pub use execution::{
-    Busy, CiMetadata, Dispenser, Execution, ExecutionStatus, Mode, Requirements, RetryPolicy,
-    TestSpec, TestType, Totals,
+    Affinity, Busy, CiMetadata, Dispenser, Execution, ExecutionStatus, Mode, Requirements,
+    RetryPolicy, TestSpec, TestType, Totals,
 };
 pub use health::{HealthRecord, Usage, Violation};
 pub use metrics::{Metrics, Rollup};
 pub use resources::Resources;
 pub use results::{MergedTest, ResultChunk, TestAttempt};
 pub use rule::{LoadBalancingRule, RunnerPool, Strategy};
-pub use runner::{Runner, RunnerStatus, RunnerType, RunnerWithLoad};
+pub use runner::{Runner, RunnerStatus, RunnerType, RunnerWithLoad, Scope};
 pub use shard::{
     AttemptRecord, JunitName, Shard, ShardOutcome, ShardResult, ShardStatus, TestResult, TestStatus,
 };

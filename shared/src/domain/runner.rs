@@ -74,8 +74,51 @@ pub struct Runner {
     /// kept have [`DEFAULT_SILENCE_LIMIT_MS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silence_limit_ms: Option<i64>,
+    /// Which executions that require no label it takes. Runners
+    /// registered before it was kept take any.
+    #[serde(default = "Scope::any")]
+    pub scope: Scope,
     pub token_hash: String,
     pub version: u64,
+}
+
+/// Which executions requiring no label a runner takes (labelled ones go by
+/// labels): those of the suites and projects it declares, or, opted into,
+/// any. On a server several teams or checkouts share, an agent so takes
+/// only the work it is meant for, and its results decide no other
+/// project's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    /// Takes unlabelled work of any suite and project.
+    #[serde(default)]
+    pub any: bool,
+    /// Suites whose unlabelled executions it takes.
+    #[serde(default)]
+    pub suites: BTreeSet<String>,
+    /// Repositories or projects (the queue call's `ci.project`) whose
+    /// unlabelled executions it takes.
+    #[serde(default)]
+    pub projects: BTreeSet<String>,
+}
+
+impl Scope {
+    /// Any unlabelled work.
+    pub fn any() -> Scope {
+        Scope {
+            any: true,
+            ..Scope::default()
+        }
+    }
+
+    /// Whether it takes the unlabelled work of `a`.
+    pub fn takes(&self, a: &super::Affinity) -> bool {
+        self.any
+            || self.suites.contains(&a.suite)
+            || a.project
+                .as_ref()
+                .is_some_and(|p| self.projects.contains(p))
+    }
 }
 
 /// The silence limit of a runner that registered none: three heartbeats of
@@ -96,6 +139,15 @@ impl RunnerWithLoad {
 }
 
 impl Runner {
+    /// Whether it can run work that needs `req` (its size aside): the
+    /// labels, a runner type asked for, and, for unlabelled work, a suite
+    /// or project it serves.
+    pub fn meets(&self, req: &super::Requirements) -> bool {
+        self.labels.is_superset(&req.labels)
+            && (req.runner_types.is_empty() || req.runner_types.contains(&self.runner_type))
+            && req.affinity.as_ref().is_none_or(|a| self.scope.takes(a))
+    }
+
     /// Pull-mode runners heartbeat and go unhealthy when they stop; a
     /// push-mode runner is a CI platform TMS calls, judged by its dispatches.
     pub fn expects_heartbeats(&self) -> bool {

@@ -27,6 +27,8 @@ pub struct RunnerView {
     pub last_heartbeat: i64,
     pub last_usage: Option<Usage>,
     pub dispatch: Option<crate::domain::DispatchTarget>,
+    /// Which executions requiring no label it takes.
+    pub scope: crate::domain::Scope,
 }
 
 impl From<RunnerWithLoad> for RunnerView {
@@ -48,6 +50,7 @@ impl From<RunnerWithLoad> for RunnerView {
             last_heartbeat: runner.last_heartbeat.0,
             last_usage: runner.last_usage,
             dispatch: runner.dispatch,
+            scope: runner.scope,
         }
     }
 }

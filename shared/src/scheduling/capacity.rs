@@ -36,18 +36,15 @@ impl FreeCapacity {
         }
     }
 
-    /// Whether some free runner has the labels, type and room that work of
+    /// Whether some free runner has the labels, type, scope and room that work of
     /// requirement class `req` needs (rules aside): the classes a pass
     /// reads. Work of any other class could not be assigned now, so it is
     /// not read at all.
     pub fn could_serve(&self, req: &Requirements) -> bool {
         let need = req.per_shard();
-        self.runners.iter().any(|(r, left)| {
-            r.runner.labels.is_superset(&req.labels)
-                && (req.runner_types.is_empty() || req.runner_types.contains(&r.runner.runner_type))
-                && left.slots > 0
-                && left.covers(&need)
-        })
+        self.runners
+            .iter()
+            .any(|(r, left)| r.runner.meets(req) && left.slots > 0 && left.covers(&need))
     }
 
     /// Free slots left to reserve, over every runner.

@@ -144,15 +144,15 @@ pub fn may_join(r: &RunnerWithLoad, e: &Execution) -> bool {
     eligible_for(r, e, None)
 }
 
-/// Labels, types and pool — everything but current free capacity.
+/// Labels, types, the runner's scope and pool — everything but current
+/// free capacity.
 pub(super) fn eligible_for(
     r: &RunnerWithLoad,
     e: &Execution,
     rule: Option<&LoadBalancingRule>,
 ) -> bool {
     let req = &e.requirements;
-    r.runner.labels.is_superset(&req.labels)
-        && (req.runner_types.is_empty() || req.runner_types.contains(&r.runner.runner_type))
+    r.runner.meets(req)
         && rule.is_none_or(|rule| rule.pool.admits(&r.runner))
         && r.runner.capacity.covers(&req.per_shard())
 }

@@ -58,6 +58,20 @@ pub fn unrunnable_reason(
             types.join(", ")
         ));
     }
+    if let Some(a) = &req.affinity {
+        if !registered.iter().any(|r| r.runner.scope.takes(a)) {
+            let project = a
+                .project
+                .as_ref()
+                .map(|p| format!(" or project {p:?}"))
+                .unwrap_or_default();
+            return Some(format!(
+                "no registered runner serves suite {:?}{project} (an agent declares it with \
+                 --suite, or takes any unlabelled work with --any-suite)",
+                a.suite
+            ));
+        }
+    }
     let need = req.per_shard();
     if !registered.iter().any(|r| r.runner.capacity.covers(&need)) {
         return Some(format!(
@@ -70,7 +84,7 @@ pub fn unrunnable_reason(
             "no registered runner in load-balancing rule {:?}'s pool meets its labels, type and size",
             rule.name
         ),
-        None => "no registered runner meets its labels, type and size together".into(),
+        None => "no registered runner meets its labels, type, suite and size together".into(),
     })
 }
 

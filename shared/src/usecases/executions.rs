@@ -98,6 +98,11 @@ pub struct CiInput {
     /// waits for the new verdict; passed shards are not run again.
     #[schema(minimum = 1)]
     pub attempt: Option<u32>,
+    /// The repository or project the build is of (`tms queue` reads
+    /// `GITHUB_REPOSITORY`, `CI_PROJECT_PATH`, `BUILD_REPOSITORY_NAME` or
+    /// `GIT_URL`): agents declaring it take the execution when it requires
+    /// no label.
+    pub project: Option<Bounded<256>>,
 }
 
 impl From<CiInput> for CiMetadata {
@@ -110,6 +115,7 @@ impl From<CiInput> for CiMetadata {
             branch: ci.branch.map(Into::into),
             url: ci.url.map(Into::into),
             attempt: ci.attempt,
+            project: ci.project.map(Into::into),
         }
     }
 }
@@ -443,16 +449,24 @@ impl<P: Ports> Orchestrator<P> {
         validate_labels(&req.labels, "requirements.labels")?;
         validate_runner_types(&req.runner_types, "requirements.runner_types")?;
         let defaults = cfg.resource_defaults(new.test_type);
+        let suite = new.suite.trim().to_owned();
+        let ci: Option<CiMetadata> = new.ci.map(Into::into);
+        // Work that requires no label is for the runners serving its suite
+        // or project (or any unlabelled work).
+        let affinity = req.labels.is_empty().then(|| crate::domain::Affinity {
+            suite: suite.clone(),
+            project: ci.as_ref().and_then(|c| c.project.clone()),
+        });
         let requirements = Requirements {
             labels: req.labels,
             runner_types: req.runner_types,
             cpu_millis: req.cpu_millis.unwrap_or(defaults.cpu_millis),
             memory_mb: req.memory_mb.unwrap_or(defaults.memory_mb),
+            affinity,
         };
 
         let now = self.clock.now();
         let id = ExecutionId::generate();
-        let suite = new.suite.trim().to_owned();
         // Static and by_index: one shard per runner or job, balanced by
         // time. Dynamic: the tests in claim order (longest first), cut into
         // batches when runners claim; `parallelism` is how many runners are
@@ -495,7 +509,7 @@ impl<P: Ports> Orchestrator<P> {
             timeout_seconds: timeout,
             shard_timeout_seconds: shard_timeout,
             max_attempts,
-            ci: new.ci.map(Into::into),
+            ci,
             mode: new.mode,
             retries: new.retries,
             retries_used: 0,

@@ -4,7 +4,7 @@ use super::sweeps::TakenBack;
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth::{self, Principal};
 use crate::domain::{
-    HealthRecord, Resources, Runner, RunnerStatus, RunnerType, RunnerWithLoad, Shard, Usage,
+    HealthRecord, Resources, Runner, RunnerStatus, RunnerType, RunnerWithLoad, Scope, Shard, Usage,
     Violation,
 };
 use crate::error::{Entity, Error, Result};
@@ -40,6 +40,11 @@ pub struct NewRunner {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 3600)]
     pub heartbeat_interval_seconds: Option<u64>,
+    /// Which executions that require no label it takes: of the suites and
+    /// projects it declares, or with `any`, all. Without it, all (`tms
+    /// agent` always says, and takes any only when told `--any-suite`).
+    #[serde(default)]
+    pub scope: Option<Scope>,
 }
 
 /// A newly registered runner and its token (shown only now).
@@ -102,6 +107,19 @@ impl NewRunner {
             return Err(Error::validation("name", "must be 1 to 128 characters"));
         }
         validate_labels(&self.labels, "labels")?;
+        if let Some(scope) = &self.scope {
+            for (field, names) in [
+                ("scope.suites", &scope.suites),
+                ("scope.projects", &scope.projects),
+            ] {
+                if names.len() > 32 || names.iter().any(|n| n.is_empty() || n.len() > 256) {
+                    return Err(Error::validation(
+                        field,
+                        "at most 32 names, each 1 to 256 bytes",
+                    ));
+                }
+            }
+        }
         if self
             .heartbeat_interval_seconds
             .is_some_and(|s| !(1..=3600).contains(&s))
@@ -174,6 +192,7 @@ impl<P: Ports> Orchestrator<P> {
                     * u64::from(self.config.missed_heartbeats)
                     * 1000) as i64,
             ),
+            scope: new.scope.unwrap_or_else(Scope::any),
             token_hash: issued.hash,
             version: 1,
         };

@@ -39,10 +39,11 @@ use std::sync::Arc;
 /// One committed change to a mirrored entity, in commit order.
 #[derive(Debug)]
 pub(super) enum Change {
-    /// A new runner (no load yet).
-    NewRunner(Runner),
+    /// A new runner (no load yet). Runners and executions are boxed: each
+    /// is several times the size of most other changes.
+    NewRunner(Box<Runner>),
     /// A runner's document changed; its load stays.
-    Runner(Runner),
+    Runner(Box<Runner>),
     /// Capacity taken (`add`) or given back (saturating, like the SQL).
     Load {
         runner: RunnerId,
@@ -52,7 +53,7 @@ pub(super) enum Change {
     /// An execution was written. An unfinished one is kept (added without
     /// shards when new, which then follow as [`Change::Shard`]); a finished
     /// one leaves the mirror with its shards.
-    Execution(Execution),
+    Execution(Box<Execution>),
     /// A shard was written; kept only while its execution is.
     Shard(Shard),
     /// A dynamic execution's tests in claim order (written once, with the
@@ -216,18 +217,18 @@ impl Mirror {
                 self.runners.insert(
                     runner.id.clone(),
                     RunnerWithLoad {
-                        runner,
+                        runner: *runner,
                         allocated: Resources::default(),
                     },
                 );
             }
             Change::Runner(runner) => match self.runners.get_mut(&runner.id) {
-                Some(r) => r.runner = runner,
+                Some(r) => r.runner = *runner,
                 None => {
                     self.runners.insert(
                         runner.id.clone(),
                         RunnerWithLoad {
-                            runner,
+                            runner: *runner,
                             allocated: Resources::default(),
                         },
                     );
@@ -242,7 +243,7 @@ impl Mirror {
                     r.allocated = moved(r.allocated, resources, add);
                 }
             }
-            Change::Execution(execution) => self.put_execution(execution),
+            Change::Execution(execution) => self.put_execution(*execution),
             Change::Shard(shard) => self.put_shard(shard),
             Change::Queue { execution, tests } => {
                 if let Some(a) = self.active.get_mut(&execution) {

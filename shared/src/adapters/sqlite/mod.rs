@@ -358,7 +358,7 @@ impl SqliteStore {
 fn load_mirror(c: &Connection) -> Result<Mirror> {
     let mut mirror = Mirror::default();
     for runner in docs::<Runner>(c, "SELECT doc FROM runners", [])? {
-        mirror.apply(Change::NewRunner(runner));
+        mirror.apply(Change::NewRunner(Box::new(runner)));
     }
     // From the durable columns, not the in-memory tables: `verify_mirror`
     // checks the mirror against what a restart would rebuild.
@@ -379,7 +379,7 @@ fn load_mirror(c: &Connection) -> Result<Mirror> {
         let shards = shards_of(c, e.id.as_str())?;
         let queue = test_queue(c, &e.id)?;
         let id = e.id.clone();
-        mirror.apply(Change::Execution(e));
+        mirror.apply(Change::Execution(Box::new(e)));
         if let Some(tests) = queue {
             mirror.apply(Change::Queue {
                 execution: id,
@@ -475,7 +475,7 @@ fn mirror_execution(
     e: &Execution,
     was_finished: bool,
 ) -> Result<()> {
-    ch.push(Change::Execution(e.clone()));
+    ch.push(Change::Execution(Box::new(e.clone())));
     if was_finished && !e.status.is_terminal() {
         ch.extend(shards_of(tx, e.id.as_str())?.into_iter().map(Change::Shard));
     }
@@ -831,7 +831,7 @@ fn runner_update(
         if n == 0 {
             return Err(Error::conflict(Entity::Runner, &runner.id));
         }
-        ch.push(Change::Runner(runner));
+        ch.push(Change::Runner(Box::new(runner)));
         Ok(())
     })
 }
@@ -866,7 +866,7 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(Error::conflict(Entity::Runner, &runner.id));
             }
-            ch.push(Change::NewRunner(runner));
+            ch.push(Change::NewRunner(Box::new(runner)));
             Ok(())
         })
         .await
@@ -1041,7 +1041,7 @@ impl Store for SqliteStore {
                 insert_shard(tx, s, docs)?;
             }
             let id = execution.id.clone();
-            ch.push(Change::Execution(execution));
+            ch.push(Change::Execution(Box::new(execution)));
             if let Some((tests, doc)) = queue {
                 tx.prepare_cached("INSERT INTO test_queues (execution_id, tests) VALUES (?1, ?2)")?
                     .execute(params![id.as_str(), doc])?;
@@ -1335,7 +1335,7 @@ impl Store for SqliteStore {
                 });
                 if let Some(execution) = started {
                     write_execution(tx, &execution, &to_doc(&execution)?)?;
-                    ch.push(Change::Execution(execution));
+                    ch.push(Change::Execution(Box::new(execution)));
                 }
                 if !put_shard(tx, shard, &shard_doc, version, Holds::Take(need))? {
                     return Err(Error::Internal(
@@ -1424,7 +1424,7 @@ impl Store for SqliteStore {
                     resources: need,
                     add: true,
                 });
-                ch.push(Change::Execution(w.execution));
+                ch.push(Change::Execution(Box::new(w.execution)));
                 let alloc = w.allocation;
                 ch.push(Change::Allocated {
                     runner: alloc.runner_id,
