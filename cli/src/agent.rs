@@ -650,7 +650,7 @@ async fn run_shard(
                 .iter()
                 .map(std::fs::read_to_string)
                 .collect::<std::io::Result<Vec<_>>>()?;
-            let xml = tms::junit::combine(&reports);
+            let xml = tms_junit::combine(&reports);
             let mut path = format!(
                 "{hook}?shard_index={index}&lease_id={}",
                 segment(lease.as_str().unwrap_or(""))

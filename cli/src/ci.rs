@@ -231,17 +231,17 @@ pub fn detect_ci(var: impl Fn(&str) -> Option<String>) -> Option<Value> {
 pub fn parse_tests_file(text: &str, names: Option<&str>) -> Result<Vec<Value>> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('<') {
-        let format: Option<tms::junit::NameFormat> = names
+        let format: Option<tms_junit::NameFormat> = names
             .map(|n| {
                 serde_json::from_value(json!(n))
                     .map_err(|_| format!("--names {n:?}: classname, pytest or name"))
             })
             .transpose()?;
         let mut seen = std::collections::BTreeSet::new();
-        return Ok(tms::junit::parse(text)?
+        return Ok(tms_junit::parse(text)?
             .into_iter()
             .filter_map(|c| {
-                let name = tms::naming::own_id(&c, format);
+                let name = tms_junit::naming::own_id(&c, format);
                 seen.insert(name.clone())
                     .then(|| json!({"name": name, "duration_hint_ms": c.time_ms.map(|t| t.max(1))}))
             })

@@ -4,6 +4,10 @@
 
 use serde_json::Value;
 
+/// Where the server mounts its API (`tms::http::BASE_PATH`; the client
+/// builds without the server, and a test holds the two equal).
+pub const API_BASE_PATH: &str = "/api/enhanced-orchestration";
+
 /// Where the TMS API is and how to authenticate to it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
@@ -56,10 +60,10 @@ impl Client {
     pub fn new(args: &ServerArgs) -> Client {
         let base = args.url.trim_end_matches('/');
         // Accept the server's root or the API's base path alike.
-        let api = if base.ends_with(tms::http::BASE_PATH) {
+        let api = if base.ends_with(API_BASE_PATH) {
             base.to_owned()
         } else {
-            format!("{base}{}", tms::http::BASE_PATH)
+            format!("{base}{API_BASE_PATH}")
         };
         Client {
             http: reqwest::Client::builder()

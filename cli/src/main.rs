@@ -3,6 +3,7 @@
 /// The server allocates and frees many small buffers per request (request
 /// and response bodies, decoded documents); mimalloc's thread-local free
 /// lists cost less than glibc's malloc there (see docs/performance.md).
+#[cfg(feature = "server")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

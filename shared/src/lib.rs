@@ -20,7 +20,7 @@ pub mod fixtures;
 pub mod http;
 pub mod ids;
 pub mod junit;
-pub mod naming;
+pub use tms_junit::naming;
 pub mod ports;
 pub mod scheduling;
 pub mod server;

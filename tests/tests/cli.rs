@@ -516,3 +516,10 @@ async fn queue_wait_rides_out_a_server_restart_and_cancels_its_execution_when_st
         "{st}"
     );
 }
+
+/// The client, built without the server, names the API's base path itself:
+/// it is the server's.
+#[test]
+fn the_clients_api_base_path_is_the_servers() {
+    assert_eq!(tms_cli::client::API_BASE_PATH, tms::http::BASE_PATH);
+}

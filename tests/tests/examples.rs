@@ -298,3 +298,54 @@ fn the_jenkinsfile_runs_agents_as_parallel_branches_and_waits_for_the_verdict() 
         .collect();
     check_flow("Jenkinsfile", &steps);
 }
+
+/// Each example installs the CI client alone (no server, no AWS SDK), once
+/// per TMS version and from the platform's cache after that, never the
+/// whole workspace in every job; each `cargo install` is one the CLI's
+/// package accepts (`--no-default-features` on `tms-cli`).
+#[test]
+fn every_example_installs_the_client_alone_and_caches_it() {
+    for name in [
+        "github-actions.yml",
+        ".gitlab-ci.yml",
+        "azure-pipelines.yml",
+    ] {
+        let text = example(name);
+        let installs: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("cargo install"))
+            .collect();
+        assert!(!installs.is_empty(), "{name} installs tms");
+        for line in &installs {
+            assert!(
+                line.contains("--no-default-features") && line.contains("tms-cli"),
+                "{name}: the client alone: {line}"
+            );
+            assert!(
+                line.contains("--tag \"$TMS_VERSION\""),
+                "{name}: a version: {line}"
+            );
+        }
+        assert!(
+            ["actions/cache", "cache:", "Cache@2"]
+                .iter()
+                .any(|c| text.contains(c)),
+            "{name} keeps the client in the platform's cache"
+        );
+        assert!(
+            text.contains("TMS_VERSION"),
+            "{name} keys the cache by version"
+        );
+    }
+    let cli =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../cli/Cargo.toml")).unwrap();
+    assert!(
+        cli.contains("default = [\"server\"]"),
+        "the server is the default feature"
+    );
+    let jenkins = example("Jenkinsfile");
+    assert!(
+        jenkins.contains("--no-default-features"),
+        "Jenkins agents get the client alone"
+    );
+}

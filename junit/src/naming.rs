@@ -29,7 +29,7 @@
 //! A `names=` override (classname, pytest, name) names every case under
 //! that one convention instead, with no matching.
 
-use crate::junit::{JunitCase, NameFormat};
+use crate::{JunitCase, NameFormat};
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 
