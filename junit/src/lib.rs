@@ -291,9 +291,11 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     // Inside a case's failure, error or earlier attempt: which, its message
     // attribute and its text so far.
     let mut failure: Option<(Mark, Option<String>, String)> = None;
-    // The report's own name (`<testsuites name>`, else the first suite's):
-    // pytest's tells how its reruns are written.
-    let mut report_name: Option<String> = None;
+    // The names of the report's root and of its first `<testsuite>`:
+    // pytest's tell how its reruns are written (pytest 9 names the root
+    // "pytest tests"; pytest 8 leaves it unnamed, and names the suite
+    // "pytest" as both do).
+    let mut names: Vec<String> = Vec::new();
     // gotestsum names the Go version in a suite's properties: its reruns
     // are repeated cases.
     let mut go = false;
@@ -358,10 +360,11 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
         }
         match event {
             Ok(Event::Start(e) | Event::Empty(e))
-                if report_name.is_none()
+                if names.len() < 2
+                    && (names.is_empty() || e.local_name().as_ref() == b"testsuite")
                     && matches!(e.local_name().as_ref(), b"testsuites" | b"testsuite") =>
             {
-                report_name = Some(attr_of(&e, "name").unwrap_or_default());
+                names.push(attr_of(&e, "name").unwrap_or_default());
             }
             Ok(Event::Start(e) | Event::Empty(e))
                 if e.local_name().as_ref() == b"property"
@@ -454,7 +457,9 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     if !root_seen {
         return Err(bad("no <testsuites> or <testsuite> element"));
     }
-    let pytest = matches!(report_name.as_deref(), Some("pytest tests" | "pytest"));
+    let pytest = names
+        .iter()
+        .any(|n| matches!(n.as_str(), "pytest tests" | "pytest"));
     if pytest || go {
         cases = fold_repeats(cases);
     }
@@ -599,6 +604,22 @@ mod tests {
   <testcase classname="tests.test_shop" name="test_skip" time="0"><skipped/></testcase>
   <testcase classname="" name="bare"><error/><failure/></testcase>
 </testsuite></testsuites>"#;
+
+    #[test]
+    fn pytest_8s_unnamed_root_is_still_pytests_report() {
+        // pytest 8.3 writes no name on <testsuites>; its suite is "pytest".
+        let xml = r#"<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" tests="2"><testcase classname="tests.test_more.AdjacentTests" name="test_distance" time="0.001"/><testcase classname="tests.test_more.AdjacentTests" name="test_distance" time="0.001"/></testsuite></testsuites>"#;
+        let cases = parse(xml).unwrap();
+        assert_eq!(cases.len(), 1, "a repeat is pytest-rerunfailures' rerun");
+        assert!(cases[0].from_pytest);
+        assert_eq!(
+            cases[0].natural_id(),
+            "tests/test_more.py::AdjacentTests::test_distance"
+        );
+        // Another tool's unnamed root keeps its repeats apart.
+        let other = xml.replace(r#"name="pytest""#, r#"name="Cart""#);
+        assert_eq!(parse(&other).unwrap().len(), 2);
+    }
 
     #[test]
     fn cases_outcomes_and_times_are_read() {

@@ -111,6 +111,16 @@ fn spawn_agent(
     Agent(child)
 }
 
+/// The command ended with exit code `code` (its stderr shown if not).
+fn exits(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 async fn queue(server: &Server, args: &[&str]) -> Output {
     queue_at(server.url.clone(), args).await
 }
@@ -147,12 +157,7 @@ async fn an_agent_started_before_its_server_waits_for_it() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let server = Server::restart_at(BIN, &url, data.path(), Some(ADMIN_TOKEN));
     let out = queue(&server, &["--suite", "fake", "test_1"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits(&out, 0);
     let log = std::fs::read_to_string(work.path().join("early.log")).unwrap();
     assert!(log.contains("cannot reach the TMS server"), "{log}");
     assert!(log.contains("trying again"), "{log}");
@@ -167,12 +172,7 @@ async fn agents_run_a_suite_in_parallel_and_queue_wait_exits_by_the_verdict() {
     let mut args = vec!["--suite", "fake", "--parallelism", "3"];
     args.extend(tests.iter().map(String::as_str));
     let ok = queue(&server, &args).await;
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    exits(&ok, 0);
     let done: Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(done["totals"]["passed"], 9);
     let runners: std::collections::BTreeSet<&str> = done["shards"]
@@ -198,12 +198,7 @@ async fn agents_run_a_suite_in_parallel_and_queue_wait_exits_by_the_verdict() {
         ],
     )
     .await;
-    assert_eq!(
-        bad.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&bad.stderr)
-    );
+    exits(&bad, 1);
     let done: Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!(
         (
@@ -241,12 +236,7 @@ async fn a_shard_past_its_deadline_is_killed_and_the_run_is_not_passed() {
     // An unknown flag is a usage error (64), not a run.
     assert_eq!(out.status.code(), Some(64));
     let out = queue(&server, &["--suite", "fake", "--timeout", "3", "test_slow"]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits(&out, 2);
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "the 60 s test was not waited for"
@@ -282,12 +272,7 @@ async fn an_agent_killed_mid_shard_has_its_shard_finished_by_another() {
     drop(first);
     let _second = agent(&server, work.path(), "a2");
     let out = waiting.await.unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits(&out, 0);
     let done: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(done["totals"]["passed"], 2);
     assert_eq!(done["shards"][0]["attempt"], 2, "{done}");
@@ -318,12 +303,7 @@ async fn agents_claim_the_batches_of_a_dynamic_execution_until_the_tests_run_out
         ],
     )
     .await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    exits(&out, 0);
     let done: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(done["totals"]["passed"], 12, "{done}");
     let batches = done["shards"].as_array().unwrap();
@@ -599,12 +579,7 @@ async fn an_agent_without_junit_reports_its_commands_exit_status_as_a_whole() {
     let (_data, server, work) = start();
     let _a = spawn_agent(&server.url, work.path(), "plain", |c| c, false);
     let ok = queue(&server, &["--suite", "fake", "test_a", "test_b"]).await;
-    assert_eq!(
-        ok.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    exits(&ok, 0);
     let done: Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(done["status"], "passed", "{done}");
     assert_eq!(done["totals"]["passed"], 0, "no test counted: {done}");
@@ -616,12 +591,7 @@ async fn an_agent_without_junit_reports_its_commands_exit_status_as_a_whole() {
     assert_eq!(done["shards"][0]["results"]["exit_code"], 0, "{done}");
 
     let bad = queue(&server, &["--suite", "fake", "test_ok", "test_bad"]).await;
-    assert_eq!(
-        bad.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&bad.stderr)
-    );
+    exits(&bad, 1);
     let done: Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(
@@ -748,12 +718,7 @@ async fn on_a_shared_server_each_agent_takes_only_the_work_it_is_meant_for() {
     )
     .await;
     for out in [&shop, &shelf] {
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        exits(&out, 0);
     }
     let runners = runners_now(&server);
     let shop: Value = serde_json::from_slice(&shop.stdout).unwrap();
@@ -764,12 +729,7 @@ async fn on_a_shared_server_each_agent_takes_only_the_work_it_is_meant_for() {
     // Another repository's unlabelled work is nobody's here: it waits and
     // says why, and --require-runner refuses it.
     let other = queue_from(&server, Some("acme/other"), &["--suite", "unit", "test_5"]).await;
-    assert_eq!(
-        other.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&other.stderr)
-    );
+    exits(&other, 0);
     let warned = String::from_utf8_lossy(&other.stderr);
     assert!(
         warned.contains("no registered runner serves suite \"unit\" or project \"acme/other\""),
@@ -781,12 +741,7 @@ async fn on_a_shared_server_each_agent_takes_only_the_work_it_is_meant_for() {
         &["--suite", "web", "--require-runner", "test_6"],
     )
     .await;
-    assert_eq!(
-        refused.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    exits(&refused, 3);
 
     // An agent that takes any unlabelled work takes it.
     let queued: Value = serde_json::from_slice(&other.stdout).unwrap();
@@ -803,12 +758,7 @@ async fn on_a_shared_server_each_agent_takes_only_the_work_it_is_meant_for() {
     })
     .await
     .unwrap();
-    assert_eq!(
-        done.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    exits(&done, 0);
     let done: Value = serde_json::from_slice(&done.stdout).unwrap();
     assert_eq!(
         ran_by(&runners_now(&server), &done),

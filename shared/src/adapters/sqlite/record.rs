@@ -552,20 +552,29 @@ mod tests {
         assert!(record * 3 < json, "record {record} bytes, JSON {json}");
     }
 
-    #[test]
-    fn a_record_of_the_layout_before_reads_back_with_no_flaky_tests() {
-        let s = eventful();
-        let doc = encode(&s).expect("encoded");
+    /// `s` as a row written under an earlier `layout`, its result as
+    /// `before` makes it, read back now.
+    fn read_as_written_in<R: Serialize>(
+        s: &Shard,
+        layout: u8,
+        before: impl FnOnce(ResultRecord<'_>) -> R,
+    ) -> Shard {
+        let doc = encode(s).expect("encoded");
         let current: Record<'_, ResultRecord<'_>> = postcard::from_bytes(&doc[1..]).unwrap();
-        let before = current.with_result(|r| ResultRecord1 {
+        let mut old = vec![layout];
+        postcard::to_io(&current.with_result(before), &mut old).unwrap();
+        decode(columns(s), &old, s.tests.clone()).expect("decoded")
+    }
+
+    #[test]
+    fn a_record_of_layout_1_reads_back_with_no_flaky_tests() {
+        let s = eventful();
+        let read = read_as_written_in(&s, LAYOUT_1, |r| ResultRecord1 {
             passed: r.passed,
             failed: r.failed,
             skipped: r.skipped,
             tests: r.tests,
         });
-        let mut old = vec![LAYOUT_1];
-        postcard::to_io(&before, &mut old).unwrap();
-        let read = decode(columns(&s), &old, s.tests.clone()).expect("decoded");
         let mut expected = s.clone();
         if let Some(r) = expected.result.as_mut() {
             r.flaky = 0;
@@ -576,24 +585,19 @@ mod tests {
 
     #[test]
     fn a_record_of_layout_2_reads_back_with_no_exit_code() {
-        let mut s = eventful();
-        if let Some(r) = s.result.as_mut() {
-            r.exit_code = Some(3);
-        }
-        let doc = encode(&s).expect("encoded");
-        let current: Record<'_, ResultRecord<'_>> = postcard::from_bytes(&doc[1..]).unwrap();
-        let before = current.with_result(|r| ResultRecord2 {
+        let s = eventful();
+        let read = read_as_written_in(&s, LAYOUT_2, |r| ResultRecord2 {
             passed: r.passed,
             failed: r.failed,
             skipped: r.skipped,
             tests: r.tests,
             flaky: r.flaky,
         });
-        let mut old = vec![LAYOUT_2];
-        postcard::to_io(&before, &mut old).unwrap();
-        let read = decode(columns(&s), &old, s.tests.clone()).expect("decoded");
-        assert_eq!(read.result.as_ref().and_then(|r| r.exit_code), None);
-        assert_eq!(decode(columns(&s), &doc, s.tests.clone()).unwrap(), s);
+        let mut expected = s.clone();
+        if let Some(r) = expected.result.as_mut() {
+            r.exit_code = None;
+        }
+        assert_eq!(read, expected);
     }
 
     #[test]
