@@ -718,7 +718,7 @@ async fn on_a_shared_server_each_agent_takes_only_the_work_it_is_meant_for() {
     )
     .await;
     for out in [&shop, &shelf] {
-        exits(&out, 0);
+        exits(out, 0);
     }
     let runners = runners_now(&server);
     let shop: Value = serde_json::from_slice(&shop.stdout).unwrap();
