@@ -89,6 +89,8 @@ pub struct Runner {
 /// project's verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+// Named apart from a token's scope in the OpenAPI document.
+#[schema(as = RunnerScope)]
 pub struct Scope {
     /// Takes unlabelled work of any suite and project.
     #[serde(default)]
