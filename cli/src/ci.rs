@@ -738,29 +738,52 @@ pub async fn runners(json_out: bool, all: bool, server: &ServerArgs) -> Result<E
         return Ok(ExitCode::SUCCESS);
     }
     say!(
-        "{:<30} {:<20} {:<14} {:<11} {:>9} labels",
+        "{:<30} {:<20} {:<14} {:<11} {:>9} {:<20} unlabelled work of",
         "id",
         "name",
         "type",
         "status",
-        "slots"
+        "slots",
+        "labels"
     );
-    for r in &items {
-        let labels: Vec<&str> = r["labels"]
-            .as_array()
+    let list = |v: &Value| -> String {
+        v.as_array()
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for r in &items {
+        let scope = &r["scope"];
+        // What it takes of the work that requires no label.
+        let takes = if scope["any"] == true {
+            "any suite".to_owned()
+        } else {
+            let named: Vec<String> = [
+                ("suites", &scope["suites"]),
+                ("projects", &scope["projects"]),
+            ]
+            .into_iter()
+            .map(|(what, v)| (what, list(v)))
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(what, l)| format!("{what} {l}"))
             .collect();
+            if named.is_empty() {
+                "none".to_owned()
+            } else {
+                named.join("; ")
+            }
+        };
         say!(
-            "{:<30} {:<20} {:<14} {:<11} {:>4}/{:<4} {}",
+            "{:<30} {:<20} {:<14} {:<11} {:>4}/{:<4} {:<20} {takes}",
             r["id"].as_str().unwrap_or(""),
             r["name"].as_str().unwrap_or(""),
             r["type"].as_str().unwrap_or(""),
             r["status"].as_str().unwrap_or(""),
             r["allocated"]["slots"].as_u64().unwrap_or(0),
             r["capacity"]["slots"].as_u64().unwrap_or(0),
-            labels.join(",")
+            list(&r["labels"]),
         );
     }
     Ok(ExitCode::SUCCESS)

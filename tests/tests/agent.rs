@@ -764,6 +764,22 @@ async fn on_a_shared_server_each_agent_takes_only_the_work_it_is_meant_for() {
         ran_by(&runners_now(&server), &done),
         ["any-agent".to_owned()].into()
     );
+    // `tms runners` says what each agent takes of unlabelled work.
+    let table = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
+        .arg("runners")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name}: {table}"))
+            .to_owned()
+    };
+    assert!(row("shop-agent").ends_with("projects acme/shop"), "{table}");
+    assert!(row("shelf-agent").ends_with("suites shelf-unit"), "{table}");
+    assert!(row("any-agent").ends_with("any suite"), "{table}");
 }
 
 fn runners_now(server: &Server) -> Value {
