@@ -427,6 +427,19 @@ macro_rules! conformance {
     };
 }
 
+/// A JUnit report's cases as a CI test-history view knows them — each
+/// classname and name as written, with its outcome — sorted by name, so
+/// two reports of the same run compare equal case for case.
+pub fn junit_cases(xml: &str) -> Vec<(String, String, tms::junit::CaseOutcome)> {
+    let mut cases: Vec<_> = tms::junit::parse(xml)
+        .unwrap_or_else(|e| panic!("not a JUnit report: {e}"))
+        .into_iter()
+        .map(|c| (c.classname, c.name, c.outcome))
+        .collect();
+    cases.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    cases
+}
+
 /// Validates a JUnit XML report against the common JUnit schema
 /// (`junit-10.xsd`) with lxml, both provided by `scripts/junit-xsd`
 /// (`scripts/test` runs it). Panics with the validator's complaints.

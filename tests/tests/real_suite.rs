@@ -9,7 +9,8 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use tms_junit::CaseOutcome;
+use tms::junit::CaseOutcome;
+use tms_tests::junit_cases as cases;
 use tms_tests::{Server, ADMIN_TOKEN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tms-under-test");
@@ -36,19 +37,6 @@ fn pytest(args: &[&str]) -> Command {
         .args(["-m", "pytest", "-p", "no:cacheprovider"])
         .args(args);
     command
-}
-
-/// A case as a CI test-history view knows it.
-type Case = (String, String, CaseOutcome);
-
-fn cases(xml: &str) -> Vec<Case> {
-    let mut cases: Vec<Case> = tms_junit::parse(xml)
-        .unwrap()
-        .into_iter()
-        .map(|c| (c.classname, c.name, c.outcome))
-        .collect();
-    cases.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    cases
 }
 
 /// An agent working in the project's checkout; killed on drop.

@@ -453,16 +453,11 @@ async fn each_producers_junit_report_is_accepted_as_a_shards_results<B: Backend>
             tms_tests::assert_valid_junit(&xml);
             // The merged report has the tool's own cases: each classname
             // and name as the tool wrote it, with its outcome.
-            let cases = |xml: &str| {
-                let mut cases: Vec<_> = tms::junit::parse(xml)
-                    .unwrap()
-                    .into_iter()
-                    .map(|c| (c.classname, c.name, c.outcome))
-                    .collect();
-                cases.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-                cases
-            };
-            assert_eq!(cases(&xml), cases(&fixture(file)), "{file}");
+            assert_eq!(
+                tms_tests::junit_cases(&xml),
+                tms_tests::junit_cases(&fixture(file)),
+                "{file}"
+            );
         }
     }
 }
