@@ -287,7 +287,10 @@ async fn identity(args: &AgentArgs) -> Result<State> {
                              registering anew",
                             state.id
                         );
-                        let _ = me.post(&format!("{runner}/deregister"), &json!({})).await;
+                        if let Err(e) = me.post(&format!("{runner}/deregister"), &json!({})).await {
+                            // It goes by itself once silent past the retention.
+                            eprintln!("tms agent: could not remove runner {}: {e}", state.id);
+                        }
                     } else if found["status"] != "deregistered" {
                         if state.drained {
                             me.post(&format!("{runner}/resume"), &json!({})).await?;

@@ -291,11 +291,12 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     // Inside a case's failure, error or earlier attempt: which, its message
     // attribute and its text so far.
     let mut failure: Option<(Mark, Option<String>, String)> = None;
-    // The names of the report's root and of its first `<testsuite>`:
-    // pytest's tell how its reruns are written (pytest 9 names the root
-    // "pytest tests"; pytest 8 leaves it unnamed, and names the suite
-    // "pytest" as both do).
-    let mut names: Vec<String> = Vec::new();
+    // The report is pytest's (its reruns are repeated cases) when its
+    // root or its first `<testsuite>` is named as pytest names them:
+    // pytest 9 names the root "pytest tests", pytest 8 leaves it unnamed,
+    // and both name the suite "pytest".
+    let mut pytest = false;
+    let mut suites_seen = 0;
     // gotestsum names the Go version in a suite's properties: its reruns
     // are repeated cases.
     let mut go = false;
@@ -360,11 +361,14 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
         }
         match event {
             Ok(Event::Start(e) | Event::Empty(e))
-                if names.len() < 2
-                    && (names.is_empty() || e.local_name().as_ref() == b"testsuite")
+                if suites_seen < 2
                     && matches!(e.local_name().as_ref(), b"testsuites" | b"testsuite") =>
             {
-                names.push(attr_of(&e, "name").unwrap_or_default());
+                suites_seen += 1;
+                pytest |= matches!(
+                    attr_of(&e, "name").as_deref(),
+                    Some("pytest tests" | "pytest")
+                );
             }
             Ok(Event::Start(e) | Event::Empty(e))
                 if e.local_name().as_ref() == b"property"
@@ -457,9 +461,6 @@ pub fn parse(xml: &str) -> Result<Vec<JunitCase>> {
     if !root_seen {
         return Err(bad("no <testsuites> or <testsuite> element"));
     }
-    let pytest = names
-        .iter()
-        .any(|n| matches!(n.as_str(), "pytest tests" | "pytest"));
     if pytest || go {
         cases = fold_repeats(cases);
     }

@@ -789,3 +789,50 @@ fn runners_now(server: &Server) -> Value {
         .unwrap();
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// An agent started again with the same state file but other suites does
+/// not keep serving the old ones: its old runner is removed and a new one
+/// registers with what it declares now.
+#[tokio::test]
+async fn an_agent_restarted_with_other_suites_registers_anew() {
+    let (_data, server, work) = start();
+    // The active runners of that name, each with its id and suites.
+    let registered = |server: &Server| -> Vec<(String, Value)> {
+        let all = tms_tests::tms_command(BIN, &server.url, ADMIN_TOKEN)
+            .args(["runners", "--json", "--all"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&all.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["name"] == "again" && r["status"] != "deregistered")
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_owned(),
+                    r["scope"]["suites"].clone(),
+                )
+            })
+            .collect()
+    };
+    let first = agent_with(&server, work.path(), "again", |c| {
+        c.args(["--suite", "api"])
+    });
+    let old = tms_tests::eventually("the first registration", || async {
+        registered(&server)
+            .pop()
+            .filter(|(_, s)| s == &serde_json::json!(["api"]))
+    })
+    .await;
+    drop(first);
+    let _second = agent_with(&server, work.path(), "again", |c| {
+        c.args(["--suite", "web"])
+    });
+    let new = tms_tests::eventually("the second registration", || async {
+        let now = registered(&server);
+        (now.len() == 1 && now[0].1 == serde_json::json!(["web"])).then(|| now[0].clone())
+    })
+    .await;
+    assert_ne!(new.0, old.0, "a new runner, the old one removed");
+}
