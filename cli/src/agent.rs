@@ -370,12 +370,17 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
     let beat = format!("/runners/{}/heartbeat", segment(&me.id));
     let claimable = format!("/runners/{}/claimable", segment(&me.id));
     // Starts a shard unless it already runs here (a claimed batch shows up
-    // in later heartbeats too): the lease is the key. A batch this agent
-    // claimed is reported with `?next=true`, and the next batch that the
-    // answer carries runs in the same slot at once.
+    // in later heartbeats too): the lease is the key. Work assigned to this
+    // runner is started while it is `assigned`; a batch this agent claimed
+    // is running from its claim. A claimed batch is reported with
+    // `?next=true`, and the next batch that the answer carries runs in the
+    // same slot at once.
+    let startable = |a: &Value, claimed: bool| {
+        a["status"] == "assigned" || (claimed && a["status"] == "running")
+    };
     let start = |a: Value, claimed: bool, tasks: &mut tokio::task::JoinSet<()>| {
         let lease = a["lease_id"].as_str().unwrap_or("").to_owned();
-        if a["status"] != "assigned"
+        if !startable(&a, claimed)
             || !running
                 .lock()
                 .map(|mut r| r.insert(lease.clone()))
@@ -394,7 +399,7 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
                         None
                     }
                 };
-                let taken = next.filter(|n| n["status"] == "assigned").and_then(|n| {
+                let taken = next.filter(|n| startable(n, true)).and_then(|n| {
                     let l = n["lease_id"].as_str().unwrap_or("").to_owned();
                     let fresh = running
                         .lock()
@@ -565,9 +570,11 @@ async fn finished(server: &ServerArgs, id: &str) -> Option<u8> {
     }
 }
 
-/// Runs one shard: started, the command (killed with its process group at
-/// the lease's deadline), then the report. A batch the agent `claimed` is
-/// reported asking for the next one, which the answer may carry.
+/// Runs one shard: started (unless the server says it runs already, as a
+/// claimed batch does from its claim), the command (killed with its
+/// process group at the lease's deadline), then the report. A batch the
+/// agent `claimed` is reported asking for the next one, which the answer
+/// may carry.
 async fn run_shard(
     client: &Client,
     args: &AgentArgs,
@@ -579,12 +586,14 @@ async fn run_shard(
         .ok_or("assignment without execution")?;
     let hook = format!("/webhooks/parallel-execution/{}", segment(exec));
     let (index, lease) = (a["shard_index"].clone(), a["lease_id"].clone());
-    client
-        .post(
-            &hook,
-            &json!({"shard_index": index, "lease_id": lease, "status": "started"}),
-        )
-        .await?;
+    if a["status"] != "running" {
+        client
+            .post(
+                &hook,
+                &json!({"shard_index": index, "lease_id": lease, "status": "started"}),
+            )
+            .await?;
+    }
     let tests: Vec<String> = a["tests"]
         .as_array()
         .into_iter()

@@ -145,6 +145,15 @@ pub struct ClaimWrite {
     pub now: Timestamp,
 }
 
+impl ClaimWrite {
+    /// The execution as this claim leaves it, and the batch waiting to be
+    /// claimed again that it takes, if any.
+    pub fn leaves(&self) -> (Execution, Option<u32>) {
+        let taken = self.expected_shard_version.map(|_| self.shard.index);
+        (self.execution.clone(), taken)
+    }
+}
+
 /// A versioned shard change, optionally giving back the capacity it held
 /// (deleting the allocation if it still carries `release.lease_id`).
 /// `expected_status` is the status read at `expected_version`: it tells the
@@ -241,7 +250,10 @@ pub trait Store: Send + Sync + 'static {
         from: u32,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<TestSpec>>> + Send;
-    /// The claim of a dynamic execution's batch ([`ClaimWrite`]).
+    /// The claim of a dynamic execution's batch ([`ClaimWrite`]). A store
+    /// that can queue the write when it is called (before the future is
+    /// polled) does, so claims made one after the other reach it in that
+    /// order (see `usecases::turns`).
     fn claim(&self, write: ClaimWrite) -> impl Future<Output = Result<()>> + Send;
     /// Unfinished dynamic executions, highest priority first, then oldest,
     /// after `cursor` (a previous page's `next_cursor`): where runners look
@@ -346,6 +358,23 @@ pub trait Store: Send + Sync + 'static {
                     .await?;
             }
             self.update_shard(update).await
+        }
+    }
+    /// [`Store::finish_shard`] and then the claim of the reporting
+    /// runner's next batch (a report with `?next=true`). The claim stands
+    /// only if the report's write did: the outer error is the report's, the
+    /// inner result the claim's (a claim that lost a race is made again on
+    /// its own). By default one write after the other; the embedded store
+    /// queues both when called and commits them at once.
+    fn finish_shard_and_claim(
+        &self,
+        update: ShardUpdate,
+        results: Vec<crate::domain::ResultChunk>,
+        claim: ClaimWrite,
+    ) -> impl Future<Output = Result<Result<()>>> + Send {
+        async move {
+            self.finish_shard(update, results).await?;
+            Ok(self.claim(claim).await)
         }
     }
     fn queue_stats(&self) -> impl Future<Output = Result<QueueStats>> + Send;

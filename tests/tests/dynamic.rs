@@ -8,6 +8,7 @@
 use tms::auth::Principal;
 use tms::domain::{ExecutionStatus, Mode, ShardResult, ShardStatus};
 use tms::ids::{ExecutionId, RunnerId};
+use tms::time::Clock;
 use tms::usecases::{Assignment, ClaimOutcome, ReportStatus, ShardReport, TestInput, TimedTest};
 use tms::Error;
 use tms_tests::{Backend, Harness};
@@ -133,6 +134,38 @@ async fn a_lapsed_lease_is_reclaimed_by_another_runner_and_its_stale_report_is_f
     assert_eq!(pass(&h, &b, &for_b).await.unwrap(), ShardStatus::Passed);
 }
 
+/// A runner claims a batch to run it at once: the batch is running from
+/// the claim (its start is the claim's time), and the runner's `started`
+/// report is acknowledged as a repeat without changing the shard.
+async fn a_claimed_batch_runs_from_its_claim_and_started_changes_nothing<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    let id = dynamic(&h, 10, 1).await;
+    let claimed_at = h.clock.now();
+    let held = claim(&h, &a, &id).await.assignment.unwrap();
+    let shard_of = |shards: &[tms::domain::Shard]| shards[held.shard_index as usize].clone();
+    let (_, shards) = h.app.execution_status(&id).await.unwrap();
+    let before = shard_of(&shards);
+    assert_eq!(before.status, ShardStatus::Running);
+    assert_eq!(before.started_at, Some(claimed_at));
+    h.clock.advance_secs(3);
+    let started = ShardReport {
+        shard_index: held.shard_index,
+        lease_id: held.lease_id.clone(),
+        status: ReportStatus::Started,
+        results: None,
+    };
+    let caller = Principal::Runner(a.clone());
+    let outcome = h.app.report_shard(&caller, &id, started).await.unwrap();
+    assert!(outcome.duplicate, "a repeat of what the claim did");
+    assert_eq!(outcome.shard_status, ShardStatus::Running);
+    let (_, shards) = h.app.execution_status(&id).await.unwrap();
+    let after = shard_of(&shards);
+    assert_eq!(after.version, before.version, "no write");
+    assert_eq!(after.started_at, Some(claimed_at));
+    assert_eq!(pass(&h, &a, &held).await.unwrap(), ShardStatus::Passed);
+}
+
 async fn heartbeats_extend_a_held_lease_and_silence_lets_it_lapse<B: Backend>() {
     let h = Harness::<B>::start().await;
     let a = runner(&h, "a", 1).await;
@@ -148,7 +181,7 @@ async fn heartbeats_extend_a_held_lease_and_silence_lets_it_lapse<B: Backend>() 
     let (_, shards) = h.app.execution_status(&id).await.unwrap();
     assert_eq!(
         shards[held.shard_index as usize].status,
-        ShardStatus::Assigned
+        ShardStatus::Running
     );
     // Then silence: the lease lapses and the batch goes back to the queue.
     h.clock.advance_secs(91);
@@ -270,10 +303,13 @@ async fn a_report_brings_the_next_batch_and_teaches_the_batch_cost<B: Backend>()
             status: ReportStatus::Passed,
             results: Some(ShardResult::of(ran)),
         };
-        let outcome = h.app.report_shard(&caller, &id, report).await.unwrap();
+        let outcome = h
+            .app
+            .report_shard_then_claim(&caller, &id, report)
+            .await
+            .unwrap();
         assert_eq!(outcome.shard_status, ShardStatus::Passed);
-        let next = h.app.next_batch_after(&caller, &id, &outcome).await;
-        match next.and_then(|n| n.assignment) {
+        match outcome.next.clone().and_then(|n| n.assignment) {
             Some(n) => {
                 batch = n;
                 batches += 1;
@@ -411,7 +447,7 @@ async fn racing_claimers_each_take_a_batch_and_none_hears_of_the_race<B: Backend
         shards.len()
     );
     assert_eq!(claimed.len(), shards.len(), "every batch claimed, once");
-    assert!(shards.iter().all(|s| s.status == ShardStatus::Assigned));
+    assert!(shards.iter().all(|s| s.status == ShardStatus::Running));
     let tests: usize = shards.iter().map(|s| s.tests.len()).sum();
     assert_eq!(tests, 128, "every test in one batch");
 }
@@ -425,5 +461,6 @@ tms_tests::conformance!(
     runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinking,
     a_lapsed_lease_is_reclaimed_by_another_runner_and_its_stale_report_is_fenced,
     heartbeats_extend_a_held_lease_and_silence_lets_it_lapse,
+    a_claimed_batch_runs_from_its_claim_and_started_changes_nothing,
     only_a_runner_with_room_and_the_required_labels_claims,
 );

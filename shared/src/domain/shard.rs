@@ -377,6 +377,24 @@ impl Shard {
         Ok(())
     }
 
+    /// A runner's claim on a dynamic batch. The runner asked for the batch
+    /// to run it at once, so it is running from the claim: there is no
+    /// hand-over to wait for, as there is for work the scheduler assigns
+    /// (and a CI platform may start, or not). The runner's `started`
+    /// report is then a repeat, acknowledged without a write.
+    pub fn claim(
+        &mut self,
+        runner: RunnerId,
+        lease: LeaseId,
+        now: Timestamp,
+        deadline: Timestamp,
+    ) -> Result<()> {
+        self.assign(runner, lease, now, deadline)?;
+        self.status = ShardStatus::Running;
+        self.started_at = Some(now);
+        Ok(())
+    }
+
     fn assign_lease(
         &mut self,
         runner: Option<RunnerId>,

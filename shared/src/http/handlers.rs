@@ -579,10 +579,11 @@ pub async fn shard_webhook<P: Ports>(
             utf8(&body)?,
             q.names,
         )?;
-        let mut outcome = app.report_junit(&caller, &id, report).await?;
-        if q.next == Some(true) {
-            outcome.next = app.next_batch_after(&caller, &id, &outcome).await;
-        }
+        let outcome = if q.next == Some(true) {
+            app.report_junit_then_claim(&caller, &id, report).await?
+        } else {
+            app.report_junit(&caller, &id, report).await?
+        };
         return Ok(Json(outcome));
     }
     let report = {
@@ -598,10 +599,11 @@ pub async fn shard_webhook<P: Ports>(
         }
         parse_json(&body)?
     };
-    let mut outcome = app.report_shard(&caller, &id, report).await?;
-    if q.next == Some(true) {
-        outcome.next = app.next_batch_after(&caller, &id, &outcome).await;
-    }
+    let outcome = if q.next == Some(true) {
+        app.report_shard_then_claim(&caller, &id, report).await?
+    } else {
+        app.report_shard(&caller, &id, report).await?
+    };
     Ok(Json(outcome))
 }
 

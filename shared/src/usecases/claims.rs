@@ -95,6 +95,17 @@ pub struct ClaimOutcome {
     pub finished: bool,
 }
 
+/// What a claim comes to, decided from one read of the execution.
+pub(crate) enum ClaimPlan {
+    /// Nothing to take now (the answer says why: finished, or all handed out).
+    Nothing(ClaimOutcome),
+    /// The write that takes the next batch, and the answer once it stands.
+    Take {
+        write: Box<ClaimWrite>,
+        outcome: ClaimOutcome,
+    },
+}
+
 /// A dynamic execution a runner may claim batches of.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Claimable {
@@ -225,12 +236,45 @@ impl<P: Ports> Orchestrator<P> {
         id: &ExecutionId,
         overhead_ms: Option<u64>,
     ) -> Result<ClaimOutcome> {
-        let now = self.clock.now();
-        let mut execution = self
+        let turn = self.claim_turns.take(id).await;
+        let read = self
             .store
             .get_execution(id)
             .await?
             .ok_or_else(|| Error::not_found(crate::Entity::Execution, id))?;
+        match self
+            .plan_claim(runner_id, turn.base(read), overhead_ms)
+            .await?
+        {
+            ClaimPlan::Nothing(outcome) => Ok(outcome),
+            ClaimPlan::Take { write, outcome } => {
+                let (left, taken) = write.leaves();
+                // Queued before the turn ends (see `turns`).
+                let written = self.store.claim(*write);
+                let planned = turn.planned(left, taken);
+                match written.await {
+                    Ok(()) => Ok(outcome),
+                    Err(e) => {
+                        planned.refused().await;
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a claim of the runner's on `execution` (as read) comes to:
+    /// nothing to take now, or the conditional write that takes the next
+    /// batch, which fails as a conflict if the execution changed since.
+    pub(crate) async fn plan_claim(
+        &self,
+        runner_id: &RunnerId,
+        mut execution: crate::domain::Execution,
+        overhead_ms: Option<u64>,
+    ) -> Result<ClaimPlan> {
+        let now = self.clock.now();
+        let id = execution.id.clone();
+        let id = &id;
         if execution.mode != Mode::Dynamic {
             return Err(Error::validation(
                 "mode",
@@ -267,7 +311,7 @@ impl<P: Ports> Orchestrator<P> {
         }
         let fresh = dispenser.undispensed(execution.test_count);
         if execution.status.is_terminal() || (fresh == 0 && execution.returned.is_empty()) {
-            return Ok(nothing(&execution));
+            return Ok(ClaimPlan::Nothing(nothing(&execution)));
         }
         let runner = self
             .store
@@ -312,7 +356,7 @@ impl<P: Ports> Orchestrator<P> {
                 (batch, None)
             }
         };
-        shard.assign(runner_id.clone(), lease.clone(), now, deadline)?;
+        shard.claim(runner_id.clone(), lease.clone(), now, deadline)?;
         shard.max_deadline = Some(cap);
         let expected_execution_version = execution.version;
         execution.record_claim(
@@ -340,11 +384,13 @@ impl<P: Ports> Orchestrator<P> {
         // The batch taken back out is no longer waiting.
         let queued_tests =
             waiting_tests(&write.execution) - u32::from(write.expected_shard_version.is_some());
-        self.store.claim(write).await?;
-        Ok(ClaimOutcome {
-            assignment,
-            queued_tests,
-            finished: false,
+        Ok(ClaimPlan::Take {
+            write: Box::new(write),
+            outcome: ClaimOutcome {
+                assignment,
+                queued_tests,
+                finished: false,
+            },
         })
     }
 

@@ -1,6 +1,7 @@
 //! Shard reports from runners and the aggregator that folds them into the
 //! execution.
 
+use super::claims::ClaimPlan;
 use super::timings::LearnedRun;
 use super::{retry_on_conflict, Orchestrator};
 use crate::auth::Principal;
@@ -330,9 +331,30 @@ impl<P: Ports> Orchestrator<P> {
         id: &ExecutionId,
         report: JunitReport,
     ) -> Result<ReportOutcome> {
+        self.junit_report(caller, id, report, false).await
+    }
+
+    /// [`Self::report_junit`] asking for the runner's next batch
+    /// (`?next=true`, see [`Self::report_shard_then_claim`]).
+    pub async fn report_junit_then_claim(
+        &self,
+        caller: &Principal,
+        id: &ExecutionId,
+        report: JunitReport,
+    ) -> Result<ReportOutcome> {
+        self.junit_report(caller, id, report, true).await
+    }
+
+    async fn junit_report(
+        &self,
+        caller: &Principal,
+        id: &ExecutionId,
+        report: JunitReport,
+        next: bool,
+    ) -> Result<ReportOutcome> {
         may_report(caller, id, report.shard_index, &report.lease_id)?;
         let (index, lease) = (report.shard_index, report.lease_id.clone());
-        self.apply_report(caller, id, index, lease, Incoming::Junit(report))
+        self.apply_report(caller, id, index, lease, Incoming::Junit(report), next)
             .await
     }
 
@@ -344,13 +366,40 @@ impl<P: Ports> Orchestrator<P> {
         id: &ExecutionId,
         report: ShardReport,
     ) -> Result<ReportOutcome> {
+        self.json_report(caller, id, report, false).await
+    }
+
+    /// [`Self::report_shard`] by the runner of a dynamic batch asking for
+    /// its next batch of the same execution (`?next=true`): the answer's
+    /// `next` carries it, so a batch costs one round trip. A report that
+    /// finishes its batch is written together with that claim (one commit
+    /// on the embedded store); the claim stands only if the report does.
+    /// `next` is absent when the caller is not a runner, the shard is not
+    /// finished, or the runner may not claim now (paused, not a dynamic
+    /// execution): it then claims as usual.
+    pub async fn report_shard_then_claim(
+        &self,
+        caller: &Principal,
+        id: &ExecutionId,
+        report: ShardReport,
+    ) -> Result<ReportOutcome> {
+        self.json_report(caller, id, report, true).await
+    }
+
+    async fn json_report(
+        &self,
+        caller: &Principal,
+        id: &ExecutionId,
+        report: ShardReport,
+        next: bool,
+    ) -> Result<ReportOutcome> {
         let prepared = Prepared::of(report)?;
         let (index, lease) = (
             prepared.report.shard_index,
             prepared.report.lease_id.clone(),
         );
         may_report(caller, id, index, &lease)?;
-        self.apply_report(caller, id, index, lease, Incoming::Ready(prepared))
+        self.apply_report(caller, id, index, lease, Incoming::Ready(prepared), next)
             .await
     }
 
@@ -361,6 +410,7 @@ impl<P: Ports> Orchestrator<P> {
         index: u32,
         lease: LeaseId,
         incoming: Incoming,
+        next: bool,
     ) -> Result<ReportOutcome> {
         let now = self.clock.now();
         // A JUnit report's cases are named from the shard's tests, known at
@@ -369,7 +419,7 @@ impl<P: Ports> Orchestrator<P> {
             Incoming::Ready(p) => (std::sync::OnceLock::from(p), None),
             Incoming::Junit(j) => (std::sync::OnceLock::new(), Some(j)),
         };
-        let (outcome, finished) = retry_on_conflict(|| async {
+        let (mut outcome, finished) = retry_on_conflict(|| async {
             let (execution, mut shard) = self.load_shard(id, index).await?;
             if let Principal::Runner(runner) = caller {
                 // A runner that lost the shard hears that its lease is stale
@@ -435,7 +485,7 @@ impl<P: Ports> Orchestrator<P> {
                 }
                 _ => None,
             };
-            let outcome = ReportOutcome {
+            let mut outcome = ReportOutcome {
                 shard_index: shard.index,
                 shard_status: shard.status,
                 duplicate: applied == Applied::Duplicate,
@@ -452,7 +502,14 @@ impl<P: Ports> Orchestrator<P> {
             if applied == Applied::Changed {
                 let released = held.filter(|_| finished);
                 let update = self.shard_update(&execution, shard, read_as, released);
-                self.store.finish_shard(update, stored).await?;
+                match caller {
+                    Principal::Runner(runner) if next && finished => {
+                        outcome.next = self
+                            .finish_then_claim(runner, execution, update, stored, overhead_ms)
+                            .await?;
+                    }
+                    _ => self.store.finish_shard(update, stored).await?,
+                }
             }
             Ok((outcome, after))
         })
@@ -489,7 +546,54 @@ impl<P: Ports> Orchestrator<P> {
             }
             self.nudges.schedule().await;
         }
+        if next && outcome.next.is_none() {
+            outcome.next = self.next_batch_after(caller, id, &outcome).await;
+        }
         Ok(outcome)
+    }
+
+    /// Writes the report that finished a runner's batch together with the
+    /// runner's claim of its next batch of `execution`, planned in the
+    /// claims' turn (see `turns`). `Ok(None)`: the report stands, and no
+    /// claim was made with it (the runner may not claim, or the claim was
+    /// refused): it is made again on its own.
+    async fn finish_then_claim(
+        &self,
+        runner: &crate::ids::RunnerId,
+        execution: Execution,
+        update: crate::ports::ShardUpdate,
+        stored: Vec<ResultChunk>,
+        overhead_ms: Option<u64>,
+    ) -> Result<Option<super::ClaimOutcome>> {
+        let turn = self.claim_turns.take(&execution.id).await;
+        let base = turn.base(execution);
+        match self.plan_claim(runner, base, overhead_ms).await {
+            Ok(ClaimPlan::Take { write, outcome }) => {
+                let (left, taken) = write.leaves();
+                let written = self.store.finish_shard_and_claim(update, stored, *write);
+                let planned = turn.planned(left, taken);
+                match written.await {
+                    Ok(Ok(())) => Ok(Some(outcome)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "the claim made with a report was refused");
+                        planned.refused().await;
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        planned.refused().await;
+                        Err(e)
+                    }
+                }
+            }
+            plan => {
+                drop(turn);
+                self.store.finish_shard(update, stored).await?;
+                Ok(match plan {
+                    Ok(ClaimPlan::Nothing(none)) => Some(none),
+                    _ => None,
+                })
+            }
+        }
     }
 
     /// The runner's next batch of the same dynamic execution, claimed right

@@ -14,6 +14,7 @@ mod scheduler;
 mod sweeps;
 mod system;
 mod timings;
+mod turns;
 
 pub use access::NewToken;
 
@@ -61,6 +62,7 @@ pub struct Orchestrator<P: Ports> {
     pub config: Config,
     admin_token_hash: String,
     tokens: access::TokenCache,
+    claim_turns: turns::Turns,
 }
 
 impl<P: Ports> Orchestrator<P> {
@@ -84,6 +86,7 @@ impl<P: Ports> Orchestrator<P> {
             config,
             admin_token_hash,
             tokens: access::TokenCache::default(),
+            claim_turns: turns::Turns::default(),
         }
     }
 }

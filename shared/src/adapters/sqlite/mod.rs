@@ -609,6 +609,133 @@ fn load_execution_doc(conn: &Connection, id: &str) -> Result<Option<Execution>> 
 }
 
 /// `doc` is `e` serialised (by the caller, off the database thread).
+/// The work of a write on the database thread that checks its conditions
+/// against the thread's [`View`].
+trait ViewedWork:
+    FnOnce(&Connection, &View<'_>, &mut Vec<Change>) -> Result<()> + Send + 'static
+{
+}
+
+impl<F> ViewedWork for F where
+    F: FnOnce(&Connection, &View<'_>, &mut Vec<Change>) -> Result<()> + Send + 'static
+{
+}
+
+/// The write of a claim ([`Store::claim`]); with `after`, the claim rides
+/// on a report: it stands only if that shard (execution, index) is at the
+/// version the report wrote, in the same group.
+fn claim_job(w: ClaimWrite, after: Option<(ExecutionId, u32, u64)>) -> Result<impl ViewedWork> {
+    // Serialised on the caller's thread, as for an assignment.
+    let exec_doc = to_doc(&w.execution)?;
+    let shard_docs = match w.expected_shard_version {
+        None => ShardDocs::of(&w.shard)?,
+        Some(_) => ShardDocs {
+            state: ShardDocs::state(&w.shard)?,
+            tests: String::new(),
+        },
+    };
+    Ok(
+        move |tx: &Connection, view: &View<'_>, ch: &mut Vec<Change>| {
+            let (shard, alloc, execution) = (&w.shard, &w.allocation, &w.execution);
+            // Every check before the first change (see `thread`).
+            // Condition 0: the report it rides on stood.
+            if let Some((reported, index, version)) = &after {
+                if view.shard(reported, *index).map(|(v, _)| v) != Some(*version) {
+                    return Err(Error::conflict(
+                        Entity::Shard,
+                        format!("{reported}#{index}"),
+                    ));
+                }
+            }
+            // Condition 1: the execution is unfinished and as the claim read it.
+            match view.live_execution(&execution.id) {
+                Some(live) if live.version() == w.expected_execution_version => {}
+                _ => return Err(Error::conflict(Entity::Execution, &execution.id)),
+            }
+            // Condition 2: a batch cut now is new; one taken back out is
+            // still queued as it was read.
+            let stored = view.shard(&execution.id, shard.index);
+            let batch_ok = match w.expected_shard_version {
+                None => stored.is_none(),
+                Some(v) => stored == Some((v, ShardStatus::Queued)),
+            };
+            if !batch_ok {
+                return Err(Error::conflict(
+                    Entity::Shard,
+                    format!("{}#{}", shard.execution_id, shard.index),
+                ));
+            }
+            // Condition 3: the runner is active and has room.
+            let need = alloc.resources;
+            let room = view
+                .runner(&alloc.runner_id)
+                .is_some_and(|(status, capacity, load)| {
+                    status == RunnerStatus::Active && capacity.covers(&load.plus(&need))
+                });
+            if !room {
+                return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
+            }
+            write_execution(tx, execution, &exec_doc)?;
+            match w.expected_shard_version {
+                None => insert_shard_holding(tx, shard, &shard_docs, Some(need))?,
+                Some(v) => {
+                    if !put_shard(tx, shard, &shard_docs.state, v, Holds::Take(need))? {
+                        return Err(Error::Internal(
+                            "a shard's stored version differs from the mirror's".into(),
+                        ));
+                    }
+                }
+            }
+            ch.push(Change::Load {
+                runner: alloc.runner_id.clone(),
+                resources: need,
+                add: true,
+            });
+            ch.push(Change::Execution(Box::new(w.execution)));
+            let alloc = w.allocation;
+            ch.push(Change::Allocated {
+                runner: alloc.runner_id,
+                execution: alloc.execution_id,
+                index: alloc.shard_index,
+                lease: alloc.lease_id,
+            });
+            ch.push(Change::Shard(w.shard));
+            Ok(())
+        },
+    )
+}
+
+/// The write of a shard change with the results of the run it records
+/// ([`Store::finish_shard`]).
+fn finish_job(u: ShardUpdate, results: Vec<ResultChunk>) -> Result<impl ViewedWork> {
+    let doc = ShardDocs::state(&u.shard)?;
+    Ok(
+        move |tx: &Connection, view: &View<'_>, ch: &mut Vec<Change>| {
+            let shard = &u.shard;
+            // The run's results and the shard that records it, in one
+            // transaction: a reader sees both or neither.
+            insert_results(tx, &shard.execution_id, &results)?;
+            // The check and the first change in one: the version the caller
+            // read (with `expected_status`) or nothing.
+            let held = match &u.release {
+                Some(rel) => Holds::Release(rel.lease_id.as_str()),
+                None => Holds::Keep,
+            };
+            if !put_shard(tx, shard, &doc, u.expected_version, held)? {
+                return Err(Error::conflict(
+                    Entity::Shard,
+                    format!("{}#{}", shard.execution_id, shard.index),
+                ));
+            }
+            if let Some(rel) = &u.release {
+                release(view, ch, shard, rel);
+            }
+            ch.push(Change::Shard(u.shard));
+            Ok(())
+        },
+    )
+}
+
 fn write_execution(tx: &Connection, e: &Execution, doc: &str) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO executions (id, status, suite, priority, created_at, deadline, version, doc)
@@ -1366,76 +1493,10 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn claim(&self, w: ClaimWrite) -> Result<()> {
-        // Serialised on the caller's thread, as for an assignment.
-        let exec_doc = to_doc(&w.execution)?;
-        let shard_docs = match w.expected_shard_version {
-            None => ShardDocs::of(&w.shard)?,
-            Some(_) => ShardDocs {
-                state: ShardDocs::state(&w.shard)?,
-                tests: String::new(),
-            },
-        };
-        self.db
-            .write_viewed(move |tx, view, ch| {
-                let (shard, alloc, execution) = (&w.shard, &w.allocation, &w.execution);
-                // Every check before the first change (see `thread`).
-                // Condition 1: the execution is unfinished and as the claim read it.
-                match view.live_execution(&execution.id) {
-                    Some(live) if live.version() == w.expected_execution_version => {}
-                    _ => return Err(Error::conflict(Entity::Execution, &execution.id)),
-                }
-                // Condition 2: a batch cut now is new; one taken back out is
-                // still queued as it was read.
-                let stored = view.shard(&execution.id, shard.index);
-                let batch_ok = match w.expected_shard_version {
-                    None => stored.is_none(),
-                    Some(v) => stored == Some((v, ShardStatus::Queued)),
-                };
-                if !batch_ok {
-                    return Err(Error::conflict(
-                        Entity::Shard,
-                        format!("{}#{}", shard.execution_id, shard.index),
-                    ));
-                }
-                // Condition 3: the runner is active and has room.
-                let need = alloc.resources;
-                let room = view
-                    .runner(&alloc.runner_id)
-                    .is_some_and(|(status, capacity, load)| {
-                        status == RunnerStatus::Active && capacity.covers(&load.plus(&need))
-                    });
-                if !room {
-                    return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
-                }
-                write_execution(tx, execution, &exec_doc)?;
-                match w.expected_shard_version {
-                    None => insert_shard_holding(tx, shard, &shard_docs, Some(need))?,
-                    Some(v) => {
-                        if !put_shard(tx, shard, &shard_docs.state, v, Holds::Take(need))? {
-                            return Err(Error::Internal(
-                                "a shard's stored version differs from the mirror's".into(),
-                            ));
-                        }
-                    }
-                }
-                ch.push(Change::Load {
-                    runner: alloc.runner_id.clone(),
-                    resources: need,
-                    add: true,
-                });
-                ch.push(Change::Execution(Box::new(w.execution)));
-                let alloc = w.allocation;
-                ch.push(Change::Allocated {
-                    runner: alloc.runner_id,
-                    execution: alloc.execution_id,
-                    index: alloc.shard_index,
-                    lease: alloc.lease_id,
-                });
-                ch.push(Change::Shard(w.shard));
-                Ok(())
-            })
-            .await
+    fn claim(&self, w: ClaimWrite) -> impl std::future::Future<Output = Result<()>> + Send {
+        // Queued now, in the caller's order (see `Store::claim`).
+        let queued = claim_job(w, None).map(|job| self.db.write_viewed(job));
+        async move { queued?.await }
     }
 
     async fn update_shard(&self, u: ShardUpdate) -> Result<()> {
@@ -1443,32 +1504,25 @@ impl Store for SqliteStore {
     }
 
     async fn finish_shard(&self, u: ShardUpdate, results: Vec<ResultChunk>) -> Result<()> {
-        let doc = ShardDocs::state(&u.shard)?;
-        self.db
-            .write_viewed(move |tx, view, ch| {
-                let shard = &u.shard;
-                // The run's results and the shard that records it, in one
-                // transaction: a reader sees both or neither.
-                insert_results(tx, &shard.execution_id, &results)?;
-                // The check and the first change in one: the version the caller
-                // read (with `expected_status`) or nothing.
-                let held = match &u.release {
-                    Some(rel) => Holds::Release(rel.lease_id.as_str()),
-                    None => Holds::Keep,
-                };
-                if !put_shard(tx, shard, &doc, u.expected_version, held)? {
-                    return Err(Error::conflict(
-                        Entity::Shard,
-                        format!("{}#{}", shard.execution_id, shard.index),
-                    ));
-                }
-                if let Some(rel) = &u.release {
-                    release(view, ch, shard, rel);
-                }
-                ch.push(Change::Shard(u.shard));
-                Ok(())
-            })
-            .await
+        self.db.write_viewed(finish_job(u, results)?).await
+    }
+
+    fn finish_shard_and_claim(
+        &self,
+        u: ShardUpdate,
+        results: Vec<ResultChunk>,
+        claim: ClaimWrite,
+    ) -> impl std::future::Future<Output = Result<Result<()>>> + Send {
+        let reported = (u.shard.execution_id.clone(), u.shard.index, u.shard.version);
+        // Queued now, in the caller's order (see `Store::claim`).
+        let queued = finish_job(u, results).and_then(|finish| {
+            let claim = claim_job(claim, Some(reported))?;
+            Ok(self.db.write_pair(finish, claim))
+        });
+        async move {
+            let (finished, claimed) = queued?.await;
+            finished.map(|()| claimed)
+        }
     }
 
     async fn queue_stats(&self) -> Result<QueueStats> {

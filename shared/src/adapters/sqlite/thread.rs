@@ -26,6 +26,7 @@
 use super::mirror::{Change, Mirror, Overlay, View};
 use crate::error::{Error, Result};
 use rusqlite::Connection;
+use std::future::Future;
 use std::sync::{mpsc, Arc, RwLock};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
@@ -129,17 +130,33 @@ fn guarded<T>(work: impl FnOnce(&Connection) -> Result<T>, conn: &Connection) ->
     })
 }
 
+/// What one send puts in the thread's inbox: an operation, or two taken
+/// into the same group one after the other (see [`DbThread::write_pair`]).
+enum Submission {
+    One(Box<dyn Job>),
+    Pair(Box<dyn Job>, Box<dyn Job>),
+}
+
+impl Submission {
+    fn into_group(self, group: &mut Vec<Box<dyn Job>>) {
+        match self {
+            Submission::One(job) => group.push(job),
+            Submission::Pair(a, b) => group.extend([a, b]),
+        }
+    }
+}
+
 /// Handle to the database thread; dropping it stops the thread after the
 /// queued operations are done.
 pub struct DbThread {
-    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    jobs: Option<mpsc::Sender<Submission>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl DbThread {
     /// Starts the thread; it applies committed changes to `mirror`.
     pub fn start(conn: Connection, mirror: Arc<RwLock<Mirror>>) -> Result<Self> {
-        let (jobs, inbox) = mpsc::channel::<Box<dyn Job>>();
+        let (jobs, inbox) = mpsc::channel::<Submission>();
         let thread = std::thread::Builder::new()
             .name("tms-sqlite".into())
             .spawn(move || run(conn, inbox, &mirror))
@@ -165,13 +182,15 @@ impl DbThread {
     }
 
     /// [`DbThread::write`] for a write that checks its conditions against
-    /// the [`View`] instead of the database.
-    pub async fn write_viewed<T, F>(&self, work: F) -> Result<T>
+    /// the [`View`] instead of the database. Queued when called, before the
+    /// answer is awaited: writes called one after the other run in that
+    /// order.
+    pub fn write_viewed<T, F>(&self, work: F) -> impl Future<Output = Result<T>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &View<'_>, &mut Vec<Change>) -> Result<T> + Send + 'static,
     {
-        self.submit(false, work).await
+        self.submit(false, work)
     }
 
     /// Queues `work` as a write without waiting for it: it commits with the
@@ -181,16 +200,44 @@ impl DbThread {
         F: FnOnce(&Connection, &mut Vec<Change>) -> Result<()> + Send + 'static,
     {
         let (reply, _) = oneshot::channel();
-        self.send(Box::new(Pending {
+        self.send(Submission::One(Box::new(Pending {
             read: false,
             work: Some(move |c: &Connection, _: &View<'_>, ch: &mut Vec<Change>| work(c, ch)),
             changes: Vec::new(),
             outcome: None,
             reply,
-        }))
+        })))
     }
 
-    fn send(&self, job: Box<dyn Job>) -> Result<()> {
+    /// Two writes that commit in the same group, `first` then `second`:
+    /// `second` sees what `first` changed in its [`View`] (and may make
+    /// that its condition). One hand-off and one commit for both, where
+    /// two writes one after the other take two. Queued when called, like
+    /// [`DbThread::write_viewed`].
+    pub fn write_pair<T, U, F, G>(
+        &self,
+        first: F,
+        second: G,
+    ) -> impl Future<Output = (Result<T>, Result<U>)> + Send + 'static
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+        F: FnOnce(&Connection, &View<'_>, &mut Vec<Change>) -> Result<T> + Send + 'static,
+        G: FnOnce(&Connection, &View<'_>, &mut Vec<Change>) -> Result<U> + Send + 'static,
+    {
+        let (first, first_answer) = pending(false, first);
+        let (second, second_answer) = pending(false, second);
+        let sent = self.send(Submission::Pair(first, second));
+        async move {
+            if let Err(e) = sent {
+                let again = Error::Internal(e.to_string());
+                return (Err(e), Err(again));
+            }
+            (answered(first_answer).await, answered(second_answer).await)
+        }
+    }
+
+    fn send(&self, job: Submission) -> Result<()> {
         let stopped = || Error::Internal("the store's database thread has stopped".into());
         self.jobs
             .as_ref()
@@ -226,24 +273,42 @@ impl DbThread {
         .await
     }
 
-    async fn submit<T, F>(&self, read: bool, work: F) -> Result<T>
+    /// Queues the operation now; the future waits for its answer.
+    fn submit<T, F>(&self, read: bool, work: F) -> impl Future<Output = Result<T>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &View<'_>, &mut Vec<Change>) -> Result<T> + Send + 'static,
     {
-        let (reply, answer) = oneshot::channel();
-        let job = Box::new(Pending {
-            read,
-            work: Some(work),
-            changes: Vec::new(),
-            outcome: None,
-            reply,
-        });
-        self.send(job)?;
-        answer
-            .await
-            .map_err(|_| Error::Internal("the store's database thread has stopped".into()))?
+        let (job, answer) = pending(read, work);
+        let sent = self.send(Submission::One(job));
+        async move {
+            sent?;
+            answered(answer).await
+        }
     }
+}
+
+/// An operation for the thread, and where its answer comes.
+fn pending<T, F>(read: bool, work: F) -> (Box<dyn Job>, oneshot::Receiver<Result<T>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, &View<'_>, &mut Vec<Change>) -> Result<T> + Send + 'static,
+{
+    let (reply, answer) = oneshot::channel();
+    let job = Box::new(Pending {
+        read,
+        work: Some(work),
+        changes: Vec::new(),
+        outcome: None,
+        reply,
+    });
+    (job, answer)
+}
+
+async fn answered<T>(answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+    answer
+        .await
+        .map_err(|_| Error::Internal("the store's database thread has stopped".into()))?
 }
 
 impl Drop for DbThread {
@@ -255,7 +320,7 @@ impl Drop for DbThread {
     }
 }
 
-fn run(conn: Connection, inbox: mpsc::Receiver<Box<dyn Job>>, mirror: &RwLock<Mirror>) {
+fn run(conn: Connection, inbox: mpsc::Receiver<Submission>, mirror: &RwLock<Mirror>) {
     const READ_OK: std::result::Result<(), String> = Ok(());
     let mut commits_since_checkpoint = 0u32;
     loop {
@@ -278,10 +343,11 @@ fn run(conn: Connection, inbox: mpsc::Receiver<Box<dyn Job>>, mirror: &RwLock<Mi
                 }
             }
         };
-        let mut group = vec![first];
+        let mut group = Vec::new();
+        first.into_group(&mut group);
         while group.len() < MAX_GROUP {
             match inbox.try_recv() {
-                Ok(job) => group.push(job),
+                Ok(more) => more.into_group(&mut group),
                 Err(_) => break,
             }
         }
