@@ -1928,6 +1928,126 @@ mod tests {
         (store, runner, execution, shards)
     }
 
+    /// A report that finishes shard 0 (assigned to `runner`) at
+    /// `expected_version`, and a claim of a new batch 2 of the same
+    /// execution by the same runner.
+    async fn report_and_claim(
+        store: &SqliteStore,
+        runner: &Runner,
+        execution: &Execution,
+        shards: &[Shard],
+        stale: bool,
+    ) -> Result<Result<()>> {
+        let write = assignment(&shards[0], runner);
+        let lease = write.allocation.lease_id.clone();
+        let assigned = write.shard.clone();
+        store.assign(write).await.expect("assigned");
+        let mut done = assigned.clone();
+        done.status = ShardStatus::Passed;
+        done.version += 1;
+        let report = ShardUpdate {
+            shard: done,
+            expected_version: assigned.version - u64::from(stale),
+            expected_status: ShardStatus::Assigned,
+            release: Some(crate::ports::Release {
+                runner_id: runner.id.clone(),
+                lease_id: lease,
+                resources: Resources::new(1, 0, 0),
+            }),
+        };
+        let mut claimed = execution.clone();
+        claimed.version = current_execution_version(store, &execution.id).await;
+        let expected_execution_version = claimed.version;
+        claimed.version += 1;
+        claimed.shard_count += 1;
+        let mut batch = Shard::new(execution.id.clone(), "suite", 2, vec!["t".into()], None);
+        let next_lease = LeaseId::generate();
+        batch
+            .claim(
+                runner.id.clone(),
+                next_lease.clone(),
+                Timestamp(2),
+                Timestamp(9_000),
+            )
+            .expect("a new batch can be claimed");
+        let claim = ClaimWrite {
+            execution: claimed,
+            expected_execution_version,
+            shard: batch,
+            expected_shard_version: None,
+            runner_capacity: runner.capacity,
+            allocation: Allocation {
+                runner_id: runner.id.clone(),
+                execution_id: execution.id.clone(),
+                shard_index: 2,
+                lease_id: next_lease,
+                resources: Resources::new(1, 0, 0),
+                allocated_at: Timestamp(2),
+            },
+            now: Timestamp(2),
+        };
+        store
+            .finish_shard_and_claim(report, Vec::new(), claim)
+            .await
+    }
+
+    async fn current_execution_version(store: &SqliteStore, id: &ExecutionId) -> u64 {
+        store
+            .get_execution(id)
+            .await
+            .expect("read")
+            .expect("execution")
+            .version
+    }
+
+    #[tokio::test]
+    async fn a_claim_made_with_a_report_stands_with_it_in_one_commit() {
+        let (store, runner, execution, shards) = stored(2).await;
+        let answer = report_and_claim(&store, &runner, &execution, &shards, false).await;
+        assert!(matches!(answer, Ok(Ok(()))), "{answer:?}");
+        let (_, reported) = store.load_shard(&execution.id, 0).await.unwrap().unwrap();
+        assert_eq!(reported.status, ShardStatus::Passed);
+        let (_, batch) = store.load_shard(&execution.id, 2).await.unwrap().unwrap();
+        assert_eq!(batch.status, ShardStatus::Running);
+        // The report gave back its slot and the claim took one.
+        let load = store
+            .get_runner(&runner.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .allocated;
+        assert_eq!(load.slots, 1);
+        store.verify_mirror().await.expect("mirror");
+    }
+
+    #[tokio::test]
+    async fn a_claim_made_with_a_refused_report_is_refused_too() {
+        // Room for the claim either way: only the report's fate decides it.
+        let (store, runner, execution, shards) = stored(2).await;
+        let version = current_execution_version(&store, &execution.id).await;
+        let answer = report_and_claim(&store, &runner, &execution, &shards, true).await;
+        assert!(
+            matches!(&answer, Err(e) if e.is_conflict()),
+            "the report's own refusal: {answer:?}"
+        );
+        assert!(
+            store.load_shard(&execution.id, 2).await.unwrap().is_none(),
+            "no batch claimed"
+        );
+        let (_, reported) = store.load_shard(&execution.id, 0).await.unwrap().unwrap();
+        assert_eq!(reported.status, ShardStatus::Assigned);
+        // Only the assignment before the report changed the execution.
+        assert!(current_execution_version(&store, &execution.id).await <= version + 1);
+        let load = store
+            .get_runner(&runner.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .allocated;
+        assert_eq!(load.slots, 1, "the assignment's slot alone");
+        store.verify_mirror().await.expect("mirror");
+    }
+
     #[tokio::test]
     async fn a_write_checked_in_memory_sees_the_writes_before_it_in_its_group() {
         let (store, runner, _, shards) = stored(4).await;
