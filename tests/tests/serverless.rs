@@ -357,14 +357,21 @@ async fn a_dynamic_claim_costs_the_same_requests_whatever_the_executions_size() 
             "{claimed:?}"
         );
         assert_eq!(claimed.count("DynamoDB."), 4, "{claimed:?}");
-        // The report: its shard read and write; then the claim as above.
+        // The report: its shard (with the execution) read and write; then
+        // the claim as above, planned from the execution the report read
+        // (no second read of it): the runner, the tests and the write.
         assert_eq!(with_next.count("DynamoDB.BatchGetItem"), 2, "{with_next:?}");
+        assert_eq!(
+            with_next.count("DynamoDB.GetItem"),
+            1,
+            "the runner: {with_next:?}"
+        );
         assert_eq!(
             with_next.count("DynamoDB.TransactWriteItems"),
             2,
             "{with_next:?}"
         );
-        assert_eq!(with_next.count("DynamoDB."), 6, "{with_next:?}");
+        assert_eq!(with_next.count("DynamoDB."), 5, "{with_next:?}");
         assert_eq!(with_next.events, 1, "one ShardCompleted");
     }
     assert_eq!(

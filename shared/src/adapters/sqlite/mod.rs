@@ -14,9 +14,9 @@
 
 use crate::auth::ApiToken;
 use crate::domain::{
-    AlertRule, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources, ResultChunk,
-    Rollup, Runner, RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestSpec, TestTiming,
-    Violation,
+    AlertRule, Allocation, Execution, ExecutionStatus, HealthRecord, LoadBalancingRule, Resources,
+    ResultChunk, Rollup, Runner, RunnerStatus, RunnerWithLoad, Shard, ShardStatus, TestSpec,
+    TestTiming, Violation,
 };
 use crate::error::{Entity, Error, Result};
 use crate::ids::{AlertRuleId, ExecutionId, LeaseId, RuleId, RunnerId, TokenId};
@@ -666,15 +666,8 @@ fn claim_job(w: ClaimWrite, after: Option<(ExecutionId, u32, u64)>) -> Result<im
                 ));
             }
             // Condition 3: the runner is active and has room.
+            let taken = room_for(view, alloc)?;
             let need = alloc.resources;
-            let room = view
-                .runner(&alloc.runner_id)
-                .is_some_and(|(status, capacity, load)| {
-                    status == RunnerStatus::Active && capacity.covers(&load.plus(&need))
-                });
-            if !room {
-                return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
-            }
             write_execution(tx, execution, &exec_doc)?;
             match w.expected_shard_version {
                 None => insert_shard_holding(tx, shard, &shard_docs, Some(need))?,
@@ -686,23 +679,42 @@ fn claim_job(w: ClaimWrite, after: Option<(ExecutionId, u32, u64)>) -> Result<im
                     }
                 }
             }
-            ch.push(Change::Load {
-                runner: alloc.runner_id.clone(),
-                resources: need,
-                add: true,
-            });
+            ch.push(taken);
             ch.push(Change::Execution(Box::new(w.execution)));
-            let alloc = w.allocation;
-            ch.push(Change::Allocated {
-                runner: alloc.runner_id,
-                execution: alloc.execution_id,
-                index: alloc.shard_index,
-                lease: alloc.lease_id,
-            });
+            ch.push(allocated(w.allocation));
             ch.push(Change::Shard(w.shard));
             Ok(())
         },
     )
+}
+
+/// The condition of a write that allocates: the runner is active and has
+/// room for `alloc`. The mirror change that takes the room.
+fn room_for(view: &View<'_>, alloc: &Allocation) -> Result<Change> {
+    let need = alloc.resources;
+    let room = view
+        .runner(&alloc.runner_id)
+        .is_some_and(|(status, capacity, load)| {
+            status == RunnerStatus::Active && capacity.covers(&load.plus(&need))
+        });
+    if !room {
+        return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
+    }
+    Ok(Change::Load {
+        runner: alloc.runner_id.clone(),
+        resources: need,
+        add: true,
+    })
+}
+
+/// The mirror change that records an allocation.
+fn allocated(alloc: Allocation) -> Change {
+    Change::Allocated {
+        runner: alloc.runner_id,
+        execution: alloc.execution_id,
+        index: alloc.shard_index,
+        lease: alloc.lease_id,
+    }
 }
 
 /// The write of a shard change with the results of the run it records
@@ -1446,20 +1458,8 @@ impl Store for SqliteStore {
                     None => None,
                 };
                 // Condition 3: the runner is active and has room.
+                ch.push(room_for(view, alloc)?);
                 let need = alloc.resources;
-                let room = view
-                    .runner(&alloc.runner_id)
-                    .is_some_and(|(status, capacity, load)| {
-                        status == RunnerStatus::Active && capacity.covers(&load.plus(&need))
-                    });
-                if !room {
-                    return Err(Error::conflict(Entity::Runner, &alloc.runner_id));
-                }
-                ch.push(Change::Load {
-                    runner: alloc.runner_id.clone(),
-                    resources: need,
-                    add: true,
-                });
                 if let Some(execution) = started {
                     write_execution(tx, &execution, &to_doc(&execution)?)?;
                     ch.push(Change::Execution(Box::new(execution)));
@@ -1480,13 +1480,7 @@ impl Store for SqliteStore {
                         runner: alloc.runner_id.clone(),
                     });
                 }
-                let alloc = w.allocation;
-                ch.push(Change::Allocated {
-                    runner: alloc.runner_id,
-                    execution: alloc.execution_id,
-                    index: alloc.shard_index,
-                    lease: alloc.lease_id,
-                });
+                ch.push(allocated(w.allocation));
                 ch.push(Change::Shard(w.shard));
                 Ok(())
             })
@@ -1866,7 +1860,6 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Allocation;
     use crate::fixtures;
 
     fn assignment(shard: &Shard, runner: &Runner) -> AssignmentWrite {
@@ -1991,6 +1984,11 @@ mod tests {
             .await
     }
 
+    async fn slots_held(store: &SqliteStore, runner: &Runner) -> u32 {
+        let held = store.get_runner(&runner.id).await.expect("read");
+        held.expect("runner").allocated.slots
+    }
+
     async fn current_execution_version(store: &SqliteStore, id: &ExecutionId) -> u64 {
         store
             .get_execution(id)
@@ -2010,13 +2008,7 @@ mod tests {
         let (_, batch) = store.load_shard(&execution.id, 2).await.unwrap().unwrap();
         assert_eq!(batch.status, ShardStatus::Running);
         // The report gave back its slot and the claim took one.
-        let load = store
-            .get_runner(&runner.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .allocated;
-        assert_eq!(load.slots, 1);
+        assert_eq!(slots_held(&store, &runner).await, 1);
         store.verify_mirror().await.expect("mirror");
     }
 
@@ -2038,13 +2030,11 @@ mod tests {
         assert_eq!(reported.status, ShardStatus::Assigned);
         // Only the assignment before the report changed the execution.
         assert!(current_execution_version(&store, &execution.id).await <= version + 1);
-        let load = store
-            .get_runner(&runner.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .allocated;
-        assert_eq!(load.slots, 1, "the assignment's slot alone");
+        assert_eq!(
+            slots_held(&store, &runner).await,
+            1,
+            "the assignment's slot alone"
+        );
         store.verify_mirror().await.expect("mirror");
     }
 
