@@ -243,7 +243,7 @@ impl<P: Ports> Orchestrator<P> {
             .await?
             .ok_or_else(|| Error::not_found(crate::Entity::Execution, id))?;
         match self
-            .plan_claim(runner_id, turn.base(read), overhead_ms)
+            .plan_claim(runner_id, turn.base(read), overhead_ms, None)
             .await?
         {
             ClaimPlan::Nothing(outcome) => Ok(outcome),
@@ -266,11 +266,14 @@ impl<P: Ports> Orchestrator<P> {
     /// What a claim of the runner's on `execution` (as read) comes to:
     /// nothing to take now, or the conditional write that takes the next
     /// batch, which fails as a conflict if the execution changed since.
+    /// `releasing`: what the write before the claim gives back of the
+    /// runner's (the batch a report finishes), counted as free.
     pub(crate) async fn plan_claim(
         &self,
         runner_id: &RunnerId,
         mut execution: crate::domain::Execution,
         overhead_ms: Option<u64>,
+        releasing: Option<crate::domain::Resources>,
     ) -> Result<ClaimPlan> {
         let now = self.clock.now();
         let id = execution.id.clone();
@@ -313,11 +316,14 @@ impl<P: Ports> Orchestrator<P> {
         if execution.status.is_terminal() || (fresh == 0 && execution.returned.is_empty()) {
             return Ok(ClaimPlan::Nothing(nothing(&execution)));
         }
-        let runner = self
+        let mut runner = self
             .store
             .get_runner(runner_id)
             .await?
             .ok_or_else(|| Error::not_found(crate::Entity::Runner, runner_id))?;
+        if let Some(freed) = releasing {
+            runner.allocated = runner.allocated.minus(&freed);
+        }
         may_claim(&runner, &execution).map_err(|why| Error::validation("runner", why))?;
         // The lease lasts as long as the runner may be silent: its
         // heartbeats extend it, and silence lets it lapse.

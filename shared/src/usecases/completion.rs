@@ -567,7 +567,8 @@ impl<P: Ports> Orchestrator<P> {
     ) -> Result<Option<super::ClaimOutcome>> {
         let turn = self.claim_turns.take(&execution.id).await;
         let base = turn.base(execution);
-        match self.plan_claim(runner, base, overhead_ms).await {
+        let freed = update.release.as_ref().map(|r| r.resources);
+        match self.plan_claim(runner, base, overhead_ms, freed).await {
             Ok(ClaimPlan::Take { write, outcome }) => {
                 let (left, taken) = write.leaves();
                 let written = self.store.finish_shard_and_claim(update, stored, *write);
