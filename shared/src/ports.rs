@@ -145,15 +145,6 @@ pub struct ClaimWrite {
     pub now: Timestamp,
 }
 
-impl ClaimWrite {
-    /// The execution as this claim leaves it, and the batch waiting to be
-    /// claimed again that it takes, if any.
-    pub fn leaves(&self) -> (Execution, Option<u32>) {
-        let taken = self.expected_shard_version.map(|_| self.shard.index);
-        (self.execution.clone(), taken)
-    }
-}
-
 /// A versioned shard change, optionally giving back the capacity it held
 /// (deleting the allocation if it still carries `release.lease_id`).
 /// `expected_status` is the status read at `expected_version`: it tells the

@@ -248,17 +248,9 @@ impl<P: Ports> Orchestrator<P> {
         {
             ClaimPlan::Nothing(outcome) => Ok(outcome),
             ClaimPlan::Take { write, outcome } => {
-                let (left, taken) = write.leaves();
-                // Queued before the turn ends (see `turns`).
-                let written = self.store.claim(*write);
-                let planned = turn.planned(left, taken);
-                match written.await {
-                    Ok(()) => Ok(outcome),
-                    Err(e) => {
-                        planned.refused().await;
-                        Err(e)
-                    }
-                }
+                turn.write(*write, |w| self.store.claim(w), Result::is_ok)
+                    .await?;
+                Ok(outcome)
             }
         }
     }

@@ -282,6 +282,15 @@ fn may_report(caller: &Principal, id: &ExecutionId, index: u32, lease: &LeaseId)
     }
 }
 
+/// The claim a report asked for (`?next=true`), as the report's write left it.
+enum Asked {
+    /// Answered with the report: the next batch, nothing to take now, or
+    /// (`None`) the runner may not claim now.
+    Answered(Option<super::ClaimOutcome>),
+    /// Refused in a race: made again on its own after the report.
+    Again,
+}
+
 /// An execution as the aggregator folded it, with the shards it read.
 type Folded = (Execution, Vec<crate::domain::Shard>);
 
@@ -419,7 +428,7 @@ impl<P: Ports> Orchestrator<P> {
             Incoming::Ready(p) => (std::sync::OnceLock::from(p), None),
             Incoming::Junit(j) => (std::sync::OnceLock::new(), Some(j)),
         };
-        let (mut outcome, finished) = retry_on_conflict(|| async {
+        let (mut outcome, finished, claim_again) = retry_on_conflict(|| async {
             let (execution, mut shard) = self.load_shard(id, index).await?;
             if let Principal::Runner(runner) = caller {
                 // A runner that lost the shard hears that its lease is stale
@@ -499,19 +508,29 @@ impl<P: Ports> Orchestrator<P> {
                 failed: (shard.status == ShardStatus::Failed).then(|| shard.clone()),
                 tests_waiting: execution.undispensed() > 0,
             });
+            // A claim asked for and not made with the report (a repeated
+            // report, or one refused in a race) is made on its own after it.
+            let mut claim_again = next;
             if applied == Applied::Changed {
                 let released = held.filter(|_| finished);
                 let update = self.shard_update(&execution, shard, read_as, released);
                 match caller {
                     Principal::Runner(runner) if next && finished => {
-                        outcome.next = self
+                        match self
                             .finish_then_claim(runner, execution, update, stored, overhead_ms)
-                            .await?;
+                            .await?
+                        {
+                            Asked::Answered(answer) => {
+                                outcome.next = answer;
+                                claim_again = false;
+                            }
+                            Asked::Again => {}
+                        }
                     }
                     _ => self.store.finish_shard(update, stored).await?,
                 }
             }
-            Ok((outcome, after))
+            Ok((outcome, after, claim_again))
         })
         .await?;
         let results = ready.into_inner().and_then(|p| p.report.results);
@@ -546,7 +565,7 @@ impl<P: Ports> Orchestrator<P> {
             }
             self.nudges.schedule().await;
         }
-        if next && outcome.next.is_none() {
+        if claim_again {
             outcome.next = self.next_batch_after(caller, id, &outcome).await;
         }
         Ok(outcome)
@@ -554,9 +573,7 @@ impl<P: Ports> Orchestrator<P> {
 
     /// Writes the report that finished a runner's batch together with the
     /// runner's claim of its next batch of `execution`, planned in the
-    /// claims' turn (see `turns`). `Ok(None)`: the report stands, and no
-    /// claim was made with it (the runner may not claim, or the claim was
-    /// refused): it is made again on its own.
+    /// claims' turn (see `turns`). The error is the report's.
     async fn finish_then_claim(
         &self,
         runner: &crate::ids::RunnerId,
@@ -564,37 +581,34 @@ impl<P: Ports> Orchestrator<P> {
         update: crate::ports::ShardUpdate,
         stored: Vec<ResultChunk>,
         overhead_ms: Option<u64>,
-    ) -> Result<Option<super::ClaimOutcome>> {
+    ) -> Result<Asked> {
         let turn = self.claim_turns.take(&execution.id).await;
         let base = turn.base(execution);
         let freed = update.release.as_ref().map(|r| r.resources);
-        match self.plan_claim(runner, base, overhead_ms, freed).await {
-            Ok(ClaimPlan::Take { write, outcome }) => {
-                let (left, taken) = write.leaves();
-                let written = self.store.finish_shard_and_claim(update, stored, *write);
-                let planned = turn.planned(left, taken);
-                match written.await {
-                    Ok(Ok(())) => Ok(Some(outcome)),
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "the claim made with a report was refused");
-                        planned.refused().await;
-                        Ok(None)
-                    }
-                    Err(e) => {
-                        planned.refused().await;
-                        Err(e)
-                    }
-                }
+        let plan = self.plan_claim(runner, base, overhead_ms, freed).await;
+        let Ok(ClaimPlan::Take { write, outcome }) = plan else {
+            drop(turn);
+            self.store.finish_shard(update, stored).await?;
+            return Ok(match plan {
+                Ok(ClaimPlan::Nothing(none)) => Asked::Answered(Some(none)),
+                // A batch waiting to be claimed again was taken meanwhile.
+                Err(e) if e.is_conflict() => Asked::Again,
+                // The runner may not claim now (paused, not a dynamic
+                // execution): claiming again would say the same.
+                _ => Asked::Answered(None),
+            });
+        };
+        let send = |w| self.store.finish_shard_and_claim(update, stored, w);
+        let claimed = turn
+            .write(*write, send, |answer| matches!(answer, Ok(Ok(()))))
+            .await?;
+        Ok(match claimed {
+            Ok(()) => Asked::Answered(Some(outcome)),
+            Err(e) => {
+                tracing::debug!(error = %e, "the claim made with a report was refused");
+                Asked::Again
             }
-            plan => {
-                drop(turn);
-                self.store.finish_shard(update, stored).await?;
-                Ok(match plan {
-                    Ok(ClaimPlan::Nothing(none)) => Some(none),
-                    _ => None,
-                })
-            }
-        }
+        })
     }
 
     /// The runner's next batch of the same dynamic execution, claimed right

@@ -17,7 +17,9 @@
 
 use crate::domain::Execution;
 use crate::ids::ExecutionId;
+use crate::ports::ClaimWrite;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 
 /// Entries kept before the ones no claim holds are dropped.
@@ -39,7 +41,7 @@ pub(crate) struct Turn {
 
 /// What a claim whose turn ended keeps, to take back what it planned if its
 /// write is refused.
-pub(crate) struct Planned {
+struct Planned {
     slot: Arc<Slot>,
     version: u64,
 }
@@ -67,6 +69,31 @@ impl Turns {
 }
 
 impl Turn {
+    /// Queues the claim `write` through `send` (which queues it when
+    /// called, see `Store::claim`), ends the turn so that the next claim
+    /// plans from the execution as this one leaves it, and waits for the
+    /// answer. If `stood` says the claim did not stand, the claims after
+    /// it plan from the store again.
+    pub(crate) async fn write<T, F>(
+        self,
+        write: ClaimWrite,
+        send: impl FnOnce(ClaimWrite) -> F,
+        stood: impl FnOnce(&T) -> bool,
+    ) -> T
+    where
+        F: Future<Output = T>,
+    {
+        let left = write.execution.clone();
+        let taken = write.expected_shard_version.map(|_| write.shard.index);
+        let written = send(write);
+        let planned = self.planned(left, taken);
+        let answer = written.await;
+        if !stood(&answer) {
+            planned.refused().await;
+        }
+        answer
+    }
+
     /// The execution to plan from: `read` (the store's), unless the claim
     /// before this one left it at a later version.
     pub(crate) fn base(&self, read: Execution) -> Execution {
@@ -81,7 +108,7 @@ impl Turn {
     /// Ends the turn once this claim's write is queued: the next claim
     /// plans from `execution`, as this one leaves it (`taken`: the batch
     /// waiting to be claimed again that it takes, if any).
-    pub(crate) fn planned(mut self, mut left: Execution, taken: Option<u32>) -> Planned {
+    fn planned(mut self, mut left: Execution, taken: Option<u32>) -> Planned {
         if let Some(index) = taken {
             left.returned.retain(|&i| i != index);
         }
@@ -97,7 +124,7 @@ impl Turn {
 impl Planned {
     /// The claim's write was refused: the claims after it plan from the
     /// store again (the ones already planned on it are refused in turn).
-    pub(crate) async fn refused(self) {
+    async fn refused(self) {
         let mut slot = self.slot.lock().await;
         if slot.as_ref().is_some_and(|e| e.version == self.version) {
             *slot = None;
