@@ -496,11 +496,6 @@ pub enum Event {
         shard_index: u32,
         lease_id: Option<LeaseId>,
         status: String,
-        /// A dynamic execution's tests were still being handed out: it
-        /// cannot finish by this completion, so the aggregator need not
-        /// fold it (a later completion, or the timeout sweep, does).
-        #[serde(default)]
-        tests_waiting: bool,
     },
 }
 

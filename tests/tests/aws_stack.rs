@@ -173,7 +173,6 @@ async fn a_shard_completion_reaches_the_aggregate_queue_through_the_bus_and_rule
         shard_index: 3,
         lease_id: Some(LeaseId::generate()),
         status: "passed".into(),
-        tests_waiting: false,
     };
     EventBridgeEvents::new(aws_sdk_eventbridge::Client::new(&sdk), bus)
         .publish(event.clone())

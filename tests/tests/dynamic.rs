@@ -329,6 +329,122 @@ async fn a_report_brings_the_next_batch_and_teaches_the_batch_cost<B: Backend>()
     assert!(h.app.next_batch_after(&hook, &id, &last).await.is_none());
 }
 
+/// Runs `batch` and those the reports bring, each test taking what
+/// `took` says, until the runner gets nothing more.
+async fn run_batches<B: Backend>(
+    h: &Harness<B>,
+    r: &RunnerId,
+    mut batch: Assignment,
+    took: impl Fn(&str) -> u64,
+) {
+    let caller = Principal::Runner(r.clone());
+    loop {
+        let ran: Vec<tms::domain::TestResult> = batch
+            .tests
+            .iter()
+            .map(|t| tms::domain::TestResult::new(t, tms::domain::TestStatus::Passed, took(t)))
+            .collect();
+        let report = ShardReport {
+            shard_index: batch.shard_index,
+            lease_id: batch.lease_id.clone(),
+            status: ReportStatus::Passed,
+            results: Some(ShardResult::of(ran)),
+        };
+        let outcome = h
+            .app
+            .report_shard_then_claim(&caller, &batch.execution_id, report)
+            .await
+            .unwrap();
+        match outcome.next.and_then(|n| n.assignment) {
+            Some(next) => batch = next,
+            None => return,
+        }
+    }
+}
+
+/// What a static execution of `suite` queued now expects each of `tests`
+/// to take (one test a shard), as learned so far.
+async fn learned<B: Backend>(h: &Harness<B>, suite: &str, tests: &[&str]) -> Vec<Option<u64>> {
+    let names = tests.iter().map(|t| t.to_string());
+    let new = tms_tests::new_execution(suite, names, tests.len() as u32);
+    let id = h.app.queue_execution(new, None).await.unwrap().execution.id;
+    let (_, shards) = h.app.execution_status(&id).await.unwrap();
+    tests
+        .iter()
+        .map(|t| {
+            let shard = shards.iter().find(|s| s.tests.iter().any(|x| x == t));
+            shard.and_then(|s| s.estimated_ms)
+        })
+        .collect()
+}
+
+async fn a_dynamic_execution_is_learned_whole_when_it_finishes_and_a_cancelled_one_for_what_ran<
+    B: Backend,
+>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    let id = dynamic(&h, 6, 1).await;
+    let took = |t: &str| 1_000 + t.trim_start_matches("spec_").parse::<u64>().unwrap();
+    let first = claim(&h, &a, &id).await.assignment.unwrap();
+    run_batches(&h, &a, first, took).await;
+    // Only the completions after the last test went out were published
+    // (a batch finished while tests wait cannot finish the execution).
+    let events = h.events.take();
+    assert!(!events.is_empty());
+    for result in h.app.handle_events(&events).await {
+        result.unwrap();
+    }
+    let (e, _) = h.app.execution_status(&id).await.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Passed);
+    let tests = [
+        "spec_000", "spec_001", "spec_002", "spec_003", "spec_004", "spec_005",
+    ];
+    let every: Vec<Option<u64>> = tests.iter().map(|t| Some(took(t))).collect();
+    assert_eq!(learned(&h, "e2e", &tests).await, every);
+    // Delivered again, the completions teach nothing twice.
+    for result in h.app.handle_events(&events).await {
+        result.unwrap();
+    }
+    assert_eq!(learned(&h, "e2e", &tests).await, every);
+
+    // Cancelled after one batch: what that batch ran is learned (each
+    // test its own duration; a test with none is expected to take what
+    // its suite's tests take on the whole, none of these).
+    let ms = |t: &str| 1_000 + 10u64.pow(t.trim_start_matches("spec_").parse().unwrap());
+    let mut new = tms_tests::new_execution("cancelled", tests.iter().map(|t| t.to_string()), 1);
+    new.mode = Mode::Dynamic;
+    let cancelled = h.app.queue_execution(new, None).await.unwrap().execution.id;
+    let batch = claim(&h, &a, &cancelled).await.assignment.unwrap();
+    let ran = batch.tests.clone();
+    assert!(ran.len() < tests.len(), "{ran:?}");
+    let caller = Principal::Runner(a.clone());
+    let report = ShardReport {
+        shard_index: batch.shard_index,
+        lease_id: batch.lease_id.clone(),
+        status: ReportStatus::Passed,
+        results: Some(ShardResult::of(
+            ran.iter()
+                .map(|t| tms::domain::TestResult::new(t, tms::domain::TestStatus::Passed, ms(t)))
+                .collect(),
+        )),
+    };
+    h.app
+        .report_shard(&caller, &cancelled, report)
+        .await
+        .unwrap();
+    assert!(h.events.take().is_empty(), "tests were waiting");
+    h.app.cancel_execution(&cancelled).await.unwrap();
+    let estimates = learned(&h, "cancelled", &tests).await;
+    for (t, estimate) in tests.iter().zip(estimates) {
+        let ran_it = ran.iter().any(|r| r == t);
+        assert_eq!(
+            estimate == Some(ms(t)),
+            ran_it,
+            "{t}: {estimate:?}, ran {ran:?}"
+        );
+    }
+}
+
 async fn a_runner_finds_the_dynamic_executions_it_fits_highest_priority_first<B: Backend>() {
     let h = Harness::<B>::start().await;
     let a = runner(&h, "a", 1).await;
@@ -458,6 +574,7 @@ tms_tests::conformance!(
     claimable_work_behind_many_others_is_found_on_a_later_page,
     a_large_execution_is_handed_out_in_claim_order_a_batch_at_a_time,
     a_report_brings_the_next_batch_and_teaches_the_batch_cost,
+    a_dynamic_execution_is_learned_whole_when_it_finishes_and_a_cancelled_one_for_what_ran,
     runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinking,
     a_lapsed_lease_is_reclaimed_by_another_runner_and_its_stale_report_is_fenced,
     heartbeats_extend_a_held_lease_and_silence_lets_it_lapse,

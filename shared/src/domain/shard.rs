@@ -98,6 +98,21 @@ pub struct TestResult {
     pub junit: Option<JunitName>,
 }
 
+impl TestResult {
+    /// A result reported as JSON by name alone: no message, no earlier
+    /// attempts, no JUnit names (what most runners and `tms agent` send).
+    pub fn new(name: &str, status: TestStatus, duration_ms: u64) -> TestResult {
+        TestResult {
+            name: name.to_owned(),
+            status,
+            duration_ms,
+            message: None,
+            earlier: Vec::new(),
+            junit: None,
+        }
+    }
+}
+
 /// A test case's name in JUnit terms.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -16,6 +16,7 @@ use crate::junit::{self, CaseOutcome, NameFormat};
 use crate::ports::{Event, Events, Nudges, Ports, Store};
 use crate::time::Clock;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use utoipa::ToSchema;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -260,6 +261,53 @@ enum Incoming {
     Junit(JunitReport),
 }
 
+/// What the runs of `shards` that stored per-test results teach their
+/// suite's histories, from those results (`chunks`, any runs' in store
+/// order): each test's duration, and the tests that were flaky (passed on
+/// an automatic retry, or after their own tool's retries failed first).
+/// Skipped tests (no real duration) are left out.
+fn learned_runs(
+    execution: &Execution,
+    shards: &[crate::domain::Shard],
+    chunks: &[crate::domain::ResultChunk],
+) -> Result<Vec<LearnedRun>> {
+    let mut by_run: HashMap<(u32, &str), Vec<&crate::domain::ResultChunk>> = HashMap::new();
+    for chunk in chunks {
+        by_run
+            .entry((chunk.shard_index, chunk.lease_id.as_str()))
+            .or_default()
+            .push(chunk);
+    }
+    let mut runs = Vec::new();
+    for shard in shards {
+        let retry = shard.retry_of.is_some();
+        for run in shard.attempts.iter().filter(|a| a.result_chunks > 0) {
+            let mut learned = LearnedRun {
+                suite: execution.suite.clone(),
+                lease: run.lease_id.clone(),
+                finished_at: run.finished_at,
+                ran: Vec::new(),
+                flaky: Vec::new(),
+            };
+            let own = by_run.remove(&(shard.index, run.lease_id.as_str()));
+            for chunk in own.into_iter().flatten() {
+                for t in chunk.tests()? {
+                    if t.status == TestStatus::Passed && (retry || !t.earlier.is_empty()) {
+                        learned.flaky.push(t.name.clone());
+                    }
+                    if t.status != TestStatus::Skipped && t.duration_ms > 0 {
+                        learned.ran.push((t.name, t.duration_ms));
+                    }
+                }
+            }
+            if !learned.ran.is_empty() || !learned.flaky.is_empty() {
+                runs.push(learned);
+            }
+        }
+    }
+    Ok(runs)
+}
+
 /// Whether `caller` may report on shard `index` of `id` under `lease`
 /// (a runner's hold on the shard is checked against the shard itself).
 fn may_report(caller: &Principal, id: &ExecutionId, index: u32, lease: &LeaseId) -> Result<()> {
@@ -298,7 +346,8 @@ type Folded = (Execution, Vec<crate::domain::Shard>);
 struct Finished {
     /// The shard, if it failed (its failed tests may be retried).
     failed: Option<crate::domain::Shard>,
-    /// The execution still had tests to hand out (dynamic mode).
+    /// The execution was open with tests still to hand out (dynamic
+    /// mode): it cannot finish by this completion.
     tests_waiting: bool,
 }
 
@@ -506,7 +555,7 @@ impl<P: Ports> Orchestrator<P> {
             // the shard itself, a copy of which was a share of every report.
             let after = finished.then(|| Finished {
                 failed: (shard.status == ShardStatus::Failed).then(|| shard.clone()),
-                tests_waiting: execution.undispensed() > 0,
+                tests_waiting: execution.undispensed() > 0 && !execution.status.is_terminal(),
             });
             // A claim asked for and not made with the report (a repeated
             // report, or one refused in a race) is made on its own after it.
@@ -550,19 +599,24 @@ impl<P: Ports> Orchestrator<P> {
             }
             None => false,
         };
-        if finished {
+        // A dynamic execution with tests still to hand out cannot finish
+        // by this completion and learns its batches when it finishes, so
+        // the aggregator has nothing to do for it: no event.
+        if finished && !waiting {
             let event = Event::ShardCompleted {
                 execution_id: id.clone(),
                 shard_index: outcome.shard_index,
                 lease_id: Some(lease.clone()),
                 status: outcome.shard_status.as_str().to_owned(),
-                tests_waiting: waiting,
             };
             // The store already holds the result; a lost event only delays the
             // fold until the timeout sweep re-aggregates open executions.
             if let Err(e) = self.events.publish(event).await {
                 tracing::warn!(error = %e, execution = %id, "could not publish ShardCompleted");
             }
+        }
+        if finished {
+            // The shard's slot is free for queued work.
             self.nudges.schedule().await;
         }
         if claim_again {
@@ -686,10 +740,7 @@ impl<P: Ports> Orchestrator<P> {
     }
 
     /// What one finished run (`lease` of shard `index`) teaches its suite's
-    /// histories, from the results the report stored: each test's
-    /// duration, and the tests that were flaky (passed on an automatic
-    /// retry, or after their own tool's retries failed first). Skipped
-    /// tests (no real duration) are left out. The aggregator learns, not
+    /// histories ([`learned_runs`]). The aggregator learns, not
     /// the report: a report of 20,000 tests would otherwise spend its
     /// request on a thousand timing writes. A completion delivered twice
     /// learns nothing the second time
@@ -704,36 +755,62 @@ impl<P: Ports> Orchestrator<P> {
         let Some(shard) = shards.iter().find(|s| s.index == index) else {
             return Ok(None);
         };
-        let Some(run) = shard
+        if !shard
             .attempts
             .iter()
-            .find(|a| &a.lease_id == lease && a.result_chunks > 0)
-        else {
+            .any(|a| &a.lease_id == lease && a.result_chunks > 0)
+        {
             return Ok(None);
-        };
-        let retry = shard.retry_of.is_some();
-        let mut learned = LearnedRun {
-            suite: execution.suite.clone(),
-            lease: lease.clone(),
-            finished_at: run.finished_at,
-            ran: Vec::new(),
-            flaky: Vec::new(),
-        };
-        for chunk in self
+        }
+        let chunks = self
             .store
             .results(&execution.id, Some((index, lease)))
-            .await?
+            .await?;
+        Ok(
+            learned_runs(execution, std::slice::from_ref(shard), &chunks)?
+                .into_iter()
+                .next(),
+        )
+    }
+
+    /// What every batch of a dynamic execution teaches, from one read of
+    /// all its results. A dynamic execution hands out its tests a few at a
+    /// time, so learning each batch as it finished cost a read of its
+    /// results and a write of its tests' histories per batch (a fifth of
+    /// the server's work with one test a batch); it is learned once, as a
+    /// whole, when it finishes.
+    async fn batches_to_learn(
+        &self,
+        execution: &Execution,
+        shards: &[crate::domain::Shard],
+    ) -> Result<Vec<LearnedRun>> {
+        if !shards
+            .iter()
+            .any(|s| s.attempts.iter().any(|a| a.result_chunks > 0))
         {
-            for t in chunk.tests()? {
-                if t.status == TestStatus::Passed && (retry || !t.earlier.is_empty()) {
-                    learned.flaky.push(t.name.clone());
-                }
-                if t.status != TestStatus::Skipped && t.duration_ms > 0 {
-                    learned.ran.push((t.name, t.duration_ms));
-                }
+            return Ok(Vec::new());
+        }
+        let chunks = self.store.results(&execution.id, None).await?;
+        learned_runs(execution, shards, &chunks)
+    }
+
+    /// Learns a dynamic execution's batches once it has finished (see
+    /// [`Self::batches_to_learn`]); a static execution's shards are
+    /// learned as each completes.
+    pub(crate) async fn learn_finished(
+        &self,
+        execution: &Execution,
+        shards: &[crate::domain::Shard],
+    ) {
+        if execution.mode != crate::domain::Mode::Dynamic || !execution.status.is_terminal() {
+            return;
+        }
+        match self.batches_to_learn(execution, shards).await {
+            Ok(runs) => self.learn(runs).await,
+            Err(e) => {
+                tracing::warn!(error = %e, execution = %execution.id, "test durations not read")
             }
         }
-        Ok((!learned.ran.is_empty() || !learned.flaky.is_empty()).then_some(learned))
     }
 
     /// Learns the runs of a batch of completions together (each suite's
@@ -751,38 +828,38 @@ impl<P: Ports> Orchestrator<P> {
     /// The aggregator: folds the shards into the execution's totals and final
     /// status. Idempotent — it derives from the shards every time.
     pub async fn aggregate(&self, id: &ExecutionId) -> Result<Execution> {
-        self.fold(id).await.map(|(execution, _)| execution)
+        self.fold(id).await.map(|((execution, _), _)| execution)
     }
 
     /// [`Self::aggregate`], answering the shards it folded too.
-    async fn fold(&self, id: &ExecutionId) -> Result<Folded> {
-        retry_on_conflict(|| async {
+    /// The fold that finishes a dynamic execution learns its batches; the
+    /// flag says this one did.
+    async fn fold(&self, id: &ExecutionId) -> Result<(Folded, bool)> {
+        let (folded, finished_now) = retry_on_conflict(|| async {
             let (mut execution, shards) = self.load(id).await?;
             let version = execution.version;
+            let was_open = !execution.status.is_terminal();
             if execution.aggregate(&shards, self.clock.now()) {
                 self.write_execution(&mut execution, version).await?;
             }
-            Ok((execution, shards))
+            let finished_now = was_open && execution.status.is_terminal();
+            Ok(((execution, shards), finished_now))
         })
-        .await
+        .await?;
+        if finished_now {
+            self.learn_finished(&folded.0, &folded.1).await;
+        }
+        Ok((folded, finished_now))
     }
 
-    /// A completion of a dynamic execution that still had tests to hand
-    /// out when its shard finished: the execution cannot finish by it
-    /// (its totals are derived whenever it is read), so only the run's
-    /// timings are learned, from its shard alone. A completion then costs
-    /// the same however many batches the execution has; the completions
-    /// after the last test went out fold it, and the timeout sweep is the
-    /// backstop as for any lost event.
-    async fn learn_only(
-        &self,
-        id: &ExecutionId,
-        index: u32,
-        lease: &LeaseId,
-    ) -> Result<Option<LearnedRun>> {
-        let (execution, shard) = self.load_shard(id, index).await?;
-        self.run_to_learn(&execution, std::slice::from_ref(&shard), index, lease)
-            .await
+    /// Folds an execution an operator or the clock has just finished
+    /// (cancelled, timed out) and learns what its dynamic batches ran.
+    pub(crate) async fn fold_finished(&self, id: &ExecutionId) -> Result<Execution> {
+        let ((execution, shards), learned) = self.fold(id).await?;
+        if !learned {
+            self.learn_finished(&execution, &shards).await;
+        }
+        Ok(execution)
     }
 
     /// Handles a batch of events (an SQS batch on AWS, a channel drain
@@ -790,7 +867,7 @@ impl<P: Ports> Orchestrator<P> {
     /// fold reads the shards anyway; each completion's timings are learned
     /// from those shards. Results line up with `events`.
     pub async fn handle_events(&self, events: &[Event]) -> Vec<Result<()>> {
-        let mut folded: Vec<(ExecutionId, Option<Folded>)> = Vec::new();
+        let mut folded: Vec<(ExecutionId, Option<(Folded, bool)>)> = Vec::new();
         let mut results = Vec::with_capacity(events.len());
         let mut runs = Vec::new();
         for event in events {
@@ -798,21 +875,8 @@ impl<P: Ports> Orchestrator<P> {
                 execution_id,
                 shard_index,
                 lease_id,
-                tests_waiting,
                 ..
             } = event;
-            if let (true, Some(lease)) = (tests_waiting, lease_id) {
-                results.push(
-                    match self.learn_only(execution_id, *shard_index, lease).await {
-                        Ok(run) => {
-                            runs.extend(run);
-                            Ok(())
-                        }
-                        Err(e) => Err(e),
-                    },
-                );
-                continue;
-            }
             let known = folded.iter().position(|(id, _)| id == execution_id);
             let at = match known {
                 Some(at) => at,
@@ -829,8 +893,13 @@ impl<P: Ports> Orchestrator<P> {
                 }
             };
             results.push(match &folded[at].1 {
-                Some((execution, shards)) => {
-                    if let Some(lease) = lease_id {
+                Some(((execution, shards), learned_whole)) => {
+                    // A dynamic execution is learned whole by the fold that
+                    // finishes it; a batch reported after that (late, to a
+                    // cancelled or timed-out execution) on its own.
+                    let own_run = execution.mode != crate::domain::Mode::Dynamic
+                        || (execution.status.is_terminal() && !learned_whole);
+                    if let (true, Some(lease)) = (own_run, lease_id) {
                         match self
                             .run_to_learn(execution, shards, *shard_index, lease)
                             .await

@@ -714,7 +714,7 @@ impl<P: Ports> Orchestrator<P> {
         })
         .await?;
         self.stop_open_shards(id, "execution cancelled").await?;
-        self.aggregate(id).await
+        self.fold_finished(id).await
     }
 
     /// Cancels every unfinished shard of a finished execution, giving back capacity.

@@ -225,7 +225,7 @@ impl<P: Ports> Orchestrator<P> {
         .await?;
         if timed_out {
             self.stop_open_shards(id, "execution timed out").await?;
-            self.aggregate(id).await?;
+            self.fold_finished(id).await?;
         }
         Ok(timed_out)
     }
