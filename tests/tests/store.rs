@@ -442,6 +442,108 @@ async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
     );
 }
 
+/// Rebuilds the tables schema version 7 made WITHOUT ROWID (shards, their
+/// test lists, result chunks) as the rowid tables version 6 had, rows kept.
+fn downgrade_to_version_6(db: &std::path::Path) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch(
+        "BEGIN;
+         CREATE TABLE shards_6 (
+             execution_id TEXT NOT NULL, idx INTEGER NOT NULL, status TEXT NOT NULL, runner_id TEXT,
+             lease_id TEXT, deadline INTEGER, version INTEGER NOT NULL, doc TEXT NOT NULL,
+             held_slots INTEGER, held_cpu INTEGER, held_memory INTEGER,
+             PRIMARY KEY (execution_id, idx));
+         INSERT INTO shards_6 SELECT execution_id, idx, status, runner_id, lease_id, deadline,
+             version, doc, held_slots, held_cpu, held_memory FROM shards;
+         DROP TABLE shards;
+         ALTER TABLE shards_6 RENAME TO shards;
+         CREATE INDEX shards_in_flight ON shards(deadline) WHERE status IN ('assigned', 'running');
+         CREATE TABLE shard_tests_6 (execution_id TEXT NOT NULL, idx INTEGER NOT NULL,
+             tests TEXT NOT NULL, PRIMARY KEY (execution_id, idx));
+         INSERT INTO shard_tests_6 SELECT execution_id, idx, tests FROM shard_tests;
+         DROP TABLE shard_tests;
+         ALTER TABLE shard_tests_6 RENAME TO shard_tests;
+         CREATE TABLE results_6 (execution_id TEXT NOT NULL, shard_index INTEGER NOT NULL,
+             lease_id TEXT NOT NULL, chunk INTEGER NOT NULL, body TEXT NOT NULL,
+             PRIMARY KEY (execution_id, shard_index, lease_id, chunk));
+         INSERT INTO results_6 SELECT execution_id, shard_index, lease_id, chunk, body FROM results;
+         DROP TABLE results;
+         ALTER TABLE results_6 RENAME TO results;
+         PRAGMA user_version = 6;
+         COMMIT;",
+    )
+    .unwrap();
+}
+
+/// The tables a data directory's schema defines WITHOUT ROWID.
+fn without_rowid(db: &std::path::Path) -> Vec<String> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = c
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%WITHOUT ROWID%'
+             ORDER BY name",
+        )
+        .unwrap();
+    let names = stmt.query_map([], |r| r.get(0)).unwrap();
+    names.collect::<rusqlite::Result<Vec<String>>>().unwrap()
+}
+
+#[tokio::test]
+async fn a_version_6_data_directory_keeps_its_shards_test_lists_and_results() {
+    use tms::adapters::SqliteStore;
+    use tms::domain::ResultChunk;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tms.db");
+    let (r, e, shards) = written_to(dir.path(), 3).await;
+    let lease = LeaseId::generate();
+    let chunks: Vec<ResultChunk> = (0..2)
+        .map(|chunk| ResultChunk {
+            shard_index: 1,
+            lease_id: lease.clone(),
+            chunk,
+            body: format!(r#"[{{"name":"t{chunk}","status":"passed","duration_ms":5}}]"#),
+        })
+        .collect();
+    let held = {
+        let store = SqliteStore::open_dir(dir.path()).unwrap();
+        store.assign(assignment(&shards[0], &r)).await.unwrap();
+        store.put_results(&e.id, &chunks).await.unwrap();
+        store.load_execution(&e.id).await.unwrap().unwrap().1
+    };
+    let fresh = ["results", "shard_tests", "shards"];
+    assert_eq!(without_rowid(&db), fresh);
+    downgrade_to_version_6(&db);
+    assert!(without_rowid(&db).is_empty());
+
+    let store = SqliteStore::open_dir(dir.path()).unwrap();
+    store.verify_mirror().await.unwrap();
+    assert_eq!(store.load_execution(&e.id).await.unwrap().unwrap().1, held);
+    assert_eq!(store.results(&e.id, None).await.unwrap(), chunks);
+    assert_eq!(
+        store.results(&e.id, Some((1, &lease))).await.unwrap(),
+        chunks
+    );
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!((stats.queued_shards, stats.in_flight_shards), (2, 1));
+    // The in-flight index came along: the held shard's lapsed lease is
+    // found through it.
+    let lapsed = store.expired_shards(Timestamp(i64::MAX), 10).await.unwrap();
+    assert_eq!(lapsed.iter().map(|s| s.index).collect::<Vec<_>>(), vec![0]);
+    drop(store);
+    let db_conn = rusqlite::Connection::open(&db).unwrap();
+    let plan: String = db_conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT idx FROM shards
+             WHERE status IN ('assigned', 'running') AND deadline < 5",
+            [],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(plan.contains("shards_in_flight"), "{plan}");
+    drop(db_conn);
+    assert_eq!(without_rowid(&db), fresh);
+}
+
 #[tokio::test]
 async fn a_shards_row_holds_a_compact_record_and_its_test_list_written_once() {
     use tms::adapters::SqliteStore;

@@ -605,7 +605,8 @@ impl Mirror {
 /// mirror does not show them yet. Only what [`View`] answers is kept.
 #[derive(Debug, Default)]
 pub(super) struct Overlay {
-    executions: HashMap<ExecutionId, (ExecutionStatus, u64)>,
+    /// Executions written in this group: status, version and deadline.
+    executions: HashMap<ExecutionId, (ExecutionStatus, u64, Timestamp)>,
     /// execution -> shard index -> (version, status).
     shards: HashMap<ExecutionId, BTreeMap<u32, (u64, ShardStatus)>>,
     /// Runners written in this group: status and capacity.
@@ -655,7 +656,8 @@ impl Overlay {
                     self.allocations.insert(key, None);
                 }
                 Change::Execution(e) => {
-                    self.executions.insert(e.id.clone(), (e.status, e.version));
+                    self.executions
+                        .insert(e.id.clone(), (e.status, e.version, e.deadline));
                 }
                 Change::Shard(s) => {
                     self.shards
@@ -684,9 +686,9 @@ pub(super) struct View<'a> {
 pub(super) enum Live<'a> {
     /// Not written in this group: the committed execution.
     Committed(&'a Execution),
-    /// Written earlier in this group, with this status and version; its
-    /// document is in the open transaction.
-    Written(ExecutionStatus, u64),
+    /// Written earlier in this group, with this status, version and
+    /// deadline; its document is in the open transaction.
+    Written(ExecutionStatus, u64, Timestamp),
 }
 
 impl Live<'_> {
@@ -694,7 +696,16 @@ impl Live<'_> {
     pub fn version(&self) -> u64 {
         match self {
             Live::Committed(e) => e.version,
-            Live::Written(_, version) => *version,
+            Live::Written(_, version, _) => *version,
+        }
+    }
+
+    /// The row's indexed columns as they stand (status and deadline): a
+    /// write that leaves them as they are need not touch the index.
+    pub fn indexed(&self) -> (ExecutionStatus, Timestamp) {
+        match self {
+            Live::Committed(e) => (e.status, e.deadline),
+            Live::Written(status, _, deadline) => (*status, *deadline),
         }
     }
 }
@@ -707,8 +718,8 @@ impl<'a> View<'a> {
     /// The execution if it is unfinished; `None` if it is finished or unknown.
     pub fn live_execution(&self, id: &ExecutionId) -> Option<Live<'a>> {
         match self.overlay.executions.get(id) {
-            Some((status, version)) => {
-                (!status.is_terminal()).then_some(Live::Written(*status, *version))
+            Some((status, version, deadline)) => {
+                (!status.is_terminal()).then_some(Live::Written(*status, *version, *deadline))
             }
             None => self
                 .mirror

@@ -57,14 +57,17 @@ DROP INDEX IF EXISTS executions_pending_age;
 -- a compact record (see record.rs; JSON text if written before schema
 -- version 5). Its test list is in `shard_tests`, written once: a row is
 -- rewritten whole at every change of state.
+-- Tables written at every claim and report are WITHOUT ROWID: a row lives
+-- in its primary key's tree alone, so a commit writes one page for it
+-- where a rowid table and its key's index write two.
 CREATE TABLE IF NOT EXISTS shards (
     execution_id TEXT NOT NULL, idx INTEGER NOT NULL, status TEXT NOT NULL, runner_id TEXT,
     lease_id TEXT, deadline INTEGER, version INTEGER NOT NULL, doc TEXT NOT NULL,
     held_slots INTEGER, held_cpu INTEGER, held_memory INTEGER,
-    PRIMARY KEY (execution_id, idx));
+    PRIMARY KEY (execution_id, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS shard_tests (
     execution_id TEXT NOT NULL, idx INTEGER NOT NULL, tests TEXT NOT NULL,
-    PRIMARY KEY (execution_id, idx));
+    PRIMARY KEY (execution_id, idx)) WITHOUT ROWID;
 -- A dynamic execution's tests in claim order, written once: its batches
 -- are cut from it as runners claim.
 CREATE TABLE IF NOT EXISTS test_queues (execution_id TEXT PRIMARY KEY, tests TEXT NOT NULL);
@@ -78,7 +81,7 @@ CREATE TABLE IF NOT EXISTS violations (seq INTEGER PRIMARY KEY AUTOINCREMENT, ru
 CREATE INDEX IF NOT EXISTS violations_by_time ON violations(at);
 CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS timings (suite TEXT NOT NULL, test TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (suite, test));
-CREATE TABLE IF NOT EXISTS results (execution_id TEXT NOT NULL, shard_index INTEGER NOT NULL, lease_id TEXT NOT NULL, chunk INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (execution_id, shard_index, lease_id, chunk));
+CREATE TABLE IF NOT EXISTS results (execution_id TEXT NOT NULL, shard_index INTEGER NOT NULL, lease_id TEXT NOT NULL, chunk INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (execution_id, shard_index, lease_id, chunk)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS alert_rules (id TEXT PRIMARY KEY, version INTEGER NOT NULL, doc TEXT NOT NULL);
@@ -144,7 +147,7 @@ impl From<rusqlite::Error> for Error {
 /// mirror counts them). 5: shard documents written as compact records
 /// (see [`record`]), test lists in their own table. 6: dynamic executions'
 /// tests in claim order (`test_queues`), their batches cut when claimed.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 /// Brings a version 1 data directory to version 2 in one transaction: each
 /// allocation's resources move onto its shard's row, and the allocations
@@ -213,6 +216,40 @@ PRAGMA user_version = 6;
 COMMIT;
 "#;
 
+/// Version 6 to 7, in one transaction: the shards, their test lists and
+/// the result chunks move into WITHOUT ROWID tables of the same columns
+/// (see the schema), the in-flight index onto the new shards table.
+const MIGRATE_FROM_6: &str = r#"
+BEGIN;
+CREATE TABLE shards_7 (
+    execution_id TEXT NOT NULL, idx INTEGER NOT NULL, status TEXT NOT NULL, runner_id TEXT,
+    lease_id TEXT, deadline INTEGER, version INTEGER NOT NULL, doc TEXT NOT NULL,
+    held_slots INTEGER, held_cpu INTEGER, held_memory INTEGER,
+    PRIMARY KEY (execution_id, idx)) WITHOUT ROWID;
+INSERT INTO shards_7 (execution_id, idx, status, runner_id, lease_id, deadline, version, doc,
+    held_slots, held_cpu, held_memory)
+  SELECT execution_id, idx, status, runner_id, lease_id, deadline, version, doc,
+    held_slots, held_cpu, held_memory FROM shards;
+DROP TABLE shards;
+ALTER TABLE shards_7 RENAME TO shards;
+CREATE INDEX shards_in_flight ON shards(deadline) WHERE status IN ('assigned', 'running');
+CREATE TABLE shard_tests_7 (
+    execution_id TEXT NOT NULL, idx INTEGER NOT NULL, tests TEXT NOT NULL,
+    PRIMARY KEY (execution_id, idx)) WITHOUT ROWID;
+INSERT INTO shard_tests_7 (execution_id, idx, tests) SELECT execution_id, idx, tests FROM shard_tests;
+DROP TABLE shard_tests;
+ALTER TABLE shard_tests_7 RENAME TO shard_tests;
+CREATE TABLE results_7 (execution_id TEXT NOT NULL, shard_index INTEGER NOT NULL, lease_id TEXT NOT NULL,
+    chunk INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (execution_id, shard_index, lease_id, chunk)) WITHOUT ROWID;
+INSERT INTO results_7 (execution_id, shard_index, lease_id, chunk, body)
+  SELECT execution_id, shard_index, lease_id, chunk, body FROM results;
+DROP TABLE results;
+ALTER TABLE results_7 RENAME TO results;
+PRAGMA user_version = 7;
+COMMIT;
+"#;
+
 /// Migrates a data directory written by an earlier version, and refuses one
 /// written by a later or unknown version instead of failing later on a
 /// missing column.
@@ -229,6 +266,7 @@ fn check_schema_version(conn: &Connection) -> Result<()> {
         (3, MIGRATE_FROM_3),
         (4, MIGRATE_FROM_4),
         (5, MIGRATE_FROM_5),
+        (6, MIGRATE_FROM_6),
     ] {
         if has_tables && version == from {
             if let Err(e) = conn.execute_batch(migration) {
@@ -648,10 +686,10 @@ fn claim_job(w: ClaimWrite, after: Option<(ExecutionId, u32, u64)>) -> Result<im
                 }
             }
             // Condition 1: the execution is unfinished and as the claim read it.
-            match view.live_execution(&execution.id) {
-                Some(live) if live.version() == w.expected_execution_version => {}
+            let indexed = match view.live_execution(&execution.id) {
+                Some(live) if live.version() == w.expected_execution_version => live.indexed(),
                 _ => return Err(Error::conflict(Entity::Execution, &execution.id)),
-            }
+            };
             // Condition 2: a batch cut now is new; one taken back out is
             // still queued as it was read.
             let stored = view.shard(&execution.id, shard.index);
@@ -668,7 +706,11 @@ fn claim_job(w: ClaimWrite, after: Option<(ExecutionId, u32, u64)>) -> Result<im
             // Condition 3: the runner is active and has room.
             let taken = room_for(view, alloc)?;
             let need = alloc.resources;
-            write_execution(tx, execution, &exec_doc)?;
+            if indexed == (execution.status, execution.deadline) {
+                rewrite_execution_doc(tx, execution, &exec_doc)?;
+            } else {
+                write_execution(tx, execution, &exec_doc)?;
+            }
             match w.expected_shard_version {
                 None => insert_shard_holding(tx, shard, &shard_docs, Some(need))?,
                 Some(v) => {
@@ -764,6 +806,23 @@ fn write_execution(tx: &Connection, e: &Execution, doc: &str) -> Result<()> {
         e.version,
         doc
     ])?;
+    Ok(())
+}
+
+/// Rewrites a stored execution's version and document only, for a write
+/// that leaves its status and deadline as they are: the row's indexed
+/// columns untouched, its index is not rewritten (a claim's commit writes
+/// one page fewer).
+fn rewrite_execution_doc(tx: &Connection, e: &Execution, doc: &str) -> Result<()> {
+    let changed = tx
+        .prepare_cached("UPDATE executions SET version = ?2, doc = ?3 WHERE id = ?1")?
+        .execute(params![e.id.as_str(), e.version, doc])?;
+    if changed != 1 {
+        return Err(Error::Internal(format!(
+            "execution {} is in the mirror but not in the database",
+            e.id
+        )));
+    }
     Ok(())
 }
 
@@ -1436,7 +1495,7 @@ impl Store for SqliteStore {
                     Some(Live::Committed(e)) if e.status == ExecutionStatus::Queued => {
                         Some(e.clone())
                     }
-                    Some(Live::Written(ExecutionStatus::Queued, _)) => Some(
+                    Some(Live::Written(ExecutionStatus::Queued, ..)) => Some(
                         load_execution_doc(tx, shard.execution_id.as_str())?.ok_or_else(|| {
                             Error::not_found(Entity::Execution, &shard.execution_id)
                         })?,
