@@ -372,9 +372,9 @@ pub async fn run(args: AgentArgs) -> Result<std::process::ExitCode> {
     // Starts a shard unless it already runs here (a claimed batch shows up
     // in later heartbeats too): the lease is the key. Work assigned to this
     // runner is started while it is `assigned`; a batch this agent claimed
-    // is running from its claim. A claimed batch is reported with
-    // `?next=true`, and the next batch that the answer carries runs in the
-    // same slot at once.
+    // is running from its claim. A claimed batch is reported asking for
+    // the next (`next_batch`), which runs in the same slot at once, of
+    // whichever execution the answer names.
     let startable = |a: &Value, claimed: bool| {
         a["status"] == "assigned" || (claimed && a["status"] == "running")
     };
@@ -671,7 +671,7 @@ async fn run_shard(
                 path.push_str(&format!("&names={}", segment(names)));
             }
             if claimed {
-                path.push_str("&next=true");
+                path.push_str(next_batch(args));
             }
             let answer = client.post_raw(&path, "application/xml", xml).await?;
             return Ok(next_assignment(&answer));
@@ -693,12 +693,23 @@ async fn run_shard(
         eprintln!("tms agent: shard {shard}: {why}");
     }
     let path = if claimed {
-        format!("{hook}?next=true")
+        format!("{hook}?{}", &next_batch(args)[1..])
     } else {
         hook
     };
     let answer = client.post(&path, &body).await?;
     Ok(next_assignment(&answer))
+}
+
+/// The query that asks a report's answer for the next batch: of any
+/// dynamic execution this runner may claim, or of the one execution the
+/// agent was given (`--execution`). As a parameter after others (`&…`).
+fn next_batch(args: &AgentArgs) -> &'static str {
+    if args.execution.is_some() {
+        "&next=true"
+    } else {
+        "&next=any"
+    }
 }
 
 /// The next batch a report's answer carries, if any.

@@ -9,7 +9,9 @@ use tms::auth::Principal;
 use tms::domain::{ExecutionStatus, Mode, ShardResult, ShardStatus};
 use tms::ids::{ExecutionId, RunnerId};
 use tms::time::Clock;
-use tms::usecases::{Assignment, ClaimOutcome, ReportStatus, ShardReport, TestInput, TimedTest};
+use tms::usecases::{
+    Assignment, ClaimOutcome, NextBatch, ReportStatus, ShardReport, TestInput, TimedTest,
+};
 use tms::Error;
 use tms_tests::{Backend, Harness};
 
@@ -305,7 +307,7 @@ async fn a_report_brings_the_next_batch_and_teaches_the_batch_cost<B: Backend>()
         };
         let outcome = h
             .app
-            .report_shard_then_claim(&caller, &id, report)
+            .report_shard_then_claim(&caller, &id, report, NextBatch::SameExecution)
             .await
             .unwrap();
         assert_eq!(outcome.shard_status, ShardStatus::Passed);
@@ -352,7 +354,12 @@ async fn run_batches<B: Backend>(
         };
         let outcome = h
             .app
-            .report_shard_then_claim(&caller, &batch.execution_id, report)
+            .report_shard_then_claim(
+                &caller,
+                &batch.execution_id,
+                report,
+                NextBatch::SameExecution,
+            )
             .await
             .unwrap();
         match outcome.next.and_then(|n| n.assignment) {
@@ -443,6 +450,83 @@ async fn a_dynamic_execution_is_learned_whole_when_it_finishes_and_a_cancelled_o
             "{t}: {estimate:?}, ran {ran:?}"
         );
     }
+}
+
+async fn a_report_asking_next_any_brings_a_batch_of_the_next_execution_once_its_own_runs_out<
+    B: Backend,
+>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    let caller = Principal::Runner(a.clone());
+    let first = dynamic(&h, 3, 1).await;
+    h.clock.advance_ms(1);
+    let second = dynamic(&h, 3, 1).await;
+    h.clock.advance_ms(1);
+    let third = dynamic(&h, 3, 1).await;
+    let report = |batch: &Assignment| ShardReport {
+        shard_index: batch.shard_index,
+        lease_id: batch.lease_id.clone(),
+        status: ReportStatus::Passed,
+        results: Some(ShardResult {
+            passed: batch.tests.len() as u32,
+            ..Default::default()
+        }),
+    };
+    // Every test of the first execution, then the second's first batch,
+    // each brought by the report before it: one claim in all.
+    let mut batch = claim(&h, &a, &first).await.assignment.unwrap();
+    let mut ran = 0;
+    let moved_on = loop {
+        ran += batch.tests.len();
+        let outcome = h
+            .app
+            .report_shard_then_claim(
+                &caller,
+                &batch.execution_id,
+                report(&batch),
+                NextBatch::Anywhere,
+            )
+            .await
+            .unwrap();
+        let next = outcome
+            .next
+            .and_then(|n| n.assignment)
+            .expect("a next batch");
+        if next.execution_id != first {
+            break next;
+        }
+        batch = next;
+    };
+    assert_eq!(ran, 3);
+    assert_eq!(moved_on.execution_id, second, "the oldest of the others");
+    assert_eq!(moved_on.status, ShardStatus::Running, "claimed");
+    h.deliver_events().await;
+    let (e, _) = h.app.execution_status(&first).await.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Passed);
+
+    // Asking for the same execution only, a report that ends it brings
+    // nothing, however much else waits.
+    let mut batch = moved_on;
+    loop {
+        let outcome = h
+            .app
+            .report_shard_then_claim(&caller, &second, report(&batch), NextBatch::SameExecution)
+            .await
+            .unwrap();
+        match outcome.next.and_then(|n| n.assignment) {
+            Some(next) => {
+                assert_eq!(next.execution_id, second);
+                batch = next;
+            }
+            None => break,
+        }
+    }
+    let (e, _) = h.app.execution_status(&third).await.unwrap();
+    assert_eq!(
+        e.status,
+        ExecutionStatus::Queued,
+        "nothing of it was claimed"
+    );
 }
 
 async fn a_runner_finds_the_dynamic_executions_it_fits_highest_priority_first<B: Backend>() {
@@ -575,6 +659,7 @@ tms_tests::conformance!(
     a_large_execution_is_handed_out_in_claim_order_a_batch_at_a_time,
     a_report_brings_the_next_batch_and_teaches_the_batch_cost,
     a_dynamic_execution_is_learned_whole_when_it_finishes_and_a_cancelled_one_for_what_ran,
+    a_report_asking_next_any_brings_a_batch_of_the_next_execution_once_its_own_runs_out,
     runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinking,
     a_lapsed_lease_is_reclaimed_by_another_runner_and_its_stale_report_is_fenced,
     heartbeats_extend_a_held_lease_and_silence_lets_it_lapse,

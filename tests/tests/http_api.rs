@@ -1194,6 +1194,18 @@ async fn dynamic_batches_and_ci_jobs_claims_work_over_http() {
     }
     assert_eq!(ran, 12);
     assert_eq!(claims, 1, "one claim; every later batch came with a report");
+    // `next` is true, false or any; anything else is refused before the
+    // report is read.
+    let (status, problem) = api
+        .call(
+            Method::POST,
+            &format!("/webhooks/parallel-execution/{exec}?next=yes"),
+            Some(&runner_token),
+            Some(json!({"shard_index": 0, "lease_id": "lease_x", "status": "passed"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["field"], "query", "{problem}");
     assert!(brought >= 2, "{brought} batches brought by reports");
     let done = api.wait_for_status(&exec, "passed").await;
     assert_eq!(done["mode"], "dynamic");

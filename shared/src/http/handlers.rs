@@ -10,8 +10,8 @@ use crate::ids::{ExecutionId, LeaseId, RuleId, RunnerId};
 use crate::ports::{ExecutionFilter, Ports};
 use crate::usecases::{
     Assignment, ClaimOutcome, ClaimablePage, DurationsFile, FlakyTests, ImportedTimings,
-    JunitReport, NewExecution, NewRule, NewRunner, NewToken, ReportOutcome, ReportStatus,
-    ShardReport, SystemHealth, Utilization, MAX_CLAIMABLE_PAGE,
+    JunitReport, NewExecution, NewRule, NewRunner, NewToken, NextBatch, ReportOutcome,
+    ReportStatus, ShardReport, SystemHealth, Utilization, MAX_CLAIMABLE_PAGE,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -530,9 +530,35 @@ pub struct WebhookQuery {
     /// instead of matching it to the shard's tests under every convention.
     #[param(inline)]
     pub names: Option<crate::junit::NameFormat>,
-    /// A runner's final report on a dynamic batch: claim its next batch of
-    /// the same execution too; the answer carries it as `next`.
-    pub next: Option<bool>,
+    /// A runner's final report on a dynamic batch: claim its next batch
+    /// too, and the answer carries it as `next`: `true`, of the same
+    /// execution; `any`, of the same execution or, when it has none for
+    /// the runner, of the next dynamic execution the runner may claim
+    /// (the assignment names its execution).
+    #[param(inline)]
+    pub next: Option<NextParam>,
+}
+
+/// `?next=` of a report (see [`WebhookQuery::next`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+pub enum NextParam {
+    #[serde(rename = "false")]
+    No,
+    #[serde(rename = "true")]
+    SameExecution,
+    #[serde(rename = "any")]
+    Any,
+}
+
+impl NextParam {
+    /// Where the next batch may come from; `None`: no next batch asked.
+    fn from(q: Option<NextParam>) -> Option<NextBatch> {
+        match q? {
+            NextParam::No => None,
+            NextParam::SameExecution => Some(NextBatch::SameExecution),
+            NextParam::Any => Some(NextBatch::Anywhere),
+        }
+    }
 }
 
 /// Whether the body is XML by its `Content-Type`.
@@ -579,8 +605,9 @@ pub async fn shard_webhook<P: Ports>(
             utf8(&body)?,
             q.names,
         )?;
-        let outcome = if q.next == Some(true) {
-            app.report_junit_then_claim(&caller, &id, report).await?
+        let outcome = if let Some(from) = NextParam::from(q.next) {
+            app.report_junit_then_claim(&caller, &id, report, from)
+                .await?
         } else {
             app.report_junit(&caller, &id, report).await?
         };
@@ -599,8 +626,9 @@ pub async fn shard_webhook<P: Ports>(
         }
         parse_json(&body)?
     };
-    let outcome = if q.next == Some(true) {
-        app.report_shard_then_claim(&caller, &id, report).await?
+    let outcome = if let Some(from) = NextParam::from(q.next) {
+        app.report_shard_then_claim(&caller, &id, report, from)
+            .await?
     } else {
         app.report_shard(&caller, &id, report).await?
     };

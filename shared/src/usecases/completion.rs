@@ -49,8 +49,10 @@ pub struct ReportOutcome {
     pub duplicate: bool,
     /// Asked for with `?next=true` by the runner that ran a dynamic batch:
     /// its claim of the next batch of the same execution, made with the
-    /// report (one round trip a batch instead of two). Absent when not
-    /// asked for, or when the runner may not claim now.
+    /// report (one round trip a batch instead of two); with `?next=any`,
+    /// of another execution once this one has none for the runner (the
+    /// assignment names it). Absent when not asked for, or when the runner
+    /// may not claim now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next: Option<super::ClaimOutcome>,
     /// What the batch cost besides its tests: from its claim to this
@@ -342,6 +344,16 @@ enum Asked {
 /// An execution as the aggregator folded it, with the shards it read.
 type Folded = (Execution, Vec<crate::domain::Shard>);
 
+/// Where the next batch a final report on a dynamic batch asks for may
+/// come from (`?next=true` or `?next=any`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextBatch {
+    /// The same execution only (an agent given one execution).
+    SameExecution,
+    /// The same execution, or else the next one the runner may claim.
+    Anywhere,
+}
+
 /// A report that finished its shard, as the steps after its write need it.
 struct Finished {
     /// The shard, if it failed (its failed tests may be retried).
@@ -389,7 +401,7 @@ impl<P: Ports> Orchestrator<P> {
         id: &ExecutionId,
         report: JunitReport,
     ) -> Result<ReportOutcome> {
-        self.junit_report(caller, id, report, false).await
+        self.junit_report(caller, id, report, None).await
     }
 
     /// [`Self::report_junit`] asking for the runner's next batch
@@ -399,8 +411,9 @@ impl<P: Ports> Orchestrator<P> {
         caller: &Principal,
         id: &ExecutionId,
         report: JunitReport,
+        from: NextBatch,
     ) -> Result<ReportOutcome> {
-        self.junit_report(caller, id, report, true).await
+        self.junit_report(caller, id, report, Some(from)).await
     }
 
     async fn junit_report(
@@ -408,7 +421,7 @@ impl<P: Ports> Orchestrator<P> {
         caller: &Principal,
         id: &ExecutionId,
         report: JunitReport,
-        next: bool,
+        next: Option<NextBatch>,
     ) -> Result<ReportOutcome> {
         may_report(caller, id, report.shard_index, &report.lease_id)?;
         let (index, lease) = (report.shard_index, report.lease_id.clone());
@@ -424,24 +437,26 @@ impl<P: Ports> Orchestrator<P> {
         id: &ExecutionId,
         report: ShardReport,
     ) -> Result<ReportOutcome> {
-        self.json_report(caller, id, report, false).await
+        self.json_report(caller, id, report, None).await
     }
 
     /// [`Self::report_shard`] by the runner of a dynamic batch asking for
-    /// its next batch of the same execution (`?next=true`): the answer's
-    /// `next` carries it, so a batch costs one round trip. A report that
-    /// finishes its batch is written together with that claim (one commit
-    /// on the embedded store); the claim stands only if the report does.
-    /// `next` is absent when the caller is not a runner, the shard is not
-    /// finished, or the runner may not claim now (paused, not a dynamic
-    /// execution): it then claims as usual.
+    /// its next batch (`?next=true`: of the same execution; `?next=any`:
+    /// of another it may claim once that one has none for it): the
+    /// answer's `next` carries it, so a batch costs one round trip. A
+    /// report that finishes its batch is written together with the claim
+    /// of the same execution (one commit on the embedded store); the claim
+    /// stands only if the report does. `next` is absent when the caller is
+    /// not a runner, the shard is not finished, or the runner may not
+    /// claim now (paused, not a dynamic execution): it then claims as usual.
     pub async fn report_shard_then_claim(
         &self,
         caller: &Principal,
         id: &ExecutionId,
         report: ShardReport,
+        from: NextBatch,
     ) -> Result<ReportOutcome> {
-        self.json_report(caller, id, report, true).await
+        self.json_report(caller, id, report, Some(from)).await
     }
 
     async fn json_report(
@@ -449,7 +464,7 @@ impl<P: Ports> Orchestrator<P> {
         caller: &Principal,
         id: &ExecutionId,
         report: ShardReport,
-        next: bool,
+        next: Option<NextBatch>,
     ) -> Result<ReportOutcome> {
         let prepared = Prepared::of(report)?;
         let (index, lease) = (
@@ -468,8 +483,9 @@ impl<P: Ports> Orchestrator<P> {
         index: u32,
         lease: LeaseId,
         incoming: Incoming,
-        next: bool,
+        from: Option<NextBatch>,
     ) -> Result<ReportOutcome> {
+        let next = from.is_some();
         let now = self.clock.now();
         // A JUnit report's cases are named from the shard's tests, known at
         // the first read; the conflict retries reuse it.
@@ -622,6 +638,13 @@ impl<P: Ports> Orchestrator<P> {
         if claim_again {
             outcome.next = self.next_batch_after(caller, id, &outcome).await;
         }
+        let none_here = outcome.next.as_ref().is_none_or(|n| n.assignment.is_none());
+        let slot_free = outcome.shard_status.is_terminal();
+        if from == Some(NextBatch::Anywhere) && slot_free && none_here {
+            if let Some(elsewhere) = self.claim_elsewhere(caller, id).await {
+                outcome.next = Some(elsewhere);
+            }
+        }
         Ok(outcome)
     }
 
@@ -691,6 +714,36 @@ impl<P: Ports> Orchestrator<P> {
                 None
             }
         }
+    }
+
+    /// The runner's next batch from another dynamic execution, for a
+    /// report asking `?next=any` whose own execution had none for it: the
+    /// first execution of its `claimable` listing's first page with a
+    /// batch for it (a runner that ends one execution starts on the next
+    /// at once, instead of at its next poll). `None` when none has: the
+    /// runner then looks further as usual.
+    async fn claim_elsewhere(
+        &self,
+        caller: &Principal,
+        done: &ExecutionId,
+    ) -> Option<super::ClaimOutcome> {
+        let Principal::Runner(runner) = caller else {
+            return None;
+        };
+        let page = self
+            .claimable(runner, None, super::MAX_CLAIMABLE_PAGE)
+            .await
+            .ok()?;
+        for other in page.items.iter().filter(|e| &e.execution_id != done) {
+            match self.claim_batch(runner, &other.execution_id).await {
+                Ok(outcome) if outcome.assignment.is_some() => return Some(outcome),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, execution = %other.execution_id, "no batch here")
+                }
+            }
+        }
+        None
     }
 
     /// Runs a failed shard's failed tests again on another runner, if the

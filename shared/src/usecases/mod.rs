@@ -23,7 +23,7 @@ pub use access::NewToken;
 pub const METRICS_TARGET: &str = "tms::metrics";
 pub use alerts::NewAlertRule;
 pub use claims::{ClaimOutcome, Claimable, ClaimablePage, MAX_CLAIMABLE_PAGE};
-pub use completion::{JunitReport, ReportOutcome, ReportStatus, ShardReport};
+pub use completion::{JunitReport, NextBatch, ReportOutcome, ReportStatus, ShardReport};
 pub use dispatch::DispatchOutcome;
 pub use executions::{
     CiInput, NewExecution, QueuedExecution, RequirementsInput, TestInput, TimedTest, MAX_PAGE_BYTES,

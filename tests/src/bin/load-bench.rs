@@ -70,7 +70,8 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     dynamic: Vec<usize>,
     /// With `--dynamic`: claim each batch with its own request instead of
-    /// taking it from the previous report's answer (`?next=true`).
+    /// taking it from the previous report's answer (`?next=any`: of the
+    /// same execution, or of the next one once it has none).
     #[arg(long)]
     claim_apart: bool,
     /// Instead of the workload, measure the floor: this many heartbeats of
@@ -461,6 +462,7 @@ struct Reported<'a> {
 
 #[derive(Deserialize)]
 struct Batch<'a> {
+    execution_id: &'a str,
     shard_index: u32,
     lease_id: &'a str,
     #[serde(borrow)]
@@ -487,9 +489,9 @@ struct Held {
 }
 
 impl Held {
-    fn of(execution: &str, b: &Batch<'_>) -> Held {
+    fn of(b: &Batch<'_>) -> Held {
         Held {
-            execution: execution.to_owned(),
+            execution: b.execution_id.to_owned(),
             index: b.shard_index,
             lease: b.lease_id.to_owned(),
             tests: b.tests.iter().map(|t| (*t).to_owned()).collect(),
@@ -570,7 +572,7 @@ async fn dynamic_run(args: &Args, server_bin: &str, clients: usize, tests: usize
                         record(&mut lat.heartbeat, t0);
                         let claimed: Claimed = serde_json::from_slice(&answer).expect("claim");
                         match claimed.assignment {
-                            Some(b) => Held::of(&e, &b),
+                            Some(b) => Held::of(&b),
                             None => {
                                 spent.insert(e);
                                 current = None;
@@ -604,7 +606,7 @@ async fn dynamic_run(args: &Args, server_bin: &str, clients: usize, tests: usize
                     results.join(",")
                 )
                 .unwrap();
-                let path = if claim_apart { hook } else { format!("{hook}?next=true") };
+                let path = if claim_apart { hook } else { format!("{hook}?next=any") };
                 let t0 = Instant::now();
                 let answer = conn.post(&path, &token, Bytes::from(body.clone()), &stats).await;
                 record(&mut lat.report, t0);
@@ -615,7 +617,16 @@ async fn dynamic_run(args: &Args, server_bin: &str, clients: usize, tests: usize
                 }
                 let reported: Reported = serde_json::from_slice(&answer).expect("report");
                 match reported.next.and_then(|n| n.assignment) {
-                    Some(b) => held = Some(Held::of(&batch.execution, &b)),
+                    Some(b) => {
+                        let next = Held::of(&b);
+                        // The execution ran out here: the batch is the
+                        // next one's.
+                        if next.execution != batch.execution {
+                            spent.insert(batch.execution);
+                            current = Some(next.execution.clone());
+                        }
+                        held = Some(next);
+                    }
                     None if !claim_apart => {
                         spent.insert(batch.execution);
                         current = None;
