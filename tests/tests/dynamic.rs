@@ -60,6 +60,22 @@ async fn pass<B: Backend>(
         .shard_status)
 }
 
+/// A passed report of `batch` with each test's result, each taking what
+/// `took` says.
+fn passed(batch: &Assignment, took: impl Fn(&str) -> u64) -> ShardReport {
+    let ran = batch
+        .tests
+        .iter()
+        .map(|t| tms::domain::TestResult::new(t, tms::domain::TestStatus::Passed, took(t)))
+        .collect();
+    ShardReport {
+        shard_index: batch.shard_index,
+        lease_id: batch.lease_id.clone(),
+        status: ReportStatus::Passed,
+        results: Some(ShardResult::of(ran)),
+    }
+}
+
 async fn runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinking<B: Backend>() {
     let h = Harness::<B>::start().await;
     let a = runner(&h, "a", 1).await;
@@ -286,25 +302,8 @@ async fn a_report_brings_the_next_batch_and_teaches_the_batch_cost<B: Backend>()
     let mut batches = 1;
     let last = loop {
         // The batch ran exactly as long as its tests.
-        let ran: Vec<tms::domain::TestResult> = batch
-            .tests
-            .iter()
-            .map(|t| tms::domain::TestResult {
-                name: t.clone(),
-                status: tms::domain::TestStatus::Passed,
-                duration_ms: 1_000,
-                message: None,
-                earlier: Vec::new(),
-                junit: None,
-            })
-            .collect();
-        h.clock.advance_ms(1_000 * ran.len() as i64);
-        let report = ShardReport {
-            shard_index: batch.shard_index,
-            lease_id: batch.lease_id.clone(),
-            status: ReportStatus::Passed,
-            results: Some(ShardResult::of(ran)),
-        };
+        h.clock.advance_ms(1_000 * batch.tests.len() as i64);
+        let report = passed(&batch, |_| 1_000);
         let outcome = h
             .app
             .report_shard_then_claim(&caller, &id, report, NextBatch::SameExecution)
@@ -341,17 +340,7 @@ async fn run_batches<B: Backend>(
 ) {
     let caller = Principal::Runner(r.clone());
     loop {
-        let ran: Vec<tms::domain::TestResult> = batch
-            .tests
-            .iter()
-            .map(|t| tms::domain::TestResult::new(t, tms::domain::TestStatus::Passed, took(t)))
-            .collect();
-        let report = ShardReport {
-            shard_index: batch.shard_index,
-            lease_id: batch.lease_id.clone(),
-            status: ReportStatus::Passed,
-            results: Some(ShardResult::of(ran)),
-        };
+        let report = passed(&batch, &took);
         let outcome = h
             .app
             .report_shard_then_claim(
@@ -425,18 +414,8 @@ async fn a_dynamic_execution_is_learned_whole_when_it_finishes_and_a_cancelled_o
     let ran = batch.tests.clone();
     assert!(ran.len() < tests.len(), "{ran:?}");
     let caller = Principal::Runner(a.clone());
-    let report = ShardReport {
-        shard_index: batch.shard_index,
-        lease_id: batch.lease_id.clone(),
-        status: ReportStatus::Passed,
-        results: Some(ShardResult::of(
-            ran.iter()
-                .map(|t| tms::domain::TestResult::new(t, tms::domain::TestStatus::Passed, ms(t)))
-                .collect(),
-        )),
-    };
     h.app
-        .report_shard(&caller, &cancelled, report)
+        .report_shard(&caller, &cancelled, passed(&batch, ms))
         .await
         .unwrap();
     assert!(h.events.take().is_empty(), "tests were waiting");
@@ -463,15 +442,7 @@ async fn a_report_asking_next_any_brings_a_batch_of_the_next_execution_once_its_
     let second = dynamic(&h, 3, 1).await;
     h.clock.advance_ms(1);
     let third = dynamic(&h, 3, 1).await;
-    let report = |batch: &Assignment| ShardReport {
-        shard_index: batch.shard_index,
-        lease_id: batch.lease_id.clone(),
-        status: ReportStatus::Passed,
-        results: Some(ShardResult {
-            passed: batch.tests.len() as u32,
-            ..Default::default()
-        }),
-    };
+    let report = |batch: &Assignment| passed(batch, |_| 1_000);
     // Every test of the first execution, then the second's first batch,
     // each brought by the report before it: one claim in all.
     let mut batch = claim(&h, &a, &first).await.assignment.unwrap();
