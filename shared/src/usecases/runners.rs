@@ -63,6 +63,9 @@ pub struct Assignment {
     #[schema(value_type = String)]
     pub lease_id: LeaseId,
     pub attempt: u32,
+    /// `assigned` until the runner reports `started`, then `running`; a
+    /// batch a runner claimed is `running` from its claim (its `started`
+    /// report changes nothing).
     pub status: crate::domain::ShardStatus,
     /// Shared with the shard (see `Shard::tests`).
     #[schema(value_type = Vec<String>)]
