@@ -457,6 +457,49 @@ async fn a_dynamic_claim_costs_the_same_requests_whatever_the_executions_size() 
     );
 }
 
+/// A report asking `?next=any` through the webhooks function, whose
+/// execution has nothing left, brings a batch of the next dynamic
+/// execution: the listing and the claim are within that function's role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_asking_next_any_brings_the_next_executions_batch() {
+    let d = Deployment::start().await;
+    let runner = d.register_with_slots("r", 1).await;
+    let dynamic = |suite: &str| json!({"suite": suite, "tests": ["only"], "parallelism": 1, "mode": "dynamic"});
+    let (first, _) = d.queue(dynamic("one")).await;
+    d.clock.advance_ms(1);
+    let (second, _) = d.queue(dynamic("two")).await;
+    let (status, claimed) = d
+        .http(
+            "ApiRunnerPollsFunction",
+            Routes::RunnerPolls,
+            "POST",
+            &format!("{BASE}/executions/{first}/claims"),
+            Some(&runner.1),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{claimed}");
+    let batch = &claimed["assignment"];
+    let (status, reported) = d
+        .http(
+            "ApiWebhooksFunction",
+            Routes::Webhooks,
+            "POST",
+            &format!("{BASE}/webhooks/parallel-execution/{first}?next=any"),
+            Some(&runner.1),
+            Some(
+                json!({"shard_index": batch["shard_index"], "lease_id": batch["lease_id"],
+                "status": "passed"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{reported}");
+    let next = &reported["next"]["assignment"];
+    assert_eq!(next["execution_id"], second, "{reported}");
+    assert_eq!(next["tests"], json!(["only"]), "{reported}");
+    assert_eq!(next["status"], "running", "{reported}");
+}
+
 /// A scheduling pass reads only the requirement classes some free runner
 /// fits: with a hundred executions queued that need a label no runner has,
 /// the runnable one behind them is assigned by a pass that makes exactly
