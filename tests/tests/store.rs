@@ -443,7 +443,8 @@ async fn a_version_1_data_directory_is_migrated_with_its_allocations() {
 }
 
 /// Rebuilds the tables schema version 7 made WITHOUT ROWID (shards, their
-/// test lists, result chunks) as the rowid tables version 6 had, rows kept.
+/// test lists, result chunks, test histories) as the rowid tables version
+/// 6 had, rows kept.
 fn downgrade_to_version_6(db: &std::path::Path) {
     let c = rusqlite::Connection::open(db).unwrap();
     c.execute_batch(
@@ -469,6 +470,11 @@ fn downgrade_to_version_6(db: &std::path::Path) {
          INSERT INTO results_6 SELECT execution_id, shard_index, lease_id, chunk, body FROM results;
          DROP TABLE results;
          ALTER TABLE results_6 RENAME TO results;
+         CREATE TABLE timings_6 (suite TEXT NOT NULL, test TEXT NOT NULL, doc TEXT NOT NULL,
+             PRIMARY KEY (suite, test));
+         INSERT INTO timings_6 SELECT suite, test, doc FROM timings;
+         DROP TABLE timings;
+         ALTER TABLE timings_6 RENAME TO timings;
          PRAGMA user_version = 6;
          COMMIT;",
     )
@@ -489,9 +495,9 @@ fn without_rowid(db: &std::path::Path) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_version_6_data_directory_keeps_its_shards_test_lists_and_results() {
+async fn a_version_6_data_directory_keeps_its_shards_test_lists_results_and_timings() {
     use tms::adapters::SqliteStore;
-    use tms::domain::ResultChunk;
+    use tms::domain::{ResultChunk, TestTiming};
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("tms.db");
     let (r, e, shards) = written_to(dir.path(), 3).await;
@@ -504,13 +510,22 @@ async fn a_version_6_data_directory_keeps_its_shards_test_lists_and_results() {
             body: format!(r#"[{{"name":"t{chunk}","status":"passed","duration_ms":5}}]"#),
         })
         .collect();
+    let timings: Vec<TestTiming> = ["t0", "t1"]
+        .iter()
+        .map(|t| {
+            let mut timing = TestTiming::new("s", t);
+            timing.record(1_234, Timestamp(5));
+            timing
+        })
+        .collect();
     let held = {
         let store = SqliteStore::open_dir(dir.path()).unwrap();
         store.assign(assignment(&shards[0], &r)).await.unwrap();
         store.put_results(&e.id, &chunks).await.unwrap();
+        store.put_test_timings(&timings).await.unwrap();
         store.load_execution(&e.id).await.unwrap().unwrap().1
     };
-    let fresh = ["results", "shard_tests", "shards"];
+    let fresh = ["results", "shard_tests", "shards", "timings"];
     assert_eq!(without_rowid(&db), fresh);
     downgrade_to_version_6(&db);
     assert!(without_rowid(&db).is_empty());
@@ -523,6 +538,8 @@ async fn a_version_6_data_directory_keeps_its_shards_test_lists_and_results() {
         store.results(&e.id, Some((1, &lease))).await.unwrap(),
         chunks
     );
+    let names = ["t0".to_owned(), "t1".to_owned()];
+    assert_eq!(store.test_timings("s", &names).await.unwrap(), timings);
     let stats = store.queue_stats().await.unwrap();
     assert_eq!((stats.queued_shards, stats.in_flight_shards), (2, 1));
     // The in-flight index came along: the held shard's lapsed lease is

@@ -57,9 +57,10 @@ DROP INDEX IF EXISTS executions_pending_age;
 -- a compact record (see record.rs; JSON text if written before schema
 -- version 5). Its test list is in `shard_tests`, written once: a row is
 -- rewritten whole at every change of state.
--- Tables written at every claim and report are WITHOUT ROWID: a row lives
--- in its primary key's tree alone, so a commit writes one page for it
--- where a rowid table and its key's index write two.
+-- Tables written at every claim and report, and the tests' histories
+-- (each rewritten whenever its test runs), are WITHOUT ROWID: a row lives
+-- in its primary key's tree alone, so a write changes one B-tree where a
+-- rowid table and its key's index change two.
 CREATE TABLE IF NOT EXISTS shards (
     execution_id TEXT NOT NULL, idx INTEGER NOT NULL, status TEXT NOT NULL, runner_id TEXT,
     lease_id TEXT, deadline INTEGER, version INTEGER NOT NULL, doc TEXT NOT NULL,
@@ -80,7 +81,7 @@ CREATE INDEX IF NOT EXISTS health_by_runner ON health(runner_id, at);
 CREATE TABLE IF NOT EXISTS violations (seq INTEGER PRIMARY KEY AUTOINCREMENT, runner_id TEXT NOT NULL, at INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS violations_by_time ON violations(at);
 CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS timings (suite TEXT NOT NULL, test TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (suite, test));
+CREATE TABLE IF NOT EXISTS timings (suite TEXT NOT NULL, test TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (suite, test)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS results (execution_id TEXT NOT NULL, shard_index INTEGER NOT NULL, lease_id TEXT NOT NULL, chunk INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (execution_id, shard_index, lease_id, chunk)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -216,9 +217,10 @@ PRAGMA user_version = 6;
 COMMIT;
 "#;
 
-/// Version 6 to 7, in one transaction: the shards, their test lists and
-/// the result chunks move into WITHOUT ROWID tables of the same columns
-/// (see the schema), the in-flight index onto the new shards table.
+/// Version 6 to 7, in one transaction: the shards, their test lists, the
+/// result chunks and the tests' histories move into WITHOUT ROWID tables
+/// of the same columns (see the schema), the in-flight index onto the new
+/// shards table.
 const MIGRATE_FROM_6: &str = r#"
 BEGIN;
 CREATE TABLE shards_7 (
@@ -246,6 +248,11 @@ INSERT INTO results_7 (execution_id, shard_index, lease_id, chunk, body)
   SELECT execution_id, shard_index, lease_id, chunk, body FROM results;
 DROP TABLE results;
 ALTER TABLE results_7 RENAME TO results;
+CREATE TABLE timings_7 (suite TEXT NOT NULL, test TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (suite, test)) WITHOUT ROWID;
+INSERT INTO timings_7 (suite, test, doc) SELECT suite, test, doc FROM timings;
+DROP TABLE timings;
+ALTER TABLE timings_7 RENAME TO timings;
 PRAGMA user_version = 7;
 COMMIT;
 "#;
