@@ -671,6 +671,7 @@ async fn run_shard(
                 path.push_str(&format!("&names={}", segment(names)));
             }
             if claimed {
+                path.push('&');
                 path.push_str(next_batch(args));
             }
             let answer = client.post_raw(&path, "application/xml", xml).await?;
@@ -693,7 +694,7 @@ async fn run_shard(
         eprintln!("tms agent: shard {shard}: {why}");
     }
     let path = if claimed {
-        format!("{hook}?{}", &next_batch(args)[1..])
+        format!("{hook}?{}", next_batch(args))
     } else {
         hook
     };
@@ -703,12 +704,12 @@ async fn run_shard(
 
 /// The query that asks a report's answer for the next batch: of any
 /// dynamic execution this runner may claim, or of the one execution the
-/// agent was given (`--execution`). As a parameter after others (`&…`).
+/// agent was given (`--execution`).
 fn next_batch(args: &AgentArgs) -> &'static str {
     if args.execution.is_some() {
-        "&next=true"
+        "next=true"
     } else {
-        "&next=any"
+        "next=any"
     }
 }
 

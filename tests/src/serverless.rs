@@ -438,6 +438,23 @@ impl Deployment {
         status
     }
 
+    /// A runner's claim on a dynamic execution, through the runner polls
+    /// function: the answer (its `assignment`, if any).
+    pub async fn claim(&self, runner: &(String, String), execution: &str) -> Value {
+        let (status, body) = self
+            .http(
+                "ApiRunnerPollsFunction",
+                Routes::RunnerPolls,
+                "POST",
+                &format!("{BASE}/executions/{execution}/claims"),
+                Some(&runner.1),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// Posts a shard report body to the execution's webhook, through the
     /// webhook function.
     pub async fn report(&self, execution: &str, webhook_token: &str, body: Value) -> (u16, Value) {

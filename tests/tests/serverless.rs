@@ -118,57 +118,84 @@ async fn the_timeout_sweep_requeues_an_expired_shard_to_another_runner() {
     assert_eq!(shard["runner_id"].as_str(), Some(second.0.as_str()));
 }
 
-/// A dynamic execution's batches are learned when it finishes, here by
-/// the timeout sweep (with its role's permissions): what the one batch
-/// reported before the deadline ran is what the next split expects.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dynamic_execution_the_timeout_sweep_ends_teaches_what_its_batches_ran() {
-    let d = Deployment::start().await;
+/// A dynamic execution of `tests` (one a batch, one attempt each, its
+/// deadline in 600 s) whose first batch its one runner ran and reported
+/// (`duration_ms` 4,321) and whose second it holds: the runner, the
+/// execution and the reported test.
+async fn one_batch_reported_one_held(
+    d: &Deployment,
+    tests: &[&str],
+) -> ((String, String), String, String) {
     let runner = d.register_with_slots("r", 1).await;
     let (execution, _) = d
-        .queue(
-            json!({"suite": "dyn", "tests": ["a", "b", "c"], "parallelism": 1,
-            "mode": "dynamic", "max_batch_tests": 1, "timeout_seconds": 600}),
-        )
+        .queue(json!({"suite": "dyn", "tests": tests, "parallelism": 1,
+            "mode": "dynamic", "max_batch_tests": 1, "max_attempts": 1,
+            "timeout_seconds": 600}))
         .await;
-    let (status, claimed) = d
-        .http(
-            "ApiRunnerPollsFunction",
-            Routes::RunnerPolls,
-            "POST",
-            &format!("{BASE}/executions/{execution}/claims"),
-            Some(&runner.1),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(status, 200, "{claimed}");
-    let batch = &claimed["assignment"];
+    let batch = d.claim(&runner, &execution).await["assignment"].clone();
     let test = batch["tests"][0].as_str().unwrap().to_owned();
     let (status, reported) = d
-        .http(
-            "ApiWebhooksFunction",
-            Routes::Webhooks,
-            "POST",
-            &format!("{BASE}/webhooks/parallel-execution/{execution}"),
-            Some(&runner.1),
-            Some(
-                json!({"shard_index": batch["shard_index"], "lease_id": batch["lease_id"],
+        .report(
+            &execution,
+            &runner.1,
+            json!({"shard_index": batch["shard_index"], "lease_id": batch["lease_id"],
                 "status": "passed", "results": {"passed": 1, "failed": 0, "skipped": 0,
                 "tests": [{"name": test, "status": "passed", "duration_ms": 4_321}]}}),
-            ),
         )
         .await;
     assert_eq!(status, 200, "{reported}");
     assert_eq!(d.run_aggregator().await, 0, "tests were still waiting");
+    assert!(d.claim(&runner, &execution).await["assignment"].is_object());
+    (runner, execution, test)
+}
 
+/// What the next split of suite `dyn` expects `test` to take.
+async fn learned(d: &Deployment, test: &str) -> serde_json::Value {
+    let (next, _) = d
+        .queue(json!({"suite": "dyn", "tests": [test], "parallelism": 1}))
+        .await;
+    d.status(&next).await["shards"][0]["estimated_ms"].clone()
+}
+
+/// A dynamic execution's batches are learned when it finishes, whichever
+/// function finishes it, with that function's role: the timeout sweep
+/// (past its deadline), the health sweep (its silent runner's batch given
+/// up) and the runners function (its runner deregistered, its batch given
+/// up). What the batch reported before teaches the next split.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_execution_teaches_what_its_batches_ran_whichever_function_ends_it() {
+    let d = Deployment::start().await;
+    // A third test still waits: giving the held batch up cannot finish
+    // the execution, its deadline does.
+    let (_, _, test) = one_batch_reported_one_held(&d, &["a", "b", "c"]).await;
     d.clock.advance_secs(601);
     let report = d.run_sweep("TimeoutSweepFunction", Sweep::Timeout).await;
     assert_eq!(report.executions_timed_out, 1, "{report:?}");
-    let (next, _) = d
-        .queue(json!({"suite": "dyn", "tests": [test.clone()], "parallelism": 1}))
+    assert_eq!(learned(&d, &test).await, 4_321);
+
+    let d = Deployment::start().await;
+    let (_, execution, test) = one_batch_reported_one_held(&d, &["a", "b"]).await;
+    d.clock.advance_secs(10 * 60);
+    let report = d.run_sweep("HealthSweepFunction", Sweep::Health).await;
+    assert_eq!(report.runners_marked_unhealthy, 1, "{report:?}");
+    assert_eq!(d.status(&execution).await["status"], "errored");
+    assert_eq!(learned(&d, &test).await, 4_321);
+
+    let d = Deployment::start().await;
+    let (runner, execution, test) = one_batch_reported_one_held(&d, &["a", "b"]).await;
+    let (status, body) = d
+        .http(
+            "ApiRunnersFunction",
+            Routes::Runners,
+            "POST",
+            &format!("{BASE}/runners/{}/deregister", runner.0),
+            Some(&runner.1),
+            Some(json!({})),
+        )
         .await;
-    let shard = &d.status(&next).await["shards"][0];
-    assert_eq!(shard["estimated_ms"], 4_321, "{shard}");
+    assert!(status < 300, "{status} {body}");
+    assert_eq!(d.status(&execution).await["status"], "errored");
+    assert_eq!(learned(&d, &test).await, 4_321);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -468,17 +495,7 @@ async fn a_report_asking_next_any_brings_the_next_executions_batch() {
     let (first, _) = d.queue(dynamic("one")).await;
     d.clock.advance_ms(1);
     let (second, _) = d.queue(dynamic("two")).await;
-    let (status, claimed) = d
-        .http(
-            "ApiRunnerPollsFunction",
-            Routes::RunnerPolls,
-            "POST",
-            &format!("{BASE}/executions/{first}/claims"),
-            Some(&runner.1),
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(status, 200, "{claimed}");
+    let claimed = d.claim(&runner, &first).await;
     let batch = &claimed["assignment"];
     let (status, reported) = d
         .http(

@@ -552,7 +552,7 @@ pub enum NextParam {
 
 impl NextParam {
     /// Where the next batch may come from; `None`: no next batch asked.
-    fn from(q: Option<NextParam>) -> Option<NextBatch> {
+    fn asked(q: Option<NextParam>) -> Option<NextBatch> {
         match q? {
             NextParam::No => None,
             NextParam::SameExecution => Some(NextBatch::SameExecution),
@@ -605,7 +605,7 @@ pub async fn shard_webhook<P: Ports>(
             utf8(&body)?,
             q.names,
         )?;
-        let outcome = if let Some(from) = NextParam::from(q.next) {
+        let outcome = if let Some(from) = NextParam::asked(q.next) {
             app.report_junit_then_claim(&caller, &id, report, from)
                 .await?
         } else {
@@ -626,7 +626,7 @@ pub async fn shard_webhook<P: Ports>(
         }
         parse_json(&body)?
     };
-    let outcome = if let Some(from) = NextParam::from(q.next) {
+    let outcome = if let Some(from) = NextParam::asked(q.next) {
         app.report_shard_then_claim(&caller, &id, report, from)
             .await?
     } else {

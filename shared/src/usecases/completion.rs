@@ -341,8 +341,13 @@ enum Asked {
     Again,
 }
 
-/// An execution as the aggregator folded it, with the shards it read.
-type Folded = (Execution, Vec<crate::domain::Shard>);
+/// An execution as a fold left it, with the shards it read.
+struct Folded {
+    execution: Execution,
+    shards: Vec<crate::domain::Shard>,
+    /// This fold finished a dynamic execution and learned its batches.
+    learned_whole: bool,
+}
 
 /// Executions a report asking `?next=any` looks at for the runner's next
 /// batch. The front of the claimable order is the executions being worked
@@ -738,7 +743,13 @@ impl<P: Ports> Orchestrator<P> {
         let Principal::Runner(runner) = caller else {
             return None;
         };
-        let page = self.claimable(runner, None, ELSEWHERE_PAGE).await.ok()?;
+        let page = match self.claimable(runner, None, ELSEWHERE_PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::debug!(error = %e, runner = %runner, "no claimable listing for ?next=any");
+                return None;
+            }
+        };
         for other in page.items.iter().filter(|e| &e.execution_id != done) {
             match self.claim_batch(runner, &other.execution_id).await {
                 Ok(outcome) if outcome.assignment.is_some() => return Some(outcome),
@@ -886,46 +897,53 @@ impl<P: Ports> Orchestrator<P> {
     /// The aggregator: folds the shards into the execution's totals and final
     /// status. Idempotent — it derives from the shards every time.
     pub async fn aggregate(&self, id: &ExecutionId) -> Result<Execution> {
-        self.fold(id).await.map(|((execution, _), _)| execution)
+        self.fold(id).await.map(|f| f.execution)
     }
 
-    /// [`Self::aggregate`], answering the shards it folded too.
-    /// The fold that finishes a dynamic execution learns its batches; the
-    /// flag says this one did.
-    async fn fold(&self, id: &ExecutionId) -> Result<(Folded, bool)> {
-        let (folded, finished_now) = retry_on_conflict(|| async {
+    /// [`Self::aggregate`], answering the shards it folded too. The fold
+    /// that finishes a dynamic execution learns its batches.
+    async fn fold(&self, id: &ExecutionId) -> Result<Folded> {
+        let folded = retry_on_conflict(|| async {
             let (mut execution, shards) = self.load(id).await?;
             let version = execution.version;
             let was_open = !execution.status.is_terminal();
             if execution.aggregate(&shards, self.clock.now()) {
                 self.write_execution(&mut execution, version).await?;
             }
-            let finished_now = was_open && execution.status.is_terminal();
-            Ok(((execution, shards), finished_now))
+            let learned_whole = was_open
+                && execution.status.is_terminal()
+                && execution.mode == crate::domain::Mode::Dynamic;
+            Ok(Folded {
+                execution,
+                shards,
+                learned_whole,
+            })
         })
         .await?;
-        if finished_now {
-            self.learn_finished(&folded.0, &folded.1).await;
+        if folded.learned_whole {
+            self.learn_finished(&folded.execution, &folded.shards).await;
         }
-        Ok((folded, finished_now))
+        Ok(folded)
     }
 
     /// Folds an execution an operator or the clock has just finished
-    /// (cancelled, timed out) and learns what its dynamic batches ran.
+    /// (cancelled, timed out, or its last batch given up) and learns what
+    /// its dynamic batches ran.
     pub(crate) async fn fold_finished(&self, id: &ExecutionId) -> Result<Execution> {
-        let ((execution, shards), learned) = self.fold(id).await?;
-        if !learned {
-            self.learn_finished(&execution, &shards).await;
+        let folded = self.fold(id).await?;
+        if !folded.learned_whole {
+            self.learn_finished(&folded.execution, &folded.shards).await;
         }
-        Ok(execution)
+        Ok(folded.execution)
     }
 
     /// Handles a batch of events (an SQS batch on AWS, a channel drain
     /// locally). Events about the same execution are folded once, since the
-    /// fold reads the shards anyway; each completion's timings are learned
-    /// from those shards. Results line up with `events`.
+    /// fold reads the shards anyway. A static shard's completion learns its
+    /// run's timings from those shards; a dynamic execution is learned whole
+    /// by the fold that finishes it. Results line up with `events`.
     pub async fn handle_events(&self, events: &[Event]) -> Vec<Result<()>> {
-        let mut folded: Vec<(ExecutionId, Option<(Folded, bool)>)> = Vec::new();
+        let mut folded: Vec<(ExecutionId, Option<Folded>)> = Vec::new();
         let mut results = Vec::with_capacity(events.len());
         let mut runs = Vec::new();
         for event in events {
@@ -951,7 +969,11 @@ impl<P: Ports> Orchestrator<P> {
                 }
             };
             results.push(match &folded[at].1 {
-                Some(((execution, shards), learned_whole)) => {
+                Some(Folded {
+                    execution,
+                    shards,
+                    learned_whole,
+                }) => {
                     // A dynamic execution is learned whole by the fold that
                     // finishes it; a batch reported after that (late, to a
                     // cancelled or timed-out execution) on its own.
