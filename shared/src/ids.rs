@@ -1,5 +1,10 @@
 //! Identifier newtypes. ULIDs sort by creation time, which gives stable
 //! cursor pagination and readable DynamoDB keys.
+//!
+//! An id is shared, not copied: records carry the ids of their execution,
+//! runner and lease, and the embedded store's mirror hands out copies of
+//! records on every read, so a copy of an id is a reference count rather
+//! than an allocation.
 
 use crate::error::{Entity, Error};
 use serde::{Deserialize, Serialize};
@@ -10,12 +15,12 @@ macro_rules! id_type {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(String);
+        pub struct $name(std::sync::Arc<str>);
 
         impl $name {
             /// A fresh, time-ordered id.
             pub fn generate() -> Self {
-                $name(format!(concat!($prefix, "{}"), ulid::Ulid::new()))
+                $name(format!(concat!($prefix, "{}"), ulid::Ulid::new()).into())
             }
 
             /// Accepts an id from the outside world; anything that could not
@@ -27,7 +32,7 @@ macro_rules! id_type {
                     && raw.starts_with($prefix)
                     && raw.bytes().all(|b| b.is_ascii_alphanumeric());
                 if ok {
-                    Ok($name(raw.to_owned()))
+                    Ok($name(raw.into()))
                 } else {
                     Err(Error::not_found($entity, raw))
                 }

@@ -639,17 +639,20 @@ impl Totals {
     }
 }
 
-/// Whether another shard re-runs this one's failed tests.
-fn is_retried(shard: &Shard, shards: &[Shard]) -> bool {
-    shards.iter().any(|r| r.retry_of == Some(shard.index))
+/// The indexes of the shards whose failed tests another shard re-runs:
+/// collected once, so a fold stays linear in the shards (a dynamic
+/// execution has one per batch).
+fn retried(shards: &[Shard]) -> std::collections::HashSet<u32> {
+    shards.iter().filter_map(|s| s.retry_of).collect()
 }
 
 fn fold_totals(shards: &[Shard]) -> Totals {
     let mut t = Totals::default();
+    let retried_ones = retried(shards);
     for s in shards {
         // A retried shard's failures are decided by its retry; its passes
         // and skips stand.
-        let retried = is_retried(s, shards);
+        let retried = retried_ones.contains(&s.index);
         if let Some(r) = &s.result {
             if r.exit_code.is_some() {
                 t.shards_by_exit_status += 1;
@@ -732,9 +735,10 @@ fn derive_status(
         } else {
             // Failed shards with no failed test: their commands' exit
             // status said so, or their runner did.
+            let retried = retried(shards);
             let failed = shards
                 .iter()
-                .find(|s| s.status == ShardStatus::Failed && !is_retried(s, shards));
+                .find(|s| s.status == ShardStatus::Failed && !retried.contains(&s.index));
             match failed.and_then(|s| Some((s.index, s.error.clone()?))) {
                 Some((index, error)) => format!("shard {index} failed: {error}"),
                 None => format!("{} failed", counted(totals.shards_failed, "shard")),
