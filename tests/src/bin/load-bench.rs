@@ -3,7 +3,7 @@
 //! executions, and a hard time limit per run.
 //!
 //! ```sh
-//! cargo build --release -p tms-cli -p tms-tests
+//! cargo build --release -p tms-cli -p tms-tests --bin tms --bin load-bench
 //! target/release/load-bench --server-bin target/release/tms --executions 1000 --shards 8 --clients 8,64
 //! ```
 //!
