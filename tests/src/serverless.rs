@@ -422,16 +422,11 @@ impl Deployment {
     pub async fn report_passed(&self, execution: &str, webhook_token: &str, a: &Value) -> u16 {
         let n = a["tests"].as_array().map_or(0, Vec::len);
         let (status, body) = self
-            .http(
-                "ApiWebhooksFunction",
-                Routes::Webhooks,
-                "POST",
-                &format!("{BASE}/webhooks/parallel-execution/{execution}"),
-                Some(webhook_token),
-                Some(
-                    json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"],
+            .report(
+                execution,
+                webhook_token,
+                json!({"shard_index": a["shard_index"], "lease_id": a["lease_id"],
                     "status": "passed", "results": {"passed": n, "failed": 0, "skipped": 0}}),
-                ),
             )
             .await;
         assert!(status < 300, "{status} {body}");
@@ -458,15 +453,43 @@ impl Deployment {
     /// Posts a shard report body to the execution's webhook, through the
     /// webhook function.
     pub async fn report(&self, execution: &str, webhook_token: &str, body: Value) -> (u16, Value) {
+        self.report_with_query(execution, "", webhook_token, body)
+            .await
+    }
+
+    /// [`Self::report`] with a query string (`"?next=any"`).
+    pub async fn report_with_query(
+        &self,
+        execution: &str,
+        query: &str,
+        webhook_token: &str,
+        body: Value,
+    ) -> (u16, Value) {
         self.http(
             "ApiWebhooksFunction",
             Routes::Webhooks,
             "POST",
-            &format!("{BASE}/webhooks/parallel-execution/{execution}"),
+            &format!("{BASE}/webhooks/parallel-execution/{execution}{query}"),
             Some(webhook_token),
             Some(body),
         )
         .await
+    }
+
+    /// An operator cancels an execution, through the executions function.
+    pub async fn cancel(&self, execution: &str) -> Value {
+        let (status, body) = self
+            .http(
+                "ApiExecutionsFunction",
+                Routes::Executions,
+                "POST",
+                &format!("{BASE}/executions/{execution}/cancel"),
+                Some(&self.admin_token),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// `GET /metrics` through the system function.

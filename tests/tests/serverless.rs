@@ -160,8 +160,9 @@ async fn learned(d: &Deployment, test: &str) -> serde_json::Value {
 /// A dynamic execution's batches are learned when it finishes, whichever
 /// function finishes it, with that function's role: the timeout sweep
 /// (past its deadline), the health sweep (its silent runner's batch given
-/// up) and the runners function (its runner deregistered, its batch given
-/// up). What the batch reported before teaches the next split.
+/// up), the runners function (its runner deregistered, its batch given
+/// up) and the executions function (an operator's cancel). What the batch
+/// reported before teaches the next split.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dynamic_execution_teaches_what_its_batches_ran_whichever_function_ends_it() {
     let d = Deployment::start().await;
@@ -195,6 +196,11 @@ async fn a_dynamic_execution_teaches_what_its_batches_ran_whichever_function_end
         .await;
     assert!(status < 300, "{status} {body}");
     assert_eq!(d.status(&execution).await["status"], "errored");
+    assert_eq!(learned(&d, &test).await, 4_321);
+
+    let d = Deployment::start().await;
+    let (_, execution, test) = one_batch_reported_one_held(&d, &["a", "b", "c"]).await;
+    assert_eq!(d.cancel(&execution).await["status"], "cancelled");
     assert_eq!(learned(&d, &test).await, 4_321);
 }
 
@@ -498,16 +504,12 @@ async fn a_report_asking_next_any_brings_the_next_executions_batch() {
     let claimed = d.claim(&runner, &first).await;
     let batch = &claimed["assignment"];
     let (status, reported) = d
-        .http(
-            "ApiWebhooksFunction",
-            Routes::Webhooks,
-            "POST",
-            &format!("{BASE}/webhooks/parallel-execution/{first}?next=any"),
-            Some(&runner.1),
-            Some(
-                json!({"shard_index": batch["shard_index"], "lease_id": batch["lease_id"],
+        .report_with_query(
+            &first,
+            "?next=any",
+            &runner.1,
+            json!({"shard_index": batch["shard_index"], "lease_id": batch["lease_id"],
                 "status": "passed"}),
-            ),
         )
         .await;
     assert_eq!(status, 200, "{reported}");

@@ -148,6 +148,8 @@ impl From<rusqlite::Error> for Error {
 /// mirror counts them). 5: shard documents written as compact records
 /// (see [`record`]), test lists in their own table. 6: dynamic executions'
 /// tests in claim order (`test_queues`), their batches cut when claimed.
+/// 7: shards, their test lists, result chunks and the tests' histories in
+/// WITHOUT ROWID tables.
 const SCHEMA_VERSION: i64 = 7;
 
 /// Brings a version 1 data directory to version 2 in one transaction: each
