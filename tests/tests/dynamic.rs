@@ -500,6 +500,68 @@ async fn a_report_asking_next_any_brings_a_batch_of_the_next_execution_once_its_
     );
 }
 
+/// `?next=any` reaches no further than a claim would: an execution the
+/// runner does not fit is not brought, and a caller that is not a runner
+/// (the execution's webhook token, scoped to that execution) gets no
+/// batch at all, of another execution least of all.
+async fn a_report_asking_next_any_brings_nothing_its_caller_may_not_claim<B: Backend>() {
+    let h = Harness::<B>::start().await;
+    let a = runner(&h, "a", 1).await;
+    let own = dynamic(&h, 1, 1).await;
+    h.clock.advance_ms(1);
+    let mut new = tms_tests::new_execution("e2e", ["on_gpu".to_string()], 1);
+    new.mode = Mode::Dynamic;
+    new.requirements = Some(tms::usecases::RequirementsInput {
+        labels: ["gpu".to_string()].into_iter().collect(),
+        ..Default::default()
+    });
+    let gpu = h.app.queue_execution(new, None).await.unwrap().execution.id;
+    let batch = claim(&h, &a, &own).await.assignment.unwrap();
+    let outcome = h
+        .app
+        .report_shard_then_claim(
+            &Principal::Runner(a.clone()),
+            &own,
+            passed(&batch, |_| 1_000),
+            NextBatch::Anywhere,
+        )
+        .await
+        .unwrap();
+    assert!(
+        outcome.next.and_then(|n| n.assignment).is_none(),
+        "the runner has no gpu label"
+    );
+    let (e, _) = h.app.execution_status(&gpu).await.unwrap();
+    assert_eq!(e.status, ExecutionStatus::Queued);
+
+    h.clock.advance_ms(1);
+    let scoped = dynamic(&h, 1, 1).await;
+    h.clock.advance_ms(1);
+    let waiting = dynamic(&h, 1, 1).await;
+    let batch = claim(&h, &a, &scoped).await.assignment.unwrap();
+    let outcome = h
+        .app
+        .report_shard_then_claim(
+            &Principal::Webhook(scoped.clone()),
+            &scoped,
+            passed(&batch, |_| 1_000),
+            NextBatch::Anywhere,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.shard_status, ShardStatus::Passed);
+    assert!(
+        outcome.next.and_then(|n| n.assignment).is_none(),
+        "a webhook token claims nothing"
+    );
+    let (e, _) = h.app.execution_status(&waiting).await.unwrap();
+    assert_eq!(
+        e.status,
+        ExecutionStatus::Queued,
+        "nothing of it was claimed"
+    );
+}
+
 async fn a_runner_finds_the_dynamic_executions_it_fits_highest_priority_first<B: Backend>() {
     let h = Harness::<B>::start().await;
     let a = runner(&h, "a", 1).await;
@@ -631,6 +693,7 @@ tms_tests::conformance!(
     a_report_brings_the_next_batch_and_teaches_the_batch_cost,
     a_dynamic_execution_is_learned_whole_when_it_finishes_and_a_cancelled_one_for_what_ran,
     a_report_asking_next_any_brings_a_batch_of_the_next_execution_once_its_own_runs_out,
+    a_report_asking_next_any_brings_nothing_its_caller_may_not_claim,
     runners_claim_batches_until_the_tests_run_out_longest_first_and_shrinking,
     a_lapsed_lease_is_reclaimed_by_another_runner_and_its_stale_report_is_fenced,
     heartbeats_extend_a_held_lease_and_silence_lets_it_lapse,
