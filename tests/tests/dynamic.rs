@@ -500,6 +500,26 @@ async fn a_report_asking_next_any_brings_a_batch_of_the_next_execution_once_its_
     );
 }
 
+/// `caller` reports `batch` passed asking `?next=any`: the batch the
+/// answer brings, if any.
+async fn passed_asking_any<B: Backend>(
+    h: &Harness<B>,
+    caller: &Principal,
+    batch: &Assignment,
+) -> Option<Assignment> {
+    let outcome = h
+        .app
+        .report_shard_then_claim(
+            caller,
+            &batch.execution_id,
+            passed(batch, |_| 1_000),
+            NextBatch::Anywhere,
+        )
+        .await
+        .unwrap();
+    outcome.next.and_then(|n| n.assignment)
+}
+
 /// `?next=any` reaches no further than a claim would: an execution the
 /// runner does not fit is not brought, and a caller that is not a runner
 /// (the execution's webhook token, scoped to that execution) gets no
@@ -517,20 +537,8 @@ async fn a_report_asking_next_any_brings_nothing_its_caller_may_not_claim<B: Bac
     });
     let gpu = h.app.queue_execution(new, None).await.unwrap().execution.id;
     let batch = claim(&h, &a, &own).await.assignment.unwrap();
-    let outcome = h
-        .app
-        .report_shard_then_claim(
-            &Principal::Runner(a.clone()),
-            &own,
-            passed(&batch, |_| 1_000),
-            NextBatch::Anywhere,
-        )
-        .await
-        .unwrap();
-    assert!(
-        outcome.next.and_then(|n| n.assignment).is_none(),
-        "the runner has no gpu label"
-    );
+    let brought = passed_asking_any(&h, &Principal::Runner(a.clone()), &batch).await;
+    assert!(brought.is_none(), "the runner has no gpu label");
     let (e, _) = h.app.execution_status(&gpu).await.unwrap();
     assert_eq!(e.status, ExecutionStatus::Queued);
 
@@ -539,21 +547,10 @@ async fn a_report_asking_next_any_brings_nothing_its_caller_may_not_claim<B: Bac
     h.clock.advance_ms(1);
     let waiting = dynamic(&h, 1, 1).await;
     let batch = claim(&h, &a, &scoped).await.assignment.unwrap();
-    let outcome = h
-        .app
-        .report_shard_then_claim(
-            &Principal::Webhook(scoped.clone()),
-            &scoped,
-            passed(&batch, |_| 1_000),
-            NextBatch::Anywhere,
-        )
-        .await
-        .unwrap();
-    assert_eq!(outcome.shard_status, ShardStatus::Passed);
-    assert!(
-        outcome.next.and_then(|n| n.assignment).is_none(),
-        "a webhook token claims nothing"
-    );
+    let brought = passed_asking_any(&h, &Principal::Webhook(scoped.clone()), &batch).await;
+    assert!(brought.is_none(), "a webhook token claims nothing");
+    let (_, shards) = h.app.execution_status(&scoped).await.unwrap();
+    assert_eq!(shards[0].status, ShardStatus::Passed, "the report stood");
     let (e, _) = h.app.execution_status(&waiting).await.unwrap();
     assert_eq!(
         e.status,
